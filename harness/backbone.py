@@ -1,0 +1,300 @@
+"""The frozen CLIP backbone: loading, precision, tokenisation and the two encoders.
+
+Everything here follows PROTOCOL.md section 2. Models are open_clip ``CLIP`` objects built with
+QuickGELU (as OpenAI trained them; open_clip's plain ``ViT-B-16`` config would use GELU and silently
+change every number).
+
+``load_clip(spec)`` accepts
+  * an OpenAI model name (``"ViT-B/16"``, ``"RN50"``, ...): the file is looked up in
+    ``~/.cache/clip`` (where the authors' code keeps it) and downloaded by open_clip otherwise;
+  * a path to an OpenAI-format checkpoint (TorchScript archive or plain state dict): the
+    architecture is read from the file;
+  * ``"tiny"``: a small random CLIP built here, deterministic, for tests and the demo;
+  * ``"tiny-pretrained"``: the tiny CLIP after contrastive pre-training on generated scenes
+    (see ``harness.miniworld``; trained on first use, then cached).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, build_model_from_openai_state_dict, convert_weights_to_lp
+from open_clip.pretrained import download_pretrained_from_url, get_pretrained_url
+from open_clip.tokenizer import SimpleTokenizer
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# OpenAI's names (as the authors' configs write them) -> open_clip's model names.
+OPENAI_MODELS = {
+    "RN50": "RN50",
+    "RN101": "RN101",
+    "RN50x4": "RN50x4",
+    "RN50x16": "RN50x16",
+    "RN50x64": "RN50x64",
+    "ViT-B/32": "ViT-B-32",
+    "ViT-B/16": "ViT-B-16",
+    "ViT-L/14": "ViT-L-14",
+    "ViT-L/14@336px": "ViT-L-14-336",
+}
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """A CLIP small enough to build in a blink on a CPU.
+
+    Heads are width // 64 in both towers, as OpenAI's architecture derives them, so a tiny model
+    saved as an OpenAI-format state dict is rebuilt identically by ``load_clip(path)``. The joint
+    embedding (32) differs from the text width (64) on purpose: it catches code that confuses
+    CoCoOp's ``vis_dim`` with ``ctx_dim``.
+    """
+
+    embed_dim: int = 32
+    image_size: int = 224
+    patch_size: int = 32
+    vision_width: int = 128
+    vision_layers: int = 2
+    text_width: int = 64
+    text_layers: int = 2
+    context_length: int = 77
+    vocab_size: int = 49408
+    seed: int = 0
+
+
+TINY_SPECS = ("tiny", "tiny-pretrained")
+
+
+def available_backbones() -> list[str]:
+    return list(OPENAI_MODELS) + list(TINY_SPECS) + ["<path to an OpenAI-format .pt file>"]
+
+
+class BackboneError(ValueError):
+    pass
+
+
+def build_tiny_clip(config: TinyConfig = TinyConfig(), precision: str = "fp32") -> CLIP:
+    """A randomly initialised CLIP, identical for a given config (it uses its own seed)."""
+    vision = CLIPVisionCfg(
+        layers=config.vision_layers,
+        width=config.vision_width,
+        patch_size=config.patch_size,
+        image_size=config.image_size,
+        head_width=64,
+    )
+    text = CLIPTextCfg(
+        context_length=config.context_length,
+        vocab_size=config.vocab_size,
+        width=config.text_width,
+        heads=config.text_width // 64,
+        layers=config.text_layers,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = CLIP(
+            config.embed_dim,
+            vision_cfg=vision,
+            text_cfg=text,
+            quick_gelu=True,
+            init_logit_scale=float(np.log(100.0)),
+            cast_dtype=PRECISIONS[precision],
+        )
+    if PRECISIONS[precision] is not None:
+        convert_weights_to_lp(model, dtype=PRECISIONS[precision])
+    return model
+
+
+def _read_openai_state_dict(path: str) -> dict:
+    """State dict of an OpenAI-format file: a TorchScript archive or a plain (or wrapped) state dict."""
+    try:
+        archive = torch.jit.load(path, map_location="cpu")
+        return archive.state_dict()
+    except (RuntimeError, ValueError):
+        pass
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or "token_embedding.weight" not in {k.removeprefix("module.") for k in obj}:
+        raise BackboneError(
+            f"{path} is not an OpenAI-format CLIP checkpoint: expected a TorchScript archive or a state "
+            "dict with keys such as 'token_embedding.weight', 'visual.conv1.weight', 'text_projection'."
+        )
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _model_from_state_dict(state_dict: dict, precision: str) -> CLIP:
+    # open_clip's own builder reads the architecture from the tensor shapes (any size, ViT or RN)
+    # and reproduces OpenAI's mixed fp16 layout (PROTOCOL.md 2.2).
+    cast = PRECISIONS[precision]
+    model = build_model_from_openai_state_dict(dict(state_dict), quick_gelu=True, cast_dtype=cast or torch.float16)
+    if precision == "fp32":
+        model.float()
+    elif precision == "bf16":
+        model.float()
+        convert_weights_to_lp(model, dtype=torch.bfloat16)
+    return model
+
+
+def resolve_openai_file(name: str, cache_dir: str | None = None) -> str:
+    """Local path of OpenAI's weights for ``name``: ~/.cache/clip first, else open_clip downloads."""
+    url = get_pretrained_url(OPENAI_MODELS[name], "openai")
+    cache_dir = cache_dir or os.path.expanduser("~/.cache/clip")
+    local = os.path.join(cache_dir, os.path.basename(url))
+    if os.path.isfile(local):
+        return local
+    try:
+        return download_pretrained_from_url(url, cache_dir=cache_dir)
+    except Exception as exc:  # no network on the cluster node, say, or a proxy
+        raise BackboneError(
+            f"Could not find or download OpenAI's {name} weights: {exc}.\n"
+            f"Fix: download {url} on a machine with internet access and place it at {local} "
+            "(the same place the authors' code uses), or pass the file's path as the backbone."
+        ) from exc
+
+
+def load_clip(spec: str = "ViT-B/16", device: str | torch.device = "cpu", precision: str = "fp32") -> CLIP:
+    """The frozen CLIP for ``spec``, in eval mode, with no gradients on its weights.
+
+    precision: "fp32", "fp16" (OpenAI's mixed layout, PROTOCOL.md 2.2) or "bf16" (the same
+    layout in bfloat16).
+    """
+    if precision not in PRECISIONS:
+        raise BackboneError(f"Unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}.")
+    if spec == "tiny":
+        model = build_tiny_clip(precision=precision)
+    elif spec == "tiny-pretrained":
+        from harness.miniworld import load_pretrained_tiny
+
+        model = load_pretrained_tiny(precision=precision)
+    elif spec in OPENAI_MODELS:
+        model = _model_from_state_dict(_read_openai_state_dict(resolve_openai_file(spec)), precision)
+    elif os.path.isfile(os.path.expanduser(spec)):
+        model = _model_from_state_dict(_read_openai_state_dict(os.path.expanduser(spec)), precision)
+    else:
+        hint = ""
+        if spec.replace("-", "/") in OPENAI_MODELS or spec.replace("-", "/", 1) in OPENAI_MODELS:
+            hint = f" (did you mean {spec.replace('-', '/', 1)!r}? OpenAI's names use a slash)"
+        raise BackboneError(
+            f"Unknown backbone {spec!r}{hint}: not a known name and no such file.\n"
+            f"Choices: {', '.join(available_backbones())}."
+        )
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def save_openai_state_dict(model: CLIP, path: str) -> None:
+    """Write ``model`` as an OpenAI-format plain state dict (what ``load_clip(path)`` reads)."""
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokeniser and encoders
+# ---------------------------------------------------------------------------------------------
+
+_TOKENIZER: SimpleTokenizer | None = None
+
+
+def tokenizer() -> SimpleTokenizer:
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        _TOKENIZER = SimpleTokenizer()
+    return _TOKENIZER
+
+
+def tokenize(texts: str | Sequence[str], context_length: int = 77) -> torch.LongTensor:
+    """CLIP's BPE ids, [SOS] + text + [EOT] padded with 0 (PROTOCOL.md 2.4).
+
+    Unlike open_clip's tokenizer, a text that does not fit raises instead of being truncated
+    silently, as OpenAI's reference tokenizer does.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    tok = tokenizer()
+    for text in texts:
+        n = len(tok.encode(text)) + 2
+        if n > context_length:
+            raise ValueError(f"Text is {n} tokens long, more than the context length {context_length}: {text!r}")
+    return tok(list(texts), context_length=context_length)
+
+
+def model_dtype(clip: CLIP) -> torch.dtype:
+    """PROTOCOL.md 2.2: the dtype of the first layer's weight (the patch conv for ViTs)."""
+    visual = clip.visual
+    first = getattr(visual, "conv1", None)
+    return first.weight.dtype if first is not None else next(visual.parameters()).dtype
+
+
+def text_width(clip: CLIP) -> int:
+    return clip.ln_final.weight.shape[0]
+
+
+def embed_dim(clip: CLIP) -> int:
+    return clip.text_projection.shape[1]
+
+
+def image_size(clip: CLIP) -> int:
+    size = clip.visual.image_size
+    return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+
+@torch.no_grad()
+def encode_image(clip: CLIP, images: torch.Tensor) -> torch.Tensor:
+    """Unnormalised image features. The tower is frozen, so no graph is kept: no prompt parameter
+    sits upstream of it, and the gradients the methods need start at these features."""
+    return clip.encode_image(images.to(model_dtype(clip)))
+
+
+def token_embeddings(clip: CLIP, token_ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return clip.token_embedding(token_ids).to(model_dtype(clip))
+
+
+def eot_positions(token_ids: torch.Tensor) -> torch.Tensor:
+    # EOT (49407) is the largest id in every sequence (PROTOCOL.md 2.3).
+    return token_ids.argmax(dim=-1)
+
+
+def encode_text_embeddings(
+    clip: CLIP, embeddings: torch.Tensor, token_ids: torch.Tensor, truncate: bool = True
+) -> torch.Tensor:
+    """Text features from prompt embeddings [N, 77, D] (PROTOCOL.md 7.3).
+
+    ``token_ids`` [N, 77] locate each row's EOT. With ``truncate`` the sequences are cut after the
+    batch's last EOT: the text transformer is causal, so no position up to an EOT ever attends to a
+    later one and the pooled features are the same as with all 77 positions, at a fraction of the
+    cost (a prompt such as "a photo of a dog." ends at position 7).
+    """
+    eot = eot_positions(token_ids)
+    dtype = model_dtype(clip)
+    length = int(eot.max().item()) + 1 if truncate else embeddings.shape[1]
+    x = embeddings[:, :length].to(dtype) + clip.positional_embedding[:length].to(dtype)
+    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+    x = clip.ln_final(x).to(dtype)
+    x = x[torch.arange(x.shape[0], device=x.device), eot]
+    return x @ clip.text_projection
+
+
+@torch.no_grad()
+def encode_texts(clip: CLIP, texts: Sequence[str], truncate: bool = True, batch_size: int = 1000) -> torch.Tensor:
+    """Unnormalised text features of plain strings (PROTOCOL.md 2.3), in batches."""
+    device = clip.positional_embedding.device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        ids = tokenize(list(texts[start : start + batch_size]), clip.context_length).to(device)
+        out.append(encode_text_embeddings(clip, token_embeddings(clip, ids), ids, truncate=truncate))
+    return torch.cat(out)
+
+
+def cosine_logits(clip: CLIP, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """exp(logit_scale) * cos(f, t) (PROTOCOL.md 6.2 step 4); logit_scale is frozen (x100 for OpenAI)."""
+    image_features = F.normalize(image_features, dim=-1)
+    text_features = F.normalize(text_features, dim=-1)
+    return clip.logit_scale.exp() * image_features @ text_features.t().to(image_features.dtype)
