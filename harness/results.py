@@ -1,0 +1,119 @@
+"""The results store: one JSON record per finished evaluation, appended to ``<out>/results.jsonl``.
+
+The report reads this file, not W&B and not logs. A record (all keys always present):
+
+    experiment       "base2new", "crossdataset", "domaingen", "ablations", "demo", ...
+    job              readable job name, e.g. "cocoop/oxford_pets/seed1"
+    method           "zsclip" | "coop" | "cocoop" (registry name)
+    config           method config name, e.g. "vit_b16_c4_ep10_batch1_ctxv1"
+    options          the method's options as built, e.g. {"n_ctx": 4, "ctx_init": "a photo of a"}
+    dataset          the evaluated dataset key
+    subsample        the evaluated class set: "base" | "new" | "all"
+    train_dataset    where the prompt was learned (None for zero-shot)
+    train_subsample  on which classes it was learned (None for zero-shot)
+    shots, seed      few-shot K and the run seed (seed None for zero-shot, which draws nothing)
+    backbone, precision
+    metrics          {"accuracy", "error", "macro_f1", "perclass_accuracy", "per_class_accuracy": [...],
+                      "total", "correct"} in percent (PROTOCOL.md 13)
+    epochs           epochs trained (0 for zero-shot)
+    wall_time_s, git_commit, versions, timestamp, run_dir
+
+Appends are atomic: one ``write`` of a whole line on an O_APPEND descriptor under an exclusive
+``flock``, then fsync, so parallel jobs (also on several nodes sharing the folder) lose nothing and
+never interleave. A reader skips a torn last line (a writer killed mid-write on a filesystem
+without atomic appends) with a warning instead of failing.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from typing import Iterable
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.jsonl"
+
+# The fields that say *which* result a record is; two records with the same key are the same run.
+KEY_FIELDS = (
+    "experiment", "method", "config", "dataset", "subsample", "train_dataset", "train_subsample",
+    "shots", "seed", "backbone",
+)  # fmt: skip
+
+RECORD_FIELDS = KEY_FIELDS + (
+    "job", "options", "precision", "metrics", "epochs", "wall_time_s", "git_commit", "versions", "timestamp", "run_dir",
+)  # fmt: skip
+
+
+def results_path(out: str) -> str:
+    """``out`` may be the output folder or the results file itself."""
+    return out if out.endswith(".jsonl") else os.path.join(out, RESULTS_FILE)
+
+
+def record_key(record: dict) -> tuple:
+    return tuple(json.dumps(record.get(k), sort_keys=True) for k in KEY_FIELDS)
+
+
+def append_record(out: str, record: dict) -> None:
+    missing = [k for k in RECORD_FIELDS if k not in record]
+    if missing:
+        raise ValueError(f"Result record lacks {missing}; every record carries {list(RECORD_FIELDS)}.")
+    line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
+    path = results_path(out)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            view = memoryview(line)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def read_records(out: str) -> list[dict]:
+    """All complete records of a store (an absent store is empty)."""
+    path = results_path(out)
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path, "rb") as f:
+        data = f.read()
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            records.append(json.loads(raw))
+        except json.JSONDecodeError:
+            log.warning("%s line %d is not a complete JSON record; skipped (a writer was killed mid-line?)", path, number)
+    return records
+
+
+def existing_keys(out: str) -> set[tuple]:
+    return {record_key(r) for r in read_records(out)}
+
+
+def has_record(out: str, **key) -> bool:
+    """True when a record matches every given field (fields not given are free)."""
+    return any(all(r.get(k) == v for k, v in key.items()) for r in read_records(out))
+
+
+def records_frame(records: Iterable[dict]):
+    """A flat pandas DataFrame: record fields plus ``accuracy``, ``error``, ``macro_f1`` columns."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        row = {k: v for k, v in r.items() if k not in ("metrics", "options", "versions")}
+        for metric in ("accuracy", "error", "macro_f1", "perclass_accuracy"):
+            row[metric] = (r.get("metrics") or {}).get(metric)
+        for name, value in (r.get("options") or {}).items():
+            row[f"opt_{name}"] = value
+        rows.append(row)
+    return pd.DataFrame(rows)
