@@ -129,15 +129,14 @@ def _read_openai_state_dict(path: str) -> dict:
 
 
 def _model_from_state_dict(state_dict: dict, precision: str) -> CLIP:
-    # open_clip's own builder reads the architecture from the tensor shapes (any size, ViT or RN)
-    # and reproduces OpenAI's mixed fp16 layout (PROTOCOL.md 2.2).
-    cast = PRECISIONS[precision]
-    model = build_model_from_openai_state_dict(dict(state_dict), quick_gelu=True, cast_dtype=cast or torch.float16)
-    if precision == "fp32":
-        model.float()
-    elif precision == "bf16":
-        model.float()
-        convert_weights_to_lp(model, dtype=torch.bfloat16)
+    # open_clip's own builder reads the architecture from the tensor shapes (any size, ViT or RN).
+    # It loads the values into OpenAI's mixed fp16 layout, which would round an fp32 file, so the
+    # exact values are loaded again into the fp32 model before any conversion (PROTOCOL.md 2.2).
+    model = build_model_from_openai_state_dict(dict(state_dict), quick_gelu=True, cast_dtype=torch.float16)
+    model.float()
+    model.load_state_dict({k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")})
+    if PRECISIONS[precision] is not None:
+        convert_weights_to_lp(model, dtype=PRECISIONS[precision])
     return model
 
 
@@ -177,9 +176,8 @@ def load_clip(spec: str = "ViT-B/16", device: str | torch.device = "cpu", precis
     elif os.path.isfile(os.path.expanduser(spec)):
         model = _model_from_state_dict(_read_openai_state_dict(os.path.expanduser(spec)), precision)
     else:
-        hint = ""
-        if spec.replace("-", "/") in OPENAI_MODELS or spec.replace("-", "/", 1) in OPENAI_MODELS:
-            hint = f" (did you mean {spec.replace('-', '/', 1)!r}? OpenAI's names use a slash)"
+        openai_name = {v: k for k, v in OPENAI_MODELS.items()}.get(spec)
+        hint = f" (did you mean {openai_name!r}? OpenAI's names use a slash)" if openai_name else ""
         raise BackboneError(
             f"Unknown backbone {spec!r}{hint}: not a known name and no such file.\n"
             f"Choices: {', '.join(available_backbones())}."
