@@ -537,3 +537,17 @@ def test_missing_classnames_txt(tmp_path):
 def test_bad_subsample_value(tmp_path):
     with pytest.raises(ValueError, match="subsample"):
         build_dataset("dtd", tmp_path, subsample="half")
+
+
+def test_generated_split_goes_to_cache_dir_when_read_only(tmp_path, monkeypatch):
+    from harness.data import readers
+
+    ddir = make_layout(tmp_path, "eurosat", num_classes=3, split_json=False)
+    monkeypatch.setattr(readers, "dir_writable", lambda p: False)
+    monkeypatch.setattr(fs, "dir_writable", lambda p: False)
+    s = build_dataset("eurosat", tmp_path, num_shots=1, seed=1, cache_dir=tmp_path / "cc")
+    assert not os.path.exists(os.path.join(ddir, "split_zhou_EuroSAT.json"))
+    assert (tmp_path / "cc" / "eurosat" / "split_zhou_EuroSAT.json").is_file()
+    assert s.fewshot_cache == str(tmp_path / "cc" / "eurosat" / "shot_1-seed_1.json")
+    again = build_dataset("eurosat", tmp_path, num_shots=1, seed=1, cache_dir=tmp_path / "cc")
+    assert again.train == s.train and again.fewshot_source == "cache"

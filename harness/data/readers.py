@@ -250,6 +250,7 @@ def read_json_dataset(info: DatasetInfo, ddir: str, seed: int = 1,
         raise SplitFileError(f"{info.paper_name}: split file {primary} not found; the split JSON "
                              f"is required: {fix}")
     target = primary if dir_writable(ddir) else alt
+    os.makedirs(os.path.dirname(target), exist_ok=True)
     with lock_for(target):
         if os.path.isfile(target):  # another process generated it while we waited
             return read_split_json(target, image_dir, fix)
