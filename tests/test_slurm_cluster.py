@@ -1,0 +1,158 @@
+"""Integration tests: submitit against a real Slurm controller.
+
+CI starts a one-node cluster with `tools/slurm-cluster.sh start`; on a real cluster these
+tests use whatever controller `sinfo` answers from (set SLURM_TEST_FOLDER to a directory
+on a shared filesystem there, since pytest's tmp_path is usually node-local). Without a
+controller every test is skipped with the reason.
+
+    python -m pytest tests/test_slurm_cluster.py -q -m slurm
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+submitit = pytest.importorskip("submitit")
+import cloudpickle  # noqa: E402  (a submitit dependency)
+
+pytestmark = pytest.mark.slurm
+
+# The job functions below are pickled by value, so the worker does not need to import
+# this test module (tests/ is not a package and not on the worker's sys.path).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+STATE = Path(os.environ.get("SLURM_CLUSTER_STATE", "/var/lib/prompt-harness-slurm"))
+SINFO_TIMEOUT_S = 5  # sinfo blocks ~10 s (MessageTimeout) when no controller answers
+JOB_TIMEOUT_S = 60
+
+
+def _pid_alive(pidfile: Path, name: str) -> bool:
+    try:
+        pid = int(pidfile.read_text().strip())
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return False
+    return comm == name and state not in ("Z", "X")
+
+
+def _why_no_controller() -> str | None:
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "no Slurm client tools (sinfo/sbatch) on PATH; start one with tools/slurm-cluster.sh start"
+    pidfile = STATE / "pid" / "slurmctld.pid"
+    try:
+        ours = "tools/slurm-cluster.sh" in Path("/etc/slurm/slurm.conf").read_text()
+    except OSError:
+        ours = False
+    if (ours or pidfile.exists()) and not _pid_alive(pidfile, "slurmctld"):
+        # Our local cluster is stopped: answer at once instead of letting sinfo block.
+        return "the local Slurm cluster is stopped; run: sudo bash tools/slurm-cluster.sh start"
+    try:
+        proc = subprocess.run(
+            ["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=SINFO_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return f"no Slurm controller answered sinfo within {SINFO_TIMEOUT_S} s"
+    if proc.returncode != 0:
+        return f"sinfo failed: {proc.stderr.strip() or proc.returncode}"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_controller():
+    reason = _why_no_controller()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    base = os.environ.get("SLURM_TEST_FOLDER")
+    root = Path(base) / f"submitit-{uuid.uuid4().hex[:8]}" if base else tmp_path
+    return root / "%j"  # %j only: %A/%a raise for non-array submissions
+
+
+def wait_result(job, timeout: float = JOB_TIMEOUT_S):
+    """job.result() with a deadline, so a stuck job fails the test instead of hanging it."""
+    deadline = time.monotonic() + timeout
+    while not job.done():
+        if time.monotonic() > deadline:
+            job.cancel(check=False)
+            pytest.fail(f"job {job.job_id} not done after {timeout} s (state {job.state})")
+        time.sleep(0.5)
+    return job.result()
+
+
+# ---- functions run on the cluster --------------------------------------------------------
+def add_on_slurm(a, b):
+    return a + b, os.environ.get("SLURM_JOB_ID")
+
+
+def square_in_array(x):
+    return x * x, os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+
+
+def fail_remotely(marker):
+    raise ValueError(f"remote failure {marker}")
+
+
+def die_without_result():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---- tests ---------------------------------------------------------------------------------
+def test_autoexecutor_single_job(folder):
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    ex.update_parameters(timeout_min=5, cpus_per_task=1, name="ph-test-add")
+    job = ex.submit(add_on_slurm, 2, 3)
+    total, slurm_job_id = wait_result(job)
+    assert total == 5
+    assert slurm_job_id == str(job.job_id)  # it really ran as that Slurm job
+    assert job.paths.folder.name == str(job.job_id)
+
+
+def test_slurm_executor_map_array(folder):
+    ex = submitit.SlurmExecutor(folder=folder)
+    ex.update_parameters(time=5, cpus_per_task=1, array_parallelism=4, job_name="ph-test-array")
+    xs = [1, 2, 3, 4]
+    jobs = ex.map_array(square_in_array, xs)
+    assert len(jobs) == len(xs)
+    results = [wait_result(j) for j in jobs]
+    assert [r[0] for r in results] == [x * x for x in xs]
+    array_id = jobs[0].job_id.split("_")[0]
+    assert {r[1] for r in results} == {array_id}  # one Slurm job array ...
+    assert sorted(int(r[2]) for r in results) == list(range(len(xs)))  # ... with tasks 0..3
+    assert [j.job_id for j in jobs] == [f"{array_id}_{i}" for i in range(len(xs))]
+
+
+def test_failing_job_raises_with_remote_traceback(folder):
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    ex.update_parameters(timeout_min=5, cpus_per_task=1, name="ph-test-fail")
+    job = ex.submit(fail_remotely, "marker-7f3a")
+    with pytest.raises(submitit.core.utils.FailedJobError) as excinfo:
+        wait_result(job)
+    message = str(excinfo.value)
+    assert "Traceback (most recent call last)" in message
+    assert "in fail_remotely" in message  # the frame from the remote side
+    assert "ValueError: remote failure marker-7f3a" in message
+
+
+def test_job_killed_without_result_does_not_hang(folder):
+    # Needs a working `sacct` (the shim from tools/slurm-cluster.sh when there is no
+    # slurmdbd): without it submitit never learns the job ended and result() waits forever.
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    ex.update_parameters(timeout_min=5, cpus_per_task=1, name="ph-test-kill")
+    job = ex.submit(die_without_result)
+    job._results_timeout_s = 2  # submitit waits 15 s for a result pickle that never comes
+    with pytest.raises(submitit.core.utils.UncompletedJobError, match="has not produced any output"):
+        wait_result(job, timeout=30)
+    assert job.state not in ("UNKNOWN", "PENDING", "RUNNING")
