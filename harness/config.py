@@ -1,0 +1,230 @@
+"""Run specifications: one training-and/or-evaluation job, as plain data.
+
+Precedence, as in the authors' framework (PROTOCOL.md 1): defaults < method config
+(``experiments/methods/<method>/<name>.yaml``) < the spec's own values < command-line overrides.
+Every key is checked before any work starts: an unknown key, a wrong type, an unknown method,
+method option, precision or backbone is an error that names the key and the choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHOD_CONFIG_DIR = os.path.join(PROJECT_ROOT, "experiments", "methods")
+RUN_PRECISIONS = ("fp16", "bf16", "fp32", "amp")
+SUBSAMPLES = ("all", "base", "new")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class RunSpec:
+    """One job: train ``method`` on ``dataset`` (classes ``subsample``) and evaluate ``evaluate``."""
+
+    method: str = ""
+    dataset: str = ""
+    data_root: str = ""
+    options: dict = field(default_factory=dict)
+    config: str = ""
+    experiment: str = "adhoc"
+    shots: int = 16
+    seed: typing.Optional[int] = 1
+    subsample: str = "all"
+    evaluate: list = field(default_factory=list)
+    backbone: str = "ViT-B/16"
+    precision: str = "fp16"
+    epochs: int = 10
+    batch_size: int = 1
+    test_batch_size: int = 100
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    num_workers: typing.Optional[int] = None
+    device: str = "auto"
+    output_dir: str = ""
+    results: str = ""
+    feature_cache: str = ""
+    load_from: str = ""
+    tracking: str = "auto"
+    force: bool = False
+    job: str = ""
+
+    def eval_targets(self) -> list[tuple[str, str]]:
+        """[(dataset, subsample)]; by default the training dataset and classes."""
+        targets = self.evaluate or [{"dataset": self.dataset, "subsample": self.subsample}]
+        out = []
+        for t in targets:
+            if isinstance(t, str):
+                t = {"dataset": t}
+            out.append((t.get("dataset", self.dataset), t.get("subsample", "all")))
+        return out
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELD_HELP = {
+    "method": "registered method: zsclip | coop | cocoop",
+    "dataset": "dataset key to train on (and evaluate by default), e.g. oxford_pets",
+    "data_root": "folder holding each dataset's folder (PROTOCOL.md 3.2)",
+    "options": "method options, e.g. {n_ctx: 4, ctx_init: 'a photo of a'}",
+    "config": "method config under experiments/methods, e.g. cocoop/vit_b16_c4_ep10_batch1_ctxv1",
+    "experiment": "experiment name stored with the results (base2new, crossdataset, ...)",
+    "shots": "K training images per class (few-shot draw, PROTOCOL.md 4.2); 0 = all",
+    "seed": "run seed (python, numpy, torch and the few-shot draw); null = unseeded",
+    "subsample": "classes trained on: all | base | new",
+    "evaluate": "evaluation targets: list of {dataset, subsample}; default the training set",
+    "backbone": "ViT-B/16, RN50, ..., tiny, tiny-pretrained or a path to an OpenAI-format file",
+    "precision": "fp16 (the paper's) | bf16 | fp32 | amp",
+    "epochs": "training epochs",
+    "batch_size": "training batch size",
+    "test_batch_size": "evaluation batch size (images per forward)",
+    "lr": "SGD learning rate after warm-up",
+    "momentum": "SGD momentum",
+    "weight_decay": "SGD weight decay (all trainable tensors)",
+    "warmup_epochs": "constant warm-up epochs before the cosine schedule",
+    "warmup_lr": "learning rate during warm-up",
+    "num_workers": "data-loader workers (default: min(8, CPUs))",
+    "device": "auto | cpu | cuda | cuda:N",
+    "output_dir": "this run's folder (log, checkpoints, W&B files)",
+    "results": "results store (folder or .jsonl); default the parent of output_dir",
+    "feature_cache": "folder of cached test-image features; default <results folder>/feature_cache",
+    "load_from": "evaluate a trained prompt: a run folder or a prompt checkpoint file (no training)",
+    "tracking": "W&B: auto | online | offline | disabled | none",
+    "force": "redo the run even if its results exist",
+    "job": "readable job name (default from method/dataset/seed)",
+}
+assert set(FIELD_HELP) == {f.name for f in dataclasses.fields(RunSpec)}
+
+
+def _type_ok(value, annotation) -> bool:
+    hint = annotation
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def method_config_names() -> list[str]:
+    names = []
+    for method in sorted(os.listdir(METHOD_CONFIG_DIR)) if os.path.isdir(METHOD_CONFIG_DIR) else []:
+        folder = os.path.join(METHOD_CONFIG_DIR, method)
+        names += [f"{method}/{f[:-5]}" for f in sorted(os.listdir(folder)) if f.endswith(".yaml")]
+    return names
+
+
+def load_method_config(name: str) -> dict:
+    path = os.path.join(METHOD_CONFIG_DIR, f"{name}.yaml")
+    if not os.path.isfile(path):
+        raise ConfigError(f"Unknown method config {name!r} (no {path}). Known: {', '.join(method_config_names())}.")
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def build_spec(values: dict | None = None, overrides: dict | None = None) -> RunSpec:
+    """A validated RunSpec from plain data (a YAML mapping) and overrides."""
+    merged: dict = {}
+    values = dict(values or {})
+    overrides = dict(overrides or {})
+    config_name = overrides.get("config", values.get("config"))
+    if config_name:
+        merged.update(load_method_config(config_name))
+        merged["config"] = config_name
+    for source in (values, overrides):
+        for key, value in source.items():
+            if key == "options" and isinstance(value, dict):
+                merged["options"] = {**merged.get("options", {}), **value}
+            else:
+                merged[key] = value
+    known = typing.get_type_hints(RunSpec)
+    unknown = sorted(set(merged) - set(known))
+    if unknown:
+        raise ConfigError(f"Unknown run key(s) {unknown}. Valid keys: {', '.join(known)}.")
+    for key, value in merged.items():
+        if not _type_ok(value, known[key]):
+            expected = getattr(known[key], "__name__", str(known[key]).replace("typing.", ""))
+            raise ConfigError(f"Run key {key!r} must be {expected}, got {value!r} ({type(value).__name__}).")
+    spec = RunSpec(**merged)
+    validate(spec)
+    return spec
+
+
+def validate(spec: RunSpec) -> None:
+    """Everything that can be checked before any data is read or model built."""
+    import methods
+    from harness import backbone, data
+
+    if not spec.method:
+        raise ConfigError("No method given. Choose one of: " + ", ".join(methods.list_methods()))
+    methods.method_class(spec.method)  # unknown method -> ValueError listing the registered ones
+    accepted = methods.registry.method_options(spec.method)
+    unknown = sorted(set(spec.options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"Method {spec.method!r} has no option(s) {unknown}. Options: {', '.join(accepted)}.")
+    if spec.precision not in RUN_PRECISIONS:
+        raise ConfigError(f"precision must be one of {RUN_PRECISIONS}, got {spec.precision!r}.")
+    if spec.backbone not in backbone.OPENAI_MODELS and spec.backbone not in backbone.TINY_SPECS:
+        if not os.path.isfile(os.path.expanduser(spec.backbone)):
+            raise ConfigError(f"Unknown backbone {spec.backbone!r}. Choices: {', '.join(backbone.available_backbones())}.")
+    known_datasets = set(data.DATASETS)
+    if spec.dataset not in known_datasets:
+        raise ConfigError(f"Unknown dataset {spec.dataset!r}. Datasets: {', '.join(sorted(known_datasets))}.")
+    if spec.subsample not in SUBSAMPLES:
+        raise ConfigError(f"subsample must be one of {SUBSAMPLES}, got {spec.subsample!r}.")
+    for dataset, subsample in spec.eval_targets():
+        if dataset not in known_datasets:
+            raise ConfigError(f"Unknown evaluation dataset {dataset!r}. Datasets: {', '.join(sorted(known_datasets))}.")
+        if subsample not in SUBSAMPLES:
+            raise ConfigError(f"Evaluation subsample must be one of {SUBSAMPLES}, got {subsample!r}.")
+    for key in ("epochs", "batch_size", "test_batch_size", "shots"):
+        if getattr(spec, key) < (0 if key in ("epochs", "shots") else 1):
+            raise ConfigError(f"{key} must not be {getattr(spec, key)}.")
+    if not spec.data_root:
+        raise ConfigError("data_root is empty: give the folder that holds the datasets (PROTOCOL.md 3.2).")
+    if not spec.output_dir:
+        raise ConfigError("output_dir is empty: give this run's folder.")
+    from harness.tracking import MODES
+
+    if spec.tracking not in MODES:
+        raise ConfigError(f"tracking must be one of {MODES}, got {spec.tracking!r}.")
+
+
+def load_spec_file(path: str, overrides: dict | None = None) -> RunSpec:
+    if not os.path.isfile(path):
+        raise ConfigError(f"No run config at {path}.")
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of run keys, got {type(values).__name__}.")
+    return build_spec(values, overrides)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """["epochs=5", "options.n_ctx=8"] -> {"epochs": 5, "options": {"n_ctx": 8}} (values parsed as YAML)."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"Override {pair!r} is not KEY=VALUE.")
+        key, raw = pair.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        if key.startswith("options."):
+            out.setdefault("options", {})[key.split(".", 1)[1]] = value
+        else:
+            out[key] = value
+    return out
