@@ -1,0 +1,166 @@
+"""The report stage: the results store -> the paper's tables and figures, beside the paper's numbers.
+
+    from harness.report import build_report
+    summary = build_report("output", out_dir="reports", tracking="none")
+
+or ``python -m harness.report --results output [--out reports] [--tracking auto|none]``.
+
+Per table it writes ``<key>.md``, ``<key>.tex`` (booktabs) and ``<key>.csv`` (one line per row x
+column group x metric, with mean, std, seeds, paper value and difference); per figure ``<name>.png``
+and ``<name>.pdf``; and ``index.md`` listing what was produced and what is missing.
+
+Which records feed which table (``experiments`` changes it, see ``tables.Context.table_filter``):
+
+* Table 1 (base-to-new): every experiment except crossdataset, domaingen and ablations (so
+  "base2new" and "demo" both count); zero-shot CLIP on base/new classes and prompts learned on the
+  same dataset's base classes. Each (experiment, method config) is its own column group, so two
+  experiments or two configs are never pooled. Figures 3 and the scatter use the "base2new"
+  experiment when it has results, else the first other one.
+* Table 2 / 3: experiments crossdataset and domaingen (the same ImageNet checkpoints).
+* Table 4: as Table 1, evaluations on all classes.
+* Table 5 and the Figure 4 ablation tables: every experiment but crossdataset/domaingen, so the
+  ctx-4 "a photo of a" CoCoOp of base2new can serve as the initialised arm of the ablation.
+
+Seeds: ``expected_seeds=None`` expects, for each cell, every seed seen in its experiment(s) (the
+union over all learned-prompt records); a cell with fewer is shown with ``†(k/n seeds)`` and listed
+as missing, never silently averaged as if complete. Paper values are read from ``paper_dir``'s CSV
+files (``reports/paper``) at run time.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from harness.report.builders import BUILDERS, trainable_parameters
+from harness.report.figures import METHOD_COLORS, figure3, figure4, scatter
+from harness.report.render import display_frame, latex, long_frame, markdown, write_table
+from harness.report.tables import (
+    AVERAGE, DATASET_LABELS, METHOD_LABELS, PAPER_DATASETS, Cell, Context, Paper, Table, harmonic,
+)  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "build_report", "build_tables", "load_records", "default_paper_dir", "METHOD_COLORS", "METHOD_LABELS",
+    "DATASET_LABELS", "PAPER_DATASETS", "AVERAGE", "Cell", "Table", "harmonic", "markdown", "latex",
+    "display_frame", "long_frame", "trainable_parameters",
+]  # fmt: skip
+
+
+def default_paper_dir() -> str:
+    """``reports/paper`` of this checkout (else of the working directory)."""
+    here = Path(__file__).resolve().parents[2] / "reports" / "paper"
+    return str(here) if here.is_dir() else os.path.join("reports", "paper")
+
+
+def load_records(results) -> list[dict]:
+    """Records from a store (``results.jsonl`` or its folder) or a list; a rerun's record (same
+    ``harness.results.record_key``) replaces the earlier one."""
+    from harness.results import read_records, record_key
+
+    records = read_records(str(results)) if isinstance(results, (str, os.PathLike)) else list(results)
+    latest = {}
+    for r in records:
+        if not isinstance((r.get("metrics") or {}).get("accuracy"), (int, float)):
+            log.warning("record %s has no accuracy; skipped", r.get("job"))
+            continue
+        key = record_key(r)
+        latest.pop(key, None)
+        latest[key] = r
+    return list(latest.values())
+
+
+def build_tables(results, experiments=None, expected_seeds=None, paper_dir=None, with_paper=True) -> dict:
+    """{table key: Table} for every table, empty ones included (their ``missing`` says why)."""
+    records = load_records(results)
+    paper = Paper(paper_dir if paper_dir is not None else default_paper_dir()) if with_paper else None
+    ctx = Context(records, experiments, expected_seeds, paper, with_paper)
+    return {table.key: table for table in (build(ctx) for build in BUILDERS)}
+
+
+def _index(out_dir, source, records, tables, figures, missing, with_paper, paper_dir) -> str:
+    experiments = sorted({str(r.get("experiment")) for r in records})
+    lines = ["# Report", "", f"Results: `{source}` ({len(records)} records; experiments: {', '.join(experiments) or 'none'}).",
+             f"Paper values: {'`' + str(paper_dir) + '` (the CoCoOp paper, CVPR 2022)' if with_paper else 'not shown'}.", "",
+             "## Tables", ""]
+    produced = [t for t in tables.values() if t["written"]]
+    for t in produced:
+        files = ", ".join(f"[{ext}]({os.path.basename(p)})" for ext, p in t["paths"].items())
+        lines.append(f"* {t['table'].title}: {files}")
+    if not produced:
+        lines.append("* none")
+    lines += ["", "## Figures", ""]
+    for name, paths in figures.items():
+        lines.append(f"* {name}: " + ", ".join(f"[{ext}]({os.path.basename(p)})" for ext, p in paths.items()))
+    if not figures:
+        lines.append("* none")
+    lines += ["", "## Missing", ""] + ([f"* {m}" for m in missing] or ["* nothing"])
+    lines += ["", "± population std over seeds; † fewer seeds than expected; ‡ average over fewer datasets than expected.", ""]
+    path = os.path.join(out_dir, "index.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
+
+
+def build_report(results, out_dir: str = "reports", experiments=None, tracking: str = "none", paper_dir: str | None = None,
+                 expected_seeds=None, with_paper: bool = True) -> dict:
+    """Write every table (md, tex, csv) and figure (png, pdf) under ``out_dir`` plus ``index.md``.
+
+    results: a store folder, a ``results.jsonl`` path, or a list of records. experiments: None
+    (defaults), a list of experiment names (narrows every table), or {table: [names]} with table
+    keys "table1".."table5", "fig4a", "fig4b". expected_seeds: None (the seeds seen per experiment)
+    or e.g. (1, 2, 3). tracking: a ``harness.tracking`` mode; not "none" logs every table and
+    figure to one W&B run (job_type "report").
+
+    Returns {"out_dir", "index", "records", "tables": {key: {"table", "frame", "paths"}},
+    "figures": {name: {"png", "pdf"}}, "missing": [...]}."""
+    records = load_records(results)
+    paper_dir = paper_dir if paper_dir is not None else default_paper_dir()
+    if with_paper and not os.path.isdir(paper_dir):
+        log.warning("no paper values at %s; tables without the paper's columns", paper_dir)
+    tables = build_tables(records, experiments, expected_seeds, paper_dir, with_paper)
+    os.makedirs(out_dir, exist_ok=True)
+    missing, written = [], {}
+    for key, table in tables.items():
+        missing += table.missing
+        entry = {"table": table, "frame": display_frame(table, with_paper), "paths": {}, "written": not table.empty}
+        if not table.empty:
+            entry["paths"] = write_table(table, out_dir, with_paper)
+        written[key] = entry
+    figures = {}
+    for name, (paths, why) in {
+        "figure3": figure3(tables["table1_base2new"], out_dir),
+        "figure4": figure4(tables["fig4a_init_ablation"], tables["fig4b_length_ablation"], out_dir),
+        "scatter": scatter(tables["table1_base2new"], out_dir),
+    }.items():  # fmt: skip
+        if paths:
+            figures[name] = paths
+        if why:
+            missing += why if isinstance(why, list) else [why]
+    source = results if isinstance(results, (str, os.PathLike)) else "records given in memory"
+    index = _index(out_dir, source, records, written, figures, missing, with_paper, paper_dir)
+    if tracking != "none":
+        _track(tracking, out_dir, source, written, figures)
+    return {"out_dir": out_dir, "index": index, "records": len(records),
+            "tables": {k: {"table": v["table"], "frame": v["frame"], "paths": v["paths"]} for k, v in written.items()},
+            "figures": figures, "missing": missing}
+
+
+def _track(mode, out_dir, source, tables, figures) -> None:
+    from harness import tracking
+
+    tracker = tracking.start_run(mode, name="report", job_type="report", tags=["report"],
+                                 config={"results": str(source), "out_dir": out_dir}, dir=out_dir)
+    failed = False
+    try:
+        for key, entry in tables.items():
+            if entry["paths"]:
+                tracker.log_table(key, entry["frame"])
+        for name, paths in figures.items():
+            tracker.log_image(name, paths["png"])
+    except Exception:
+        failed = True
+        raise
+    finally:
+        tracker.finish(failed=failed)

@@ -1,0 +1,302 @@
+"""One builder per table of the paper (Tables 1-5) and per Figure 4 ablation."""
+from __future__ import annotations
+
+from harness.report.tables import (
+    AVERAGE, CROSS_TARGETS, DG_DATASETS, PAPER_DATASETS, Cell, Context, Group, Table, add_base_new,
+    dataset_label, effective_n_ctx, fill_average, group_labels, is_zero_shot, method_label, method_rank,
+    ordered_datasets, trained_on_own_base, variant, variant_parts,
+)  # fmt: skip
+
+BASE_NEW_H = [("base", "Base"), ("new", "New"), ("h", "H")]
+ACCURACY = [("acc", "Accuracy")]
+
+# (embed_dim, text_width) of the CLIP backbones, for trainable-parameter counts (Table 5).
+BACKBONE_DIMS = {
+    "ViT-B/16": (512, 512), "ViT-B/32": (512, 512), "ViT-L/14": (768, 768), "ViT-L/14@336px": (768, 768),
+    "RN50": (1024, 512), "RN101": (512, 512), "RN50x4": (640, 640), "RN50x16": (768, 768),
+    "RN50x64": (1024, 1024), "tiny": (32, 64), "tiny-pretrained": (32, 64),
+}  # fmt: skip
+
+
+def _experiment_rank(name) -> tuple:
+    return (0, "") if name == "base2new" else (1, str(name))
+
+
+def _per_experiment_groups(recs: list[dict]) -> list[Group]:
+    """Column groups keyed by (experiment, variant): several experiments (e.g. "base2new" and
+    "demo") or several configs of one method are shown side by side, never pooled."""
+    keys = list(dict.fromkeys((r.get("experiment"), variant(r)) for r in recs))
+    keys.sort(key=lambda k: (_experiment_rank(k[0]), method_rank(k[1][0]), str(k[1])))
+    labels = group_labels(keys, lambda k: k[1][0], lambda k: [str(k[0])] + variant_parts(k[1]))
+    return [Group(k, labels[k], k[1][0]) for k in keys]
+
+
+def _variant_groups(recs: list[dict]) -> list[Group]:
+    keys = list(dict.fromkeys(variant(r) for r in recs))
+    keys.sort(key=lambda k: (method_rank(k[0]), str(k)))
+    labels = group_labels(keys, lambda k: k[0], variant_parts)
+    return [Group(k, labels[k], k[0]) for k in keys]
+
+
+def _unique_labels(variants: list[tuple], name) -> dict:
+    """name(v), with config / backbone / shots added where two variants would share a name."""
+    base = {v: name(v) for v in variants}
+    names = dict(base)
+    for v in variants:
+        twins = [w for w in variants if base[w] == base[v] and w != v]
+        if twins:
+            extra = [p for i, p in enumerate(variant_parts(v)) if p and any(variant_parts(w)[i] != p for w in twins)]
+            names[v] = f"{base[v]} ({', '.join(extra)})" if extra else base[v]
+    return names
+
+
+def _group_key(r: dict, per_experiment: bool) -> tuple:
+    return (r.get("experiment"), variant(r)) if per_experiment else variant(r)
+
+
+def _no_records_for(table: Table, known: tuple, datasets: list[str], what: str = "") -> None:
+    name = table.title.split(":")[0]
+    for d in known:
+        if d not in datasets:
+            table.missing.append(f"{name}: no records for {d}{what}")
+
+
+def _base_new_table(ctx: Context, table: Table, recs: list[dict], per_experiment: bool, paper) -> Table:
+    groups = table.groups or (_per_experiment_groups(recs) if per_experiment else _variant_groups(recs))
+    datasets = ordered_datasets({r["dataset"] for r in recs}, PAPER_DATASETS)
+    table.groups = groups
+    table.rows = [(d, dataset_label(d)) for d in datasets] + [(AVERAGE, "Average")]
+    _no_records_for(table, PAPER_DATASETS, datasets)
+    for g in groups:
+        mine = [r for r in recs if _group_key(r, per_experiment) == g.key]
+        for d in datasets:
+            base = [r for r in mine if r["dataset"] == d and r["subsample"] == "base"]
+            new = [r for r in mine if r["dataset"] == d and r["subsample"] == "new"]
+            if not base and not new:
+                table.missing.append(f"{table.title.split(':')[0]}: {g.label} has no records for {d}")
+                continue
+            add_base_new(ctx, table, g, d, base, new, paper)
+        universe = [d for d in datasets if d in PAPER_DATASETS]
+        total = len(PAPER_DATASETS) if universe else None
+        fill_average(table, g, ["base", "new", "h"], universe or datasets, total, derived_h=True, paper=paper)
+    return table
+
+
+def table1(ctx: Context) -> Table:
+    t = Table("table1_base2new", "Table 1: base-to-new generalisation (accuracy %)", "Dataset", [], [], BASE_NEW_H)
+    recs = ctx.select("table1", lambda r: r["subsample"] in ("base", "new") and (is_zero_shot(r) or trained_on_own_base(r)))
+    t.notes = [
+        "Records: zero-shot CLIP evaluated on base/new classes, and prompts learned on a dataset's base classes "
+        "evaluated on its base/new classes, from every experiment except crossdataset, domaingen and ablations; "
+        "each (experiment, method config) is its own column group.",
+        "Base/New: mean ± population std over seeds; H from the seed-averaged Base and New; "
+        "Average: mean of the per-dataset Base and New over the datasets complete for that column, H from those.",
+    ]
+    if not recs:
+        t.missing.append("Table 1: no base-to-new records")
+        return t
+
+    def paper(row, g, metric):
+        if ctx.paper is None or not (row in PAPER_DATASETS or row == AVERAGE):
+            return None
+        return ctx.paper.value("base2new", {"dataset": row, "method": g.method}, metric)
+
+    return _base_new_table(ctx, t, recs, True, paper)
+
+
+def _single_metric(ctx: Context, table: Table, recs: list[dict], rows: list[str], per_experiment: bool, paper) -> None:
+    name = table.title.split(":")[0]
+    for g in table.groups:
+        mine = [r for r in recs if _group_key(r, per_experiment) == g.key]
+        for d in rows:
+            cell, why = ctx.seed_cell([r for r in mine if r["dataset"] == d])
+            if cell is None:
+                table.missing.append(f"{name}: {g.label} has no records for {d}" + (f" ({why})" if why else ""))
+                continue
+            if why:
+                table.missing.append(f"{name}: {g.label} {d}: {why}")
+            if paper is not None:
+                cell.paper = paper(d, g, "acc")
+            table.cells[(d, g.key, "acc")] = cell
+
+
+def table2(ctx: Context) -> Table:
+    t = Table("table2_crossdataset", "Table 2: cross-dataset transfer from ImageNet (accuracy %)", "Dataset", [], [], ACCURACY)
+    t.notes = ["Prompts learned on all ImageNet classes (16 shots), evaluated on every class of each dataset; "
+               "rows are datasets (the paper's table transposed). Average: the 10 targets, ImageNet (source) excluded."]
+    recs = ctx.select("table2", lambda r: r["subsample"] == "all" and r["dataset"] not in DG_DATASETS[1:]
+                      and (is_zero_shot(r) or (r.get("train_dataset") == "imagenet" and r.get("train_subsample") == "all")))
+    if not recs:
+        t.missing.append("Table 2: no cross-dataset records")
+        return t
+    datasets = ordered_datasets({r["dataset"] for r in recs}, PAPER_DATASETS)
+    t.groups = _variant_groups(recs)
+    t.rows = [(d, "ImageNet (source)" if d == "imagenet" else dataset_label(d)) for d in datasets] + [(AVERAGE, "Average")]
+    _no_records_for(t, PAPER_DATASETS, datasets)
+
+    def paper(row, g, metric):
+        return None if ctx.paper is None else ctx.paper.value("crossdataset", {"method": g.method}, row)
+
+    _single_metric(ctx, t, recs, datasets, False, paper)
+    targets = [d for d in datasets if d in CROSS_TARGETS] or [d for d in datasets if d != "imagenet"]
+    for g in t.groups:
+        fill_average(t, g, ["acc"], targets, len(CROSS_TARGETS) if targets and targets[0] in CROSS_TARGETS else None, paper=paper)
+    return t
+
+
+def table3(ctx: Context) -> Table:
+    t = Table("table3_domaingen", "Table 3: domain generalisation from ImageNet (accuracy %)", "Dataset", [], [], ACCURACY)
+    t.notes = ["ImageNet-trained prompts (all classes, 16 shots) on ImageNet and its four variants; CLIP is zero-shot. "
+               "Rows are datasets (the paper's table transposed)."]
+    recs = ctx.select("table3", lambda r: r["subsample"] == "all" and r["dataset"] in DG_DATASETS
+                      and (is_zero_shot(r) or (r.get("train_dataset") == "imagenet" and r.get("train_subsample") == "all")))
+    if not recs:
+        t.missing.append("Table 3: no domain-generalisation records")
+        return t
+    datasets = ordered_datasets({r["dataset"] for r in recs}, DG_DATASETS)
+    t.groups = _variant_groups(recs)
+    t.rows = [(d, dataset_label(d)) for d in datasets]
+    _no_records_for(t, DG_DATASETS, datasets)
+
+    def paper(row, g, metric):
+        return None if ctx.paper is None else ctx.paper.value("domaingen", {"method": g.method}, row)
+
+    _single_metric(ctx, t, recs, datasets, False, paper)
+    return t
+
+
+def table4(ctx: Context) -> Table:
+    t = Table("table4_class_incremental", "Table 4: class-incremental test, base and new classes together (accuracy %)",
+              "Dataset", [], [], ACCURACY)
+    t.notes = ["Prompts learned on a dataset's base classes (CLIP: zero-shot), evaluated with one classifier over all "
+               "its classes. Average over the datasets complete for that column (the paper reports only the 11-dataset average)."]
+    recs = ctx.select("table4", lambda r: r["subsample"] == "all" and (is_zero_shot(r) or trained_on_own_base(r)))
+    if not recs:
+        t.missing.append("Table 4: no class-incremental records")
+        return t
+    datasets = ordered_datasets({r["dataset"] for r in recs}, PAPER_DATASETS)
+    t.groups = _per_experiment_groups(recs)
+    t.rows = [(d, dataset_label(d)) for d in datasets] + [(AVERAGE, "Average")]
+    _no_records_for(t, PAPER_DATASETS, datasets)
+
+    def paper(row, g, metric):
+        if ctx.paper is None or row != AVERAGE:
+            return None
+        return ctx.paper.value("class_incremental", {"method": g.method}, "accuracy")
+
+    _single_metric(ctx, t, recs, datasets, True, paper)
+    universe = [d for d in datasets if d in PAPER_DATASETS]
+    for g in t.groups:
+        fill_average(t, g, ["acc"], universe or datasets, len(PAPER_DATASETS) if universe else None, paper=paper)
+    return t
+
+
+def trainable_parameters(record: dict) -> int | None:
+    """A count the record carries, else CoOp: n_ctx x text width; CoCoOp adds the Meta-Net
+    (both linear layers with biases, hidden = embed_dim // 16)."""
+    for source in (record, record.get("metrics") or {}, record.get("options") or {}):
+        for name in ("trainable_params", "num_trainable_parameters", "n_params", "params"):
+            if isinstance(source.get(name), (int, float)):
+                return int(source[name])
+    dims = BACKBONE_DIMS.get(record.get("backbone"))
+    n_ctx = effective_n_ctx(record)
+    if dims is None or n_ctx is None or (record.get("options") or {}).get("csc"):
+        return None
+    embed, width = dims
+    count = n_ctx * width
+    if record["method"] == "cocoop":
+        hidden = max(1, embed // 16)
+        count += embed * hidden + hidden + hidden * width + width
+    return count
+
+
+def _paper_model(v: tuple) -> str | None:
+    method, _, _, _, n_ctx, init = v
+    if method == "coop" and n_ctx == 4 and init:
+        return "coop_ctx4"
+    if method == "coop" and n_ctx == 60:
+        return "coop_ctx60"
+    if method == "cocoop" and n_ctx == 4 and init:
+        return "cocoop_ctx4"
+    return None
+
+
+def table5(ctx: Context) -> Table:
+    t = Table("table5_bigger_coop", "Table 5: CoCoOp vs a bigger CoOp on ImageNet (accuracy %)", "Model", [], [],
+              [("params", "Params")] + BASE_NEW_H)
+    t.notes = ["Trainable parameters: CoOp n_ctx x text width; CoCoOp adds the Meta-Net with its biases "
+               "(35,360 for ViT-B/16; the paper's 34,816 leaves the biases out, PROTOCOL.md 18.4)."]
+    recs = ctx.select("table5", lambda r: r["dataset"] == "imagenet" and r["subsample"] in ("base", "new")
+                      and r["method"] in ("coop", "cocoop") and trained_on_own_base(r))
+    expected = {"coop_ctx4": "CoOp ctx 4", "coop_ctx60": "CoOp ctx 60", "cocoop_ctx4": "CoCoOp ctx 4"}
+    # CoOp of any context length; CoCoOp as in the paper (its random-init variants are Figure 4's).
+    variants = [v for v in dict.fromkeys(variant(r) for r in recs) if v[0] == "coop" or _paper_model(v)]
+    variants.sort(key=lambda v: (method_rank(v[0]), v[4] or 0, v[5] == "", str(v)))
+    recs = [r for r in recs if variant(r) in set(variants)]
+    for model in sorted(set(expected) - {_paper_model(v) for v in variants}):
+        t.missing.append(f"Table 5: no ImageNet base/new records for {expected[model]}")
+    if not recs:
+        return t
+    group = Group(("imagenet",), "ImageNet", "")
+    t.groups = [group]
+    names = _unique_labels(variants, lambda v: f"{method_label(v[0])} (ctx {v[4]}{', random init' if v[5] == '' else ''})")
+    for v in variants:
+        label = names[v]
+        t.rows.append((label, label))
+        model = _paper_model(v)
+
+        def paper(row, g, metric, model=model):
+            return None if ctx.paper is None or model is None else ctx.paper.value("bigger_coop", {"model": model}, metric)
+
+        mine = [r for r in recs if variant(r) == v]
+        add_base_new(ctx, t, group, label, [r for r in mine if r["subsample"] == "base"],
+                     [r for r in mine if r["subsample"] == "new"], paper)
+        count = trainable_parameters(mine[-1])
+        if count is not None:
+            t.cells[(label, group.key, "params")] = Cell(float(count), None, 1, 1, "count", "", paper(label, group, "params"))
+    return t
+
+
+def _ablation(ctx: Context, which: str) -> Table:
+    if which == "fig4a":
+        t = Table("fig4a_init_ablation", "Figure 4a: context initialisation, word embeddings vs random (accuracy %)",
+                  "Dataset", [], [], BASE_NEW_H)
+    else:
+        t = Table("fig4b_length_ablation", "Figure 4b: context length with random initialisation (accuracy %)",
+                  "Dataset", [], [], BASE_NEW_H)
+    recs = ctx.select(which, lambda r: r["subsample"] in ("base", "new") and not is_zero_shot(r) and trained_on_own_base(r))
+    families: dict = {}
+    for r in recs:
+        v = variant(r)
+        families.setdefault((v[0], v[2], v[3]), set()).add(v)
+    chosen = []
+    for fam, vs in families.items():
+        if which == "fig4a":
+            four = [v for v in vs if v[4] == 4]
+            if any(v[5] for v in four) and any(v[5] == "" for v in four):
+                chosen += four
+        else:
+            rand = [v for v in vs if v[5] == ""]
+            if len({v[4] for v in rand}) > 1:
+                chosen += rand
+    if not chosen:
+        what = "an initialised and a randomly initialised 4-token" if which == "fig4a" else "two or more context lengths of a random-init"
+        t.missing.append(f"{t.title.split(':')[0]}: no method has base-to-new records of {what} prompt")
+        return t
+    chosen.sort(key=lambda v: (method_rank(v[0]), v[4] or 0, v[5] == "", str(v)))
+    names = _unique_labels(chosen, lambda v: f"{method_label(v[0])} " + ((f"“{v[5]}”" if v[5] else "random") if which == "fig4a" else f"ctx {v[4]}"))
+    t.groups = [Group(v, names[v], v[0]) for v in chosen]
+    recs = [r for r in recs if variant(r) in set(chosen)]
+    t.notes = ["Prompts learned on base classes, seeds averaged per dataset; the figure shows the Average row."]
+    return _base_new_table(ctx, t, recs, False, None)
+
+
+def fig4a(ctx: Context) -> Table:
+    return _ablation(ctx, "fig4a")
+
+
+def fig4b(ctx: Context) -> Table:
+    return _ablation(ctx, "fig4b")
+
+
+BUILDERS = (table1, table2, table3, table4, table5, fig4a, fig4b)

@@ -1,0 +1,184 @@
+"""Figures (matplotlib Agg canvas, no pyplot; PNG + PDF): Figure 3, Figure 4 and a base-vs-new scatter.
+
+A figure is drawn only from data that exist; ``None`` comes back (with the reason) otherwise, so
+the report never writes an empty figure.
+"""
+from __future__ import annotations
+
+import os
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from harness.report.tables import AVERAGE, Table, dataset_label
+
+# One colour per method in every figure.
+METHOD_COLORS = {"zsclip": "#7f7f7f", "coop": "#1f77b4", "cocoop": "#d62728"}
+OTHER_COLOR = "#2ca02c"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def color(method: str) -> str:
+    return METHOD_COLORS.get(method, OTHER_COLOR)
+
+
+def _figure(*shape, figsize) -> tuple:
+    """A figure on the Agg canvas, without pyplot (no global backend switch, nothing to close)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(*shape, squeeze=False)
+
+
+def _save(fig, out_dir: str, name: str) -> dict:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"png": os.path.join(out_dir, f"{name}.png"), "pdf": os.path.join(out_dir, f"{name}.pdf")}
+    fig.savefig(paths["png"], dpi=150, bbox_inches="tight")
+    fig.savefig(paths["pdf"], bbox_inches="tight", metadata={"CreationDate": None})
+    return paths
+
+
+def _experiments(table: Table) -> list:
+    """Table 1's experiments, "base2new" first, then in column order."""
+    names = list(dict.fromkeys(g.key[0] for g in table.groups))
+    return sorted(names, key=lambda e: e != "base2new")
+
+
+def _value(table, row, group, metric):
+    cell = table.cell(row, group, metric)
+    return None if cell is None else cell.mean
+
+
+def figure3(table1: Table, out_dir: str):
+    """CoCoOp minus CoOp per dataset, new (a) and base (b) accuracy, sorted bars."""
+    for experiment in _experiments(table1):
+        groups = [g for g in table1.groups if g.key[0] == experiment]
+        coop = next((g for g in groups if g.method == "coop"), None)
+        cocoop = next((g for g in groups if g.method == "cocoop"), None)
+        if coop and cocoop:
+            break
+    else:
+        return None, "Figure 3: needs CoOp and CoCoOp base-to-new results of one experiment"
+    fig, axes = _figure(1, 2, figsize=(12, 4.2))
+    axes = axes[0]
+    drawn = False
+    for ax, metric, title in zip(axes, ("new", "base"), ("(a) New classes", "(b) Base classes")):
+        pairs = []
+        for row, _ in table1.rows:
+            a, b = _value(table1, row, cocoop, metric), _value(table1, row, coop, metric)
+            if row != AVERAGE and a is not None and b is not None:
+                pairs.append((dataset_label(row), a - b))
+        pairs.sort(key=lambda p: p[1], reverse=True)
+        if not pairs:
+            ax.set_visible(False)
+            continue
+        drawn = True
+        diffs = [d for _, d in pairs]
+        bars = ax.bar(range(len(pairs)), diffs, color=[color("cocoop") if d >= 0 else color("coop") for d in diffs])
+        ax.bar_label(bars, labels=[f"{d:+.2f}" for d in diffs], fontsize=7, padding=2)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(pairs)), [p[0] for p in pairs], rotation=45, ha="right")
+        ax.set_ylabel("CoCoOp − CoOp accuracy (% points)")
+        ax.set_xlabel("Dataset")
+        ax.set_title(title)
+        ax.margins(y=0.15)
+    if not drawn:
+        return None, "Figure 3: no dataset with both CoOp and CoCoOp results"
+    handles = [Rectangle((0, 0), 1, 1, color=color(m)) for m in ("cocoop", "coop")]
+    fig.legend(handles, ["CoCoOp better", "CoOp better"], loc="upper right")
+    fig.suptitle(f"Figure 3: CoCoOp vs CoOp, base-to-new (experiment {experiment})")
+    fig.tight_layout()
+    return _save(fig, out_dir, "figure3_cocoop_vs_coop"), None
+
+
+def scatter(table1: Table, out_dir: str):
+    """Base vs new accuracy of every method and dataset (the average row as a big star)."""
+    experiments = _experiments(table1)
+    if not experiments:
+        return None, "Base-vs-new scatter: no base-to-new results"
+    experiment = experiments[0]
+    fig, axes = _figure(1, 1, figsize=(6.5, 6))
+    ax = axes[0][0]
+    points = 0
+    seen_methods = {}
+    for g in (g for g in table1.groups if g.key[0] == experiment):
+        marker = MARKERS[seen_methods.setdefault(g.method, []).__len__() % len(MARKERS)]
+        seen_methods[g.method].append(g)
+        xs, ys, names = [], [], []
+        for row, label in table1.rows:
+            b, n = _value(table1, row, g, "base"), _value(table1, row, g, "new")
+            if b is None or n is None:
+                continue
+            if row == AVERAGE:
+                ax.scatter([b], [n], marker="*", s=260, color=color(g.method), edgecolor="black", zorder=3)
+            else:
+                xs.append(b), ys.append(n), names.append(label)
+        if xs:
+            points += len(xs)
+            ax.scatter(xs, ys, color=color(g.method), marker=marker, label=g.label, alpha=0.85, zorder=2)
+    if not points:
+        return None, "Base-vs-new scatter: no dataset with both base and new accuracy"
+    lo, hi = ax.get_xlim()[0], ax.get_xlim()[1]
+    lo, hi = min(lo, ax.get_ylim()[0]), max(hi, ax.get_ylim()[1])
+    ax.plot([lo, hi], [lo, hi], linestyle="--", color="black", linewidth=0.8, label="base = new")
+    ax.scatter([], [], marker="*", s=160, color="white", edgecolor="black", label="Average (star)")
+    ax.set_xlim(lo, hi), ax.set_ylim(lo, hi)
+    ax.set_xlabel("Base-class accuracy (%)")
+    ax.set_ylabel("New-class accuracy (%)")
+    ax.set_title(f"Base vs new accuracy per dataset (experiment {experiment})")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, out_dir, "figure_base_vs_new"), None
+
+
+def figure4(init: Table, length: Table, out_dir: str):
+    """(a) initialisation and (b) context length: averaged base / new / H."""
+    panels = []
+    missing = []
+    if any(init.cell(AVERAGE, g, "base") for g in init.groups):
+        panels.append("init")
+    else:
+        missing.append("Figure 4a (initialisation): no averaged ablation results")
+    if any(length.cell(AVERAGE, g, "base") for g in length.groups):
+        panels.append("length")
+    else:
+        missing.append("Figure 4b (context length): no averaged ablation results")
+    if not panels:
+        return None, missing
+    fig, axes = _figure(1, len(panels), figsize=(6 * len(panels), 4.2))
+    metrics = (("base", "Base"), ("new", "New"), ("h", "H"))
+    for ax, panel in zip(axes[0], panels):
+        if panel == "init":
+            groups = [g for g in init.groups if init.cell(AVERAGE, g, "base")]
+            width = 0.8 / len(groups)
+            for i, g in enumerate(groups):
+                values = [_value(init, AVERAGE, g, m) or 0.0 for m, _ in metrics]
+                random = g.key[5] == ""
+                bars = ax.bar([j + (i - (len(groups) - 1) / 2) * width for j in range(3)], values, width,
+                              color=color(g.method), alpha=0.45 if random else 0.95, hatch="//" if random else None,
+                              edgecolor="black", label=g.label)
+                ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=7, padding=2)
+            ax.set_xticks(range(3), [label for _, label in metrics])
+            ax.set_xlabel("Metric (Average over datasets)")
+            ax.set_title("(a) Context initialisation")
+            ax.margins(y=0.12)
+        else:
+            by_method = {}
+            for g in length.groups:
+                if length.cell(AVERAGE, g, "base"):
+                    by_method.setdefault(g.method, []).append(g)
+            for method, groups in by_method.items():
+                groups.sort(key=lambda g: g.key[4])
+                xs = [g.key[4] for g in groups]
+                for (m, label), style in zip(metrics, ("-", "--", ":")):
+                    ax.plot(xs, [_value(length, AVERAGE, g, m) for g in groups], linestyle=style, marker="o",
+                            color=color(method), label=f"{groups[0].label.split(' ')[0]} {label}")
+                ax.set_xticks(sorted({x for x in xs}))
+            ax.set_xlabel("Context length (tokens, random init)")
+            ax.set_title("(b) Context length")
+        ax.set_ylabel("Accuracy (%)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("Figure 4: ablations (base-to-new, averaged over datasets)")
+    fig.tight_layout()
+    return _save(fig, out_dir, "figure4_ablations"), (missing or None)

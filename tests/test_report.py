@@ -1,0 +1,249 @@
+"""The report stage: aggregation by hand-computed numbers, the paper's own Table 1, files, CLI."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness.report import AVERAGE, PAPER_DATASETS, build_report, build_tables, default_paper_dir, trainable_parameters
+from harness.report.__main__ import main as report_main
+from harness.results import append_record
+
+CONFIGS = {"zsclip": "vit_b16", "coop": "vit_b16_ctxv1", "cocoop": "vit_b16_c4_ep10_batch1_ctxv1"}
+
+
+def record(method, dataset, subsample, accuracy, seed=1, experiment="base2new", train_subsample="base",
+           train_dataset="same", n_ctx=4, ctx_init="a photo of a", config=None, backbone="ViT-B/16"):
+    """A complete results-store record; zero-shot CLIP gets no training fields and no seed."""
+    zero_shot = method == "zsclip"
+    options = {} if zero_shot else {"n_ctx": n_ctx, "ctx_init": ctx_init}
+    return {
+        "experiment": experiment, "job": f"{method}/{dataset}/{subsample}/seed{seed}", "method": method,
+        "config": config or CONFIGS[method], "options": options, "dataset": dataset, "subsample": subsample,
+        "train_dataset": None if zero_shot else (dataset if train_dataset == "same" else train_dataset),
+        "train_subsample": None if zero_shot else train_subsample, "shots": 16, "seed": None if zero_shot else seed,
+        "backbone": backbone, "precision": "fp16",
+        "metrics": {"accuracy": accuracy, "error": 100 - accuracy, "macro_f1": accuracy, "perclass_accuracy": None,
+                    "per_class_accuracy": [], "total": 100, "correct": round(accuracy)},
+        "epochs": 0 if zero_shot else 10, "wall_time_s": 1.0, "git_commit": "test", "versions": {},
+        "timestamp": "2024-01-01T00:00:00", "run_dir": "/tmp/x",
+    }  # fmt: skip
+
+
+def write(store, records):
+    for r in records:
+        append_record(str(store), r)
+    return str(store)
+
+
+def paper_rows(name):
+    with open(os.path.join(default_paper_dir(), name), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def small_store(tmp_path):
+    """CoCoOp on two datasets with seeds 1-3 (one seed missing on dtd/new), CoOp and CLIP."""
+    recs = []
+    for seed, b, n in ((1, 70.0, 60.0), (2, 72.0, 62.0), (3, 74.0, 67.0)):
+        recs += [record("cocoop", "eurosat", "base", b, seed), record("cocoop", "eurosat", "new", n, seed)]
+    for seed, b, n in ((1, 50.0, 40.0), (2, 54.0, 42.0), (3, 52.0, None)):
+        recs.append(record("cocoop", "dtd", "base", b, seed))
+        if n is not None:
+            recs.append(record("cocoop", "dtd", "new", n, seed))
+    for seed in (1, 2, 3):
+        recs += [record("coop", "eurosat", "base", 90.0, seed), record("coop", "eurosat", "new", 50.0 + seed, seed)]
+    recs += [record("zsclip", "eurosat", "base", 56.0), record("zsclip", "eurosat", "new", 64.0)]
+    return write(tmp_path / "out", recs)
+
+
+def test_seed_mean_population_std_and_h(small_store):
+    t = build_tables(small_store)["table1_base2new"]
+    cocoop = t.group_for("cocoop")
+    base, new, h = (t.cell("eurosat", cocoop, m) for m in ("base", "new", "h"))
+    assert base.mean == pytest.approx(72.0) and base.std == pytest.approx(math.sqrt(8 / 3))  # 1.63299...
+    assert base.std == pytest.approx(1.632993, abs=1e-6)
+    assert new.mean == pytest.approx(63.0) and new.std == pytest.approx(math.sqrt(26 / 3))  # 60, 62, 67
+    assert h.mean == pytest.approx(2 * 72 * 63 / (72 + 63))  # 67.2, from the seed means
+    assert base.text() == "72.00 ± 1.63" and h.text() == "67.20"
+    clip = t.group_for("zsclip")
+    assert t.cell("eurosat", clip, "base").text() == "56.00"  # zero-shot: no seeds, no ±
+    assert t.cell("eurosat", clip, "h").mean == pytest.approx(2 * 56 * 64 / 120)
+
+
+def test_missing_seed_is_marked_and_listed(small_store):
+    t = build_tables(small_store)["table1_base2new"]
+    cocoop = t.group_for("cocoop")
+    new = t.cell("dtd", cocoop, "new")
+    assert new.mean == pytest.approx(41.0) and new.std == pytest.approx(1.0)
+    assert new.text() == "41.00 ± 1.00 †(2/3 seeds)"
+    assert "†" in t.cell("dtd", cocoop, "h").text()
+    assert any("dtd new" in m and "seed 3 missing (2/3)" in m for m in t.missing)
+    # The average only takes the complete dataset (eurosat) and says so.
+    avg = t.cell(AVERAGE, cocoop, "base")
+    assert avg.mean == pytest.approx(72.0) and avg.note == "‡(1/11 datasets)"
+    assert avg.paper is None  # no paper comparison for a partial average
+    assert any("no records for imagenet" in m for m in t.missing)
+    # Asking for seeds 1-4 marks even the complete-looking cells.
+    t4 = build_tables(small_store, expected_seeds=(1, 2, 3, 4))["table1_base2new"]
+    assert t4.cell("eurosat", t4.group_for("cocoop"), "base").note == "†(3/4 seeds)"
+
+
+def test_average_h_from_averaged_base_and_new(tmp_path):
+    recs = []
+    for ds, b, n in (("eurosat", 90.0, 30.0), ("dtd", 50.0, 70.0)):
+        recs += [record("coop", ds, "base", b), record("coop", ds, "new", n)]
+    t = build_tables(write(tmp_path / "o", recs))["table1_base2new"]
+    g = t.group_for("coop")
+    assert t.cell(AVERAGE, g, "base").mean == pytest.approx(70.0)
+    assert t.cell(AVERAGE, g, "new").mean == pytest.approx(50.0)
+    h = t.cell(AVERAGE, g, "h").mean
+    assert h == pytest.approx(2 * 70 * 50 / 120)  # 58.33, not the mean of 45.0 and 58.33
+    assert h != pytest.approx((45.0 + 2 * 50 * 70 / 120) / 2)
+
+
+def test_paper_table1_reproduces_its_own_h(tmp_path):
+    recs = []
+    for row in paper_rows("base2new.csv"):
+        if row["dataset"] == "average":
+            continue
+        recs.append(record(row["method"], row["dataset"], "base", float(row["base"])))
+        recs.append(record(row["method"], row["dataset"], "new", float(row["new"])))
+    summary = build_report(write(tmp_path / "o", recs), out_dir=str(tmp_path / "r"))
+    t = summary["tables"]["table1_base2new"]["table"]
+    for row in paper_rows("base2new.csv"):
+        g = t.group_for(row["method"])
+        for metric in ("base", "new", "h"):
+            cell = t.cell(row["dataset"], g, metric)
+            assert f"{cell.mean:.2f}" == row[metric], (row, metric)
+            assert cell.paper == float(row[metric]) and cell.delta_text() == "0.00"
+    assert [f"{t.cell(AVERAGE, t.group_for(m), 'h').mean:.2f}" for m in ("zsclip", "coop", "cocoop")] == ["71.70", "71.66", "75.83"]
+    frame = summary["tables"]["table1_base2new"]["frame"]
+    deltas = [c for c in frame.columns if c.endswith("Δ")]
+    assert len(deltas) == 9 and set(frame[deltas].values.ravel()) == {"0.00"}
+    assert not any("Table 1" in m for m in summary["missing"])
+    md = open(summary["tables"]["table1_base2new"]["paths"]["md"]).read()
+    assert "| Average | 69.34 | 69.34 | 0.00 |" in md
+
+
+def test_files_and_figures_are_written(tmp_path):
+    recs = []
+    for ds, off in (("eurosat", 0.0), ("dtd", 5.0), ("synthetic", 2.0)):
+        recs += [record("zsclip", ds, "base", 60 + off), record("zsclip", ds, "new", 65 + off)]
+        for seed in (1, 2):
+            recs += [record("coop", ds, "base", 85 + off + seed, seed), record("coop", ds, "new", 55 + off, seed),
+                     record("cocoop", ds, "base", 82 + off, seed), record("cocoop", ds, "new", 66 + off - seed, seed)]
+            for n_ctx, init, cfg in ((4, "", "vit_b16_c4_ep10_batch1"), (8, "", "vit_b16_c8_ep10_batch1"), (16, "", "vit_b16_c16_ep10_batch1")):
+                for sub, acc in (("base", 80 + n_ctx / 4), ("new", 60 + n_ctx / 2)):
+                    recs.append(record("cocoop", ds, sub, acc + off, seed, "ablations", n_ctx=n_ctx, ctx_init=init, config=cfg))
+            recs.append(record("coop", ds, "all", 70 + off, seed))
+        recs.append(record("zsclip", ds, "all", 62 + off))
+    for seed in (1, 2):  # Table 5 on ImageNet, Tables 2 and 3 from the ImageNet checkpoints
+        for method, n_ctx, init, cfg in (("coop", 4, "a photo of a", None), ("coop", 60, "", "vit_b16_c60"), ("cocoop", 4, "a photo of a", None)):
+            recs += [record(method, "imagenet", sub, 70.0 + seed, seed, "ablations", n_ctx=n_ctx, ctx_init=init, config=cfg) for sub in ("base", "new")]
+        for method in ("coop", "cocoop"):
+            for ds in ("imagenet", "caltech101", "dtd", "imagenetv2", "imagenet_a"):
+                recs.append(record(method, ds, "all", 60.0 + seed, seed, "crossdataset" if ds in PAPER_DATASETS else "domaingen",
+                                   train_subsample="all", train_dataset="imagenet"))
+    summary = build_report(write(tmp_path / "o", recs), out_dir=str(tmp_path / "r"))
+    out = tmp_path / "r"
+    for key in ("table1_base2new", "table2_crossdataset", "table3_domaingen", "table4_class_incremental",
+                "table5_bigger_coop", "fig4a_init_ablation", "fig4b_length_ablation"):
+        for ext in ("md", "tex", "csv"):
+            assert (out / f"{key}.{ext}").stat().st_size > 0, (key, ext)
+    for name in ("figure3_cocoop_vs_coop", "figure4_ablations", "figure_base_vs_new"):
+        for ext in ("png", "pdf"):
+            assert (out / f"{name}.{ext}").stat().st_size > 1000, (name, ext)
+    index = (out / "index.md").read_text()
+    assert "table1_base2new.md" in index and "## Missing" in index and "no records for imagenet" in index
+    t1 = summary["tables"]["table1_base2new"]["table"]
+    assert [r for r, _ in t1.rows] == ["dtd", "eurosat", "synthetic", AVERAGE]
+    # The average covers the two paper datasets only (synthetic is not one of the 11).
+    assert t1.cell(AVERAGE, t1.group_for("zsclip"), "base").mean == pytest.approx(62.5)
+    t5 = summary["tables"]["table5_bigger_coop"]["table"]
+    params = {r: t5.cell(r, t5.groups[0], "params") for r, _ in t5.rows}
+    assert params["CoOp (ctx 4)"].mean == 2048 and params["CoOp (ctx 60, random init)"].mean == 30720
+    assert params["CoCoOp (ctx 4)"].mean == 35360 and params["CoCoOp (ctx 4)"].paper == 34816
+    t4b = summary["tables"]["fig4b_length_ablation"]["table"]
+    assert [g.label for g in t4b.groups] == ["CoCoOp ctx 4", "CoCoOp ctx 8", "CoCoOp ctx 16"]
+    t4a = summary["tables"]["fig4a_init_ablation"]["table"]
+    assert [g.label for g in t4a.groups] == ["CoCoOp “a photo of a”", "CoCoOp random"]
+    t2 = summary["tables"]["table2_crossdataset"]["table"]
+    assert t2.cell(AVERAGE, t2.group_for("coop"), "acc").note == "‡(2/10 datasets)"
+    tex = (out / "table1_base2new.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "\\toprule" in tex
+
+
+def test_absent_figure_data_is_listed_not_drawn(tmp_path):
+    store = write(tmp_path / "o", [record("zsclip", "dtd", "base", 50.0), record("zsclip", "dtd", "new", 60.0)])
+    summary = build_report(store, out_dir=str(tmp_path / "r"))
+    assert set(summary["figures"]) == {"scatter"}
+    assert any(m.startswith("Figure 3") for m in summary["missing"]) and any(m.startswith("Figure 4a") for m in summary["missing"])
+    assert not (tmp_path / "r" / "figure3_cocoop_vs_coop.png").exists()
+    assert not (tmp_path / "r" / "table2_crossdataset.md").exists()
+
+
+def test_experiment_selection(tmp_path):
+    recs = [record("coop", "dtd", s, 50.0, 1, "demo") for s in ("base", "new")]
+    recs += [record("coop", "dtd", s, 70.0, 1, "base2new") for s in ("base", "new")]
+    store = write(tmp_path / "o", recs)
+    t = build_tables(store)["table1_base2new"]
+    assert [g.label for g in t.groups] == ["CoOp (base2new)", "CoOp (demo)"]  # not pooled
+    t = build_tables(store, experiments=["demo"])["table1_base2new"]
+    assert len(t.groups) == 1 and t.cell("dtd", t.groups[0], "base").mean == 50.0
+    t = build_tables(store, experiments={"table1": ["base2new"]})["table1_base2new"]
+    assert t.cell("dtd", t.groups[0], "base").mean == 70.0
+
+
+def test_trainable_parameters():
+    assert trainable_parameters(record("cocoop", "imagenet", "base", 1.0, backbone="tiny")) == 4 * 64 + 32 * 2 + 2 + 2 * 64 + 64
+    assert trainable_parameters(record("coop", "imagenet", "base", 1.0, n_ctx=16, ctx_init="")) == 16 * 512
+
+
+def test_cli_small_store(small_store, tmp_path):
+    out = tmp_path / "cli"
+    assert report_main(["--results", small_store, "--out", str(out), "--tracking", "none"]) == 0
+    assert (out / "table1_base2new.md").exists() and (out / "index.md").exists()
+    assert report_main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "e")]) == 1
+    done = subprocess.run([sys.executable, "-m", "harness.report", "--results", small_store + "/results.jsonl",
+                           "--out", str(tmp_path / "cli2"), "--experiment", "base2new", "--seeds", "1", "2", "3"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "table1_base2new" not in done.stderr and (tmp_path / "cli2" / "table1_base2new.csv").exists()
+    assert "seed 3 missing" in done.stdout
+
+
+def test_tracking_logs_tables_and_figures(small_store, tmp_path, monkeypatch):
+    from harness import tracking
+
+    calls = {"start": [], "table": [], "image": [], "finish": 0}
+
+    class Recorder(tracking.Tracker):
+        def log_table(self, name, frame):
+            calls["table"].append((name, len(frame)))
+
+        def log_image(self, name, path):
+            assert os.path.exists(path)
+            calls["image"].append(name)
+
+        def finish(self, failed=False):
+            calls["finish"] += 1
+
+    def start_run(mode, **kwargs):
+        calls["start"].append((mode, kwargs))
+        return Recorder()
+
+    monkeypatch.setattr(tracking, "start_run", start_run)
+    summary = build_report(small_store, out_dir=str(tmp_path / "r"), tracking="offline")
+    (mode, kwargs), = calls["start"]
+    assert mode == "offline" and kwargs["job_type"] == "report" and kwargs["name"] == "report"
+    assert [n for n, _ in calls["table"]] == [k for k, v in summary["tables"].items() if v["paths"]]
+    assert ("table1_base2new", 3) in calls["table"]  # dtd, eurosat, Average
+    assert sorted(calls["image"]) == sorted(summary["figures"]) and calls["finish"] == 1
+    calls["start"].clear()
+    build_report(small_store, out_dir=str(tmp_path / "r2"))  # tracking="none": no run at all
+    assert calls["start"] == []
