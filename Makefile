@@ -1,33 +1,85 @@
-# prompt-harness: every target makes the virtual environment on first use.
-#   make base2new                  demo profile (synthetic data, tiny CLIP) when DATA_ROOT is empty
-#   make base2new DATA_ROOT=/data  the paper's base-to-new study on your data
-#   make test                      the test suite
-PYTHON   ?= python3
-VENV     ?= .venv
-PY       := $(VENV)/bin/python
-STAMP    := $(VENV)/.installed
+# prompt-harness. Every target makes the virtual environment (.venv) on first use.
+#
+#   make base2new                      the demo (generated data, tiny pre-trained CLIP) when DATA_ROOT is empty
+#   make base2new DATA_ROOT=/data      the paper's base-to-new study (Table 1 and 4) on your data
+#   make crossdataset domaingen ablations DATA_ROOT=/data LAUNCHER=slurm
+#   make report                        tables and figures from the results store
+#   make test                          the test suite
+PYTHON    ?= python3
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
 DATA_ROOT ?=
-LAUNCHER ?= local
-BACKBONE ?=
-OUT      ?= output
+LAUNCHER  ?=
+BACKBONE  ?=
+OUT       ?= output
+DATASETS  ?=
+SEEDS     ?=
+METHODS   ?=
+SET       ?=
+TRACKING  ?= auto
 PYTEST_ARGS ?=
+
+# Without a data root the experiments run on the demo profile, in their own output folder.
+RUN_OUT    := $(if $(DATA_ROOT),$(OUT),$(OUT)/demo)
+REPORT_OUT := $(if $(DATA_ROOT),reports,reports/demo)
+SWEEP_ARGS  = --out $(RUN_OUT) $(if $(DATA_ROOT),--data-root $(DATA_ROOT),--profile demo) \
+              $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(BACKBONE),--backbone $(BACKBONE)) \
+              $(if $(DATASETS),--datasets $(DATASETS)) $(if $(SEEDS),--seeds $(SEEDS)) \
+              $(if $(METHODS),--methods $(METHODS)) $(foreach s,$(SET),--set $(s))
+define DEMO_BANNER
+	@echo "================================================================================"
+	@echo " No DATA_ROOT given: running the DEMO profile (generated scenes, tiny CLIP"
+	@echo " pre-trained here on first use), not the paper's setting. For the real study:"
+	@echo "     make $@ DATA_ROOT=/path/to/datasets"
+	@echo "================================================================================"
+endef
 
 .DEFAULT_GOAL := help
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: venv
-venv: $(STAMP) ## create the virtual environment (.venv) and install the project
+.PHONY: venv base2new demo crossdataset domaingen ablations bigger_coop report status bench test help
 
-.PHONY: test
-test: $(STAMP) ## run the test suite (slow and Slurm tests included when a cluster is up)
+venv: $(STAMP) ## create the virtual environment and install the project
+
+base2new: $(STAMP) ## base-to-new study, Tables 1 and 4 (demo profile without DATA_ROOT)
+	$(if $(DATA_ROOT),,$(DEMO_BANNER))
+	$(PY) -m harness sweep base2new $(SWEEP_ARGS)
+	$(PY) -m harness.report --results $(RUN_OUT) --out $(REPORT_OUT) --tracking $(TRACKING)
+
+demo: ## the demo profile of base2new, whatever DATA_ROOT says
+	$(MAKE) base2new DATA_ROOT=
+
+crossdataset: $(STAMP) ## cross-dataset transfer from ImageNet, Table 2 (needs DATA_ROOT)
+	$(PY) -m harness sweep crossdataset $(SWEEP_ARGS)
+	$(PY) -m harness.report --results $(RUN_OUT) --out $(REPORT_OUT) --tracking $(TRACKING)
+
+domaingen: $(STAMP) ## domain generalisation to ImageNet variants, Table 3 (needs DATA_ROOT)
+	$(PY) -m harness sweep domaingen $(SWEEP_ARGS)
+	$(PY) -m harness.report --results $(RUN_OUT) --out $(REPORT_OUT) --tracking $(TRACKING)
+
+ablations: $(STAMP) ## context init/length ablations (Figure 4) and the bigger CoOp (Table 5) (needs DATA_ROOT)
+	$(PY) -m harness sweep ablations $(SWEEP_ARGS)
+	$(PY) -m harness sweep bigger_coop $(SWEEP_ARGS)
+	$(PY) -m harness.report --results $(RUN_OUT) --out $(REPORT_OUT) --tracking $(TRACKING)
+
+report: $(STAMP) ## tables and figures from $(OUT)/results.jsonl into reports/ (demo: reports/demo)
+	$(PY) -m harness.report --results $(RUN_OUT) --out $(REPORT_OUT) --tracking $(TRACKING)
+
+status: $(STAMP) ## progress of an experiment: make status EXPERIMENT=base2new
+	$(PY) -m harness status $(or $(EXPERIMENT),base2new) $(SWEEP_ARGS)
+
+bench: $(STAMP) ## CoCoOp speed benchmark, writes reports/bench.md
+	$(PY) -m harness.bench --out reports/bench.md
+
+test: $(STAMP) ## run the test suite (Slurm tests run when a cluster is up: tools/slurm-cluster.sh start)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-.PHONY: help
 help: ## list the targets
-	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "  variables: DATA_ROOT= LAUNCHER=local|slurm|debug BACKBONE= OUT=$(OUT)"
+	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@echo "  variables: DATA_ROOT= LAUNCHER=local|slurm|debug BACKBONE= OUT=$(OUT) DATASETS=a,b SEEDS=1,2 METHODS=coop,cocoop"
+	@echo "             SET='epochs=2 precision=fp32' (any run key)  TRACKING=auto|online|offline|none  EXPERIMENT=base2new"

@@ -425,6 +425,7 @@ class Run:
                 predictions.append(model.logits_from_features(batch).argmax(-1).cpu())
         predictions = torch.cat(predictions).numpy() if predictions else np.array([], dtype=int)
         metrics = classification_metrics(labels, predictions, len(splits.classnames))
+        metrics["num_trainable_parameters"] = model.num_trainable_parameters()
         log.info("=> result\n* total: %d\n* correct: %d\n* accuracy: %.2f%%\n* error: %.2f%%\n* macro_f1: %.2f%%",
                  metrics["total"], metrics["correct"], metrics["accuracy"], metrics["error"], metrics["macro_f1"])  # fmt: skip
         return {"metrics": metrics, "options": self.method_options(model)}

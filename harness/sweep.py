@@ -1,0 +1,224 @@
+"""Experiments as data: an experiment YAML expands into jobs with dependencies.
+
+An experiment file (see experiments/base2new.yaml) names a protocol, datasets, seeds and a set of
+method variants, each pointing at a published method config:
+
+    protocol: base2new          # train on base classes, evaluate base and new (PROTOCOL.md 12.1)
+                                # or: transfer (train on `source`, evaluate `targets`, 12.2 / 12.3)
+    datasets: [caltech101, ...]
+    seeds: [1, 2, 3]
+    methods:
+      coop: {config: coop/vit_b16_ctxv1, per_dataset: {imagenet: coop/vit_b16_ep50_ctxv1}}
+    run: {num_workers: 8}       # run keys for every job
+    profiles: {demo: {...}}     # named sets of overrides (the demo profile runs on generated data)
+
+Jobs:
+  * ``train``: learn the prompt on the training classes and evaluate on them (Base accuracy, or
+    the Source column); its folder is shared by every experiment that trains the same thing, so
+    cross-dataset and domain generalisation reuse one ImageNet model per seed.
+  * ``eval``: load the trained prompt and evaluate other classes or datasets (New accuracy,
+    class-incremental, targets); depends on its ``train`` job.
+  * zero-shot CLIP has no training and no seed: one ``eval`` job per dataset.
+A job whose records all exist in the results store is skipped, so a re-run after a failure or an
+edit does only what is missing.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import yaml
+
+from harness import results
+from harness.config import PROJECT_ROOT, ConfigError, RunSpec, build_spec, load_method_config
+
+EXPERIMENT_DIR = os.path.join(PROJECT_ROOT, "experiments")
+EXPERIMENT_KEYS = {
+    "name", "description", "protocol", "datasets", "seeds", "shots", "methods", "run", "launcher", "profiles",
+    "source", "targets", "class_incremental", "data_root", "data", "backbone", "precision", "tracking",
+}  # fmt: skip
+PROTOCOLS = ("base2new", "transfer")
+
+
+@dataclass
+class Job:
+    name: str
+    kind: str  # "train" | "eval"
+    spec: RunSpec
+    depends_on: list = field(default_factory=list)
+
+    def targets(self) -> list[tuple[str, str]]:
+        return self.spec.eval_targets()
+
+    def pending_targets(self, done_keys: set) -> list[tuple[str, str]]:
+        from harness.runner import Run
+
+        run = Run(self.spec)
+        return [t for t in self.targets() if run.target_key(*t) not in done_keys]
+
+
+def experiment_path(name_or_path: str) -> str:
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    path = os.path.join(EXPERIMENT_DIR, f"{name_or_path}.yaml")
+    if not os.path.isfile(path):
+        known = sorted(f[:-5] for f in os.listdir(EXPERIMENT_DIR) if f.endswith(".yaml"))
+        raise ConfigError(f"No experiment {name_or_path!r} (looked for {path}). Experiments: {', '.join(known)}.")
+    return path
+
+
+def load_experiment(name_or_path: str, profile: str | None = None, overrides: dict | None = None) -> dict:
+    """The experiment mapping with a profile and overrides applied (later wins)."""
+    path = experiment_path(name_or_path)
+    with open(path) as f:
+        experiment = yaml.safe_load(f) or {}
+    experiment.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    unknown = sorted(set(experiment) - EXPERIMENT_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}. Experiment keys: {', '.join(sorted(EXPERIMENT_KEYS))}.")
+    if profile:
+        profiles = experiment.get("profiles") or {}
+        if profile not in profiles:
+            raise ConfigError(f"{path} has no profile {profile!r}. Profiles: {', '.join(profiles) or 'none'}.")
+        experiment = merge(experiment, profiles[profile])
+        experiment["profile"] = profile
+    if overrides:
+        experiment = merge(experiment, overrides)
+    if experiment.get("protocol") not in PROTOCOLS:
+        raise ConfigError(f"{path}: protocol must be one of {PROTOCOLS}, got {experiment.get('protocol')!r}.")
+    return experiment
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge; lists and scalars in ``update`` replace those in ``base``."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _short_hash(values: dict) -> str:
+    return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+# Keys that change what a training run learns (its folder is keyed by them).
+TRAINING_KEYS = (
+    "method", "options", "dataset", "data_root", "shots", "seed", "subsample", "backbone", "precision", "epochs",
+    "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr",
+)  # fmt: skip
+
+
+def expand(experiment: dict, data_root: str, out: str) -> list[Job]:
+    """All jobs of an experiment, in dependency order."""
+    name = experiment["name"]
+    methods_cfg = experiment.get("methods") or {}
+    if not methods_cfg:
+        raise ConfigError(f"Experiment {name!r} lists no methods.")
+    seeds = [int(s) for s in experiment.get("seeds", [1, 2, 3])]
+    shots = int(experiment.get("shots", 16))
+    common = dict(experiment.get("run") or {})
+    for key in ("backbone", "precision", "tracking"):
+        if experiment.get(key) is not None:
+            common[key] = experiment[key]
+    common.update(data_root=data_root, experiment=name, results=os.path.join(out, results.RESULTS_FILE))
+    common.setdefault("feature_cache", os.path.join(out, "feature_cache"))
+
+    if experiment["protocol"] == "base2new":
+        plan = [(d, "base", [(d, "base")], [(d, "new")] + ([(d, "all")] if experiment.get("class_incremental") else []))
+                for d in experiment.get("datasets") or []]  # fmt: skip
+    else:
+        source = experiment.get("source", "imagenet")
+        targets = [(t, "all") for t in experiment.get("targets") or []]
+        plan = [(source, "all", [(source, "all")], targets)]
+    if not plan:
+        raise ConfigError(f"Experiment {name!r} has no datasets.")
+
+    jobs: list[Job] = []
+    for variant, method_cfg in methods_cfg.items():
+        method_cfg = dict(method_cfg or {})
+        for dataset, train_subsample, train_evals, other_evals in plan:
+            config_name = (method_cfg.get("per_dataset") or {}).get(dataset, method_cfg.get("config"))
+            values = {**common, **(method_cfg.get("run") or {}), "config": config_name or ""}
+            if method_cfg.get("options"):
+                values["options"] = method_cfg["options"]
+            method = (load_method_config(config_name) if config_name else values).get("method") or variant
+            values.setdefault("method", method)
+            trainable = method != "zsclip"
+            if not trainable:
+                evals = train_evals + other_evals
+                spec = build_spec({**values, "dataset": dataset, "subsample": train_subsample, "seed": None,
+                                   "evaluate": [{"dataset": d, "subsample": s} for d, s in evals],
+                                   "output_dir": os.path.join(out, name, "zeroshot", variant, dataset),
+                                   "job": f"{name}/{variant}/{dataset}"})  # fmt: skip
+                jobs.append(Job(spec.job, "eval", spec))
+                continue
+            for seed in seeds:
+                base = {**values, "dataset": dataset, "subsample": train_subsample, "seed": seed, "shots": shots}
+                probe = build_spec({**base, "output_dir": out})
+                key = {k: getattr(probe, k) for k in TRAINING_KEYS}
+                train_dir = os.path.join(
+                    out, "runs", config_name or method, f"{dataset}_{train_subsample}", f"shots{shots}_seed{seed}_{_short_hash(key)}"
+                )
+                train = build_spec({**base, "output_dir": train_dir, "evaluate": [{"dataset": d, "subsample": s} for d, s in train_evals],
+                                    "job": f"{name}/{variant}/{dataset}/seed{seed}/train"})  # fmt: skip
+                jobs.append(Job(train.job, "train", train))
+                if other_evals:
+                    evaluation = build_spec({**base, "load_from": train_dir,
+                                             "evaluate": [{"dataset": d, "subsample": s} for d, s in other_evals],
+                                             "output_dir": os.path.join(out, name, "evals", variant, dataset, f"seed{seed}"),
+                                             "job": f"{name}/{variant}/{dataset}/seed{seed}/eval"})  # fmt: skip
+                    jobs.append(Job(evaluation.job, "eval", evaluation, depends_on=[train.job]))
+    return jobs
+
+
+def narrow(experiment: dict, datasets=None, seeds=None, methods=None) -> dict:
+    """Apply DATASETS= / SEEDS= / METHODS= narrowing, checking each name exists in the experiment."""
+    out = copy.deepcopy(experiment)
+    if datasets:
+        key = "datasets" if out["protocol"] == "base2new" else "targets"
+        known = out.get(key) or []
+        bad = [d for d in datasets if d not in known and not (key == "targets" and d == out.get("source"))]
+        if bad:
+            raise ConfigError(f"{bad} not in this experiment's {key}: {', '.join(known)}.")
+        out[key] = [d for d in datasets if d in known]
+    if seeds:
+        out["seeds"] = [int(s) for s in seeds]
+    if methods:
+        known = list(out.get("methods") or {})
+        bad = [m for m in methods if m not in known]
+        if bad:
+            raise ConfigError(f"{bad} not in this experiment's methods: {', '.join(known)}.")
+        out["methods"] = {m: out["methods"][m] for m in methods}
+    return out
+
+
+def prepare_data(experiment: dict, data_root: str, out: str) -> str:
+    """The data root to use: the user's, or data the profile generates (``data: miniworld | synthetic``)."""
+    if data_root:
+        return os.path.abspath(os.path.expanduser(data_root))
+    generated = experiment.get("data")
+    if not generated:
+        raise ConfigError(
+            f"Experiment {experiment['name']!r} needs a data root: pass --data-root (make ... DATA_ROOT=/path), "
+            "the folder that holds the datasets as PROTOCOL.md 3.2 lays them out. Check it with: "
+            "python -m harness.data check --root /path"
+        )
+    root = os.path.join(out, "demo-data", generated)
+    if generated == "miniworld":
+        from harness import miniworld
+
+        miniworld.make_demo_dataset(root)
+    elif generated == "synthetic":
+        from harness.data.synthetic import make_synthetic_dataset
+
+        if not os.path.isdir(os.path.join(root, "synthetic")):
+            make_synthetic_dataset(root, num_classes=10, train_per_class=20, val_per_class=4, test_per_class=15, image_size=64)
+    else:
+        raise ConfigError(f"Unknown generated data {generated!r}; choose miniworld or synthetic.")
+    return root
