@@ -156,3 +156,33 @@ def test_job_killed_without_result_does_not_hang(folder):
     with pytest.raises(submitit.core.utils.UncompletedJobError, match="has not produced any output"):
         wait_result(job, timeout=30)
     assert job.state not in ("UNKNOWN", "PENDING", "RUNNING")
+
+
+# ---- the harness's own sweep through the Slurm launcher ----------------------------------------
+def test_demo_sweep_through_the_slurm_launcher(tmp_path):
+    """A small base-to-new sweep (tiny CLIP, generated data) submitted with dependencies, waited for,
+    and its records checked; a second launch submits nothing."""
+    from harness import data, results, sweep
+    from harness.launcher import launch, load_state
+
+    base = os.environ.get("SLURM_TEST_FOLDER")
+    root = Path(base) / f"sweep-{uuid.uuid4().hex[:8]}" if base else tmp_path
+    data.synthetic.make_synthetic_dataset(str(root / "data"), num_classes=4, train_per_class=4, val_per_class=1, test_per_class=3, image_size=24)
+    experiment = {
+        "name": "slurmdemo", "protocol": "base2new", "datasets": ["synthetic"], "seeds": [1], "shots": 2,
+        "backbone": "tiny", "precision": "fp32", "tracking": "none",
+        "run": {"num_workers": 0, "batch_size": 4, "epochs": 2},
+        "methods": {"zsclip": {"config": "zsclip/vit_b16"}, "cocoop": {"config": "cocoop/vit_b16_c4_ep10_batch1_ctxv1"}},
+    }  # fmt: skip
+    out = str(root / "out")
+    jobs = sweep.expand(experiment, str(root / "data"), out)
+    lines = []
+    cfg = {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10}
+    states = launch(jobs, "slurmdemo", out, "slurm", cfg, poll_s=1.0, printer=lines.append)
+    assert [s.state for s in states] == ["done", "done", "done"], lines
+    assert all(s.job_id and s.job_id.isdigit() for s in states)
+    records = results.read_records(out)
+    assert sorted((r["method"], r["subsample"]) for r in records) == [("cocoop", "base"), ("cocoop", "new"), ("zsclip", "base"), ("zsclip", "new")]
+    assert {s["state"] for s in map(vars, load_state(out, "slurmdemo"))} == {"done"}
+    again = launch(jobs, "slurmdemo", out, "slurm", cfg, printer=lines.append)
+    assert {s.state for s in again} == {"skipped"}

@@ -1,0 +1,187 @@
+"""Experiments expand into the paper's jobs; launchers run them, skip what exists, survive kills."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from harness import data, results, sweep
+from harness.config import ConfigError
+from harness.launcher import launch, load_state, plan, status
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SMALL = {
+    "name": "mini",
+    "protocol": "base2new",
+    "datasets": ["synthetic"],
+    "seeds": [1, 2],
+    "shots": 2,
+    "class_incremental": True,
+    "backbone": "tiny",
+    "precision": "fp32",
+    "tracking": "none",
+    "run": {"num_workers": 0, "batch_size": 4, "test_batch_size": 50},
+    "methods": {
+        "zsclip": {"config": "zsclip/vit_b16"},
+        "coop": {"config": "coop/vit_b16_ctxv1", "run": {"epochs": 2}},
+        "cocoop": {"config": "cocoop/vit_b16_c4_ep10_batch1_ctxv1", "run": {"epochs": 2, "batch_size": 2}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweepdata")
+    data.synthetic.make_synthetic_dataset(str(root), num_classes=4, train_per_class=4, val_per_class=1, test_per_class=3, image_size=24)
+    return str(root)
+
+
+@pytest.fixture
+def small_experiment(tmp_path):
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump(SMALL))
+    return str(path)
+
+
+def test_paper_experiments_expand_to_the_published_jobs():
+    b2n = sweep.expand(sweep.load_experiment("base2new"), "/data", "/out")
+    # zero-shot: one job per dataset; CoOp and CoCoOp: train + eval per dataset and seed.
+    assert len(b2n) == 11 + 2 * 11 * 3 * 2
+    coop_imagenet = next(j for j in b2n if j.name == "base2new/coop/imagenet/seed1/train")
+    assert coop_imagenet.spec.config == "coop/vit_b16_ep50_ctxv1" and coop_imagenet.spec.epochs == 50
+    coop_pets = next(j for j in b2n if j.name == "base2new/coop/oxford_pets/seed2/train")
+    assert (coop_pets.spec.epochs, coop_pets.spec.batch_size, coop_pets.spec.seed, coop_pets.spec.shots) == (200, 32, 2, 16)
+    assert coop_pets.targets() == [("oxford_pets", "base")]
+    evaluation = next(j for j in b2n if j.name == "base2new/cocoop/oxford_pets/seed2/eval")
+    assert evaluation.depends_on == ["base2new/cocoop/oxford_pets/seed2/train"]
+    assert evaluation.targets() == [("oxford_pets", "new"), ("oxford_pets", "all")]
+    train = next(j for j in b2n if j.name == "base2new/cocoop/oxford_pets/seed2/train")
+    assert evaluation.spec.load_from == train.spec.output_dir and train.spec.epochs == 10 and train.spec.batch_size == 1
+    zs = next(j for j in b2n if j.name == "base2new/zsclip/dtd")
+    assert zs.spec.seed is None and zs.targets() == [("dtd", "base"), ("dtd", "new"), ("dtd", "all")]
+
+    cross = sweep.expand(sweep.load_experiment("crossdataset"), "/data", "/out")
+    domain = sweep.expand(sweep.load_experiment("domaingen"), "/data", "/out")
+    cross_train = {j.spec.output_dir for j in cross if j.kind == "train"}
+    domain_train = {j.spec.output_dir for j in domain if j.kind == "train"}
+    assert len(cross_train) == 6 and cross_train == domain_train  # one ImageNet model per method and seed
+    cross_eval = next(j for j in cross if j.name == "crossdataset/coop/imagenet/seed1/eval")
+    assert [d for d, _ in cross_eval.targets()] == ["caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
+                                                    "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"]  # fmt: skip
+    assert {s for _, s in cross_eval.targets()} == {"all"}
+    zs_domain = next(j for j in domain if j.spec.method == "zsclip")
+    assert [d for d, _ in zs_domain.targets()] == ["imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+
+    ablations = sweep.expand(sweep.load_experiment("ablations"), "/data", "/out")
+    contexts = {j.spec.options.get("n_ctx") for j in ablations if j.spec.method == "cocoop"}
+    assert contexts == {4, 8, 16}
+    bigger = sweep.expand(sweep.load_experiment("bigger_coop"), "/data", "/out")
+    assert {j.spec.options["n_ctx"] for j in bigger} == {60}
+
+
+def test_narrowing_and_bad_names():
+    experiment = sweep.narrow(sweep.load_experiment("base2new"), ["eurosat", "dtd"], ["2"], ["cocoop"])
+    jobs = sweep.expand(experiment, "/data", "/out")
+    assert sorted(j.name for j in jobs) == sorted(
+        f"base2new/cocoop/{d}/seed2/{k}" for d in ("dtd", "eurosat") for k in ("train", "eval")
+    )
+    with pytest.raises(ConfigError, match=r"\['mnist'\] not in this experiment's datasets"):
+        sweep.narrow(sweep.load_experiment("base2new"), datasets=["mnist"])
+    with pytest.raises(ConfigError, match="not in this experiment's methods: zsclip, coop, cocoop"):
+        sweep.narrow(sweep.load_experiment("base2new"), methods=["maple"])
+    with pytest.raises(ConfigError, match="Experiments: ablations, base2new"):
+        sweep.load_experiment("base2old")
+    with pytest.raises(ConfigError, match="needs a data root"):
+        sweep.prepare_data(sweep.load_experiment("crossdataset"), "", "/out")
+    with pytest.raises(ConfigError, match="no profile 'fast'"):
+        sweep.load_experiment("base2new", profile="fast")
+
+
+def test_demo_profile_uses_generated_data_and_the_tiny_pretrained_clip():
+    demo = sweep.load_experiment("base2new", profile="demo")
+    assert demo["data"] == "miniworld" and demo["backbone"] == "tiny-pretrained" and demo["datasets"] == ["synthetic"]
+    jobs = sweep.expand(demo, "/gen", "/out")
+    assert {j.spec.backbone for j in jobs} == {"tiny-pretrained"} and {j.spec.precision for j in jobs} == {"fp32"}
+
+
+def test_debug_sweep_runs_everything_then_skips_it(small_experiment, data_root, tmp_path):
+    out = str(tmp_path / "out")
+    jobs = sweep.expand(sweep.load_experiment(small_experiment), data_root, out)
+    assert len(jobs) == 1 + 2 * 2 * 2
+    lines = []
+    states = launch(jobs, "mini", out, "debug", printer=lines.append)
+    assert {s.state for s in states} == {"done"}, states
+    records = results.read_records(out)
+    # zsclip 3 + (coop, cocoop) x 2 seeds x (base + new + all)
+    assert len(records) == 3 + 2 * 2 * 3
+    assert {(r["method"], r["subsample"]) for r in records} >= {("coop", "new"), ("cocoop", "all"), ("zsclip", "base")}
+    # A re-run finds every result and submits nothing.
+    again = launch(sweep.expand(sweep.load_experiment(small_experiment), data_root, out), "mini", out, "debug", printer=lines.append)
+    assert {s.state for s in again} == {"skipped"} and "Nothing to do" in lines[-1]
+    rows = status(jobs, out, "mini")
+    assert {r["state"] for r in rows} == {"done"}
+
+
+def test_killed_job_is_finished_by_the_next_sweep_without_redoing_others(small_experiment, data_root, tmp_path):
+    out = str(tmp_path / "out")
+    experiment = sweep.narrow(sweep.load_experiment(small_experiment), methods=["coop", "cocoop"], seeds=["1"])
+    jobs = sweep.expand(experiment, data_root, out)
+    launch([j for j in jobs if j.spec.method == "coop"], "mini", out, "debug", printer=lambda *_: None)
+    coop_records = {json.dumps(r, sort_keys=True) for r in results.read_records(out)}
+    # The CoCoOp training dies after its first epoch, like a pre-empted job.
+    train = next(j for j in jobs if j.name == "mini/cocoop/synthetic/seed1/train")
+    code = f"from harness.launcher import HarnessJob; import json; HarnessJob()(json.loads({json.dumps(json.dumps(train.spec.to_dict()))}))"
+    died = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "HARNESS_FAULT_AFTER_EPOCH": "1"}, capture_output=True, text=True, timeout=300)
+    assert died.returncode == 137, died.stderr[-2000:]
+    rows = {r["job"]: r for r in status(jobs, out, "mini")}
+    assert rows[train.name]["state"] == "partial" and rows[train.name]["detail"] == "epoch 1/2 checkpointed"
+    todo = [s for s in plan(jobs) if s.state == "pending"]
+    assert [s.name for s in todo] == [train.name, "mini/cocoop/synthetic/seed1/eval"]
+    states = launch(jobs, "mini", out, "debug", printer=lambda *_: None)
+    assert [s.state for s in states if s.name.startswith("mini/coop")] == ["skipped", "skipped"]
+    assert {json.dumps(r, sort_keys=True) for r in results.read_records(out)} >= coop_records
+    assert len(results.read_records(out)) == 6
+    with open(os.path.join(out, "mini", "sweep.json")) as f:
+        assert {s["state"] for s in json.load(f)} == {"skipped", "done"}
+
+
+@pytest.mark.slow
+def test_local_launcher_runs_jobs_in_subprocesses(small_experiment, data_root, tmp_path):
+    out = str(tmp_path / "out")
+    experiment = sweep.narrow(sweep.load_experiment(small_experiment), methods=["zsclip", "coop"], seeds=["1"])
+    jobs = sweep.expand(experiment, data_root, out)
+    lines = []
+    states = launch(jobs, "mini", out, "local", {"max_parallel": 2}, poll_s=0.5, printer=lines.append)
+    assert [s.state for s in states] == ["done", "done", "done"], lines
+    assert all(s.job_id and os.path.isfile(s.stderr) for s in states)
+    assert len(results.read_records(out)) == 6
+    # The evaluation started only after its training finished.
+    order = [line for line in lines if line.startswith("[")]
+    assert order.index("[done] mini/coop/synthetic/seed1/train") < next(i for i, l in enumerate(order) if l.startswith("[start] mini/coop/synthetic/seed1/eval"))
+    assert {s.name: s.state for s in load_state(out, "mini")} == {s.name: "done" for s in states}
+
+
+def test_failed_job_reports_its_log_and_blocks_its_dependents(small_experiment, data_root, tmp_path):
+    out = str(tmp_path / "out")
+    experiment = sweep.narrow(sweep.load_experiment(small_experiment), methods=["coop"], seeds=["1"])
+    jobs = sweep.expand(experiment, data_root, out)
+    jobs[0].spec.data_root = str(tmp_path / "nowhere")  # the training job cannot find its data
+    lines = []
+    states = launch(jobs, "mini", out, "debug", printer=lines.append)
+    assert [s.state for s in states] == ["failed", "blocked"]
+    assert "DatasetNotFoundError" in states[0].error or "not found" in states[0].error.lower()
+    assert any(line.startswith("Sweep finished: 1 blocked, 1 failed") for line in lines)
+
+
+def test_cli_dry_run_prints_the_plan(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "harness", "sweep", "base2new", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"),
+         "--datasets", "eurosat", "--seeds", "1", "--dry-run"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "5 jobs: 5 to run" in out.stdout and "base2new/cocoop/eurosat/seed1/eval" in out.stdout
+    assert "after base2new/cocoop/eurosat/seed1/train" in out.stdout
