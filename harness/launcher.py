@@ -206,13 +206,7 @@ def launch(
     queue = list(todo)
     active: dict[str, object] = {}
     while queue or active:
-        for name, sj in list(active.items()):
-            if sj.done():
-                state = by_name[name]
-                error = _job_failure(sj)
-                state.state, state.error = ("failed", error) if error else ("done", None)
-                printer(f"[{state.state}] {name}" + (f": {error}\n  log: {state.stderr}" if error else ""))
-                del active[name]
+        _collect_finished(active, by_name, printer)
         for job, state in list(queue):
             if len(active) >= max_parallel:
                 break
@@ -235,17 +229,22 @@ def launch(
     return _finish(states, out, experiment, printer)
 
 
+def _collect_finished(active: dict, by_name: dict, printer) -> None:
+    """Move finished submitit jobs out of ``active``, recording done or failed (with the log)."""
+    for name, sj in list(active.items()):
+        if sj.done():
+            state = by_name[name]
+            error = _job_failure(sj)
+            state.state, state.error = ("failed", error) if error else ("done", None)
+            printer(f"[{state.state}] {name}" + (f": {error}\n  log: {state.stderr}" if error else ""))
+            del active[name]
+
+
 def _wait(submitted: dict, states: list[JobState], out, experiment, poll_s, printer) -> list[JobState]:
     by_name = {s.name: s for s in states}
     pending = dict(submitted)
     while pending:
-        for name, sj in list(pending.items()):
-            if sj.done():
-                state = by_name[name]
-                error = _job_failure(sj)
-                state.state, state.error = ("failed", error) if error else ("done", None)
-                printer(f"[{state.state}] {name}" + (f": {error}\n  log: {state.stderr}" if error else ""))
-                del pending[name]
+        _collect_finished(pending, by_name, printer)
         save_state(out, experiment, states)
         if pending:
             time.sleep(poll_s)
