@@ -68,6 +68,9 @@ class WandbTracker(Tracker):
 
     def finish(self, failed=False):
         self.run.finish(exit_code=1 if failed else 0)
+        # finish() can return before W&B's service process has flushed the run file (seen in
+        # offline mode); teardown waits for it, so a job's files are complete when it returns.
+        self._wandb.teardown()
 
 
 def wandb_has_key() -> bool:
