@@ -488,7 +488,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 @dataclass(frozen=True)
 class PretrainConfig:
     model: TinyConfig = PRETRAIN_TINY_CONFIG
-    steps: int = 600
+    steps: int = 900
     lr: float = 1e-3
     warmup: int = 50
     weight_decay: float = 0.1
@@ -562,6 +562,17 @@ def init_model(config: PretrainConfig = DEFAULT_PRETRAIN):
 
 def pretrain(config: PretrainConfig = DEFAULT_PRETRAIN, progress: bool = True, log_every: int = 0):
     """Contrastively pre-train a tiny CLIP from scratch; returns (model in eval mode, loss history)."""
+    # Single-threaded: the weights are then the same on any machine, and tiny ops gain little
+    # from more threads (and lose a lot when another process holds a core).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _pretrain(config, progress, log_every)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(config: PretrainConfig, progress: bool, log_every: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = init_model(config)
