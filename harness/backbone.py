@@ -172,9 +172,9 @@ def load_clip(spec: str = "ViT-B/16", device: str | torch.device = "cpu", precis
 
         model = load_pretrained_tiny(precision=precision)
     elif spec in OPENAI_MODELS:
-        model = _model_from_state_dict(_read_openai_state_dict(resolve_openai_file(spec)), precision)
+        model = load_openai_file(resolve_openai_file(spec), precision)
     elif os.path.isfile(os.path.expanduser(spec)):
-        model = _model_from_state_dict(_read_openai_state_dict(os.path.expanduser(spec)), precision)
+        model = load_openai_file(os.path.expanduser(spec), precision)
     else:
         openai_name = {v: k for k, v in OPENAI_MODELS.items()}.get(spec)
         hint = f" (did you mean {openai_name!r}? OpenAI's names use a slash)" if openai_name else ""
@@ -189,8 +189,18 @@ def load_clip(spec: str = "ViT-B/16", device: str | torch.device = "cpu", precis
 
 
 def save_openai_state_dict(model: CLIP, path: str) -> None:
-    """Write ``model`` as an OpenAI-format plain state dict (what ``load_clip(path)`` reads)."""
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+    """Write ``model`` as an OpenAI-format plain state dict (what ``load_clip(path)`` reads), atomically."""
+    from harness.atomic import atomic_torch_save
+
+    atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+
+
+def load_openai_file(path: str, precision: str = "fp32") -> CLIP:
+    """The frozen CLIP in an OpenAI-format file (TorchScript archive or state dict), eval mode."""
+    model = _model_from_state_dict(_read_openai_state_dict(path), precision).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch
 from filelock import FileLock
 from tqdm import tqdm
 
-from methods.base import atomic_torch_save
+from harness.atomic import atomic_torch_save
 
 log = logging.getLogger(__name__)
 

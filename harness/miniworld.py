@@ -45,7 +45,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 
 from harness import backbone
+from harness.atomic import atomic_write_bytes
 from harness.backbone import TinyConfig
 
 log = logging.getLogger(__name__)
@@ -407,25 +407,6 @@ DATASET_DIR = "synthetic"
 SPLIT_FILE = "split_zhou_Synthetic.json"
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_classification_dataset(
     root: str,
     classes: Sequence[str | tuple[str, str] | tuple[str, str, str]],
@@ -456,9 +437,9 @@ def write_classification_dataset(
                 rel = f"{name}/{split_name}_{i:04d}.jpg"
                 buf = io.BytesIO()
                 image.save(buf, format="JPEG", quality=95)
-                _atomic_write_bytes(os.path.join(image_dir, rel), buf.getvalue())
+                atomic_write_bytes(os.path.join(image_dir, rel), buf.getvalue())
                 split[split_name].append([rel, label, name])
-    _atomic_write_bytes(os.path.join(out_dir, SPLIT_FILE), (json.dumps(split, indent=4) + "\n").encode("utf-8"))
+    atomic_write_bytes(os.path.join(out_dir, SPLIT_FILE), (json.dumps(split, indent=4) + "\n").encode("utf-8"))
     return out_dir
 
 
@@ -652,15 +633,7 @@ def ensure_pretrained(config: PretrainConfig = DEFAULT_PRETRAIN, force: bool = F
         start = time.time()
         model, losses = pretrain(config, progress=progress)
         elapsed = time.time() - start
-        fd, tmp = tempfile.mkstemp(prefix=".tiny-pretrained.", suffix=".tmp", dir=os.path.dirname(path))
-        os.close(fd)
-        try:
-            backbone.save_openai_state_dict(model, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        backbone.save_openai_state_dict(model, path)  # atomic
         log.warning(
             "Pre-trained the tiny CLIP in %.0f s (%.1f min; loss %.3f -> %.3f); cached at %s.",
             elapsed, elapsed / 60, float(np.mean(losses[:10])), float(np.mean(losses[-20:])), path,
@@ -671,11 +644,7 @@ def ensure_pretrained(config: PretrainConfig = DEFAULT_PRETRAIN, force: bool = F
 def load_pretrained_tiny(precision: str = "fp32", config: PretrainConfig = DEFAULT_PRETRAIN, force: bool = False):
     """The pre-trained tiny CLIP (eval mode, frozen): from the cache, or trained now on first use."""
     path = ensure_pretrained(config, force=force)
-    model = backbone._model_from_state_dict(backbone._read_openai_state_dict(path), precision)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return backbone.load_openai_file(path, precision=precision)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,12 +13,12 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import tempfile
 
 import torch
 from torch import nn
 
 from harness import backbone
+from harness.atomic import atomic_torch_save
 
 
 class CLIPMethod(nn.Module):
@@ -103,23 +103,6 @@ class CLIPMethod(nn.Module):
             raise ValueError(f"{path} lacks {missing}: it is not a {self.method_name} prompt checkpoint.")
         self.prompt_learner.load_state_dict(state, strict=False)
         return checkpoint
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class _Missing:

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .cache import dir_writable, fallback_dir, lock_for
 from .errors import FewShotCacheError
-from .splitfile import atomic_write_text
+from harness.atomic import atomic_write_text
 from .types import Datum
 
 logger = logging.getLogger("harness.data")

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from collections import OrderedDict
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from harness.atomic import atomic_write_text
 
 from .errors import SplitFileError
 from .types import Datum
@@ -29,26 +30,6 @@ def listdir_nohidden(path: str, dirs_only: bool = False, sort: bool = True) -> L
     if dirs_only:
         names = [n for n in names if os.path.isdir(os.path.join(path, n))]
     return sorted(names) if sort else names
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder + os.replace)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _relpath(impath: str, image_dir: str) -> str:

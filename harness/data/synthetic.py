@@ -15,7 +15,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .splitfile import atomic_write_text, write_split_json
+from harness.atomic import atomic_write_text
+
+from .splitfile import write_split_json
 from .types import Datum
 
 COLOURS: List[Tuple[str, Tuple[int, int, int]]] = [
