@@ -150,8 +150,12 @@ def build_report(results, out_dir: str = "reports", experiments=None, tracking: 
 def _track(mode, out_dir, source, tables, figures) -> None:
     from harness import tracking
 
+    # W&B's files go beside the results store, not among the generated tables.
+    from harness.results import results_path
+
+    wandb_dir = os.path.dirname(os.path.abspath(results_path(str(source)))) if isinstance(source, (str, os.PathLike)) else out_dir
     tracker = tracking.start_run(mode, name="report", job_type="report", tags=["report"],
-                                 config={"results": str(source), "out_dir": out_dir}, dir=out_dir)
+                                 config={"results": str(source), "out_dir": out_dir}, dir=os.path.join(wandb_dir, "report-wandb"))
     failed = False
     try:
         for key, entry in tables.items():

@@ -120,6 +120,8 @@ def scatter(table1: Table, out_dir: str):
         return None, "Base-vs-new scatter: no dataset with both base and new accuracy"
     lo, hi = ax.get_xlim()[0], ax.get_xlim()[1]
     lo, hi = min(lo, ax.get_ylim()[0]), max(hi, ax.get_ylim()[1])
+    pad = 0.05 * (hi - lo) or 1.0  # keep markers at the extremes fully inside the axes
+    lo, hi = lo - pad, hi + pad
     ax.plot([lo, hi], [lo, hi], linestyle="--", color="black", linewidth=0.8, label="base = new")
     ax.scatter([], [], marker="*", s=160, color="white", edgecolor="black", label="Average (star)")
     ax.set_xlim(lo, hi), ax.set_ylim(lo, hi)
