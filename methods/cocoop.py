@@ -10,9 +10,11 @@ context vector, so each image gets its own prompts:
     logits[b, i] = exp(logit_scale) * <f^_b, t_i(x_b) / |t_i(x_b)|>
 
 The published code encodes the K prompts of each image in a Python loop over images, with all 77
-positions (``batched=False`` keeps that path as the reference). The default path encodes the
-B x K prompts of a batch together, cut at the last EOT, in chunks of at most ``chunk_size``
-sequences: same numbers, any batch size.
+positions (``batched=False`` keeps that path as the reference baseline). The default path
+(``methods.prompt_encoder``) encodes the B x K prompts of a batch together and exactly: every
+sequence cut after its EOT (classes grouped into length buckets), the image's SOS + context computed
+once and its keys/values reused by all K class suffixes (causal attention), in chunks sized from a
+memory budget, checkpointed when a training step would exceed it. Same numbers, any batch size.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import backbone
+from methods import prompt_encoder
 from methods.base import CLIPMethod
 from methods.coop import PromptLearner
 from methods.registry import register_method
@@ -51,10 +54,16 @@ class CoCoOp(CLIPMethod):
         ctx_init: str = "a photo of a",
         batched: bool = True,
         chunk_size: int | None = None,
+        memory_budget_mb: float | None = None,
+        prefix_cache: bool = True,
     ):
         """n_ctx / ctx_init: as CoOp (end position, shared context only); batched: encode all
         images' prompts together (False: the published per-image loop over all 77 positions);
-        chunk_size: most prompt sequences per text-encoder call (None: all at once)."""
+        chunk_size: most prompt sequences per text-encoder call (None: as the memory budget allows);
+        memory_budget_mb: text-encoder memory per forward(+backward), which sizes the chunks and
+        turns on recomputation (checkpointing) of chunks in training when exceeded (None: 2048 on
+        CPUs, half the free memory on CUDA); prefix_cache: encode each image's SOS + context once
+        and reuse its keys/values for all classes (False: plain truncated sequences)."""
         super().__init__(clip_model, classnames)
         pl = PromptLearner(clip_model, classnames, n_ctx, ctx_init, csc=False, position="end")
         # Built after ctx, as the published code does, so a seed draws the same initial weights.
@@ -66,6 +75,11 @@ class CoCoOp(CLIPMethod):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError("chunk_size must be a positive number of sequences or None.")
         self.chunk_size = chunk_size
+        if memory_budget_mb is not None and memory_budget_mb <= 0:
+            raise ValueError("memory_budget_mb must be positive or None.")
+        self.memory_budget_mb = memory_budget_mb
+        self.prefix_cache = prefix_cache
+        self.last_plan: prompt_encoder.EncodePlan | None = None  # what the last batched forward did
 
     def instance_context(self, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(f^ [B, E], ctx(x) [B, M, D]): normalised features and per-image context v + pi(x)."""
@@ -79,20 +93,18 @@ class CoCoOp(CLIPMethod):
         if not self.batched:
             return self._text_features_per_image(ctx)
         pl = self.prompt_learner
-        batch, n_ctx, width = ctx.shape
-        k = pl.num_classes
-        length = pl.prompt_length()
-        prefix = pl.token_prefix.unsqueeze(0).expand(batch, -1, -1, -1)
-        suffix = pl.token_suffix[:, : length - 1 - n_ctx].unsqueeze(0).expand(batch, -1, -1, -1)
-        context = ctx.unsqueeze(1).expand(-1, k, -1, -1)
-        prompts = torch.cat([prefix, context, suffix], dim=2).reshape(batch * k, length, width)
-        token_ids = pl.tokenized_prompts.repeat(batch, 1)
-        chunk = self.chunk_size or prompts.shape[0]
-        features = [
-            backbone.encode_text_embeddings(self.clip, prompts[i : i + chunk], token_ids[i : i + chunk])
-            for i in range(0, prompts.shape[0], chunk)
-        ]
-        return torch.cat(features).reshape(batch, k, -1)
+        budget = None if self.memory_budget_mb is None else int(self.memory_budget_mb * prompt_encoder.MB)
+        features, self.last_plan = prompt_encoder.encode_instance_prompts(
+            self.clip,
+            ctx,
+            pl.token_prefix,
+            pl.token_suffix,
+            pl.tokenized_prompts,
+            use_prefix_cache=self.prefix_cache,
+            chunk_size=self.chunk_size,
+            memory_budget=budget,
+        )
+        return features
 
     def _text_features_per_image(self, ctx: torch.Tensor) -> torch.Tensor:
         # The published computation: one text-encoder pass per image, all 77 positions.
