@@ -419,9 +419,10 @@ class Run:
         features = self.cache.get_or_compute(namespace, impaths, compute)
         labels = np.array([item.label for item in splits.test])
         predictions = []
+        step = spec.test_batch_size if model.text_depends_on_image else max(1, len(features))
         with torch.no_grad():
-            for start in tqdm(range(0, len(features), spec.test_batch_size), desc=f"eval {dataset}/{subsample}", unit="batch", leave=False, mininterval=2):
-                batch = features[start : start + spec.test_batch_size].to(self.device)
+            for start in tqdm(range(0, len(features), step), desc=f"eval {dataset}/{subsample}", unit="batch", leave=False, mininterval=2):
+                batch = features[start : start + step].to(self.device)
                 predictions.append(model.logits_from_features(batch).argmax(-1).cpu())
         predictions = torch.cat(predictions).numpy() if predictions else np.array([], dtype=int)
         metrics = classification_metrics(labels, predictions, len(splits.classnames))

@@ -24,6 +24,9 @@ from harness.atomic import atomic_torch_save
 class CLIPMethod(nn.Module):
     method_name = "?"
     trainable = True  # zero-shot CLIP sets False: the runner skips training
+    # False: the class text features do not depend on the image, so a whole test set's features can
+    # go through ``logits_from_features`` in one call (one text-encoder pass). CoCoOp sets True.
+    text_depends_on_image = False
 
     def __init__(self, clip_model, classnames: list[str]):
         super().__init__()

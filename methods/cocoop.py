@@ -45,6 +45,8 @@ def meta_net(vis_dim: int, ctx_dim: int) -> nn.Sequential:
 
 @register_method("cocoop")
 class CoCoOp(CLIPMethod):
+    text_depends_on_image = True  # every image has its own prompts
+
     def __init__(
         self,
         clip_model,
