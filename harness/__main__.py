@@ -108,6 +108,9 @@ def _cmd_sweep(args) -> int:
     if args.dry_run:
         launcher.print_plan(jobs, launcher.plan(jobs, args.force))
         return 0
+    from harness.sweep import prepare_backbones
+
+    prepare_backbones([j for j, s in zip(jobs, launcher.plan(jobs, args.force)) if s.state != "skipped"])
     states = launcher.launch(jobs, experiment["name"], out, name, launcher_cfg, force=args.force, wait=not args.no_wait)
     return 1 if any(s.state in ("failed", "blocked") for s in states) else 0
 

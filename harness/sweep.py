@@ -222,3 +222,24 @@ def prepare_data(experiment: dict, data_root: str, out: str) -> str:
     else:
         raise ConfigError(f"Unknown generated data {generated!r}; choose miniworld or synthetic.")
     return root
+
+
+def prepare_backbones(jobs: list[Job], printer=print) -> None:
+    """Fetch or build each backbone once, here, before jobs start: the tiny pre-trained CLIP is
+    trained with a progress bar on this console (not silently inside the first job), and OpenAI's
+    weights are downloaded once rather than by every job. A failure here is only a warning: the
+    jobs' machines may have the file where this one does not."""
+    from harness import backbone
+
+    for spec in sorted({job.spec.backbone for job in jobs}):
+        try:
+            if spec == "tiny-pretrained":
+                from harness import miniworld
+
+                if not os.path.isfile(miniworld.cache_path()):
+                    printer("Pre-training the miniature world's tiny CLIP once (a few minutes on a CPU; cached for later runs)")
+                miniworld.ensure_pretrained(progress=True)
+            elif spec in backbone.OPENAI_MODELS:
+                backbone.resolve_openai_file(spec)
+        except Exception as exc:  # noqa: BLE001 - reported, and the jobs try again on their machines
+            printer(f"warning: could not prepare backbone {spec!r} here ({exc}); each job will try itself")
