@@ -186,3 +186,57 @@ def test_demo_sweep_through_the_slurm_launcher(tmp_path):
     assert {s["state"] for s in map(vars, load_state(out, "slurmdemo"))} == {"done"}
     again = launch(jobs, "slurmdemo", out, "slurm", cfg, printer=lines.append)
     assert {s.state for s in again} == {"skipped"}
+
+
+def test_preempted_training_requeues_and_resumes_to_the_same_result(tmp_path):
+    """Slurm's time-out signal (USR2) mid-training: submitit checkpoints and requeues the job, the
+    runner resumes from the last finished epoch, and the result equals an uninterrupted run's."""
+    import json as _json
+
+    from harness import data, results, sweep
+    from harness.launcher import launch, load_state
+    from harness.runner import latest_checkpoint
+
+    base = os.environ.get("SLURM_TEST_FOLDER")
+    root = Path(base) / f"preempt-{uuid.uuid4().hex[:8]}" if base else tmp_path
+    data.synthetic.make_synthetic_dataset(str(root / "data"), num_classes=4, train_per_class=16, val_per_class=1, test_per_class=3, image_size=24)
+    experiment = {
+        "name": "preempt", "protocol": "base2new", "datasets": ["synthetic"], "seeds": [1], "shots": 16,
+        "backbone": "tiny", "precision": "fp32", "tracking": "none",
+        "run": {"num_workers": 0, "batch_size": 1, "epochs": 40},
+        "methods": {"cocoop": {"config": "cocoop/vit_b16_c4_ep10_batch1_ctxv1", "options": {"batched": False}}},
+    }  # fmt: skip
+    straight_out, slurm_out = str(root / "straight"), str(root / "slurm")
+    launch(sweep.expand(experiment, str(root / "data"), straight_out)[:1], "preempt", straight_out, "debug", printer=lambda *_: None)
+    jobs = sweep.expand(experiment, str(root / "data"), slurm_out)[:1]
+    signalled = {}
+
+    def preempt_mid_training():
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while time.monotonic() < deadline:
+            found = latest_checkpoint(jobs[0].spec.output_dir)
+            if found and found[1] >= 3 and "job" not in signalled:
+                signalled["job"] = _json.loads(Path(slurm_out, "preempt", "sweep.json").read_text())[0]["job_id"]
+                signalled["epoch"] = found[1]
+                subprocess.run(["scancel", "--signal=USR2", signalled["job"]], check=True, timeout=10)
+            if "job" in signalled:  # a requeued job waits for a begin time; start it now
+                state = subprocess.run(["squeue", "-h", "-j", signalled["job"], "-o", "%T %r"], capture_output=True, text=True, timeout=10).stdout
+                if "BeginTime" in state:
+                    subprocess.run(["scontrol", "update", f"JobId={signalled['job']}", "StartTime=now"], timeout=10)
+                    return
+            time.sleep(0.2)
+
+    import threading
+
+    watcher = threading.Thread(target=preempt_mid_training, daemon=True)
+    watcher.start()
+    states = launch(jobs, "preempt", slurm_out, "slurm", {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10}, poll_s=0.5, printer=lambda *_: None)
+    watcher.join(timeout=5)
+    assert signalled, "training finished before it could be pre-empted"
+    assert [s.state for s in states] == ["done"]
+    logs = sorted(Path(jobs[0].spec.output_dir).glob("log.txt*"))
+    assert len(logs) == 2 and "Resuming from" in logs[1].read_text()
+    ours = results.read_records(slurm_out)
+    theirs = results.read_records(straight_out)
+    assert [r["metrics"] for r in ours] == [r["metrics"] for r in theirs]
+    assert {s.state for s in load_state(slurm_out, "preempt")} == {"done"}
