@@ -126,6 +126,15 @@ class CoOp(CLIPMethod):
 
     def text_features(self) -> torch.Tensor:
         pl = self.prompt_learner
+        if self.truncate and pl.position == "end" and not pl.csc:
+            # The shared-context prompt is CoCoOp's with one "image" and no Meta-Net shift: reuse its
+            # exact fast encoder (per-class EOT cut, length buckets, SOS + context encoded once).
+            from methods import prompt_encoder
+
+            features, _ = prompt_encoder.encode_instance_prompts(
+                self.clip, pl.ctx.unsqueeze(0), pl.token_prefix, pl.token_suffix, pl.tokenized_prompts
+            )
+            return features[0]
         length = pl.prompt_length() if self.truncate else None
         prompts = pl.assemble(pl.ctx, length)
         return backbone.encode_text_embeddings(self.clip, prompts, pl.tokenized_prompts, truncate=self.truncate)

@@ -276,3 +276,18 @@ def test_unknown_method_and_option_errors(tiny_clip, classnames):
     with pytest.raises(ValueError, match="at least one class"):
         methods.build_method("coop", tiny_clip, [])
     assert methods.list_methods() == ["cocoop", "coop", "zsclip"]
+
+
+@pytest.mark.parametrize("options", [{}, {"ctx_init": "", "n_ctx": 8}, {"csc": True, "ctx_init": ""}, {"class_token_position": "front", "ctx_init": ""}])
+def test_coop_fast_text_path_equals_the_published_77_positions(tiny_clip, classnames, images, options):
+    fast = build("coop", tiny_clip, classnames, **options).train()
+    slow = build("coop", tiny_clip, classnames, truncate=False, **options).train()
+    labels = torch.tensor([0, 3, 4])
+    results = []
+    for model in (fast, slow):
+        logits = model(images)
+        F.cross_entropy(logits, labels).backward()
+        results.append((logits.detach(), model.prompt_learner.ctx.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-4)
+    fast_grad, slow_grad = results[0][1], results[1][1]
+    assert ((fast_grad - slow_grad).norm() / slow_grad.norm()).item() < 1e-4  # fp32 summation order differs
