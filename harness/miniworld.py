@@ -53,7 +53,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from harness import backbone
 from harness.atomic import atomic_write_bytes

@@ -1,5 +1,4 @@
 """The three methods on the tiny CLIP: the published computation, checkpoints, gradients, errors."""
-import pickle
 import sys
 import types
 

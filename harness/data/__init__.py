@@ -11,7 +11,7 @@ from .errors import (DatasetError, DatasetNotFoundError, FewShotCacheError, Imag
 from .fewshot import sample_few_shot, subsample_classes
 from .registry import DATASETS, DatasetInfo, get_info, list_datasets
 from .types import DatasetSplits, Datum
-from . import synthetic
+from . import synthetic  # noqa: F401  (harness.data.synthetic is part of the API)
 
 _LAZY = {"build_transform": "transforms", "ImageDataset": "loader", "build_loader": "loader",
          "load_image": "loader"}

@@ -16,7 +16,7 @@ import json
 import os
 import random
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from harness.atomic import atomic_write_text
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import random
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from harness.atomic import atomic_write_text
 
 from .splitfile import write_split_json
 from .types import Datum
@@ -253,7 +252,7 @@ def make_layout(root: str, key: str, num_classes: Optional[int] = None, images_p
         write_json()
     elif key == "oxford_pets":
         breeds = _names(PETS_BREEDS, n, "breed_{:03d}")
-        per_class, ann = [], []
+        per_class = []
         for lab, breed in enumerate(breeds):
             items = []
             for i in range(per):
