@@ -435,7 +435,7 @@ class Bench:
 
         row.baseline_s, runs_b, ref = self._run(lambda: run(models[False]), budget_s=self.s.budget_s)
         row.fast_s, runs_f, out = self._run(lambda: run(models[True]), budget_s=self.s.budget_s)
-        row.baseline_note, row.fast_note = f"{_runs(runs_b)}, 77 positions", f"{_runs(runs_f)}, cut at last EOT"
+        row.baseline_note, row.fast_note = f"{_runs(runs_b)}, 77 positions", f"{_runs(runs_f)}, exact fast encoder (per-class EOT cut, context once)"
         # One context for all images: the unavoidable text work is CoCoOp's for a single "image".
         row.floor_flops = cocoop_floor_flops(self.clip, names, 1) + (image_encoder_flops(self.clip, n) if with_image_encoder else 0)
         row.error = _compare(f"{row.case} K={k}", out, ref, self.tolerance)
@@ -657,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         "(\"a photo of a\"), default memory budget; class names from ImageNet, 1-12 tokens.",
         "* Published = `batched=False` (one text-encoder call per image over all 77 positions; CoOp "
         "`truncate=False`). Fast = the default path (exact: causal truncation, length buckets, prefix "
-        "key/value cache, chunked; CoOp: cut at the last EOT). Times in seconds, median of up to 3 "
+        "key/value cache, chunked; CoOp: the same encoder with one shared context). Times in seconds, median of up to 3 "
         "runs after a warm-up; training = forward + backward.",
         f"* Before timing: fast vs published on K = 10, batch 3 (logits, loss, every gradient), with and "
         f"without the prefix cache: largest relative error {worst:.1e} (limit {TOLERANCE:g}). Every timed "
