@@ -159,21 +159,33 @@ def test_job_killed_without_result_does_not_hang(folder):
 
 
 # ---- the harness's own sweep through the Slurm launcher ----------------------------------------
+COCOOP = "cocoop/vit_b16_c4_ep10_batch1_ctxv1"
+
+
+def _tiny_sweep(tmp_path: Path, name: str, images_per_class: int, shots: int, batch_size: int, epochs: int, methods: dict):
+    """(root folder, experiment): a base-to-new sweep on generated data and the tiny CLIP."""
+    from harness import data
+
+    base = os.environ.get("SLURM_TEST_FOLDER")
+    root = Path(base) / f"{name}-{uuid.uuid4().hex[:8]}" if base else tmp_path
+    data.synthetic.make_synthetic_dataset(str(root / "data"), num_classes=4, train_per_class=images_per_class,
+                                          val_per_class=1, test_per_class=3, image_size=24)  # fmt: skip
+    experiment = {
+        "name": name, "protocol": "base2new", "datasets": ["synthetic"], "seeds": [1], "shots": shots,
+        "backbone": "tiny", "precision": "fp32", "tracking": "none",
+        "run": {"num_workers": 0, "batch_size": batch_size, "epochs": epochs}, "methods": methods,
+    }  # fmt: skip
+    return root, experiment
+
+
 def test_demo_sweep_through_the_slurm_launcher(tmp_path):
     """A small base-to-new sweep (tiny CLIP, generated data) submitted with dependencies, waited for,
     and its records checked; a second launch submits nothing."""
-    from harness import data, results, sweep
+    from harness import results, sweep
     from harness.launcher import launch, load_state
 
-    base = os.environ.get("SLURM_TEST_FOLDER")
-    root = Path(base) / f"sweep-{uuid.uuid4().hex[:8]}" if base else tmp_path
-    data.synthetic.make_synthetic_dataset(str(root / "data"), num_classes=4, train_per_class=4, val_per_class=1, test_per_class=3, image_size=24)
-    experiment = {
-        "name": "slurmdemo", "protocol": "base2new", "datasets": ["synthetic"], "seeds": [1], "shots": 2,
-        "backbone": "tiny", "precision": "fp32", "tracking": "none",
-        "run": {"num_workers": 0, "batch_size": 4, "epochs": 2},
-        "methods": {"zsclip": {"config": "zsclip/vit_b16"}, "cocoop": {"config": "cocoop/vit_b16_c4_ep10_batch1_ctxv1"}},
-    }  # fmt: skip
+    root, experiment = _tiny_sweep(tmp_path, "slurmdemo", images_per_class=4, shots=2, batch_size=4, epochs=2,
+                                   methods={"zsclip": {"config": "zsclip/vit_b16"}, "cocoop": {"config": COCOOP}})  # fmt: skip
     out = str(root / "out")
     jobs = sweep.expand(experiment, str(root / "data"), out)
     lines = []
@@ -193,19 +205,13 @@ def test_preempted_training_requeues_and_resumes_to_the_same_result(tmp_path):
     runner resumes from the last finished epoch, and the result equals an uninterrupted run's."""
     import json as _json
 
-    from harness import data, results, sweep
+    from harness import results, sweep
     from harness.launcher import launch, load_state
     from harness.runner import latest_checkpoint
 
-    base = os.environ.get("SLURM_TEST_FOLDER")
-    root = Path(base) / f"preempt-{uuid.uuid4().hex[:8]}" if base else tmp_path
-    data.synthetic.make_synthetic_dataset(str(root / "data"), num_classes=4, train_per_class=16, val_per_class=1, test_per_class=3, image_size=24)
-    experiment = {
-        "name": "preempt", "protocol": "base2new", "datasets": ["synthetic"], "seeds": [1], "shots": 16,
-        "backbone": "tiny", "precision": "fp32", "tracking": "none",
-        "run": {"num_workers": 0, "batch_size": 1, "epochs": 40},
-        "methods": {"cocoop": {"config": "cocoop/vit_b16_c4_ep10_batch1_ctxv1", "options": {"batched": False}}},
-    }  # fmt: skip
+    # The published per-image path keeps training slow enough to be interrupted mid-way.
+    root, experiment = _tiny_sweep(tmp_path, "preempt", images_per_class=16, shots=16, batch_size=1, epochs=40,
+                                   methods={"cocoop": {"config": COCOOP, "options": {"batched": False}}})  # fmt: skip
     straight_out, slurm_out = str(root / "straight"), str(root / "slurm")
     launch(sweep.expand(experiment, str(root / "data"), straight_out)[:1], "preempt", straight_out, "debug", printer=lambda *_: None)
     jobs = sweep.expand(experiment, str(root / "data"), slurm_out)[:1]
