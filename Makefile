@@ -35,6 +35,10 @@ define DEMO_BANNER
 	@echo "================================================================================"
 endef
 
+# Only base2new has a demo profile; the other studies need the real datasets.
+NEED_DATA = $(if $(DATA_ROOT),,$(error make $@ needs DATA_ROOT=/path/to/datasets (only base2new has a demo \
+            profile: make base2new). Check a data folder with: $(PY) -m harness.data check --root /path))
+
 .DEFAULT_GOAL := help
 
 $(STAMP): pyproject.toml
@@ -55,14 +59,17 @@ demo: ## the demo profile of base2new, whatever DATA_ROOT says
 	$(MAKE) base2new DATA_ROOT=
 
 crossdataset: $(STAMP) ## cross-dataset transfer from ImageNet, Table 2 (needs DATA_ROOT)
+	$(NEED_DATA)
 	$(PY) -m harness sweep crossdataset $(SWEEP_ARGS)
 	$(PY) -m harness.report --results $(RUN_OUT) --out $(REPORT_OUT) --tracking $(TRACKING)
 
 domaingen: $(STAMP) ## domain generalisation to ImageNet variants, Table 3 (needs DATA_ROOT)
+	$(NEED_DATA)
 	$(PY) -m harness sweep domaingen $(SWEEP_ARGS)
 	$(PY) -m harness.report --results $(RUN_OUT) --out $(REPORT_OUT) --tracking $(TRACKING)
 
 ablations: $(STAMP) ## context init/length ablations (Figure 4) and the bigger CoOp (Table 5) (needs DATA_ROOT)
+	$(NEED_DATA)
 	$(PY) -m harness sweep ablations $(SWEEP_ARGS)
 	$(PY) -m harness sweep bigger_coop $(SWEEP_ARGS)
 	$(PY) -m harness.report --results $(RUN_OUT) --out $(REPORT_OUT) --tracking $(TRACKING)
