@@ -108,9 +108,12 @@ def _cmd_sweep(args) -> int:
     if args.dry_run:
         launcher.print_plan(jobs, launcher.plan(jobs, args.force))
         return 0
-    from harness.sweep import prepare_backbones
+    from harness.sweep import check_data_folders, prepare_backbones
 
-    prepare_backbones([j for j, s in zip(jobs, launcher.plan(jobs, args.force)) if s.state != "skipped"])
+    todo = [j for j, s in zip(jobs, launcher.plan(jobs, args.force)) if s.state != "skipped"]
+    if todo:
+        check_data_folders(todo)
+        prepare_backbones(todo)
     states = launcher.launch(jobs, experiment["name"], out, name, launcher_cfg, force=args.force, wait=not args.no_wait)
     return 1 if any(s.state in ("failed", "blocked") for s in states) else 0
 

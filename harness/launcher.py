@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -128,11 +129,14 @@ def _slurm_parameters(cfg: dict) -> dict:
 
 
 def _job_failure(job) -> str:
+    """'' for success, else the job's own error line (the last line of the remote traceback)."""
     try:
         job.result()
         return ""
     except Exception as exc:  # submitit re-raises the remote error with its traceback
-        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b.*", line)]
+        return errors[-1] if errors else f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 def launch(

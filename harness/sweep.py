@@ -243,3 +243,23 @@ def prepare_backbones(jobs: list[Job], printer=print) -> None:
                 backbone.resolve_openai_file(spec)
         except Exception as exc:  # noqa: BLE001 - reported, and the jobs try again on their machines
             printer(f"warning: could not prepare backbone {spec!r} here ({exc}); each job will try itself")
+
+
+def check_data_folders(jobs: list[Job]) -> None:
+    """Fail before submitting anything when a dataset folder the jobs need is absent."""
+    from harness import data
+
+    missing = {}
+    for job in jobs:
+        for dataset in {job.spec.dataset, *(d for d, _ in job.targets())}:
+            folder = os.path.join(job.spec.data_root, data.get_info(dataset).folder)
+            if not os.path.isdir(folder):
+                missing[dataset] = folder
+    if missing:
+        root = jobs[0].spec.data_root
+        raise ConfigError(
+            "Dataset folders missing under the data root: "
+            + ", ".join(f"{d} ({f})" for d, f in sorted(missing.items()))
+            + f". See what to fetch with: python -m harness.data check --root {root}"
+            + "; or narrow the sweep with --datasets."
+        )

@@ -185,3 +185,22 @@ def test_cli_dry_run_prints_the_plan(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "5 jobs: 5 to run" in out.stdout and "base2new/cocoop/eurosat/seed1/eval" in out.stdout
     assert "after base2new/cocoop/eurosat/seed1/train" in out.stdout
+
+
+def test_missing_dataset_folders_stop_the_sweep_before_submission(tmp_path):
+    jobs = sweep.expand(sweep.narrow(sweep.load_experiment("base2new"), ["eurosat", "dtd"], ["1"]), str(tmp_path), str(tmp_path / "out"))
+    (tmp_path / "dtd").mkdir()
+    with pytest.raises(ConfigError, match=r"missing under the data root: eurosat \(.*eurosat\)\. See what to fetch with: python -m harness.data check"):
+        sweep.check_data_folders(jobs)
+    (tmp_path / "eurosat").mkdir()
+    sweep.check_data_folders(jobs)
+
+
+def test_local_failure_names_the_remote_error(small_experiment, data_root, tmp_path):
+    out = str(tmp_path / "out")
+    experiment = sweep.narrow(sweep.load_experiment(small_experiment), methods=["zsclip"])
+    jobs = sweep.expand(experiment, str(tmp_path / "nowhere"), out)
+    states = launch(jobs, "mini", out, "local", poll_s=0.5, printer=lambda *_: None)
+    assert states[0].state == "failed"
+    assert states[0].error.startswith("harness.data.errors.DatasetNotFoundError: Synthetic: dataset folder")
+    assert os.path.isfile(states[0].stderr)
