@@ -105,6 +105,12 @@ def test_demo_profile_uses_generated_data_and_the_tiny_pretrained_clip():
     assert demo["data"] == "miniworld" and demo["backbone"] == "tiny-pretrained" and demo["datasets"] == ["synthetic"]
     jobs = sweep.expand(demo, "/gen", "/out")
     assert {j.spec.backbone for j in jobs} == {"tiny-pretrained"} and {j.spec.precision for j in jobs} == {"fp32"}
+    ablations = sweep.expand(sweep.load_experiment("ablations", profile="demo"), "/gen", "/out")
+    assert {j.spec.options.get("n_ctx") for j in ablations if j.spec.method == "cocoop"} == {4, 8, 16}
+    assert {j.spec.epochs for j in ablations if j.spec.method == "cocoop"} == {2}
+    # The initialised CoCoOp arm trains in the same folder as base2new's demo CoCoOp: trained once.
+    b2n_train = {j.spec.output_dir for j in jobs if j.kind == "train" and j.spec.method == "cocoop"}
+    assert b2n_train <= {j.spec.output_dir for j in ablations if j.kind == "train"}
 
 
 def test_debug_sweep_runs_everything_then_skips_it(small_experiment, data_root, tmp_path):

@@ -163,7 +163,8 @@ def figure4(init: Table, length: Table, out_dir: str):
             ax.set_xticks(range(3), [label for _, label in metrics])
             ax.set_xlabel("Metric (Average over datasets)")
             ax.set_title("(a) Context initialisation")
-            ax.margins(y=0.12)
+            top = max(_value(init, AVERAGE, g, m) or 0.0 for g in groups for m, _ in metrics)
+            ax.set_ylim(0, top * 1.35)  # head-room above the bars for the legend
         else:
             by_method = {}
             for g in length.groups:
@@ -179,7 +180,7 @@ def figure4(init: Table, length: Table, out_dir: str):
             ax.set_xlabel("Context length (tokens, random init)")
             ax.set_title("(b) Context length")
         ax.set_ylabel("Accuracy (%)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center" if panel == "init" else "best", ncol=2 if panel == "init" else 1)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("Figure 4: ablations (base-to-new, averaged over datasets)")
     fig.tight_layout()
