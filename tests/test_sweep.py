@@ -210,3 +210,32 @@ def test_local_failure_names_the_remote_error(small_experiment, data_root, tmp_p
     assert states[0].state == "failed"
     assert states[0].error.startswith("harness.data.errors.DatasetNotFoundError: Synthetic: dataset folder")
     assert os.path.isfile(states[0].stderr)
+
+
+def test_backbones_are_prepared_once_in_the_driver(monkeypatch, tmp_path):
+    from harness import backbone
+
+    calls = []
+    monkeypatch.setattr(backbone, "resolve_openai_file", lambda name: calls.append(name) or "/x.pt")
+    jobs = sweep.expand(sweep.narrow(sweep.load_experiment("base2new"), ["dtd", "eurosat"], ["1", "2"]), str(tmp_path), str(tmp_path / "o"))
+    sweep.prepare_backbones(jobs, printer=lambda *_: None)
+    assert calls == ["ViT-B/16"]  # one download for all jobs
+
+    def offline(name):
+        raise backbone.BackboneError("no network")
+
+    monkeypatch.setattr(backbone, "resolve_openai_file", offline)
+    lines = []
+    sweep.prepare_backbones(jobs, printer=lines.append)
+    assert lines == ["warning: could not prepare backbone 'ViT-B/16' here (no network); each job will try itself"]
+
+
+def test_status_cli_after_a_debug_sweep(small_experiment, data_root, tmp_path):
+    out = str(tmp_path / "out")
+    cli = [sys.executable, "-m", "harness", "sweep", small_experiment, "--data-root", data_root, "--out", out,
+           "--methods", "zsclip", "--launcher", "debug"]  # fmt: skip
+    ran = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    status_cli = [sys.executable, "-m", "harness", "status", small_experiment, "--data-root", data_root, "--out", out]
+    shown = subprocess.run(status_cli, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0 and "mini/zsclip/synthetic" in shown.stdout and "total: 1 done" in shown.stdout
