@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from harness.report.tables import (
-    AVERAGE, CROSS_TARGETS, DG_DATASETS, PAPER_DATASETS, Cell, Context, Group, Table, add_base_new,
+    AVERAGE, CROSS_TARGETS, DG_DATASETS, PAPER_DATASETS, Cell, Context, Group, Table, add_base_new, add_seed_cell,
     dataset_label, effective_n_ctx, fill_average, group_labels, is_zero_shot, method_label, method_rank,
     ordered_datasets, trained_on_own_base, variant, variant_parts,
 )  # fmt: skip
@@ -114,15 +114,7 @@ def _single_metric(ctx: Context, table: Table, recs: list[dict], rows: list[str]
     for g in table.groups:
         mine = [r for r in recs if _group_key(r, per_experiment) == g.key]
         for d in rows:
-            cell, why = ctx.seed_cell([r for r in mine if r["dataset"] == d])
-            if cell is None:
-                table.missing.append(f"{name}: {g.label} has no records for {d}" + (f" ({why})" if why else ""))
-                continue
-            if why:
-                table.missing.append(f"{name}: {g.label} {d}: {why}")
-            if paper is not None:
-                cell.paper = paper(d, g, "acc")
-            table.cells[(d, g.key, "acc")] = cell
+            add_seed_cell(ctx, table, g, d, "acc", [r for r in mine if r["dataset"] == d], paper, where=f"{name}: {g.label} {d}")
 
 
 def table2(ctx: Context) -> Table:

@@ -321,19 +321,26 @@ def fill_average(table: Table, group: Group, metrics: list[str], universe: list[
             table.cells[(AVERAGE, group.key, m)].paper = paper(AVERAGE, group, m)
 
 
+def add_seed_cell(ctx: Context, table: Table, group: Group, row: str, metric: str, recs: list, paper: Callable | None,
+                  where: str | None = None) -> Cell | None:
+    """One seed-averaged cell with its paper value; an absent or incomplete cell goes to the missing list."""
+    cell, why = ctx.seed_cell(recs)
+    where = where or f"{table.title.split(':')[0]}: {group.label} {row} {metric}"
+    if cell is None:
+        table.missing.append(f"{where}: no records" + (f" ({why})" if why else ""))
+        return None
+    if why:
+        table.missing.append(f"{where}: {why}")
+    if paper is not None:
+        cell.paper = paper(row, group, metric)
+    table.cells[(row, group.key, metric)] = cell
+    return cell
+
+
 def add_base_new(ctx: Context, table: Table, group: Group, row: str, base_recs: list, new_recs: list, paper: Callable | None) -> None:
     """Seed-averaged base and new cells and their H for one row; gaps go to the missing list."""
     for metric, recs in (("base", base_recs), ("new", new_recs)):
-        cell, why = ctx.seed_cell(recs)
-        where = f"{table.title.split(':')[0]}: {group.label} {row} {metric}"
-        if cell is None:
-            table.missing.append(f"{where}: no records" + (f" ({why})" if why else ""))
-            continue
-        if why:
-            table.missing.append(f"{where}: {why}")
-        if paper is not None:
-            cell.paper = paper(row, group, metric)
-        table.cells[(row, group.key, metric)] = cell
+        add_seed_cell(ctx, table, group, row, metric, recs, paper)
     base, new = table.cell(row, group, "base"), table.cell(row, group, "new")
     if base is not None and new is not None:
         marked = base.incomplete or new.incomplete
