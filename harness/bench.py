@@ -236,7 +236,7 @@ def _compare(what: str, got, reference, tolerance: float) -> float:
     return error
 
 
-def _cocoop_step(model, features: torch.Tensor, labels: torch.Tensor | None):
+def cocoop_step(model, features: torch.Tensor, labels: torch.Tensor | None):
     """Logits (eval, no_grad) or (logits, loss, gradients) of one training step."""
     if labels is None:
         model.eval()
@@ -268,9 +268,9 @@ def check_cocoop_equal(
         for a, b in zip(reference.trainable_parameters(), fast.trainable_parameters()):
             a.add_(0.05 * torch.randn(a.shape, generator=generator).to(a))
             b.copy_(a)
-    errors = {"eval logits": _compare("eval logits", _cocoop_step(fast, features, None), _cocoop_step(reference, features, None), tolerance)}
-    ref_logits, ref_loss, ref_grads = _cocoop_step(reference, features, labels)
-    logits, loss, grads = _cocoop_step(fast, features, labels)
+    errors = {"eval logits": _compare("eval logits", cocoop_step(fast, features, None), cocoop_step(reference, features, None), tolerance)}
+    ref_logits, ref_loss, ref_grads = cocoop_step(reference, features, labels)
+    logits, loss, grads = cocoop_step(fast, features, labels)
     errors["train logits"] = _compare("train logits", logits, ref_logits, tolerance)
     errors["loss"] = _compare("loss", loss, ref_loss, tolerance)
     names = [n for n, p in fast.prompt_learner.named_parameters() if p.requires_grad]
@@ -369,7 +369,7 @@ class Bench:
         labels = torch.arange(batch, device=self.device) % k
         row.floor_flops = cocoop_floor_flops(self.clip, names, batch, training=True)
         fast = self._cocoop(names)
-        row.fast_s, runs, fast_out = self._run(lambda: _cocoop_step(fast, features, labels), budget_s=self.s.budget_s)
+        row.fast_s, runs, fast_out = self._run(lambda: cocoop_step(fast, features, labels), budget_s=self.s.budget_s)
         plan = fast.last_plan
         row.fast_note = f"{_runs(runs)}; {_calls(plan.chunks)}{', checkpointed' if plan.checkpointed else ''}"
         need = prompt_encoder.estimate_step_memory(self.clip, batch, k, 77, training=True, prefix_cache=False)
@@ -384,7 +384,7 @@ class Bench:
             return row
         reference = self._cocoop(names, batched=False)
         reference.prompt_learner.load_state_dict(fast.prompt_learner.state_dict())
-        row.baseline_s, runs, ref_out = self._run(lambda: _cocoop_step(reference, features, labels), budget_s=self.s.budget_s)
+        row.baseline_s, runs, ref_out = self._run(lambda: cocoop_step(reference, features, labels), budget_s=self.s.budget_s)
         row.baseline_note = _runs(runs)
         if batch == 1:
             self._single_train_s[k] = row.baseline_s
@@ -401,17 +401,17 @@ class Bench:
         features = self.features[:n]
         row.floor_flops = cocoop_floor_flops(self.clip, names, n)
         fast = self._cocoop(names)
-        row.fast_s, runs, fast_out = self._run(lambda: _cocoop_step(fast, features, None), budget_s=self.s.budget_s)
+        row.fast_s, runs, fast_out = self._run(lambda: cocoop_step(fast, features, None), budget_s=self.s.budget_s)
         row.fast_note = f"{_runs(runs)}; {_calls(fast.last_plan.chunks)}"
         # The published path is a loop over images: time a few and scale when all would take too long.
         reference = self._cocoop(names, batched=False)
         reference.prompt_learner.load_state_dict(fast.prompt_learner.state_dict())
-        probe_s, _, ref_out = self._run(lambda: _cocoop_step(reference, features[:1], None), repeats=0, budget_s=0.0)
+        probe_s, _, ref_out = self._run(lambda: cocoop_step(reference, features[:1], None), repeats=0, budget_s=0.0)
         measured = n if probe_s * n <= self.s.max_baseline_s else max(1, int(self.s.max_baseline_s // probe_s))
         if measured == 1:
             row.baseline_s, runs = probe_s * n, 1
         else:
-            t, runs, ref_out = self._run(lambda: _cocoop_step(reference, features[:measured], None), budget_s=self.s.budget_s)
+            t, runs, ref_out = self._run(lambda: cocoop_step(reference, features[:measured], None), budget_s=self.s.budget_s)
             row.baseline_s = t * n / measured
         row.baseline_note = _runs(runs) + (f" of {measured} image{'s' if measured > 1 else ''}, x{n / measured:.1f} (per-image loop)" if measured < n else "")
         row.error = _compare(f"{row.case} K={k} logits", fast_out[: ref_out.shape[0]], ref_out, self.tolerance)
@@ -479,7 +479,7 @@ class Bench:
         ):
             model = self._cocoop(names)
             with self.autocast():
-                _cocoop_step(model, feats, labels)  # warm-up
+                cocoop_step(model, feats, labels)  # warm-up
                 with profile(activities=activities) as prof:
                     forward_s, backward_s = _timed_step(model, feats, labels, self.device)
             phases = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key.startswith("prompt_encoder.")}
@@ -499,7 +499,7 @@ def _timed_step(model, features, labels, device) -> tuple[float, float]:
     synchronize(device)
     start = time.perf_counter()
     if labels is None:
-        _cocoop_step(model, features, None)
+        cocoop_step(model, features, None)
         synchronize(device)
         return time.perf_counter() - start, 0.0
     model.train()
