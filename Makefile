@@ -41,12 +41,12 @@ NEED_DATA = $(if $(DATA_ROOT),,$(error make $@ needs DATA_ROOT=/path/to/datasets
 
 .DEFAULT_GOAL := help
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: venv base2new demo crossdataset domaingen ablations bigger_coop report status bench test help
+.PHONY: venv base2new demo crossdataset domaingen ablations bigger_coop report status bench test lint help
 
 venv: $(STAMP) ## create the virtual environment and install the project
 
@@ -85,6 +85,10 @@ bench: $(STAMP) ## CoCoOp/CoOp speed benchmark, published vs fast path (QUICK=1:
 
 test: $(STAMP) ## run the test suite (Slurm tests run when a cluster is up: tools/slurm-cluster.sh start)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff: lint and formatting check (what CI runs)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 help: ## list the targets
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'

@@ -6,6 +6,7 @@ Public API (kept stable; see README.md):
     harness.config.build_spec(values) / harness.runner.run(spec)  one job
     methods.build_method(name, clip_model, classnames, **options)
 """
+
 __version__ = "0.1.0"
 __all__ = ["load_clip", "__version__"]
 

@@ -1,12 +1,13 @@
 """Command line: ``python -m harness <command> --help``.
 
-    python -m harness run --config run.yaml [--set key=value ...]     one training/evaluation job
-    python -m harness run --method coop --dataset oxford_pets --data-root DATA --output-dir out/x
-    python -m harness sweep base2new --data-root DATA [--launcher slurm] [--dry-run]
-    python -m harness sweep base2new --profile demo                    generated data, tiny CLIP
-    python -m harness status base2new --out output                     what finished, failed, waits
-    python -m harness configs                                          the published method configs
+python -m harness run --config run.yaml [--set key=value ...]     one training/evaluation job
+python -m harness run --method coop --dataset oxford_pets --data-root DATA --output-dir out/x
+python -m harness sweep base2new --data-root DATA [--launcher slurm] [--dry-run]
+python -m harness sweep base2new --profile demo                    generated data, tiny CLIP
+python -m harness status base2new --out output                     what finished, failed, waits
+python -m harness configs                                          the published method configs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,15 @@ import sys
 
 import yaml
 
-from harness.config import FIELD_HELP, ConfigError, RunSpec, build_spec, load_spec_file, method_config_names, parse_overrides
+from harness.config import (
+    FIELD_HELP,
+    ConfigError,
+    RunSpec,
+    build_spec,
+    load_spec_file,
+    method_config_names,
+    parse_overrides,
+)
 
 
 def _run_parser(sub) -> argparse.ArgumentParser:
@@ -31,14 +40,22 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--config", dest="spec_file", metavar="YAML", help="run spec file (a mapping of the keys below)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any key")
-    p.add_argument("-o", "--option", dest="method_options", action="append", default=[], metavar="NAME=VALUE", help="method option")
+    p.add_argument(
+        "-o", "--option", dest="method_options", action="append", default=[], metavar="NAME=VALUE", help="method option"
+    )
     defaults = RunSpec()
     for f in dataclasses.fields(RunSpec):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "config":
             flag = "--method-config"
         default = getattr(defaults, f.name)
-        p.add_argument(flag, dest=f"field_{f.name}", default=None, metavar="VALUE", help=f"{FIELD_HELP[f.name]} (default: {default!r})")
+        p.add_argument(
+            flag,
+            dest=f"field_{f.name}",
+            default=None,
+            metavar="VALUE",
+            help=f"{FIELD_HELP[f.name]} (default: {default!r})",
+        )
     return p
 
 
@@ -56,12 +73,19 @@ def _cmd_run(args) -> int:
     spec = load_spec_file(args.spec_file, overrides) if args.spec_file else build_spec({}, overrides)
     records = run(spec)
     for r in records:
-        print(json.dumps({k: r[k] for k in ("job", "dataset", "subsample")} | {"accuracy": round(r["metrics"]["accuracy"], 2)}))
+        print(
+            json.dumps(
+                {k: r[k] for k in ("job", "dataset", "subsample")} | {"accuracy": round(r["metrics"]["accuracy"], 2)}
+            )
+        )
     return 0
 
 
 def _sweep_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiment", help="experiment name under experiments/ (base2new, crossdataset, domaingen, ablations) or a YAML path")
+    p.add_argument(
+        "experiment",
+        help="experiment name under experiments/ (base2new, crossdataset, domaingen, ablations) or a YAML path",
+    )
     p.add_argument("--data-root", default="", help="folder holding the datasets; empty: the profile's generated data")
     p.add_argument("--profile", default=None, help="named overrides from the experiment file, e.g. demo")
     p.add_argument("--out", default="output", help="output folder: results.jsonl, runs/, feature_cache/, <experiment>/")
@@ -69,8 +93,14 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="", help="comma-separated seeds, e.g. 1,2")
     p.add_argument("--methods", default="", help="comma-separated subset of the experiment's method variants")
     p.add_argument("--backbone", default="", help="backbone for every job (e.g. ViT-B/16, tiny, a .pt path)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="run key for every job (e.g. epochs=2, precision=fp32, options.n_ctx=8, tracking=none)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run key for every job (e.g. epochs=2, precision=fp32, options.n_ctx=8, tracking=none)",
+    )
 
 
 def _load_sweep(args):
@@ -134,20 +164,41 @@ def _cmd_status(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness", description="prompt-harness: zero-shot CLIP, CoOp and CoCoOp as published.")
+    parser = argparse.ArgumentParser(
+        prog="python -m harness", description="prompt-harness: zero-shot CLIP, CoOp and CoCoOp as published."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     sub.add_parser("configs", help="list the published method configs")
-    sweep_p = sub.add_parser("sweep", help="run an experiment: every method x dataset x seed", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sweep_p = sub.add_parser(
+        "sweep",
+        help="run an experiment: every method x dataset x seed",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     _sweep_args(sweep_p)
-    sweep_p.add_argument("--launcher", default="", choices=["", "local", "slurm", "debug"], help="where jobs run (default: the experiment's, else local)")
+    sweep_p.add_argument(
+        "--launcher",
+        default="",
+        choices=["", "local", "slurm", "debug"],
+        help="where jobs run (default: the experiment's, else local)",
+    )
     sweep_p.add_argument("--max-parallel", type=int, default=0, help="local launcher: jobs at once")
-    sweep_p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
-                         help="slurm option: partition, account, qos, gpus_per_node, cpus_per_task, mem_gb, timeout_min, array_parallelism, constraint")
+    sweep_p.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="slurm option: partition, account, qos, gpus_per_node, cpus_per_task, mem_gb, timeout_min, "
+        "array_parallelism, constraint",
+    )
     sweep_p.add_argument("--dry-run", action="store_true", help="print the job plan and exit")
     sweep_p.add_argument("--force", action="store_true", help="redo jobs whose results exist")
-    sweep_p.add_argument("--no-wait", action="store_true", help="slurm: submit and exit; follow with the status command")
-    status_p = sub.add_parser("status", help="progress of an experiment's jobs", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sweep_p.add_argument(
+        "--no-wait", action="store_true", help="slurm: submit and exit; follow with the status command"
+    )
+    status_p = sub.add_parser(
+        "status", help="progress of an experiment's jobs", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     _sweep_args(status_p)
     args = parser.parse_args(argv)
     try:

@@ -4,6 +4,7 @@ A crash, a kill or a full disk leaves either the old file or the new one, never 
 Every file the harness writes that another job may read (checkpoints, split caches, the feature
 cache, generated datasets, cached weights) goes through here.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,6 @@
 """The frozen CLIP backbone: loading, precision, tokenisation and the two encoders.
 
-Everything here follows PROTOCOL.md section 2. Models are open_clip ``CLIP`` objects built with
+Everything here follows PROTOCOL.md 2. Models are open_clip ``CLIP`` objects built with
 QuickGELU (as OpenAI trained them; open_clip's plain ``ViT-B-16`` config would use GELU and silently
 change every number).
 
@@ -13,17 +13,17 @@ change every number).
   * ``"tiny-pretrained"``: the tiny CLIP after contrastive pre-training on generated scenes
     (see ``harness.miniworld``; trained on first use, then cached).
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, build_model_from_openai_state_dict, convert_weights_to_lp
 from open_clip.pretrained import download_pretrained_from_url, get_pretrained_url
 from open_clip.tokenizer import SimpleTokenizer
@@ -134,7 +134,9 @@ def _model_from_state_dict(state_dict: dict, precision: str) -> CLIP:
     # exact values are loaded again into the fp32 model before any conversion (PROTOCOL.md 2.2).
     model = build_model_from_openai_state_dict(dict(state_dict), quick_gelu=True, cast_dtype=torch.float16)
     model.float()
-    model.load_state_dict({k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")})
+    model.load_state_dict(
+        {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    )
     if PRECISIONS[precision] is not None:
         convert_weights_to_lp(model, dtype=PRECISIONS[precision])
     return model

@@ -26,6 +26,7 @@ On a CUDA device the timings run under bf16 autocast (the correctness check stay
 table also reports images per second. Not a test: it takes ~10 minutes on 2 CPU cores (``--quick``:
 ~3 minutes, K = 10 and 100 only).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -96,7 +97,8 @@ def machine_description(device: torch.device, threads: str = "") -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    text = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, threads: {threads or torch.get_num_threads()}"
+    threads = threads or torch.get_num_threads()
+    text = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, threads: {threads}"
     if device.type == "cuda":
         text += f"; GPU {torch.cuda.get_device_name(device)}"
     return text
@@ -152,8 +154,12 @@ def build_tiny_probe():
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        clip = CLIP(512, vision_cfg=CLIPVisionCfg(layers=1, width=64, patch_size=32, image_size=64, head_width=64),
-                    text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=512, heads=8, layers=4), quick_gelu=True)
+        clip = CLIP(
+            512,
+            vision_cfg=CLIPVisionCfg(layers=1, width=64, patch_size=32, image_size=64, head_width=64),
+            text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=512, heads=8, layers=4),
+            quick_gelu=True,
+        )
     return clip.eval().requires_grad_(False)
 
 
@@ -268,7 +274,11 @@ def check_cocoop_equal(
         for a, b in zip(reference.trainable_parameters(), fast.trainable_parameters()):
             a.add_(0.05 * torch.randn(a.shape, generator=generator).to(a))
             b.copy_(a)
-    errors = {"eval logits": _compare("eval logits", cocoop_step(fast, features, None), cocoop_step(reference, features, None), tolerance)}
+    errors = {
+        "eval logits": _compare(
+            "eval logits", cocoop_step(fast, features, None), cocoop_step(reference, features, None), tolerance
+        )
+    }
     ref_logits, ref_loss, ref_grads = cocoop_step(reference, features, labels)
     logits, loss, grads = cocoop_step(fast, features, labels)
     errors["train logits"] = _compare("train logits", logits, ref_logits, tolerance)
@@ -309,6 +319,7 @@ def measure(fn: Callable[[], object], device: torch.device, repeats: int = 3, bu
     """(median seconds, runs, last output). The first call is a warm-up; when it alone took more than
     half of ``budget_s`` it is the (single) measurement, otherwise up to ``repeats`` further calls are
     timed while the time spent stays within ``budget_s``."""
+
     def timed():
         synchronize(device)
         start = time.perf_counter()
@@ -341,13 +352,17 @@ class Bench:
     def __init__(self, settings: Settings, device: torch.device, log=print):
         self.s, self.device, self.log = settings, device, log
         self.autocast = (
-            (lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+            (lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16))
+            if device.type == "cuda"
+            else contextlib.nullcontext
         )
         self.tolerance = TOLERANCE if device.type != "cuda" else 5e-2  # bf16 timings: loose sanity check only
         self.clip = build_vitb16_clip(device)
         self.flops = matmul_throughput(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
         generator = torch.Generator().manual_seed(0)
-        self.features = torch.randn(max(settings.eval_images, max(settings.train_batches)), 512, generator=generator).to(device)
+        self.features = torch.randn(
+            max(settings.eval_images, max(settings.train_batches)), 512, generator=generator
+        ).to(device)
         self.images = torch.randn(settings.eval_images, 3, 224, 224, generator=generator).to(device)
         self.rows: list[Row] = []
         self._single_train_s: dict[int, float] = {}  # published training step at batch 1, per K
@@ -375,7 +390,9 @@ class Bench:
         need = prompt_encoder.estimate_step_memory(self.clip, batch, k, 77, training=True, prefix_cache=False)
         if need > 0.6 * available_memory(self.device):
             graphs = f"all {batch} graphs" if batch > 1 else "its graph"
-            row.baseline_note = f"does not fit: needs ~{need / GB:.0f} GB ({graphs} of {k} x 77 positions kept for backward)"
+            row.baseline_note = (
+                f"does not fit: needs ~{need / GB:.0f} GB ({graphs} of {k} x 77 positions kept for backward)"
+            )
             self.log(f"  published path skipped: {row.baseline_note}")
             return row
         single = self._single_train_s.get(k)  # the published path is B independent passes: ~B x batch 1
@@ -384,7 +401,9 @@ class Bench:
             return row
         reference = self._cocoop(names, batched=False)
         reference.prompt_learner.load_state_dict(fast.prompt_learner.state_dict())
-        row.baseline_s, runs, ref_out = self._run(lambda: cocoop_step(reference, features, labels), budget_s=self.s.budget_s)
+        row.baseline_s, runs, ref_out = self._run(
+            lambda: cocoop_step(reference, features, labels), budget_s=self.s.budget_s
+        )
         row.baseline_note = _runs(runs)
         if batch == 1:
             self._single_train_s[k] = row.baseline_s
@@ -411,9 +430,15 @@ class Bench:
         if measured == 1:
             row.baseline_s, runs = probe_s * n, 1
         else:
-            t, runs, ref_out = self._run(lambda: cocoop_step(reference, features[:measured], None), budget_s=self.s.budget_s)
+            t, runs, ref_out = self._run(
+                lambda: cocoop_step(reference, features[:measured], None), budget_s=self.s.budget_s
+            )
             row.baseline_s = t * n / measured
-        row.baseline_note = _runs(runs) + (f" of {measured} image{'s' if measured > 1 else ''}, x{n / measured:.1f} (per-image loop)" if measured < n else "")
+        row.baseline_note = _runs(runs) + (
+            f" of {measured} image{'s' if measured > 1 else ''}, x{n / measured:.1f} (per-image loop)"
+            if measured < n
+            else ""
+        )
         row.error = _compare(f"{row.case} K={k} logits", fast_out[: ref_out.shape[0]], ref_out, self.tolerance)
         return row
 
@@ -435,9 +460,14 @@ class Bench:
 
         row.baseline_s, runs_b, ref = self._run(lambda: run(models[False]), budget_s=self.s.budget_s)
         row.fast_s, runs_f, out = self._run(lambda: run(models[True]), budget_s=self.s.budget_s)
-        row.baseline_note, row.fast_note = f"{_runs(runs_b)}, 77 positions", f"{_runs(runs_f)}, exact fast encoder (per-class EOT cut, context once)"
+        row.baseline_note, row.fast_note = (
+            f"{_runs(runs_b)}, 77 positions",
+            f"{_runs(runs_f)}, exact fast encoder (per-class EOT cut, context once)",
+        )
         # One context for all images: the unavoidable text work is CoCoOp's for a single "image".
-        row.floor_flops = cocoop_floor_flops(self.clip, names, 1) + (image_encoder_flops(self.clip, n) if with_image_encoder else 0)
+        row.floor_flops = cocoop_floor_flops(self.clip, names, 1) + (
+            image_encoder_flops(self.clip, n) if with_image_encoder else 0
+        )
         row.error = _compare(f"{row.case} K={k}", out, ref, self.tolerance)
         return row
 
@@ -474,7 +504,11 @@ class Bench:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
         lines = []
         for title, labels, feats in (
-            (f"training step, batch {batch}, K = {k}", torch.arange(batch, device=self.device) % k, self.features[:batch]),
+            (
+                f"training step, batch {batch}, K = {k}",
+                torch.arange(batch, device=self.device) % k,
+                self.features[:batch],
+            ),
             (f"evaluation of {eval_images} images, K = {k}", None, self.features[:eval_images]),
         ):
             model = self._cocoop(names)
@@ -514,11 +548,42 @@ def _timed_step(model, features, labels, device) -> tuple[float, float]:
 
 
 CATEGORIES = (
-    ("matmul (linear layers)", ("addmm", "aten::mm", "bmm", "matmul", "linear", "gemm", "mkldnn_", "cutlass", "sm90", "ampere")),
+    (
+        "matmul (linear layers)",
+        ("addmm", "aten::mm", "bmm", "matmul", "linear", "gemm", "mkldnn_", "cutlass", "sm90", "ampere"),
+    ),
     ("attention (SDPA)", ("scaled_dot_product", "flash", "_efficient_attention", "softmax", "baddbmm")),
     ("layer norm", ("layer_norm",)),
-    ("QuickGELU / elementwise", ("sigmoid", "aten::mul", "aten::add", "aten::sub", "aten::div", "threshold", "relu", "elementwise", "vectorized")),
-    ("copies, gathers, concat", ("aten::cat", "index", "gather", "copy_", "clone", "contiguous", "expand", "repeat", "_to_copy", "masked", "tril")),
+    (
+        "QuickGELU / elementwise",
+        (
+            "sigmoid",
+            "aten::mul",
+            "aten::add",
+            "aten::sub",
+            "aten::div",
+            "threshold",
+            "relu",
+            "elementwise",
+            "vectorized",
+        ),
+    ),
+    (
+        "copies, gathers, concat",
+        (
+            "aten::cat",
+            "index",
+            "gather",
+            "copy_",
+            "clone",
+            "contiguous",
+            "expand",
+            "repeat",
+            "_to_copy",
+            "masked",
+            "tril",
+        ),
+    ),
 )
 
 
@@ -533,7 +598,9 @@ def summarise_profile(prof, device: torch.device) -> str:
             continue
         total += t
         name = event.key
-        category = next((c for c, keys in CATEGORIES if any(s in name for s in keys)), "other (autograd, Python, allocation)")
+        category = next(
+            (c for c, keys in CATEGORIES if any(s in name for s in keys)), "other (autograd, Python, allocation)"
+        )
         totals[category] = totals.get(category, 0.0) + t
     parts = sorted(totals.items(), key=lambda kv: -kv[1])
     return f"{total / 1e6:.2f} s profiled; " + ", ".join(f"{c} {100 * t / total:.0f}%" for c, t in parts)
@@ -560,23 +627,35 @@ def _seconds(value: float | None) -> str:
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
-def render(rows: list[Row], header: list[str], profile: list[str], device: torch.device, gflops: float, wall_s: float) -> str:
+def render(
+    rows: list[Row], header: list[str], profile: list[str], device: torch.device, gflops: float, wall_s: float
+) -> str:
     per_second = device.type == "cuda"
     lines = header + [
         "",
         f"Matmul throughput measured for the floor: {gflops / 1e9:.0f} GFLOP/s "
-        f"({'bf16' if device.type == 'cuda' else 'fp32'}, [4096, 512] x [512, 2048]). Benchmark wall time {wall_s / 60:.1f} min.",
+        f"({'bf16' if device.type == 'cuda' else 'fp32'}, [4096, 512] x [512, 2048]). "
+        f"Benchmark wall time {wall_s / 60:.1f} min.",
         "",
-        "| case | K | published / straightforward (s) | fast (s) | speed-up | floor (s) | fast / floor | max rel. error | notes |"
-        + (" fast images/s |" if per_second else ""),
+        "| case | K | published / straightforward (s) | fast (s) | speed-up | floor (s) | fast / floor "
+        "| max rel. error | notes |" + (" fast images/s |" if per_second else ""),
         "|---|---:|---:|---:|---:|---:|---:|---:|---|" + ("---:|" if per_second else ""),
     ]
     for r in rows:
         speedup = "—" if not r.speedup else f"{r.speedup:.1f}x" if r.speedup < 1000 else f"{r.speedup:.0f}x"
         ratio = f"{r.fast_s / r.floor_s:.1f}" if r.fast_s and r.floor_s else "—"
         error = f"{r.error:.1e}" if r.error is not None else "—"
-        notes = "; ".join(x for x in (f"published: {r.baseline_note}" if r.baseline_note else "", f"fast: {r.fast_note}" if r.fast_note else "") if x)
-        line = f"| {r.case} | {r.k} | {_seconds(r.baseline_s)} | {_seconds(r.fast_s)} | {speedup} | {_seconds(r.floor_s)} | {ratio} | {error} | {notes} |"
+        notes = "; ".join(
+            x
+            for x in (
+                f"published: {r.baseline_note}" if r.baseline_note else "",
+                f"fast: {r.fast_note}" if r.fast_note else "",
+            )
+            if x
+        )
+        timings = [_seconds(r.baseline_s), _seconds(r.fast_s), speedup, _seconds(r.floor_s), ratio]
+        cells = [r.case, r.k, *timings, error, notes]
+        line = "| " + " | ".join(str(c) for c in cells) + " |"
         if per_second:
             line += f" {r.images / r.fast_s:.1f} |" if r.fast_s else " — |"
         lines.append(line)
@@ -586,7 +665,9 @@ def render(rows: list[Row], header: list[str], profile: list[str], device: torch
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="K = 10 and 100 only, fewer repeats (~3 minutes on 2 cores)")
+    parser.add_argument(
+        "--quick", action="store_true", help="K = 10 and 100 only, fewer repeats (~3 minutes on 2 cores)"
+    )
     parser.add_argument("--out", default="reports/bench.md", help="where to write the Markdown table")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", default="auto", help="CPU threads, or auto (the faster of 1 and the default)")
@@ -611,7 +692,12 @@ def main(argv: list[str] | None = None) -> int:
 
     log("Checking the fast path against the published per-image path (fp32) ...")
     errors = check_cocoop_equal(bench.clip, class_names(10), batch=3)
-    errors.update({f"{k} (no prefix cache)": v for k, v in check_cocoop_equal(bench.clip, class_names(10), batch=2, prefix_cache=False).items()})
+    errors.update(
+        {
+            f"{k} (no prefix cache)": v
+            for k, v in check_cocoop_equal(bench.clip, class_names(10), batch=2, prefix_cache=False).items()
+        }
+    )
     worst = max(errors.values())
     log(f"  OK: largest relative error {worst:.2e} over {len(errors)} checks (logits, loss, gradients)")
 
@@ -634,7 +720,9 @@ def main(argv: list[str] | None = None) -> int:
             + (f", {row.speedup:.1f}x" if row.speedup else "")
             + f", floor {_seconds(row.floor_flops / bench.flops if row.floor_flops else None)} s"
         )
-    bench.flops = max(bench.flops, matmul_throughput(device, torch.bfloat16 if device.type == "cuda" else torch.float32))
+    bench.flops = max(
+        bench.flops, matmul_throughput(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    )
     for row in bench.rows:  # floors with the best throughput seen (start or end)
         row.floor_s = row.floor_flops / bench.flops if row.floor_flops is not None else None
     log("Profiling the fast path ...")
@@ -654,10 +742,11 @@ def main(argv: list[str] | None = None) -> int:
         f"at end {os.getloadavg()[0]:.1f}: other processes shared these cores, so times are noisy.",
         "* Model: random CLIP with OpenAI's ViT-B/16 dimensions (text: 12 layers, width 512, 8 heads; "
         f"QuickGELU), {'bf16 autocast' if device.type == 'cuda' else 'fp32'}; CoCoOp n_ctx = 4 "
-        "(\"a photo of a\"), default memory budget; class names from ImageNet, 1-12 tokens.",
+        '("a photo of a"), default memory budget; class names from ImageNet, 1-12 tokens.',
         "* Published = `batched=False` (one text-encoder call per image over all 77 positions; CoOp "
         "`truncate=False`). Fast = the default path (exact: causal truncation, length buckets, prefix "
-        "key/value cache, chunked; CoOp: the same encoder with one shared context). Times in seconds, median of up to 3 "
+        "key/value cache, chunked; CoOp: the same encoder with one shared context). Times in seconds, median of "
+        "up to 3 "
         "runs after a warm-up; training = forward + backward.",
         f"* Before timing: fast vs published on K = 10, batch 3 (logits, loss, every gradient), with and "
         f"without the prefix cache: largest relative error {worst:.1e} (limit {TOLERANCE:g}). Every timed "

@@ -5,6 +5,7 @@ Precedence, as in the authors' framework (PROTOCOL.md 1): defaults < method conf
 Every key is checked before any work starts: an unknown key, a wrong type, an unknown method,
 method option, precision or backbone is an error that names the key and the choices.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,7 +37,7 @@ class RunSpec:
     config: str = ""
     experiment: str = "adhoc"
     shots: int = 16
-    seed: typing.Optional[int] = 1
+    seed: int | None = 1
     subsample: str = "all"
     evaluate: list = field(default_factory=list)
     backbone: str = "ViT-B/16"
@@ -49,7 +50,7 @@ class RunSpec:
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
-    num_workers: typing.Optional[int] = None
+    num_workers: int | None = None
     device: str = "auto"
     output_dir: str = ""
     results: str = ""
@@ -181,7 +182,9 @@ def validate(spec: RunSpec) -> None:
         raise ConfigError(f"precision must be one of {RUN_PRECISIONS}, got {spec.precision!r}.")
     if spec.backbone not in backbone.OPENAI_MODELS and spec.backbone not in backbone.TINY_SPECS:
         if not os.path.isfile(os.path.expanduser(spec.backbone)):
-            raise ConfigError(f"Unknown backbone {spec.backbone!r}. Choices: {', '.join(backbone.available_backbones())}.")
+            raise ConfigError(
+                f"Unknown backbone {spec.backbone!r}. Choices: {', '.join(backbone.available_backbones())}."
+            )
     known_datasets = set(data.DATASETS)
     if spec.dataset not in known_datasets:
         raise ConfigError(f"Unknown dataset {spec.dataset!r}. Datasets: {', '.join(sorted(known_datasets))}.")

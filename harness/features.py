@@ -8,6 +8,7 @@ images: on ImageNet that is 50,000 forward passes saved per evaluation after the
 Entries are written atomically under a file lock: concurrent jobs wait for the first one instead
 of computing the same features twice.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,7 +53,9 @@ class FeatureCache:
                 log.warning("Feature cache %s does not match its key; recomputing", path)
             self.misses += 1
             features = compute().cpu()
-            atomic_torch_save({"features": features, "impaths_sha1": self.key({}, impaths), "namespace": namespace}, path)
+            atomic_torch_save(
+                {"features": features, "impaths_sha1": self.key({}, impaths), "namespace": namespace}, path
+            )
             return features
 
 

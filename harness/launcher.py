@@ -9,6 +9,7 @@ Dependencies: an evaluation job waits for its training job (Slurm: ``afterok``; 
 when its dependency succeeded). The sweep's state (job ids, logs, states) is kept in
 ``<out>/<experiment>/sweep.json`` so ``python -m harness status`` can report on it later.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,18 @@ log = logging.getLogger(__name__)
 
 LAUNCHERS = ("local", "slurm", "debug")
 SLURM_KEYS = {
-    "partition", "account", "qos", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism",
-    "constraint", "additional", "setup",
-}  # fmt: skip
+    "partition",
+    "account",
+    "qos",
+    "gpus_per_node",
+    "cpus_per_task",
+    "mem_gb",
+    "timeout_min",
+    "array_parallelism",
+    "constraint",
+    "additional",
+    "setup",
+}
 
 
 class HarnessJob(submitit.helpers.Checkpointable):
@@ -103,7 +113,9 @@ def print_plan(jobs: list[Job], states: list[JobState], printer=print) -> None:
     for job, state in zip(jobs, states):
         targets = ", ".join(f"{d}/{s}" for d, s in job.targets())
         after = f"  after {', '.join(state.depends_on)}" if state.depends_on else ""
-        printer(f"  [{'run ' if state.state != 'skipped' else 'skip'}] {job.name:<55} {job.kind:<5} -> {targets}{after}")
+        printer(
+            f"  [{'run ' if state.state != 'skipped' else 'skip'}] {job.name:<55} {job.kind:<5} -> {targets}{after}"
+        )
 
 
 def _slurm_parameters(cfg: dict) -> dict:
@@ -189,7 +201,10 @@ def launch(
             params = dict(base)
             deps = [submitted[d].job_id for d in state.depends_on if d in submitted]
             if deps:
-                params["slurm_additional_parameters"] = {**base["slurm_additional_parameters"], "dependency": "afterok:" + ":".join(deps)}
+                params["slurm_additional_parameters"] = {
+                    **base["slurm_additional_parameters"],
+                    "dependency": "afterok:" + ":".join(deps),
+                }
             executor.update_parameters(name=job.name.replace("/", "."), **params)
             sj = executor.submit(HarnessJob(), job.spec.to_dict())
             submitted[job.name] = sj
@@ -277,7 +292,11 @@ def status(jobs: list[Job], out: str, experiment: str) -> list[dict]:
     for job in jobs:
         missing = job.pending_targets(done)
         last = previous.get(job.name)
-        row = {"job": job.name, "kind": job.kind, "results": f"{len(job.targets()) - len(missing)}/{len(job.targets())}"}
+        row = {
+            "job": job.name,
+            "kind": job.kind,
+            "results": f"{len(job.targets()) - len(missing)}/{len(job.targets())}",
+        }
         if not missing:
             row["state"] = "done"
         elif last and last.state == "failed":

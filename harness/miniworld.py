@@ -15,7 +15,7 @@ the demo a world in which base-to-new generalisation is real:
 * **Compositional hold-out.** The demo's 16 classes are a 4 x 4 block of colours x shapes
   ({red, green, blue, yellow} x {star, cross, heart, triangle}) coloured like a checkerboard:
   the 8 "even" cells are the base classes (labels 0-7), the 8 "odd" cells the new classes
-  (labels 8-15; PROTOCOL 4.3 makes the second half "new"). Pre-training sees every other
+  (labels 8-15; PROTOCOL.md 4.3 makes the second half "new"). Pre-training sees every other
   colour x shape pair (56 of 64) but **never a new-class pair**: new classes are unseen
   compositions of seen attributes, and within them each colour and each shape occurs twice, so
   neither attribute alone separates them.
@@ -34,6 +34,7 @@ CLI::
     python -m harness.miniworld dataset --root DIR        write the demo dataset to DIR/synthetic
     python -m harness.miniworld eval --root DIR           zero-shot base / new accuracy of the cache
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,8 @@ import os
 import sys
 import time
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -182,9 +183,7 @@ def _key(text: str) -> int:
     return zlib.crc32(text.encode("utf-8"))
 
 
-def sample_scene(
-    rng: np.random.Generator, color: str, shape: str, pattern: str | None = None
-) -> Scene:
+def sample_scene(rng: np.random.Generator, color: str, shape: str, pattern: str | None = None) -> Scene:
     """Random nuisances for an object of the given colour and shape (and pattern, random if None)."""
     if pattern is None:
         pattern = PATTERNS[int(rng.choice(len(PATTERNS), p=PATTERN_PROBS))]
@@ -243,8 +242,26 @@ def _shape_polygons(shape: str) -> list[tuple[list[tuple[float, float]], bool]]:
             pts.append((r * math.cos(a), r * math.sin(a) + 0.08))
         return [(pts, True)]
     if shape == "cross":
-        w, l = 0.32, 0.95
-        return [([(-w, -l), (w, -l), (w, -w), (l, -w), (l, w), (w, w), (w, l), (-w, l), (-w, w), (-l, w), (-l, -w), (-w, -w)], True)]
+        w, arm = 0.32, 0.95
+        return [
+            (
+                [
+                    (-w, -arm),
+                    (w, -arm),
+                    (w, -w),
+                    (arm, -w),
+                    (arm, w),
+                    (w, w),
+                    (w, arm),
+                    (-w, arm),
+                    (-w, w),
+                    (-arm, w),
+                    (-arm, -w),
+                    (-w, -w),
+                ],
+                True,
+            )
+        ]
     if shape == "heart":
         pts = []
         for k in range(64):
@@ -288,7 +305,7 @@ def _fill(scene: Scene, side: int) -> np.ndarray:
         u = (xx * math.cos(th) + yy * math.sin(th)) / period
         v = (-xx * math.sin(th) + yy * math.cos(th)) / period
         du, dv = u - np.floor(u) - 0.5, v - np.floor(v) - 0.5
-        on = du * du + dv * dv < 0.28 ** 2
+        on = du * du + dv * dv < 0.28**2
     else:
         raise ValueError(f"Unknown pattern {scene.pattern!r}; choose one of {PATTERNS}.")
     tex[on] = accent
@@ -400,7 +417,7 @@ def dataset_sample(
 
 
 # ---------------------------------------------------------------------------------------------
-# Classification datasets (the layout harness.data reads as "synthetic", PROTOCOL 3.3)
+# Classification datasets (the layout harness.data reads as "synthetic", PROTOCOL.md 3.3)
 # ---------------------------------------------------------------------------------------------
 
 DATASET_DIR = "synthetic"
@@ -636,7 +653,11 @@ def ensure_pretrained(config: PretrainConfig = DEFAULT_PRETRAIN, force: bool = F
         backbone.save_openai_state_dict(model, path)  # atomic
         log.warning(
             "Pre-trained the tiny CLIP in %.0f s (%.1f min; loss %.3f -> %.3f); cached at %s.",
-            elapsed, elapsed / 60, float(np.mean(losses[:10])), float(np.mean(losses[-20:])), path,
+            elapsed,
+            elapsed / 60,
+            float(np.mean(losses[:10])),
+            float(np.mean(losses[-20:])),
+            path,
         )
         return path
 
@@ -656,16 +677,20 @@ def _test_transform():
     from torchvision import transforms as T
     from torchvision.transforms import InterpolationMode
 
-    return T.Compose([
-        T.Resize(224, interpolation=InterpolationMode.BICUBIC),
-        T.CenterCrop(224),
-        T.ToTensor(),
-        T.Normalize(CLIP_MEAN, CLIP_STD),
-    ])
+    return T.Compose(
+        [
+            T.Resize(224, interpolation=InterpolationMode.BICUBIC),
+            T.CenterCrop(224),
+            T.ToTensor(),
+            T.Normalize(CLIP_MEAN, CLIP_STD),
+        ]
+    )
 
 
 @torch.no_grad()
-def zero_shot_accuracy(clip, dataset_dir: str, labels: Iterable[int], template: str = DEMO_TEMPLATE, split: str = "test") -> float:
+def zero_shot_accuracy(
+    clip, dataset_dir: str, labels: Iterable[int], template: str = DEMO_TEMPLATE, split: str = "test"
+) -> float:
     """Accuracy (%) of zero-shot CLIP among the classes ``labels`` only (as in base-to-new)."""
     import methods
 

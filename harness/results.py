@@ -23,13 +23,14 @@ Appends are atomic: one ``write`` of a whole line on an O_APPEND descriptor unde
 never interleave. A reader skips a torn last line (a writer killed mid-write on a filesystem
 without atomic appends) with a warning instead of failing.
 """
+
 from __future__ import annotations
 
 import fcntl
 import json
 import logging
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,30 @@ RESULTS_FILE = "results.jsonl"
 
 # The fields that say *which* result a record is; two records with the same key are the same run.
 KEY_FIELDS = (
-    "experiment", "method", "config", "dataset", "subsample", "train_dataset", "train_subsample",
-    "shots", "seed", "backbone",
-)  # fmt: skip
+    "experiment",
+    "method",
+    "config",
+    "dataset",
+    "subsample",
+    "train_dataset",
+    "train_subsample",
+    "shots",
+    "seed",
+    "backbone",
+)
 
 RECORD_FIELDS = KEY_FIELDS + (
-    "job", "options", "precision", "metrics", "epochs", "wall_time_s", "git_commit", "versions", "timestamp", "run_dir",
-)  # fmt: skip
+    "job",
+    "options",
+    "precision",
+    "metrics",
+    "epochs",
+    "wall_time_s",
+    "git_commit",
+    "versions",
+    "timestamp",
+    "run_dir",
+)
 
 
 def results_path(out: str) -> str:
@@ -91,7 +109,9 @@ def read_records(out: str) -> list[dict]:
         try:
             records.append(json.loads(raw))
         except json.JSONDecodeError:
-            log.warning("%s line %d is not a complete JSON record; skipped (a writer was killed mid-line?)", path, number)
+            log.warning(
+                "%s line %d is not a complete JSON record; skipped (a writer was killed mid-line?)", path, number
+            )
     return records
 
 

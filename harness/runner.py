@@ -16,6 +16,7 @@ Evaluation (PROTOCOL.md 13): accuracy, error, macro-F1 and per-class accuracy on
 each target; test-image features come from the shared feature cache. Each finished evaluation
 appends one record to the results store; a run whose records all exist is skipped.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -41,7 +42,7 @@ from harness import backbone, data, results, tracking
 from harness.config import RunSpec
 from harness.features import FeatureCache, compute_features
 
-log = logging.getLogger("harness")
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "prompt_learner"
 CHECKPOINT_PREFIX = "model.pth.tar-"
@@ -218,7 +219,9 @@ class Run:
         self.run_dir = os.path.abspath(spec.output_dir)
         self.results = spec.results or os.path.dirname(self.run_dir)
         self.device = resolve_device(spec.device)
-        self.cache = FeatureCache(spec.feature_cache or os.path.join(os.path.dirname(results.results_path(self.results)), "feature_cache"))
+        self.cache = FeatureCache(
+            spec.feature_cache or os.path.join(os.path.dirname(results.results_path(self.results)), "feature_cache")
+        )
         self.job = spec.job or f"{spec.method}/{spec.dataset}/seed{spec.seed}"
         self.tracker: tracking.Tracker = tracking.Tracker()
         self.clip = None
@@ -253,7 +256,9 @@ class Run:
 
     def load_backbone(self):
         if self.clip is None:
-            self.clip = backbone.load_clip(self.spec.backbone, device=self.device, precision=clip_precision(self.spec.precision))
+            self.clip = backbone.load_clip(
+                self.spec.backbone, device=self.device, precision=clip_precision(self.spec.precision)
+            )
         return self.clip
 
     def build_method(self, classnames: list[str], dataset: str):
@@ -333,16 +338,36 @@ class Run:
             log.info("Resuming from %s (epoch %d of %d)", found[0], start_epoch, spec.epochs)
 
         transform = data.build_transform(train=True, size=backbone.image_size(self.clip))
-        loader = data.build_loader(splits.train, transform, spec.batch_size, train=True, num_workers=self.num_workers(), generator=loader_generator)
+        loader = data.build_loader(
+            splits.train,
+            transform,
+            spec.batch_size,
+            train=True,
+            num_workers=self.num_workers(),
+            generator=loader_generator,
+        )
         log.info(
             "Training %s on %s (%s classes: %d, %d images) for %d epochs, %d steps each; %d trainable parameters",
-            spec.method, spec.dataset, spec.subsample, len(splits.classnames), len(splits.train),
-            spec.epochs, len(loader), model.num_trainable_parameters(),
-        )  # fmt: skip
+            spec.method,
+            spec.dataset,
+            spec.subsample,
+            len(splits.classnames),
+            len(splits.train),
+            spec.epochs,
+            len(loader),
+            model.num_trainable_parameters(),
+        )
         check_finite = spec.precision in ("fp16", "fp32", "bf16")
         fault_epoch = int(os.environ.get("HARNESS_FAULT_AFTER_EPOCH", "0"))  # tests: die like a killed job
         step = start_epoch * len(loader)
-        progress = tqdm(total=spec.epochs * len(loader), initial=step, desc=f"train {self.job}", unit="step", mininterval=2, dynamic_ncols=True)
+        progress = tqdm(
+            total=spec.epochs * len(loader),
+            initial=step,
+            desc=f"train {self.job}",
+            unit="step",
+            mininterval=2,
+            dynamic_ncols=True,
+        )
         model.train()
         for epoch in range(start_epoch + 1, spec.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
@@ -358,7 +383,8 @@ class Run:
                     last = latest_checkpoint(self.run_dir)
                     raise NonFiniteLossError(
                         f"Loss is {loss.item()} at epoch {epoch}, step {step + 1} of {self.job}. The last good "
-                        f"checkpoint is {last[0] if last else 'none (first epoch)'}. With precision {spec.precision!r}, "
+                        f"checkpoint is {last[0] if last else 'none (first epoch)'}. "
+                        f"With precision {spec.precision!r}, "
                         "try precision fp32 or amp, or a lower lr."
                     )
                 optimizer.zero_grad(set_to_none=True)
@@ -375,12 +401,16 @@ class Run:
                 seen += labels.numel()
                 self.tracker.log({"train/loss": losses[-1], "train/lr": lr, "epoch": epoch}, step=step)
                 progress.update(1)
-                progress.set_postfix(epoch=f"{epoch}/{spec.epochs}", loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
+                progress.set_postfix(
+                    epoch=f"{epoch}/{spec.epochs}", loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False
+                )
             scheduler.step()
             epoch_loss = float(np.mean(losses)) if losses else math.nan
             epoch_acc = 100.0 * correct / max(1, seen)
             log.info("epoch %d/%d  loss %.4f  train acc %.2f%%  lr %.3e", epoch, spec.epochs, epoch_loss, epoch_acc, lr)
-            self.tracker.log({"epoch/loss": epoch_loss, "epoch/train_accuracy": epoch_acc, "epoch/lr": lr, "epoch": epoch}, step=step)
+            self.tracker.log(
+                {"epoch/loss": epoch_loss, "epoch/train_accuracy": epoch_acc, "epoch/lr": lr, "epoch": epoch}, step=step
+            )
             self.save_checkpoint(model, optimizer, scheduler, epoch, loader_generator, scaler)
             if fault_epoch and epoch == fault_epoch:
                 log.warning("HARNESS_FAULT_AFTER_EPOCH=%d: exiting abruptly", fault_epoch)
@@ -399,7 +429,9 @@ class Run:
     def evaluate(self, dataset: str, subsample: str, checkpoint: str | None) -> dict:
         spec = self.spec
         # The test split and class names do not depend on the few-shot draw: build without one.
-        splits = data.build_dataset(dataset, spec.data_root, num_shots=0, seed=spec.seed if spec.seed is not None else 1, subsample=subsample)
+        splits = data.build_dataset(
+            dataset, spec.data_root, num_shots=0, seed=spec.seed if spec.seed is not None else 1, subsample=subsample
+        )
         model = self.build_method(splits.classnames, dataset)
         if checkpoint:
             model.load_prompt_checkpoint(checkpoint)
@@ -407,13 +439,24 @@ class Run:
         clip = self.load_backbone()
         size = backbone.image_size(clip)
         impaths = [item.impath for item in splits.test]
-        namespace = {"backbone": spec.backbone, "precision": clip_precision(spec.precision), "dataset": dataset, "transform": f"test-bicubic-{size}"}
+        namespace = {
+            "backbone": spec.backbone,
+            "precision": clip_precision(spec.precision),
+            "dataset": dataset,
+            "transform": f"test-bicubic-{size}",
+        }
         if os.path.isfile(os.path.expanduser(spec.backbone)):
             stat = os.stat(os.path.expanduser(spec.backbone))
             namespace["backbone_file"] = [stat.st_size, int(stat.st_mtime)]
 
         def compute():
-            loader = data.build_loader(splits.test, data.build_transform(train=False, size=size), spec.test_batch_size, train=False, num_workers=self.num_workers())
+            loader = data.build_loader(
+                splits.test,
+                data.build_transform(train=False, size=size),
+                spec.test_batch_size,
+                train=False,
+                num_workers=self.num_workers(),
+            )
             return compute_features(model, loader, self.device, desc=f"features {dataset}/{subsample}")
 
         features = self.cache.get_or_compute(namespace, impaths, compute)
@@ -421,14 +464,26 @@ class Run:
         predictions = []
         step = spec.test_batch_size if model.text_depends_on_image else max(1, len(features))
         with torch.no_grad():
-            for start in tqdm(range(0, len(features), step), desc=f"eval {dataset}/{subsample}", unit="batch", leave=False, mininterval=2):
+            for start in tqdm(
+                range(0, len(features), step),
+                desc=f"eval {dataset}/{subsample}",
+                unit="batch",
+                leave=False,
+                mininterval=2,
+            ):
                 batch = features[start : start + step].to(self.device)
                 predictions.append(model.logits_from_features(batch).argmax(-1).cpu())
         predictions = torch.cat(predictions).numpy() if predictions else np.array([], dtype=int)
         metrics = classification_metrics(labels, predictions, len(splits.classnames))
         metrics["num_trainable_parameters"] = model.num_trainable_parameters()
-        log.info("=> result\n* total: %d\n* correct: %d\n* accuracy: %.2f%%\n* error: %.2f%%\n* macro_f1: %.2f%%",
-                 metrics["total"], metrics["correct"], metrics["accuracy"], metrics["error"], metrics["macro_f1"])  # fmt: skip
+        log.info(
+            "=> result\n* total: %d\n* correct: %d\n* accuracy: %.2f%%\n* error: %.2f%%\n* macro_f1: %.2f%%",
+            metrics["total"],
+            metrics["correct"],
+            metrics["accuracy"],
+            metrics["error"],
+            metrics["macro_f1"],
+        )
         return {"metrics": metrics, "options": self.method_options(model)}
 
     def method_options(self, model) -> dict:
@@ -446,7 +501,12 @@ class Run:
         spec = self.spec
         pending = self.pending_targets()
         if not pending:
-            log.info("Skipping %s: all %d results exist in %s (force=true redoes it)", self.job, len(spec.eval_targets()), results.results_path(self.results))
+            log.info(
+                "Skipping %s: all %d results exist in %s (force=true redoes it)",
+                self.job,
+                len(spec.eval_targets()),
+                results.results_path(self.results),
+            )
             return []
         started = time.time()
         seed_everything(spec.seed if self.trainable else None)
@@ -472,11 +532,19 @@ class Run:
                     if os.path.isdir(checkpoint):
                         found = latest_checkpoint(checkpoint)
                         if not found:
-                            raise FileNotFoundError(f"No prompt checkpoint under {checkpoint}/{CHECKPOINT_DIR}/ to evaluate.")
+                            raise FileNotFoundError(
+                                f"No prompt checkpoint under {checkpoint}/{CHECKPOINT_DIR}/ to evaluate."
+                            )
                         checkpoint = found[0]
                     epochs = int(torch.load(checkpoint, map_location="cpu", weights_only=False).get("epoch", 0))
                 elif self.trainable:
-                    splits = data.build_dataset(spec.dataset, spec.data_root, num_shots=spec.shots, seed=spec.seed if spec.seed is not None else 1, subsample=spec.subsample)
+                    splits = data.build_dataset(
+                        spec.dataset,
+                        spec.data_root,
+                        num_shots=spec.shots,
+                        seed=spec.seed if spec.seed is not None else 1,
+                        subsample=spec.subsample,
+                    )
                     self.load_backbone()
                     checkpoint = self.train(splits)
                     epochs = spec.epochs
@@ -498,7 +566,12 @@ class Run:
                     results.append_record(self.results, record)
                     records.append(record)
                     accuracy = result["metrics"]["accuracy"]
-                    self.tracker.log({f"eval/{dataset}/{subsample}/accuracy": accuracy, f"eval/{dataset}/{subsample}/macro_f1": result["metrics"]["macro_f1"]})
+                    self.tracker.log(
+                        {
+                            f"eval/{dataset}/{subsample}/accuracy": accuracy,
+                            f"eval/{dataset}/{subsample}/macro_f1": result["metrics"]["macro_f1"],
+                        }
+                    )
                     self.tracker.summary({f"{dataset}/{subsample}/accuracy": accuracy})
                     log.info("%s on %s/%s: accuracy %.2f%%", spec.method, dataset, subsample, accuracy)
                 failed = False

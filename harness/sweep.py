@@ -22,6 +22,7 @@ Jobs:
 A job whose records all exist in the results store is skipped, so a re-run after a failure or an
 edit does only what is missing.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,9 +38,25 @@ from harness.config import PROJECT_ROOT, ConfigError, RunSpec, build_spec, load_
 
 EXPERIMENT_DIR = os.path.join(PROJECT_ROOT, "experiments")
 EXPERIMENT_KEYS = {
-    "name", "description", "protocol", "datasets", "seeds", "shots", "methods", "run", "launcher", "profiles",
-    "source", "targets", "class_incremental", "data_root", "data", "backbone", "precision", "tracking",
-}  # fmt: skip
+    "name",
+    "description",
+    "protocol",
+    "datasets",
+    "seeds",
+    "shots",
+    "methods",
+    "run",
+    "launcher",
+    "profiles",
+    "source",
+    "targets",
+    "class_incremental",
+    "data_root",
+    "data",
+    "backbone",
+    "precision",
+    "tracking",
+}
 PROTOCOLS = ("base2new", "transfer")
 
 
@@ -109,9 +126,23 @@ def _short_hash(values: dict) -> str:
 
 # Keys that change what a training run learns (its folder is keyed by them).
 TRAINING_KEYS = (
-    "method", "options", "dataset", "data_root", "shots", "seed", "subsample", "backbone", "precision", "epochs",
-    "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr",
-)  # fmt: skip
+    "method",
+    "options",
+    "dataset",
+    "data_root",
+    "shots",
+    "seed",
+    "subsample",
+    "backbone",
+    "precision",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "warmup_lr",
+)
 
 
 def expand(experiment: dict, data_root: str, out: str) -> list[Job]:
@@ -130,8 +161,10 @@ def expand(experiment: dict, data_root: str, out: str) -> list[Job]:
     common.setdefault("feature_cache", os.path.join(out, "feature_cache"))
 
     if experiment["protocol"] == "base2new":
-        plan = [(d, "base", [(d, "base")], [(d, "new")] + ([(d, "all")] if experiment.get("class_incremental") else []))
-                for d in experiment.get("datasets") or []]  # fmt: skip
+        plan = [
+            (d, "base", [(d, "base")], [(d, "new")] + ([(d, "all")] if experiment.get("class_incremental") else []))
+            for d in experiment.get("datasets") or []
+        ]
     else:
         source = experiment.get("source", "imagenet")
         targets = [(t, "all") for t in experiment.get("targets") or []]
@@ -152,10 +185,17 @@ def expand(experiment: dict, data_root: str, out: str) -> list[Job]:
             trainable = method != "zsclip"
             if not trainable:
                 evals = train_evals + other_evals
-                spec = build_spec({**values, "dataset": dataset, "subsample": train_subsample, "seed": None,
-                                   "evaluate": [{"dataset": d, "subsample": s} for d, s in evals],
-                                   "output_dir": os.path.join(out, name, "zeroshot", variant, dataset),
-                                   "job": f"{name}/{variant}/{dataset}"})  # fmt: skip
+                spec = build_spec(
+                    {
+                        **values,
+                        "dataset": dataset,
+                        "subsample": train_subsample,
+                        "seed": None,
+                        "evaluate": [{"dataset": d, "subsample": s} for d, s in evals],
+                        "output_dir": os.path.join(out, name, "zeroshot", variant, dataset),
+                        "job": f"{name}/{variant}/{dataset}",
+                    }
+                )
                 jobs.append(Job(spec.job, "eval", spec))
                 continue
             for seed in seeds:
@@ -163,16 +203,31 @@ def expand(experiment: dict, data_root: str, out: str) -> list[Job]:
                 probe = build_spec({**base, "output_dir": out})
                 key = {k: getattr(probe, k) for k in TRAINING_KEYS}
                 train_dir = os.path.join(
-                    out, "runs", config_name or method, f"{dataset}_{train_subsample}", f"shots{shots}_seed{seed}_{_short_hash(key)}"
+                    out,
+                    "runs",
+                    config_name or method,
+                    f"{dataset}_{train_subsample}",
+                    f"shots{shots}_seed{seed}_{_short_hash(key)}",
                 )
-                train = build_spec({**base, "output_dir": train_dir, "evaluate": [{"dataset": d, "subsample": s} for d, s in train_evals],
-                                    "job": f"{name}/{variant}/{dataset}/seed{seed}/train"})  # fmt: skip
+                train = build_spec(
+                    {
+                        **base,
+                        "output_dir": train_dir,
+                        "evaluate": [{"dataset": d, "subsample": s} for d, s in train_evals],
+                        "job": f"{name}/{variant}/{dataset}/seed{seed}/train",
+                    }
+                )
                 jobs.append(Job(train.job, "train", train))
                 if other_evals:
-                    evaluation = build_spec({**base, "load_from": train_dir,
-                                             "evaluate": [{"dataset": d, "subsample": s} for d, s in other_evals],
-                                             "output_dir": os.path.join(out, name, "evals", variant, dataset, f"seed{seed}"),
-                                             "job": f"{name}/{variant}/{dataset}/seed{seed}/eval"})  # fmt: skip
+                    evaluation = build_spec(
+                        {
+                            **base,
+                            "load_from": train_dir,
+                            "evaluate": [{"dataset": d, "subsample": s} for d, s in other_evals],
+                            "output_dir": os.path.join(out, name, "evals", variant, dataset, f"seed{seed}"),
+                            "job": f"{name}/{variant}/{dataset}/seed{seed}/eval",
+                        }
+                    )
                     jobs.append(Job(evaluation.job, "eval", evaluation, depends_on=[train.job]))
     return jobs
 
@@ -218,7 +273,9 @@ def prepare_data(experiment: dict, data_root: str, out: str) -> str:
         from harness.data.synthetic import make_synthetic_dataset
 
         if not os.path.isdir(os.path.join(root, "synthetic")):
-            make_synthetic_dataset(root, num_classes=10, train_per_class=20, val_per_class=4, test_per_class=15, image_size=64)
+            make_synthetic_dataset(
+                root, num_classes=10, train_per_class=20, val_per_class=4, test_per_class=15, image_size=64
+            )
     else:
         raise ConfigError(f"Unknown generated data {generated!r}; choose miniworld or synthetic.")
     return root
@@ -237,7 +294,10 @@ def prepare_backbones(jobs: list[Job], printer=print) -> None:
                 from harness import miniworld
 
                 if not os.path.isfile(miniworld.cache_path()):
-                    printer("Pre-training the miniature world's tiny CLIP once (a few minutes on a CPU; cached for later runs)")
+                    printer(
+                        "Pre-training the miniature world's tiny CLIP once "
+                        "(a few minutes on a CPU; cached for later runs)"
+                    )
                 miniworld.ensure_pretrained(progress=True)
             elif spec in backbone.OPENAI_MODELS:
                 backbone.resolve_openai_file(spec)

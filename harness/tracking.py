@@ -8,6 +8,7 @@
   * "none": no W&B at all (not even imported).
 The results store, not W&B, is what the report reads: tracking never decides a number.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,7 +52,9 @@ class WandbTracker(Tracker):
         self.run = wandb.init(mode=mode, reinit="finish_previous", **init_kwargs)
         self.run_dir = getattr(self.run, "dir", None)
         if mode == "offline":
-            log.info("W&B is offline (no API key found). Sync later with: wandb sync %s", os.path.dirname(self.run_dir or ""))
+            log.info(
+                "W&B is offline (no API key found). Sync later with: wandb sync %s", os.path.dirname(self.run_dir or "")
+            )
 
     def log(self, metrics, step=None):
         self.run.log(metrics, step=step)

@@ -7,8 +7,9 @@
 A new method is one new file: subclass ``methods.base.CLIPMethod``, decorate it with
 ``@register_method("name")`` and import the module below.
 """
-from methods.registry import METHODS, build_method, list_methods, method_class, register_method
+
+from methods import cocoop, coop, zsclip  # noqa: F401  (registers the built-in methods)
 from methods.base import CLIPMethod
-from methods import zsclip, coop, cocoop  # noqa: F401  (registers the built-in methods)
+from methods.registry import METHODS, build_method, list_methods, method_class, register_method
 
 __all__ = ["METHODS", "CLIPMethod", "build_method", "list_methods", "method_class", "register_method"]

@@ -8,6 +8,7 @@ Learnable state lives in ``self.prompt_learner``, whose state-dict keys are thos
 checkpoints (``ctx``, ``token_prefix``, ``token_suffix``, ``meta_net.linear1.weight``, ...;
 PROTOCOL.md 15).
 """
+
 from __future__ import annotations
 
 import io

@@ -16,6 +16,7 @@ sequence cut after its EOT (classes grouped into length buckets), the image's SO
 once and its keys/values reused by all K class suffixes (causal attention), in chunks sized from a
 memory budget, checkpointed when a training step would exceed it. Same numbers, any batch size.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict

@@ -9,6 +9,7 @@ embeddings:
 
 Only v gets gradients. ``PromptLearner`` is shared with CoCoOp, whose context is v + pi(x).
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,7 +48,9 @@ class PromptLearner(nn.Module):
                 log.info("ctx_init %r has %d words: n_ctx set to %d (was %d)", init, words, words, n_ctx)
             n_ctx = words
             # The context starts as the init words' own embeddings, at positions 1..n_ctx after SOS.
-            ctx = backbone.token_embeddings(clip, backbone.tokenize(init).to(clip.token_embedding.weight.device))[0, 1 : 1 + n_ctx]
+            ctx = backbone.token_embeddings(clip, backbone.tokenize(init).to(clip.token_embedding.weight.device))[
+                0, 1 : 1 + n_ctx
+            ]
             prefix_text = init
             csc = False  # word initialisation always gives a shared context (PROTOCOL.md 7.1)
         else:

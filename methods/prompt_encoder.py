@@ -47,6 +47,7 @@ The module reuses the frozen weights of open_clip's ``ResidualAttentionBlock`` (
 checks that structure and callers fall back to plain truncation (savings 1, 2) otherwise. Only plain
 torch ops are used, so it runs on any device and under autocast (bf16 / fp16).
 """
+
 from __future__ import annotations
 
 import math
@@ -224,7 +225,12 @@ def default_overhead_tokens(device: torch.device) -> int:
 def _dims(clip) -> tuple[int, int, int, int]:
     """(width, heads, layers, element size) of the text tower."""
     block = clip.transformer.resblocks[0]
-    return backbone.text_width(clip), block.attn.num_heads, len(clip.transformer.resblocks), backbone.model_dtype(clip).itemsize
+    return (
+        backbone.text_width(clip),
+        block.attn.num_heads,
+        len(clip.transformer.resblocks),
+        backbone.model_dtype(clip).itemsize,
+    )
 
 
 def token_bytes(clip, keys: int, training: bool) -> int:
@@ -347,7 +353,9 @@ def encode_instance_prompts(
         if use_prefix_cache:
             suffix = token_suffix[class_index, :length]
             return encode_suffixes(clip, suffix, eot[class_index] - prefix_len, cache, image_index)
-        prompts = torch.cat([token_prefix[class_index], ctx[image_index], token_suffix[class_index, : length - prefix_len]], dim=1)
+        prompts = torch.cat(
+            [token_prefix[class_index], ctx[image_index], token_suffix[class_index, : length - prefix_len]], dim=1
+        )
         return backbone.encode_text_embeddings(clip, prompts, tokenized_prompts[class_index])
 
     features, order, chunk_bytes = [], [], 0

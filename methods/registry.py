@@ -1,4 +1,5 @@
 """Name -> method class, and the one factory every caller uses."""
+
 from __future__ import annotations
 
 import inspect

@@ -6,9 +6,10 @@
 With several templates (prompt ensemble, 6.3) each template's features are normalised per class,
 averaged over templates, and normalised again.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,9 @@ class ZeroShotCLIP(CLIPMethod):
             if "{}" not in t:
                 raise ValueError(f"Template {t!r} has no '{{}}' for the class name.")
         self.templates = templates
-        self.register_buffer("text_features", class_text_features(clip_model, self.classnames, templates), persistent=False)
+        self.register_buffer(
+            "text_features", class_text_features(clip_model, self.classnames, templates), persistent=False
+        )
 
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         return backbone.cosine_logits(self.clip, image_features, self.text_features)

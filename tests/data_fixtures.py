@@ -13,14 +13,15 @@ from harness.data import Datum
 def make_items(labels_per_class, seed=0, prefix="/data/x"):
     """Datum list with interleaved labels: ``labels_per_class`` = {label: count}."""
     rng = random.Random(seed)
-    items = [Datum(f"{prefix}/{lab}/{i}.jpg", lab, f"class_{lab}")
-             for lab, n in labels_per_class.items() for i in range(n)]
+    items = [
+        Datum(f"{prefix}/{lab}/{i}.jpg", lab, f"class_{lab}") for lab, n in labels_per_class.items() for i in range(n)
+    ]
     rng.shuffle(items)
     return items
 
 
 def by_hand_global_random(items, k, seed=None):
-    """PROTOCOL §4.2 written out with the *global* random module (the authors' procedure)."""
+    """PROTOCOL.md 4.2 written out with the *global* random module (the authors' procedure)."""
     if seed is not None:
         random.seed(seed)
     groups = {}

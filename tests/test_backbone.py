@@ -1,4 +1,5 @@
 """load_clip: names, OpenAI-format files, precision layout, tokeniser facts, errors."""
+
 import pytest
 import torch
 

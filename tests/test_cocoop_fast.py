@@ -5,6 +5,7 @@ of very different token lengths; chunking, memory-budget splitting (checkpointin
 key/value cache against plain truncation, the memory estimate, mixed precision, and the benchmark's
 correctness check, all on the tiny CLIP.
 """
+
 import pytest
 import torch
 
@@ -174,7 +175,9 @@ def test_memory_estimate_matches_saved_activations(tiny):
     measured = sum(saved.values())
     estimated = model.last_plan.estimated_bytes
     assert measured <= estimated <= 4 * measured, (measured, estimated)
-    est = lambda **kw: prompt_encoder.estimate_step_memory(tiny, **{"batch": 8, "num_classes": 100, "seq_len": 12, **kw})  # noqa: E731
+    est = lambda **kw: prompt_encoder.estimate_step_memory(
+        tiny, **{"batch": 8, "num_classes": 100, "seq_len": 12, **kw}
+    )  # noqa: E731
     assert est(batch=16) > est() and est(num_classes=200) > est()
     assert est(chunk_sequences=50) < est() / 4  # one chunk of 50 of the 800 sequences kept at a time
     assert est(prefix_cache=False) > est() > est(training=False)
@@ -202,7 +205,15 @@ def test_options_and_checkpoint_keys(tiny):
     with pytest.raises(ValueError, match="chunk_size"):
         methods.build_method("cocoop", tiny, NAMES, chunk_size=0)
     keys = set(build(tiny).prompt_learner.state_dict())
-    assert keys == {"ctx", "token_prefix", "token_suffix", "meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight", "meta_net.linear2.bias"}
+    assert keys == {
+        "ctx",
+        "token_prefix",
+        "token_suffix",
+        "meta_net.linear1.weight",
+        "meta_net.linear1.bias",
+        "meta_net.linear2.weight",
+        "meta_net.linear2.bias",
+    }
 
 
 def test_bench_correctness_check_on_tiny(tiny, monkeypatch):

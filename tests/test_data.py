@@ -1,4 +1,4 @@
-"""Data layer: readers, few-shot sampling and caches, base/new split, bad input (PROTOCOL §3–4)."""
+"""Data layer: readers, few-shot sampling and caches, base/new split, bad input (PROTOCOL.md 3–4)."""
 
 from __future__ import annotations
 
@@ -16,18 +16,42 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from data_fixtures import by_hand_global_random, fake_dassl_module, make_items  # noqa: E402
+
 import harness.data as hd  # noqa: E402
-from harness.data import (DATASETS, DatasetError, DatasetNotFoundError, Datum,  # noqa: E402
-                          MissingImagesError, SplitFileError, UnknownDatasetError, build_dataset,
-                          list_datasets, sample_few_shot, subsample_classes)
+from harness.data import (
+    DATASETS,
+    DatasetError,
+    DatasetNotFoundError,
+    Datum,  # noqa: E402
+    MissingImagesError,
+    SplitFileError,
+    UnknownDatasetError,
+    build_dataset,
+    list_datasets,
+    sample_few_shot,
+    subsample_classes,
+)
 from harness.data import fewshot as fs  # noqa: E402
 from harness.data.synthetic import make_layout  # noqa: E402
 
-from data_fixtures import by_hand_global_random, fake_dassl_module, make_items  # noqa: E402
-
-BENCHMARK_KEYS = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers",
-                  "food101", "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101", "imagenetv2",
-                  "imagenet_sketch", "imagenet_a", "imagenet_r"]
+BENCHMARK_KEYS = [
+    "imagenet",
+    "caltech101",
+    "oxford_pets",
+    "stanford_cars",
+    "oxford_flowers",
+    "food101",
+    "fgvc_aircraft",
+    "sun397",
+    "dtd",
+    "eurosat",
+    "ucf101",
+    "imagenetv2",
+    "imagenet_sketch",
+    "imagenet_a",
+    "imagenet_r",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +67,7 @@ def rel(items, root):
 # --------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------
+
 
 def test_registry():
     assert list_datasets() == BENCHMARK_KEYS + ["synthetic"]
@@ -64,8 +89,9 @@ def test_unknown_key_lists_valid_keys(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# Few-shot sampling (§4.2)
+# Few-shot sampling (PROTOCOL.md 4.2)
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 17])
 def test_sampling_equals_cpython_global_random(seed):
@@ -118,8 +144,9 @@ def test_build_counts_stable_and_seed_dependent(tmp_path):
         random.setstate(state)
     assert a.train == exp_train and a.val == exp_val
     # stable for a seed (fresh copy of the data, no cache), different across seeds
-    shutil.copytree(tmp_path / "oxford_pets", tmp_path / "other" / "oxford_pets",
-                    ignore=shutil.ignore_patterns("split_fewshot"))
+    shutil.copytree(
+        tmp_path / "oxford_pets", tmp_path / "other" / "oxford_pets", ignore=shutil.ignore_patterns("split_fewshot")
+    )
     a2 = build_dataset("oxford_pets", tmp_path / "other", num_shots=8, seed=1)
     assert a2.fewshot_source == "drawn"
     assert rel(a2.train, tmp_path / "other") == rel(a.train, tmp_path)
@@ -130,8 +157,9 @@ def test_build_counts_stable_and_seed_dependent(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# Base / new (§4.3)
+# Base / new (PROTOCOL.md 4.3)
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n", [7, 8, 1])
 def test_subsample_classes_halves(n):
@@ -170,40 +198,64 @@ def test_build_base_new(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# Per-dataset readers (§3.4 / §3.5)
+# Per-dataset readers (PROTOCOL.md 3.4 / 3.5)
 # --------------------------------------------------------------------------------------------
 
 EXPECTED_NAMES = {
     "caltech101": ["face", "leopard", "motorbike", "accordion", "airplane", "anchor"],
-    "oxford_pets": ["abyssinian", "american_bulldog", "american_pit_bull_terrier",
-                    "basset_hound", "beagle", "bengal"],
-    "stanford_cars": ["2000 AM General Hummer SUV", "2012 Acura RL Sedan", "2012 Acura TL Sedan",
-                      "2008 Acura TL Type-S", "2012 Acura TSX Sedan",
-                      "2012 Aston Martin V8 Vantage Convertible"],
-    "oxford_flowers": ["pink primrose", "hard-leaved pocket orchid", "canterbury bells",
-                       "sweet pea", "english marigold", "tiger lily"],
-    "food101": ["apple_pie", "baby_back_ribs", "baklava", "beef_carpaccio", "beef_tartare",
-                "beet_salad"],
+    "oxford_pets": ["abyssinian", "american_bulldog", "american_pit_bull_terrier", "basset_hound", "beagle", "bengal"],
+    "stanford_cars": [
+        "2000 AM General Hummer SUV",
+        "2012 Acura RL Sedan",
+        "2012 Acura TL Sedan",
+        "2008 Acura TL Type-S",
+        "2012 Acura TSX Sedan",
+        "2012 Aston Martin V8 Vantage Convertible",
+    ],
+    "oxford_flowers": [
+        "pink primrose",
+        "hard-leaved pocket orchid",
+        "canterbury bells",
+        "sweet pea",
+        "english marigold",
+        "tiger lily",
+    ],
+    "food101": ["apple_pie", "baby_back_ribs", "baklava", "beef_carpaccio", "beef_tartare", "beet_salad"],
     "fgvc_aircraft": ["707-320", "Falcon 2000", "A300B4", "F/A-18", "DC-3", "737-200"],
-    "sun397": ["abbey", "outdoor apartment_building", "shop bakery", "bedroom", "campus",
-               "kitchen"],
+    "sun397": ["abbey", "outdoor apartment_building", "shop bakery", "bedroom", "campus", "kitchen"],
     "dtd": ["banded", "blotchy", "braided", "bubbly", "bumpy", "chequered"],
-    "eurosat": ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land", "Highway or Road",
-                "Industrial Buildings", "Pasture Land", "Permanent Crop Land",
-                "Residential Buildings", "River", "Sea or Lake"],
-    "ucf101": ["Apply_Eye_Makeup", "Apply_Lipstick", "Archery", "Baby_Crawling", "Balance_Beam",
-               "Yo_Yo"],
-    "imagenet": ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark",
-                 "electric ray"],
-    "imagenetv2": ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark",
-                   "electric ray", "stingray", "rooster", "hen", "ostrich", "brambling",
-                   "goldfinch"],
-    "imagenet_sketch": ["tench", "goldfish", "great white shark", "tiger shark",
-                        "hammerhead shark", "electric ray"],
+    "eurosat": [
+        "Annual Crop Land",
+        "Forest",
+        "Herbaceous Vegetation Land",
+        "Highway or Road",
+        "Industrial Buildings",
+        "Pasture Land",
+        "Permanent Crop Land",
+        "Residential Buildings",
+        "River",
+        "Sea or Lake",
+    ],
+    "ucf101": ["Apply_Eye_Makeup", "Apply_Lipstick", "Archery", "Baby_Crawling", "Balance_Beam", "Yo_Yo"],
+    "imagenet": ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark", "electric ray"],
+    "imagenetv2": [
+        "tench",
+        "goldfish",
+        "great white shark",
+        "tiger shark",
+        "hammerhead shark",
+        "electric ray",
+        "stingray",
+        "rooster",
+        "hen",
+        "ostrich",
+        "brambling",
+        "goldfinch",
+    ],
+    "imagenet_sketch": ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark", "electric ray"],
     "imagenet_a": ["goldfish", "tiger shark", "electric ray", "rooster", "ostrich", "goldfinch"],
     "imagenet_r": ["goldfish", "tiger shark", "electric ray", "rooster", "ostrich", "goldfinch"],
-    "synthetic": ["red_circle", "green_square", "blue_triangle", "yellow_cross", "purple_ring",
-                  "orange_diamond"],
+    "synthetic": ["red_circle", "green_square", "blue_triangle", "yellow_cross", "purple_ring", "orange_diamond"],
 }
 
 
@@ -234,16 +286,14 @@ def test_split_json_order_preserved(tmp_path):
     random.Random(0).shuffle(obj["train"])
     json.dump(obj, open(path, "w"))
     s = build_dataset("food101", tmp_path, num_shots=0)
-    assert [os.path.relpath(d.impath, os.path.join(ddir, "images")) for d in s.train] == \
-        [it[0] for it in obj["train"]]
+    assert [os.path.relpath(d.impath, os.path.join(ddir, "images")) for d in s.train] == [it[0] for it in obj["train"]]
 
 
 def test_caltech_labels_and_ignored_folders(tmp_path):
     make_layout(tmp_path, "caltech101", num_classes=5)
     s = build_dataset("caltech101", tmp_path, num_shots=0)
     assert s.classnames[:3] == ["face", "leopard", "motorbike"]
-    assert not any("BACKGROUND_Google" in d.impath or "Faces_easy" in d.impath
-                   for d in s.train + s.val + s.test)
+    assert not any("BACKGROUND_Google" in d.impath or "Faces_easy" in d.impath for d in s.train + s.val + s.test)
 
 
 def test_name_rules():
@@ -283,8 +333,7 @@ def test_imagenet_classnames_parsing(tmp_path):
     from harness.data.readers import read_classnames
 
     p = tmp_path / "classnames.txt"
-    p.write_text("n01440764 tench\nn02085620 Chihuahua\nn04008634 projectile, missile\n"
-                 "n03773504 missile\n\n")
+    p.write_text("n01440764 tench\nn02085620 Chihuahua\nn04008634 projectile, missile\nn03773504 missile\n\n")
     cn = read_classnames(str(p))
     assert list(cn) == ["n01440764", "n02085620", "n04008634", "n03773504"]
     assert cn["n04008634"] == "projectile, missile" and cn["n03773504"] == "missile"
@@ -325,11 +374,14 @@ def test_class_without_images_shifts_labels(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# Split generation fallbacks (§3.4)
+# Split generation fallbacks (PROTOCOL.md 3.4)
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("key", ["caltech101", "eurosat", "dtd", "food101", "oxford_pets",
-                                 "sun397", "ucf101", "oxford_flowers", "stanford_cars"])
+
+@pytest.mark.parametrize(
+    "key",
+    ["caltech101", "eurosat", "dtd", "food101", "oxford_pets", "sun397", "ucf101", "oxford_flowers", "stanford_cars"],
+)
 def test_fallback_generates_split_json(tmp_path, key, caplog):
     ddir = make_layout(tmp_path, key, split_json=False)
     info = DATASETS[key]
@@ -378,8 +430,9 @@ def test_missing_split_without_fallback_sources(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# Caches (§3.6)
+# Caches (PROTOCOL.md 3.6)
 # --------------------------------------------------------------------------------------------
+
 
 def test_cache_round_trip_and_reuse(tmp_path, monkeypatch):
     ddir = make_layout(tmp_path, "eurosat", num_classes=4, images_per_class=20)
@@ -413,8 +466,10 @@ def test_authors_pickle_is_read(tmp_path, monkeypatch):
     train = full.train[::5]
     val = full.val[::4]
     with fake_dassl_module() as DasslDatum:
-        obj = {"train": [DasslDatum(fake(d), d.label, 0, d.classname) for d in train],
-               "val": [DasslDatum(fake(d), d.label, 0, d.classname) for d in val]}
+        obj = {
+            "train": [DasslDatum(fake(d), d.label, 0, d.classname) for d in train],
+            "val": [DasslDatum(fake(d), d.label, 0, d.classname) for d in val],
+        }
         blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         blob0 = pickle.dumps(obj, protocol=0)
     assert "dassl" not in sys.modules  # reading must not need it
@@ -456,8 +511,7 @@ def test_read_only_dataset_folder_uses_cache_dir(tmp_path, monkeypatch, caplog):
     make_layout(tmp_path, "dtd", num_classes=3)
     ddir = str(tmp_path / "dtd")
     real = fs.dir_writable
-    monkeypatch.setattr(fs, "dir_writable",
-                        lambda p: False if str(p).startswith(ddir) else real(p))
+    monkeypatch.setattr(fs, "dir_writable", lambda p: False if str(p).startswith(ddir) else real(p))
     os.chmod(ddir, 0o555)  # effective for non-root users; root relies on the patch above
     try:
         with caplog.at_level(logging.WARNING, logger="harness.data"):
@@ -480,30 +534,33 @@ def test_default_fallback_dir(monkeypatch, tmp_path):
 
     monkeypatch.delenv("HARNESS_CACHE_DIR", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert fallback_dir("sun397") == str(tmp_path / ".cache" / "prompt-harness" / "split_fewshot"
-                                         / "sun397")
+    assert fallback_dir("sun397") == str(tmp_path / ".cache" / "prompt-harness" / "split_fewshot" / "sun397")
 
 
 # --------------------------------------------------------------------------------------------
 # Bad input
 # --------------------------------------------------------------------------------------------
 
+
 def test_missing_dataset_folder(tmp_path):
     with pytest.raises(DatasetNotFoundError) as e:
         build_dataset("sun397", tmp_path)
     msg = str(e.value)
-    assert str(tmp_path / "sun397") in msg and "SUN397" in msg and "§3.2" in msg
+    assert str(tmp_path / "sun397") in msg and "SUN397" in msg and "PROTOCOL.md 3.2" in msg
 
 
-@pytest.mark.parametrize("content,needle", [
-    ("[1, 2, 3]", "wrong structure"),
-    ('{"train": [], "val": []}', "wrong structure"),
-    ('{"train": {}, "val": [], "test": []}', "not a list"),
-    ('{"train": [["a.jpg", "x", "c"]], "val": [], "test": []}', "item 0"),
-    ('{"train": [["a.jpg", 1]], "val": [], "test": []}', "item 0"),
-    ('{"train": [["a.jpg", -1, "c"]], "val": [], "test": []}', "item 0"),
-    ("{not json", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ("[1, 2, 3]", "wrong structure"),
+        ('{"train": [], "val": []}', "wrong structure"),
+        ('{"train": {}, "val": [], "test": []}', "not a list"),
+        ('{"train": [["a.jpg", "x", "c"]], "val": [], "test": []}', "item 0"),
+        ('{"train": [["a.jpg", 1]], "val": [], "test": []}', "item 0"),
+        ('{"train": [["a.jpg", -1, "c"]], "val": [], "test": []}', "item 0"),
+        ("{not json", "cannot read"),
+    ],
+)
 def test_bad_split_file(tmp_path, content, needle):
     ddir = make_layout(tmp_path, "ucf101", num_classes=2)
     path = os.path.join(ddir, "split_zhou_UCF101.json")

@@ -1,4 +1,4 @@
-"""Data layer: transforms, loaders, image decoding errors, synthetic data, `check` CLI (§5)."""
+"""Data layer: transforms, loaders, image decoding errors, synthetic data, `check` CLI (PROTOCOL.md 5)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,15 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import harness.data as hd  # noqa: E402
-from harness.data import (CLIP_MEAN, CLIP_STD, Datum, ImageDataset, build_dataset,  # noqa: E402
-                          build_loader, build_transform)
+from harness.data import (
+    CLIP_MEAN,
+    CLIP_STD,
+    Datum,
+    ImageDataset,
+    build_dataset,  # noqa: E402
+    build_loader,
+    build_transform,
+)
 from harness.data.check import main as check_main  # noqa: E402
 from harness.data.synthetic import make_layout, make_synthetic_dataset  # noqa: E402
 
@@ -37,6 +44,7 @@ def _solid(path, size, rgb):
 # --------------------------------------------------------------------------------------------
 # Transforms
 # --------------------------------------------------------------------------------------------
+
 
 def test_constants():
     assert CLIP_MEAN == (0.48145466, 0.4578275, 0.40821073)
@@ -84,9 +92,11 @@ def test_train_transform():
 # Dataset / loaders
 # --------------------------------------------------------------------------------------------
 
+
 def _items(tmp_path, n):
-    return [Datum(_solid(tmp_path / f"{i}.png", (20 + i, 30), (i * 20 % 255, 0, 0)), i % 3,
-                  f"c{i % 3}") for i in range(n)]
+    return [
+        Datum(_solid(tmp_path / f"{i}.png", (20 + i, 30), (i * 20 % 255, 0, 0)), i % 3, f"c{i % 3}") for i in range(n)
+    ]
 
 
 def test_image_dataset(tmp_path):
@@ -122,8 +132,7 @@ def test_unreadable_image_error(tmp_path, damage):
 def test_train_loader_drop_last_rule(tmp_path):
     t = build_transform(False, 8)
     items = _items(tmp_path, 10)
-    dl = build_loader(items, t, batch_size=4, train=True, num_workers=0,
-                      generator=torch.Generator().manual_seed(0))
+    dl = build_loader(items, t, batch_size=4, train=True, num_workers=0, generator=torch.Generator().manual_seed(0))
     assert dl.drop_last and len(dl) == 2 == len(list(dl))
     small = build_loader(items[:3], t, batch_size=4, train=True, num_workers=0)
     batches = list(small)
@@ -160,6 +169,7 @@ def test_loader_with_workers(tmp_path):
 # Synthetic data
 # --------------------------------------------------------------------------------------------
 
+
 def _digest(folder):
     h = hashlib.sha256()
     for dirpath, dirnames, files in sorted(os.walk(folder)):
@@ -171,10 +181,12 @@ def _digest(folder):
 
 
 def test_synthetic_dataset(tmp_path):
-    d1 = make_synthetic_dataset(tmp_path / "a", num_classes=10, train_per_class=4,
-                                val_per_class=2, test_per_class=3, image_size=48, seed=0)
-    d2 = make_synthetic_dataset(tmp_path / "b", num_classes=10, train_per_class=4,
-                                val_per_class=2, test_per_class=3, image_size=48, seed=0)
+    d1 = make_synthetic_dataset(
+        tmp_path / "a", num_classes=10, train_per_class=4, val_per_class=2, test_per_class=3, image_size=48, seed=0
+    )
+    d2 = make_synthetic_dataset(
+        tmp_path / "b", num_classes=10, train_per_class=4, val_per_class=2, test_per_class=3, image_size=48, seed=0
+    )
     assert d1 == str(tmp_path / "a" / "synthetic")
     assert _digest(d1) == _digest(d2)  # deterministic
     split = json.load(open(os.path.join(d1, "split_zhou_Synthetic.json")))
@@ -194,10 +206,13 @@ def test_synthetic_dataset(tmp_path):
         means.append(torch.stack(xs).mean(dim=(0, 2, 3)))
     dist = torch.cdist(torch.stack(means), torch.stack(means))
     assert dist[~torch.eye(10, dtype=torch.bool)].min() > 0.05
-    other = make_synthetic_dataset(tmp_path / "c", num_classes=2, train_per_class=1,
-                                   val_per_class=1, test_per_class=1, image_size=48, seed=1)
-    assert (open(os.path.join(other, "images", "red_circle", "0.jpg"), "rb").read()
-            != open(os.path.join(d1, "images", "red_circle", "0.jpg"), "rb").read())
+    other = make_synthetic_dataset(
+        tmp_path / "c", num_classes=2, train_per_class=1, val_per_class=1, test_per_class=1, image_size=48, seed=1
+    )
+    assert (
+        open(os.path.join(other, "images", "red_circle", "0.jpg"), "rb").read()
+        != open(os.path.join(d1, "images", "red_circle", "0.jpg"), "rb").read()
+    )
     with pytest.raises(ValueError):
         make_synthetic_dataset(tmp_path / "d", num_classes=61)
 
@@ -206,11 +221,11 @@ def test_synthetic_dataset(tmp_path):
 # check CLI
 # --------------------------------------------------------------------------------------------
 
+
 def test_check_good_folder(tmp_path, capsys):
     make_layout(tmp_path, "dtd")
     make_layout(tmp_path, "imagenet_r")
-    rc = check_main(["check", "--root", str(tmp_path), "--dataset", "dtd",
-                     "--dataset", "imagenet_r"])
+    rc = check_main(["check", "--root", str(tmp_path), "--dataset", "dtd", "--dataset", "imagenet_r"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "== dtd (DescribableTextures)" in out and "images: 60 listed, 60 found" in out
@@ -227,8 +242,9 @@ def test_check_broken_folder(tmp_path, capsys):
     os.remove(os.path.join(ddir, "101_ObjectCategories", "anchor", "image_0003.jpg"))
     pets = make_layout(tmp_path, "oxford_pets")
     os.remove(os.path.join(pets, "split_zhou_OxfordPets.json"))
-    rc = check_main(["check", "--root", str(tmp_path), "--dataset", "caltech101", "--dataset",
-                     "oxford_pets", "--dataset", "sun397"])
+    rc = check_main(
+        ["check", "--root", str(tmp_path), "--dataset", "caltech101", "--dataset", "oxford_pets", "--dataset", "sun397"]
+    )
     out = capsys.readouterr().out
     assert rc == 1
     assert "1 missing" in out and "anchor/image_0003.jpg" in out
@@ -242,10 +258,20 @@ def test_check_broken_folder(tmp_path, capsys):
 def test_check_cli_entry_point(tmp_path):
     make_layout(tmp_path, "eurosat")
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "harness.data", "check", "--root", str(tmp_path),
-                        "--dataset", "eurosat"], capture_output=True, text=True, env=env, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "harness.data", "check", "--root", str(tmp_path), "--dataset", "eurosat"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "== eurosat (EuroSAT)" in r.stdout and "=> OK" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "harness.data", "check", "--root", str(tmp_path),
-                        "--dataset", "ucf101"], capture_output=True, text=True, env=env, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "harness.data", "check", "--root", str(tmp_path), "--dataset", "ucf101"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     assert r.returncode == 1 and "BROKEN" in r.stdout

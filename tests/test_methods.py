@@ -1,4 +1,5 @@
 """The three methods on the tiny CLIP: the published computation, checkpoints, gradients, errors."""
+
 import sys
 import types
 
@@ -132,7 +133,13 @@ def test_trainable_parameter_names_and_counts(tiny_clip, classnames):
     assert [n for n, _ in coop.prompt_learner.named_parameters()] == ["ctx"]
     cocoop = build("cocoop", tiny_clip, classnames)
     names = [n for n, _ in cocoop.prompt_learner.named_parameters()]
-    assert names == ["ctx", "meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight", "meta_net.linear2.bias"]
+    assert names == [
+        "ctx",
+        "meta_net.linear1.weight",
+        "meta_net.linear1.bias",
+        "meta_net.linear2.weight",
+        "meta_net.linear2.bias",
+    ]
     vis, width = backbone.embed_dim(tiny_clip), backbone.text_width(tiny_clip)
     hidden = vis // 16
     assert cocoop.prompt_learner.meta_net.linear1.weight.shape == (hidden, vis)
@@ -245,7 +252,9 @@ def test_loads_authors_fp16_checkpoint_with_foreign_scheduler(tiny_clip, classna
     assert checkpoint["epoch"] == 10
     assert model.prompt_learner.ctx.dtype == torch.float32
     torch.testing.assert_close(model.prompt_learner.ctx.detach(), state["ctx"].float())
-    torch.testing.assert_close(model.prompt_learner.meta_net.linear2.bias.detach(), state["meta_net.linear2.bias"].float())
+    torch.testing.assert_close(
+        model.prompt_learner.meta_net.linear2.bias.detach(), state["meta_net.linear2.bias"].float()
+    )
     assert model.prompt_learner.token_prefix.shape[0] == len(classnames)
 
 
@@ -277,7 +286,15 @@ def test_unknown_method_and_option_errors(tiny_clip, classnames):
     assert methods.list_methods() == ["cocoop", "coop", "zsclip"]
 
 
-@pytest.mark.parametrize("options", [{}, {"ctx_init": "", "n_ctx": 8}, {"csc": True, "ctx_init": ""}, {"class_token_position": "front", "ctx_init": ""}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"ctx_init": "", "n_ctx": 8},
+        {"csc": True, "ctx_init": ""},
+        {"class_token_position": "front", "ctx_init": ""},
+    ],
+)
 def test_coop_fast_text_path_equals_the_published_77_positions(tiny_clip, classnames, images, options):
     fast = build("coop", tiny_clip, classnames, **options).train()
     slow = build("coop", tiny_clip, classnames, truncate=False, **options).train()

@@ -1,4 +1,5 @@
 """The miniature world: scene generator, dataset writer, contrastive pre-training and its cache."""
+
 from __future__ import annotations
 
 import dataclasses

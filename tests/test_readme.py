@@ -1,4 +1,5 @@
 """The README's Python example runs as written (on the tiny backbone)."""
+
 import os
 import re
 

@@ -1,4 +1,5 @@
 """The report stage: aggregation by hand-computed numbers, the paper's own Table 1, files, CLI."""
+
 from __future__ import annotations
 
 import csv
@@ -16,22 +17,53 @@ from harness.results import append_record
 CONFIGS = {"zsclip": "vit_b16", "coop": "vit_b16_ctxv1", "cocoop": "vit_b16_c4_ep10_batch1_ctxv1"}
 
 
-def record(method, dataset, subsample, accuracy, seed=1, experiment="base2new", train_subsample="base",
-           train_dataset="same", n_ctx=4, ctx_init="a photo of a", config=None, backbone="ViT-B/16"):
+def record(
+    method,
+    dataset,
+    subsample,
+    accuracy,
+    seed=1,
+    experiment="base2new",
+    train_subsample="base",
+    train_dataset="same",
+    n_ctx=4,
+    ctx_init="a photo of a",
+    config=None,
+    backbone="ViT-B/16",
+):
     """A complete results-store record; zero-shot CLIP gets no training fields and no seed."""
     zero_shot = method == "zsclip"
     options = {} if zero_shot else {"n_ctx": n_ctx, "ctx_init": ctx_init}
     return {
-        "experiment": experiment, "job": f"{method}/{dataset}/{subsample}/seed{seed}", "method": method,
-        "config": config or CONFIGS[method], "options": options, "dataset": dataset, "subsample": subsample,
+        "experiment": experiment,
+        "job": f"{method}/{dataset}/{subsample}/seed{seed}",
+        "method": method,
+        "config": config or CONFIGS[method],
+        "options": options,
+        "dataset": dataset,
+        "subsample": subsample,
         "train_dataset": None if zero_shot else (dataset if train_dataset == "same" else train_dataset),
-        "train_subsample": None if zero_shot else train_subsample, "shots": 16, "seed": None if zero_shot else seed,
-        "backbone": backbone, "precision": "fp16",
-        "metrics": {"accuracy": accuracy, "error": 100 - accuracy, "macro_f1": accuracy, "perclass_accuracy": None,
-                    "per_class_accuracy": [], "total": 100, "correct": round(accuracy)},
-        "epochs": 0 if zero_shot else 10, "wall_time_s": 1.0, "git_commit": "test", "versions": {},
-        "timestamp": "2024-01-01T00:00:00", "run_dir": "/tmp/x",
-    }  # fmt: skip
+        "train_subsample": None if zero_shot else train_subsample,
+        "shots": 16,
+        "seed": None if zero_shot else seed,
+        "backbone": backbone,
+        "precision": "fp16",
+        "metrics": {
+            "accuracy": accuracy,
+            "error": 100 - accuracy,
+            "macro_f1": accuracy,
+            "perclass_accuracy": None,
+            "per_class_accuracy": [],
+            "total": 100,
+            "correct": round(accuracy),
+        },
+        "epochs": 0 if zero_shot else 10,
+        "wall_time_s": 1.0,
+        "git_commit": "test",
+        "versions": {},
+        "timestamp": "2024-01-01T00:00:00",
+        "run_dir": "/tmp/x",
+    }
 
 
 def write(store, records):
@@ -121,7 +153,11 @@ def test_paper_table1_reproduces_its_own_h(tmp_path):
             cell = t.cell(row["dataset"], g, metric)
             assert f"{cell.mean:.2f}" == row[metric], (row, metric)
             assert cell.paper == float(row[metric]) and cell.delta_text() == "0.00"
-    assert [f"{t.cell(AVERAGE, t.group_for(m), 'h').mean:.2f}" for m in ("zsclip", "coop", "cocoop")] == ["71.70", "71.66", "75.83"]
+    assert [f"{t.cell(AVERAGE, t.group_for(m), 'h').mean:.2f}" for m in ("zsclip", "coop", "cocoop")] == [
+        "71.70",
+        "71.66",
+        "75.83",
+    ]
     frame = summary["tables"]["table1_base2new"]["frame"]
     deltas = [c for c in frame.columns if c.endswith("Δ")]
     assert len(deltas) == 9 and set(frame[deltas].values.ravel()) == {"0.00"}
@@ -135,24 +171,58 @@ def test_files_and_figures_are_written(tmp_path):
     for ds, off in (("eurosat", 0.0), ("dtd", 5.0), ("synthetic", 2.0)):
         recs += [record("zsclip", ds, "base", 60 + off), record("zsclip", ds, "new", 65 + off)]
         for seed in (1, 2):
-            recs += [record("coop", ds, "base", 85 + off + seed, seed), record("coop", ds, "new", 55 + off, seed),
-                     record("cocoop", ds, "base", 82 + off, seed), record("cocoop", ds, "new", 66 + off - seed, seed)]
-            for n_ctx, init, cfg in ((4, "", "vit_b16_c4_ep10_batch1"), (8, "", "vit_b16_c8_ep10_batch1"), (16, "", "vit_b16_c16_ep10_batch1")):
+            recs += [
+                record("coop", ds, "base", 85 + off + seed, seed),
+                record("coop", ds, "new", 55 + off, seed),
+                record("cocoop", ds, "base", 82 + off, seed),
+                record("cocoop", ds, "new", 66 + off - seed, seed),
+            ]
+            for n_ctx, init, cfg in (
+                (4, "", "vit_b16_c4_ep10_batch1"),
+                (8, "", "vit_b16_c8_ep10_batch1"),
+                (16, "", "vit_b16_c16_ep10_batch1"),
+            ):
                 for sub, acc in (("base", 80 + n_ctx / 4), ("new", 60 + n_ctx / 2)):
-                    recs.append(record("cocoop", ds, sub, acc + off, seed, "ablations", n_ctx=n_ctx, ctx_init=init, config=cfg))
+                    recs.append(
+                        record("cocoop", ds, sub, acc + off, seed, "ablations", n_ctx=n_ctx, ctx_init=init, config=cfg)
+                    )
             recs.append(record("coop", ds, "all", 70 + off, seed))
         recs.append(record("zsclip", ds, "all", 62 + off))
     for seed in (1, 2):  # Table 5 on ImageNet, Tables 2 and 3 from the ImageNet checkpoints
-        for method, n_ctx, init, cfg in (("coop", 4, "a photo of a", None), ("coop", 60, "", "vit_b16_c60"), ("cocoop", 4, "a photo of a", None)):
-            recs += [record(method, "imagenet", sub, 70.0 + seed, seed, "ablations", n_ctx=n_ctx, ctx_init=init, config=cfg) for sub in ("base", "new")]
+        for method, n_ctx, init, cfg in (
+            ("coop", 4, "a photo of a", None),
+            ("coop", 60, "", "vit_b16_c60"),
+            ("cocoop", 4, "a photo of a", None),
+        ):
+            recs += [
+                record(method, "imagenet", sub, 70.0 + seed, seed, "ablations", n_ctx=n_ctx, ctx_init=init, config=cfg)
+                for sub in ("base", "new")
+            ]
         for method in ("coop", "cocoop"):
             for ds in ("imagenet", "caltech101", "dtd", "imagenetv2", "imagenet_a"):
-                recs.append(record(method, ds, "all", 60.0 + seed, seed, "crossdataset" if ds in PAPER_DATASETS else "domaingen",
-                                   train_subsample="all", train_dataset="imagenet"))
+                recs.append(
+                    record(
+                        method,
+                        ds,
+                        "all",
+                        60.0 + seed,
+                        seed,
+                        "crossdataset" if ds in PAPER_DATASETS else "domaingen",
+                        train_subsample="all",
+                        train_dataset="imagenet",
+                    )
+                )
     summary = build_report(write(tmp_path / "o", recs), out_dir=str(tmp_path / "r"))
     out = tmp_path / "r"
-    for key in ("table1_base2new", "table2_crossdataset", "table3_domaingen", "table4_class_incremental",
-                "table5_bigger_coop", "fig4a_init_ablation", "fig4b_length_ablation"):
+    for key in (
+        "table1_base2new",
+        "table2_crossdataset",
+        "table3_domaingen",
+        "table4_class_incremental",
+        "table5_bigger_coop",
+        "fig4a_init_ablation",
+        "fig4b_length_ablation",
+    ):
         for ext in ("md", "tex", "csv"):
             assert (out / f"{key}.{ext}").stat().st_size > 0, (key, ext)
     for name in ("figure3_cocoop_vs_coop", "figure4_ablations", "figure_base_vs_new"):
@@ -182,7 +252,9 @@ def test_absent_figure_data_is_listed_not_drawn(tmp_path):
     store = write(tmp_path / "o", [record("zsclip", "dtd", "base", 50.0), record("zsclip", "dtd", "new", 60.0)])
     summary = build_report(store, out_dir=str(tmp_path / "r"))
     assert set(summary["figures"]) == {"scatter"}
-    assert any(m.startswith("Figure 3") for m in summary["missing"]) and any(m.startswith("Figure 4a") for m in summary["missing"])
+    assert any(m.startswith("Figure 3") for m in summary["missing"]) and any(
+        m.startswith("Figure 4a") for m in summary["missing"]
+    )
     assert not (tmp_path / "r" / "figure3_cocoop_vs_coop.png").exists()
     assert not (tmp_path / "r" / "table2_crossdataset.md").exists()
 
@@ -200,7 +272,10 @@ def test_experiment_selection(tmp_path):
 
 
 def test_trainable_parameters():
-    assert trainable_parameters(record("cocoop", "imagenet", "base", 1.0, backbone="tiny")) == 4 * 64 + 32 * 2 + 2 + 2 * 64 + 64
+    assert (
+        trainable_parameters(record("cocoop", "imagenet", "base", 1.0, backbone="tiny"))
+        == 4 * 64 + 32 * 2 + 2 + 2 * 64 + 64
+    )
     assert trainable_parameters(record("coop", "imagenet", "base", 1.0, n_ctx=16, ctx_init="")) == 16 * 512
 
 
@@ -209,9 +284,26 @@ def test_cli_small_store(small_store, tmp_path):
     assert report_main(["--results", small_store, "--out", str(out), "--tracking", "none"]) == 0
     assert (out / "table1_base2new.md").exists() and (out / "index.md").exists()
     assert report_main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "e")]) == 1
-    done = subprocess.run([sys.executable, "-m", "harness.report", "--results", small_store + "/results.jsonl",
-                           "--out", str(tmp_path / "cli2"), "--experiment", "base2new", "--seeds", "1", "2", "3"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.report",
+            "--results",
+            small_store + "/results.jsonl",
+            "--out",
+            str(tmp_path / "cli2"),
+            "--experiment",
+            "base2new",
+            "--seeds",
+            "1",
+            "2",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "table1_base2new" not in done.stderr and (tmp_path / "cli2" / "table1_base2new.csv").exists()
     assert "seed 3 missing" in done.stdout
@@ -239,7 +331,7 @@ def test_tracking_logs_tables_and_figures(small_store, tmp_path, monkeypatch):
 
     monkeypatch.setattr(tracking, "start_run", start_run)
     summary = build_report(small_store, out_dir=str(tmp_path / "r"), tracking="offline")
-    (mode, kwargs), = calls["start"]
+    ((mode, kwargs),) = calls["start"]
     assert mode == "offline" and kwargs["job_type"] == "report" and kwargs["name"] == "report"
     assert [n for n, _ in calls["table"]] == [k for k, v in summary["tables"].items() if v["paths"]]
     assert ("table1_base2new", 3) in calls["table"]  # dtd, eurosat, Average

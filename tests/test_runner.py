@@ -1,4 +1,5 @@
 """The runner on the tiny CLIP and a synthetic dataset: schedule, training, resume, cache, records, W&B."""
+
 import glob
 import json
 import multiprocessing
@@ -21,7 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    data.synthetic.make_synthetic_dataset(str(root), num_classes=6, train_per_class=8, val_per_class=2, test_per_class=6, image_size=32)
+    data.synthetic.make_synthetic_dataset(
+        str(root), num_classes=6, train_per_class=8, val_per_class=2, test_per_class=6, image_size=32
+    )
     return str(root)
 
 
@@ -98,7 +101,14 @@ def test_training_lowers_the_loss_and_writes_records(data_root, tmp_path, method
     stored = results.read_records(str(tmp_path))
     assert len(stored) == 2 and set(stored[0]) == set(results.RECORD_FIELDS)
     r = stored[0]
-    assert (r["method"], r["train_dataset"], r["train_subsample"], r["seed"], r["shots"], r["epochs"]) == (method, "synthetic", "base", 1, 4, 4)
+    assert (r["method"], r["train_dataset"], r["train_subsample"], r["seed"], r["shots"], r["epochs"]) == (
+        method,
+        "synthetic",
+        "base",
+        1,
+        4,
+        4,
+    )
     assert r["metrics"]["total"] == 18 and len(r["metrics"]["per_class_accuracy"]) == 3
     assert r["options"]["n_ctx"] == 4 and r["versions"]["torch"] == torch.__version__
     final = latest_checkpoint(s.output_dir)
@@ -150,15 +160,29 @@ def test_eval_only_from_a_trained_run_and_feature_cache_reuse(data_root, tmp_pat
     zero_shot = Run(spec(data_root, tmp_path, method="zsclip", output_dir=str(tmp_path / "zs")))
     zero_shot()
     assert zero_shot.cache.hits == 1 and zero_shot.cache.misses == 1  # base cached, new computed
-    evaluation = Run(spec(data_root, tmp_path, load_from=trained.output_dir, output_dir=str(tmp_path / "eval"), evaluate=["synthetic"]))
+    evaluation = Run(
+        spec(
+            data_root, tmp_path, load_from=trained.output_dir, output_dir=str(tmp_path / "eval"), evaluate=["synthetic"]
+        )
+    )
     records = evaluation()
     assert evaluation.cache.misses == 1 and records[0]["subsample"] == "all" and records[0]["epochs"] == 2
     # The same prompt evaluated on the base classes gives the trained run's number.
-    again = Run(spec(data_root, tmp_path, load_from=trained.output_dir, output_dir=str(tmp_path / "eval2"), experiment="again",
-                     evaluate=[{"dataset": "synthetic", "subsample": "base"}]))
+    again = Run(
+        spec(
+            data_root,
+            tmp_path,
+            load_from=trained.output_dir,
+            output_dir=str(tmp_path / "eval2"),
+            experiment="again",
+            evaluate=[{"dataset": "synthetic", "subsample": "base"}],
+        )
+    )
     assert again()[0]["metrics"] == base_record["metrics"] and again.cache.hits == 1
     zs = [r for r in results.read_records(str(tmp_path)) if r["method"] == "zsclip"]
-    assert {r["subsample"] for r in zs} == {"base", "new"} and all(r["seed"] is None and r["train_dataset"] is None for r in zs)
+    assert {r["subsample"] for r in zs} == {"base", "new"} and all(
+        r["seed"] is None and r["train_dataset"] is None for r in zs
+    )
     assert zs[0]["options"]["template"] == "a photo of a {}."
 
 
@@ -170,7 +194,15 @@ def test_wandb_offline_run_has_the_expected_keys(data_root, tmp_path, monkeypatc
     assert len(files) == 1
     with open(files[0], "rb") as f:
         blob = f.read()
-    for key in [b"train/loss", b"train/lr", b"epoch/loss", b"eval/synthetic/base/accuracy", b"coop/synthetic/seed1", b"seed1", b"test"]:
+    for key in [
+        b"train/loss",
+        b"train/lr",
+        b"epoch/loss",
+        b"eval/synthetic/base/accuracy",
+        b"coop/synthetic/seed1",
+        b"seed1",
+        b"test",
+    ]:
         assert key in blob, key
 
 
@@ -236,7 +268,12 @@ def test_bad_config_fails_before_any_work(data_root, tmp_path, change, message):
 
 def test_method_config_and_overrides_precedence(data_root, tmp_path):
     s = build_spec(
-        {"config": "cocoop/vit_b16_c4_ep10_batch1_ctxv1", "dataset": "synthetic", "data_root": data_root, "output_dir": str(tmp_path)},
+        {
+            "config": "cocoop/vit_b16_c4_ep10_batch1_ctxv1",
+            "dataset": "synthetic",
+            "data_root": data_root,
+            "output_dir": str(tmp_path),
+        },
         parse_overrides(["epochs=2", "options.n_ctx=8", "options.ctx_init="]),
     )
     assert (s.method, s.epochs, s.batch_size, s.precision, s.lr) == ("cocoop", 2, 1, "fp16", 0.002)
@@ -244,10 +281,18 @@ def test_method_config_and_overrides_precedence(data_root, tmp_path):
 
 
 def test_cli_help_documents_every_key():
-    out = subprocess.run([sys.executable, "-m", "harness", "run", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "harness", "run", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0
     for f in RunSpec.__dataclass_fields__:
         flag = "--method-config" if f == "config" else "--" + f.replace("_", "-")
         assert flag in out.stdout, flag
-    bad = subprocess.run([sys.executable, "-m", "harness", "run", "--method", "coop", "--epochs", "x"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "harness", "run", "--method", "coop", "--epochs", "x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "error:" in bad.stderr

@@ -57,9 +57,7 @@ def _why_no_controller() -> str | None:
         # Our local cluster is stopped: answer at once instead of letting sinfo block.
         return "the local Slurm cluster is stopped; run: sudo bash tools/slurm-cluster.sh start"
     try:
-        proc = subprocess.run(
-            ["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=SINFO_TIMEOUT_S
-        )
+        proc = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=SINFO_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return f"no Slurm controller answered sinfo within {SINFO_TIMEOUT_S} s"
     if proc.returncode != 0:
@@ -162,19 +160,34 @@ def test_job_killed_without_result_does_not_hang(folder):
 COCOOP = "cocoop/vit_b16_c4_ep10_batch1_ctxv1"
 
 
-def _tiny_sweep(tmp_path: Path, name: str, images_per_class: int, shots: int, batch_size: int, epochs: int, methods: dict):
+def _tiny_sweep(
+    tmp_path: Path, name: str, images_per_class: int, shots: int, batch_size: int, epochs: int, methods: dict
+):
     """(root folder, experiment): a base-to-new sweep on generated data and the tiny CLIP."""
     from harness import data
 
     base = os.environ.get("SLURM_TEST_FOLDER")
     root = Path(base) / f"{name}-{uuid.uuid4().hex[:8]}" if base else tmp_path
-    data.synthetic.make_synthetic_dataset(str(root / "data"), num_classes=4, train_per_class=images_per_class,
-                                          val_per_class=1, test_per_class=3, image_size=24)  # fmt: skip
+    data.synthetic.make_synthetic_dataset(
+        str(root / "data"),
+        num_classes=4,
+        train_per_class=images_per_class,
+        val_per_class=1,
+        test_per_class=3,
+        image_size=24,
+    )
     experiment = {
-        "name": name, "protocol": "base2new", "datasets": ["synthetic"], "seeds": [1], "shots": shots,
-        "backbone": "tiny", "precision": "fp32", "tracking": "none",
-        "run": {"num_workers": 0, "batch_size": batch_size, "epochs": epochs}, "methods": methods,
-    }  # fmt: skip
+        "name": name,
+        "protocol": "base2new",
+        "datasets": ["synthetic"],
+        "seeds": [1],
+        "shots": shots,
+        "backbone": "tiny",
+        "precision": "fp32",
+        "tracking": "none",
+        "run": {"num_workers": 0, "batch_size": batch_size, "epochs": epochs},
+        "methods": methods,
+    }
     return root, experiment
 
 
@@ -184,8 +197,15 @@ def test_demo_sweep_through_the_slurm_launcher(tmp_path):
     from harness import results, sweep
     from harness.launcher import launch, load_state
 
-    root, experiment = _tiny_sweep(tmp_path, "slurmdemo", images_per_class=4, shots=2, batch_size=4, epochs=2,
-                                   methods={"zsclip": {"config": "zsclip/vit_b16"}, "cocoop": {"config": COCOOP}})  # fmt: skip
+    root, experiment = _tiny_sweep(
+        tmp_path,
+        "slurmdemo",
+        images_per_class=4,
+        shots=2,
+        batch_size=4,
+        epochs=2,
+        methods={"zsclip": {"config": "zsclip/vit_b16"}, "cocoop": {"config": COCOOP}},
+    )
     out = str(root / "out")
     jobs = sweep.expand(experiment, str(root / "data"), out)
     lines = []
@@ -194,7 +214,12 @@ def test_demo_sweep_through_the_slurm_launcher(tmp_path):
     assert [s.state for s in states] == ["done", "done", "done"], lines
     assert all(s.job_id and s.job_id.isdigit() for s in states)
     records = results.read_records(out)
-    assert sorted((r["method"], r["subsample"]) for r in records) == [("cocoop", "base"), ("cocoop", "new"), ("zsclip", "base"), ("zsclip", "new")]
+    assert sorted((r["method"], r["subsample"]) for r in records) == [
+        ("cocoop", "base"),
+        ("cocoop", "new"),
+        ("zsclip", "base"),
+        ("zsclip", "new"),
+    ]
     assert {s["state"] for s in map(vars, load_state(out, "slurmdemo"))} == {"done"}
     again = launch(jobs, "slurmdemo", out, "slurm", cfg, printer=lines.append)
     assert {s.state for s in again} == {"skipped"}
@@ -210,10 +235,23 @@ def test_preempted_training_requeues_and_resumes_to_the_same_result(tmp_path):
     from harness.runner import latest_checkpoint
 
     # The published per-image path keeps training slow enough to be interrupted mid-way.
-    root, experiment = _tiny_sweep(tmp_path, "preempt", images_per_class=16, shots=16, batch_size=1, epochs=40,
-                                   methods={"cocoop": {"config": COCOOP, "options": {"batched": False}}})  # fmt: skip
+    root, experiment = _tiny_sweep(
+        tmp_path,
+        "preempt",
+        images_per_class=16,
+        shots=16,
+        batch_size=1,
+        epochs=40,
+        methods={"cocoop": {"config": COCOOP, "options": {"batched": False}}},
+    )
     straight_out, slurm_out = str(root / "straight"), str(root / "slurm")
-    launch(sweep.expand(experiment, str(root / "data"), straight_out)[:1], "preempt", straight_out, "debug", printer=lambda *_: None)
+    launch(
+        sweep.expand(experiment, str(root / "data"), straight_out)[:1],
+        "preempt",
+        straight_out,
+        "debug",
+        printer=lambda *_: None,
+    )
     jobs = sweep.expand(experiment, str(root / "data"), slurm_out)[:1]
     signalled = {}
 
@@ -226,7 +264,9 @@ def test_preempted_training_requeues_and_resumes_to_the_same_result(tmp_path):
                 signalled["epoch"] = found[1]
                 subprocess.run(["scancel", "--signal=USR2", signalled["job"]], check=True, timeout=10)
             if "job" in signalled:  # a requeued job waits for a begin time; start it now
-                state = subprocess.run(["squeue", "-h", "-j", signalled["job"], "-o", "%T %r"], capture_output=True, text=True, timeout=10).stdout
+                state = subprocess.run(
+                    ["squeue", "-h", "-j", signalled["job"], "-o", "%T %r"], capture_output=True, text=True, timeout=10
+                ).stdout
                 if "BeginTime" in state:
                     subprocess.run(["scontrol", "update", f"JobId={signalled['job']}", "StartTime=now"], timeout=10)
                     return
@@ -236,7 +276,15 @@ def test_preempted_training_requeues_and_resumes_to_the_same_result(tmp_path):
 
     watcher = threading.Thread(target=preempt_mid_training, daemon=True)
     watcher.start()
-    states = launch(jobs, "preempt", slurm_out, "slurm", {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10}, poll_s=0.5, printer=lambda *_: None)
+    states = launch(
+        jobs,
+        "preempt",
+        slurm_out,
+        "slurm",
+        {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10},
+        poll_s=0.5,
+        printer=lambda *_: None,
+    )
     watcher.join(timeout=5)
     assert signalled, "training finished before it could be pre-empted"
     assert [s.state for s in states] == ["done"]

@@ -1,4 +1,5 @@
 """Experiments expand into the paper's jobs; launchers run them, skip what exists, survive kills."""
+
 import json
 import os
 import subprocess
@@ -35,7 +36,9 @@ SMALL = {
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweepdata")
-    data.synthetic.make_synthetic_dataset(str(root), num_classes=4, train_per_class=4, val_per_class=1, test_per_class=3, image_size=24)
+    data.synthetic.make_synthetic_dataset(
+        str(root), num_classes=4, train_per_class=4, val_per_class=1, test_per_class=3, image_size=24
+    )
     return str(root)
 
 
@@ -53,7 +56,12 @@ def test_paper_experiments_expand_to_the_published_jobs():
     coop_imagenet = next(j for j in b2n if j.name == "base2new/coop/imagenet/seed1/train")
     assert coop_imagenet.spec.config == "coop/vit_b16_ep50_ctxv1" and coop_imagenet.spec.epochs == 50
     coop_pets = next(j for j in b2n if j.name == "base2new/coop/oxford_pets/seed2/train")
-    assert (coop_pets.spec.epochs, coop_pets.spec.batch_size, coop_pets.spec.seed, coop_pets.spec.shots) == (200, 32, 2, 16)
+    assert (coop_pets.spec.epochs, coop_pets.spec.batch_size, coop_pets.spec.seed, coop_pets.spec.shots) == (
+        200,
+        32,
+        2,
+        16,
+    )
     assert coop_pets.targets() == [("oxford_pets", "base")]
     evaluation = next(j for j in b2n if j.name == "base2new/cocoop/oxford_pets/seed2/eval")
     assert evaluation.depends_on == ["base2new/cocoop/oxford_pets/seed2/train"]
@@ -69,11 +77,27 @@ def test_paper_experiments_expand_to_the_published_jobs():
     domain_train = {j.spec.output_dir for j in domain if j.kind == "train"}
     assert len(cross_train) == 6 and cross_train == domain_train  # one ImageNet model per method and seed
     cross_eval = next(j for j in cross if j.name == "crossdataset/coop/imagenet/seed1/eval")
-    assert [d for d, _ in cross_eval.targets()] == ["caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
-                                                    "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"]  # fmt: skip
+    assert [d for d, _ in cross_eval.targets()] == [
+        "caltech101",
+        "oxford_pets",
+        "stanford_cars",
+        "oxford_flowers",
+        "food101",
+        "fgvc_aircraft",
+        "sun397",
+        "dtd",
+        "eurosat",
+        "ucf101",
+    ]
     assert {s for _, s in cross_eval.targets()} == {"all"}
     zs_domain = next(j for j in domain if j.spec.method == "zsclip")
-    assert [d for d, _ in zs_domain.targets()] == ["imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+    assert [d for d, _ in zs_domain.targets()] == [
+        "imagenet",
+        "imagenetv2",
+        "imagenet_sketch",
+        "imagenet_a",
+        "imagenet_r",
+    ]
 
     ablations = sweep.expand(sweep.load_experiment("ablations"), "/data", "/out")
     contexts = {j.spec.options.get("n_ctx") for j in ablations if j.spec.method == "cocoop"}
@@ -125,7 +149,13 @@ def test_debug_sweep_runs_everything_then_skips_it(small_experiment, data_root, 
     assert len(records) == 3 + 2 * 2 * 3
     assert {(r["method"], r["subsample"]) for r in records} >= {("coop", "new"), ("cocoop", "all"), ("zsclip", "base")}
     # A re-run finds every result and submits nothing.
-    again = launch(sweep.expand(sweep.load_experiment(small_experiment), data_root, out), "mini", out, "debug", printer=lines.append)
+    again = launch(
+        sweep.expand(sweep.load_experiment(small_experiment), data_root, out),
+        "mini",
+        out,
+        "debug",
+        printer=lines.append,
+    )
     assert {s.state for s in again} == {"skipped"} and "Nothing to do" in lines[-1]
     rows = status(jobs, out, "mini")
     assert {r["state"] for r in rows} == {"done"}
@@ -139,8 +169,16 @@ def test_killed_job_is_finished_by_the_next_sweep_without_redoing_others(small_e
     coop_records = {json.dumps(r, sort_keys=True) for r in results.read_records(out)}
     # The CoCoOp training dies after its first epoch, like a pre-empted job.
     train = next(j for j in jobs if j.name == "mini/cocoop/synthetic/seed1/train")
-    code = f"from harness.launcher import HarnessJob; import json; HarnessJob()(json.loads({json.dumps(json.dumps(train.spec.to_dict()))}))"
-    died = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "HARNESS_FAULT_AFTER_EPOCH": "1"}, capture_output=True, text=True, timeout=300)
+    payload = json.dumps(json.dumps(train.spec.to_dict()))
+    code = f"from harness.launcher import HarnessJob; import json; HarnessJob()(json.loads({payload}))"
+    died = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "HARNESS_FAULT_AFTER_EPOCH": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert died.returncode == 137, died.stderr[-2000:]
     rows = {r["job"]: r for r in status(jobs, out, "mini")}
     assert rows[train.name]["state"] == "partial" and rows[train.name]["detail"] == "epoch 1/2 checkpointed"
@@ -166,7 +204,9 @@ def test_local_launcher_runs_jobs_in_subprocesses(small_experiment, data_root, t
     assert len(results.read_records(out)) == 6
     # The evaluation started only after its training finished.
     order = [line for line in lines if line.startswith("[")]
-    assert order.index("[done] mini/coop/synthetic/seed1/train") < next(i for i, l in enumerate(order) if l.startswith("[start] mini/coop/synthetic/seed1/eval"))
+    assert order.index("[done] mini/coop/synthetic/seed1/train") < next(
+        i for i, line in enumerate(order) if line.startswith("[start] mini/coop/synthetic/seed1/eval")
+    )
     assert {s.name: s.state for s in load_state(out, "mini")} == {s.name: "done" for s in states}
 
 
@@ -184,19 +224,42 @@ def test_failed_job_reports_its_log_and_blocks_its_dependents(small_experiment, 
 
 def test_cli_dry_run_prints_the_plan(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "harness", "sweep", "base2new", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"),
-         "--datasets", "eurosat", "--seeds", "1", "--dry-run"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "sweep",
+            "base2new",
+            "--data-root",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--datasets",
+            "eurosat",
+            "--seeds",
+            "1",
+            "--dry-run",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "5 jobs: 5 to run" in out.stdout and "base2new/cocoop/eurosat/seed1/eval" in out.stdout
     assert "after base2new/cocoop/eurosat/seed1/train" in out.stdout
 
 
 def test_missing_dataset_folders_stop_the_sweep_before_submission(tmp_path):
-    jobs = sweep.expand(sweep.narrow(sweep.load_experiment("base2new"), ["eurosat", "dtd"], ["1"]), str(tmp_path), str(tmp_path / "out"))
+    jobs = sweep.expand(
+        sweep.narrow(sweep.load_experiment("base2new"), ["eurosat", "dtd"], ["1"]), str(tmp_path), str(tmp_path / "out")
+    )
     (tmp_path / "dtd").mkdir()
-    with pytest.raises(ConfigError, match=r"missing under the data root: eurosat \(.*eurosat\)\. See what to fetch with: python -m harness.data check"):
+    with pytest.raises(
+        ConfigError,
+        match=r"missing under the data root: eurosat \(.*eurosat\)\. "
+        r"See what to fetch with: python -m harness.data check",
+    ):
         sweep.check_data_folders(jobs)
     (tmp_path / "eurosat").mkdir()
     sweep.check_data_folders(jobs)
@@ -217,7 +280,11 @@ def test_backbones_are_prepared_once_in_the_driver(monkeypatch, tmp_path):
 
     calls = []
     monkeypatch.setattr(backbone, "resolve_openai_file", lambda name: calls.append(name) or "/x.pt")
-    jobs = sweep.expand(sweep.narrow(sweep.load_experiment("base2new"), ["dtd", "eurosat"], ["1", "2"]), str(tmp_path), str(tmp_path / "o"))
+    jobs = sweep.expand(
+        sweep.narrow(sweep.load_experiment("base2new"), ["dtd", "eurosat"], ["1", "2"]),
+        str(tmp_path),
+        str(tmp_path / "o"),
+    )
     sweep.prepare_backbones(jobs, printer=lambda *_: None)
     assert calls == ["ViT-B/16"]  # one download for all jobs
 
@@ -232,8 +299,21 @@ def test_backbones_are_prepared_once_in_the_driver(monkeypatch, tmp_path):
 
 def test_status_cli_after_a_debug_sweep(small_experiment, data_root, tmp_path):
     out = str(tmp_path / "out")
-    cli = [sys.executable, "-m", "harness", "sweep", small_experiment, "--data-root", data_root, "--out", out,
-           "--methods", "zsclip", "--launcher", "debug"]  # fmt: skip
+    cli = [
+        sys.executable,
+        "-m",
+        "harness",
+        "sweep",
+        small_experiment,
+        "--data-root",
+        data_root,
+        "--out",
+        out,
+        "--methods",
+        "zsclip",
+        "--launcher",
+        "debug",
+    ]
     ran = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stderr[-2000:]
     status_cli = [sys.executable, "-m", "harness", "status", small_experiment, "--data-root", data_root, "--out", out]

@@ -1,26 +1,47 @@
 """Data side of the benchmark: datasets, few-shot sampling, base/new split, transforms, loaders.
 
-See PROTOCOL.md §3–§5.  Torch-dependent names (``build_transform``, ``ImageDataset``,
+See PROTOCOL.md 3–5.  Torch-dependent names (``build_transform``, ``ImageDataset``,
 ``build_loader``) are imported lazily so that ``python -m harness.data check`` stays fast.
 """
 
+from . import synthetic  # noqa: F401  (harness.data.synthetic is part of the API)
 from .build import build_dataset
 from .constants import CLIP_MEAN, CLIP_STD
-from .errors import (DatasetError, DatasetNotFoundError, FewShotCacheError, ImageDecodeError,
-                     MissingImagesError, SplitFileError, UnknownDatasetError)
+from .errors import (
+    DatasetError,
+    DatasetNotFoundError,
+    FewShotCacheError,
+    ImageDecodeError,
+    MissingImagesError,
+    SplitFileError,
+    UnknownDatasetError,
+)
 from .fewshot import sample_few_shot, subsample_classes
 from .registry import DATASETS, DatasetInfo, get_info, list_datasets
 from .types import DatasetSplits, Datum
-from . import synthetic  # noqa: F401  (harness.data.synthetic is part of the API)
 
-_LAZY = {"build_transform": "transforms", "ImageDataset": "loader", "build_loader": "loader",
-         "load_image": "loader"}
+_LAZY = {"build_transform": "transforms", "ImageDataset": "loader", "build_loader": "loader", "load_image": "loader"}
 
 __all__ = [
-    "build_dataset", "DatasetSplits", "Datum", "DATASETS", "DatasetInfo", "get_info",
-    "list_datasets", "sample_few_shot", "subsample_classes", "CLIP_MEAN", "CLIP_STD",
-    "DatasetError", "DatasetNotFoundError", "FewShotCacheError", "ImageDecodeError",
-    "MissingImagesError", "SplitFileError", "UnknownDatasetError", *_LAZY,
+    "build_dataset",
+    "DatasetSplits",
+    "Datum",
+    "DATASETS",
+    "DatasetInfo",
+    "get_info",
+    "list_datasets",
+    "sample_few_shot",
+    "subsample_classes",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "DatasetError",
+    "DatasetNotFoundError",
+    "FewShotCacheError",
+    "ImageDecodeError",
+    "MissingImagesError",
+    "SplitFileError",
+    "UnknownDatasetError",
+    *_LAZY,
 ]
 
 

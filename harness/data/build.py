@@ -1,10 +1,9 @@
-"""``build_dataset``: the whole dataset-construction sequence of PROTOCOL §4.1."""
+"""``build_dataset``: the whole dataset-construction sequence of PROTOCOL.md 4.1."""
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import List, Optional
 
 from .errors import MissingImagesError
 from .fewshot import load_or_draw, subsample_classes
@@ -12,7 +11,7 @@ from .readers import read_dataset
 from .registry import get_info
 from .types import DatasetSplits, Datum
 
-logger = logging.getLogger("harness.data")
+logger = logging.getLogger(__name__)
 
 # Image-existence check: every path listed by a split file / text file is checked once per
 # build with os.path.exists (about 100k stat calls for the largest JSON dataset, Food101: well under
@@ -22,7 +21,7 @@ ENV_SKIP_CHECK = "HARNESS_SKIP_IMAGE_CHECK"
 MAX_LISTED_MISSING = 5
 
 
-def find_missing(items: List[Datum]) -> List[str]:
+def find_missing(items: list[Datum]) -> list[str]:
     seen, missing = set(), []
     for d in items:
         if d.impath not in seen:
@@ -32,15 +31,15 @@ def find_missing(items: List[Datum]) -> List[str]:
     return missing
 
 
-def missing_images_error(missing: List[str], what: str, fix: str) -> MissingImagesError:
+def missing_images_error(missing: list[str], what: str, fix: str) -> MissingImagesError:
     head = "\n  ".join(missing[:MAX_LISTED_MISSING])
     more = f"\n  … and {len(missing) - MAX_LISTED_MISSING} more" if len(missing) > MAX_LISTED_MISSING else ""
-    return MissingImagesError(f"{len(missing)} image(s) listed by {what} are missing, e.g.:\n  "
-                              f"{head}{more}\n{fix}")
+    return MissingImagesError(f"{len(missing)} image(s) listed by {what} are missing, e.g.:\n  {head}{more}\n{fix}")
 
 
-def build_dataset(name: str, root: str, num_shots: int = 16, seed: int = 1,
-                  subsample: str = "all", cache_dir: Optional[str] = None) -> DatasetSplits:
+def build_dataset(
+    name: str, root: str, num_shots: int = 16, seed: int = 1, subsample: str = "all", cache_dir: str | None = None
+) -> DatasetSplits:
     """Build one dataset: read splits, few-shot sample (cached per (K, seed)), subsample classes.
 
     ``name`` is a registry key (see :func:`list_datasets`), ``root`` the data root holding the
@@ -62,40 +61,57 @@ def build_dataset(name: str, root: str, num_shots: int = 16, seed: int = 1,
         if missing:
             src = info.split_file or "the variant list files"
             raise missing_images_error(
-                missing, f"{info.paper_name}'s {src}",
-                f"expected the images under {os.path.join(ddir, info.image_dir)}/ as PROTOCOL §3.2 "
+                missing,
+                f"{info.paper_name}'s {src}",
+                f"expected the images under {os.path.join(ddir, info.image_dir)}/ as PROTOCOL.md 3.2 "
                 f"describes; re-download/extract them ({info.download}); "
                 f"`python -m harness.data check --root {root} --dataset {info.key}` reports what "
-                f"is missing")
+                f"is missing",
+            )
 
     kw = dict(root=root, dataset_dir=ddir, seed=seed, info=info)
     if info.test_only:
         if num_shots >= 1 or subsample != "all":
-            logger.info("%s is test-only: num_shots=%s and subsample=%r are ignored",
-                        info.key, num_shots, subsample)
-        return DatasetSplits.from_lists(info.key, train, val, test, num_shots=0,
-                                        subsample="all", **kw)
+            logger.info("%s is test-only: num_shots=%s and subsample=%r are ignored", info.key, num_shots, subsample)
+        return DatasetSplits.from_lists(info.key, train, val, test, num_shots=0, subsample="all", **kw)
 
     cache_path = source = None
     if num_shots >= 1:
         is_imagenet = info.key == "imagenet"
         ftrain, fval, cache_path, source = load_or_draw(
-            info.key, info.folder, ddir, train, val, num_shots, seed, cache_dir=cache_dir,
-            sample_val=not is_imagenet)
+            info.key, info.folder, ddir, train, val, num_shots, seed, cache_dir=cache_dir, sample_val=not is_imagenet
+        )
         missing = find_missing(ftrain + (fval if not is_imagenet else []))
         if missing:
-            raise missing_images_error(missing, f"the few-shot cache {cache_path}",
-                                       f"the cache refers to images that are gone; delete "
-                                       f"{cache_path} to draw a new sample, or restore the images")
+            raise missing_images_error(
+                missing,
+                f"the few-shot cache {cache_path}",
+                f"the cache refers to images that are gone; delete "
+                f"{cache_path} to draw a new sample, or restore the images",
+            )
         known = {d.impath for d in train}
         stale = sum(1 for d in ftrain if d.impath not in known)
         if stale:
-            logger.warning("%s: %d of the %d training items in the few-shot cache %s are not in "
-                           "the current training split; the cache may be stale (delete it to "
-                           "draw again)", info.key, stale, len(ftrain), cache_path)
+            logger.warning(
+                "%s: %d of the %d training items in the few-shot cache %s are not in "
+                "the current training split; the cache may be stale (delete it to "
+                "draw again)",
+                info.key,
+                stale,
+                len(ftrain),
+                cache_path,
+            )
         train, val = ftrain, (test if is_imagenet else fval)
 
     train, val, test = subsample_classes(train, val, test, subsample=subsample)
-    return DatasetSplits.from_lists(info.key, train, val, test, num_shots=max(num_shots, 0),
-                                    subsample=subsample, fewshot_cache=cache_path,
-                                    fewshot_source=source, **kw)
+    return DatasetSplits.from_lists(
+        info.key,
+        train,
+        val,
+        test,
+        num_shots=max(num_shots, 0),
+        subsample=subsample,
+        fewshot_cache=cache_path,
+        fewshot_source=source,
+        **kw,
+    )

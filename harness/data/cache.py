@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from typing import Optional
 
-logger = logging.getLogger("harness.data")
+logger = logging.getLogger(__name__)
 
 ENV_CACHE_DIR = "HARNESS_CACHE_DIR"
 
 
-def fallback_dir(key: str, cache_dir: Optional[str] = None) -> str:
+def fallback_dir(key: str, cache_dir: str | None = None) -> str:
     """Writable folder used when the dataset folder is read-only.
 
     ``<cache_dir>/<key>/`` if ``cache_dir`` is given, else ``$HARNESS_CACHE_DIR/<key>/``, else

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from .errors import DatasetError
 from .readers import read_dataset, split_json_candidates
@@ -14,40 +14,35 @@ from .types import derive_classnames
 
 LAYOUT = {
     "imagenet": "imagenet/images/train/<wnid>/*, imagenet/images/val/<wnid>/* (val arranged into "
-                "the 1,000 wnid folders), imagenet/classnames.txt",
-    "caltech101": "caltech-101/101_ObjectCategories/<category>/image_XXXX.jpg, "
-                  "caltech-101/split_zhou_Caltech101.json",
+    "the 1,000 wnid folders), imagenet/classnames.txt",
+    "caltech101": "caltech-101/101_ObjectCategories/<category>/image_XXXX.jpg, caltech-101/split_zhou_Caltech101.json",
     "oxford_pets": "oxford_pets/images/<Breed>_<n>.jpg, oxford_pets/annotations/, "
-                   "oxford_pets/split_zhou_OxfordPets.json",
+    "oxford_pets/split_zhou_OxfordPets.json",
     "stanford_cars": "stanford_cars/cars_train/, stanford_cars/cars_test/, stanford_cars/devkit/, "
-                     "stanford_cars/cars_test_annos_withlabels.mat, "
-                     "stanford_cars/split_zhou_StanfordCars.json",
+    "stanford_cars/cars_test_annos_withlabels.mat, "
+    "stanford_cars/split_zhou_StanfordCars.json",
     "oxford_flowers": "oxford_flowers/jpg/image_00001.jpg…, oxford_flowers/imagelabels.mat, "
-                      "oxford_flowers/cat_to_name.json, oxford_flowers/split_zhou_OxfordFlowers.json",
+    "oxford_flowers/cat_to_name.json, oxford_flowers/split_zhou_OxfordFlowers.json",
     "food101": "food-101/images/<class>/*.jpg, food-101/split_zhou_Food101.json",
     "fgvc_aircraft": "fgvc_aircraft/images/<id>.jpg, fgvc_aircraft/variants.txt, "
-                     "fgvc_aircraft/images_variant_{train,val,test}.txt (the data/ folder of "
-                     "fgvc-aircraft-2013b, renamed)",
+    "fgvc_aircraft/images_variant_{train,val,test}.txt (the data/ folder of "
+    "fgvc-aircraft-2013b, renamed)",
     "sun397": "sun397/SUN397/<letter>/<category>[/<sub>]/*.jpg, sun397/split_zhou_SUN397.json",
     "dtd": "dtd/images/<class>/*.jpg, dtd/split_zhou_DescribableTextures.json",
     "eurosat": "eurosat/2750/<Class>/*.jpg, eurosat/split_zhou_EuroSAT.json",
-    "ucf101": "ucf101/UCF-101-midframes/<Action_Name>/v_<Action>_gXX_cXX.jpg, "
-              "ucf101/split_zhou_UCF101.json",
+    "ucf101": "ucf101/UCF-101-midframes/<Action_Name>/v_<Action>_gXX_cXX.jpg, ucf101/split_zhou_UCF101.json",
     "imagenetv2": "imagenetv2/imagenetv2-matched-frequency-format-val/0 … /999/, "
-                  "imagenetv2/classnames.txt (copy of ImageNet's)",
+    "imagenetv2/classnames.txt (copy of ImageNet's)",
     "imagenet_sketch": "imagenet-sketch/images/<wnid>/*, imagenet-sketch/classnames.txt",
-    "imagenet_a": "imagenet-adversarial/imagenet-a/<wnid>/* (200 folders), "
-                  "imagenet-adversarial/classnames.txt",
-    "imagenet_r": "imagenet-rendition/imagenet-r/<wnid>/* (200 folders), "
-                  "imagenet-rendition/classnames.txt",
+    "imagenet_a": "imagenet-adversarial/imagenet-a/<wnid>/* (200 folders), imagenet-adversarial/classnames.txt",
+    "imagenet_r": "imagenet-rendition/imagenet-r/<wnid>/* (200 folders), imagenet-rendition/classnames.txt",
     "synthetic": "synthetic/images/<class>/<n>.jpg, synthetic/split_zhou_Synthetic.json",
 }
 
 MAX_SHOWN = 5
 
 
-def check_dataset(key: str, root: str, explicit: bool = True,
-                  cache_dir: Optional[str] = None) -> Tuple[str, List[str]]:
+def check_dataset(key: str, root: str, explicit: bool = True, cache_dir: str | None = None) -> tuple[str, list[str]]:
     """Returns ``(status, lines)``; status is "ok", "warn", "broken" or "absent"."""
     info: DatasetInfo = get_info(key)
     root = os.path.abspath(os.path.expanduser(root))
@@ -60,8 +55,10 @@ def check_dataset(key: str, root: str, explicit: bool = True,
 
     if not os.path.isdir(ddir):
         if not explicit:
-            return "absent", [f"== {info.key} ({info.paper_name}) — not installed ({ddir} not "
-                              f"found; `--dataset {info.key}` says what to fetch)"]
+            return "absent", [
+                f"== {info.key} ({info.paper_name}) — not installed ({ddir} not "
+                f"found; `--dataset {info.key}` says what to fetch)"
+            ]
         out("MISSING", f"dataset folder not found: {ddir}")
         out("fix", f"get it from: {info.download}")
         out("fix", f"expected layout: {LAYOUT[info.key]}")
@@ -76,9 +73,12 @@ def check_dataset(key: str, root: str, explicit: bool = True,
         else:
             problems += 1
             out("MISSING", f"split file {os.path.join(ddir, info.split_file)}")
-            out("fix", f"get the authors' split file ({info.download}) and put it at "
-                       f"{os.path.join(ddir, info.split_file)}; without it a random split would "
-                       f"be generated and results are not comparable with the paper")
+            out(
+                "fix",
+                f"get the authors' split file ({info.download}) and put it at "
+                f"{os.path.join(ddir, info.split_file)}; without it a random split would "
+                f"be generated and results are not comparable with the paper",
+            )
     try:
         train, val, test = read_dataset(info, ddir, seed=1, cache_dir=cache_dir, generate=False)
     except DatasetError as e:
@@ -93,14 +93,12 @@ def check_dataset(key: str, root: str, explicit: bool = True,
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         problems += 1
-        out("MISSING", f"images: {len(paths)} listed, {len(paths) - len(missing)} found, "
-                       f"{len(missing)} missing, e.g.:")
+        out("MISSING", f"images: {len(paths)} listed, {len(paths) - len(missing)} found, {len(missing)} missing, e.g.:")
         for p in missing[:MAX_SHOWN]:
             lines.append(f"           {p}")
         if len(missing) > MAX_SHOWN:
             lines.append(f"           … and {len(missing) - MAX_SHOWN} more")
-        out("fix", f"re-download/extract the images ({info.download}); expected layout: "
-                   f"{LAYOUT[info.key]}")
+        out("fix", f"re-download/extract the images ({info.download}); expected layout: {LAYOUT[info.key]}")
     else:
         out("ok", f"images: {len(paths)} listed, {len(paths)} found")
 
@@ -124,20 +122,21 @@ def check_dataset(key: str, root: str, explicit: bool = True,
         if caches:
             out("info", f"few-shot caches: {', '.join(caches)}")
     status = "broken" if problems else ("warn" if warns else "ok")
-    lines.append("  => " + {"broken": "BROKEN", "warn": f"OK ({warns} warning(s))",
-                            "ok": "OK"}[status])
+    lines.append("  => " + {"broken": "BROKEN", "warn": f"OK ({warns} warning(s))", "ok": "OK"}[status])
     return status, lines
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.data",
-                                     description="Data-layer utilities (PROTOCOL §3).")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.data", description="Data-layer utilities (PROTOCOL.md 3).")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("check", help="check dataset folders under a data root")
     p.add_argument("--root", required=True, help="data root holding the dataset folders")
-    p.add_argument("--dataset", action="append", default=None,
-                   help="dataset key (repeatable; default: every dataset, absent ones are "
-                        "reported but not counted as broken)")
+    p.add_argument(
+        "--dataset",
+        action="append",
+        default=None,
+        help="dataset key (repeatable; default: every dataset, absent ones are reported but not counted as broken)",
+    )
     p.add_argument("--cache-dir", default=None, help="writable cache folder (see build_dataset)")
     p.add_argument("--strict", action="store_true", help="treat warnings as failures")
     p = sub.add_parser("list", help="list the dataset keys")
@@ -165,8 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("\n".join(lines) + ("" if status == "absent" else "\n"))
     bad = [k for k, s in zip(keys, statuses) if s == "broken" or (args.strict and s == "warn")]
     present = [k for k, s in zip(keys, statuses) if s != "absent"]
-    print(f"summary: {len(present)} dataset(s) found, {len(bad)} broken"
-          + (f": {', '.join(bad)}" if bad else ""))
+    print(f"summary: {len(present)} dataset(s) found, {len(bad)} broken" + (f": {', '.join(bad)}" if bad else ""))
     if not present:
         print("no dataset found under " + os.path.abspath(args.root))
         return 1

@@ -1,4 +1,4 @@
-"""Few-shot sampling (PROTOCOL §4.2), base/new class split (§4.3) and few-shot caches (§3.6).
+"""Few-shot sampling (PROTOCOL.md 4.2), base/new class split (PROTOCOL.md 4.3) and few-shot caches (PROTOCOL.md 3.6).
 
 Sampling draws from a private ``random.Random(seed)``; since ``random.Random(s)`` and
 ``random.seed(s)`` put the Mersenne Twister in the same state, the draw equals what the authors'
@@ -24,15 +24,16 @@ import os
 import pickle
 import random
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Dict, List, Optional, Sequence, Tuple
+
+from harness.atomic import atomic_write_text
 
 from .cache import dir_writable, fallback_dir, lock_for
 from .errors import FewShotCacheError
-from harness.atomic import atomic_write_text
 from .types import Datum
 
-logger = logging.getLogger("harness.data")
+logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "prompt-harness-fewshot/1"
 
@@ -41,8 +42,9 @@ CACHE_FORMAT = "prompt-harness-fewshot/1"
 # Sampling and subsampling
 # ---------------------------------------------------------------------------------------------
 
-def sample_few_shot(items: Sequence[Datum], num_shots: int, rng: random.Random) -> List[Datum]:
-    """K-shot sample of ``items`` (PROTOCOL §4.2).
+
+def sample_few_shot(items: Sequence[Datum], num_shots: int, rng: random.Random) -> list[Datum]:
+    """K-shot sample of ``items`` (PROTOCOL.md 4.2).
 
     Items are grouped by label in first-appearance order; each group with at least K items
     contributes ``rng.sample(group, K)`` (in the returned order), a smaller group contributes all
@@ -51,26 +53,32 @@ def sample_few_shot(items: Sequence[Datum], num_shots: int, rng: random.Random) 
     items = list(items)
     if num_shots < 1:
         return items
-    groups: "OrderedDict[int, List[Datum]]" = OrderedDict()
+    groups: OrderedDict[int, list[Datum]] = OrderedDict()
     for d in items:
         groups.setdefault(d.label, []).append(d)
-    out: List[Datum] = []
+    out: list[Datum] = []
     for label, group in groups.items():
         if len(group) >= num_shots:
             out.extend(rng.sample(group, num_shots))
         else:
-            logger.warning("few-shot sampling: class %r (label %d) has only %d images, fewer than "
-                           "the %d shots requested; taking all %d (published behaviour)",
-                           group[0].classname, label, len(group), num_shots, len(group))
+            logger.warning(
+                "few-shot sampling: class %r (label %d) has only %d images, fewer than "
+                "the %d shots requested; taking all %d (published behaviour)",
+                group[0].classname,
+                label,
+                len(group),
+                num_shots,
+                len(group),
+            )
             out.extend(group)
     return out
 
 
-def subsample_classes(*splits: Sequence[Datum], subsample: str = "base") -> Tuple[List[Datum], ...]:
+def subsample_classes(*splits: Sequence[Datum], subsample: str = "base") -> tuple[list[Datum], ...]:
     """Keep the base (first ⌈n/2⌉ sorted labels) or new (the rest) classes, relabelled from 0.
 
     The label set comes from the first list (the training list); every list is filtered and
-    relabelled with the same mapping, keeping class names and list order (PROTOCOL §4.3).
+    relabelled with the same mapping, keeping class names and list order (PROTOCOL.md 4.3).
     ``subsample="all"`` returns the lists unchanged.  Always returns a tuple, one list per input.
     """
     if subsample not in ("all", "base", "new"):
@@ -81,8 +89,7 @@ def subsample_classes(*splits: Sequence[Datum], subsample: str = "base") -> Tupl
     m = math.ceil(len(labels) / 2)
     selected = labels[:m] if subsample == "base" else labels[m:]
     relabel = {old: new for new, old in enumerate(selected)}
-    return tuple([replace(d, label=relabel[d.label]) for d in s if d.label in relabel]
-                 for s in splits)
+    return tuple([replace(d, label=relabel[d.label]) for d in s if d.label in relabel] for s in splits)
 
 
 def draw_few_shot(train, val, num_shots: int, seed: int, sample_val: bool = True):
@@ -98,6 +105,7 @@ def draw_few_shot(train, val, num_shots: int, seed: int, sample_val: bool = True
 # Authors' pickle (Dassl Datum objects) — restricted unpickler
 # ---------------------------------------------------------------------------------------------
 
+
 class _DasslDatumShim:
     """Stands in for ``dassl.data.datasets.base_dataset.Datum`` while unpickling."""
 
@@ -108,9 +116,12 @@ class _DasslDatumShim:
 
     def to_datum(self) -> Datum:
         d = self.__dict__
-        return Datum(str(d.get("_impath", d.get("impath"))), int(d.get("_label", d.get("label"))),
-                     str(d.get("_classname", d.get("classname", ""))),
-                     int(d.get("_domain", d.get("domain", 0)) or 0))
+        return Datum(
+            str(d.get("_impath", d.get("impath"))),
+            int(d.get("_label", d.get("label"))),
+            str(d.get("_classname", d.get("classname", ""))),
+            int(d.get("_domain", d.get("domain", 0)) or 0),
+        )
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -129,14 +140,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a few-shot cache")
 
 
-def read_authors_pickle(path: str) -> Dict[str, List[Datum]]:
+def read_authors_pickle(path: str) -> dict[str, list[Datum]]:
     """Read an authors' ``shot_K-seed_S.pkl`` (or ``preprocessed.pkl``): dict of Datum lists."""
     try:
         with open(path, "rb") as f:
             obj = _RestrictedUnpickler(io.BytesIO(f.read())).load()
     except Exception as e:  # noqa: BLE001 - any failure means an unusable cache
-        raise FewShotCacheError(f"cannot read the few-shot cache {path}: {e}; delete it to draw "
-                                f"a new sample") from e
+        raise FewShotCacheError(f"cannot read the few-shot cache {path}: {e}; delete it to draw a new sample") from e
     if not isinstance(obj, dict) or "train" not in obj:
         raise FewShotCacheError(f"{path} is not a dict with a 'train' list; delete it")
     out = {}
@@ -154,7 +164,7 @@ def _remap_abs(path: str, ddir: str, folder: str) -> str:
     parts = path.replace("\\", "/").split("/")
     for i in range(len(parts) - 1, -1, -1):
         if parts[i] == folder:
-            cand = os.path.join(ddir, *parts[i + 1:])
+            cand = os.path.join(ddir, *parts[i + 1 :])
             if os.path.exists(cand):
                 return cand
             break
@@ -165,6 +175,7 @@ def _remap_abs(path: str, ddir: str, folder: str) -> str:
 # Our JSON cache
 # ---------------------------------------------------------------------------------------------
 
+
 def _rel(p: str, ddir: str) -> str:
     rel = os.path.relpath(p, ddir)
     if rel.startswith(".."):
@@ -172,52 +183,66 @@ def _rel(p: str, ddir: str) -> str:
     return rel.replace(os.sep, "/")
 
 
-def write_cache(path: str, data: Dict[str, List[Datum]], ddir: str, meta: dict) -> None:
+def write_cache(path: str, data: dict[str, list[Datum]], ddir: str, meta: dict) -> None:
     obj = {"format": CACHE_FORMAT, **meta}
     for k, items in data.items():
         obj[k] = [[_rel(d.impath, ddir), d.label, d.classname] for d in items]
     atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
-def read_cache(path: str, ddir: str) -> Dict[str, List[Datum]]:
+def read_cache(path: str, ddir: str) -> dict[str, list[Datum]]:
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             obj = json.load(f)
         if obj.get("format") != CACHE_FORMAT or "train" not in obj:
             raise ValueError(f"not a {CACHE_FORMAT} file")
-        return {k: [Datum(os.path.join(ddir, p) if not os.path.isabs(p) else p, int(l), str(c))
-                    for p, l, c in obj[k]] for k in ("train", "val") if k in obj}
+        return {
+            k: [Datum(os.path.join(ddir, p) if not os.path.isabs(p) else p, int(lab), str(c)) for p, lab, c in obj[k]]
+            for k in ("train", "val")
+            if k in obj
+        }
     except Exception as e:  # noqa: BLE001
-        raise FewShotCacheError(f"cannot read the few-shot cache {path}: {e}; delete it to draw "
-                                f"a new sample") from e
+        raise FewShotCacheError(f"cannot read the few-shot cache {path}: {e}; delete it to draw a new sample") from e
 
 
 def cache_name(num_shots: int, seed: int, ext: str = "json") -> str:
     return f"shot_{num_shots}-seed_{seed}.{ext}"
 
 
-def cache_candidates(key: str, ddir: str, num_shots: int, seed: int,
-                     cache_dir: Optional[str] = None) -> List[str]:
+def cache_candidates(key: str, ddir: str, num_shots: int, seed: int, cache_dir: str | None = None) -> list[str]:
     """Cache files looked for, in order (our JSON, authors' pickle; dataset folder first)."""
     dirs = [os.path.join(ddir, "split_fewshot"), fallback_dir(key, cache_dir)]
     return [os.path.join(d, cache_name(num_shots, seed, ext)) for d in dirs for ext in ("json", "pkl")]
 
 
-def _load_any(path: str, ddir: str, folder: str) -> Dict[str, List[Datum]]:
+def _load_any(path: str, ddir: str, folder: str) -> dict[str, list[Datum]]:
     if path.endswith(".pkl"):
         data = read_authors_pickle(path)
-        return {k: [replace(d, impath=_remap_abs(d.impath, ddir, folder)) for d in v]
-                for k, v in data.items() if k in ("train", "val")}
+        return {
+            k: [replace(d, impath=_remap_abs(d.impath, ddir, folder)) for d in v]
+            for k, v in data.items()
+            if k in ("train", "val")
+        }
     return read_cache(path, ddir)
 
 
-def load_or_draw(key: str, folder: str, ddir: str, train, val, num_shots: int, seed: int,
-                 cache_dir: Optional[str] = None, sample_val: bool = True):
+def load_or_draw(
+    key: str,
+    folder: str,
+    ddir: str,
+    train,
+    val,
+    num_shots: int,
+    seed: int,
+    cache_dir: str | None = None,
+    sample_val: bool = True,
+):
     """Few-shot train/val for (K, seed): from a cache if one exists, else drawn and cached.
 
     Returns ``(train, val, cache_path, source)`` with source ``"cache"``, ``"authors-pkl"`` or
     ``"drawn"``.
     """
+
     def existing():
         for p in cache_candidates(key, ddir, num_shots, seed, cache_dir):
             if os.path.isfile(p):
@@ -237,15 +262,15 @@ def load_or_draw(key: str, folder: str, ddir: str, train, val, num_shots: int, s
         target_dir = primary_dir
     else:
         target_dir = fallback_dir(key, cache_dir)
-        logger.warning("%s: dataset folder %s is not writable; few-shot cache goes to %s instead",
-                       key, ddir, target_dir)
+        logger.warning(
+            "%s: dataset folder %s is not writable; few-shot cache goes to %s instead", key, ddir, target_dir
+        )
         os.makedirs(target_dir, exist_ok=True)
     target = os.path.join(target_dir, cache_name(num_shots, seed))
     with lock_for(target):
         p = existing()  # someone else may have written it while we waited for the lock
         if p:
-            return finish(p, _load_any(p, ddir, folder),
-                          "authors-pkl" if p.endswith(".pkl") else "cache")
+            return finish(p, _load_any(p, ddir, folder), "authors-pkl" if p.endswith(".pkl") else "cache")
         ftrain, fval = draw_few_shot(train, val, num_shots, seed, sample_val=sample_val)
         data = {"train": ftrain, "val": fval} if sample_val else {"train": ftrain}
         write_cache(target, data, ddir, {"dataset": key, "num_shots": num_shots, "seed": seed})

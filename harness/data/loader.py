@@ -1,9 +1,9 @@
-"""Image dataset and data loaders (PROTOCOL §5)."""
+"""Image dataset and data loaders (PROTOCOL.md 5)."""
 
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -19,19 +19,23 @@ def load_image(path: str) -> Image.Image:
         with Image.open(path) as im:
             return im.convert("RGB")
     except FileNotFoundError as e:
-        raise ImageDecodeError(f"image file not found: {path}; re-download/extract the dataset "
-                               f"(python -m harness.data check --root DATA_ROOT lists what is "
-                               f"missing)") from e
+        raise ImageDecodeError(
+            f"image file not found: {path}; re-download/extract the dataset "
+            f"(python -m harness.data check --root DATA_ROOT lists what is "
+            f"missing)"
+        ) from e
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise ImageDecodeError(f"cannot decode image {path} ({type(e).__name__}: {e}); the file is "
-                               f"truncated or corrupt: re-download it (or remove it from the "
-                               f"split)") from e
+        raise ImageDecodeError(
+            f"cannot decode image {path} ({type(e).__name__}: {e}); the file is "
+            f"truncated or corrupt: re-download it (or remove it from the "
+            f"split)"
+        ) from e
 
 
 class ImageDataset(Dataset):
     """``(image_tensor, label)`` pairs for a list of :class:`Datum` (PIL decoding, RGB)."""
 
-    def __init__(self, items: Sequence[Datum], transform: Optional[Callable] = None):
+    def __init__(self, items: Sequence[Datum], transform: Callable | None = None):
         self.items = list(items)
         self.transform = transform
 
@@ -50,9 +54,14 @@ def default_num_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
-def build_loader(items: Sequence[Datum], transform: Optional[Callable], batch_size: int,
-                 train: bool, num_workers: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None) -> DataLoader:
+def build_loader(
+    items: Sequence[Datum],
+    transform: Callable | None,
+    batch_size: int,
+    train: bool,
+    num_workers: int | None = None,
+    generator: torch.Generator | None = None,
+) -> DataLoader:
     """Train: a fresh random permutation every epoch, ``drop_last`` only if there is at least one
     full batch; test: sequential, no drop.  Pinned memory when CUDA is available."""
     items = list(items)

@@ -1,16 +1,16 @@
-"""Per-dataset readers (PROTOCOL §3.3–§3.5).
+"""Per-dataset readers (PROTOCOL.md 3.3–3.5).
 
 Each reader returns the full ``(train, val, test)`` lists of :class:`Datum` for one dataset
 folder, before few-shot sampling and base/new subsampling.
 
 * Datasets with an authors' split JSON read it, preserving order.  When it is missing the
-  split is generated from the raw files as §3.4 describes (three-way folder split, 80/20 routine,
+  split is generated from the raw files as 3.4 describes (three-way folder split, 80/20 routine,
   Flowers' 50/20/30, StanfordCars/Flowers ``.mat`` files — the latter need SciPy), using a private
   ``random.Random(seed)``, and written atomically under a file lock to the dataset folder (or to the
   writable cache folder when the dataset folder is read-only).  A generated split is **not** the
   authors' split: a warning says so and where to get the real file.
 * FGVCAircraft reads the official variant text files.
-* The ImageNet family scans folders.  Documented deviation (PROTOCOL §18.8): within a class folder
+* The ImageNet family scans folders.  Documented deviation (PROTOCOL.md 18.8): within a class folder
   the files are **sorted** by name instead of the raw directory order, so ImageNet few-shot draws
   are the same on every file system (they cannot reproduce the authors' ImageNet draws, which
   depended on their file system).  ``imagenet/preprocessed.pkl`` is neither read nor written.
@@ -25,34 +25,38 @@ import os
 import random
 import re
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
 
 from .cache import dir_writable, fallback_dir, lock_for
 from .errors import DatasetError, DatasetNotFoundError, SplitFileError
 from .registry import DatasetInfo
-from .splitfile import (listdir_nohidden, read_split_json, split_three_way, split_trainval,
-                        write_split_json)
+from .splitfile import listdir_nohidden, read_split_json, split_three_way, split_trainval, write_split_json
 from .types import Datum
 
-logger = logging.getLogger("harness.data")
+logger = logging.getLogger(__name__)
 
-Splits = Tuple[List[Datum], List[Datum], List[Datum]]
+Splits = tuple[list[Datum], list[Datum], list[Datum]]
 
 CALTECH_IGNORED = ("BACKGROUND_Google", "Faces_easy")
-CALTECH_RENAME = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard",
-                  "Motorbikes": "motorbike"}
+CALTECH_RENAME = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
 EUROSAT_RENAME = {
-    "AnnualCrop": "Annual Crop Land", "Forest": "Forest",
-    "HerbaceousVegetation": "Herbaceous Vegetation Land", "Highway": "Highway or Road",
-    "Industrial": "Industrial Buildings", "Pasture": "Pasture Land",
-    "PermanentCrop": "Permanent Crop Land", "Residential": "Residential Buildings",
-    "River": "River", "SeaLake": "Sea or Lake",
+    "AnnualCrop": "Annual Crop Land",
+    "Forest": "Forest",
+    "HerbaceousVegetation": "Herbaceous Vegetation Land",
+    "Highway": "Highway or Road",
+    "Industrial": "Industrial Buildings",
+    "Pasture": "Pasture Land",
+    "PermanentCrop": "Permanent Crop Land",
+    "Residential": "Residential Buildings",
+    "River": "River",
+    "SeaLake": "Sea or Lake",
 }
 
 
 # ---------------------------------------------------------------------------------------------
 # Name rules
 # ---------------------------------------------------------------------------------------------
+
 
 def ucf_classname(action: str) -> str:
     """UCF101 CamelCase action -> words joined by underscores (``ApplyEyeMakeup`` ->
@@ -81,17 +85,19 @@ def pets_classname(stem: str) -> str:
 # JSON datasets (+ fallbacks that generate the JSON)
 # ---------------------------------------------------------------------------------------------
 
+
 def _need(path: str, what: str, info: DatasetInfo, split_path: str) -> str:
     if not os.path.exists(path):
         raise SplitFileError(
             f"{info.paper_name}: split file {split_path} not found, and {what} {path} needed to "
             f"generate one is missing too. The authors' split file is required for comparable "
-            f"results: get it from {info.download} and put it at {split_path}")
+            f"results: get it from {info.download} and put it at {split_path}"
+        )
     return path
 
 
-def _read_lines(path: str) -> List[str]:
-    with open(path, "r", encoding="utf-8") as f:
+def _read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
         return [ln.rstrip("\n").rstrip("\r") for ln in f]
 
 
@@ -113,13 +119,11 @@ def _gen_eurosat(info, ddir, image_dir, rng, sp):
 def _gen_pets(info, ddir, image_dir, rng, sp):
     def read(fname):
         items = []
-        for ln in _read_lines(_need(os.path.join(ddir, "annotations", fname), "annotation file",
-                                    info, sp)):
+        for ln in _read_lines(_need(os.path.join(ddir, "annotations", fname), "annotation file", info, sp)):
             if not ln.strip() or ln.startswith("#"):
                 continue
             stem, cid = ln.strip().split(" ")[:2]
-            items.append(Datum(os.path.join(image_dir, stem + ".jpg"), int(cid) - 1,
-                               pets_classname(stem)))
+            items.append(Datum(os.path.join(image_dir, stem + ".jpg"), int(cid) - 1, pets_classname(stem)))
         return items
 
     train, val = split_trainval(read("trainval.txt"), rng)
@@ -127,8 +131,11 @@ def _gen_pets(info, ddir, image_dir, rng, sp):
 
 
 def _gen_sun397(info, ddir, image_dir, rng, sp):
-    keys = [ln.strip()[1:] for ln in _read_lines(_need(os.path.join(ddir, "ClassName.txt"),
-                                                       "class list", info, sp)) if ln.strip()]
+    keys = [
+        ln.strip()[1:]
+        for ln in _read_lines(_need(os.path.join(ddir, "ClassName.txt"), "class list", info, sp))
+        if ln.strip()
+    ]
     key2lab = {k: i for i, k in enumerate(keys)}
 
     def read(fname):
@@ -160,8 +167,7 @@ def _gen_ucf101(info, ddir, image_dir, rng, sp):
                 continue
             action, fname_ = ln.strip().split(" ")[0].split("/")
             name = ucf_classname(action)
-            items.append(Datum(os.path.join(image_dir, name, fname_.replace(".avi", ".jpg")),
-                               cname2lab[action], name))
+            items.append(Datum(os.path.join(image_dir, name, fname_.replace(".avi", ".jpg")), cname2lab[action], name))
         return items
 
     train, val = split_trainval(read("trainlist01.txt"), rng)
@@ -172,8 +178,7 @@ def _loadmat(path):
     try:
         from scipy.io import loadmat
     except ImportError as e:  # pragma: no cover - scipy is normally installed
-        raise SplitFileError(f"reading {path} needs SciPy (pip install scipy), or use the "
-                             f"authors' split JSON") from e
+        raise SplitFileError(f"reading {path} needs SciPy (pip install scipy), or use the authors' split JSON") from e
     return loadmat(path)
 
 
@@ -182,7 +187,7 @@ def _gen_flowers(info, ddir, image_dir, rng, sp):
     labels = [int(x) for x in labels["labels"].ravel()]
     with open(_need(os.path.join(ddir, "cat_to_name.json"), "class-name file", info, sp)) as f:
         lab2cname = json.load(f)
-    groups: Dict[int, List[str]] = OrderedDict()
+    groups: dict[int, list[str]] = OrderedDict()
     for i, lab in enumerate(labels):
         groups.setdefault(lab, []).append(os.path.join(image_dir, f"image_{i + 1:05d}.jpg"))
     train, val, test = [], [], []
@@ -194,8 +199,8 @@ def _gen_flowers(info, ddir, image_dir, rng, sp):
             raise SplitFileError(f"Flowers class {lab} has only {n} images; use the split JSON")
         items = [Datum(p, lab - 1, lab2cname[str(lab)]) for p in ims]
         train += items[:n_train]
-        val += items[n_train:n_train + n_val]
-        test += items[n_train + n_val:]
+        val += items[n_train : n_train + n_val]
+        test += items[n_train + n_val :]
     return train, val, test
 
 
@@ -218,27 +223,32 @@ def _gen_cars(info, ddir, image_dir, rng, sp):
             items.append(Datum(os.path.join(ddir, folder, fname), lab, names[lab]))
         return items
 
-    train, val = split_trainval(read(os.path.join(ddir, "devkit", "cars_train_annos.mat"),
-                                     "cars_train"), rng)
+    train, val = split_trainval(read(os.path.join(ddir, "devkit", "cars_train_annos.mat"), "cars_train"), rng)
     test = read(os.path.join(ddir, "cars_test_annos_withlabels.mat"), "cars_test")
     return train, val, test
 
 
-GENERATORS: Dict[str, Callable] = {
-    "caltech101": _gen_caltech, "food101": _gen_folders, "dtd": _gen_folders,
-    "eurosat": _gen_eurosat, "oxford_pets": _gen_pets, "sun397": _gen_sun397,
-    "ucf101": _gen_ucf101, "oxford_flowers": _gen_flowers, "stanford_cars": _gen_cars,
+GENERATORS: dict[str, Callable] = {
+    "caltech101": _gen_caltech,
+    "food101": _gen_folders,
+    "dtd": _gen_folders,
+    "eurosat": _gen_eurosat,
+    "oxford_pets": _gen_pets,
+    "sun397": _gen_sun397,
+    "ucf101": _gen_ucf101,
+    "oxford_flowers": _gen_flowers,
+    "stanford_cars": _gen_cars,
 }
 
 
-def split_json_candidates(info: DatasetInfo, ddir: str, cache_dir: Optional[str]) -> List[str]:
+def split_json_candidates(info: DatasetInfo, ddir: str, cache_dir: str | None) -> list[str]:
     """Where a split JSON is looked for: the dataset folder, then the writable cache folder."""
-    return [os.path.join(ddir, info.split_file),
-            os.path.join(fallback_dir(info.key, cache_dir), info.split_file)]
+    return [os.path.join(ddir, info.split_file), os.path.join(fallback_dir(info.key, cache_dir), info.split_file)]
 
 
-def read_json_dataset(info: DatasetInfo, ddir: str, seed: int = 1,
-                      cache_dir: Optional[str] = None, generate: bool = True) -> Splits:
+def read_json_dataset(
+    info: DatasetInfo, ddir: str, seed: int = 1, cache_dir: str | None = None, generate: bool = True
+) -> Splits:
     image_dir = os.path.join(ddir, info.image_dir) if info.image_dir else ddir
     primary, alt = split_json_candidates(info, ddir, cache_dir)
     fix = f"get the authors' file from {info.download} and put it at {primary}"
@@ -247,8 +257,7 @@ def read_json_dataset(info: DatasetInfo, ddir: str, seed: int = 1,
             return read_split_json(p, image_dir, fix)
     gen = GENERATORS.get(info.key)
     if gen is None or not generate:
-        raise SplitFileError(f"{info.paper_name}: split file {primary} not found; the split JSON "
-                             f"is required: {fix}")
+        raise SplitFileError(f"{info.paper_name}: split file {primary} not found; the split JSON is required: {fix}")
     target = primary if dir_writable(ddir) else alt
     os.makedirs(os.path.dirname(target), exist_ok=True)
     with lock_for(target):
@@ -260,7 +269,12 @@ def read_json_dataset(info: DatasetInfo, ddir: str, seed: int = 1,
     logger.warning(
         "%s: split file %s was missing; GENERATED a new random split (seed %s) and wrote it to %s. "
         "This is NOT the authors' split, so results are not comparable with the paper; %s.",
-        info.paper_name, primary, seed, target, fix)
+        info.paper_name,
+        primary,
+        seed,
+        target,
+        fix,
+    )
     return read_split_json(target, image_dir, fix)
 
 
@@ -268,11 +282,14 @@ def read_json_dataset(info: DatasetInfo, ddir: str, seed: int = 1,
 # FGVCAircraft
 # ---------------------------------------------------------------------------------------------
 
+
 def read_fgvc(info: DatasetInfo, ddir: str, **_) -> Splits:
     image_dir = os.path.join(ddir, info.image_dir)
     vpath = os.path.join(ddir, "variants.txt")
-    hint = (f"expected the data/ folder of fgvc-aircraft-2013b renamed to {ddir} "
-            f"(images/<id>.jpg, variants.txt, images_variant_{{train,val,test}}.txt)")
+    hint = (
+        f"expected the data/ folder of fgvc-aircraft-2013b renamed to {ddir} "
+        f"(images/<id>.jpg, variants.txt, images_variant_{{train,val,test}}.txt)"
+    )
     if not os.path.isfile(vpath):
         raise SplitFileError(f"FGVCAircraft: {vpath} not found; {hint}")
     classnames = [ln.strip() for ln in _read_lines(vpath) if ln.strip()]
@@ -289,8 +306,7 @@ def read_fgvc(info: DatasetInfo, ddir: str, **_) -> Splits:
                 continue
             cname = " ".join(parts[1:])
             if cname not in cname2lab:
-                raise SplitFileError(f"FGVCAircraft: {path} line {i + 1}: variant {cname!r} is not "
-                                     f"in {vpath}; {hint}")
+                raise SplitFileError(f"FGVCAircraft: {path} line {i + 1}: variant {cname!r} is not in {vpath}; {hint}")
             items.append(Datum(os.path.join(image_dir, parts[0] + ".jpg"), cname2lab[cname], cname))
         out.append(items)
     return out[0], out[1], out[2]
@@ -300,14 +316,16 @@ def read_fgvc(info: DatasetInfo, ddir: str, **_) -> Splits:
 # ImageNet family
 # ---------------------------------------------------------------------------------------------
 
-def read_classnames(path: str) -> "OrderedDict[str, str]":
+
+def read_classnames(path: str) -> OrderedDict[str, str]:
     """Parse ``classnames.txt``: ``<wnid> <name with spaces>`` per line, in file order."""
     if not os.path.isfile(path):
         raise DatasetNotFoundError(
             f"class-name file {path} not found; it holds 1,000 lines '<wnid> <class name>' "
             f"(CLIP's ImageNet names): get it from https://drive.google.com/file/d/"
-            f"1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF and put a copy at {path}")
-    out: "OrderedDict[str, str]" = OrderedDict()
+            f"1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF and put a copy at {path}"
+        )
+    out: OrderedDict[str, str] = OrderedDict()
     for i, ln in enumerate(_read_lines(path)):
         ln = ln.strip()
         if not ln:
@@ -319,22 +337,22 @@ def read_classnames(path: str) -> "OrderedDict[str, str]":
     return out
 
 
-def _scan_wnid_folders(folder: str, classnames: Dict[str, str], cn_path: str,
-                       ignore=("README.txt",)) -> List[Datum]:
+def _scan_wnid_folders(folder: str, classnames: dict[str, str], cn_path: str, ignore=("README.txt",)) -> list[Datum]:
     if not os.path.isdir(folder):
         raise DatasetNotFoundError(f"image folder {folder} not found; expected {folder}/<wnid>/*")
-    loose = [n for n in listdir_nohidden(folder) if n not in ignore
-             and not os.path.isdir(os.path.join(folder, n))]
+    loose = [n for n in listdir_nohidden(folder) if n not in ignore and not os.path.isdir(os.path.join(folder, n))]
     wnids = listdir_nohidden(folder, dirs_only=True)
     if not wnids:
         raise DatasetError(
             f"{folder} has no class sub-folders (found {len(loose)} loose files); the images must "
-            f"be arranged into one folder per wnid: {folder}/<wnid>/<image>")
+            f"be arranged into one folder per wnid: {folder}/<wnid>/<image>"
+        )
     items = []
     for label, wnid in enumerate(wnids):
         if wnid not in classnames:
-            raise DatasetError(f"folder {os.path.join(folder, wnid)} is not a wnid listed in "
-                               f"{cn_path}; remove it or fix {cn_path}")
+            raise DatasetError(
+                f"folder {os.path.join(folder, wnid)} is not a wnid listed in {cn_path}; remove it or fix {cn_path}"
+            )
         cdir = os.path.join(folder, wnid)
         name = classnames[wnid]
         items += [Datum(os.path.join(cdir, f), label, name) for f in listdir_nohidden(cdir)]
@@ -362,7 +380,8 @@ def read_imagenetv2(info: DatasetInfo, ddir: str, **_) -> Splits:
         if not os.path.isdir(cdir):
             raise DatasetNotFoundError(
                 f"ImageNetV2: class folder {cdir} not found; expected one folder per class index "
-                f"0 … {len(names) - 1} under {folder} (matched-frequency release)")
+                f"0 … {len(names) - 1} under {folder} (matched-frequency release)"
+            )
         items += [Datum(os.path.join(cdir, f), label, name) for f in listdir_nohidden(cdir)]
     return items, [], items
 
@@ -374,17 +393,22 @@ def read_wnid_variant(info: DatasetInfo, ddir: str, **_) -> Splits:
     return items, [], items
 
 
-READERS: Dict[str, Callable[..., Splits]] = {
-    "json": read_json_dataset, "fgvc_txt": read_fgvc, "imagenet": read_imagenet,
-    "imagenetv2": read_imagenetv2, "wnid_folders": read_wnid_variant,
+READERS: dict[str, Callable[..., Splits]] = {
+    "json": read_json_dataset,
+    "fgvc_txt": read_fgvc,
+    "imagenet": read_imagenet,
+    "imagenetv2": read_imagenetv2,
+    "wnid_folders": read_wnid_variant,
 }
 
 
-def read_dataset(info: DatasetInfo, ddir: str, seed: int = 1, cache_dir: Optional[str] = None,
-                 generate: bool = True) -> Splits:
+def read_dataset(
+    info: DatasetInfo, ddir: str, seed: int = 1, cache_dir: str | None = None, generate: bool = True
+) -> Splits:
     """Full train/val/test lists of a dataset folder (no sampling, no subsampling)."""
     if not os.path.isdir(ddir):
         raise DatasetNotFoundError(
             f"{info.paper_name}: dataset folder {ddir} not found; expected the layout of "
-            f"PROTOCOL §3.2 under the data root ({info.folder}/). Get it from: {info.download}")
+            f"PROTOCOL.md 3.2 under the data root ({info.folder}/). Get it from: {info.download}"
+        )
     return READERS[info.source](info, ddir, seed=seed, cache_dir=cache_dir, generate=generate)

@@ -1,103 +1,226 @@
-"""Registry of the benchmark's datasets (PROTOCOL §3.1)."""
+"""Registry of the benchmark's datasets (PROTOCOL.md 3.1)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
 
 from .errors import UnknownDatasetError
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    key: str                 # config name, e.g. "oxford_pets"
-    paper_name: str          # DATASET.NAME, e.g. "OxfordPets" (also the template-table key)
-    folder: str              # folder under the data root
-    image_dir: str           # folder (relative to ``folder``) that split paths are relative to
-    split_file: Optional[str]  # split JSON file name inside ``folder`` (None: no JSON)
-    num_classes: int         # expected number of classes
-    sizes: Tuple[Optional[int], Optional[int], Optional[int]]  # expected train / val / test sizes
+    key: str  # config name, e.g. "oxford_pets"
+    paper_name: str  # DATASET.NAME, e.g. "OxfordPets" (also the template-table key)
+    folder: str  # folder under the data root
+    image_dir: str  # folder (relative to ``folder``) that split paths are relative to
+    split_file: str | None  # split JSON file name inside ``folder`` (None: no JSON)
+    num_classes: int  # expected number of classes
+    sizes: tuple[int | None, int | None, int | None]  # expected train / val / test sizes
     test_only: bool = False
-    source: str = "json"     # json | fgvc_txt | imagenet | imagenetv2 | wnid_folders
-    download: str = ""       # where to get the data (human readable)
+    source: str = "json"  # json | fgvc_txt | imagenet | imagenetv2 | wnid_folders
+    download: str = ""  # where to get the data (human readable)
 
 
 def _json(key, paper, folder, image_dir, ncls, sizes, download):
-    return DatasetInfo(key, paper, folder, image_dir, f"split_zhou_{paper}.json", ncls, sizes,
-                       download=download)
+    return DatasetInfo(key, paper, folder, image_dir, f"split_zhou_{paper}.json", ncls, sizes, download=download)
 
 
 _GD = "https://drive.google.com/file/d/{}"
 
 _ENTRIES = [
-    DatasetInfo("imagenet", "ImageNet", "imagenet", "images", None, 1000, (1281167, 50000, 50000),
-                source="imagenet",
-                download="ILSVRC2012 train + val from image-net.org (val images arranged into the "
-                         "1,000 wnid folders); classnames.txt from " + _GD.format(
-                             "1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF")),
-    _json("caltech101", "Caltech101", "caltech-101", "101_ObjectCategories", 100,
-          (4128, 1649, 2465),
-          "101_ObjectCategories.tar.gz from the Caltech-101 site; split JSON "
-          + _GD.format("1hyarUivQE36mY6jSomru6Fjd-JzwcCzN")),
-    _json("oxford_pets", "OxfordPets", "oxford_pets", "images", 37, (2944, 736, 3669),
-          "images.tar.gz + annotations.tar.gz from the Oxford-IIIT Pet site; split JSON "
-          + _GD.format("1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs")),
-    _json("stanford_cars", "StanfordCars", "stanford_cars", "", 196, (6509, 1635, 8041),
-          "cars_train, cars_test, devkit and cars_test_annos_withlabels.mat; split JSON "
-          + _GD.format("1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT")),
-    _json("oxford_flowers", "OxfordFlowers", "oxford_flowers", "jpg", 102, (4093, 1633, 2463),
-          "102flowers.tgz + imagelabels.mat from the VGG Flowers-102 site; cat_to_name.json "
-          + _GD.format("1AkcxCXeK_RCGCEC_GvmWxjcjaNhu-at0") + "; split JSON "
-          + _GD.format("1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT")),
-    _json("food101", "Food101", "food-101", "images", 101, (50500, 20200, 30300),
-          "food-101.tar.gz from the ETH Food-101 site; split JSON "
-          + _GD.format("1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl")),
-    DatasetInfo("fgvc_aircraft", "FGVCAircraft", "fgvc_aircraft", "images", None, 100,
-                (3334, 3333, 3333), source="fgvc_txt",
-                download="fgvc-aircraft-2013b.tar.gz; move its data/ folder to fgvc_aircraft/"),
-    _json("sun397", "SUN397", "sun397", "SUN397", 397, (15880, 3970, 19850),
-          "SUN397.tar.gz + Partitions.zip from the SUN database site; split JSON "
-          + _GD.format("1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq")),
-    _json("dtd", "DescribableTextures", "dtd", "images", 47, (2820, 1128, 1692),
-          "dtd-r1.0.1.tar.gz from the DTD site; split JSON "
-          + _GD.format("1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x")),
-    _json("eurosat", "EuroSAT", "eurosat", "2750", 10, (13500, 5400, 8100),
-          "EuroSAT.zip (RGB) extracted to eurosat/2750/; split JSON "
-          + _GD.format("1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o")),
-    _json("ucf101", "UCF101", "ucf101", "UCF-101-midframes", 101, (7639, 1898, 3783),
-          "UCF-101-midframes.zip " + _GD.format("10Jqome3vtUA2keJkNanAiFpgbyC9Hc2O")
-          + "; split JSON " + _GD.format("1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y")),
-    DatasetInfo("imagenetv2", "ImageNetV2", "imagenetv2",
-                "imagenetv2-matched-frequency-format-val", None, 1000, (None, None, 10000),
-                test_only=True, source="imagenetv2",
-                download="imagenetv2-matched-frequency.tar.gz from the ImageNetV2 release; copy "
-                         "imagenet/classnames.txt next to it"),
-    DatasetInfo("imagenet_sketch", "ImageNetSketch", "imagenet-sketch", "images", None, 1000,
-                (None, None, 50889), test_only=True, source="wnid_folders",
-                download="ImageNet-Sketch (images/<wnid>/...); copy imagenet/classnames.txt"),
-    DatasetInfo("imagenet_a", "ImageNetA", "imagenet-adversarial", "imagenet-a", None, 200,
-                (None, None, 7500), test_only=True, source="wnid_folders",
-                download="imagenet-a.tar from the natural-adv-examples release; copy "
-                         "imagenet/classnames.txt"),
-    DatasetInfo("imagenet_r", "ImageNetR", "imagenet-rendition", "imagenet-r", None, 200,
-                (None, None, 30000), test_only=True, source="wnid_folders",
-                download="imagenet-r.tar from the imagenet-r release; copy imagenet/classnames.txt"),
-    DatasetInfo("synthetic", "Synthetic", "synthetic", "images", "split_zhou_Synthetic.json", 10,
-                (None, None, None),
-                download="generate it: python -c \"from harness.data.synthetic import "
-                         "make_synthetic_dataset; make_synthetic_dataset('DATA_ROOT')\""),
+    DatasetInfo(
+        "imagenet",
+        "ImageNet",
+        "imagenet",
+        "images",
+        None,
+        1000,
+        (1281167, 50000, 50000),
+        source="imagenet",
+        download="ILSVRC2012 train + val from image-net.org (val images arranged into the "
+        "1,000 wnid folders); classnames.txt from " + _GD.format("1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF"),
+    ),
+    _json(
+        "caltech101",
+        "Caltech101",
+        "caltech-101",
+        "101_ObjectCategories",
+        100,
+        (4128, 1649, 2465),
+        "101_ObjectCategories.tar.gz from the Caltech-101 site; split JSON "
+        + _GD.format("1hyarUivQE36mY6jSomru6Fjd-JzwcCzN"),
+    ),
+    _json(
+        "oxford_pets",
+        "OxfordPets",
+        "oxford_pets",
+        "images",
+        37,
+        (2944, 736, 3669),
+        "images.tar.gz + annotations.tar.gz from the Oxford-IIIT Pet site; split JSON "
+        + _GD.format("1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs"),
+    ),
+    _json(
+        "stanford_cars",
+        "StanfordCars",
+        "stanford_cars",
+        "",
+        196,
+        (6509, 1635, 8041),
+        "cars_train, cars_test, devkit and cars_test_annos_withlabels.mat; split JSON "
+        + _GD.format("1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT"),
+    ),
+    _json(
+        "oxford_flowers",
+        "OxfordFlowers",
+        "oxford_flowers",
+        "jpg",
+        102,
+        (4093, 1633, 2463),
+        "102flowers.tgz + imagelabels.mat from the VGG Flowers-102 site; cat_to_name.json "
+        + _GD.format("1AkcxCXeK_RCGCEC_GvmWxjcjaNhu-at0")
+        + "; split JSON "
+        + _GD.format("1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT"),
+    ),
+    _json(
+        "food101",
+        "Food101",
+        "food-101",
+        "images",
+        101,
+        (50500, 20200, 30300),
+        "food-101.tar.gz from the ETH Food-101 site; split JSON " + _GD.format("1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl"),
+    ),
+    DatasetInfo(
+        "fgvc_aircraft",
+        "FGVCAircraft",
+        "fgvc_aircraft",
+        "images",
+        None,
+        100,
+        (3334, 3333, 3333),
+        source="fgvc_txt",
+        download="fgvc-aircraft-2013b.tar.gz; move its data/ folder to fgvc_aircraft/",
+    ),
+    _json(
+        "sun397",
+        "SUN397",
+        "sun397",
+        "SUN397",
+        397,
+        (15880, 3970, 19850),
+        "SUN397.tar.gz + Partitions.zip from the SUN database site; split JSON "
+        + _GD.format("1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq"),
+    ),
+    _json(
+        "dtd",
+        "DescribableTextures",
+        "dtd",
+        "images",
+        47,
+        (2820, 1128, 1692),
+        "dtd-r1.0.1.tar.gz from the DTD site; split JSON " + _GD.format("1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x"),
+    ),
+    _json(
+        "eurosat",
+        "EuroSAT",
+        "eurosat",
+        "2750",
+        10,
+        (13500, 5400, 8100),
+        "EuroSAT.zip (RGB) extracted to eurosat/2750/; split JSON " + _GD.format("1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o"),
+    ),
+    _json(
+        "ucf101",
+        "UCF101",
+        "ucf101",
+        "UCF-101-midframes",
+        101,
+        (7639, 1898, 3783),
+        "UCF-101-midframes.zip "
+        + _GD.format("10Jqome3vtUA2keJkNanAiFpgbyC9Hc2O")
+        + "; split JSON "
+        + _GD.format("1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y"),
+    ),
+    DatasetInfo(
+        "imagenetv2",
+        "ImageNetV2",
+        "imagenetv2",
+        "imagenetv2-matched-frequency-format-val",
+        None,
+        1000,
+        (None, None, 10000),
+        test_only=True,
+        source="imagenetv2",
+        download="imagenetv2-matched-frequency.tar.gz from the ImageNetV2 release; copy "
+        "imagenet/classnames.txt next to it",
+    ),
+    DatasetInfo(
+        "imagenet_sketch",
+        "ImageNetSketch",
+        "imagenet-sketch",
+        "images",
+        None,
+        1000,
+        (None, None, 50889),
+        test_only=True,
+        source="wnid_folders",
+        download="ImageNet-Sketch (images/<wnid>/...); copy imagenet/classnames.txt",
+    ),
+    DatasetInfo(
+        "imagenet_a",
+        "ImageNetA",
+        "imagenet-adversarial",
+        "imagenet-a",
+        None,
+        200,
+        (None, None, 7500),
+        test_only=True,
+        source="wnid_folders",
+        download="imagenet-a.tar from the natural-adv-examples release; copy imagenet/classnames.txt",
+    ),
+    DatasetInfo(
+        "imagenet_r",
+        "ImageNetR",
+        "imagenet-rendition",
+        "imagenet-r",
+        None,
+        200,
+        (None, None, 30000),
+        test_only=True,
+        source="wnid_folders",
+        download="imagenet-r.tar from the imagenet-r release; copy imagenet/classnames.txt",
+    ),
+    DatasetInfo(
+        "synthetic",
+        "Synthetic",
+        "synthetic",
+        "images",
+        "split_zhou_Synthetic.json",
+        10,
+        (None, None, None),
+        download='generate it: python -c "from harness.data.synthetic import '
+        "make_synthetic_dataset; make_synthetic_dataset('DATA_ROOT')\"",
+    ),
 ]
 
-DATASETS: Dict[str, DatasetInfo] = {e.key: e for e in _ENTRIES}
+DATASETS: dict[str, DatasetInfo] = {e.key: e for e in _ENTRIES}
 
-# Accepted spellings besides the keys: DATASET.NAME and the names used in COOP.md (§18.10).
+# Accepted spellings besides the keys: DATASET.NAME and the names used in COOP.md (PROTOCOL.md 18.10).
 _ALIASES = {e.paper_name.lower(): e.key for e in _ENTRIES}
-_ALIASES.update({"imagenet-sketch": "imagenet_sketch", "imagenet-a": "imagenet_a",
-                 "imagenet-r": "imagenet_r", "describabletextures": "dtd",
-                 "oxfordflowers": "oxford_flowers", "flowers102": "oxford_flowers"})
+_ALIASES.update(
+    {
+        "imagenet-sketch": "imagenet_sketch",
+        "imagenet-a": "imagenet_a",
+        "imagenet-r": "imagenet_r",
+        "describabletextures": "dtd",
+        "oxfordflowers": "oxford_flowers",
+        "flowers102": "oxford_flowers",
+    }
+)
 
 
-def list_datasets(include_synthetic: bool = True) -> List[str]:
+def list_datasets(include_synthetic: bool = True) -> list[str]:
     """Dataset keys in registry order (the 15 benchmark datasets, then ``synthetic``)."""
     return [k for k in DATASETS if include_synthetic or k != "synthetic"]
 
@@ -112,5 +235,4 @@ def get_info(name: str) -> DatasetInfo:
     alias = _ALIASES.get(key.lower()) or _ALIASES.get(key.lower().replace("_", ""))
     if alias:
         return DATASETS[alias]
-    raise UnknownDatasetError(
-        f"unknown dataset {name!r}; valid keys are: {', '.join(DATASETS)}")
+    raise UnknownDatasetError(f"unknown dataset {name!r}; valid keys are: {', '.join(DATASETS)}")

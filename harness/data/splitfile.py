@@ -1,6 +1,6 @@
-"""Split files (PROTOCOL §3.3) and the two generic split-generation routines (§3.4).
+"""Split files (PROTOCOL.md 3.3) and the two generic split-generation routines (PROTOCOL.md 3.4).
 
-Documented deviations from the published code (PROTOCOL §18.8):
+Documented deviations from the published code (PROTOCOL.md 18.8):
 
 * Directory listings are **sorted** wherever the published code used the raw (unsorted,
   file-system dependent) listing — within-class image order of the three-way folder split and of
@@ -16,7 +16,7 @@ import json
 import os
 import random
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from harness.atomic import atomic_write_text
 
@@ -24,7 +24,7 @@ from .errors import SplitFileError
 from .types import Datum
 
 
-def listdir_nohidden(path: str, dirs_only: bool = False, sort: bool = True) -> List[str]:
+def listdir_nohidden(path: str, dirs_only: bool = False, sort: bool = True) -> list[str]:
     """Entries of ``path`` whose names do not start with a dot (sorted by default)."""
     names = [n for n in os.listdir(path) if not n.startswith(".")]
     if dirs_only:
@@ -46,35 +46,42 @@ def write_split_json(path: str, train, val, test, image_dir: str) -> None:
 
 
 def _layout_hint(image_dir: str) -> str:
-    return (f'expected a JSON object {{"train": [...], "val": [...], "test": [...]}} whose items '
-            f'are [path relative to {image_dir}, integer label, class name]')
+    return (
+        f'expected a JSON object {{"train": [...], "val": [...], "test": [...]}} whose items '
+        f"are [path relative to {image_dir}, integer label, class name]"
+    )
 
 
-def read_split_json(path: str, image_dir: str, fix: str = "") -> Tuple[List[Datum], List[Datum], List[Datum]]:
-    """Read a split JSON (PROTOCOL §3.3), preserving list order; validates its structure."""
-    fix = fix or "re-download the authors' split file (PROTOCOL §3.2) and put it at that path"
+def read_split_json(path: str, image_dir: str, fix: str = "") -> tuple[list[Datum], list[Datum], list[Datum]]:
+    """Read a split JSON (PROTOCOL.md 3.3), preserving list order; validates its structure."""
+    fix = fix or "re-download the authors' split file (PROTOCOL.md 3.2) and put it at that path"
     if not os.path.isfile(path):
         raise SplitFileError(f"split file not found: {path}; {fix}")
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             obj = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SplitFileError(f"cannot read split file {path}: {e}; {_layout_hint(image_dir)}; "
-                             f"{fix}") from e
+        raise SplitFileError(f"cannot read split file {path}: {e}; {_layout_hint(image_dir)}; {fix}") from e
     if not isinstance(obj, dict) or not all(k in obj for k in ("train", "val", "test")):
         got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-        raise SplitFileError(f"split file {path} has the wrong structure (got {got}); "
-                             f"{_layout_hint(image_dir)}; {fix}")
+        raise SplitFileError(f"split file {path} has the wrong structure (got {got}); {_layout_hint(image_dir)}; {fix}")
     out = []
     for split in ("train", "val", "test"):
         items = obj[split]
         if not isinstance(items, list):
-            raise SplitFileError(f"split file {path}: {split!r} is a {type(items).__name__}, not a "
-                                 f"list; {_layout_hint(image_dir)}; {fix}")
+            raise SplitFileError(
+                f"split file {path}: {split!r} is a {type(items).__name__}, not a "
+                f"list; {_layout_hint(image_dir)}; {fix}"
+            )
         data = []
         for i, it in enumerate(items):
-            ok = (isinstance(it, (list, tuple)) and len(it) == 3 and isinstance(it[0], str)
-                  and isinstance(it[2], str) and not isinstance(it[1], bool))
+            ok = (
+                isinstance(it, (list, tuple))
+                and len(it) == 3
+                and isinstance(it[0], str)
+                and isinstance(it[2], str)
+                and not isinstance(it[1], bool)
+            )
             if ok:
                 try:
                     label = int(it[1])
@@ -82,9 +89,11 @@ def read_split_json(path: str, image_dir: str, fix: str = "") -> Tuple[List[Datu
                 except (TypeError, ValueError):
                     ok = False
             if not ok:
-                raise SplitFileError(f"split file {path}: item {i} of {split!r} is {it!r}, expected "
-                                     f"[relative path, integer label >= 0, class name]; "
-                                     f"{_layout_hint(image_dir)}; {fix}")
+                raise SplitFileError(
+                    f"split file {path}: item {i} of {split!r} is {it!r}, expected "
+                    f"[relative path, integer label >= 0, class name]; "
+                    f"{_layout_hint(image_dir)}; {fix}"
+                )
             data.append(Datum(os.path.join(image_dir, it[0]), label, it[2]))
         out.append(data)
     return out[0], out[1], out[2]
@@ -94,9 +103,15 @@ def read_split_json(path: str, image_dir: str, fix: str = "") -> Tuple[List[Datu
 # Generic split-generation routines (used only when a split JSON is missing).
 # ---------------------------------------------------------------------------------------------
 
-def split_three_way(image_dir: str, rng: random.Random, ignored: Sequence[str] = (),
-                    new_cnames: Optional[Dict[str, str]] = None,
-                    p_train: float = 0.5, p_val: float = 0.2):
+
+def split_three_way(
+    image_dir: str,
+    rng: random.Random,
+    ignored: Sequence[str] = (),
+    new_cnames: dict[str, str] | None = None,
+    p_train: float = 0.5,
+    p_val: float = 0.2,
+):
     """The "DTD routine": sorted class folders, per class shuffle then 50/20/30 with round()."""
     new_cnames = new_cnames or {}
     classes = [c for c in listdir_nohidden(image_dir, dirs_only=True) if c not in ignored]
@@ -109,28 +124,32 @@ def split_three_way(image_dir: str, rng: random.Random, ignored: Sequence[str] =
         n_train, n_val = round(n * p_train), round(n * p_val)
         n_test = n - n_train - n_val
         if not (n_train > 0 and n_val > 0 and n_test > 0):
-            raise SplitFileError(f"class folder {cdir} has only {n} images, too few for a "
-                                 f"train/val/test split; use the authors' split JSON instead")
+            raise SplitFileError(
+                f"class folder {cdir} has only {n} images, too few for a "
+                f"train/val/test split; use the authors' split JSON instead"
+            )
         name = new_cnames.get(cname, cname)
         items = [Datum(os.path.join(cdir, im), label, name) for im in ims]
         train += items[:n_train]
-        val += items[n_train:n_train + n_val]
-        test += items[n_train + n_val:]
+        val += items[n_train : n_train + n_val]
+        test += items[n_train + n_val :]
     return train, val, test
 
 
-def split_trainval(trainval: List[Datum], rng: random.Random, p_val: float = 0.2):
+def split_trainval(trainval: list[Datum], rng: random.Random, p_val: float = 0.2):
     """The "80/20 routine": per label (first-appearance order) shuffle, first round(0.2n) -> val."""
-    groups: Dict[int, List[int]] = OrderedDict()
+    groups: dict[int, list[int]] = OrderedDict()
     for idx, d in enumerate(trainval):
         groups.setdefault(d.label, []).append(idx)
     train, val = [], []
-    for label, idxs in groups.items():
+    for idxs in groups.values():
         n_val = round(len(idxs) * p_val)
         if n_val <= 0:
-            raise SplitFileError(f"class {trainval[idxs[0]].classname!r} has only {len(idxs)} "
-                                 f"train+val images, too few for a validation split; use the "
-                                 f"authors' split JSON instead")
+            raise SplitFileError(
+                f"class {trainval[idxs[0]].classname!r} has only {len(idxs)} "
+                f"train+val images, too few for a validation split; use the "
+                f"authors' split JSON instead"
+            )
         rng.shuffle(idxs)
         for n, idx in enumerate(idxs):
             (val if n < n_val else train).append(trainval[idx])

@@ -10,25 +10,30 @@ from __future__ import annotations
 import json
 import os
 import random
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-
 from .splitfile import write_split_json
 from .types import Datum
 
-COLOURS: List[Tuple[str, Tuple[int, int, int]]] = [
-    ("red", (220, 30, 30)), ("green", (30, 170, 50)), ("blue", (30, 60, 220)),
-    ("yellow", (235, 215, 30)), ("purple", (140, 40, 170)), ("orange", (245, 140, 20)),
-    ("cyan", (30, 200, 210)), ("pink", (245, 120, 180)), ("brown", (120, 75, 30)),
+COLOURS: list[tuple[str, tuple[int, int, int]]] = [
+    ("red", (220, 30, 30)),
+    ("green", (30, 170, 50)),
+    ("blue", (30, 60, 220)),
+    ("yellow", (235, 215, 30)),
+    ("purple", (140, 40, 170)),
+    ("orange", (245, 140, 20)),
+    ("cyan", (30, 200, 210)),
+    ("pink", (245, 120, 180)),
+    ("brown", (120, 75, 30)),
     ("black", (20, 20, 20)),
 ]
 SHAPES = ["circle", "square", "triangle", "cross", "ring", "diamond"]
 
 
-def synthetic_classes(num_classes: int) -> List[Tuple[str, Tuple[int, int, int], str]]:
+def synthetic_classes(num_classes: int) -> list[tuple[str, tuple[int, int, int], str]]:
     """(class name, RGB colour, shape) for each class; the first 10 differ in colour *and* shape."""
     nc, ns = len(COLOURS), len(SHAPES)
     if not 1 <= num_classes <= nc * ns:
@@ -83,9 +88,15 @@ def render_image(rgb, shape: str, size: int, rng: random.Random) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
-def make_synthetic_dataset(root: str, num_classes: int = 10, train_per_class: int = 24,
-                           val_per_class: int = 6, test_per_class: int = 12, image_size: int = 64,
-                           seed: int = 0) -> str:
+def make_synthetic_dataset(
+    root: str,
+    num_classes: int = 10,
+    train_per_class: int = 24,
+    val_per_class: int = 6,
+    test_per_class: int = 12,
+    image_size: int = 64,
+    seed: int = 0,
+) -> str:
     """Write ``<root>/synthetic/images/<class>/<n>.jpg`` and ``split_zhou_Synthetic.json``.
 
     Class names look like real ones (``red_circle``, ``green_square``…); train/val/test items of a
@@ -103,8 +114,7 @@ def make_synthetic_dataset(root: str, num_classes: int = 10, train_per_class: in
             path = os.path.join(cdir, f"{n}.jpg")
             img.save(path, quality=90)
             d = Datum(path, label, cname)
-            (train if n < train_per_class else val if n < train_per_class + val_per_class
-             else test).append(d)
+            (train if n < train_per_class else val if n < train_per_class + val_per_class else test).append(d)
     write_split_json(os.path.join(ddir, "split_zhou_Synthetic.json"), train, val, test, image_dir)
     return ddir
 
@@ -114,38 +124,94 @@ def make_synthetic_dataset(root: str, num_classes: int = 10, train_per_class: in
 # ---------------------------------------------------------------------------------------------
 
 IMAGENET_WNIDS = [
-    ("n01440764", "tench"), ("n01443537", "goldfish"), ("n01484850", "great white shark"),
-    ("n01491361", "tiger shark"), ("n01494475", "hammerhead shark"),
-    ("n01496331", "electric ray"), ("n01498041", "stingray"), ("n01514668", "rooster"),
-    ("n01514859", "hen"), ("n01518878", "ostrich"), ("n01530575", "brambling"),
+    ("n01440764", "tench"),
+    ("n01443537", "goldfish"),
+    ("n01484850", "great white shark"),
+    ("n01491361", "tiger shark"),
+    ("n01494475", "hammerhead shark"),
+    ("n01496331", "electric ray"),
+    ("n01498041", "stingray"),
+    ("n01514668", "rooster"),
+    ("n01514859", "hen"),
+    ("n01518878", "ostrich"),
+    ("n01530575", "brambling"),
     ("n01531178", "goldfinch"),
 ]
-CALTECH_FOLDERS = ["Faces", "Leopards", "Motorbikes", "accordion", "airplanes", "anchor", "ant",
-                   "barrel", "bass", "beaver"]
-PETS_BREEDS = ["Abyssinian", "american_bulldog", "american_pit_bull_terrier", "basset_hound",
-               "beagle", "Bengal", "Birman", "Bombay", "boxer", "British_Shorthair"]
-CARS_META = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Acura TL Sedan 2012",
-             "Acura TL Type-S 2008", "Acura TSX Sedan 2012", "Aston Martin V8 Vantage Convertible 2012"]
-FLOWERS = ["pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea",
-           "english marigold", "tiger lily"]
+CALTECH_FOLDERS = [
+    "Faces",
+    "Leopards",
+    "Motorbikes",
+    "accordion",
+    "airplanes",
+    "anchor",
+    "ant",
+    "barrel",
+    "bass",
+    "beaver",
+]
+PETS_BREEDS = [
+    "Abyssinian",
+    "american_bulldog",
+    "american_pit_bull_terrier",
+    "basset_hound",
+    "beagle",
+    "Bengal",
+    "Birman",
+    "Bombay",
+    "boxer",
+    "British_Shorthair",
+]
+CARS_META = [
+    "AM General Hummer SUV 2000",
+    "Acura RL Sedan 2012",
+    "Acura TL Sedan 2012",
+    "Acura TL Type-S 2008",
+    "Acura TSX Sedan 2012",
+    "Aston Martin V8 Vantage Convertible 2012",
+]
+FLOWERS = [
+    "pink primrose",
+    "hard-leaved pocket orchid",
+    "canterbury bells",
+    "sweet pea",
+    "english marigold",
+    "tiger lily",
+]
 FOOD = ["apple_pie", "baby_back_ribs", "baklava", "beef_carpaccio", "beef_tartare", "beet_salad"]
-AIRCRAFT = ["707-320", "Falcon 2000", "A300B4", "F/A-18", "DC-3", "737-200", "Cessna 172",
-            "BAE 146-200"]  # deliberately not sorted: labels follow file order
-SUN_KEYS = ["a/abbey", "a/apartment_building/outdoor", "b/bakery/shop", "b/bedroom", "c/campus",
-            "k/kitchen"]
+AIRCRAFT = [
+    "707-320",
+    "Falcon 2000",
+    "A300B4",
+    "F/A-18",
+    "DC-3",
+    "737-200",
+    "Cessna 172",
+    "BAE 146-200",
+]  # deliberately not sorted: labels follow file order
+SUN_KEYS = ["a/abbey", "a/apartment_building/outdoor", "b/bakery/shop", "b/bedroom", "c/campus", "k/kitchen"]
 DTD = ["banded", "blotchy", "braided", "bubbly", "bumpy", "chequered"]
-EUROSAT = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
-           "PermanentCrop", "Residential", "River", "SeaLake"]
+EUROSAT = [
+    "AnnualCrop",
+    "Forest",
+    "HerbaceousVegetation",
+    "Highway",
+    "Industrial",
+    "Pasture",
+    "PermanentCrop",
+    "Residential",
+    "River",
+    "SeaLake",
+]
 UCF = ["ApplyEyeMakeup", "ApplyLipstick", "Archery", "BabyCrawling", "BalanceBeam", "YoYo"]
 
 DEFAULT_LAYOUT_CLASSES = {"imagenetv2": 12, "eurosat": 10}
 
 
-def _names(pool: Sequence[str], n: int, fmt: str) -> List[str]:
+def _names(pool: Sequence[str], n: int, fmt: str) -> list[str]:
     return list(pool[:n]) + [fmt.format(i) for i in range(len(pool), n)]
 
 
-def _wnids(n: int) -> List[Tuple[str, str]]:
+def _wnids(n: int) -> list[tuple[str, str]]:
     extra = [(f"n0{1600000 + 37 * i:07d}", f"synthetic class {i}") for i in range(len(IMAGENET_WNIDS), n)]
     return sorted((IMAGENET_WNIDS + extra)[:n])
 
@@ -155,13 +221,13 @@ def _tiny(path: str, size: int, rng: random.Random) -> None:
     Image.new("RGB", (size, size), tuple(rng.randint(0, 255) for _ in range(3))).save(path, "JPEG")
 
 
-def _three(items: List[Datum]) -> Tuple[List[Datum], List[Datum], List[Datum]]:
+def _three(items: list[Datum]) -> tuple[list[Datum], list[Datum], list[Datum]]:
     n = len(items)
     n_train, n_val = max(1, n // 2), max(1, n // 5)
-    return items[:n_train], items[n_train:n_train + n_val], items[n_train + n_val:]
+    return items[:n_train], items[n_train : n_train + n_val], items[n_train + n_val :]
 
 
-def _write_classnames(path: str, pairs: Sequence[Tuple[str, str]]) -> None:
+def _write_classnames(path: str, pairs: Sequence[tuple[str, str]]) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.writelines(f"{w} {n}\n" for w, n in pairs)
@@ -177,17 +243,24 @@ def _savemat(path: str, obj: dict) -> bool:
     return True
 
 
-def _mat_annos(rows: List[Tuple[str, int]]):
+def _mat_annos(rows: list[tuple[str, int]]):
     arr = np.zeros((1, len(rows)), dtype=[("fname", "O"), ("class", "O")])
     for i, (fname, cls) in enumerate(rows):
         arr[0, i] = (fname, np.array([[cls]], dtype=np.uint8))
     return arr
 
 
-def make_layout(root: str, key: str, num_classes: Optional[int] = None, images_per_class: int = 10,
-                image_size: int = 16, seed: int = 0, split_json: bool = True,
-                raw_files: bool = True) -> str:
-    """Write a tiny fake copy of dataset ``key`` in its exact on-disk layout (PROTOCOL §3.2).
+def make_layout(
+    root: str,
+    key: str,
+    num_classes: int | None = None,
+    images_per_class: int = 10,
+    image_size: int = 16,
+    seed: int = 0,
+    split_json: bool = True,
+    raw_files: bool = True,
+) -> str:
+    """Write a tiny fake copy of dataset ``key`` in its exact on-disk layout (PROTOCOL.md 3.2).
 
     ``split_json`` writes the authors'-style split JSON (JSON datasets); ``raw_files`` writes the
     files the split-generation fallbacks read (annotations, partition lists, ``.mat`` files…).
@@ -203,16 +276,21 @@ def make_layout(root: str, key: str, num_classes: Optional[int] = None, images_p
     per = images_per_class
     rng = random.Random(f"layout-{key}-{seed}")
     if key == "synthetic":
-        return make_synthetic_dataset(root, num_classes=n, train_per_class=per // 2,
-                                      val_per_class=max(1, per // 5),
-                                      test_per_class=per - per // 2 - max(1, per // 5),
-                                      image_size=image_size, seed=seed)
+        return make_synthetic_dataset(
+            root,
+            num_classes=n,
+            train_per_class=per // 2,
+            val_per_class=max(1, per // 5),
+            test_per_class=per - per // 2 - max(1, per // 5),
+            image_size=image_size,
+            seed=seed,
+        )
     ddir = os.path.join(root, info.folder)
     image_dir = os.path.join(ddir, info.image_dir) if info.image_dir else ddir
     os.makedirs(image_dir, exist_ok=True)
     splits = ([], [], [])
 
-    def add(per_class: List[List[Datum]]):
+    def add(per_class: list[list[Datum]]):
         for items in per_class:
             for s, part in zip(splits, _three(items)):
                 s.extend(part)
@@ -242,8 +320,13 @@ def make_layout(root: str, key: str, num_classes: Optional[int] = None, images_p
         for lab, folder in enumerate(folders):
             items = []
             for i in range(per):
-                fname = (f"image_{i + 1:04d}.jpg" if key == "caltech101" else
-                         f"{folder}_{i + 1}.jpg" if key == "eurosat" else f"{folder}_{i + 1:04d}.jpg")
+                fname = (
+                    f"image_{i + 1:04d}.jpg"
+                    if key == "caltech101"
+                    else f"{folder}_{i + 1}.jpg"
+                    if key == "eurosat"
+                    else f"{folder}_{i + 1:04d}.jpg"
+                )
                 p = os.path.join(image_dir, folder, fname)
                 _tiny(p, image_size, rng)
                 items.append(Datum(p, lab, rename.get(folder, folder)))
@@ -295,10 +378,12 @@ def make_layout(root: str, key: str, num_classes: Optional[int] = None, images_p
             names = np.empty((1, len(meta)), dtype=object)
             names[0, :] = meta
             _savemat(os.path.join(ddir, "devkit", "cars_meta.mat"), {"class_names": names})
-            _savemat(os.path.join(ddir, "devkit", "cars_train_annos.mat"),
-                     {"annotations": _mat_annos(rows["cars_train"])})
-            _savemat(os.path.join(ddir, "cars_test_annos_withlabels.mat"),
-                     {"annotations": _mat_annos(rows["cars_test"])})
+            _savemat(
+                os.path.join(ddir, "devkit", "cars_train_annos.mat"), {"annotations": _mat_annos(rows["cars_train"])}
+            )
+            _savemat(
+                os.path.join(ddir, "cars_test_annos_withlabels.mat"), {"annotations": _mat_annos(rows["cars_test"])}
+            )
     elif key == "oxford_flowers":
         names = _names(FLOWERS, n, "flower {:03d}")
         per_class, labels = [[] for _ in names], []
@@ -313,14 +398,13 @@ def make_layout(root: str, key: str, num_classes: Optional[int] = None, images_p
         with open(os.path.join(ddir, "cat_to_name.json"), "w") as f:
             json.dump({str(i + 1): c for i, c in enumerate(names)}, f, indent=4)
         if raw_files:
-            _savemat(os.path.join(ddir, "imagelabels.mat"),
-                     {"labels": np.array([labels], dtype=np.uint8)})
+            _savemat(os.path.join(ddir, "imagelabels.mat"), {"labels": np.array([labels], dtype=np.uint8)})
     elif key == "fgvc_aircraft":
         variants = _names(AIRCRAFT, n, "Variant {:03d}")
         per_class, k = [], 1000000
         for lab, v in enumerate(variants):
             items = []
-            for i in range(per):
+            for _ in range(per):
                 k += 7
                 p = os.path.join(image_dir, f"{k:07d}.jpg")
                 _tiny(p, image_size, rng)
@@ -340,7 +424,7 @@ def make_layout(root: str, key: str, num_classes: Optional[int] = None, images_p
         per_class = []
         for lab, ck in enumerate(keys):
             items = []
-            for i in range(per):
+            for _ in range(per):
                 p = os.path.join(image_dir, *ck.split("/"), f"sun_{rng.getrandbits(40):010x}.jpg")
                 _tiny(p, image_size, rng)
                 items.append(Datum(p, lab, sun397_classname(ck)))
@@ -350,11 +434,9 @@ def make_layout(root: str, key: str, num_classes: Optional[int] = None, images_p
         if raw_files:
             with open(os.path.join(ddir, "ClassName.txt"), "w") as f:
                 f.writelines(f"/{ck}\n" for ck in keys)
-            for fname, items in (("Training_01.txt", splits[0] + splits[1]),
-                                 ("Testing_01.txt", splits[2])):
+            for fname, items in (("Training_01.txt", splits[0] + splits[1]), ("Testing_01.txt", splits[2])):
                 with open(os.path.join(ddir, fname), "w") as f:
-                    f.writelines("/" + os.path.relpath(d.impath, image_dir).replace(os.sep, "/")
-                                 + "\n" for d in items)
+                    f.writelines("/" + os.path.relpath(d.impath, image_dir).replace(os.sep, "/") + "\n" for d in items)
     elif key == "ucf101":
         from .readers import ucf_classname
 
@@ -375,8 +457,10 @@ def make_layout(root: str, key: str, num_classes: Optional[int] = None, images_p
             os.makedirs(tdir, exist_ok=True)
             with open(os.path.join(tdir, "classInd.txt"), "w") as f:
                 f.writelines(f"{i + 1} {a}\n" for i, a in enumerate(actions))
-            for fname, items, with_label in (("trainlist01.txt", splits[0] + splits[1], True),
-                                             ("testlist01.txt", splits[2], False)):
+            for fname, items, with_label in (
+                ("trainlist01.txt", splits[0] + splits[1], True),
+                ("testlist01.txt", splits[2], False),
+            ):
                 with open(os.path.join(tdir, fname), "w") as f:
                     for d in items:
                         a = actions[d.label]
@@ -389,10 +473,9 @@ def make_layout(root: str, key: str, num_classes: Optional[int] = None, images_p
         for wnid, _ in pairs:
             for i in range(per):
                 _tiny(os.path.join(image_dir, "train", wnid, f"{wnid}_{i + 1}.JPEG"), image_size, rng)
-            for i in range(max(2, per // 3)):
+            for _ in range(max(2, per // 3)):
                 k += 1
-                _tiny(os.path.join(image_dir, "val", wnid, f"ILSVRC2012_val_{k:08d}.JPEG"),
-                      image_size, rng)
+                _tiny(os.path.join(image_dir, "val", wnid, f"ILSVRC2012_val_{k:08d}.JPEG"), image_size, rng)
         # non-directory and hidden entries that every scan must skip
         with open(os.path.join(image_dir, "train", "LOC_synset_mapping.txt"), "w") as f:
             f.write("ignored\n")
@@ -401,9 +484,8 @@ def make_layout(root: str, key: str, num_classes: Optional[int] = None, images_p
         pairs = _wnids(n)
         _write_classnames(os.path.join(ddir, "classnames.txt"), pairs)
         for lab in range(n):
-            for i in range(max(2, per // 3)):
-                _tiny(os.path.join(image_dir, str(lab), f"{rng.getrandbits(64):016x}.jpeg"),
-                      image_size, rng)
+            for _ in range(max(2, per // 3)):
+                _tiny(os.path.join(image_dir, str(lab), f"{rng.getrandbits(64):016x}.jpeg"), image_size, rng)
     else:  # imagenet_sketch, imagenet_a, imagenet_r
         subset = key in ("imagenet_a", "imagenet_r")
         pairs = _wnids(2 * n if subset else n)  # A/R: classnames.txt lists more classes than folders

@@ -1,4 +1,4 @@
-"""Image transforms (PROTOCOL §5)."""
+"""Image transforms (PROTOCOL.md 5)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ def build_transform(train: bool, size: int = 224):
     bicubic = InterpolationMode.BICUBIC
     norm = [T.ToTensor(), T.Normalize(mean=CLIP_MEAN, std=CLIP_STD)]
     if train:
-        return T.Compose([T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=bicubic),
-                          T.RandomHorizontalFlip(p=0.5), *norm])
+        return T.Compose(
+            [T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=bicubic), T.RandomHorizontalFlip(p=0.5), *norm]
+        )
     return T.Compose([T.Resize(size, interpolation=bicubic), T.CenterCrop(size), *norm])

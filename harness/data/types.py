@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -21,14 +21,14 @@ class Datum:
     domain: int = 0
 
 
-def derive_classnames(items: List[Datum]) -> tuple:
-    """Class names and class count derived from a (training) list, PROTOCOL §3.3 / §4.1.
+def derive_classnames(items: list[Datum]) -> tuple:
+    """Class names and class count derived from a (training) list, PROTOCOL.md 3.3 / 4.1.
 
     For each label present, in ascending label order, the class name attached to its items; the
     class count is ``max(label) + 1``.  (A label with no item is simply absent from the name
     list, exactly as in the published code.)
     """
-    lab2cname: Dict[int, str] = {}
+    lab2cname: dict[int, str] = {}
     for d in items:
         lab2cname.setdefault(d.label, d.classname)
     labels = sorted(lab2cname)
@@ -49,32 +49,42 @@ class DatasetSplits:
     """
 
     name: str
-    train: List[Datum]
-    val: List[Datum]
-    test: List[Datum]
-    classnames: List[str] = field(default_factory=list)
+    train: list[Datum]
+    val: list[Datum]
+    test: list[Datum]
+    classnames: list[str] = field(default_factory=list)
     num_classes: int = 0
-    lab2cname: Dict[int, str] = field(default_factory=dict)
+    lab2cname: dict[int, str] = field(default_factory=dict)
     root: str = ""
     dataset_dir: str = ""
     num_shots: int = 0
     seed: int = 1
     subsample: str = "all"
-    fewshot_cache: Optional[str] = None
-    fewshot_source: Optional[str] = None
+    fewshot_cache: str | None = None
+    fewshot_source: str | None = None
     info: Any = None
 
     @classmethod
-    def from_lists(cls, name: str, train, val, test, **kw) -> "DatasetSplits":
+    def from_lists(cls, name: str, train, val, test, **kw) -> DatasetSplits:
         classnames, num_classes, lab2cname = derive_classnames(train)
-        return cls(name=name, train=list(train), val=list(val), test=list(test),
-                   classnames=classnames, num_classes=num_classes, lab2cname=lab2cname, **kw)
+        return cls(
+            name=name,
+            train=list(train),
+            val=list(val),
+            test=list(test),
+            classnames=classnames,
+            num_classes=num_classes,
+            lab2cname=lab2cname,
+            **kw,
+        )
 
     @property
     def paper_name(self) -> str:
         return getattr(self.info, "paper_name", self.name)
 
     def __repr__(self) -> str:
-        return (f"DatasetSplits(name={self.name!r}, train={len(self.train)}, val={len(self.val)}, "
-                f"test={len(self.test)}, num_classes={self.num_classes}, num_shots={self.num_shots}, "
-                f"seed={self.seed}, subsample={self.subsample!r})")
+        return (
+            f"DatasetSplits(name={self.name!r}, train={len(self.train)}, val={len(self.val)}, "
+            f"test={len(self.test)}, num_classes={self.num_classes}, num_shots={self.num_shots}, "
+            f"seed={self.seed}, subsample={self.subsample!r})"
+        )

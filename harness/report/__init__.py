@@ -26,6 +26,7 @@ union over all learned-prompt records); a cell with fewer is shown with ``†(k/
 as missing, never silently averaged as if complete. Paper values are read from ``paper_dir``'s CSV
 files (``reports/paper``) at run time.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,16 +37,38 @@ from harness.report.builders import BUILDERS, trainable_parameters
 from harness.report.figures import METHOD_COLORS, figure3, figure4, scatter
 from harness.report.render import display_frame, latex, long_frame, markdown, write_table
 from harness.report.tables import (
-    AVERAGE, DATASET_LABELS, METHOD_LABELS, PAPER_DATASETS, Cell, Context, Paper, Table, harmonic,
-)  # fmt: skip
+    AVERAGE,
+    DATASET_LABELS,
+    METHOD_LABELS,
+    PAPER_DATASETS,
+    Cell,
+    Context,
+    Paper,
+    Table,
+    harmonic,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "build_report", "build_tables", "load_records", "default_paper_dir", "METHOD_COLORS", "METHOD_LABELS",
-    "DATASET_LABELS", "PAPER_DATASETS", "AVERAGE", "Cell", "Table", "harmonic", "markdown", "latex",
-    "display_frame", "long_frame", "trainable_parameters",
-]  # fmt: skip
+    "build_report",
+    "build_tables",
+    "load_records",
+    "default_paper_dir",
+    "METHOD_COLORS",
+    "METHOD_LABELS",
+    "DATASET_LABELS",
+    "PAPER_DATASETS",
+    "AVERAGE",
+    "Cell",
+    "Table",
+    "harmonic",
+    "markdown",
+    "latex",
+    "display_frame",
+    "long_frame",
+    "trainable_parameters",
+]
 
 
 def default_paper_dir() -> str:
@@ -81,9 +104,15 @@ def build_tables(results, experiments=None, expected_seeds=None, paper_dir=None,
 
 def _index(out_dir, source, records, tables, figures, missing, with_paper, paper_dir) -> str:
     experiments = sorted({str(r.get("experiment")) for r in records})
-    lines = ["# Report", "", f"Results: `{source}` ({len(records)} records; experiments: {', '.join(experiments) or 'none'}).",
-             f"Paper values: {'`' + str(paper_dir) + '` (the CoCoOp paper, CVPR 2022)' if with_paper else 'not shown'}.", "",
-             "## Tables", ""]
+    lines = [
+        "# Report",
+        "",
+        f"Results: `{source}` ({len(records)} records; experiments: {', '.join(experiments) or 'none'}).",
+        f"Paper values: {'`' + str(paper_dir) + '` (the CoCoOp paper, CVPR 2022)' if with_paper else 'not shown'}.",
+        "",
+        "## Tables",
+        "",
+    ]
     produced = [t for t in tables.values() if t["written"]]
     for t in produced:
         files = ", ".join(f"[{ext}]({os.path.basename(p)})" for ext, p in t["paths"].items())
@@ -96,15 +125,26 @@ def _index(out_dir, source, records, tables, figures, missing, with_paper, paper
     if not figures:
         lines.append("* none")
     lines += ["", "## Missing", ""] + ([f"* {m}" for m in missing] or ["* nothing"])
-    lines += ["", "± population std over seeds; † fewer seeds than expected; ‡ average over fewer datasets than expected.", ""]
+    lines += [
+        "",
+        "± population std over seeds; † fewer seeds than expected; ‡ average over fewer datasets than expected.",
+        "",
+    ]
     path = os.path.join(out_dir, "index.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return path
 
 
-def build_report(results, out_dir: str = "reports", experiments=None, tracking: str = "none", paper_dir: str | None = None,
-                 expected_seeds=None, with_paper: bool = True) -> dict:
+def build_report(
+    results,
+    out_dir: str = "reports",
+    experiments=None,
+    tracking: str = "none",
+    paper_dir: str | None = None,
+    expected_seeds=None,
+    with_paper: bool = True,
+) -> dict:
     """Write every table (md, tex, csv) and figure (png, pdf) under ``out_dir`` plus ``index.md``.
 
     results: a store folder, a ``results.jsonl`` path, or a list of records. experiments: None
@@ -133,7 +173,7 @@ def build_report(results, out_dir: str = "reports", experiments=None, tracking: 
         "figure3": figure3(tables["table1_base2new"], out_dir),
         "figure4": figure4(tables["fig4a_init_ablation"], tables["fig4b_length_ablation"], out_dir),
         "scatter": scatter(tables["table1_base2new"], out_dir),
-    }.items():  # fmt: skip
+    }.items():
         if paths:
             figures[name] = paths
         if why:
@@ -142,9 +182,14 @@ def build_report(results, out_dir: str = "reports", experiments=None, tracking: 
     index = _index(out_dir, source, records, written, figures, missing, with_paper, paper_dir)
     if tracking != "none":
         _track(tracking, out_dir, source, written, figures)
-    return {"out_dir": out_dir, "index": index, "records": len(records),
-            "tables": {k: {"table": v["table"], "frame": v["frame"], "paths": v["paths"]} for k, v in written.items()},
-            "figures": figures, "missing": missing}
+    return {
+        "out_dir": out_dir,
+        "index": index,
+        "records": len(records),
+        "tables": {k: {"table": v["table"], "frame": v["frame"], "paths": v["paths"]} for k, v in written.items()},
+        "figures": figures,
+        "missing": missing,
+    }
 
 
 def _track(mode, out_dir, source, tables, figures) -> None:
@@ -153,9 +198,19 @@ def _track(mode, out_dir, source, tables, figures) -> None:
     # W&B's files go beside the results store, not among the generated tables.
     from harness.results import results_path
 
-    wandb_dir = os.path.dirname(os.path.abspath(results_path(str(source)))) if isinstance(source, (str, os.PathLike)) else out_dir
-    tracker = tracking.start_run(mode, name="report", job_type="report", tags=["report"],
-                                 config={"results": str(source), "out_dir": out_dir}, dir=os.path.join(wandb_dir, "report-wandb"))
+    wandb_dir = (
+        os.path.dirname(os.path.abspath(results_path(str(source))))
+        if isinstance(source, (str, os.PathLike))
+        else out_dir
+    )
+    tracker = tracking.start_run(
+        mode,
+        name="report",
+        job_type="report",
+        tags=["report"],
+        config={"results": str(source), "out_dir": out_dir},
+        dir=os.path.join(wandb_dir, "report-wandb"),
+    )
     failed = False
     try:
         for key, entry in tables.items():

@@ -1,4 +1,5 @@
 """python -m harness.report --results OUT [--out reports] [--tracking auto|none] [--experiment base2new ...]"""
+
 from __future__ import annotations
 
 import argparse
@@ -11,23 +12,47 @@ from harness.report import build_report
 def main(argv: list[str] | None = None) -> int:
     from harness.tracking import MODES
 
-    parser = argparse.ArgumentParser(prog="python -m harness.report", description="Tables and figures from a results store.")
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.report", description="Tables and figures from a results store."
+    )
     parser.add_argument("--results", required=True, help="results folder or its results.jsonl")
     parser.add_argument("--out", default="reports", help="where the report goes (default: reports)")
-    parser.add_argument("--tracking", default="none", choices=MODES, help="W&B mode for logging the report (default: none)")
-    parser.add_argument("--experiment", nargs="+", default=None, metavar="NAME",
-                        help="only these experiments' records (default: each table's own choice)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None,
-                        help="seeds every learned-prompt cell should have (default: those seen per experiment)")
+    parser.add_argument(
+        "--tracking", default="none", choices=MODES, help="W&B mode for logging the report (default: none)"
+    )
+    parser.add_argument(
+        "--experiment",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="only these experiments' records (default: each table's own choice)",
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="seeds every learned-prompt cell should have (default: those seen per experiment)",
+    )
     parser.add_argument("--paper-dir", default=None, help="folder of the paper's CSV files (default: reports/paper)")
     parser.add_argument("--no-paper", action="store_true", help="leave out the paper and Δ columns")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    summary = build_report(args.results, out_dir=args.out, experiments=args.experiment, tracking=args.tracking,
-                           paper_dir=args.paper_dir, expected_seeds=args.seeds, with_paper=not args.no_paper)
+    summary = build_report(
+        args.results,
+        out_dir=args.out,
+        experiments=args.experiment,
+        tracking=args.tracking,
+        paper_dir=args.paper_dir,
+        expected_seeds=args.seeds,
+        with_paper=not args.no_paper,
+    )
     tables = [k for k, v in summary["tables"].items() if v["paths"]]
-    print(f"{summary['records']} records -> {len(tables)} tables, {len(summary['figures'])} figures in {summary['out_dir']}")
+    print(
+        f"{summary['records']} records -> {len(tables)} tables, {len(summary['figures'])} figures "
+        f"in {summary['out_dir']}"
+    )
     print(f"index: {summary['index']}")
     if summary["missing"]:
         print(f"missing ({len(summary['missing'])}):")

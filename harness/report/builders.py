@@ -1,21 +1,48 @@
 """One builder per table of the paper (Tables 1-5) and per Figure 4 ablation."""
+
 from __future__ import annotations
 
 from harness.report.tables import (
-    AVERAGE, CROSS_TARGETS, DG_DATASETS, PAPER_DATASETS, Cell, Context, Group, Table, add_base_new, add_seed_cell,
-    dataset_label, effective_n_ctx, fill_average, group_labels, is_zero_shot, method_label, method_rank,
-    ordered_datasets, trained_on_own_base, variant, variant_parts,
-)  # fmt: skip
+    AVERAGE,
+    CROSS_TARGETS,
+    DG_DATASETS,
+    PAPER_DATASETS,
+    Cell,
+    Context,
+    Group,
+    Table,
+    add_base_new,
+    add_seed_cell,
+    dataset_label,
+    effective_n_ctx,
+    fill_average,
+    group_labels,
+    is_zero_shot,
+    method_label,
+    method_rank,
+    ordered_datasets,
+    trained_on_own_base,
+    variant,
+    variant_parts,
+)
 
 BASE_NEW_H = [("base", "Base"), ("new", "New"), ("h", "H")]
 ACCURACY = [("acc", "Accuracy")]
 
 # (embed_dim, text_width) of the CLIP backbones, for trainable-parameter counts (Table 5).
 BACKBONE_DIMS = {
-    "ViT-B/16": (512, 512), "ViT-B/32": (512, 512), "ViT-L/14": (768, 768), "ViT-L/14@336px": (768, 768),
-    "RN50": (1024, 512), "RN101": (512, 512), "RN50x4": (640, 640), "RN50x16": (768, 768),
-    "RN50x64": (1024, 1024), "tiny": (32, 64), "tiny-pretrained": (32, 64),
-}  # fmt: skip
+    "ViT-B/16": (512, 512),
+    "ViT-B/32": (512, 512),
+    "ViT-L/14": (768, 768),
+    "ViT-L/14@336px": (768, 768),
+    "RN50": (1024, 512),
+    "RN101": (512, 512),
+    "RN50x4": (640, 640),
+    "RN50x16": (768, 768),
+    "RN50x64": (1024, 1024),
+    "tiny": (32, 64),
+    "tiny-pretrained": (32, 64),
+}
 
 
 def _experiment_rank(name) -> tuple:
@@ -83,13 +110,23 @@ def _base_new_table(ctx: Context, table: Table, recs: list[dict], per_experiment
         universe = [d for d in datasets if d in PAPER_DATASETS]
         total = len(PAPER_DATASETS) if universe else None
         # The paper's averages are over its datasets: no comparison for an average of other data.
-        fill_average(table, g, ["base", "new", "h"], universe or datasets, total, derived_h=True, paper=paper if universe else None)
+        fill_average(
+            table,
+            g,
+            ["base", "new", "h"],
+            universe or datasets,
+            total,
+            derived_h=True,
+            paper=paper if universe else None,
+        )
     return table
 
 
 def table1(ctx: Context) -> Table:
     t = Table("table1_base2new", "Table 1: base-to-new generalisation (accuracy %)", "Dataset", [], [], BASE_NEW_H)
-    recs = ctx.select("table1", lambda r: r["subsample"] in ("base", "new") and (is_zero_shot(r) or trained_on_own_base(r)))
+    recs = ctx.select(
+        "table1", lambda r: r["subsample"] in ("base", "new") and (is_zero_shot(r) or trained_on_own_base(r))
+    )
     t.notes = [
         "Records: zero-shot CLIP evaluated on base/new classes, and prompts learned on a dataset's base classes "
         "evaluated on its base/new classes, from every experiment except crossdataset, domaingen and ablations; "
@@ -114,21 +151,35 @@ def _single_metric(ctx: Context, table: Table, recs: list[dict], rows: list[str]
     for g in table.groups:
         mine = [r for r in recs if _group_key(r, per_experiment) == g.key]
         for d in rows:
-            add_seed_cell(ctx, table, g, d, "acc", [r for r in mine if r["dataset"] == d], paper, where=f"{name}: {g.label} {d}")
+            add_seed_cell(
+                ctx, table, g, d, "acc", [r for r in mine if r["dataset"] == d], paper, where=f"{name}: {g.label} {d}"
+            )
 
 
 def table2(ctx: Context) -> Table:
-    t = Table("table2_crossdataset", "Table 2: cross-dataset transfer from ImageNet (accuracy %)", "Dataset", [], [], ACCURACY)
-    t.notes = ["Prompts learned on all ImageNet classes (16 shots), evaluated on every class of each dataset; "
-               "rows are datasets (the paper's table transposed). Average: the 10 targets, ImageNet (source) excluded."]
-    recs = ctx.select("table2", lambda r: r["subsample"] == "all" and r["dataset"] not in DG_DATASETS[1:]
-                      and (is_zero_shot(r) or (r.get("train_dataset") == "imagenet" and r.get("train_subsample") == "all")))
+    t = Table(
+        "table2_crossdataset", "Table 2: cross-dataset transfer from ImageNet (accuracy %)", "Dataset", [], [], ACCURACY
+    )
+    t.notes = [
+        "Prompts learned on all ImageNet classes (16 shots), evaluated on every class of each dataset; "
+        "rows are datasets (the paper's table transposed). Average: the 10 targets, ImageNet (source) excluded."
+    ]
+    recs = ctx.select(
+        "table2",
+        lambda r: (
+            r["subsample"] == "all"
+            and r["dataset"] not in DG_DATASETS[1:]
+            and (is_zero_shot(r) or (r.get("train_dataset") == "imagenet" and r.get("train_subsample") == "all"))
+        ),
+    )
     if not recs:
         t.missing.append("Table 2: no cross-dataset records")
         return t
     datasets = ordered_datasets({r["dataset"] for r in recs}, PAPER_DATASETS)
     t.groups = _variant_groups(recs)
-    t.rows = [(d, "ImageNet (source)" if d == "imagenet" else dataset_label(d)) for d in datasets] + [(AVERAGE, "Average")]
+    t.rows = [(d, "ImageNet (source)" if d == "imagenet" else dataset_label(d)) for d in datasets] + [
+        (AVERAGE, "Average")
+    ]
     _no_records_for(t, PAPER_DATASETS, datasets)
 
     def paper(row, g, metric):
@@ -137,16 +188,28 @@ def table2(ctx: Context) -> Table:
     _single_metric(ctx, t, recs, datasets, False, paper)
     targets = [d for d in datasets if d in CROSS_TARGETS] or [d for d in datasets if d != "imagenet"]
     for g in t.groups:
-        fill_average(t, g, ["acc"], targets, len(CROSS_TARGETS) if targets and targets[0] in CROSS_TARGETS else None, paper=paper)
+        fill_average(
+            t, g, ["acc"], targets, len(CROSS_TARGETS) if targets and targets[0] in CROSS_TARGETS else None, paper=paper
+        )
     return t
 
 
 def table3(ctx: Context) -> Table:
-    t = Table("table3_domaingen", "Table 3: domain generalisation from ImageNet (accuracy %)", "Dataset", [], [], ACCURACY)
-    t.notes = ["ImageNet-trained prompts (all classes, 16 shots) on ImageNet and its four variants; CLIP is zero-shot. "
-               "Rows are datasets (the paper's table transposed)."]
-    recs = ctx.select("table3", lambda r: r["subsample"] == "all" and r["dataset"] in DG_DATASETS
-                      and (is_zero_shot(r) or (r.get("train_dataset") == "imagenet" and r.get("train_subsample") == "all")))
+    t = Table(
+        "table3_domaingen", "Table 3: domain generalisation from ImageNet (accuracy %)", "Dataset", [], [], ACCURACY
+    )
+    t.notes = [
+        "ImageNet-trained prompts (all classes, 16 shots) on ImageNet and its four variants; CLIP is zero-shot. "
+        "Rows are datasets (the paper's table transposed)."
+    ]
+    recs = ctx.select(
+        "table3",
+        lambda r: (
+            r["subsample"] == "all"
+            and r["dataset"] in DG_DATASETS
+            and (is_zero_shot(r) or (r.get("train_dataset") == "imagenet" and r.get("train_subsample") == "all"))
+        ),
+    )
     if not recs:
         t.missing.append("Table 3: no domain-generalisation records")
         return t
@@ -163,10 +226,19 @@ def table3(ctx: Context) -> Table:
 
 
 def table4(ctx: Context) -> Table:
-    t = Table("table4_class_incremental", "Table 4: class-incremental test, base and new classes together (accuracy %)",
-              "Dataset", [], [], ACCURACY)
-    t.notes = ["Prompts learned on a dataset's base classes (CLIP: zero-shot), evaluated with one classifier over all "
-               "its classes. Average over the datasets complete for that column (the paper reports only the 11-dataset average)."]
+    t = Table(
+        "table4_class_incremental",
+        "Table 4: class-incremental test, base and new classes together (accuracy %)",
+        "Dataset",
+        [],
+        [],
+        ACCURACY,
+    )
+    t.notes = [
+        "Prompts learned on a dataset's base classes (CLIP: zero-shot), evaluated with one classifier over all "
+        "its classes. Average over the datasets complete for that column (the paper reports only the 11-dataset "
+        "average)."
+    ]
     recs = ctx.select("table4", lambda r: r["subsample"] == "all" and (is_zero_shot(r) or trained_on_own_base(r)))
     if not recs:
         t.missing.append("Table 4: no class-incremental records")
@@ -184,7 +256,14 @@ def table4(ctx: Context) -> Table:
     _single_metric(ctx, t, recs, datasets, True, paper)
     universe = [d for d in datasets if d in PAPER_DATASETS]
     for g in t.groups:
-        fill_average(t, g, ["acc"], universe or datasets, len(PAPER_DATASETS) if universe else None, paper=paper if universe else None)
+        fill_average(
+            t,
+            g,
+            ["acc"],
+            universe or datasets,
+            len(PAPER_DATASETS) if universe else None,
+            paper=paper if universe else None,
+        )
     return t
 
 
@@ -219,12 +298,27 @@ def _paper_model(v: tuple) -> str | None:
 
 
 def table5(ctx: Context) -> Table:
-    t = Table("table5_bigger_coop", "Table 5: CoCoOp vs a bigger CoOp on ImageNet (accuracy %)", "Model", [], [],
-              [("params", "Params")] + BASE_NEW_H)
-    t.notes = ["Trainable parameters: CoOp n_ctx x text width; CoCoOp adds the Meta-Net with its biases "
-               "(35,360 for ViT-B/16; the paper's 34,816 leaves the biases out, PROTOCOL.md 18.4)."]
-    recs = ctx.select("table5", lambda r: r["dataset"] == "imagenet" and r["subsample"] in ("base", "new")
-                      and r["method"] in ("coop", "cocoop") and trained_on_own_base(r))
+    t = Table(
+        "table5_bigger_coop",
+        "Table 5: CoCoOp vs a bigger CoOp on ImageNet (accuracy %)",
+        "Model",
+        [],
+        [],
+        [("params", "Params")] + BASE_NEW_H,
+    )
+    t.notes = [
+        "Trainable parameters: CoOp n_ctx x text width; CoCoOp adds the Meta-Net with its biases "
+        "(35,360 for ViT-B/16; the paper's 34,816 leaves the biases out, PROTOCOL.md 18.4)."
+    ]
+    recs = ctx.select(
+        "table5",
+        lambda r: (
+            r["dataset"] == "imagenet"
+            and r["subsample"] in ("base", "new")
+            and r["method"] in ("coop", "cocoop")
+            and trained_on_own_base(r)
+        ),
+    )
     expected = {"coop_ctx4": "CoOp ctx 4", "coop_ctx60": "CoOp ctx 60", "cocoop_ctx4": "CoCoOp ctx 4"}
     # CoOp of any context length; CoCoOp as in the paper (its random-init variants are Figure 4's).
     variants = [v for v in dict.fromkeys(variant(r) for r in recs) if v[0] == "coop" or _paper_model(v)]
@@ -236,38 +330,65 @@ def table5(ctx: Context) -> Table:
         return t
     group = Group(("imagenet",), "ImageNet", "")
     t.groups = [group]
-    names = _unique_labels(variants, lambda v: f"{method_label(v[0])} (ctx {v[4]}{', random init' if v[5] == '' else ''})")
+    names = _unique_labels(
+        variants, lambda v: f"{method_label(v[0])} (ctx {v[4]}{', random init' if v[5] == '' else ''})"
+    )
     for v in variants:
         label = names[v]
         t.rows.append((label, label))
         model = _paper_model(v)
 
         def paper(row, g, metric, model=model):
-            return None if ctx.paper is None or model is None else ctx.paper.value("bigger_coop", {"model": model}, metric)
+            return (
+                None if ctx.paper is None or model is None else ctx.paper.value("bigger_coop", {"model": model}, metric)
+            )
 
         mine = [r for r in recs if variant(r) == v]
-        add_base_new(ctx, t, group, label, [r for r in mine if r["subsample"] == "base"],
-                     [r for r in mine if r["subsample"] == "new"], paper)
+        add_base_new(
+            ctx,
+            t,
+            group,
+            label,
+            [r for r in mine if r["subsample"] == "base"],
+            [r for r in mine if r["subsample"] == "new"],
+            paper,
+        )
         count = trainable_parameters(mine[-1])
         if count is not None:
-            t.cells[(label, group.key, "params")] = Cell(float(count), None, 1, 1, "count", "", paper(label, group, "params"))
+            t.cells[(label, group.key, "params")] = Cell(
+                float(count), None, 1, 1, "count", "", paper(label, group, "params")
+            )
     return t
 
 
 def _ablation(ctx: Context, which: str) -> Table:
     if which == "fig4a":
-        t = Table("fig4a_init_ablation", "Figure 4a: context initialisation, word embeddings vs random (accuracy %)",
-                  "Dataset", [], [], BASE_NEW_H)
+        t = Table(
+            "fig4a_init_ablation",
+            "Figure 4a: context initialisation, word embeddings vs random (accuracy %)",
+            "Dataset",
+            [],
+            [],
+            BASE_NEW_H,
+        )
     else:
-        t = Table("fig4b_length_ablation", "Figure 4b: context length with random initialisation (accuracy %)",
-                  "Dataset", [], [], BASE_NEW_H)
-    recs = ctx.select(which, lambda r: r["subsample"] in ("base", "new") and not is_zero_shot(r) and trained_on_own_base(r))
+        t = Table(
+            "fig4b_length_ablation",
+            "Figure 4b: context length with random initialisation (accuracy %)",
+            "Dataset",
+            [],
+            [],
+            BASE_NEW_H,
+        )
+    recs = ctx.select(
+        which, lambda r: r["subsample"] in ("base", "new") and not is_zero_shot(r) and trained_on_own_base(r)
+    )
     families: dict = {}
     for r in recs:
         v = variant(r)
         families.setdefault((v[0], v[2], v[3]), set()).add(v)
     chosen = []
-    for fam, vs in families.items():
+    for vs in families.values():
         if which == "fig4a":
             four = [v for v in vs if v[4] == 4]
             if any(v[5] for v in four) and any(v[5] == "" for v in four):
@@ -277,11 +398,20 @@ def _ablation(ctx: Context, which: str) -> Table:
             if len({v[4] for v in rand}) > 1:
                 chosen += rand
     if not chosen:
-        what = "an initialised and a randomly initialised 4-token" if which == "fig4a" else "two or more context lengths of a random-init"
+        what = (
+            "an initialised and a randomly initialised 4-token"
+            if which == "fig4a"
+            else "two or more context lengths of a random-init"
+        )
         t.missing.append(f"{t.title.split(':')[0]}: no method has base-to-new records of {what} prompt")
         return t
     chosen.sort(key=lambda v: (method_rank(v[0]), v[4] or 0, v[5] == "", str(v)))
-    names = _unique_labels(chosen, lambda v: f"{method_label(v[0])} " + ((f"“{v[5]}”" if v[5] else "random") if which == "fig4a" else f"ctx {v[4]}"))
+    names = _unique_labels(
+        chosen,
+        lambda v: (
+            f"{method_label(v[0])} " + ((f"“{v[5]}”" if v[5] else "random") if which == "fig4a" else f"ctx {v[4]}")
+        ),
+    )
     t.groups = [Group(v, names[v], v[0]) for v in chosen]
     recs = [r for r in recs if variant(r) in set(chosen)]
     t.notes = ["Prompts learned on base classes, seeds averaged per dataset; the figure shows the Average row."]

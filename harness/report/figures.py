@@ -3,6 +3,7 @@
 A figure is drawn only from data that exist; ``None`` comes back (with the reason) otherwise, so
 the report never writes an empty figure.
 """
+
 from __future__ import annotations
 
 import os
@@ -156,9 +157,16 @@ def figure4(init: Table, length: Table, out_dir: str):
             for i, g in enumerate(groups):
                 values = [_value(init, AVERAGE, g, m) or 0.0 for m, _ in metrics]
                 random = g.key[5] == ""
-                bars = ax.bar([j + (i - (len(groups) - 1) / 2) * width for j in range(3)], values, width,
-                              color=color(g.method), alpha=0.45 if random else 0.95, hatch="//" if random else None,
-                              edgecolor="black", label=g.label)
+                bars = ax.bar(
+                    [j + (i - (len(groups) - 1) / 2) * width for j in range(3)],
+                    values,
+                    width,
+                    color=color(g.method),
+                    alpha=0.45 if random else 0.95,
+                    hatch="//" if random else None,
+                    edgecolor="black",
+                    label=g.label,
+                )
                 ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=7, padding=2)
             ax.set_xticks(range(3), [label for _, label in metrics])
             ax.set_xlabel("Metric (Average over datasets)")
@@ -174,8 +182,14 @@ def figure4(init: Table, length: Table, out_dir: str):
                 groups.sort(key=lambda g: g.key[4])
                 xs = [g.key[4] for g in groups]
                 for (m, label), style in zip(metrics, ("-", "--", ":")):
-                    ax.plot(xs, [_value(length, AVERAGE, g, m) for g in groups], linestyle=style, marker="o",
-                            color=color(method), label=f"{groups[0].label.split(' ')[0]} {label}")
+                    ax.plot(
+                        xs,
+                        [_value(length, AVERAGE, g, m) for g in groups],
+                        linestyle=style,
+                        marker="o",
+                        color=color(method),
+                        label=f"{groups[0].label.split(' ')[0]} {label}",
+                    )
                 ax.set_xticks(sorted({x for x in xs}))
             ax.set_xlabel("Context length (tokens, random init)")
             ax.set_title("(b) Context length")

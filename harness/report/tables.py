@@ -7,28 +7,48 @@ computed from the seed-averaged base and new (PROTOCOL.md 12.1); an "Average" ce
 per-dataset means of the datasets complete for that column group only, and is marked
 ``‡(k/n datasets)`` when that is fewer than all of them.
 """
+
 from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 
 PAPER_DATASETS = (
-    "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
-    "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
-)  # fmt: skip
+    "imagenet",
+    "caltech101",
+    "oxford_pets",
+    "stanford_cars",
+    "oxford_flowers",
+    "food101",
+    "fgvc_aircraft",
+    "sun397",
+    "dtd",
+    "eurosat",
+    "ucf101",
+)
 CROSS_TARGETS = PAPER_DATASETS[1:]
 DG_DATASETS = ("imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 DATASET_LABELS = {
-    "imagenet": "ImageNet", "caltech101": "Caltech101", "oxford_pets": "OxfordPets",
-    "stanford_cars": "StanfordCars", "oxford_flowers": "Flowers102", "food101": "Food101",
-    "fgvc_aircraft": "FGVCAircraft", "sun397": "SUN397", "dtd": "DTD", "eurosat": "EuroSAT",
-    "ucf101": "UCF101", "imagenetv2": "ImageNetV2", "imagenet_sketch": "ImageNet-Sketch",
-    "imagenet_a": "ImageNet-A", "imagenet_r": "ImageNet-R",
-}  # fmt: skip
+    "imagenet": "ImageNet",
+    "caltech101": "Caltech101",
+    "oxford_pets": "OxfordPets",
+    "stanford_cars": "StanfordCars",
+    "oxford_flowers": "Flowers102",
+    "food101": "Food101",
+    "fgvc_aircraft": "FGVCAircraft",
+    "sun397": "SUN397",
+    "dtd": "DTD",
+    "eurosat": "EuroSAT",
+    "ucf101": "UCF101",
+    "imagenetv2": "ImageNetV2",
+    "imagenet_sketch": "ImageNet-Sketch",
+    "imagenet_a": "ImageNet-A",
+    "imagenet_r": "ImageNet-R",
+}
 METHOD_LABELS = {"zsclip": "CLIP", "coop": "CoOp", "cocoop": "CoCoOp"}
 METHOD_ORDER = ("zsclip", "coop", "cocoop")
 AVERAGE = "average"
@@ -36,10 +56,14 @@ AVERAGE = "average"
 # Experiments that feed a table unless the caller says otherwise (see ``table_filter``).
 OWN_EXPERIMENTS = ("crossdataset", "domaingen", "ablations")
 TABLE_KEYS = {
-    "table1": "table1_base2new", "table2": "table2_crossdataset", "table3": "table3_domaingen",
-    "table4": "table4_class_incremental", "table5": "table5_bigger_coop",
-    "fig4a": "fig4a_init_ablation", "fig4b": "fig4b_length_ablation",
-}  # fmt: skip
+    "table1": "table1_base2new",
+    "table2": "table2_crossdataset",
+    "table3": "table3_domaingen",
+    "table4": "table4_class_incremental",
+    "table5": "table5_bigger_coop",
+    "fig4a": "fig4a_init_ablation",
+    "fig4b": "fig4b_length_ablation",
+}
 
 
 def dataset_label(key: str) -> str:
@@ -136,7 +160,10 @@ class Table:
         return next((g for g in self.groups if g.method == method), None)
 
     def has_paper(self, group: Group, metric: str) -> bool:
-        return any(self.cell(r, group, metric) is not None and self.cell(r, group, metric).paper is not None for r, _ in self.rows)
+        return any(
+            self.cell(r, group, metric) is not None and self.cell(r, group, metric).paper is not None
+            for r, _ in self.rows
+        )
 
     @property
     def empty(self) -> bool:
@@ -168,7 +195,14 @@ def variant(record: dict) -> tuple:
     init = (record.get("options") or {}).get("ctx_init")
     if is_zero_shot(record):
         return (record["method"], record.get("config"), record.get("backbone"), None, None, None)
-    return (record["method"], record.get("config"), record.get("backbone"), record.get("shots"), effective_n_ctx(record), init)
+    return (
+        record["method"],
+        record.get("config"),
+        record.get("backbone"),
+        record.get("shots"),
+        effective_n_ctx(record),
+        init,
+    )
 
 
 def trained_on_own_base(record: dict) -> bool:
@@ -203,7 +237,9 @@ class Paper:
 class Context:
     """Everything a table builder needs: records, the experiment filter, seeds, paper values."""
 
-    def __init__(self, records: list[dict], experiments=None, expected_seeds=None, paper: Paper | None = None, with_paper=True):
+    def __init__(
+        self, records: list[dict], experiments=None, expected_seeds=None, paper: Paper | None = None, with_paper=True
+    ):
         self.records = records
         self.experiments = experiments
         self.expected_seeds = None if expected_seeds is None else set(expected_seeds)
@@ -261,7 +297,11 @@ class Context:
         if len(used) < len(expected):
             lacking = sorted(expected - set(used), key=str)
             cell.note = f"†({len(used)}/{len(expected)} seeds)"
-            return cell, f"seed{'s' if len(lacking) > 1 else ''} {', '.join(map(str, lacking))} missing ({len(used)}/{len(expected)})"
+            return (
+                cell,
+                f"seed{'s' if len(lacking) > 1 else ''} {', '.join(map(str, lacking))} missing "
+                f"({len(used)}/{len(expected)})",
+            )
         return cell, ""
 
 
@@ -292,8 +332,15 @@ def ordered_datasets(datasets: Iterable[str], known: tuple) -> list[str]:
     return [d for d in known if d in present] + sorted(present - set(known))
 
 
-def fill_average(table: Table, group: Group, metrics: list[str], universe: list[str], label_total: int | None = None,
-                 derived_h: bool = False, paper: Callable | None = None) -> None:
+def fill_average(
+    table: Table,
+    group: Group,
+    metrics: list[str],
+    universe: list[str],
+    label_total: int | None = None,
+    derived_h: bool = False,
+    paper: Callable | None = None,
+) -> None:
     """Average row: mean of the per-row means over rows complete for the group (all metrics
     present and unmarked); H (when derived_h) from the averaged base and new."""
     base_metrics = [m for m in metrics if not (derived_h and m == "h")]
@@ -308,8 +355,10 @@ def fill_average(table: Table, group: Group, metrics: list[str], universe: list[
     note = f"‡({len(complete)}/{total} datasets)" if len(complete) < total else ""
     left_out = [r for r in universe if r not in complete]
     if left_out:
-        table.missing.append(f"{table.title.split(':')[0]}: {group.label} Average over {len(complete)}/{total} datasets "
-                             f"(incomplete: {', '.join(left_out)})")
+        table.missing.append(
+            f"{table.title.split(':')[0]}: {group.label} Average over {len(complete)}/{total} datasets "
+            f"(incomplete: {', '.join(left_out)})"
+        )
     for m in base_metrics:
         mean = float(np.mean([table.cell(r, group, m).mean for r in complete]))
         table.cells[(AVERAGE, group.key, m)] = Cell(mean, None, len(complete), total, "average", note)
@@ -321,8 +370,16 @@ def fill_average(table: Table, group: Group, metrics: list[str], universe: list[
             table.cells[(AVERAGE, group.key, m)].paper = paper(AVERAGE, group, m)
 
 
-def add_seed_cell(ctx: Context, table: Table, group: Group, row: str, metric: str, recs: list, paper: Callable | None,
-                  where: str | None = None) -> Cell | None:
+def add_seed_cell(
+    ctx: Context,
+    table: Table,
+    group: Group,
+    row: str,
+    metric: str,
+    recs: list,
+    paper: Callable | None,
+    where: str | None = None,
+) -> Cell | None:
     """One seed-averaged cell with its paper value; an absent or incomplete cell goes to the missing list."""
     cell, why = ctx.seed_cell(recs)
     where = where or f"{table.title.split(':')[0]}: {group.label} {row} {metric}"
@@ -337,15 +394,23 @@ def add_seed_cell(ctx: Context, table: Table, group: Group, row: str, metric: st
     return cell
 
 
-def add_base_new(ctx: Context, table: Table, group: Group, row: str, base_recs: list, new_recs: list, paper: Callable | None) -> None:
+def add_base_new(
+    ctx: Context, table: Table, group: Group, row: str, base_recs: list, new_recs: list, paper: Callable | None
+) -> None:
     """Seed-averaged base and new cells and their H for one row; gaps go to the missing list."""
     for metric, recs in (("base", base_recs), ("new", new_recs)):
         add_seed_cell(ctx, table, group, row, metric, recs, paper)
     base, new = table.cell(row, group, "base"), table.cell(row, group, "new")
     if base is not None and new is not None:
         marked = base.incomplete or new.incomplete
-        h = Cell(harmonic(base.mean, new.mean), None, min(base.n, new.n), max(base.expected, new.expected), "derived",
-                 "†(from incomplete seeds)" if marked else "")
+        h = Cell(
+            harmonic(base.mean, new.mean),
+            None,
+            min(base.n, new.n),
+            max(base.expected, new.expected),
+            "derived",
+            "†(from incomplete seeds)" if marked else "",
+        )
         if paper is not None:
             h.paper = paper(row, group, "h")
         table.cells[(row, group.key, "h")] = h
