@@ -1,25 +1,29 @@
-"""The frozen CLIP backbone: loading, precision, tokenisation and the two encoders.
+"""The frozen CLIP backbone: the table of backbones, loading, precision, tokenisation, the two encoders.
 
-Everything here follows PROTOCOL.md 2. Models are open_clip ``CLIP`` objects built with
-QuickGELU (as OpenAI trained them; open_clip's plain ``ViT-B-16`` config would use GELU and silently
-change every number).
+Everything here follows PROTOCOL.md 2. Models are open_clip ``CLIP`` objects built with QuickGELU
+(as OpenAI trained them; open_clip's plain ``ViT-B-16`` config would use GELU and silently change
+every number).
 
-``load_clip(spec)`` accepts
-  * an OpenAI model name (``"ViT-B/16"``, ``"RN50"``, ...): the file is looked up in
-    ``~/.cache/clip`` (where the authors' code keeps it) and downloaded by open_clip otherwise;
-  * a path to an OpenAI-format checkpoint (TorchScript archive or plain state dict): the
-    architecture is read from the file;
-  * ``"tiny"``: a small random CLIP built here, deterministic, for tests and the demo;
-  * ``"tiny-pretrained"``: the tiny CLIP after contrastive pre-training on generated scenes
-    (see ``harness.miniworld``; trained on first use, then cached).
+Backbones are one table, ``BACKBONES``: name -> how to build it, and an optional preparation step
+(download, pre-training) that a sweep runs once in its driver before any job starts. ``load_clip``,
+config validation and sweep preparation all read it. Built in:
+
+  * OpenAI's names (``"ViT-B/16"``, ``"RN50"``, ...): the file is looked up in ``~/.cache/clip``
+    (where the authors' code keeps it) and downloaded by open_clip otherwise;
+  * ``"tiny"``: a small random CLIP (``build_random_clip``), deterministic, for tests;
+  * and, outside the table, a path to an OpenAI-format checkpoint (TorchScript archive or plain
+    state dict), whose architecture is read from the file.
+
+Plugins add more with ``register_backbone`` (the miniature world's ``"tiny-pretrained"``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -27,6 +31,9 @@ import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, build_model_from_openai_state_dict, convert_weights_to_lp
 from open_clip.pretrained import download_pretrained_from_url, get_pretrained_url
 from open_clip.tokenizer import SimpleTokenizer
+
+from harness.atomic import atomic_torch_save
+from harness.plugins import load_plugins
 
 log = logging.getLogger(__name__)
 
@@ -46,59 +53,72 @@ OPENAI_MODELS = {
 }
 
 
-@dataclass(frozen=True)
-class TinyConfig:
-    """A CLIP small enough to build in a blink on a CPU.
-
-    Heads are width // 64 in both towers, as OpenAI's architecture derives them, so a tiny model
-    saved as an OpenAI-format state dict is rebuilt identically by ``load_clip(path)``. The joint
-    embedding (32) differs from the text width (64) on purpose: it catches code that confuses
-    CoCoOp's ``vis_dim`` with ``ctx_dim``.
-    """
-
-    embed_dim: int = 32
-    image_size: int = 224
-    patch_size: int = 32
-    vision_width: int = 128
-    vision_layers: int = 2
-    text_width: int = 64
-    text_layers: int = 2
-    context_length: int = 77
-    vocab_size: int = 49408
-    seed: int = 0
-
-
-TINY_SPECS = ("tiny", "tiny-pretrained")
-
-
-def available_backbones() -> list[str]:
-    return list(OPENAI_MODELS) + list(TINY_SPECS) + ["<path to an OpenAI-format .pt file>"]
-
-
 class BackboneError(ValueError):
     pass
 
 
-def build_tiny_clip(config: TinyConfig = TinyConfig(), precision: str = "fp32") -> CLIP:
-    """A randomly initialised CLIP, identical for a given config (it uses its own seed)."""
+# ---------------------------------------------------------------------------------------------
+# Random CLIPs of a named shape (tests, the benchmark, the miniature world's starting point)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CLIPShape:
+    """The dimensions of a ViT CLIP. Heads are width // 64 in both towers, as OpenAI's architecture
+    derives them, so a model saved as an OpenAI-format state dict is rebuilt identically by
+    ``load_clip(path)``."""
+
+    embed_dim: int
+    vision_width: int
+    vision_layers: int
+    text_width: int
+    text_layers: int
+    patch_size: int = 32
+    image_size: int = 224
+    context_length: int = 77
+    vocab_size: int = 49408
+
+
+CLIP_SHAPES: dict[str, CLIPShape] = {
+    # Small enough to build in a blink. The joint embedding (32) differs from the text width (64) on
+    # purpose: it catches code that confuses CoCoOp's vis_dim with ctx_dim.
+    "tiny": CLIPShape(embed_dim=32, vision_width=128, vision_layers=2, text_width=64, text_layers=2),
+    # The miniature world's model before pre-training (miniworld.pretrain).
+    "miniworld": CLIPShape(embed_dim=64, vision_width=128, vision_layers=3, text_width=128, text_layers=2),
+    # OpenAI's ViT-B/16 dimensions (the benchmark's model).
+    "vit_b16": CLIPShape(
+        embed_dim=512, vision_width=768, vision_layers=12, text_width=512, text_layers=12, patch_size=16
+    ),
+}
+
+
+def build_random_clip(shape: str | CLIPShape = "tiny", seed: int = 0, precision: str = "fp32", **changes) -> CLIP:
+    """A randomly initialised CLIP of a named (or given) shape, identical for a seed; ``changes``
+    override fields of the shape (``image_size=64``, ...). Trainable and in train mode, as built:
+    ``load_clip`` freezes it."""
+    if isinstance(shape, str):
+        if shape not in CLIP_SHAPES:
+            raise BackboneError(f"Unknown CLIP shape {shape!r}; shapes: {', '.join(CLIP_SHAPES)}.")
+        shape = CLIP_SHAPES[shape]
+    shape = replace(shape, **changes)
     vision = CLIPVisionCfg(
-        layers=config.vision_layers,
-        width=config.vision_width,
-        patch_size=config.patch_size,
-        image_size=config.image_size,
+        layers=shape.vision_layers,
+        width=shape.vision_width,
+        patch_size=shape.patch_size,
+        image_size=shape.image_size,
         head_width=64,
     )
     text = CLIPTextCfg(
-        context_length=config.context_length,
-        vocab_size=config.vocab_size,
-        width=config.text_width,
-        heads=config.text_width // 64,
-        layers=config.text_layers,
+        context_length=shape.context_length,
+        vocab_size=shape.vocab_size,
+        width=shape.text_width,
+        heads=max(1, shape.text_width // 64),
+        layers=shape.text_layers,
     )
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+        torch.manual_seed(seed)
         model = CLIP(
-            config.embed_dim,
+            shape.embed_dim,
             vision_cfg=vision,
             text_cfg=text,
             quick_gelu=True,
@@ -110,6 +130,88 @@ def build_tiny_clip(config: TinyConfig = TinyConfig(), precision: str = "fp32") 
     return model
 
 
+# ---------------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How to get one backbone. ``build(precision)`` returns the CLIP (``load_clip`` moves it to the
+    device and freezes it); ``prepare()`` fetches or creates what ``build`` needs (a download, a
+    pre-training), once, in the sweep's driver rather than in every job."""
+
+    name: str
+    build: Callable[[str], CLIP]
+    prepare: Callable[[], object] | None = None
+    description: str = ""
+
+
+BACKBONES: dict[str, Backbone] = {}
+FILE_CHOICE = "<path to an OpenAI-format .pt file>"
+
+
+def register_backbone(
+    name: str, build: Callable[[str], CLIP], prepare: Callable[[], object] | None = None, description: str = ""
+) -> Backbone:
+    if name in BACKBONES:
+        raise BackboneError(f"Backbone {name!r} is registered twice.")
+    BACKBONES[name] = Backbone(name, build, prepare, description)
+    return BACKBONES[name]
+
+
+def available_backbones() -> list[str]:
+    load_plugins()
+    return list(BACKBONES) + [FILE_CHOICE]
+
+
+def get_backbone(spec: str) -> Backbone:
+    """The table entry for ``spec`` (a registered name, or an existing OpenAI-format file)."""
+    if spec not in BACKBONES:
+        load_plugins()
+    if spec in BACKBONES:
+        return BACKBONES[spec]
+    path = os.path.expanduser(str(spec))
+    if os.path.isfile(path):
+        return Backbone(path, partial(load_openai_file, path), description="OpenAI-format file")
+    openai_name = {v: k for k, v in OPENAI_MODELS.items()}.get(spec)
+    hint = f" (did you mean {openai_name!r}? OpenAI's names use a slash)" if openai_name else ""
+    raise BackboneError(
+        f"Unknown backbone {spec!r}{hint}: not a known name and no such file.\n"
+        f"Choices: {', '.join(available_backbones())}."
+    )
+
+
+def prepare_backbone(spec: str) -> None:
+    """Run ``spec``'s preparation step, if it has one."""
+    entry = get_backbone(spec)
+    if entry.prepare is not None:
+        entry.prepare()
+
+
+def load_clip(spec: str = "ViT-B/16", device: str | torch.device = "cpu", precision: str = "fp32") -> CLIP:
+    """The frozen CLIP for ``spec``, in eval mode, with no gradients on its weights.
+
+    precision: "fp32", "fp16" (OpenAI's mixed layout, PROTOCOL.md 2.2) or "bf16" (the same
+    layout in bfloat16).
+    """
+    if precision not in PRECISIONS:
+        raise BackboneError(f"Unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}.")
+    return freeze(get_backbone(spec).build(precision).to(device))
+
+
+def freeze(model: CLIP) -> CLIP:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI-format files
+# ---------------------------------------------------------------------------------------------
+
+
 def _read_openai_state_dict(path: str) -> dict:
     """State dict of an OpenAI-format file: a TorchScript archive or a plain (or wrapped) state dict."""
     try:
@@ -117,7 +219,10 @@ def _read_openai_state_dict(path: str) -> dict:
         return archive.state_dict()
     except (RuntimeError, ValueError):
         pass
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise BackboneError(f"{path} cannot be read as a CLIP checkpoint ({type(exc).__name__}: {exc}).") from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or "token_embedding.weight" not in {k.removeprefix("module.") for k in obj}:
@@ -159,50 +264,28 @@ def resolve_openai_file(name: str, cache_dir: str | None = None) -> str:
         ) from exc
 
 
-def load_clip(spec: str = "ViT-B/16", device: str | torch.device = "cpu", precision: str = "fp32") -> CLIP:
-    """The frozen CLIP for ``spec``, in eval mode, with no gradients on its weights.
-
-    precision: "fp32", "fp16" (OpenAI's mixed layout, PROTOCOL.md 2.2) or "bf16" (the same
-    layout in bfloat16).
-    """
-    if precision not in PRECISIONS:
-        raise BackboneError(f"Unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}.")
-    if spec == "tiny":
-        model = build_tiny_clip(precision=precision)
-    elif spec == "tiny-pretrained":
-        from harness.miniworld import load_pretrained_tiny
-
-        model = load_pretrained_tiny(precision=precision)
-    elif spec in OPENAI_MODELS:
-        model = load_openai_file(resolve_openai_file(spec), precision)
-    elif os.path.isfile(os.path.expanduser(spec)):
-        model = load_openai_file(os.path.expanduser(spec), precision)
-    else:
-        openai_name = {v: k for k, v in OPENAI_MODELS.items()}.get(spec)
-        hint = f" (did you mean {openai_name!r}? OpenAI's names use a slash)" if openai_name else ""
-        raise BackboneError(
-            f"Unknown backbone {spec!r}{hint}: not a known name and no such file.\n"
-            f"Choices: {', '.join(available_backbones())}."
-        )
-    model = model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 def save_openai_state_dict(model: CLIP, path: str) -> None:
     """Write ``model`` as an OpenAI-format plain state dict (what ``load_clip(path)`` reads), atomically."""
-    from harness.atomic import atomic_torch_save
-
     atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
 
 
 def load_openai_file(path: str, precision: str = "fp32") -> CLIP:
     """The frozen CLIP in an OpenAI-format file (TorchScript archive or state dict), eval mode."""
-    model = _model_from_state_dict(_read_openai_state_dict(path), precision).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return freeze(_model_from_state_dict(_read_openai_state_dict(path), precision))
+
+
+for _name in OPENAI_MODELS:
+    register_backbone(
+        _name,
+        build=lambda precision, name=_name: load_openai_file(resolve_openai_file(name), precision),
+        prepare=lambda name=_name: resolve_openai_file(name),
+        description="OpenAI's weights (~/.cache/clip, or downloaded)",
+    )
+register_backbone(
+    "tiny",
+    build=lambda precision: build_random_clip("tiny", precision=precision),
+    description="small random CLIP (tests)",
+)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ FIELD_HELP = {
     "seed": "run seed (python, numpy, torch and the few-shot draw); null = unseeded",
     "subsample": "classes trained on: all | base | new",
     "evaluate": "evaluation targets: list of {dataset, subsample}; default the training set",
-    "backbone": "ViT-B/16, RN50, ..., tiny, tiny-pretrained or a path to an OpenAI-format file",
+    "backbone": "ViT-B/16, RN50, ..., tiny, a plugin's (tiny-pretrained) or a path to an OpenAI-format file",
     "precision": "fp16 (the paper's) | bf16 | fp32 | amp",
     "epochs": "training epochs",
     "batch_size": "training batch size",
@@ -180,12 +180,12 @@ def validate(spec: RunSpec) -> None:
         raise ConfigError(f"Method {spec.method!r} has no option(s) {unknown}. Options: {', '.join(accepted)}.")
     if spec.precision not in RUN_PRECISIONS:
         raise ConfigError(f"precision must be one of {RUN_PRECISIONS}, got {spec.precision!r}.")
-    if spec.backbone not in backbone.OPENAI_MODELS and spec.backbone not in backbone.TINY_SPECS:
-        if not os.path.isfile(os.path.expanduser(spec.backbone)):
-            raise ConfigError(
-                f"Unknown backbone {spec.backbone!r}. Choices: {', '.join(backbone.available_backbones())}."
-            )
-    known_datasets = set(data.DATASETS)
+    try:
+        backbone.get_backbone(spec.backbone)
+    except backbone.BackboneError:
+        choices = ", ".join(backbone.available_backbones())
+        raise ConfigError(f"Unknown backbone {spec.backbone!r}. Choices: {choices}.") from None
+    known_datasets = set(data.list_datasets())
     if spec.dataset not in known_datasets:
         raise ConfigError(f"Unknown dataset {spec.dataset!r}. Datasets: {', '.join(sorted(known_datasets))}.")
     if spec.subsample not in SUBSAMPLES:

@@ -253,54 +253,45 @@ def narrow(experiment: dict, datasets=None, seeds=None, methods=None) -> dict:
     return out
 
 
+def experiment_datasets(experiment: dict) -> list[str]:
+    """Every dataset an experiment reads: its datasets (base-to-new) or its source and targets."""
+    if experiment["protocol"] == "base2new":
+        return list(experiment.get("datasets") or [])
+    return [experiment.get("source", "imagenet"), *(experiment.get("targets") or [])]
+
+
 def prepare_data(experiment: dict, data_root: str, out: str) -> str:
-    """The data root to use: the user's, or data the profile generates (``data: miniworld | synthetic``)."""
+    """The data root to use: the user's, or, for a profile with ``data: generated``, a folder under
+    ``out`` where each of the experiment's datasets is written by its registered generator."""
+    from harness import data
+
     if data_root:
         return os.path.abspath(os.path.expanduser(data_root))
-    generated = experiment.get("data")
-    if not generated:
+    if experiment.get("data") != "generated":
         raise ConfigError(
             f"Experiment {experiment['name']!r} needs a data root: pass --data-root (make ... DATA_ROOT=/path), "
             "the folder that holds the datasets as PROTOCOL.md 3.2 lays them out. Check it with: "
             "python -m harness.data check --root /path"
         )
-    root = os.path.join(out, "demo-data", generated)
-    if generated == "miniworld":
-        from harness import miniworld
-
-        miniworld.make_demo_dataset(root)
-    elif generated == "synthetic":
-        from harness.data.synthetic import make_synthetic_dataset
-
-        if not os.path.isdir(os.path.join(root, "synthetic")):
-            make_synthetic_dataset(
-                root, num_classes=10, train_per_class=20, val_per_class=4, test_per_class=15, image_size=64
-            )
-    else:
-        raise ConfigError(f"Unknown generated data {generated!r}; choose miniworld or synthetic.")
+    root = os.path.join(out, "demo-data")
+    for key in experiment_datasets(experiment):
+        info = data.get_info(key)
+        if info.generate is None:
+            raise ConfigError(f"Dataset {key!r} cannot be generated: give --data-root with its folder.")
+        info.generate(root)
     return root
 
 
 def prepare_backbones(jobs: list[Job], printer=print) -> None:
-    """Fetch or build each backbone once, here, before jobs start: the tiny pre-trained CLIP is
-    trained with a progress bar on this console (not silently inside the first job), and OpenAI's
-    weights are downloaded once rather than by every job. A failure here is only a warning: the
-    jobs' machines may have the file where this one does not."""
+    """Run each backbone's preparation step once, here, before jobs start: the tiny pre-trained CLIP
+    is trained with a progress bar on this console (not silently inside the first job), and
+    OpenAI's weights are downloaded once rather than by every job. A failure here is only a warning:
+    the jobs' machines may have the file where this one does not."""
     from harness import backbone
 
     for spec in sorted({job.spec.backbone for job in jobs}):
         try:
-            if spec == "tiny-pretrained":
-                from harness import miniworld
-
-                if not os.path.isfile(miniworld.cache_path()):
-                    printer(
-                        "Pre-training the miniature world's tiny CLIP once "
-                        "(a few minutes on a CPU; cached for later runs)"
-                    )
-                miniworld.ensure_pretrained(progress=True)
-            elif spec in backbone.OPENAI_MODELS:
-                backbone.resolve_openai_file(spec)
+            backbone.prepare_backbone(spec)
         except Exception as exc:  # noqa: BLE001 - reported, and the jobs try again on their machines
             printer(f"warning: could not prepare backbone {spec!r} here ({exc}); each job will try itself")
 

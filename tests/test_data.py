@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_fixtures import by_hand_global_random, fake_dassl_module, make_items  # noqa: E402
+from fake_data import make_layout  # noqa: E402
 
 import harness.data as hd  # noqa: E402
 from harness.data import (
@@ -33,7 +34,6 @@ from harness.data import (
     subsample_classes,
 )
 from harness.data import fewshot as fs  # noqa: E402
-from harness.data.synthetic import make_layout  # noqa: E402
 
 BENCHMARK_KEYS = [
     "imagenet",
@@ -70,7 +70,9 @@ def rel(items, root):
 
 
 def test_registry():
-    assert list_datasets() == BENCHMARK_KEYS + ["synthetic"]
+    # the built-in datasets first, then those plugins register (the miniature world's)
+    assert list_datasets()[: len(BENCHMARK_KEYS) + 1] == BENCHMARK_KEYS + ["synthetic"]
+    assert list_datasets()[len(BENCHMARK_KEYS) + 1 :] == ["miniworld"]
     assert DATASETS["oxford_pets"].paper_name == "OxfordPets"
     assert DATASETS["caltech101"].folder == "caltech-101"
     assert DATASETS["imagenet_a"].folder == "imagenet-adversarial"

@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+from fake_data import make_layout, make_synthetic_dataset  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import harness.data as hd  # noqa: E402
@@ -26,7 +27,6 @@ from harness.data import (
     build_transform,
 )
 from harness.data.check import main as check_main  # noqa: E402
-from harness.data.synthetic import make_layout, make_synthetic_dataset  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,14 +8,14 @@ import json
 import math
 import os
 
-import pytest
 import torch
 
 from harness import backbone
-from harness import miniworld as mw
+from miniworld import world as mw
 
 SMALL = mw.PretrainConfig(
-    model=backbone.TinyConfig(embed_dim=32, vision_width=64, vision_layers=1, text_width=64, text_layers=1, seed=3),
+    model=backbone.CLIPShape(embed_dim=32, vision_width=64, vision_layers=1, text_width=64, text_layers=1),
+    seed=0,
     steps=6,
     lr=2e-3,
     warmup=1,
@@ -73,8 +73,8 @@ def test_write_classification_dataset_layout(tmp_path):
     out = mw.write_classification_dataset(
         str(tmp_path), ["red_star", ("blue", "heart"), ("green", "cross", "striped")], per_class=(3, 1, 2), seed=5
     )
-    assert out == os.path.join(str(tmp_path), "synthetic")
-    with open(os.path.join(out, "split_zhou_Synthetic.json")) as f:
+    assert out == os.path.join(str(tmp_path), "miniworld")
+    with open(os.path.join(out, "split_zhou_MiniWorld.json")) as f:
         split = json.load(f)
     assert set(split) == {"train", "val", "test"}
     assert [len(split[k]) for k in ("train", "val", "test")] == [9, 3, 6]
@@ -100,12 +100,10 @@ def test_demo_dataset_order_and_harness_reader(tmp_path):
     m = math.ceil(len(names) / 2)
     assert all(mw.parse_class_name(n)[:2] not in mw.HELDOUT_PAIRS for n in names[:m])
     assert all(mw.parse_class_name(n)[:2] in mw.HELDOUT_PAIRS for n in names[m:])
-    data = pytest.importorskip("harness.data")
-    try:
-        ds = data.build_dataset("synthetic", str(tmp_path))
-    except Exception as exc:  # the reader is developed separately
-        pytest.skip(f"harness.data cannot read it yet: {exc}")
-    assert len(ds.test) == 16
+    from harness import data
+
+    ds = data.build_dataset("miniworld", str(tmp_path))
+    assert len(ds.test) == 16 and ds.classnames == names
 
 
 def _loss(model, batch):

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from fake_data import make_synthetic_dataset
 
 import methods
 from harness import data, load_clip, results
@@ -22,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    data.synthetic.make_synthetic_dataset(
+    make_synthetic_dataset(
         str(root), num_classes=6, train_per_class=8, val_per_class=2, test_per_class=6, image_size=32
     )
     return str(root)

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from fake_data import make_synthetic_dataset
 
 submitit = pytest.importorskip("submitit")
 import cloudpickle  # noqa: E402  (a submitit dependency)
@@ -164,11 +165,10 @@ def _tiny_sweep(
     tmp_path: Path, name: str, images_per_class: int, shots: int, batch_size: int, epochs: int, methods: dict
 ):
     """(root folder, experiment): a base-to-new sweep on generated data and the tiny CLIP."""
-    from harness import data
 
     base = os.environ.get("SLURM_TEST_FOLDER")
     root = Path(base) / f"{name}-{uuid.uuid4().hex[:8]}" if base else tmp_path
-    data.synthetic.make_synthetic_dataset(
+    make_synthetic_dataset(
         str(root / "data"),
         num_classes=4,
         train_per_class=images_per_class,

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 import yaml
+from fake_data import make_synthetic_dataset
 
-from harness import data, results, sweep
+from harness import results, sweep
 from harness.config import ConfigError
 from harness.launcher import launch, load_state, plan, status
 
@@ -36,7 +37,7 @@ SMALL = {
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweepdata")
-    data.synthetic.make_synthetic_dataset(
+    make_synthetic_dataset(
         str(root), num_classes=4, train_per_class=4, val_per_class=1, test_per_class=3, image_size=24
     )
     return str(root)
@@ -126,7 +127,7 @@ def test_narrowing_and_bad_names():
 
 def test_demo_profile_uses_generated_data_and_the_tiny_pretrained_clip():
     demo = sweep.load_experiment("base2new", profile="demo")
-    assert demo["data"] == "miniworld" and demo["backbone"] == "tiny-pretrained" and demo["datasets"] == ["synthetic"]
+    assert demo["data"] == "generated" and demo["backbone"] == "tiny-pretrained" and demo["datasets"] == ["miniworld"]
     jobs = sweep.expand(demo, "/gen", "/out")
     assert {j.spec.backbone for j in jobs} == {"tiny-pretrained"} and {j.spec.precision for j in jobs} == {"fp32"}
     ablations = sweep.expand(sweep.load_experiment("ablations", profile="demo"), "/gen", "/out")

@@ -4,7 +4,6 @@ See PROTOCOL.md 3–5.  Torch-dependent names (``build_transform``, ``ImageDatas
 ``build_loader``) are imported lazily so that ``python -m harness.data check`` stays fast.
 """
 
-from . import synthetic  # noqa: F401  (harness.data.synthetic is part of the API)
 from .build import build_dataset
 from .constants import CLIP_MEAN, CLIP_STD
 from .errors import (
@@ -17,7 +16,7 @@ from .errors import (
     UnknownDatasetError,
 )
 from .fewshot import sample_few_shot, subsample_classes
-from .registry import DATASETS, DatasetInfo, get_info, list_datasets
+from .registry import DATASETS, DatasetInfo, get_info, list_datasets, register_dataset
 from .types import DatasetSplits, Datum
 
 _LAZY = {"build_transform": "transforms", "ImageDataset": "loader", "build_loader": "loader", "load_image": "loader"}
@@ -30,6 +29,7 @@ __all__ = [
     "DatasetInfo",
     "get_info",
     "list_datasets",
+    "register_dataset",
     "sample_few_shot",
     "subsample_classes",
     "CLIP_MEAN",

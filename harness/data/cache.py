@@ -6,9 +6,9 @@ import logging
 import os
 import uuid
 
-logger = logging.getLogger(__name__)
+from harness import paths
 
-ENV_CACHE_DIR = "HARNESS_CACHE_DIR"
+logger = logging.getLogger(__name__)
 
 
 def fallback_dir(key: str, cache_dir: str | None = None) -> str:
@@ -17,10 +17,11 @@ def fallback_dir(key: str, cache_dir: str | None = None) -> str:
     ``<cache_dir>/<key>/`` if ``cache_dir`` is given, else ``$HARNESS_CACHE_DIR/<key>/``, else
     ``~/.cache/prompt-harness/split_fewshot/<key>/``.
     """
-    base = cache_dir or os.environ.get(ENV_CACHE_DIR)
-    if not base:
-        base = os.path.join(os.path.expanduser("~"), ".cache", "prompt-harness", "split_fewshot")
-    return os.path.join(os.path.abspath(os.path.expanduser(base)), key)
+    if cache_dir:
+        return os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), key)
+    if os.environ.get(paths.ENV_CACHE_DIR):
+        return paths.cache_dir(key)
+    return paths.cache_dir("split_fewshot", key)
 
 
 def dir_writable(path: str) -> bool:

@@ -42,6 +42,15 @@ LAYOUT = {
 MAX_SHOWN = 5
 
 
+def layout(info: DatasetInfo) -> str:
+    """The expected on-disk layout of a dataset, for messages."""
+    if info.key in LAYOUT:
+        return LAYOUT[info.key]
+    images = "/".join(p for p in (info.folder, info.image_dir) if p)
+    split = f", {info.folder}/{info.split_file}" if info.split_file else ""
+    return f"{images}/<class>/*.jpg{split}"
+
+
 def check_dataset(key: str, root: str, explicit: bool = True, cache_dir: str | None = None) -> tuple[str, list[str]]:
     """Returns ``(status, lines)``; status is "ok", "warn", "broken" or "absent"."""
     info: DatasetInfo = get_info(key)
@@ -61,7 +70,7 @@ def check_dataset(key: str, root: str, explicit: bool = True, cache_dir: str | N
             ]
         out("MISSING", f"dataset folder not found: {ddir}")
         out("fix", f"get it from: {info.download}")
-        out("fix", f"expected layout: {LAYOUT[info.key]}")
+        out("fix", f"expected layout: {layout(info)}")
         lines.append("  => " + ("BROKEN" if explicit else "not installed"))
         return ("broken" if explicit else "absent"), lines
     out("ok", "folder found")
@@ -85,7 +94,7 @@ def check_dataset(key: str, root: str, explicit: bool = True, cache_dir: str | N
         if not (info.split_file and problems):  # the missing split file was already reported
             problems += 1
             out("PROBLEM", str(e))
-            out("fix", f"expected layout: {LAYOUT[info.key]}")
+            out("fix", f"expected layout: {layout(info)}")
         lines.append("  => BROKEN")
         return "broken", lines
 
@@ -98,12 +107,12 @@ def check_dataset(key: str, root: str, explicit: bool = True, cache_dir: str | N
             lines.append(f"           {p}")
         if len(missing) > MAX_SHOWN:
             lines.append(f"           … and {len(missing) - MAX_SHOWN} more")
-        out("fix", f"re-download/extract the images ({info.download}); expected layout: {LAYOUT[info.key]}")
+        out("fix", f"re-download/extract the images ({info.download}); expected layout: {layout(info)}")
     else:
         out("ok", f"images: {len(paths)} listed, {len(paths)} found")
 
     _, ncls, _ = derive_classnames(train)
-    if ncls == info.num_classes or info.key == "synthetic":
+    if info.num_classes is None or ncls == info.num_classes:
         out("ok", f"classes: {ncls}")
     else:
         warns += 1

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from harness.plugins import load_plugins
 
 from .errors import UnknownDatasetError
 
@@ -14,11 +17,13 @@ class DatasetInfo:
     folder: str  # folder under the data root
     image_dir: str  # folder (relative to ``folder``) that split paths are relative to
     split_file: str | None  # split JSON file name inside ``folder`` (None: no JSON)
-    num_classes: int  # expected number of classes
+    num_classes: int | None  # expected number of classes (None: any, for generated datasets)
     sizes: tuple[int | None, int | None, int | None]  # expected train / val / test sizes
     test_only: bool = False
     source: str = "json"  # json | fgvc_txt | imagenet | imagenetv2 | wnid_folders
     download: str = ""  # where to get the data (human readable)
+    # For generated datasets: writes the dataset folder under a data root (generate(root) -> folder).
+    generate: Callable[[str], str] | None = field(default=None, compare=False, repr=False)
 
 
 def _json(key, paper, folder, image_dir, ncls, sizes, download):
@@ -191,16 +196,18 @@ _ENTRIES = [
         source="wnid_folders",
         download="imagenet-r.tar from the imagenet-r release; copy imagenet/classnames.txt",
     ),
+    # A small dataset in the authors' split-file layout, any number of classes: what the tests
+    # generate (tests/fake_data.py), and a layout anyone can fill with their own images.
     DatasetInfo(
         "synthetic",
         "Synthetic",
         "synthetic",
         "images",
         "split_zhou_Synthetic.json",
-        10,
+        None,
         (None, None, None),
-        download='generate it: python -c "from harness.data.synthetic import '
-        "make_synthetic_dataset; make_synthetic_dataset('DATA_ROOT')\"",
+        download="your own images: synthetic/images/<class>/*.jpg and synthetic/split_zhou_Synthetic.json "
+        'holding {"train", "val", "test"} lists of [path relative to images/, label, class name]',
     ),
 ]
 
@@ -220,8 +227,18 @@ _ALIASES.update(
 )
 
 
+def register_dataset(info: DatasetInfo) -> DatasetInfo:
+    """Add a dataset (a plugin's generated dataset, a user's own) to the registry."""
+    if info.key in DATASETS:
+        raise ValueError(f"Dataset {info.key!r} is registered twice.")
+    DATASETS[info.key] = info
+    _ALIASES.setdefault(info.paper_name.lower(), info.key)
+    return info
+
+
 def list_datasets(include_synthetic: bool = True) -> list[str]:
-    """Dataset keys in registry order (the 15 benchmark datasets, then ``synthetic``)."""
+    """Dataset keys in registry order (the 15 benchmark datasets, ``synthetic``, then plugins')."""
+    load_plugins()
     return [k for k in DATASETS if include_synthetic or k != "synthetic"]
 
 
@@ -230,9 +247,11 @@ def get_info(name: str) -> DatasetInfo:
     if isinstance(name, DatasetInfo):
         return name
     key = str(name).strip()
+    if key not in DATASETS:
+        load_plugins()
     if key in DATASETS:
         return DATASETS[key]
     alias = _ALIASES.get(key.lower()) or _ALIASES.get(key.lower().replace("_", ""))
     if alias:
         return DATASETS[alias]
-    raise UnknownDatasetError(f"unknown dataset {name!r}; valid keys are: {', '.join(DATASETS)}")
+    raise UnknownDatasetError(f"unknown dataset {name!r}; valid keys are: {', '.join(list_datasets())}")

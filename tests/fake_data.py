@@ -1,5 +1,5 @@
-"""Generated data: a small learnable dataset (``synthetic``) and fake on-disk layouts of the 15
-benchmark datasets for tests.
+"""Test data: a small learnable dataset (``synthetic``) and fake on-disk layouts of the 15 benchmark
+datasets.
 
 Everything here is deterministic for a given ``seed`` (per-image generators are seeded from the
 seed, class index and image index).
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .splitfile import write_split_json
-from .types import Datum
+from harness.data.splitfile import write_split_json
+from harness.data.types import Datum
 
 COLOURS: list[tuple[str, tuple[int, int, int]]] = [
     ("red", (220, 30, 30)),
@@ -267,7 +267,7 @@ def make_layout(
     Each class gets ``images_per_class`` images split 50/20/30 (train/val/test) in file order.
     Returns the dataset folder.
     """
-    from .registry import get_info
+    from harness.data.registry import get_info
 
     info = get_info(key)
     key = info.key
@@ -300,7 +300,7 @@ def make_layout(
             write_split_json(os.path.join(ddir, info.split_file), *splits, image_dir)
 
     if key in ("caltech101", "food101", "dtd", "eurosat"):
-        from .readers import CALTECH_RENAME, EUROSAT_RENAME
+        from harness.data.readers import CALTECH_RENAME, EUROSAT_RENAME
 
         pool = {"caltech101": CALTECH_FOLDERS, "food101": FOOD, "dtd": DTD, "eurosat": EUROSAT}[key]
         folders = sorted(_names(pool, n, "class_{:03d}"))
@@ -356,7 +356,7 @@ def make_layout(
                         f.write(f"{stem} {d.label + 1} {species} {d.label + 1}\n")
     elif key == "stanford_cars":
         meta = _names(CARS_META, n, "Maker Model{:03d} Sedan 2010")
-        from .readers import cars_classname
+        from harness.data.readers import cars_classname
 
         per_class = []
         counters = {"cars_train": 0, "cars_test": 0}
@@ -418,7 +418,7 @@ def make_layout(
                 for d in items:
                     f.write(f"{os.path.splitext(os.path.basename(d.impath))[0]} {d.classname}\n")
     elif key == "sun397":
-        from .readers import sun397_classname
+        from harness.data.readers import sun397_classname
 
         keys = _names(SUN_KEYS, n, "z/zone_{:03d}")
         per_class = []
@@ -438,7 +438,7 @@ def make_layout(
                 with open(os.path.join(ddir, fname), "w") as f:
                     f.writelines("/" + os.path.relpath(d.impath, image_dir).replace(os.sep, "/") + "\n" for d in items)
     elif key == "ucf101":
-        from .readers import ucf_classname
+        from harness.data.readers import ucf_classname
 
         actions = _names(UCF, n, "SyntheticAction{:03d}")
         actions = sorted(actions[:-1]) + [actions[-1]] if "YoYo" in actions else sorted(actions)

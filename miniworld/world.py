@@ -30,9 +30,9 @@ the demo a world in which base-to-new generalisation is real:
 
 CLI::
 
-    python -m harness.miniworld pretrain [--force]        train (or find) the cached weights
-    python -m harness.miniworld dataset --root DIR        write the demo dataset to DIR/synthetic
-    python -m harness.miniworld eval --root DIR           zero-shot base / new accuracy of the cache
+    python -m miniworld pretrain [--force]        train (or find) the cached weights
+    python -m miniworld dataset --root DIR        write the demo dataset to DIR/miniworld
+    python -m miniworld eval --root DIR           zero-shot base / new accuracy of the cache
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ from PIL import Image, ImageDraw
 
 from harness import backbone
 from harness.atomic import atomic_write_bytes
-from harness.backbone import TinyConfig
+from harness.data.constants import CLIP_MEAN, CLIP_STD
+from harness.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -417,11 +418,12 @@ def dataset_sample(
 
 
 # ---------------------------------------------------------------------------------------------
-# Classification datasets (the layout harness.data reads as "synthetic", PROTOCOL.md 3.3)
+# Classification datasets (the authors' split-file layout, PROTOCOL.md 3.3)
 # ---------------------------------------------------------------------------------------------
 
-DATASET_DIR = "synthetic"
-SPLIT_FILE = "split_zhou_Synthetic.json"
+DATASET_KEY = "miniworld"
+DATASET_DIR = "miniworld"
+SPLIT_FILE = "split_zhou_MiniWorld.json"
 
 
 def write_classification_dataset(
@@ -461,7 +463,11 @@ def write_classification_dataset(
 
 
 def make_demo_dataset(root: str, seed: int = 0, per_class: tuple[int, int, int] = DEMO_PER_CLASS) -> str:
-    """The demo's 16-class dataset (8 base = seen compositions, then 8 new = held-out ones)."""
+    """The demo's 16-class dataset (8 base = seen compositions, then 8 new = held-out ones). The split
+    file is written last, so a folder that has it is complete and is not written again."""
+    folder = os.path.join(os.path.abspath(os.path.expanduser(root)), DATASET_DIR)
+    if os.path.isfile(os.path.join(folder, SPLIT_FILE)):
+        return folder
     return write_classification_dataset(root, [class_name(c, s) for c, s in DEMO_PAIRS], per_class, seed)
 
 
@@ -475,17 +481,12 @@ def read_split(dataset_dir: str) -> dict[str, list]:
 # ---------------------------------------------------------------------------------------------
 
 #: The pre-trained variant's architecture (the image side stays 224 so the standard transforms apply).
-PRETRAIN_TINY_CONFIG = TinyConfig(
-    embed_dim=64, vision_width=128, vision_layers=3, text_width=128, text_layers=2, patch_size=32, seed=0
-)
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PRETRAIN_TINY_CONFIG = backbone.CLIP_SHAPES["miniworld"]
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    model: TinyConfig = PRETRAIN_TINY_CONFIG
+    model: backbone.CLIPShape = PRETRAIN_TINY_CONFIG
     steps: int = 900
     lr: float = 1e-3
     warmup: int = 50
@@ -552,7 +553,7 @@ def _param_groups(model, weight_decay: float):
 
 def init_model(config: PretrainConfig = DEFAULT_PRETRAIN):
     """The randomly initialised model pre-training starts from (temperature 0.07, learnable)."""
-    model = backbone.build_tiny_clip(config.model)
+    model = backbone.build_random_clip(config.model, seed=config.seed)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1.0 / config.init_temperature))
     return model
@@ -618,11 +619,6 @@ def _pretrain(config: PretrainConfig, progress: bool, log_every: int):
 # ---------------------------------------------------------------------------------------------
 
 
-def cache_dir() -> str:
-    env = os.environ.get("HARNESS_CACHE_DIR")
-    return os.path.expanduser(env) if env else os.path.join(os.path.expanduser("~"), ".cache", "prompt-harness")
-
-
 def cache_version(config: PretrainConfig = DEFAULT_PRETRAIN) -> str:
     return f"v{WORLD_VERSION}-{config.fingerprint()}"
 
@@ -660,6 +656,17 @@ def ensure_pretrained(config: PretrainConfig = DEFAULT_PRETRAIN, force: bool = F
             path,
         )
         return path
+
+
+def prepare_pretrained() -> str:
+    """The backbone's preparation step (run once by a sweep's driver): pre-train if not cached."""
+    if not os.path.isfile(cache_path()):
+        print("Pre-training the miniature world's tiny CLIP once (a few minutes on a CPU; cached for later runs)")
+    return ensure_pretrained(progress=True)
+
+
+def load_pretrained_tiny_for(precision: str) -> torch.nn.Module:
+    return load_pretrained_tiny(precision=precision)
 
 
 def load_pretrained_tiny(precision: str = "fp32", config: PretrainConfig = DEFAULT_PRETRAIN, force: bool = False):
@@ -725,7 +732,7 @@ def demo_zero_shot(clip, dataset_dir: str, template: str = DEMO_TEMPLATE) -> dic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.miniworld", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m miniworld", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pretrain", help="pre-train the tiny CLIP (or find it in the cache)")
     p.add_argument("--force", action="store_true", help="train again even if cached")

@@ -1,0 +1,5 @@
+import sys
+
+from miniworld.world import main
+
+sys.exit(main())
