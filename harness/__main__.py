@@ -112,13 +112,9 @@ def _load_sweep(args):
     run_overrides = parse_overrides(args.overrides)
     if args.backbone:
         run_overrides["backbone"] = args.backbone
-    for key in ("backbone", "precision", "tracking"):  # run keys the experiment sets at top level
-        if key in run_overrides:
-            experiment[key] = run_overrides.pop(key)
-    experiment["run"] = {**(experiment.get("run") or {}), **run_overrides}
     out = os.path.abspath(args.out)
     data_root = sweep.prepare_data(experiment, args.data_root, out)
-    return experiment, sweep.expand(experiment, data_root, out), out
+    return experiment, sweep.expand(experiment, data_root, out, run_overrides), out
 
 
 def _cmd_sweep(args) -> int:

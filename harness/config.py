@@ -1,9 +1,12 @@
 """Run specifications: one training-and/or-evaluation job, as plain data.
 
-Precedence, as in the authors' framework (PROTOCOL.md 1): defaults < method config
-(``experiments/methods/<method>/<name>.yaml``) < the spec's own values < command-line overrides.
-Every key is checked before any work starts: an unknown key, a wrong type, an unknown method,
-method option, precision or backbone is an error that names the key and the choices.
+Configuration is layered here and nowhere else (``build_spec``), as in the authors' framework
+(PROTOCOL.md 1): the defaults of ``RunSpec`` < the method config
+(``experiments/methods/<method>/<name>.yaml``, holding only what differs from the defaults) < the
+experiment's values (its ``run`` section, its top-level keys, the method variant's ``run`` and
+``options``) < the command line (``--set``), which always wins. Every key is checked before any work
+starts: an unknown key, a wrong type, an unknown method, method option, precision or backbone is an
+error that names the key and the choices.
 """
 
 from __future__ import annotations
@@ -72,6 +75,63 @@ class RunSpec:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def job_name(self) -> str:
+        return self.job or f"{self.method}/{self.dataset}/seed{self.seed}"
+
+    @property
+    def trains(self) -> bool:
+        """True when this job learns a prompt (a trainable method, not evaluating a loaded one)."""
+        return method_trains(self.method) and not self.load_from
+
+    def identity(self) -> dict:
+        """The fields of this job's result records that say which result they are (with the
+        evaluated dataset and subsample: ``harness.results.record_key``)."""
+        learns = method_trains(self.method)
+        return {
+            "experiment": self.experiment,
+            "job": self.job_name,
+            "method": self.method,
+            "config": self.config or None,
+            "train_dataset": self.dataset if learns else None,
+            "train_subsample": self.subsample if learns else None,
+            "shots": self.shots if learns else 0,
+            "seed": self.seed if learns else None,
+            "backbone": self.backbone,
+            "precision": self.precision,
+        }
+
+    def training_identity(self) -> dict:
+        """The values of ``TRAINING_KEYS``: what the learned prompt depends on."""
+        return {k: getattr(self, k) for k in TRAINING_KEYS}
+
+
+# Keys that change what a training run learns: a sweep's training folder is keyed by them, and a
+# checkpoint is resumed only by a spec equal on all of them (the data root may move).
+TRAINING_KEYS = (
+    "method",
+    "options",
+    "dataset",
+    "shots",
+    "seed",
+    "subsample",
+    "backbone",
+    "precision",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "warmup_lr",
+)
+
+
+def method_trains(method: str) -> bool:
+    import methods
+
+    return methods.method_class(method).trainable
 
 
 FIELD_HELP = {

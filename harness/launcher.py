@@ -284,7 +284,7 @@ def _finish(states, out, experiment, printer) -> list[JobState]:
 
 def status(jobs: list[Job], out: str, experiment: str) -> list[dict]:
     """Each job's progress from the results store, its checkpoints and the last sweep's state."""
-    from harness.runner import latest_checkpoint
+    from harness.checkpoint import latest_checkpoint
 
     done = results.existing_keys(jobs[0].spec.results) if jobs else set()
     previous = {s.name: s for s in load_state(out, experiment)}

@@ -27,9 +27,12 @@ without atomic appends) with a warning instead of failing.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
@@ -137,3 +140,28 @@ def records_frame(records: Iterable[dict]):
             row[f"opt_{name}"] = value
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The checkout's commit, stored with every record."""
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict:
+    import open_clip
+    import torch
+
+    import harness
+
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "open_clip": getattr(open_clip, "__version__", "?"),
+        "harness": harness.__version__,
+    }

@@ -7,45 +7,42 @@
 Order of work inside a run follows the published framework (PROTOCOL.md 1): seed -> log -> dataset
 (few-shot draw, base/new) -> loaders -> model -> optimiser and schedule -> train -> test.
 
-Training (PROTOCOL.md 9, 10): SGD over the method's trainable parameters only, one constant
-warm-up epoch then cosine, stepped once per epoch. A checkpoint in the authors' format, with the
-optimiser, scheduler and every RNG state, is written atomically after each epoch, so a killed run
-restarts from its last finished epoch and ends exactly where an uninterrupted one would.
+The runner knows no method by name: it builds one and asks it (``methods.base``) for its training
+objective, its parameter groups, its end-of-epoch hook and whether its image features may come from
+the shared cache.
+
+Training (PROTOCOL.md 9, 10): SGD over the method's parameter groups only, one constant warm-up epoch
+then cosine, stepped once per epoch. After each epoch a checkpoint (``harness.checkpoint``) lets a
+killed run restart from its last finished epoch and end exactly where an uninterrupted one would.
 
 Evaluation (PROTOCOL.md 13): accuracy, error, macro-F1 and per-class accuracy on the test split of
-each target; test-image features come from the shared feature cache. Each finished evaluation
-appends one record to the results store; a run whose records all exist is skipped.
+each target. Each finished evaluation appends one record to the results store; a run whose records
+all exist is skipped.
 """
 
 from __future__ import annotations
 
 import datetime
-import glob
 import logging
 import math
 import os
 import random
-import re
-import subprocess
-import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.metrics import f1_score
 from tqdm import tqdm
 
 import methods
-from harness import backbone, data, results, tracking
+from harness import backbone, checkpoint, data, results, tracking
 from harness.config import RunSpec
 from harness.features import FeatureCache, compute_features
+from harness.logs import run_logging
+from harness.metrics import classification_metrics
+from methods.base import load_checkpoint_file
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "prompt_learner"
-CHECKPOINT_PREFIX = "model.pth.tar-"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,8 +75,8 @@ def clip_precision(run_precision: str) -> str:
     return {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "amp": "fp32"}[run_precision]
 
 
-def build_optimizer(params, spec: RunSpec) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+def build_optimizer(param_groups, spec: RunSpec) -> torch.optim.Optimizer:
+    return torch.optim.SGD(param_groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
 
 
 def build_scheduler(optimizer, spec: RunSpec):
@@ -108,104 +105,6 @@ def learning_rates(spec: RunSpec) -> list[float]:
     return rates
 
 
-def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> dict:
-    """PROTOCOL.md 13, in percent: accuracy, error, macro-F1 over the labels present, per-class accuracy."""
-    correct = int((labels == predictions).sum())
-    total = int(labels.size)
-    accuracy = 100.0 * correct / max(1, total)
-    present = np.unique(labels)
-    macro_f1 = 100.0 * f1_score(labels, predictions, average="macro", labels=present) if total else 0.0
-    per_class = []
-    for label in range(num_classes):
-        mask = labels == label
-        per_class.append(100.0 * float((predictions[mask] == label).mean()) if mask.any() else None)
-    observed = [a for a in per_class if a is not None]
-    return {
-        "accuracy": accuracy,
-        "error": 100.0 - accuracy,
-        "macro_f1": float(macro_f1),
-        "perclass_accuracy": float(np.mean(observed)) if observed else 0.0,
-        "per_class_accuracy": per_class,
-        "total": total,
-        "correct": correct,
-    }
-
-
-def latest_checkpoint(run_dir: str) -> tuple[str, int] | None:
-    """(path, epoch) of the newest finished-epoch checkpoint in a run folder, or None."""
-    folder = os.path.join(run_dir, CHECKPOINT_DIR)
-    pointer = os.path.join(folder, "checkpoint")
-    candidates = []
-    if os.path.isfile(pointer):
-        with open(pointer) as f:
-            name = f.readline().strip()
-        if name:
-            candidates.append(os.path.join(folder, name))
-    candidates += sorted(
-        glob.glob(os.path.join(folder, CHECKPOINT_PREFIX + "*")),
-        key=lambda p: int(p.rsplit("-", 1)[1]) if p.rsplit("-", 1)[1].isdigit() else -1,
-        reverse=True,
-    )
-    for path in candidates:
-        match = re.search(r"-(\d+)$", path)
-        if match and os.path.isfile(path):
-            return path, int(match.group(1))
-    return None
-
-
-def git_commit() -> str | None:
-    try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        out = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def package_versions() -> dict:
-    import open_clip
-
-    import harness
-
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "open_clip": getattr(open_clip, "__version__", "?"),
-        "harness": harness.__version__,
-    }
-
-
-@contextmanager
-def run_logging(run_dir: str):
-    """Log to ``<run_dir>/log.txt`` as well as the console; an existing log is kept and the new one
-    gets a time suffix, as in the authors' framework (PROTOCOL.md 1)."""
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, "log.txt")
-    if os.path.exists(path):
-        path += datetime.datetime.now().strftime("-%Y-%m-%d-%H-%M-%S")
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    previous = root.level
-    if root.level > logging.INFO or root.level == logging.NOTSET:
-        root.setLevel(logging.INFO)
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
-        console = logging.StreamHandler()
-        console.setFormatter(logging.Formatter("%(message)s"))
-        root.addHandler(console)
-    else:
-        console = None
-    try:
-        yield path
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-        if console is not None:
-            root.removeHandler(console)
-        root.setLevel(previous)
-
-
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
@@ -222,37 +121,17 @@ class Run:
         self.cache = FeatureCache(
             spec.feature_cache or os.path.join(os.path.dirname(results.results_path(self.results)), "feature_cache")
         )
-        self.job = spec.job or f"{spec.method}/{spec.dataset}/seed{spec.seed}"
+        self.job = spec.job_name
         self.tracker: tracking.Tracker = tracking.Tracker()
         self.clip = None
-        self.trainable = methods.method_class(spec.method).trainable
-
-    # -- bookkeeping -------------------------------------------------------------------------
-
-    def record_base(self) -> dict:
-        spec = self.spec
-        return {
-            "experiment": spec.experiment,
-            "job": self.job,
-            "method": spec.method,
-            "config": spec.config or None,
-            "train_dataset": spec.dataset if self.trainable else None,
-            "train_subsample": spec.subsample if self.trainable else None,
-            "shots": spec.shots if self.trainable else 0,
-            "seed": spec.seed if self.trainable else None,
-            "backbone": spec.backbone,
-            "precision": spec.precision,
-        }
-
-    def target_key(self, dataset: str, subsample: str) -> tuple:
-        return results.record_key({**self.record_base(), "dataset": dataset, "subsample": subsample})
 
     def pending_targets(self) -> list[tuple[str, str]]:
         targets = self.spec.eval_targets()
         if self.spec.force:
             return targets
         done = results.existing_keys(self.results)
-        return [t for t in targets if self.target_key(*t) not in done]
+        identity = self.spec.identity()
+        return [t for t in targets if results.record_key({**identity, "dataset": t[0], "subsample": t[1]}) not in done]
 
     def load_backbone(self):
         if self.clip is None:
@@ -263,8 +142,8 @@ class Run:
 
     def build_method(self, classnames: list[str], dataset: str):
         options = dict(self.spec.options)
-        if self.spec.method == "zsclip":
-            options.setdefault("dataset", dataset)  # selects the dataset's hand-made template
+        if "dataset" in methods.method_options(self.spec.method):
+            options.setdefault("dataset", dataset)  # e.g. selects the dataset's hand-made template
         return methods.build_method(self.spec.method, self.load_backbone(), classnames, **options).to(self.device)
 
     def autocast(self):
@@ -273,69 +152,28 @@ class Run:
         dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
+    def num_workers(self) -> int:
+        if self.spec.num_workers is not None:
+            return self.spec.num_workers
+        return min(8, os.cpu_count() or 1)
+
     # -- training ----------------------------------------------------------------------------
-
-    def checkpoint_path(self, epoch: int) -> str:
-        return os.path.join(self.run_dir, CHECKPOINT_DIR, f"{CHECKPOINT_PREFIX}{epoch}")
-
-    def save_checkpoint(self, model, optimizer, scheduler, epoch: int, loader_generator, scaler) -> None:
-        path = self.checkpoint_path(epoch)
-        model.save_prompt_checkpoint(
-            path,
-            epoch,
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            rng={
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "loader": loader_generator.get_state(),
-            },
-            scaler=scaler.state_dict() if scaler is not None else None,
-            classnames=model.classnames,
-            spec=self.spec.to_dict(),
-        )
-        pointer = os.path.join(self.run_dir, CHECKPOINT_DIR, "checkpoint")
-        with open(pointer + ".tmp", "w") as f:
-            f.write(os.path.basename(path) + "\n")
-        os.replace(pointer + ".tmp", pointer)
-        # Only the newest checkpoint is needed to resume; older epochs go (the final one stays).
-        for old in glob.glob(os.path.join(self.run_dir, CHECKPOINT_DIR, CHECKPOINT_PREFIX + "*")):
-            if old != path and not old.endswith(".tmp"):
-                os.unlink(old)
 
     def train(self, splits) -> str:
         """Train (resuming if a checkpoint exists); return the final checkpoint's path."""
         spec = self.spec
-        found = latest_checkpoint(self.run_dir)
-        if found and found[1] >= spec.epochs:
-            log.info("Training already finished: %s", found[0])
-            return found[0]
-
         model = self.build_method(splits.classnames, spec.dataset)
-        params = model.trainable_parameters()
-        optimizer = build_optimizer(params, spec)
+        optimizer = build_optimizer(model.parameter_groups(), spec)
         scheduler = build_scheduler(optimizer, spec)
         scaler = torch.amp.GradScaler("cuda") if spec.precision == "amp" and self.device.type == "cuda" else None
         loader_generator = torch.Generator()
         loader_generator.manual_seed(spec.seed if spec.seed is not None and spec.seed >= 0 else int(time.time()))
-        start_epoch = 0
-        if found:
-            checkpoint = model.load_prompt_checkpoint(found[0])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
-            rng = checkpoint["rng"]
-            random.setstate(rng["python"])
-            np.random.set_state(rng["numpy"])
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            loader_generator.set_state(rng["loader"])
-            if scaler is not None and checkpoint.get("scaler"):
-                scaler.load_state_dict(checkpoint["scaler"])
-            start_epoch = found[1]
-            log.info("Resuming from %s (epoch %d of %d)", found[0], start_epoch, spec.epochs)
+        start_epoch = checkpoint.resume(
+            self.run_dir, model, optimizer, scheduler, loader_generator, scaler, spec.training_identity()
+        )
+        if start_epoch >= spec.epochs:
+            log.info("Training already finished: %s", checkpoint.checkpoint_path(self.run_dir, start_epoch))
+            return checkpoint.checkpoint_path(self.run_dir, start_epoch)
 
         transform = data.build_transform(train=True, size=backbone.image_size(self.clip))
         loader = data.build_loader(
@@ -358,7 +196,6 @@ class Run:
             model.num_trainable_parameters(),
         )
         check_finite = spec.precision in ("fp16", "fp32", "bf16")
-        fault_epoch = int(os.environ.get("HARNESS_FAULT_AFTER_EPOCH", "0"))  # tests: die like a killed job
         step = start_epoch * len(loader)
         progress = tqdm(
             total=spec.epochs * len(loader),
@@ -374,18 +211,16 @@ class Run:
             losses, correct, seen = [], 0, 0
             for images, labels in loader:
                 images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+                details: dict = {}
                 with self.autocast():
-                    features = model.encode_image(images)
-                    logits = model.logits_from_features(features)
-                    loss = F.cross_entropy(logits, labels)
+                    loss = model.training_loss(images, labels, details=details)
                 if check_finite and not torch.isfinite(loss):
                     progress.close()
-                    last = latest_checkpoint(self.run_dir)
+                    last = checkpoint.latest_checkpoint(self.run_dir)
                     raise NonFiniteLossError(
                         f"Loss is {loss.item()} at epoch {epoch}, step {step + 1} of {self.job}. The last good "
                         f"checkpoint is {last[0] if last else 'none (first epoch)'}. "
-                        f"With precision {spec.precision!r}, "
-                        "try precision fp32 or amp, or a lower lr."
+                        f"With precision {spec.precision!r}, try precision fp32 or amp, or a lower lr."
                     )
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
@@ -397,57 +232,36 @@ class Run:
                     optimizer.step()
                 step += 1
                 losses.append(loss.item())
-                correct += int((logits.argmax(-1) == labels).sum())
+                correct += int((details["logits"].argmax(-1) == labels).sum())
                 seen += labels.numel()
-                self.tracker.log({"train/loss": losses[-1], "train/lr": lr, "epoch": epoch}, step=step)
+                terms = {f"train/{k}": float(v) for k, v in details.items() if k != "logits"}
+                self.tracker.log({"train/loss": losses[-1], "train/lr": lr, "epoch": epoch, **terms}, step=step)
                 progress.update(1)
                 progress.set_postfix(
                     epoch=f"{epoch}/{spec.epochs}", loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False
                 )
             scheduler.step()
+            model.on_epoch_end(epoch, spec.epochs)
             epoch_loss = float(np.mean(losses)) if losses else math.nan
             epoch_acc = 100.0 * correct / max(1, seen)
             log.info("epoch %d/%d  loss %.4f  train acc %.2f%%  lr %.3e", epoch, spec.epochs, epoch_loss, epoch_acc, lr)
             self.tracker.log(
                 {"epoch/loss": epoch_loss, "epoch/train_accuracy": epoch_acc, "epoch/lr": lr, "epoch": epoch}, step=step
             )
-            self.save_checkpoint(model, optimizer, scheduler, epoch, loader_generator, scaler)
-            if fault_epoch and epoch == fault_epoch:
-                log.warning("HARNESS_FAULT_AFTER_EPOCH=%d: exiting abruptly", fault_epoch)
-                os._exit(137)
+            checkpoint.save(
+                self.run_dir, epoch, model, optimizer, scheduler, loader_generator, scaler, spec.training_identity()
+            )
         progress.close()
         log.info("Finish training")
-        return self.checkpoint_path(spec.epochs)
-
-    def num_workers(self) -> int:
-        if self.spec.num_workers is not None:
-            return self.spec.num_workers
-        return min(8, os.cpu_count() or 1)
+        return checkpoint.checkpoint_path(self.run_dir, spec.epochs)
 
     # -- evaluation --------------------------------------------------------------------------
 
-    def evaluate(self, dataset: str, subsample: str, checkpoint: str | None) -> dict:
+    def test_features(self, model, splits, dataset: str, subsample: str) -> torch.Tensor:
+        """``model.encode_image`` of the test images: from the shared cache when the method's image
+        side is the frozen tower (``features_cacheable``), else computed for this model alone."""
         spec = self.spec
-        # The test split and class names do not depend on the few-shot draw: build without one.
-        splits = data.build_dataset(
-            dataset, spec.data_root, num_shots=0, seed=spec.seed if spec.seed is not None else 1, subsample=subsample
-        )
-        model = self.build_method(splits.classnames, dataset)
-        if checkpoint:
-            model.load_prompt_checkpoint(checkpoint)
-        model.eval()
-        clip = self.load_backbone()
-        size = backbone.image_size(clip)
-        impaths = [item.impath for item in splits.test]
-        namespace = {
-            "backbone": spec.backbone,
-            "precision": clip_precision(spec.precision),
-            "dataset": dataset,
-            "transform": f"test-bicubic-{size}",
-        }
-        if os.path.isfile(os.path.expanduser(spec.backbone)):
-            stat = os.stat(os.path.expanduser(spec.backbone))
-            namespace["backbone_file"] = [stat.st_size, int(stat.st_mtime)]
+        size = backbone.image_size(self.clip)
 
         def compute():
             loader = data.build_loader(
@@ -459,18 +273,39 @@ class Run:
             )
             return compute_features(model, loader, self.device, desc=f"features {dataset}/{subsample}")
 
-        features = self.cache.get_or_compute(namespace, impaths, compute)
+        if not model.features_cacheable:
+            return compute()
+        namespace = {
+            "backbone": spec.backbone,
+            "precision": clip_precision(spec.precision),
+            "dataset": dataset,
+            "transform": f"test-bicubic-{size}",
+            **model.feature_key(),
+        }
+        if os.path.isfile(os.path.expanduser(spec.backbone)):
+            stat = os.stat(os.path.expanduser(spec.backbone))
+            namespace["backbone_file"] = [stat.st_size, int(stat.st_mtime)]
+        return self.cache.get_or_compute(namespace, [item.impath for item in splits.test], compute)
+
+    def evaluate(self, dataset: str, subsample: str, checkpoint_file: str | None) -> dict:
+        spec = self.spec
+        # The test split and class names do not depend on the few-shot draw: build without one.
+        seed = spec.seed if spec.seed is not None else 1
+        splits = data.build_dataset(dataset, spec.data_root, num_shots=0, seed=seed, subsample=subsample)
+        model = self.build_method(splits.classnames, dataset)
+        if checkpoint_file:
+            model.load_prompt_checkpoint(checkpoint_file)
+        model.eval()
+        self.load_backbone()
+        features = self.test_features(model, splits, dataset, subsample)
         labels = np.array([item.label for item in splits.test])
-        predictions = []
+        # Methods whose class text does not depend on the image score the whole test set at once
+        # (one text-encoder pass); image-conditioned prompts go batch by batch.
         step = spec.test_batch_size if model.text_depends_on_image else max(1, len(features))
+        predictions = []
         with torch.no_grad():
-            for start in tqdm(
-                range(0, len(features), step),
-                desc=f"eval {dataset}/{subsample}",
-                unit="batch",
-                leave=False,
-                mininterval=2,
-            ):
+            batches = range(0, len(features), step)
+            for start in tqdm(batches, desc=f"eval {dataset}/{subsample}", unit="batch", leave=False, mininterval=2):
                 batch = features[start : start + step].to(self.device)
                 predictions.append(model.logits_from_features(batch).argmax(-1).cpu())
         predictions = torch.cat(predictions).numpy() if predictions else np.array([], dtype=int)
@@ -484,18 +319,31 @@ class Run:
             metrics["error"],
             metrics["macro_f1"],
         )
-        return {"metrics": metrics, "options": self.method_options(model)}
-
-    def method_options(self, model) -> dict:
-        options = dict(self.spec.options)
-        pl = model.prompt_learner
-        if hasattr(pl, "n_ctx"):
-            options["n_ctx"] = pl.n_ctx
-        if getattr(model, "templates", None):
-            options["template"] = model.templates if len(model.templates) > 1 else model.templates[0]
-        return options
+        return {"metrics": metrics, "options": {**spec.options, **model.record_options()}}
 
     # -- the job -----------------------------------------------------------------------------
+
+    def trained_checkpoint(self) -> tuple[str | None, int]:
+        """(checkpoint to evaluate, epochs it was trained): trained now, loaded, or none (zero-shot)."""
+        spec = self.spec
+        if not methods.method_class(spec.method).trainable:
+            return None, 0
+        if spec.load_from:
+            path = spec.load_from
+            if os.path.isdir(path):
+                found = checkpoint.latest_checkpoint(path)
+                if not found:
+                    raise FileNotFoundError(
+                        f"No prompt checkpoint under {path}/{checkpoint.CHECKPOINT_DIR}/ to evaluate."
+                    )
+                path = found[0]
+            return path, int(load_checkpoint_file(path).get("epoch", 0))
+        seed = spec.seed if spec.seed is not None else 1
+        splits = data.build_dataset(
+            spec.dataset, spec.data_root, num_shots=spec.shots, seed=seed, subsample=spec.subsample
+        )
+        self.load_backbone()
+        return self.train(splits), spec.epochs
 
     def __call__(self) -> list[dict]:
         spec = self.spec
@@ -509,7 +357,7 @@ class Run:
             )
             return []
         started = time.time()
-        seed_everything(spec.seed if self.trainable else None)
+        seed_everything(spec.seed if methods.method_class(spec.method).trainable else None)
         records = []
         with run_logging(self.run_dir) as log_path:
             log.info("Run %s -> %s (log %s)", self.job, self.run_dir, log_path)
@@ -520,46 +368,24 @@ class Run:
                 group=spec.experiment,
                 tags=[spec.method, spec.dataset, f"seed{spec.seed}", spec.experiment],
                 config=spec.to_dict(),
-                job_type="train" if self.trainable and not spec.load_from else "eval",
+                job_type="train" if spec.trains else "eval",
                 dir=self.run_dir,
             )
             failed = True
             try:
-                checkpoint = None
-                epochs = 0
-                if self.trainable and spec.load_from:
-                    checkpoint = spec.load_from
-                    if os.path.isdir(checkpoint):
-                        found = latest_checkpoint(checkpoint)
-                        if not found:
-                            raise FileNotFoundError(
-                                f"No prompt checkpoint under {checkpoint}/{CHECKPOINT_DIR}/ to evaluate."
-                            )
-                        checkpoint = found[0]
-                    epochs = int(torch.load(checkpoint, map_location="cpu", weights_only=False).get("epoch", 0))
-                elif self.trainable:
-                    splits = data.build_dataset(
-                        spec.dataset,
-                        spec.data_root,
-                        num_shots=spec.shots,
-                        seed=spec.seed if spec.seed is not None else 1,
-                        subsample=spec.subsample,
-                    )
-                    self.load_backbone()
-                    checkpoint = self.train(splits)
-                    epochs = spec.epochs
+                checkpoint_file, epochs = self.trained_checkpoint()
                 for dataset, subsample in pending:
-                    result = self.evaluate(dataset, subsample, checkpoint)
+                    result = self.evaluate(dataset, subsample, checkpoint_file)
                     record = {
-                        **self.record_base(),
+                        **spec.identity(),
                         "dataset": dataset,
                         "subsample": subsample,
                         "options": result["options"],
                         "metrics": result["metrics"],
                         "epochs": epochs,
                         "wall_time_s": round(time.time() - started, 2),
-                        "git_commit": git_commit(),
-                        "versions": package_versions(),
+                        "git_commit": results.git_commit(),
+                        "versions": results.package_versions(),
                         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                         "run_dir": self.run_dir,
                     }

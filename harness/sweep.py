@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from harness import results
-from harness.config import PROJECT_ROOT, ConfigError, RunSpec, build_spec, load_method_config
+from harness.config import PROJECT_ROOT, ConfigError, RunSpec, build_spec, load_method_config, method_trains
 
 EXPERIMENT_DIR = os.path.join(PROJECT_ROOT, "experiments")
 EXPERIMENT_KEYS = {
@@ -71,10 +71,12 @@ class Job:
         return self.spec.eval_targets()
 
     def pending_targets(self, done_keys: set) -> list[tuple[str, str]]:
-        from harness.runner import Run
-
-        run = Run(self.spec)
-        return [t for t in self.targets() if run.target_key(*t) not in done_keys]
+        identity = self.spec.identity()
+        return [
+            (d, s)
+            for d, s in self.targets()
+            if results.record_key({**identity, "dataset": d, "subsample": s}) not in done_keys
+        ]
 
 
 def experiment_path(name_or_path: str) -> str:
@@ -124,37 +126,36 @@ def _short_hash(values: dict) -> str:
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-# Keys that change what a training run learns (its folder is keyed by them).
-TRAINING_KEYS = (
-    "method",
-    "options",
-    "dataset",
-    "data_root",
-    "shots",
-    "seed",
-    "subsample",
-    "backbone",
-    "precision",
-    "epochs",
-    "batch_size",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "warmup_epochs",
-    "warmup_lr",
-)
+# Run keys the sweep sets for each job: a --set of one of them would make every job the same.
+PER_JOB_KEYS = {
+    "dataset": "--datasets",
+    "subsample": "the experiment's protocol",
+    "seed": "--seeds",
+    "evaluate": "the experiment's protocol",
+    "output_dir": "--out",
+    "job": "the experiment's name",
+    "load_from": "the sweep's training jobs",
+    "experiment": "the experiment file's name",
+    "data_root": "--data-root",
+    "results": "--out",
+}
 
 
-def expand(experiment: dict, data_root: str, out: str) -> list[Job]:
-    """All jobs of an experiment, in dependency order."""
+def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = None) -> list[Job]:
+    """All jobs of an experiment, in dependency order; ``overrides`` (the command line's run keys)
+    win over everything the experiment and method configs say."""
     name = experiment["name"]
     methods_cfg = experiment.get("methods") or {}
     if not methods_cfg:
         raise ConfigError(f"Experiment {name!r} lists no methods.")
+    overrides = dict(overrides or {})
+    for key in sorted(set(overrides) & set(PER_JOB_KEYS)):
+        raise ConfigError(
+            f"{key!r} is set for each job by the sweep and cannot be given with --set: use {PER_JOB_KEYS[key]}."
+        )
     seeds = [int(s) for s in experiment.get("seeds", [1, 2, 3])]
-    shots = int(experiment.get("shots", 16))
     common = dict(experiment.get("run") or {})
-    for key in ("backbone", "precision", "tracking"):
+    for key in ("backbone", "precision", "tracking", "shots"):
         if experiment.get(key) is not None:
             common[key] = experiment[key]
     common.update(data_root=data_root, experiment=name, results=os.path.join(out, results.RESULTS_FILE))
@@ -172,6 +173,9 @@ def expand(experiment: dict, data_root: str, out: str) -> list[Job]:
     if not plan:
         raise ConfigError(f"Experiment {name!r} has no datasets.")
 
+    def targets(pairs):
+        return [{"dataset": d, "subsample": s} for d, s in pairs]
+
     jobs: list[Job] = []
     for variant, method_cfg in methods_cfg.items():
         method_cfg = dict(method_cfg or {})
@@ -182,40 +186,39 @@ def expand(experiment: dict, data_root: str, out: str) -> list[Job]:
                 values["options"] = method_cfg["options"]
             method = (load_method_config(config_name) if config_name else values).get("method") or variant
             values.setdefault("method", method)
-            trainable = method != "zsclip"
-            if not trainable:
-                evals = train_evals + other_evals
+            values.update(dataset=dataset, subsample=train_subsample)
+            if not method_trains(overrides.get("method", method)):
                 spec = build_spec(
                     {
                         **values,
-                        "dataset": dataset,
-                        "subsample": train_subsample,
                         "seed": None,
-                        "evaluate": [{"dataset": d, "subsample": s} for d, s in evals],
+                        "evaluate": targets(train_evals + other_evals),
                         "output_dir": os.path.join(out, name, "zeroshot", variant, dataset),
                         "job": f"{name}/{variant}/{dataset}",
-                    }
+                    },
+                    overrides,
                 )
                 jobs.append(Job(spec.job, "eval", spec))
                 continue
             for seed in seeds:
-                base = {**values, "dataset": dataset, "subsample": train_subsample, "seed": seed, "shots": shots}
-                probe = build_spec({**base, "output_dir": out})
-                key = {k: getattr(probe, k) for k in TRAINING_KEYS}
+                base = {**values, "seed": seed}
+                probe = build_spec({**base, "output_dir": out}, overrides)
+                key = {**probe.training_identity(), "data_root": probe.data_root}
                 train_dir = os.path.join(
                     out,
                     "runs",
                     config_name or method,
                     f"{dataset}_{train_subsample}",
-                    f"shots{shots}_seed{seed}_{_short_hash(key)}",
+                    f"shots{probe.shots}_seed{seed}_{_short_hash(key)}",
                 )
                 train = build_spec(
                     {
                         **base,
                         "output_dir": train_dir,
-                        "evaluate": [{"dataset": d, "subsample": s} for d, s in train_evals],
+                        "evaluate": targets(train_evals),
                         "job": f"{name}/{variant}/{dataset}/seed{seed}/train",
-                    }
+                    },
+                    overrides,
                 )
                 jobs.append(Job(train.job, "train", train))
                 if other_evals:
@@ -223,10 +226,11 @@ def expand(experiment: dict, data_root: str, out: str) -> list[Job]:
                         {
                             **base,
                             "load_from": train_dir,
-                            "evaluate": [{"dataset": d, "subsample": s} for d, s in other_evals],
+                            "evaluate": targets(other_evals),
                             "output_dir": os.path.join(out, name, "evals", variant, dataset, f"seed{seed}"),
                             "job": f"{name}/{variant}/{dataset}/seed{seed}/eval",
-                        }
+                        },
+                        overrides,
                     )
                     jobs.append(Job(evaluation.job, "eval", evaluation, depends_on=[train.job]))
     return jobs

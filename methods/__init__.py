@@ -10,6 +10,14 @@ A new method is one new file: subclass ``methods.base.CLIPMethod``, decorate it 
 
 from methods import cocoop, coop, zsclip  # noqa: F401  (registers the built-in methods)
 from methods.base import CLIPMethod
-from methods.registry import METHODS, build_method, list_methods, method_class, register_method
+from methods.registry import METHODS, build_method, list_methods, method_class, method_options, register_method
 
-__all__ = ["METHODS", "CLIPMethod", "build_method", "list_methods", "method_class", "register_method"]
+__all__ = [
+    "METHODS",
+    "CLIPMethod",
+    "build_method",
+    "list_methods",
+    "method_class",
+    "method_options",
+    "register_method",
+]

@@ -1,12 +1,30 @@
-"""What every method shares: the frozen CLIP, image features, and the authors' checkpoint format.
+"""The method contract: what every prompt-learning method tells the runner, and the authors' checkpoints.
 
-A method sees an image only through CLIP's frozen image encoder, so its forward is split in two:
-``encode_image`` (frozen, cacheable: the runner computes test features once and reuses them) and
-``logits_from_features`` (the method's own part). ``forward(images)`` chains them.
+The runner knows no method by name. It builds one with ``methods.build_method`` and asks it:
+
+=============================  =================================================================
+``trainable``                  does it learn anything? (zero-shot CLIP: no, the runner only tests)
+``training_loss(x, y)``        the published objective for a batch, a scalar (default: cross-entropy)
+``parameter_groups()``         what the optimiser updates, in groups (a group may carry its own lr)
+``on_epoch_end(epoch, E)``     called after each epoch's last step and learning-rate update
+``training_state()``           what that hook keeps between epochs (saved with the resume state)
+``features_cacheable``         is ``encode_image`` the frozen, un-prompted image tower?
+``feature_key()``              what besides backbone, precision, transform and images changes them
+``text_depends_on_image``      must the test set be scored batch by batch (per-image prompts)?
+``record_options()``           the options as built (e.g. n_ctx after ``ctx_init``), for the records
+``dataset=`` option            a method whose constructor takes ``dataset`` is given the dataset key
+=============================  =================================================================
+
+The forward is split at the image tower: ``encode_image`` (for most methods the frozen tower, so the
+runner computes a test set's features once and shares them between methods and seeds) and
+``logits_from_features`` (the method's own part); ``forward(images)`` chains them. A method that
+prompts the image encoder (MaPLe, PromptSRC) sets ``features_cacheable = False``: the runner then
+never reads or writes the shared feature cache for it.
 
 Learnable state lives in ``self.prompt_learner``, whose state-dict keys are those of the authors'
 checkpoints (``ctx``, ``token_prefix``, ``token_suffix``, ``meta_net.linear1.weight``, ...;
-PROTOCOL.md 15).
+PROTOCOL.md 15). A method whose authors saved the whole model overrides ``checkpoint_state_dict`` and
+``load_checkpoint_state_dict``.
 """
 
 from __future__ import annotations
@@ -16,15 +34,21 @@ import os
 import pickle
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from harness import backbone
 from harness.atomic import atomic_torch_save
 
 
+class CheckpointError(ValueError):
+    """A prompt checkpoint that cannot be loaded into this method (names the file and the fix)."""
+
+
 class CLIPMethod(nn.Module):
     method_name = "?"
-    trainable = True  # zero-shot CLIP sets False: the runner skips training
+    trainable = True
+    features_cacheable = True
     # False: the class text features do not depend on the image, so a whole test set's features can
     # go through ``logits_from_features`` in one call (one text-encoder pass). CoCoOp sets True.
     text_depends_on_image = False
@@ -49,6 +73,8 @@ class CLIPMethod(nn.Module):
         self.clip.eval()
         return self
 
+    # -- the forward ------------------------------------------------------------------------------
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return backbone.encode_image(self.clip, images)
 
@@ -58,14 +84,61 @@ class CLIPMethod(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.logits_from_features(self.encode_image(images))
 
+    # -- training ---------------------------------------------------------------------------------
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor, *, details: dict | None = None) -> torch.Tensor:
+        """The published training objective for one batch, a scalar tensor.
+
+        ``details``, when given, receives ``"logits"`` (for the training accuracy) and each weighted
+        term of the objective by name (for the logs); the loss is the sum of the terms.
+        """
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        if details is not None:
+            details.update(logits=logits.detach(), ce=loss.detach())
+        return loss
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What the optimiser updates: the prompt learner's parameters, nothing of CLIP."""
         return [p for p in self.prompt_learner.parameters() if p.requires_grad]
 
+    def parameter_groups(self) -> list[dict]:
+        """Optimiser parameter groups; a group's ``"lr"`` (else the run's) and other keys pass to it."""
+        return [{"params": self.trainable_parameters()}]
+
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
 
-    # -- checkpoints in the authors' format -----------------------------------------------------
+    def on_epoch_end(self, epoch: int, epochs: int) -> None:
+        """After epoch ``epoch`` (1-based) of ``epochs``: its last step and learning-rate update are done,
+        its checkpoint is written next (so what this changes is what the checkpoint holds)."""
+
+    def training_state(self) -> dict:
+        """State that ``on_epoch_end`` keeps across epochs (tensors or plain data), for exact resume."""
+        return {}
+
+    def load_training_state(self, state: dict) -> None:
+        if state:
+            raise CheckpointError(
+                f"{self.method_name} keeps no training state, but the checkpoint holds {sorted(state)}."
+            )
+
+    # -- evaluation and records -------------------------------------------------------------------
+
+    def feature_key(self) -> dict:
+        """What, beyond the backbone, precision, test transform and images, determines
+        ``encode_image``'s output: part of the feature-cache key. Only for ``features_cacheable``."""
+        return {"image_tower": "frozen"}
+
+    def record_options(self) -> dict:
+        """The method's options as built (resolved defaults), stored with every result."""
+        return {}
+
+    # -- checkpoints in the authors' format -------------------------------------------------------
+
+    def checkpoint_state_dict(self) -> dict:
+        """The ``state_dict`` entry of the authors' checkpoint file (their keys and layout)."""
+        return {k: v.detach().cpu() for k, v in self.prompt_learner.state_dict().items()}
 
     def save_prompt_checkpoint(self, path: str, epoch: int, optimizer=None, scheduler=None, **extra) -> None:
         """Write ``{"state_dict", "epoch", "optimizer", "scheduler", "val_result", ...}`` atomically.
@@ -74,7 +147,7 @@ class CLIPMethod(nn.Module):
         so their tools load ours; ``extra`` keys (RNG states, ...) are ignored by theirs.
         """
         state = {
-            "state_dict": {k: v.detach().cpu() for k, v in self.prompt_learner.state_dict().items()},
+            "state_dict": self.checkpoint_state_dict(),
             "epoch": int(epoch),
             "optimizer": optimizer,
             "scheduler": scheduler,
@@ -84,29 +157,45 @@ class CLIPMethod(nn.Module):
         atomic_torch_save(state, path)
 
     def load_prompt_checkpoint(self, path: str) -> dict:
-        """Load ctx (and Meta-Net) from an authors'-format checkpoint; return the whole file.
-
-        PROTOCOL.md 15.3: ``token_prefix`` / ``token_suffix`` are dropped (they were built from the
-        training class names and are rebuilt from ours), the rest is copied in with dtype
-        conversion. Shapes must agree: a class-specific context cannot move to another class set.
-        """
+        """Load the learned tensors from an authors'-format checkpoint file; return the whole file."""
         checkpoint = load_checkpoint_file(path)
-        state = checkpoint["state_dict"] if isinstance(checkpoint, dict) and "state_dict" in checkpoint else checkpoint
-        state = {k.removeprefix("module."): v for k, v in state.items() if k not in ("token_prefix", "token_suffix")}
-        own = self.prompt_learner.state_dict()
-        for key, value in state.items():
-            if key in own and own[key].shape != value.shape:
-                raise ValueError(
-                    f"{path}: {key} has shape {tuple(value.shape)} but this {self.method_name} model expects "
-                    f"{tuple(own[key].shape)}. Build the method with the options the checkpoint was trained with "
-                    "(n_ctx, csc, ...); a class-specific context only loads for the same classes."
-                )
-        learnable = {k for k, _ in self.prompt_learner.named_parameters()}
-        missing = sorted(learnable - set(state))
-        if missing:
-            raise ValueError(f"{path} lacks {missing}: it is not a {self.method_name} prompt checkpoint.")
-        self.prompt_learner.load_state_dict(state, strict=False)
+        if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+            state = checkpoint["state_dict"]
+        else:
+            state = checkpoint
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path} holds no state dict: it is not a prompt checkpoint.")
+        self.load_checkpoint_state_dict({k.removeprefix("module."): v for k, v in state.items()}, path)
         return checkpoint
+
+    def load_checkpoint_state_dict(self, state: dict, path: str = "<state dict>") -> None:
+        """PROTOCOL.md 15.3: ``token_prefix`` / ``token_suffix`` are dropped (they were built from the
+        training class names and are rebuilt from ours), the rest is copied in with dtype conversion.
+        Shapes must agree: a class-specific context cannot move to another class set."""
+        load_learned_tensors(self.prompt_learner, state, path, self.method_name)
+
+
+def load_learned_tensors(module: nn.Module, state: dict, path: str, method: str) -> None:
+    """Copy ``state`` into ``module`` (not strict: frozen buffers may be absent), after checking that
+    every learnable parameter is there with the right shape."""
+    state = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in ("token_prefix", "token_suffix")}
+    own = module.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            raise CheckpointError(
+                f"{path}: {key} has shape {tuple(value.shape)} but this {method} model expects "
+                f"{tuple(own[key].shape)}. Build the method with the options the checkpoint was trained with "
+                "(n_ctx, csc, depth, ...); a class-specific context only loads for the same classes."
+            )
+    learnable = {k for k, _ in module.named_parameters()}
+    missing = sorted(learnable - set(state))
+    if missing:
+        found = ", ".join(sorted(state)[:6]) + (", ..." if len(state) > 6 else "")
+        raise CheckpointError(
+            f"{path} lacks {missing}: it is not a {method} prompt checkpoint (it holds {found or 'nothing'}). "
+            "Evaluate it with the method that trained it."
+        )
+    module.load_state_dict(state, strict=False)
 
 
 class _Missing:

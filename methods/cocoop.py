@@ -123,3 +123,6 @@ class CoCoOp(CLIPMethod):
         normed, ctx = self.instance_context(image_features)
         text = F.normalize(self.text_features(ctx), dim=-1)
         return self.clip.logit_scale.exp() * torch.einsum("be,bke->bk", normed, text.to(normed.dtype))
+
+    def record_options(self) -> dict:
+        return {"n_ctx": self.prompt_learner.n_ctx}

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from harness import backbone
+from methods import prompt_encoder
 from methods.base import CLIPMethod
 from methods.registry import register_method
 
@@ -132,8 +133,6 @@ class CoOp(CLIPMethod):
         if self.truncate and pl.position == "end" and not pl.csc:
             # The shared-context prompt is CoCoOp's with one "image" and no Meta-Net shift: reuse its
             # exact fast encoder (per-class EOT cut, length buckets, SOS + context encoded once).
-            from methods import prompt_encoder
-
             features, _ = prompt_encoder.encode_instance_prompts(
                 self.clip, pl.ctx.unsqueeze(0), pl.token_prefix, pl.token_suffix, pl.tokenized_prompts
             )
@@ -144,3 +143,6 @@ class CoOp(CLIPMethod):
 
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         return backbone.cosine_logits(self.clip, image_features, self.text_features())
+
+    def record_options(self) -> dict:
+        return {"n_ctx": self.prompt_learner.n_ctx}

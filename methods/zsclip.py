@@ -96,3 +96,6 @@ class ZeroShotCLIP(CLIPMethod):
 
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         return backbone.cosine_logits(self.clip, image_features, self.text_features)
+
+    def record_options(self) -> dict:
+        return {"template": self.templates if len(self.templates) > 1 else self.templates[0]}

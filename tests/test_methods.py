@@ -283,7 +283,7 @@ def test_unknown_method_and_option_errors(tiny_clip, classnames):
         methods.build_method("zsclip", tiny_clip, classnames, template="a photo")
     with pytest.raises(ValueError, match="at least one class"):
         methods.build_method("coop", tiny_clip, [])
-    assert methods.list_methods() == ["cocoop", "coop", "zsclip"]
+    assert {"cocoop", "coop", "zsclip"} <= set(methods.list_methods())
 
 
 @pytest.mark.parametrize(

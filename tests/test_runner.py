@@ -1,7 +1,6 @@
 """The runner on the tiny CLIP and a synthetic dataset: schedule, training, resume, cache, records, W&B."""
 
 import glob
-import json
 import multiprocessing
 import os
 import subprocess
@@ -10,12 +9,15 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from crash_child import kill_at
 from fake_data import make_synthetic_dataset
 
 import methods
 from harness import data, load_clip, results
+from harness.checkpoint import latest_checkpoint
 from harness.config import ConfigError, RunSpec, build_spec, parse_overrides
-from harness.runner import NonFiniteLossError, classification_metrics, latest_checkpoint, learning_rates, run
+from harness.metrics import classification_metrics
+from harness.runner import NonFiniteLossError, learning_rates, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,32 +126,52 @@ def test_training_lowers_the_loss_and_writes_records(data_root, tmp_path, method
     assert len(run(build_spec({**s.to_dict(), "force": True}))) == 2
 
 
-def test_resume_after_a_kill_equals_a_straight_run(data_root, tmp_path):
-    straight = spec(data_root, tmp_path / "straight", method="cocoop", epochs=4, batch_size=3)
-    run(straight)
-    killed = spec(data_root, tmp_path / "killed", method="cocoop", epochs=4, batch_size=3)
-    with open(tmp_path / "spec.json", "w") as f:
-        json.dump(killed.to_dict(), f)
-    code = (
-        "import json, sys; from harness.config import build_spec; from harness.runner import run; "
-        f"run(build_spec(json.load(open({str(tmp_path / 'spec.json')!r}))))"
-    )
-    env = {**os.environ, "HARNESS_FAULT_AFTER_EPOCH": "2"}
-    died = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert died.returncode == 137, died.stderr[-2000:]
-    assert latest_checkpoint(killed.output_dir)[1] == 2
+@pytest.fixture(scope="module")
+def straight_runs(data_root, tmp_path_factory):
+    """{num_workers: (metrics, final prompt tensors)} of uninterrupted 4-epoch CoCoOp runs."""
+    out = {}
+    for workers in (0, None):
+        s = spec(
+            data_root, tmp_path_factory.mktemp("straight"), method="cocoop", epochs=4, batch_size=3, num_workers=workers
+        )
+        metrics = [r["metrics"] for r in run(s)]
+        out[workers] = (metrics, torch.load(latest_checkpoint(s.output_dir)[0], weights_only=False)["state_dict"])
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "moment, workers, epochs_done",
+    [
+        ("first-step", 0, None),
+        ("mid-epoch:3", 0, 2),
+        ("checkpoint-write:2", 0, 1),
+        ("before-eval", 0, 4),
+        ("mid-epoch:2", None, 1),  # with the default data-loader workers (processes)
+    ],
+)
+def test_killed_at_any_moment_resumes_to_the_straight_run(
+    data_root, tmp_path, straight_runs, moment, workers, epochs_done
+):
+    killed = spec(data_root, tmp_path / "killed", method="cocoop", epochs=4, batch_size=3, num_workers=workers)
+    kill_at(killed.to_dict(), moment, tmp_path)
+    found = latest_checkpoint(killed.output_dir)
+    assert (found[1] if found else None) == epochs_done
+    if moment.startswith("checkpoint-write"):  # the half-written file never took the checkpoint's name
+        leftovers = os.listdir(os.path.join(killed.output_dir, "prompt_learner"))
+        assert any(name.endswith(".tmp") for name in leftovers), leftovers
     assert results.read_records(str(tmp_path / "killed")) == []
     resumed = run(killed)
     logs = sorted(glob.glob(os.path.join(killed.output_dir, "log.txt*")))
     assert len(logs) == 2  # the first run's log is kept; the second gets a time suffix
-    with open([p for p in logs if p != os.path.join(killed.output_dir, "log.txt")][0]) as f:
-        assert "Resuming from" in f.read()
-    a = results.read_records(str(tmp_path / "straight"))
-    assert [r["metrics"] for r in resumed] == [r["metrics"] for r in a]
-    final_a = torch.load(latest_checkpoint(straight.output_dir)[0], weights_only=False)["state_dict"]
+    if epochs_done:
+        with open([p for p in logs if p != os.path.join(killed.output_dir, "log.txt")][0]) as f:
+            assert "Resuming from" in f.read() or epochs_done == 4
+    metrics, final = straight_runs[workers]
+    assert [r["metrics"] for r in resumed] == metrics
     final_b = torch.load(latest_checkpoint(killed.output_dir)[0], weights_only=False)["state_dict"]
-    for key in final_a:
-        assert torch.equal(final_a[key], final_b[key]), key
+    for key in final:
+        assert torch.equal(final[key], final_b[key]), key
 
 
 def test_eval_only_from_a_trained_run_and_feature_cache_reuse(data_root, tmp_path):

@@ -231,8 +231,8 @@ def test_preempted_training_requeues_and_resumes_to_the_same_result(tmp_path):
     import json as _json
 
     from harness import results, sweep
+    from harness.checkpoint import latest_checkpoint
     from harness.launcher import launch, load_state
-    from harness.runner import latest_checkpoint
 
     # The published per-image path keeps training slow enough to be interrupted mid-way.
     root, experiment = _tiny_sweep(

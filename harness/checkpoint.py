@@ -1,0 +1,165 @@
+"""Training checkpoints: save after every epoch, find the latest, resume exactly.
+
+A checkpoint is the authors' file (``<run>/prompt_learner/model.pth.tar-<epoch>``, PROTOCOL.md 15,
+written by the method so their tools load ours) plus what an exact resume needs: the optimiser,
+scheduler and gradient-scaler states, every random generator (Python, NumPy, torch CPU and CUDA, the
+data loader's shuffling), the method's own between-epoch state (``training_state``) and the run spec.
+A text file ``checkpoint`` beside it names the newest, as the authors' framework writes it.
+
+Writes are atomic (``harness.atomic``), and the previous epoch's checkpoint is kept until the next
+one exists, so a kill at any moment, during a write included, leaves a loadable checkpoint. A file
+that cannot be read is set aside (renamed ``*.corrupt``) and the previous one is used; a checkpoint
+written for a different training spec is refused with the keys that differ.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import random
+import re
+
+import numpy as np
+import torch
+
+from harness.config import TRAINING_KEYS
+from methods.base import load_checkpoint_file
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "prompt_learner"
+CHECKPOINT_PREFIX = "model.pth.tar-"
+POINTER = "checkpoint"
+KEEP = 2  # the newest and the one before it
+
+
+class ResumeError(RuntimeError):
+    """A run folder's checkpoint belongs to another training spec, or none of its files loads."""
+
+
+def checkpoint_path(run_dir: str, epoch: int) -> str:
+    return os.path.join(run_dir, CHECKPOINT_DIR, f"{CHECKPOINT_PREFIX}{epoch}")
+
+
+def _epoch_of(path: str) -> int | None:
+    match = re.search(r"-(\d+)$", path)
+    return int(match.group(1)) if match else None
+
+
+def checkpoints(run_dir: str) -> list[tuple[str, int]]:
+    """(path, epoch) of every finished-epoch checkpoint in a run folder, newest first."""
+    found = [(p, _epoch_of(p)) for p in glob.glob(os.path.join(run_dir, CHECKPOINT_DIR, CHECKPOINT_PREFIX + "*"))]
+    return sorted(((p, e) for p, e in found if e is not None and os.path.isfile(p)), key=lambda pe: -pe[1])
+
+
+def latest_checkpoint(run_dir: str) -> tuple[str, int] | None:
+    """(path, epoch) of the newest finished-epoch checkpoint in a run folder, or None."""
+    found = checkpoints(run_dir)
+    return found[0] if found else None
+
+
+# -- random generators --------------------------------------------------------------------------
+
+
+def capture_rng(loader_generator: torch.Generator) -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "loader": loader_generator.get_state(),
+    }
+
+
+def restore_rng(rng: dict, loader_generator: torch.Generator) -> None:
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    loader_generator.set_state(rng["loader"])
+
+
+# -- save and resume ----------------------------------------------------------------------------
+
+
+def save(run_dir: str, epoch: int, model, optimizer, scheduler, loader_generator, scaler, spec: dict) -> str:
+    """Write epoch ``epoch``'s checkpoint, point ``checkpoint`` at it, drop all but the newest ``KEEP``."""
+    path = checkpoint_path(run_dir, epoch)
+    model.save_prompt_checkpoint(
+        path,
+        epoch,
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        rng=capture_rng(loader_generator),
+        scaler=scaler.state_dict() if scaler is not None else None,
+        method_state=model.training_state(),
+        classnames=model.classnames,
+        spec=spec,
+    )
+    pointer = os.path.join(run_dir, CHECKPOINT_DIR, POINTER)
+    with open(pointer + ".tmp", "w") as f:
+        f.write(os.path.basename(path) + "\n")
+    os.replace(pointer + ".tmp", pointer)
+    for old, _ in checkpoints(run_dir)[KEEP:]:
+        os.unlink(old)
+    return path
+
+
+def spec_differences(saved: dict | None, spec: dict) -> dict:
+    """{key: (saved, now)} for the training keys on which a stored spec and this one differ."""
+    if not saved:
+        return {}
+    return {k: (saved.get(k), spec.get(k)) for k in TRAINING_KEYS if saved.get(k) != spec.get(k)}
+
+
+def load_latest(run_dir: str) -> tuple[str, int, dict] | None:
+    """(path, epoch, contents) of the newest checkpoint that loads; unreadable files are set aside."""
+    for path, epoch in checkpoints(run_dir):
+        try:
+            contents = load_checkpoint_file(path)
+            if not isinstance(contents, dict) or "state_dict" not in contents:
+                raise ValueError("no state_dict in it")
+        except Exception as exc:  # a truncated or corrupt file: any reader error
+            aside = path + ".corrupt"
+            os.replace(path, aside)
+            log.warning(
+                "Checkpoint %s cannot be read (%s: %s); set aside as %s, trying the previous one.",
+                path,
+                type(exc).__name__,
+                exc,
+                aside,
+            )
+            continue
+        return path, epoch, contents
+    return None
+
+
+def check_resumable(run_dir: str, contents: dict, path: str, spec: dict) -> None:
+    """Refuse to continue a checkpoint that another training spec wrote."""
+    changed = spec_differences(contents.get("spec"), spec)
+    if changed:
+        lines = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise ResumeError(
+            f"{path} was trained with a different spec ({lines}). Resuming would mix the two runs. "
+            f"Use another output folder, or delete {os.path.join(run_dir, CHECKPOINT_DIR)} to start over."
+        )
+
+
+def resume(run_dir: str, model, optimizer, scheduler, loader_generator, scaler, spec: dict) -> int:
+    """Restore the newest loadable checkpoint into the training objects; return its epoch (0: none)."""
+    found = load_latest(run_dir)
+    if found is None:
+        return 0
+    path, epoch, contents = found
+    check_resumable(run_dir, contents, path, spec)
+    model.load_checkpoint_state_dict(contents["state_dict"], path)
+    model.load_training_state(contents.get("method_state") or {})
+    optimizer.load_state_dict(contents["optimizer"])
+    scheduler.load_state_dict(contents["scheduler"])
+    restore_rng(contents["rng"], loader_generator)
+    if scaler is not None and contents.get("scaler"):
+        scaler.load_state_dict(contents["scaler"])
+    log.info("Resuming from %s (epoch %d of %s)", path, epoch, spec.get("epochs"))
+    return epoch

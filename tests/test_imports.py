@@ -1,0 +1,138 @@
+"""The house's import rules: no cycles between the project's modules, and layers that point one way.
+
+Every ``import`` statement counts, at module level or inside a function: a lazy import is still a
+dependency. Plugins (``harness.plugins``) are found through entry points, not imports, so the
+harness never depends on the miniature world.
+"""
+
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ("harness", "methods", "miniworld")
+
+
+def project_modules() -> dict[str, str]:
+    """{module name: file} for every module of the project's packages."""
+    modules = {}
+    for package in PACKAGES:
+        for folder, _, files in os.walk(os.path.join(ROOT, package)):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    parts = os.path.relpath(path, ROOT)[:-3].split(os.sep)
+                    if parts[-1] == "__init__":
+                        parts = parts[:-1]
+                    modules[".".join(parts)] = path
+    return modules
+
+
+def imports_of(module: str, path: str, modules: dict) -> set[str]:
+    """The project modules ``module`` imports (``from a import b`` counts as a.b when that is a module)."""
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    is_package = path.endswith("__init__.py")
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")
+                base = base[: len(base) - node.level + (1 if is_package else 0)]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module or ""
+            names = [
+                f"{prefix}.{alias.name}" if f"{prefix}.{alias.name}" in modules else prefix for alias in node.names
+            ]
+        else:
+            continue
+        for name in names:
+            while name and name not in modules:  # a.b.function -> a.b
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                found.add(name)
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph():
+    modules = project_modules()
+    return {m: imports_of(m, p, modules) for m, p in modules.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_graph_sees_real_imports(graph):
+    # A parser that found nothing would make the rules below pass vacuously.
+    assert "harness.backbone" in graph["methods.coop"]
+    assert "methods" in graph["harness.runner"] and "harness.checkpoint" in graph["harness.runner"]
+    assert "harness.data.splitfile" in graph["harness.data.readers"]  # a relative import
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles(graph):
+    assert cycles(graph) == []
+
+
+def test_methods_depend_only_on_the_backbone_layer(graph):
+    allowed = {"harness.backbone", "harness.atomic", "harness.plugins"}
+    for module, deps in graph.items():
+        if module.split(".")[0] == "methods":
+            outside = {d for d in deps if d.split(".")[0] != "methods"} - allowed
+            assert not outside, f"{module} imports {sorted(outside)}"
+
+
+def test_harness_never_imports_the_miniature_world(graph):
+    for module, deps in graph.items():
+        if module.startswith("harness"):
+            assert not {d for d in deps if d.startswith("miniworld")}, module
+
+
+def test_sweep_bookkeeping_does_not_import_the_runner(tmp_path):
+    # Planning a sweep, checking what exists and reporting status needs no runner (nor its torch work).
+    code = (
+        "import sys; from harness import sweep, launcher; "
+        "jobs = sweep.expand(sweep.load_experiment('base2new'), '/data', sys.argv[1]); "
+        "launcher.plan(jobs); launcher.status(jobs, sys.argv[1], 'base2new'); "
+        "print('harness.runner' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
