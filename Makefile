@@ -81,7 +81,7 @@ status: $(STAMP) ## progress of an experiment: make status EXPERIMENT=base2new
 	$(PY) -m harness status $(or $(EXPERIMENT),base2new) $(SWEEP_ARGS)
 
 bench: $(STAMP) ## CoCoOp/CoOp speed benchmark, published vs fast path (QUICK=1: ~3 min), writes reports/bench.md
-	$(PY) -m harness.bench $(if $(QUICK),--quick) --out reports/bench.md
+	$(PY) -m benchmarks.bench $(if $(QUICK),--quick) --out reports/bench.md
 
 test: $(STAMP) ## run the test suite (Slurm tests run when a cluster is up: tools/slurm-cluster.sh start)
 	$(PY) -m pytest $(PYTEST_ARGS)

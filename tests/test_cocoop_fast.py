@@ -10,9 +10,11 @@ import pytest
 import torch
 
 import methods
-from harness import backbone, bench
-from harness.bench import cocoop_step
+from benchmarks import bench
+from harness import backbone
 from methods import prompt_encoder
+from methods.cocoop import FastPathMismatch, check_fast_path, relative_error
+from methods.cocoop import train_step as cocoop_step
 
 # 1 token ("cat") to 20: the EOTs, hence the sequence lengths, differ a lot within a batch.
 NAMES = [
@@ -52,7 +54,7 @@ def assert_same_step(got, reference):
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     assert len(grads) == len(ref_grads) == 5  # ctx, linear1.{weight,bias}, linear2.{weight,bias}
     for g, ref in zip(grads, ref_grads):
-        assert bench.relative_error(g, ref) < 1e-4
+        assert relative_error(g, ref) < 1e-4
         torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
 
 
@@ -190,13 +192,13 @@ def test_mixed_precision_paths_run(tiny):
     model = build(tiny)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         logits, _, grads = train_step(model, feats, labels)
-    assert bench.relative_error(logits.float(), reference[0]) < 5e-2
+    assert relative_error(logits.float(), reference[0]) < 5e-2
     assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
     half = backbone.load_clip("tiny", precision="fp16")
     model16 = build(half, chunk_size=4)
     with torch.no_grad():
         out = model16.eval().logits_from_features(feats.half())
-    assert out.dtype == torch.float16 and bench.relative_error(out.float(), reference[0]) < 5e-2
+    assert out.dtype == torch.float16 and relative_error(out.float(), reference[0]) < 5e-2
 
 
 def test_options_and_checkpoint_keys(tiny):
@@ -217,13 +219,13 @@ def test_options_and_checkpoint_keys(tiny):
 
 
 def test_bench_correctness_check_on_tiny(tiny, monkeypatch):
-    errors = bench.check_cocoop_equal(tiny, NAMES, batch=2)
+    errors = check_fast_path(tiny, NAMES, batch=2)
     assert max(errors.values()) < 1e-4 and {"eval logits", "loss", "grad ctx"} <= set(errors)
     # A fast path that is off by a little must abort the benchmark.
     original = prompt_encoder.encode_suffixes
     monkeypatch.setattr(prompt_encoder, "encode_suffixes", lambda *a, **k: original(*a, **k) * 1.01 + 0.01)
-    with pytest.raises(bench.BenchMismatch, match="MISMATCH"):
-        bench.check_cocoop_equal(tiny, NAMES, batch=2)
+    with pytest.raises(FastPathMismatch, match="MISMATCH"):
+        check_fast_path(tiny, NAMES, batch=2)
 
 
 def test_bench_floor_and_names(tiny):

@@ -1,6 +1,6 @@
 """Benchmark: CoCoOp's published per-image path against the fast exact path (issue 7).
 
-    python -m harness.bench [--quick] [--out reports/bench.md]
+    python -m benchmarks.bench [--quick] [--out reports/bench.md]
 
 On one random CLIP with OpenAI's ViT-B/16 dimensions (open_clip ``CLIP``, QuickGELU, fp32, no
 download) it times, in one process:
@@ -47,13 +47,9 @@ import torch.nn.functional as F
 import methods
 from harness import backbone
 from methods import prompt_encoder
+from methods.cocoop import FP32_TOLERANCE, check_fast_path, compare, train_step
 
 GB = 1024**3
-TOLERANCE = 1e-4  # fp32 relative error allowed between the two paths
-
-
-class BenchMismatch(AssertionError):
-    """The fast path does not reproduce the published computation."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -63,21 +59,7 @@ class BenchMismatch(AssertionError):
 
 def build_vitb16_clip(device: str | torch.device = "cpu", seed: int = 0):
     """A randomly initialised fp32 CLIP with OpenAI's ViT-B/16 dimensions and QuickGELU (no download)."""
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIP(
-            512,
-            vision_cfg=CLIPVisionCfg(layers=12, width=768, patch_size=16, image_size=224, head_width=64),
-            text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=512, heads=8, layers=12),
-            quick_gelu=True,
-            init_logit_scale=float(np.log(100.0)),
-        )
-    model = model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return backbone.freeze(backbone.build_random_clip("vit_b16", seed=seed).to(device))
 
 
 def class_names(k: int) -> list[str]:
@@ -150,17 +132,8 @@ def choose_threads(requested: str, log=print) -> tuple[int, str]:
 
 def build_tiny_probe():
     """A 4-layer text tower of ViT-B/16's width for the thread probe (quick to build)."""
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        clip = CLIP(
-            512,
-            vision_cfg=CLIPVisionCfg(layers=1, width=64, patch_size=32, image_size=64, head_width=64),
-            text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=512, heads=8, layers=4),
-            quick_gelu=True,
-        )
-    return clip.eval().requires_grad_(False)
+    probe = dict(text_layers=4, vision_layers=1, vision_width=64, patch_size=32, image_size=64)
+    return backbone.freeze(backbone.build_random_clip("vit_b16", **probe))
 
 
 def matmul_throughput(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
@@ -220,73 +193,6 @@ def image_encoder_flops(clip, images: int) -> float:
     per_image = layers * _layer_flops(width, tokens, tokens * tokens)
     per_image += 2 * patches * width * visual.conv1.weight[0].numel()
     return images * per_image
-
-
-# ---------------------------------------------------------------------------------------------------
-# Correctness
-# ---------------------------------------------------------------------------------------------------
-
-
-def relative_error(got: torch.Tensor, reference: torch.Tensor) -> float:
-    got, reference = got.detach().double(), reference.detach().double()
-    return ((got - reference).norm() / reference.norm().clamp_min(1e-30)).item()
-
-
-def _compare(what: str, got, reference, tolerance: float) -> float:
-    error = relative_error(got, reference)
-    if not error < tolerance:
-        raise BenchMismatch(
-            f"\n{'!' * 80}\nMISMATCH: {what}: relative error {error:.3g} >= {tolerance:g} between the fast "
-            f"path and the published per-image path. The benchmark is void.\n{'!' * 80}"
-        )
-    return error
-
-
-def cocoop_step(model, features: torch.Tensor, labels: torch.Tensor | None):
-    """Logits (eval, no_grad) or (logits, loss, gradients) of one training step."""
-    if labels is None:
-        model.eval()
-        with torch.no_grad():
-            return model.logits_from_features(features)
-    model.train()
-    for p in model.trainable_parameters():
-        p.grad = None
-    logits = model.logits_from_features(features)
-    loss = F.cross_entropy(logits, labels)
-    loss.backward()
-    return logits.detach(), loss.detach(), [p.grad for p in model.trainable_parameters()]
-
-
-def check_cocoop_equal(
-    clip, classnames: list[str], batch: int = 3, tolerance: float = TOLERANCE, seed: int = 0, **fast_options
-) -> dict[str, float]:
-    """Relative errors of the fast path against ``batched=False`` on random features: eval logits,
-    training logits, loss and every gradient. Raises ``BenchMismatch`` above ``tolerance``."""
-    generator = torch.Generator().manual_seed(seed)
-    device = clip.positional_embedding.device
-    features = torch.randn(batch, backbone.embed_dim(clip), generator=generator).to(device)
-    labels = torch.randint(len(classnames), (batch,), generator=generator).to(device)
-    torch.manual_seed(seed)
-    reference = methods.build_method("cocoop", clip, classnames, batched=False)
-    fast = methods.build_method("cocoop", clip, classnames, **fast_options)
-    fast.prompt_learner.load_state_dict(reference.prompt_learner.state_dict())
-    with torch.no_grad():  # a Meta-Net that is not at its init, so pi(x) matters
-        for a, b in zip(reference.trainable_parameters(), fast.trainable_parameters()):
-            a.add_(0.05 * torch.randn(a.shape, generator=generator).to(a))
-            b.copy_(a)
-    errors = {
-        "eval logits": _compare(
-            "eval logits", cocoop_step(fast, features, None), cocoop_step(reference, features, None), tolerance
-        )
-    }
-    ref_logits, ref_loss, ref_grads = cocoop_step(reference, features, labels)
-    logits, loss, grads = cocoop_step(fast, features, labels)
-    errors["train logits"] = _compare("train logits", logits, ref_logits, tolerance)
-    errors["loss"] = _compare("loss", loss, ref_loss, tolerance)
-    names = [n for n, p in fast.prompt_learner.named_parameters() if p.requires_grad]
-    for name, g, ref in zip(names, grads, ref_grads):
-        errors[f"grad {name}"] = _compare(f"gradient of {name}", g, ref, tolerance)
-    return errors
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -356,7 +262,7 @@ class Bench:
             if device.type == "cuda"
             else contextlib.nullcontext
         )
-        self.tolerance = TOLERANCE if device.type != "cuda" else 5e-2  # bf16 timings: loose sanity check only
+        self.tolerance = FP32_TOLERANCE if device.type != "cuda" else 5e-2  # bf16 timings: loose sanity check only
         self.clip = build_vitb16_clip(device)
         self.flops = matmul_throughput(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
         generator = torch.Generator().manual_seed(0)
@@ -384,7 +290,7 @@ class Bench:
         labels = torch.arange(batch, device=self.device) % k
         row.floor_flops = cocoop_floor_flops(self.clip, names, batch, training=True)
         fast = self._cocoop(names)
-        row.fast_s, runs, fast_out = self._run(lambda: cocoop_step(fast, features, labels), budget_s=self.s.budget_s)
+        row.fast_s, runs, fast_out = self._run(lambda: train_step(fast, features, labels), budget_s=self.s.budget_s)
         plan = fast.last_plan
         row.fast_note = f"{_runs(runs)}; {_calls(plan.chunks)}{', checkpointed' if plan.checkpointed else ''}"
         need = prompt_encoder.estimate_step_memory(self.clip, batch, k, 77, training=True, prefix_cache=False)
@@ -402,14 +308,14 @@ class Bench:
         reference = self._cocoop(names, batched=False)
         reference.prompt_learner.load_state_dict(fast.prompt_learner.state_dict())
         row.baseline_s, runs, ref_out = self._run(
-            lambda: cocoop_step(reference, features, labels), budget_s=self.s.budget_s
+            lambda: train_step(reference, features, labels), budget_s=self.s.budget_s
         )
         row.baseline_note = _runs(runs)
         if batch == 1:
             self._single_train_s[k] = row.baseline_s
         row.error = max(
-            _compare(f"{row.case} K={k} logits", fast_out[0], ref_out[0], self.tolerance),
-            *(_compare(f"{row.case} K={k} gradient", g, r, self.tolerance) for g, r in zip(fast_out[2], ref_out[2])),
+            compare(f"{row.case} K={k} logits", fast_out[0], ref_out[0], self.tolerance),
+            *(compare(f"{row.case} K={k} gradient", g, r, self.tolerance) for g, r in zip(fast_out[2], ref_out[2])),
         )
         return row
 
@@ -420,18 +326,18 @@ class Bench:
         features = self.features[:n]
         row.floor_flops = cocoop_floor_flops(self.clip, names, n)
         fast = self._cocoop(names)
-        row.fast_s, runs, fast_out = self._run(lambda: cocoop_step(fast, features, None), budget_s=self.s.budget_s)
+        row.fast_s, runs, fast_out = self._run(lambda: train_step(fast, features, None), budget_s=self.s.budget_s)
         row.fast_note = f"{_runs(runs)}; {_calls(fast.last_plan.chunks)}"
         # The published path is a loop over images: time a few and scale when all would take too long.
         reference = self._cocoop(names, batched=False)
         reference.prompt_learner.load_state_dict(fast.prompt_learner.state_dict())
-        probe_s, _, ref_out = self._run(lambda: cocoop_step(reference, features[:1], None), repeats=0, budget_s=0.0)
+        probe_s, _, ref_out = self._run(lambda: train_step(reference, features[:1], None), repeats=0, budget_s=0.0)
         measured = n if probe_s * n <= self.s.max_baseline_s else max(1, int(self.s.max_baseline_s // probe_s))
         if measured == 1:
             row.baseline_s, runs = probe_s * n, 1
         else:
             t, runs, ref_out = self._run(
-                lambda: cocoop_step(reference, features[:measured], None), budget_s=self.s.budget_s
+                lambda: train_step(reference, features[:measured], None), budget_s=self.s.budget_s
             )
             row.baseline_s = t * n / measured
         row.baseline_note = _runs(runs) + (
@@ -439,7 +345,7 @@ class Bench:
             if measured < n
             else ""
         )
-        row.error = _compare(f"{row.case} K={k} logits", fast_out[: ref_out.shape[0]], ref_out, self.tolerance)
+        row.error = compare(f"{row.case} K={k} logits", fast_out[: ref_out.shape[0]], ref_out, self.tolerance)
         return row
 
     # -- CoOp and zero-shot ---------------------------------------------------------------------------
@@ -468,7 +374,7 @@ class Bench:
         row.floor_flops = cocoop_floor_flops(self.clip, names, 1) + (
             image_encoder_flops(self.clip, n) if with_image_encoder else 0
         )
-        row.error = _compare(f"{row.case} K={k}", out, ref, self.tolerance)
+        row.error = compare(f"{row.case} K={k}", out, ref, self.tolerance)
         return row
 
     def zeroshot_eval(self, k: int) -> Row:
@@ -490,7 +396,7 @@ class Bench:
         row.fast_s, runs_f, out = self._run(cached, budget_s=self.s.budget_s)
         row.baseline_note, row.fast_note = f"{_runs(runs_b)}, incl. image encoder", f"{_runs(runs_f)}, cached features"
         row.floor_flops = 2 * n * k * backbone.embed_dim(self.clip)
-        row.error = _compare(f"{row.case} K={k}", out, ref, self.tolerance)
+        row.error = compare(f"{row.case} K={k}", out, ref, self.tolerance)
         return row
 
     # -- profile --------------------------------------------------------------------------------------
@@ -513,7 +419,7 @@ class Bench:
         ):
             model = self._cocoop(names)
             with self.autocast():
-                cocoop_step(model, feats, labels)  # warm-up
+                train_step(model, feats, labels)  # warm-up
                 with profile(activities=activities) as prof:
                     forward_s, backward_s = _timed_step(model, feats, labels, self.device)
             phases = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key.startswith("prompt_encoder.")}
@@ -533,7 +439,7 @@ def _timed_step(model, features, labels, device) -> tuple[float, float]:
     synchronize(device)
     start = time.perf_counter()
     if labels is None:
-        cocoop_step(model, features, None)
+        train_step(model, features, None)
         synchronize(device)
         return time.perf_counter() - start, 0.0
     model.train()
@@ -664,7 +570,7 @@ def render(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="K = 10 and 100 only, fewer repeats (~3 minutes on 2 cores)"
     )
@@ -691,11 +597,11 @@ def main(argv: list[str] | None = None) -> int:
     log(f"matmul throughput: {bench.flops / 1e9:.0f} GFLOP/s")
 
     log("Checking the fast path against the published per-image path (fp32) ...")
-    errors = check_cocoop_equal(bench.clip, class_names(10), batch=3)
+    errors = check_fast_path(bench.clip, class_names(10), batch=3)
     errors.update(
         {
             f"{k} (no prefix cache)": v
-            for k, v in check_cocoop_equal(bench.clip, class_names(10), batch=2, prefix_cache=False).items()
+            for k, v in check_fast_path(bench.clip, class_names(10), batch=2, prefix_cache=False).items()
         }
     )
     worst = max(errors.values())
@@ -735,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     header = [
         "# CoCoOp / CoOp / zero-shot: published vs fast path" + (" (quick)" if settings.quick else ""),
         "",
-        f"Generated by `python -m harness.bench{' --quick' if settings.quick else ''}` on "
+        f"Generated by `python -m benchmarks.bench{' --quick' if settings.quick else ''}` on "
         f"{datetime.datetime.now().astimezone().isoformat(timespec='minutes')}.",
         "",
         f"* Machine: {machine_description(device, threads)}. Load average (1 min) at start {load[0]:.1f}, "
@@ -749,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         "up to 3 "
         "runs after a warm-up; training = forward + backward.",
         f"* Before timing: fast vs published on K = 10, batch 3 (logits, loss, every gradient), with and "
-        f"without the prefix cache: largest relative error {worst:.1e} (limit {TOLERANCE:g}). Every timed "
+        f"without the prefix cache: largest relative error {worst:.1e} (limit {FP32_TOLERANCE:g}). Every timed "
         "pair is compared again (column max rel. error).",
         "* CoCoOp's published path loops over images, so its evaluation time is scaled from the images "
         "timed when all 32 would take too long, and a training step that cannot fit in memory (its B "
