@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 
+
+class ResultsError(ValueError):
+    """A results store that cannot be used (names the file and what to do)."""
+
+
 # The fields that say *which* result a record is; two records with the same key are the same run.
 KEY_FIELDS = (
     "experiment",

@@ -45,7 +45,11 @@ from methods.base import load_checkpoint_file
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class RunFailedError(RuntimeError):
+    """Training ran but produced no valid result (the message says why and what to try)."""
+
+
+class NonFiniteLossError(RunFailedError):
     pass
 
 

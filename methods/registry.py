@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import inspect
 
+from harness.plugins import load_plugins
+
 METHODS: dict[str, type] = {}
+
+
+class UnknownMethodError(ValueError):
+    pass
 
 
 def register_method(name: str):
@@ -19,12 +25,15 @@ def register_method(name: str):
 
 
 def list_methods() -> list[str]:
+    load_plugins()
     return sorted(METHODS)
 
 
 def method_class(name: str) -> type:
     if name not in METHODS:
-        raise ValueError(f"Unknown method {name!r}. Registered methods: {', '.join(list_methods())}.")
+        load_plugins()
+    if name not in METHODS:
+        raise UnknownMethodError(f"Unknown method {name!r}. Registered methods: {', '.join(list_methods())}.")
     return METHODS[name]
 
 

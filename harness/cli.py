@@ -1,0 +1,259 @@
+"""The command line: ``prompt-harness <command> --help`` (or ``python -m harness``).
+
+    prompt-harness run --config run.yaml [--set key=value ...]      one training/evaluation job
+    prompt-harness run --method coop --dataset oxford_pets --data-root DATA --output-dir out/x
+    prompt-harness sweep base2new --data-root DATA [--launcher slurm] [--dry-run]
+    prompt-harness sweep base2new --profile demo                     generated data, tiny CLIP
+    prompt-harness status base2new --out output                      what finished, failed, waits
+    prompt-harness report --results output --out reports              tables and figures
+    prompt-harness data check --root DATA                            what a data folder lacks
+    prompt-harness configs                                           the published method configs
+
+Bad input (a config key, a data folder, a split file, an image, a checkpoint, a YAML file, a
+cluster's refusal...) ends with one line saying what is wrong, where, and what to do, and a non-zero
+exit status: 2 for bad input, 1 for a run that failed. ``--debug`` (or ``HARNESS_DEBUG=1``) shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import yaml
+
+from harness.config import FIELD_HELP, RunSpec, build_spec, load_spec_file, method_config_names, parse_overrides
+
+BAD_INPUT, FAILED = 2, 1
+
+
+# ---------------------------------------------------------------------------------------------
+# run
+# ---------------------------------------------------------------------------------------------
+
+
+def _run_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "run",
+        help="train and/or evaluate one job",
+        description="Train and/or evaluate one job. Every run key can be given as --key VALUE (VALUE parsed as "
+        "YAML), in a --config YAML file, or as --set key=value; later sources win. Method options: "
+        "-o n_ctx=8 or --set options.n_ctx=8.",
+    )
+    p.add_argument("--config", dest="spec_file", metavar="YAML", help="run spec file (a mapping of the keys below)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any key")
+    p.add_argument(
+        "-o", "--option", dest="method_options", action="append", default=[], metavar="NAME=VALUE", help="method option"
+    )
+    defaults = RunSpec()
+    for f in dataclasses.fields(RunSpec):
+        flag = "--method-config" if f.name == "config" else "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        p.add_argument(
+            flag,
+            dest=f"field_{f.name}",
+            default=None,
+            metavar="VALUE",
+            help=f"{FIELD_HELP[f.name]} (default: {default!r})",
+        )
+    return p
+
+
+def _cmd_run(args) -> int:
+    from harness.runner import run
+
+    explicit = {}
+    for f in dataclasses.fields(RunSpec):
+        raw = getattr(args, f"field_{f.name}")
+        if raw is not None:
+            explicit[f.name] = raw if f.type in ("str", str) else yaml.safe_load(raw)
+    overrides = {**explicit, **parse_overrides(args.overrides)}
+    if args.method_options:
+        overrides.setdefault("options", {}).update(parse_overrides(args.method_options))
+    spec = load_spec_file(args.spec_file, overrides) if args.spec_file else build_spec({}, overrides)
+    records = run(spec)
+    if not records:
+        from harness import results
+
+        where = results.results_path(spec.results or os.path.dirname(os.path.abspath(spec.output_dir)))
+        print(
+            f"Nothing to do: the {len(spec.eval_targets())} result(s) of {spec.job_name} exist in {where} "
+            "(--force redoes them)."
+        )
+    for r in records:
+        fields = {k: r[k] for k in ("job", "dataset", "subsample")}
+        print(json.dumps(fields | {"accuracy": round(r["metrics"]["accuracy"], 2)}))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep and status
+# ---------------------------------------------------------------------------------------------
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", help="experiment name under experiments/ (base2new, crossdataset, ...) or a YAML path")
+    p.add_argument(
+        "--data-root", default="", help="folder holding the datasets (default: the profile's generated data)"
+    )
+    p.add_argument("--profile", default=None, help="named overrides from the experiment file, e.g. demo")
+    p.add_argument("--out", default="output", help="output folder: results.jsonl, runs/, feature_cache/, <experiment>/")
+    p.add_argument("--datasets", default="", help="comma-separated subset of the experiment's datasets (or targets)")
+    p.add_argument("--seeds", default="", help="comma-separated seeds, e.g. 1,2")
+    p.add_argument("--methods", default="", help="comma-separated subset of the experiment's method variants")
+    p.add_argument("--backbone", default="", help="backbone for every job (e.g. ViT-B/16, tiny, a .pt path)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run key for every job, winning over the experiment and method configs (e.g. epochs=2, "
+        "precision=fp32, options.n_ctx=8, tracking=none)",
+    )
+
+
+def _load_sweep(args):
+    from harness import sweep
+
+    experiment = sweep.load_experiment(args.experiment, profile=args.profile)
+    split = lambda text: [x for x in text.split(",") if x]
+    experiment = sweep.narrow(experiment, split(args.datasets), split(args.seeds), split(args.methods))
+    overrides = parse_overrides(args.overrides)
+    if args.backbone:
+        overrides["backbone"] = args.backbone
+    out = os.path.abspath(args.out)
+    data_root = sweep.prepare_data(experiment, args.data_root, out)
+    return experiment, sweep.expand(experiment, data_root, out, overrides), out
+
+
+def _cmd_sweep(args) -> int:
+    from harness import launcher
+    from harness.sweep import check_data_folders, prepare_backbones
+
+    experiment, jobs, out = _load_sweep(args)
+    name, cfg = launcher.launcher_settings(experiment, args.launcher, parse_overrides(args.slurm), args.max_parallel)
+    if args.dry_run:
+        launcher.print_plan(jobs, launcher.plan(jobs, args.force))
+        return 0
+    todo = [j for j, s in zip(jobs, launcher.plan(jobs, args.force)) if s.state != "skipped"]
+    if todo:
+        check_data_folders(todo)
+        prepare_backbones(todo)
+    states = launcher.launch(jobs, experiment["name"], out, name, cfg, force=args.force, wait=not args.no_wait)
+    return FAILED if any(s.state in ("failed", "blocked") for s in states) else 0
+
+
+def _cmd_status(args) -> int:
+    from harness import launcher
+
+    experiment, jobs, out = _load_sweep(args)
+    rows = launcher.status(jobs, out, experiment["name"])
+    width = max((len(r["job"]) for r in rows), default=10)
+    for r in rows:
+        print(f"{r['job']:<{width}}  {r['state']:<11} results {r['results']}  {r.get('detail', '')}")
+    counts: dict = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    print("total: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+
+def _error_types() -> tuple[tuple[type, int], ...]:
+    """(exception type, exit status) of the errors that end a command with one line. Only modules
+    already imported are asked: an exception of a module never imported cannot have been raised."""
+    wanted = (
+        ("harness.config", "ConfigError", BAD_INPUT),
+        ("harness.data.errors", "DatasetError", BAD_INPUT),
+        ("harness.backbone", "BackboneError", BAD_INPUT),
+        ("methods.registry", "UnknownMethodError", BAD_INPUT),
+        ("methods.base", "CheckpointError", BAD_INPUT),
+        ("harness.checkpoint", "ResumeError", BAD_INPUT),
+        ("harness.results", "ResultsError", BAD_INPUT),
+        ("harness.launcher", "SubmissionError", BAD_INPUT),
+        ("harness.runner", "RunFailedError", FAILED),
+    )
+    found = [(getattr(sys.modules[m], name), code) for m, name, code in wanted if m in sys.modules]
+    return (*found, (yaml.YAMLError, BAD_INPUT), (OSError, BAD_INPUT))
+
+
+def describe(exc: BaseException) -> str:
+    """One line (or a few) for the user: the error's own message, without a worker's traceback."""
+    text = str(exc) or type(exc).__name__
+    if "Original Traceback" in text:  # re-raised from a data-loader worker: keep the error's own line
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    if isinstance(exc, PermissionError):
+        text += (
+            ". The folder is not writable: choose another output folder (--out / output_dir) or fix its permissions."
+        )
+    elif isinstance(exc, yaml.YAMLError):
+        text = f"YAML syntax error: {text}"
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="prompt-harness",
+        description="prompt-harness: prompt learning for CLIP (zero-shot CLIP, CoOp, CoCoOp and successors), "
+        "trained and evaluated as published.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also HARNESS_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    sub.add_parser("configs", help="list the published method configs")
+    sweep_p = sub.add_parser("sweep", help="run an experiment: every method x dataset x seed")
+    _sweep_args(sweep_p)
+    sweep_p.add_argument(
+        "--launcher", default="", choices=["", "local", "slurm", "debug"], help="where jobs run (default: local)"
+    )
+    sweep_p.add_argument("--max-parallel", type=int, default=0, help="local launcher: jobs at once")
+    sweep_p.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="slurm option (defaults: experiments/launcher.yaml): partition, account, qos, gpus_per_node, "
+        "cpus_per_task, mem_gb, timeout_min, array_parallelism, constraint",
+    )
+    sweep_p.add_argument("--dry-run", action="store_true", help="print the job plan and exit")
+    sweep_p.add_argument("--force", action="store_true", help="redo jobs whose results exist")
+    sweep_p.add_argument("--no-wait", action="store_true", help="slurm: submit and exit; follow with `status`")
+    _sweep_args(sub.add_parser("status", help="progress of an experiment's jobs"))
+    sub.add_parser("report", help="tables and figures from a results store (see: report --help)", add_help=False)
+    sub.add_parser("data", help="check data folders, list datasets (see: data --help)", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    debug = args.debug or os.environ.get("HARNESS_DEBUG", "") not in ("", "0")
+    try:
+        if args.command == "report":
+            from harness.report.__main__ import main as report_main
+
+            return report_main(rest)
+        if args.command == "data":
+            from harness.data.check import main as data_main
+
+            return data_main(rest)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "sweep":
+            return _cmd_sweep(args)
+        if args.command == "status":
+            return _cmd_status(args)
+        print("\n".join(method_config_names()))
+        return 0
+    except Exception as exc:
+        for kind, code in _error_types():
+            if isinstance(exc, kind) and not debug:
+                print(f"error: {describe(exc)}", file=sys.stderr)
+                print("(run with --debug or HARNESS_DEBUG=1 for the traceback)", file=sys.stderr)
+                return code
+        raise
