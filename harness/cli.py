@@ -25,7 +25,15 @@ import sys
 
 import yaml
 
-from harness.config import FIELD_HELP, RunSpec, build_spec, load_spec_file, method_config_names, parse_overrides
+from harness.config import (
+    FIELD_HELP,
+    RunSpec,
+    build_spec,
+    load_spec_file,
+    method_config_names,
+    parse_overrides,
+    parse_value,
+)
 
 BAD_INPUT, FAILED = 2, 1
 
@@ -69,7 +77,7 @@ def _cmd_run(args) -> int:
     for f in dataclasses.fields(RunSpec):
         raw = getattr(args, f"field_{f.name}")
         if raw is not None:
-            explicit[f.name] = raw if f.type in ("str", str) else yaml.safe_load(raw)
+            explicit[f.name] = raw if f.type in ("str", str) else parse_value(raw)
     overrides = {**explicit, **parse_overrides(args.overrides)}
     if args.method_options:
         overrides.setdefault("options", {}).update(parse_overrides(args.method_options))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -278,6 +279,18 @@ def load_spec_file(path: str, overrides: dict | None = None) -> RunSpec:
     return build_spec(values, overrides)
 
 
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def parse_value(raw: str):
+    """A command-line value, read as YAML, except that numbers such as ``1e-3`` are numbers (YAML 1.1
+    reads them as strings), so ``--lr 1e-3`` means what it says."""
+    value = yaml.safe_load(raw) if raw != "" else ""
+    if isinstance(value, str) and _NUMBER.match(value):
+        return float(value)
+    return value
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """["epochs=5", "options.n_ctx=8"] -> {"epochs": 5, "options": {"n_ctx": 8}} (values parsed as YAML)."""
     out: dict = {}
@@ -285,7 +298,7 @@ def parse_overrides(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise ConfigError(f"Override {pair!r} is not KEY=VALUE.")
         key, raw = pair.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = parse_value(raw)
         if key.startswith("options."):
             out.setdefault("options", {})[key.split(".", 1)[1]] = value
         else:

@@ -58,6 +58,10 @@ KEY_FIELDS = (
     "backbone",
 )
 
+# Records are written in pieces of at most this size, as network file systems split large writes
+# anyway: the lock is what keeps a record whole, on every file system.
+WRITE_CHUNK = 64 * 1024
+
 RECORD_FIELDS = KEY_FIELDS + (
     "job",
     "options",
@@ -88,13 +92,18 @@ def append_record(out: str, record: dict) -> None:
     line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
     path = results_path(out)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        # The lock, not O_APPEND, is what keeps writers apart: appends are not atomic on NFS, where
+        # jobs on several nodes share one store.
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a writer killed mid-line left a torn line: ours starts a new one
             view = memoryview(line)
             while view:
-                written = os.write(fd, view)
+                written = os.write(fd, view[:WRITE_CHUNK])
                 view = view[written:]
             os.fsync(fd)
         finally:
@@ -104,22 +113,29 @@ def append_record(out: str, record: dict) -> None:
 
 
 def read_records(out: str) -> list[dict]:
-    """All complete records of a store (an absent store is empty)."""
+    """All complete records of a store (an absent store is empty). A line that is not a record (a torn
+    line of a writer killed mid-write, JSON that is not a result record) is skipped with a warning
+    giving its line number; nothing after it is lost."""
     path = results_path(out)
     if not os.path.exists(path):
         return []
-    records = []
+    records, skipped = [], []
     with open(path, "rb") as f:
         data = f.read()
     for number, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():
             continue
         try:
-            records.append(json.loads(raw))
-        except json.JSONDecodeError:
-            log.warning(
-                "%s line %d is not a complete JSON record; skipped (a writer was killed mid-line?)", path, number
-            )
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            skipped.append((number, "not a complete JSON record (a writer killed mid-line?)"))
+            continue
+        if not isinstance(record, dict) or any(k not in record for k in KEY_FIELDS):
+            skipped.append((number, f"valid JSON but not a result record ({type(record).__name__})"))
+            continue
+        records.append(record)
+    for number, why in skipped:
+        log.warning("%s line %d is %s; skipped", path, number, why)
     return records
 
 

@@ -23,12 +23,14 @@ all exist is skipped.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import logging
 import math
 import os
 import random
+import socket
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -56,6 +58,14 @@ class NonFiniteLossError(RunFailedError):
 # ---------------------------------------------------------------------------------------------
 # Pieces (public: the tests and the benchmark use them)
 # ---------------------------------------------------------------------------------------------
+
+
+def non_finite_advice(precision: str) -> str:
+    if precision == "fp32":
+        return "Try a lower learning rate (lr)."
+    if precision == "amp":
+        return "Try a lower learning rate (lr), or precision fp32."
+    return f"With precision {precision!r}, try precision fp32 or amp, or a lower learning rate (lr)."
 
 
 def seed_everything(seed: int | None) -> None:
@@ -175,7 +185,7 @@ class Run:
         start_epoch = checkpoint.resume(
             self.run_dir, model, optimizer, scheduler, loader_generator, scaler, spec.training_identity()
         )
-        if start_epoch >= spec.epochs:
+        if start_epoch >= spec.epochs and checkpoint.latest_checkpoint(self.run_dir):
             log.info("Training already finished: %s", checkpoint.checkpoint_path(self.run_dir, start_epoch))
             return checkpoint.checkpoint_path(self.run_dir, start_epoch)
 
@@ -199,65 +209,91 @@ class Run:
             len(loader),
             model.num_trainable_parameters(),
         )
-        check_finite = spec.precision in ("fp16", "fp32", "bf16")
+        # With a gradient scaler a non-finite step is skipped by design (and counted); otherwise it ends the run.
+        check_finite = scaler is None
         step = start_epoch * len(loader)
-        progress = tqdm(
+        with tqdm(
             total=spec.epochs * len(loader),
             initial=step,
             desc=f"train {self.job}",
             unit="step",
             mininterval=2,
             dynamic_ncols=True,
-        )
-        model.train()
-        for epoch in range(start_epoch + 1, spec.epochs + 1):
-            lr = optimizer.param_groups[0]["lr"]
-            losses, correct, seen = [], 0, 0
-            for images, labels in loader:
-                images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-                details: dict = {}
-                with self.autocast():
-                    loss = model.training_loss(images, labels, details=details)
-                if check_finite and not torch.isfinite(loss):
-                    progress.close()
-                    last = checkpoint.latest_checkpoint(self.run_dir)
-                    raise NonFiniteLossError(
-                        f"Loss is {loss.item()} at epoch {epoch}, step {step + 1} of {self.job}. The last good "
-                        f"checkpoint is {last[0] if last else 'none (first epoch)'}. "
-                        f"With precision {spec.precision!r}, try precision fp32 or amp, or a lower lr."
+        ) as progress:
+            model.train()
+            for epoch in range(start_epoch + 1, spec.epochs + 1):
+                lr = optimizer.param_groups[0]["lr"]
+                losses, correct, seen, skipped = [], 0, 0, 0
+                for images, labels in loader:
+                    images, labels = (
+                        images.to(self.device, non_blocking=True),
+                        labels.to(self.device, non_blocking=True),
                     )
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                step += 1
-                losses.append(loss.item())
-                correct += int((details["logits"].argmax(-1) == labels).sum())
-                seen += labels.numel()
-                terms = {f"train/{k}": float(v) for k, v in details.items() if k != "logits"}
-                self.tracker.log({"train/loss": losses[-1], "train/lr": lr, "epoch": epoch, **terms}, step=step)
-                progress.update(1)
-                progress.set_postfix(
-                    epoch=f"{epoch}/{spec.epochs}", loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False
+                    details: dict = {}
+                    with self.autocast():
+                        loss = model.training_loss(images, labels, details=details)
+                    if check_finite and not torch.isfinite(loss):
+                        raise NonFiniteLossError(
+                            f"Loss is {loss.item()} at epoch {epoch}, step {step + 1} of {self.job}. "
+                            f"{self.last_good()} {non_finite_advice(spec.precision)}"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scale = scaler.get_scale()
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                        skipped += scaler.get_scale() < scale  # the scale drops exactly when a step is skipped
+                    else:
+                        loss.backward()
+                        optimizer.step()
+                    step += 1
+                    losses.append(loss.item())
+                    correct += int((details["logits"].argmax(-1) == labels).sum())
+                    seen += labels.numel()
+                    terms = {f"train/{k}": float(v) for k, v in details.items() if k != "logits"}
+                    self.tracker.log({"train/loss": losses[-1], "train/lr": lr, "epoch": epoch, **terms}, step=step)
+                    progress.update(1)
+                    progress.set_postfix(
+                        epoch=f"{epoch}/{spec.epochs}", loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False
+                    )
+                if losses and skipped == len(losses):
+                    raise RunFailedError(
+                        f"The gradient scaler skipped every step of epoch {epoch} of {self.job}: the loss or its "
+                        f"gradients are not finite, so nothing was learned. {self.last_good()} "
+                        f"{non_finite_advice(spec.precision)}"
+                    )
+                bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+                if bad:
+                    raise RunFailedError(
+                        f"After epoch {epoch} of {self.job} the parameters {bad} are not finite. {self.last_good()} "
+                        f"{non_finite_advice(spec.precision)}"
+                    )
+                scheduler.step()
+                model.on_epoch_end(epoch, spec.epochs)
+                epoch_loss = float(np.mean(losses)) if losses else math.nan
+                epoch_acc = 100.0 * correct / max(1, seen)
+                log.info(
+                    "epoch %d/%d  loss %.4f  train acc %.2f%%  lr %.3e", epoch, spec.epochs, epoch_loss, epoch_acc, lr
                 )
-            scheduler.step()
-            model.on_epoch_end(epoch, spec.epochs)
-            epoch_loss = float(np.mean(losses)) if losses else math.nan
-            epoch_acc = 100.0 * correct / max(1, seen)
-            log.info("epoch %d/%d  loss %.4f  train acc %.2f%%  lr %.3e", epoch, spec.epochs, epoch_loss, epoch_acc, lr)
-            self.tracker.log(
-                {"epoch/loss": epoch_loss, "epoch/train_accuracy": epoch_acc, "epoch/lr": lr, "epoch": epoch}, step=step
-            )
+                self.tracker.log(
+                    {"epoch/loss": epoch_loss, "epoch/train_accuracy": epoch_acc, "epoch/lr": lr, "epoch": epoch},
+                    step=step,
+                )
+                checkpoint.save(
+                    self.run_dir, epoch, model, optimizer, scheduler, loader_generator, scaler, spec.training_identity()
+                )
+        if spec.epochs == 0:  # on purpose: evaluate the initial prompt (CoOp's is the hand-made one's)
+            log.info("epochs = 0: no training; the initial prompt is saved and evaluated")
             checkpoint.save(
-                self.run_dir, epoch, model, optimizer, scheduler, loader_generator, scaler, spec.training_identity()
+                self.run_dir, 0, model, optimizer, scheduler, loader_generator, scaler, spec.training_identity()
             )
-        progress.close()
         log.info("Finish training")
         return checkpoint.checkpoint_path(self.run_dir, spec.epochs)
+
+    def last_good(self) -> str:
+        last = checkpoint.latest_checkpoint(self.run_dir)
+        return f"The last good checkpoint is {last[0]}." if last else "No epoch finished (no checkpoint)."
 
     # -- evaluation --------------------------------------------------------------------------
 
@@ -308,10 +344,11 @@ class Run:
         step = spec.test_batch_size if model.text_depends_on_image else max(1, len(features))
         predictions = []
         with torch.no_grad():
-            batches = range(0, len(features), step)
-            for start in tqdm(batches, desc=f"eval {dataset}/{subsample}", unit="batch", leave=False, mininterval=2):
-                batch = features[start : start + step].to(self.device)
-                predictions.append(model.logits_from_features(batch).argmax(-1).cpu())
+            starts = range(0, len(features), step)
+            with tqdm(starts, desc=f"eval {dataset}/{subsample}", unit="batch", leave=False, mininterval=2) as bar:
+                for start in bar:
+                    batch = features[start : start + step].to(self.device)
+                    predictions.append(model.logits_from_features(batch).argmax(-1).cpu())
         predictions = torch.cat(predictions).numpy() if predictions else np.array([], dtype=int)
         metrics = classification_metrics(labels, predictions, len(splits.classnames))
         metrics["num_trainable_parameters"] = model.num_trainable_parameters()
@@ -350,6 +387,10 @@ class Run:
         return self.train(splits), spec.epochs
 
     def __call__(self) -> list[dict]:
+        with run_folder_lock(self.run_dir, self.job):
+            return self._run()
+
+    def _run(self) -> list[dict]:
         spec = self.spec
         pending = self.pending_targets()
         if not pending:
@@ -409,6 +450,33 @@ class Run:
                 self.tracker.finish(failed=failed)
         log.info("Feature cache: %d hits, %d computed", self.cache.hits, self.cache.misses)
         return records
+
+
+@contextmanager
+def run_folder_lock(run_dir: str, job: str):
+    """One process per run folder: a second run of the same job (an orphaned job still running when a
+    sweep is re-run) would train and record the same results twice. The lock (flock) dies with its
+    process, so a killed or pre-empted job never leaves it behind."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, ".run.lock")
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RunFailedError(
+                f"{run_dir} is in use by another run of {job} ({holder}). Wait for it to end, or stop it "
+                "(an orphaned job of an earlier sweep?), then run again."
+            ) from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.datetime.now():%Y-%m-%d %H:%M:%S}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def run(spec: RunSpec) -> list[dict]:

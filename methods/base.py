@@ -188,6 +188,13 @@ def load_learned_tensors(module: nn.Module, state: dict, path: str, method: str)
                 "(n_ctx, csc, depth, ...); a class-specific context only loads for the same classes."
             )
     learnable = {k for k, _ in module.named_parameters()}
+    foreign = sorted(set(state) - set(own))
+    if foreign:
+        raise CheckpointError(
+            f"{path} holds {foreign[:6]}{' ...' if len(foreign) > 6 else ''}, which this {method} model does not "
+            "have: it is a checkpoint of another method (or of other options). Evaluate it with the method "
+            "and options that trained it."
+        )
     missing = sorted(learnable - set(state))
     if missing:
         found = ", ".join(sorted(state)[:6]) + (", ..." if len(state) > 6 else "")

@@ -22,6 +22,7 @@ from fake_data import make_layout  # noqa: E402
 import harness.data as hd  # noqa: E402
 from harness.data import (
     DATASETS,
+    ClassCoverageError,
     DatasetError,
     DatasetNotFoundError,
     Datum,  # noqa: E402
@@ -34,6 +35,8 @@ from harness.data import (
     subsample_classes,
 )
 from harness.data import fewshot as fs  # noqa: E402
+from harness.data.splitfile import read_split_json  # noqa: E402
+from harness.data.types import derive_classnames  # noqa: E402
 
 BENCHMARK_KEYS = [
     "imagenet",
@@ -364,15 +367,33 @@ def test_fgvc_labels_follow_variants_file_order(tmp_path):
     assert len(s.train) == 8 and len(s.val) == 8
 
 
-def test_class_without_images_shifts_labels(tmp_path):
-    """Class names come from the training items (a label with no item drops out)."""
+@pytest.mark.parametrize("missing", [3, 1])
+def test_class_without_training_images_is_named(tmp_path, missing):
+    """A class with test images but no training images (the last one or one in the middle) would give a
+    prompt for fewer classes than are scored: an error naming the class and the split file."""
     ddir = make_layout(tmp_path, "dtd", num_classes=4)
     path = os.path.join(ddir, "split_zhou_DescribableTextures.json")
     obj = json.load(open(path))
-    obj["train"] = [it for it in obj["train"] if it[1] != 3]
+    name = next(it[2] for it in obj["train"] if it[1] == missing)
+    obj["train"] = [it for it in obj["train"] if it[1] != missing]
     json.dump(obj, open(path, "w"))
-    s = build_dataset("dtd", tmp_path, num_shots=0)
-    assert s.num_classes == 3 and s.classnames == ["banded", "blotchy", "braided"]
+    with pytest.raises(
+        ClassCoverageError, match=rf"{path}: 1 class\(es\) have no training images: '{name}' \(label {missing}\)"
+    ):
+        build_dataset("dtd", tmp_path, num_shots=0)
+    # Class names still come from the training items, label order (PROTOCOL.md 3.3):
+    names, count, _ = derive_classnames([d for d in read_split_json(path, os.path.join(ddir, "images"))[0]])
+    assert count == (4 if missing != 3 else 3) and name not in names
+
+
+def test_test_split_with_a_class_training_lacks_is_refused(tmp_path):
+    ddir = make_layout(tmp_path, "dtd", num_classes=3)
+    path = os.path.join(ddir, "split_zhou_DescribableTextures.json")
+    obj = json.load(open(path))
+    obj["test"].append([obj["test"][0][0], 3, "extra_class"])
+    json.dump(obj, open(path, "w"))
+    with pytest.raises(ClassCoverageError, match="no training images: 'extra_class'"):
+        build_dataset("dtd", tmp_path, num_shots=0)
 
 
 # --------------------------------------------------------------------------------------------

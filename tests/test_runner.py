@@ -1,10 +1,12 @@
 """The runner on the tiny CLIP and a synthetic dataset: schedule, training, resume, cache, records, W&B."""
 
 import glob
+import json
 import multiprocessing
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -14,10 +16,10 @@ from fake_data import make_synthetic_dataset
 
 import methods
 from harness import data, load_clip, results
-from harness.checkpoint import latest_checkpoint
+from harness.checkpoint import ResumeError, latest_checkpoint
 from harness.config import ConfigError, RunSpec, build_spec, parse_overrides
 from harness.metrics import classification_metrics
-from harness.runner import NonFiniteLossError, learning_rates, run
+from harness.runner import NonFiniteLossError, RunFailedError, learning_rates, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -237,23 +239,158 @@ def test_nonfinite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(data_r
     assert results.read_records(str(tmp_path)) == []
 
 
+def test_nonfinite_advice_fits_the_precision(data_root, tmp_path):
+    s = spec(data_root, tmp_path, epochs=2, warmup_epochs=0, lr=1e30, batch_size=32)
+    with pytest.raises(NonFiniteLossError) as error:
+        run(s)
+    assert "Try a lower learning rate (lr)." in str(error.value) and "try precision fp32" not in str(error.value)
+
+
+def test_nan_lr_with_amp_is_a_failure_not_a_result(data_root, tmp_path):
+    # On a CPU amp has no gradient scaler; on CUDA the scaler would skip every step: either way a run
+    # that learned nothing but NaN must not write a result.
+    s = spec(data_root, tmp_path, epochs=2, warmup_epochs=0, lr=float("nan"), precision="amp")
+    with pytest.raises(RunFailedError, match="Loss is nan|not finite"):
+        run(s)
+    assert results.read_records(str(tmp_path)) == []
+
+
+def test_epochs_zero_evaluates_the_initial_prompt(data_root, tmp_path):
+    # CoOp initialised with "a photo of a" is zero-shot CLIP with "a photo of a {}.": the same numbers.
+    coop = run(spec(data_root, tmp_path / "coop", epochs=0))
+    zero_shot = run(spec(data_root, tmp_path / "zs", method="zsclip", options={"template": "a photo of a {}."}))
+    assert [r["epochs"] for r in coop] == [0, 0]
+    assert [r["metrics"]["accuracy"] for r in coop] == [r["metrics"]["accuracy"] for r in zero_shot]
+    assert latest_checkpoint(str(tmp_path / "coop" / "run"))[1] == 0
+
+
+@pytest.mark.parametrize("precision, tolerance", [("fp16", 0.02), ("bf16", 0.1), ("amp", 0.1)])
+def test_low_precision_training_agrees_with_fp32(data_root, tmp_path, precision, tolerance):
+    """Two epochs from the same initial prompt. bf16 keeps 8 mantissa bits (relative rounding ~4e-3 per
+    operation), fp16 11 bits (~5e-4); over a few SGD steps whose updates are rounded too, the learned
+    context drifts by a few percent in bf16 and a few tenths of a percent in fp16 (measured: 3 %, 0.3 %).
+    The drift must also not be zero: that would mean the low-precision path was not taken."""
+    contexts = {}
+    for mode in ("fp32", precision):
+        s = spec(
+            data_root,
+            tmp_path / mode,
+            epochs=2,
+            precision=mode,
+            evaluate=[{"dataset": "synthetic", "subsample": "base"}],
+        )
+        record = run(s)[0]
+        assert record["precision"] == mode and 0 <= record["metrics"]["accuracy"] <= 100
+        contexts[mode] = torch.load(latest_checkpoint(s.output_dir)[0], weights_only=False)["state_dict"]["ctx"]
+    expected = {"fp16": torch.float16, "bf16": torch.bfloat16, "amp": torch.float32}[precision]
+    assert contexts[precision].dtype == expected and torch.isfinite(contexts[precision].float()).all()
+    drift = (contexts[precision].float() - contexts["fp32"]).norm() / contexts["fp32"].norm()
+    assert 1e-5 < drift < tolerance
+
+
+def test_resume_refuses_a_checkpoint_of_another_spec(data_root, tmp_path):
+    run(spec(data_root, tmp_path, epochs=3, evaluate=[{"dataset": "synthetic", "subsample": "base"}]))
+    fewer = spec(
+        data_root, tmp_path, epochs=1, experiment="again", evaluate=[{"dataset": "synthetic", "subsample": "base"}]
+    )
+    with pytest.raises(ResumeError, match=r"different spec \(epochs: 3 -> 1\).*Use another output folder"):
+        run(fewer)
+    other_lr = spec(data_root, tmp_path, epochs=3, lr=0.5, experiment="again", evaluate=["synthetic"])
+    with pytest.raises(ResumeError, match=r"lr: 0.01 -> 0.5"):
+        run(other_lr)
+    assert len(results.read_records(str(tmp_path))) == 1
+
+
+@pytest.mark.slow
+def test_truncated_checkpoint_is_set_aside_and_the_previous_one_resumed(data_root, tmp_path, straight_runs, caplog):
+    killed = spec(data_root, tmp_path / "killed", method="cocoop", epochs=4, batch_size=3, num_workers=0)
+    kill_at(killed.to_dict(), "mid-epoch:4", tmp_path)
+    newest, epoch = latest_checkpoint(killed.output_dir)
+    assert epoch == 3
+    with open(newest, "r+b") as f:  # a disk that lost the end of the file
+        f.truncate(os.path.getsize(newest) // 3)
+    resumed = run(killed)
+    assert f"Checkpoint {newest} cannot be read" in caplog.text and os.path.isfile(newest + ".corrupt")
+    metrics, final = straight_runs[0]
+    assert [r["metrics"] for r in resumed] == metrics  # resumed from epoch 2: the same result
+
+
+def test_a_run_folder_in_use_is_refused(data_root, tmp_path):
+    busy = spec(data_root, tmp_path, epochs=3)
+    child_folder = tmp_path / "child"
+    child_folder.mkdir()
+    spec_path, marker = child_folder / "spec.json", child_folder / "paused"
+    spec_path.write_text(json.dumps(busy.to_dict()))
+    child = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "tests", "crash_child.py"), str(spec_path), "mid-epoch:2", str(marker)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 240
+        while not marker.exists():
+            assert child.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        with pytest.raises(RunFailedError, match=rf"in use by another run of .* \(pid {child.pid} on "):
+            run(busy)
+    finally:
+        child.kill()
+        child.wait()
+    assert results.read_records(str(tmp_path)) == []
+    assert len(run(busy)) == 2  # the lock died with its process
+
+
 # -- the results store under concurrency ----------------------------------------------------------
 
 
-def _append_many(args):
-    folder, worker = args
-    for i in range(50):
+def _append_many(folder, worker, count, start):
+    start.wait()  # every writer begins at once
+    for i in range(count):
         record = {k: None for k in results.RECORD_FIELDS}
-        record.update(job=f"w{worker}-{i}", metrics={"accuracy": float(i)}, options={"pad": "x" * 5000})
+        # Each record is several write chunks long (and larger than a pipe buffer), so writers that did
+        # not wait for the lock would interleave pieces of their records.
+        pad = chr(ord("a") + worker) * (3 * results.WRITE_CHUNK)
+        record.update(job=f"w{worker}-{i}", metrics={"accuracy": float(i)}, options={"pad": pad})
         results.append_record(folder, record)
 
 
 def test_concurrent_writers_lose_no_record(tmp_path):
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        pool.map(_append_many, [(str(tmp_path), w) for w in range(4)])
+    writers, count = 4, 10
+    context = multiprocessing.get_context("fork")  # no re-import: the writers really overlap
+    start = context.Barrier(writers)
+    procs = [context.Process(target=_append_many, args=(str(tmp_path), w, count, start)) for w in range(writers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    with open(results.results_path(str(tmp_path)), "rb") as f:
+        lines = f.read().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == writers * count + 1  # whole lines only
     records = results.read_records(str(tmp_path))
-    assert len(records) == 200
-    assert sorted(r["job"] for r in records) == sorted(f"w{w}-{i}" for w in range(4) for i in range(50))
+    assert sorted(r["job"] for r in records) == sorted(f"w{w}-{i}" for w in range(writers) for i in range(count))
+    for r in records:  # no record holds a piece of another's
+        assert set(r["options"]["pad"]) == {chr(ord("a") + int(r["job"][1:].split("-")[0]))}
+
+
+def test_an_append_waits_for_the_lock(tmp_path):
+    import fcntl
+    import threading
+
+    path = results.results_path(str(tmp_path))
+    record = {k: None for k in results.RECORD_FIELDS}
+    results.append_record(str(tmp_path), record)
+    size = os.path.getsize(path)
+    with open(path, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another writer (on another node) holds the store
+        writer = threading.Thread(target=results.append_record, args=(str(tmp_path), {**record, "job": "second"}))
+        writer.start()
+        writer.join(timeout=1.0)
+        assert writer.is_alive() and os.path.getsize(path) == size  # it waits, writing nothing
+        fcntl.flock(held, fcntl.LOCK_UN)
+    writer.join(timeout=10)
+    assert [r["job"] for r in results.read_records(str(tmp_path))] == [None, "second"]
 
 
 def test_torn_last_line_is_skipped(tmp_path, caplog):
@@ -263,6 +400,28 @@ def test_torn_last_line_is_skipped(tmp_path, caplog):
         f.write('{"experiment": "half')
     assert len(results.read_records(str(tmp_path))) == 1
     assert "not a complete JSON record" in caplog.text
+
+
+def test_a_record_after_a_torn_line_starts_its_own_line(tmp_path, caplog):
+    record = {k: None for k in results.RECORD_FIELDS}
+    results.append_record(str(tmp_path), {**record, "job": "first"})
+    with open(results.results_path(str(tmp_path)), "a") as f:
+        f.write('{"experiment": "half')  # a writer killed mid-line
+    results.append_record(str(tmp_path), {**record, "job": "after"})
+    assert [r["job"] for r in results.read_records(str(tmp_path))] == ["first", "after"]
+    assert "line 2 is not a complete JSON record" in caplog.text
+
+
+def test_json_that_is_not_a_record_is_skipped_with_its_line(tmp_path, caplog):
+    record = {k: None for k in results.RECORD_FIELDS}
+    results.append_record(str(tmp_path), {**record, "job": "a"})
+    with open(results.results_path(str(tmp_path)), "a") as f:
+        f.write('null\n[1, 2]\n{"job": "not a record"}\n')
+    results.append_record(str(tmp_path), {**record, "job": "b"})
+    assert [r["job"] for r in results.read_records(str(tmp_path))] == ["a", "b"]
+    for line in (2, 3, 4):
+        assert f"line {line} is valid JSON but not a result record" in caplog.text
+    results.existing_keys(str(tmp_path))  # what every run and sweep asks first
 
 
 # -- bad input ----------------------------------------------------------------------------------

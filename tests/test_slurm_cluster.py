@@ -162,7 +162,14 @@ COCOOP = "cocoop/vit_b16_c4_ep10_batch1_ctxv1"
 
 
 def _tiny_sweep(
-    tmp_path: Path, name: str, images_per_class: int, shots: int, batch_size: int, epochs: int, methods: dict
+    tmp_path: Path,
+    name: str,
+    images_per_class: int,
+    shots: int,
+    batch_size: int,
+    epochs: int,
+    methods: dict,
+    seeds: tuple = (1,),
 ):
     """(root folder, experiment): a base-to-new sweep on generated data and the tiny CLIP."""
 
@@ -180,7 +187,7 @@ def _tiny_sweep(
         "name": name,
         "protocol": "base2new",
         "datasets": ["synthetic"],
-        "seeds": [1],
+        "seeds": list(seeds),
         "shots": shots,
         "backbone": "tiny",
         "precision": "fp32",
@@ -205,20 +212,28 @@ def test_demo_sweep_through_the_slurm_launcher(tmp_path):
         batch_size=4,
         epochs=2,
         methods={"zsclip": {"config": "zsclip/vit_b16"}, "cocoop": {"config": COCOOP}},
+        seeds=(1, 2),
     )
     out = str(root / "out")
     jobs = sweep.expand(experiment, str(root / "data"), out)
     lines = []
-    cfg = {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10}
+    cfg = {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10, "array_parallelism": 2}
     states = launch(jobs, "slurmdemo", out, "slurm", cfg, poll_s=1.0, printer=lines.append)
-    assert [s.state for s in states] == ["done", "done", "done"], lines
-    assert all(s.job_id and s.job_id.isdigit() for s in states)
+    assert [s.state for s in states] == ["done"] * 5, lines
+    # Two job arrays: the trainings (and zero-shot) first, then the evaluations, task i after task i.
+    ids = {s.name: s.job_id.split("_") for s in states}
+    trains = [ids[f"slurmdemo/cocoop/synthetic/seed{seed}/train"] for seed in (1, 2)]
+    evals = [ids[f"slurmdemo/cocoop/synthetic/seed{seed}/eval"] for seed in (1, 2)]
+    assert {a for a, _ in trains} == {ids["slurmdemo/zsclip/synthetic"][0]} and {a for a, _ in evals} != {trains[0][0]}
+    assert len({a for a, _ in evals}) == 1 and [i for _, i in evals] == [i for _, i in trains]
     records = results.read_records(out)
-    assert sorted((r["method"], r["subsample"]) for r in records) == [
-        ("cocoop", "base"),
-        ("cocoop", "new"),
-        ("zsclip", "base"),
-        ("zsclip", "new"),
+    assert sorted((r["method"], r["subsample"], r["seed"]) for r in records) == [
+        ("cocoop", "base", 1),
+        ("cocoop", "base", 2),
+        ("cocoop", "new", 1),
+        ("cocoop", "new", 2),
+        ("zsclip", "base", None),
+        ("zsclip", "new", None),
     ]
     assert {s["state"] for s in map(vars, load_state(out, "slurmdemo"))} == {"done"}
     again = launch(jobs, "slurmdemo", out, "slurm", cfg, printer=lines.append)

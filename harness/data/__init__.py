@@ -7,6 +7,7 @@ See PROTOCOL.md 3–5.  Torch-dependent names (``build_transform``, ``ImageDatas
 from .build import build_dataset
 from .constants import CLIP_MEAN, CLIP_STD
 from .errors import (
+    ClassCoverageError,
     DatasetError,
     DatasetNotFoundError,
     FewShotCacheError,
@@ -34,6 +35,7 @@ __all__ = [
     "subsample_classes",
     "CLIP_MEAN",
     "CLIP_STD",
+    "ClassCoverageError",
     "DatasetError",
     "DatasetNotFoundError",
     "FewShotCacheError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .errors import MissingImagesError
+from .errors import ClassCoverageError, MissingImagesError
 from .fewshot import load_or_draw, subsample_classes
 from .readers import read_dataset
 from .registry import get_info
@@ -35,6 +35,30 @@ def missing_images_error(missing: list[str], what: str, fix: str) -> MissingImag
     head = "\n  ".join(missing[:MAX_LISTED_MISSING])
     more = f"\n  … and {len(missing) - MAX_LISTED_MISSING} more" if len(missing) > MAX_LISTED_MISSING else ""
     return MissingImagesError(f"{len(missing)} image(s) listed by {what} are missing, e.g.:\n  {head}{more}\n{fix}")
+
+
+def check_class_coverage(info, ddir: str, train: list[Datum], val: list[Datum], test: list[Datum]) -> None:
+    """Every class has training images, and the test (and validation) split holds no class the
+    training split lacks: otherwise a prompt learned for K - 1 classes would be scored on K
+    (silently, when the missing class is the last) or training would fail on an unknown label."""
+    labels = {name: {d.label for d in items} for name, items in (("train", train), ("val", val), ("test", test))}
+    names = {d.label: d.classname for d in train + val + test}
+    every = set(range(max(names) + 1)) if names else set()
+    source = os.path.join(ddir, info.split_file) if info.split_file else os.path.join(ddir, info.image_dir)
+    lacking = sorted(every - labels["train"])
+    if lacking:
+        shown = ", ".join(f"{names.get(lab, '?')!r} (label {lab})" for lab in lacking[:5])
+        raise ClassCoverageError(
+            f"{source}: {len(lacking)} class(es) have no training images: {shown}. Every class needs training "
+            "images: restore them, or remove the class from every split (labels 0..K-1 with no gap)."
+        )
+    extra = sorted(labels["test"] - labels["train"])
+    absent = sorted(labels["train"] - labels["test"])
+    if extra or absent:
+        raise ClassCoverageError(
+            f"{source}: the test split's classes differ from the training split's (only in test: {extra}, "
+            f"only in train: {absent}); the split file does not describe one set of classes."
+        )
 
 
 def build_dataset(
@@ -69,6 +93,8 @@ def build_dataset(
                 f"is missing",
             )
 
+    if not info.test_only:
+        check_class_coverage(info, ddir, train, val, test)
     kw = dict(root=root, dataset_dir=ddir, seed=seed, info=info)
     if info.test_only:
         if num_shots >= 1 or subsample != "all":

@@ -7,7 +7,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import DatasetError
+from .build import check_class_coverage
+from .errors import ClassCoverageError, DatasetError
 from .readers import read_dataset, split_json_candidates
 from .registry import DATASETS, DatasetInfo, get_info, list_datasets
 from .types import derive_classnames
@@ -111,6 +112,12 @@ def check_dataset(key: str, root: str, explicit: bool = True, cache_dir: str | N
     else:
         out("ok", f"images: {len(paths)} listed, {len(paths)} found")
 
+    if not info.test_only:
+        try:
+            check_class_coverage(info, ddir, train, val, test)
+        except ClassCoverageError as e:
+            problems += 1
+            out("PROBLEM", str(e))
     _, ncls, _ = derive_classnames(train)
     if info.num_classes is None or ncls == info.num_classes:
         out("ok", f"classes: {ncls}")

@@ -38,3 +38,7 @@ class FewShotCacheError(DatasetError):
 
 class ImageDecodeError(DatasetError, OSError):
     """An image file could not be opened or decoded (missing, truncated or corrupt)."""
+
+
+class ClassCoverageError(DatasetError):
+    """A class lacks training images, or the splits disagree on which classes exist."""
