@@ -399,7 +399,7 @@ class Run:
                 losses.append(loss.item())
                 correct += int((logits.argmax(-1) == labels).sum())
                 seen += labels.numel()
-                self.tracker.log({"train/loss": losses[-1], "train/lr": lr, "epoch": epoch}, step=step)
+                self.tracker.log(tracking.step_metrics(losses[-1], lr, epoch), step=step)
                 progress.update(1)
                 progress.set_postfix(
                     epoch=f"{epoch}/{spec.epochs}", loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False
@@ -408,9 +408,7 @@ class Run:
             epoch_loss = float(np.mean(losses)) if losses else math.nan
             epoch_acc = 100.0 * correct / max(1, seen)
             log.info("epoch %d/%d  loss %.4f  train acc %.2f%%  lr %.3e", epoch, spec.epochs, epoch_loss, epoch_acc, lr)
-            self.tracker.log(
-                {"epoch/loss": epoch_loss, "epoch/train_accuracy": epoch_acc, "epoch/lr": lr, "epoch": epoch}, step=step
-            )
+            self.tracker.log(tracking.epoch_metrics(epoch_loss, epoch_acc, lr, epoch), step=step)
             self.save_checkpoint(model, optimizer, scheduler, epoch, loader_generator, scaler)
             if fault_epoch and epoch == fault_epoch:
                 log.warning("HARNESS_FAULT_AFTER_EPOCH=%d: exiting abruptly", fault_epoch)
@@ -514,13 +512,14 @@ class Run:
         with run_logging(self.run_dir) as log_path:
             log.info("Run %s -> %s (log %s)", self.job, self.run_dir, log_path)
             log.info("Spec: %s", spec.to_dict())
+            kind = tracking.job_kind(self.trainable, spec.load_from)
             self.tracker = tracking.start_run(
                 spec.tracking,
                 name=self.job,
                 group=spec.experiment,
-                tags=[spec.method, spec.dataset, f"seed{spec.seed}", spec.experiment],
-                config=spec.to_dict(),
-                job_type="train" if self.trainable and not spec.load_from else "eval",
+                tags=tracking.run_tags(spec, kind),
+                config=tracking.run_config(spec, kind),
+                job_type=kind,
                 dir=self.run_dir,
             )
             failed = True
@@ -566,13 +565,8 @@ class Run:
                     results.append_record(self.results, record)
                     records.append(record)
                     accuracy = result["metrics"]["accuracy"]
-                    self.tracker.log(
-                        {
-                            f"eval/{dataset}/{subsample}/accuracy": accuracy,
-                            f"eval/{dataset}/{subsample}/macro_f1": result["metrics"]["macro_f1"],
-                        }
-                    )
-                    self.tracker.summary({f"{dataset}/{subsample}/accuracy": accuracy})
+                    self.tracker.log(tracking.eval_metrics(dataset, subsample, result["metrics"]))
+                    self.tracker.summary(tracking.summary_metrics(record, spec.dataset))
                     log.info("%s on %s/%s: accuracy %.2f%%", spec.method, dataset, subsample, accuracy)
                 failed = False
             finally:
