@@ -485,3 +485,23 @@ def test_publish_fills_entity_and_project_and_links_the_urls(study, tmp_path, mo
     index = (reports / "index.md").read_text()
     assert "* W&B Report: [prompt-harness: base2new, ablations](https://r/r1)" in index
     assert "not published yet" not in index
+
+
+def test_readme_documents_every_stable_key():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    names = [
+        tracking.TRAIN_LOSS,
+        tracking.TRAIN_LR,
+        tracking.EPOCH,
+        tracking.EPOCH_LOSS,
+        tracking.EPOCH_TRAIN_ACCURACY,
+        tracking.EPOCH_LR,
+        tracking.eval_key("<dataset>", "<subsample>"),
+        tracking.eval_key("<dataset>", "<subsample>", "macro_f1"),
+        tracking.accuracy_key("<subsample>"),
+        *tracking.TABLE_CONFIG_KEYS,
+        "experiment",
+    ]
+    for name in names:
+        assert f"`{name}`" in readme, name
