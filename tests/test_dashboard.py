@@ -285,7 +285,7 @@ def parse_markdown_tables(text: str) -> list[dict]:
 
 def expected_cells(csv_path: str) -> dict:
     """{(row label, column header): text} that the report folder's CSV says a table shows."""
-    frame = pd.read_csv(csv_path, keep_default_na=False)
+    frame = pd.read_csv(csv_path, keep_default_na=False, dtype={"shown": str, "group": str, "row_label": str})
     single = frame["group"].nunique() == 1
     out = {}
     for _, line in frame.iterrows():
@@ -324,6 +324,28 @@ def test_report_tables_hold_the_report_folders_numbers(study):
     assert len(coop_base) == 2
     mean, std = sum(coop_base) / 2, abs(coop_base[0] - coop_base[1]) / 2
     assert shown[titles["table1_base2new"]][("synthetic", "CoOp Base")] == f"{mean:.2f} ± {std:.2f}"
+
+
+def test_report_shows_the_papers_values_beside_ours(tmp_path):
+    """On the paper's datasets (records holding the paper's own Table 1 numbers), the W&B report and
+    the base2new view carry the paper and Δ columns exactly as the report folder does."""
+    from test_report import paper_rows, record, write
+
+    recs = []
+    for row in paper_rows("base2new.csv"):
+        if row["dataset"] != "average":
+            recs.append(record(row["method"], row["dataset"], "base", float(row["base"])))
+            recs.append(record(row["method"], row["dataset"], "new", float(row["new"])))
+    out, reports = write(tmp_path / "out", recs), str(tmp_path / "reports")
+    build_report(out, out_dir=reports)
+    study = dashboard.load_study(out, reports)
+    report = dashboard.build_report(study)
+    (view,) = dashboard.build_workspaces(study)
+    expected = expected_cells(os.path.join(reports, "table1_base2new.csv"))
+    assert ("Average", "CoCoOp H (paper)") in expected and expected[("Average", "CoCoOp H Δ")] == "0.00"
+    i = next(i for i, b in enumerate(report.blocks) if isinstance(b, wr.H2) and b.text.startswith("Table 1"))
+    assert parse_markdown_tables(report.blocks[i + 1].text) == [expected]
+    assert parse_markdown_tables(view.sections[0].panels[0].markdown) == [expected]
 
 
 def test_workspace_views_show_each_experiments_tables(study):
