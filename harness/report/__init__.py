@@ -156,7 +156,9 @@ def build_report(
     (defaults), a list of experiment names (narrows every table), or {table: [names]} with table
     keys "table1".."table5", "fig4a", "fig4b". expected_seeds: None (the seeds seen per experiment)
     or e.g. (1, 2, 3). tracking: a ``harness.tracking`` mode; not "none" logs every table and
-    figure to one W&B run (job_type "report").
+    figure to one W&B run (job_type "report") and names it, with its figures' hashes, in
+    ``<out_dir>/wandb/report_run.json`` (the dashboard's report shows the figures from that run).
+    ``index.md`` ends with a link to the W&B dashboard when ``make dashboard`` has built one.
 
     Returns {"out_dir", "index", "records", "tables": {key: {"table", "frame", "paths"}},
     "figures": {name: {"png", "pdf"}}, "missing": [...]}."""
