@@ -4,6 +4,7 @@
 #   make base2new DATA_ROOT=/data      the paper's base-to-new study (Table 1 and 4) on your data
 #   make crossdataset domaingen ablations DATA_ROOT=/data LAUNCHER=slurm
 #   make report                        tables and figures from the results store
+#   make dashboard                     W&B workspace views and report (after make report)
 #   make test                          the test suite
 PYTHON    ?= python3
 VENV      ?= .venv
@@ -46,7 +47,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: venv base2new demo crossdataset domaingen ablations bigger_coop report status bench test lint help
+.PHONY: venv base2new demo crossdataset domaingen ablations bigger_coop report dashboard status bench test lint help
 
 venv: $(STAMP) ## create the virtual environment and install the project
 
@@ -76,6 +77,10 @@ ablations: $(STAMP) ## context init/length ablations (Figure 4; demo profile wit
 
 report: $(STAMP) ## tables and figures from $(OUT)/results.jsonl into reports/ (demo: reports/demo)
 	$(PY) -m harness.report --results $(RUN_OUT) --out $(REPORT_OUT) --tracking $(TRACKING)
+
+dashboard: $(STAMP) ## W&B workspace views and report from reports/ (after make report; offline: JSON specs to publish)
+	$(PY) -m harness.dashboard --results $(RUN_OUT) --report-dir $(REPORT_OUT) \
+	    --mode $(if $(filter online offline,$(TRACKING)),$(TRACKING),auto)
 
 status: $(STAMP) ## progress of an experiment: make status EXPERIMENT=base2new
 	$(PY) -m harness status $(or $(EXPERIMENT),base2new) $(SWEEP_ARGS)

@@ -252,7 +252,7 @@ class Run:
                     correct += int((details["logits"].argmax(-1) == labels).sum())
                     seen += labels.numel()
                     terms = {f"train/{k}": float(v) for k, v in details.items() if k != "logits"}
-                    self.tracker.log({"train/loss": losses[-1], "train/lr": lr, "epoch": epoch, **terms}, step=step)
+                    self.tracker.log({**tracking.step_metrics(losses[-1], lr, epoch), **terms}, step=step)
                     progress.update(1)
                     progress.set_postfix(
                         epoch=f"{epoch}/{spec.epochs}", loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False
@@ -276,10 +276,7 @@ class Run:
                 log.info(
                     "epoch %d/%d  loss %.4f  train acc %.2f%%  lr %.3e", epoch, spec.epochs, epoch_loss, epoch_acc, lr
                 )
-                self.tracker.log(
-                    {"epoch/loss": epoch_loss, "epoch/train_accuracy": epoch_acc, "epoch/lr": lr, "epoch": epoch},
-                    step=step,
-                )
+                self.tracker.log(tracking.epoch_metrics(epoch_loss, epoch_acc, lr, epoch), step=step)
                 checkpoint.save(
                     self.run_dir, epoch, model, optimizer, scheduler, loader_generator, scaler, spec.training_identity()
                 )
@@ -407,13 +404,14 @@ class Run:
         with run_logging(self.run_dir) as log_path:
             log.info("Run %s -> %s (log %s)", self.job, self.run_dir, log_path)
             log.info("Spec: %s", spec.to_dict())
+            kind = tracking.job_kind(methods.method_class(spec.method).trainable, spec.load_from)
             self.tracker = tracking.start_run(
                 spec.tracking,
                 name=self.job,
                 group=spec.experiment,
-                tags=[spec.method, spec.dataset, f"seed{spec.seed}", spec.experiment],
-                config=spec.to_dict(),
-                job_type="train" if spec.trains else "eval",
+                tags=tracking.run_tags(spec, kind),
+                config=tracking.run_config(spec, kind),
+                job_type=kind,
                 dir=self.run_dir,
             )
             failed = True
@@ -437,13 +435,8 @@ class Run:
                     results.append_record(self.results, record)
                     records.append(record)
                     accuracy = result["metrics"]["accuracy"]
-                    self.tracker.log(
-                        {
-                            f"eval/{dataset}/{subsample}/accuracy": accuracy,
-                            f"eval/{dataset}/{subsample}/macro_f1": result["metrics"]["macro_f1"],
-                        }
-                    )
-                    self.tracker.summary({f"{dataset}/{subsample}/accuracy": accuracy})
+                    self.tracker.log(tracking.eval_metrics(dataset, subsample, result["metrics"]))
+                    self.tracker.summary(tracking.summary_metrics(record, spec.dataset))
                     log.info("%s on %s/%s: accuracy %.2f%%", spec.method, dataset, subsample, accuracy)
                 failed = False
             finally:

@@ -130,6 +130,11 @@ def _index(out_dir, source, records, tables, figures, missing, with_paper, paper
         "± population std over seeds; † fewer seeds than expected; ‡ average over fewer datasets than expected.",
         "",
     ]
+    from harness.dashboard import index_section
+
+    section = index_section(out_dir)  # the W&B dashboard built from these tables (make dashboard)
+    if section:
+        lines += [""] + section
     path = os.path.join(out_dir, "index.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))
@@ -151,7 +156,9 @@ def build_report(
     (defaults), a list of experiment names (narrows every table), or {table: [names]} with table
     keys "table1".."table5", "fig4a", "fig4b". expected_seeds: None (the seeds seen per experiment)
     or e.g. (1, 2, 3). tracking: a ``harness.tracking`` mode; not "none" logs every table and
-    figure to one W&B run (job_type "report").
+    figure to one W&B run (job_type "report") and names it, with its figures' hashes, in
+    ``<out_dir>/wandb/report_run.json`` (the dashboard's report shows the figures from that run).
+    ``index.md`` ends with a link to the W&B dashboard when ``make dashboard`` has built one.
 
     Returns {"out_dir", "index", "records", "tables": {key: {"table", "frame", "paths"}},
     "figures": {name: {"png", "pdf"}}, "missing": [...]}."""
@@ -179,9 +186,13 @@ def build_report(
         if why:
             missing += why if isinstance(why, list) else [why]
     source = results if isinstance(results, (str, os.PathLike)) else "records given in memory"
-    index = _index(out_dir, source, records, written, figures, missing, with_paper, paper_dir)
+    # The W&B run of an earlier report holds earlier figures: forget it before (maybe) logging anew.
+    run_file = os.path.join(out_dir, "wandb", "report_run.json")
+    if os.path.exists(run_file):
+        os.unlink(run_file)
     if tracking != "none":
         _track(tracking, out_dir, source, written, figures)
+    index = _index(out_dir, source, records, written, figures, missing, with_paper, paper_dir)
     return {
         "out_dir": out_dir,
         "index": index,
@@ -223,3 +234,17 @@ def _track(mode, out_dir, source, tables, figures) -> None:
         raise
     finally:
         tracker.finish(failed=failed)
+    if tracker.run_id:
+        # Which W&B run holds these figures (the dashboard's report shows them from it once synced).
+        import hashlib
+        import json
+
+        digests = {}
+        for name, paths in figures.items():
+            with open(paths["png"], "rb") as f:
+                digests[name] = {"png": os.path.basename(paths["png"]), "sha256": hashlib.sha256(f.read()).hexdigest()}
+        os.makedirs(os.path.join(out_dir, "wandb"), exist_ok=True)
+        info = {"run_id": tracker.run_id, "project": tracker.project, "mode": tracker.mode, "figures": digests}
+        info["run_dir"] = os.path.dirname(tracker.run_dir or "")
+        with open(os.path.join(out_dir, "wandb", "report_run.json"), "w") as f:
+            json.dump(info, f, indent=1, sort_keys=True)
