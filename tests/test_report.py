@@ -198,14 +198,14 @@ def test_files_and_figures_are_written(tmp_path):
                 record(method, "imagenet", sub, 70.0 + seed, seed, "ablations", n_ctx=n_ctx, ctx_init=init, config=cfg)
                 for sub in ("base", "new")
             ]
-        for method in ("coop", "cocoop"):
-            for ds in ("imagenet", "caltech101", "dtd", "imagenetv2", "imagenet_a"):
+        for method_index, method in enumerate(("coop", "cocoop")):
+            for i, ds in enumerate(("imagenet", "caltech101", "dtd", "imagenetv2", "imagenet_a")):
                 recs.append(
                     record(
                         method,
                         ds,
                         "all",
-                        60.0 + seed,
+                        60.0 + seed + 3 * i + 10 * method_index,  # a different value in every cell
                         seed,
                         "crossdataset" if ds in PAPER_DATASETS else "domaingen",
                         train_subsample="all",
@@ -244,6 +244,43 @@ def test_files_and_figures_are_written(tmp_path):
     assert [g.label for g in t4a.groups] == ["CoCoOp “a photo of a”", "CoCoOp random"]
     t2 = summary["tables"]["table2_crossdataset"]["table"]
     assert t2.cell(AVERAGE, t2.group_for("coop"), "acc").note == "‡(2/10 datasets)"
+
+    # Tables 2-4: every cell against the mean over seeds computed here from the records themselves.
+    def seed_mean(method, dataset, subsample, experiments):
+        values = [
+            r["metrics"]["accuracy"]
+            for r in recs
+            if (r["method"], r["dataset"], r["subsample"]) == (method, dataset, subsample)
+            and r["experiment"] in experiments
+        ]
+        return sum(values) / len(values)
+
+    t3 = summary["tables"]["table3_domaingen"]["table"]
+    assert [r for r, _ in t3.rows] == ["imagenet", "imagenetv2", "imagenet_a"]
+    for method in ("coop", "cocoop"):
+        for ds in ("caltech101", "dtd"):
+            assert t2.cell(ds, t2.group_for(method), "acc").mean == pytest.approx(
+                seed_mean(method, ds, "all", {"crossdataset"})
+            )
+        expected_average = (
+            seed_mean(method, "caltech101", "all", {"crossdataset"}) + seed_mean(method, "dtd", "all", {"crossdataset"})
+        ) / 2
+        assert t2.cell(AVERAGE, t2.group_for(method), "acc").mean == pytest.approx(expected_average)
+        for ds in ("imagenetv2", "imagenet_a"):
+            cell = t3.cell(ds, t3.group_for(method), "acc")
+            assert cell.mean == pytest.approx(
+                seed_mean(method, ds, "all", {"domaingen"})
+            ) and cell.std == pytest.approx(0.5)
+    t4 = summary["tables"]["table4_class_incremental"]["table"]
+    g4 = t4.group_for("coop")
+    for ds in ("dtd", "eurosat"):
+        assert t4.cell(ds, g4, "acc").mean == pytest.approx(seed_mean("coop", ds, "all", {"base2new"}))
+    paper_two = [seed_mean("coop", ds, "all", {"base2new"}) for ds in ("dtd", "eurosat")]
+    assert t4.cell(AVERAGE, g4, "acc").mean == pytest.approx(sum(paper_two) / 2)  # synthetic is no paper dataset
+    with open(out / "table3_domaingen.csv") as f:  # the written file holds the same numbers
+        rows = list(csv.DictReader(f))
+    written = {(r["row"], r["method"]): float(r["mean"]) for r in rows if r.get("mean")}
+    assert written[("imagenet_a", "cocoop")] == pytest.approx(seed_mean("cocoop", "imagenet_a", "all", {"domaingen"}))
     tex = (out / "table1_base2new.tex").read_text()
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "\\toprule" in tex
 

@@ -311,3 +311,17 @@ def test_status_cli_after_a_debug_sweep(small_experiment, data_root, tmp_path):
     status_cli = [sys.executable, "-m", "harness", "status", small_experiment, "--data-root", data_root, "--out", out]
     shown = subprocess.run(status_cli, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0 and "mini/zsclip/synthetic" in shown.stdout and "total: 1 done" in shown.stdout
+
+
+def test_command_line_run_keys_win_over_the_experiment_and_profile():
+    # The demo profile sets epochs per method; `--set epochs=3 shots=4` must still win everywhere.
+    demo = sweep.load_experiment("base2new", profile="demo")
+    jobs = sweep.expand(demo, "/gen", "/out", {"epochs": 3, "shots": 4})
+    trains = [j for j in jobs if j.kind == "train"]
+    assert trains and {j.spec.epochs for j in trains} == {3} and {j.spec.shots for j in trains} == {4}
+    assert all("/shots4_" in j.spec.output_dir for j in trains)
+    evals = [j for j in jobs if j.kind == "eval" and j.spec.load_from]
+    assert {j.spec.shots for j in evals} == {4}  # the record keys of evaluations follow their training
+    for key, flag in (("seed", "--seeds"), ("dataset", "--datasets"), ("output_dir", "--out")):
+        with pytest.raises(ConfigError, match=rf"'{key}' is set for each job by the sweep and cannot be given with --set: use {flag}"):
+            sweep.expand(demo, "/gen", "/out", {key: 3})
