@@ -323,5 +323,6 @@ def test_command_line_run_keys_win_over_the_experiment_and_profile():
     evals = [j for j in jobs if j.kind == "eval" and j.spec.load_from]
     assert {j.spec.shots for j in evals} == {4}  # the record keys of evaluations follow their training
     for key, flag in (("seed", "--seeds"), ("dataset", "--datasets"), ("output_dir", "--out")):
-        with pytest.raises(ConfigError, match=rf"'{key}' is set for each job by the sweep and cannot be given with --set: use {flag}"):
+        message = rf"'{key}' is set for each job by the sweep and cannot be given with --set: use {flag}"
+        with pytest.raises(ConfigError, match=message):
             sweep.expand(demo, "/gen", "/out", {key: 3})
