@@ -509,14 +509,13 @@ def _finish(states, out, experiment, printer) -> list[JobState]:
 
 
 def status(jobs: list[Job], out: str, experiment: str) -> list[dict]:
-    """Each job's progress from the results store, its checkpoints and the last sweep's state (for
-    Slurm jobs still queued, the cluster's reason)."""
+    """Each job's progress from the results store, its checkpoints and the last sweep's state; for
+    Slurm jobs the sweep did not wait for (``--no-wait``), what the cluster says now."""
     from harness.checkpoint import latest_checkpoint
 
     done = results.existing_keys(jobs[0].spec.results) if jobs else set()
     previous = {s.name: s for s in load_state(out, experiment)}
-    queued = [s.job_id for s in previous.values() if s.state == "queued" and s.job_id]
-    reasons = slurm_pending_reasons(queued) if queued and _has_slurm() else {}
+    refresh_from_slurm(previous)
     rows = []
     for job in jobs:
         missing = job.pending_targets(done)
@@ -538,12 +537,43 @@ def status(jobs: list[Job], out: str, experiment: str) -> list[dict]:
             if found:
                 row["state"] = "partial" if row["state"] == "not started" else row["state"]
                 row["detail"] = f"epoch {found[1]}/{job.spec.epochs} checkpointed"
-            if last and last.job_id in reasons:
-                row["detail"] = f"Slurm: pending ({reasons[last.job_id]})"
+            if last and last.error:
+                row["detail"] = last.error
         if last and last.job_id:
             row["job_id"] = last.job_id
         rows.append(row)
     return rows
+
+
+def refresh_from_slurm(states: dict[str, JobState]) -> None:
+    """Update queued/running Slurm jobs of a sweep that did not wait: failed (with the job's own error
+    line), blocked (cancelled because a dependency failed), or still pending (with Slurm's reason)."""
+    live = {n: s for n, s in states.items() if s.state in ("queued", "running") and s.job_id and s.stdout}
+    if not live or not _has_slurm():
+        return
+    from submitit.slurm.slurm import SlurmJob
+
+    handles = {n: SlurmJob(folder=os.path.dirname(s.stdout), job_id=s.job_id) for n, s in live.items()}
+    reasons = slurm_pending_reasons([s.job_id for s in live.values()])
+    for name, handle in handles.items():
+        state, slurm_state = live[name], handle.state
+        if slurm_state in ("RUNNING", "COMPLETING"):
+            state.state = "running"
+        elif slurm_state.startswith("CANCELLED") and any(
+            states[d].state in ("failed", "blocked") for d in state.depends_on
+        ):
+            state.state, state.error = "blocked", f"not run: {', '.join(state.depends_on)} failed (cancelled by Slurm)"
+        elif slurm_state == "FAILED":  # the job's result file holds its exception
+            state.state, state.error = "failed", _job_failure(handle)
+        elif slurm_state.startswith("CANCELLED") or slurm_state in (
+            "TIMEOUT",
+            "OUT_OF_MEMORY",
+            "NODE_FAIL",
+            "BOOT_FAIL",
+        ):
+            state.state, state.error = "failed", f"Slurm state {slurm_state} (see the log)"
+        elif state.job_id in reasons:
+            state.error = f"Slurm: pending ({reasons[state.job_id]})"
 
 
 def _has_slurm() -> bool:

@@ -446,3 +446,27 @@ def test_a_submission_refused_half_way_cancels_what_it_queued(tmp_path, monkeypa
         launch(jobs, "halfway", out, "slurm", cfg, printer=lambda *_: None)
     assert [j for j in _our_jobs("halfway") if "PENDING" in j] == []
     _until_idle("halfway")
+
+
+def test_status_after_a_sweep_that_did_not_wait_shows_failures_and_blocked_jobs(tmp_path):
+    """`sweep --no-wait` then `status`: the failed training and its blocked evaluation are reported from
+    what the cluster says, and Slurm itself cancelled the evaluation (kill-on-invalid-dep)."""
+    from harness import sweep
+    from harness.launcher import launch, status
+
+    root, experiment = _tiny_sweep(tmp_path, "nowait", 4, 2, 4, 2, {"coop": {"config": "coop/vit_b16_ctxv1"}})
+    out = str(root / "out")
+    jobs = sweep.expand(experiment, str(root / "data"), out, {"lr": 1e30, "warmup_epochs": 0})
+    cfg = {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10}
+    launch(jobs, "nowait", out, "slurm", cfg, wait=False, printer=lambda *_: None)
+    deadline = time.monotonic() + 240
+    while True:
+        rows = {r["job"]: r for r in status(jobs, out, "nowait")}
+        if rows["nowait/coop/synthetic/seed1/eval"]["state"] == "blocked":
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(1)
+    train = rows["nowait/coop/synthetic/seed1/train"]
+    assert train["state"] == "failed" and "NonFiniteLossError" in train["detail"]
+    assert "cancelled by Slurm" in rows["nowait/coop/synthetic/seed1/eval"]["detail"]
+    _until_idle("nowait")
