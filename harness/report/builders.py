@@ -29,7 +29,8 @@ from harness.report.tables import (
 BASE_NEW_H = [("base", "Base"), ("new", "New"), ("h", "H")]
 ACCURACY = [("acc", "Accuracy")]
 
-# (embed_dim, text_width) of the CLIP backbones, for trainable-parameter counts (Table 5).
+# (embed_dim, text_width) of OpenAI's CLIPs, for the trainable-parameter counts of records that do not
+# carry their own (the runner's records always do: metrics.num_trainable_parameters).
 BACKBONE_DIMS = {
     "ViT-B/16": (512, 512),
     "ViT-B/32": (512, 512),
@@ -40,8 +41,7 @@ BACKBONE_DIMS = {
     "RN50x4": (640, 640),
     "RN50x16": (768, 768),
     "RN50x64": (1024, 1024),
-    "tiny": (32, 64),
-    "tiny-pretrained": (32, 64),
+    "tiny": (32, 64),  # harness.backbone.CLIP_SHAPES["tiny"]
 }
 
 
