@@ -166,11 +166,6 @@ class Run:
         dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def num_workers(self) -> int:
-        if self.spec.num_workers is not None:
-            return self.spec.num_workers
-        return min(8, os.cpu_count() or 1)
-
     # -- training ----------------------------------------------------------------------------
 
     def train(self, splits) -> str:
@@ -195,7 +190,7 @@ class Run:
             transform,
             spec.batch_size,
             train=True,
-            num_workers=self.num_workers(),
+            num_workers=spec.num_workers,  # None: the loader's default
             generator=loader_generator,
         )
         log.info(
@@ -306,7 +301,7 @@ class Run:
                 data.build_transform(train=False, size=size),
                 spec.test_batch_size,
                 train=False,
-                num_workers=self.num_workers(),
+                num_workers=spec.num_workers,  # None: the loader's default
             )
             return compute_features(model, loader, self.device, desc=f"features {dataset}/{subsample}")
 
