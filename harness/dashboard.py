@@ -47,14 +47,21 @@ import os
 import sys
 
 from harness import tracking
+from harness.report.index import (
+    MANIFEST_FILE,
+    NOTE_FILE,
+    REPORT_FILE,
+    SPEC_DIR,
+    WORKSPACE_FILE,
+    index_section,
+    publish_command,
+    read_manifest,
+    spec_dir,
+    tables_digest,
+)
 
 log = logging.getLogger(__name__)
 
-SPEC_DIR = "wandb"  # under the report folder
-WORKSPACE_FILE = "workspace.json"
-REPORT_FILE = "report.json"
-NOTE_FILE = "PUBLISH.md"
-MANIFEST_FILE = "dashboard.json"
 REPORT_RUN_FILE = "report_run.json"  # written by the report stage when it logs to W&B
 EXPERIMENT_ORDER = ("base2new", "crossdataset", "domaingen", "ablations", "bigger_coop")
 # Tables whose column groups pool experiments: shown in the views of these experiments.
@@ -109,17 +116,6 @@ def ordered_experiments(names) -> list[str]:
 def _sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
-
-
-def tables_digest(report_dir: str) -> str:
-    """One hash of the report folder's table CSVs (what the dashboard's numbers must equal)."""
-    h = hashlib.sha256()
-    for name in sorted(os.listdir(report_dir)) if os.path.isdir(report_dir) else []:
-        if name.endswith(".csv"):
-            h.update(name.encode() + b"\0")
-            with open(os.path.join(report_dir, name), "rb") as f:
-                h.update(f.read())
-    return h.hexdigest()
 
 
 def check_report_dir(tables: dict, report_dir: str) -> None:
@@ -449,10 +445,6 @@ def build_report(study: Study, entity: str = "", project: str = ""):
 # Specifications on disk, publishing, the index
 
 
-def spec_dir(report_dir: str) -> str:
-    return os.path.join(report_dir, SPEC_DIR)
-
-
 def to_specs(workspaces: list, report) -> tuple[dict, dict]:
     """The library's own models, as JSON-ready dicts (what W&B stores for a view and a report)."""
     views = [w._to_model().model_dump(by_alias=True, exclude_none=True, mode="json") for w in workspaces]
@@ -474,10 +466,6 @@ def load_specs(folder: str) -> tuple[list, object]:
     loaded = wr.Report._from_model(report_models.ReportViewspec.model_validate(report))
     loaded.width = report["spec"].get("width", loaded.width)  # _from_model (0.4.13) drops the width
     return workspaces, loaded
-
-
-def _publish_command(folder: str) -> str:
-    return f"python -m harness.dashboard --publish {folder}"
 
 
 def _sync_command(results: str) -> str:
@@ -519,7 +507,7 @@ def write_specs(study: Study, workspaces: list, report, mode: str) -> dict:
         "   (add `-p PROJECT -e ENTITY` to `wandb sync` to upload into another project or entity.)",
         "2. Publish the views and the report (prints their URLs and links them from index.md):",
         "",
-        "       " + _publish_command(folder) + (f" --project {project}" if project else ""),
+        "       " + publish_command(folder) + (f" --project {project}" if project else ""),
         "",
         "Re-running `make dashboard` rebuilds these files from the results store and the report folder.",
         "",
@@ -537,40 +525,6 @@ def write_manifest(report_dir: str, data: dict) -> str:
         json.dump(data, f, indent=1, sort_keys=True)
     os.replace(path + ".tmp", path)
     return path
-
-
-def read_manifest(report_dir: str) -> dict | None:
-    path = os.path.join(spec_dir(report_dir), MANIFEST_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def index_section(report_dir: str) -> list[str]:
-    """The "## Dashboard" lines of ``index.md`` (empty when no dashboard was built)."""
-    manifest = read_manifest(report_dir)
-    if not manifest:
-        return []
-    lines = ["## Dashboard", ""]
-    if manifest.get("tables_sha256") != tables_digest(report_dir):
-        lines += ["The dashboard below was built from an earlier report: run `make dashboard` again.", ""]
-    urls = manifest.get("urls") or {}
-    if urls.get("report"):
-        lines.append(f"* W&B Report: [{manifest.get('title', 'report')}]({urls['report']})")
-        for experiment, url in (urls.get("views") or {}).items():
-            lines.append(f"* workspace view {experiment}: {url}")
-    else:
-        rel = SPEC_DIR
-        lines += [
-            f"* not published yet (built offline, {manifest.get('built', '')}): W&B specifications "
-            f"[{WORKSPACE_FILE}]({rel}/{WORKSPACE_FILE}) ({len(manifest.get('views', []))} workspace views) and "
-            f"[{REPORT_FILE}]({rel}/{REPORT_FILE});",
-            f"  publish them with `{_publish_command(spec_dir(report_dir))}` after `wandb sync` of the runs "
-            f"([{NOTE_FILE}]({rel}/{NOTE_FILE})).",
-        ]
-    lines.append("")
-    return lines
 
 
 def update_index(report_dir: str) -> str | None:
@@ -773,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"W&B is offline: specifications written to {out['paths']['workspace']} and {out['paths']['report']}")
         print("to publish them later, on a machine with network and a W&B key:")
         print(f"  1. {_sync_command(study.results)}")
-        print(f"  2. {_publish_command(folder)}")
+        print(f"  2. {publish_command(folder)}")
         print(f"(details: {os.path.join(folder, NOTE_FILE)})")
     return 0
 

@@ -443,14 +443,15 @@ class Run:
 @contextmanager
 def run_folder_lock(run_dir: str, job: str):
     """One process per run folder: a second run of the same job (an orphaned job still running when a
-    sweep is re-run) would train and record the same results twice. The lock (flock) dies with its
-    process, so a killed or pre-empted job never leaves it behind."""
+    sweep is re-run) would train and record the same results twice. A POSIX record lock belongs to its
+    process alone (data-loader workers forked from it do not hold it) and dies with it, so a killed or
+    pre-empted job never leaves it behind."""
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, ".run.lock")
     with open(path, "a+") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             f.seek(0)
             holder = f.read().strip() or "another process"
             raise RunFailedError(
@@ -464,7 +465,7 @@ def run_folder_lock(run_dir: str, job: str):
             yield
         finally:
             f.truncate(0)
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.lockf(f, fcntl.LOCK_UN)
 
 
 def run(spec: RunSpec) -> list[dict]:

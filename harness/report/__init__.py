@@ -130,7 +130,7 @@ def _index(out_dir, source, records, tables, figures, missing, with_paper, paper
         "± population std over seeds; † fewer seeds than expected; ‡ average over fewer datasets than expected.",
         "",
     ]
-    from harness.dashboard import index_section
+    from harness.report.index import index_section
 
     section = index_section(out_dir)  # the W&B dashboard built from these tables (make dashboard)
     if section:
