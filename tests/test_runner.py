@@ -273,7 +273,7 @@ def test_torn_last_line_is_skipped(tmp_path, caplog):
     [
         ({"epochz": 3}, r"Unknown run key\(s\) \['epochz'\]. Valid keys: method"),
         ({"epochs": "ten"}, r"'epochs' must be int, got 'ten'"),
-        ({"method": "maple"}, "Registered methods: cocoop, coop, zsclip"),
+        ({"method": "prograd"}, "Registered methods: cocoop, coop, kgcoop, maple, promptsrc, zsclip"),
         ({"backbone": "ViT-H/14"}, "Unknown backbone 'ViT-H/14'. Choices: RN50"),
         ({"options": {"n_ctxx": 2}}, r"no option\(s\) \['n_ctxx'\]. Options: n_ctx"),
         ({"dataset": "imagenet21k"}, "Unknown dataset 'imagenet21k'. Datasets: caltech101"),
