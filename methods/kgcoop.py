@@ -67,18 +67,29 @@ class KgCoOp(CoOp):
         super().__init__(clip_model, classnames, n_ctx=n_ctx, ctx_init=init)
         pl = self.prompt_learner
         dtype, device = pl.ctx.dtype, pl.ctx.device
-        # In the authors' order: bias_vectors after ctx, the teacher, then meta_net (kgcoop.py:104-143).
+        # In the authors' order: bias_vectors after ctx, then meta_net (kgcoop.py:104-143).
         bias = torch.empty(1, UNUSED_WIDTH, dtype=dtype, device=device)
         nn.init.normal_(bias, std=0.02)
         pl.bias_vectors = nn.Parameter(bias, requires_grad=False)
         self.template = template if template is not None else KGCOOP_TEMPLATES.get(dataset, DEFAULT_TEMPLATE)
-        teacher = deep_prompts.teacher_text_features(clip_model, self.classnames, [self.template], combine="normalise")
-        self.register_buffer("teacher_text", teacher, persistent=False)
+        if "{}" not in self.template:
+            raise ValueError(f"Template {self.template!r} has no '{{}}' for the class name.")
+        self._teacher_text: torch.Tensor | None = None
         pl.meta_net = nn.Sequential(
             OrderedDict(linear1=nn.Linear(UNUSED_WIDTH, UNUSED_WIDTH), relu=nn.ReLU(inplace=True))
         )
         pl.meta_net.to(device=device, dtype=dtype).requires_grad_(False)
         self.kg_weight = float(kg_weight)
+
+    @property
+    def teacher_text(self) -> torch.Tensor:
+        """The hand-made prompt's normalised text features [K, E] in the model's dtype, computed at the first
+        training step (evaluation never needs them), once per class set and shared."""
+        if self._teacher_text is None:
+            self._teacher_text = deep_prompts.teacher_text_features(
+                self.clip, self.classnames, [self.template], combine="normalise"
+            )
+        return self._teacher_text
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor, *, details: dict | None = None) -> torch.Tensor:
         image_features = self.encode_image(images)

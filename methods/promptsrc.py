@@ -192,13 +192,21 @@ class PromptSRC(CLIPMethod):
         self.text_loss_weight, self.image_loss_weight = float(text_loss_weight), float(image_loss_weight)
         self.templates = tuple(templates)
         self.gpa_mean, self.gpa_std = float(gpa_mean), float(gpa_std)
-        # The teacher's text features: computed once per class set (and shared), by an fp32 CLIP in the
-        # authors' fp16 run (promptsrc.py:99), in the model's dtype when that is fp32.
-        teacher = deep_prompts.teacher_text_features(
-            clip_model, self.classnames, self.templates, dtype=torch.float32, combine="mean"
-        )
-        self.register_buffer("teacher_text", F.normalize(teacher, dim=-1), persistent=False)
+        self._teacher_text: torch.Tensor | None = None
         self._gpa: dict[str, torch.Tensor] | None = None
+
+    @property
+    def teacher_text(self) -> torch.Tensor:
+        """The frozen teacher's text features [K, E], normalised: the mean over the templates of CLIP's
+        un-normalised features, computed by an fp32 CLIP as in the authors' fp16 run (promptsrc.py:99).
+        Computed at the first training step (evaluation never needs it), once per class set, and shared
+        by every model built for the same CLIP, classes and templates."""
+        if self._teacher_text is None:
+            teacher = deep_prompts.teacher_text_features(
+                self.clip, self.classnames, self.templates, dtype=torch.float32, combine="mean"
+            )
+            self._teacher_text = F.normalize(teacher, dim=-1)
+        return self._teacher_text
 
     # -- the forward ------------------------------------------------------------------------------
 

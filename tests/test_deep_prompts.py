@@ -165,25 +165,30 @@ def count_text_passes(clip):
 def test_teachers_are_computed_once_per_class_set_and_shared():
     clip = backbone.freeze(backbone.build_random_clip("tiny"))
     names = ["golden_retriever", "cat", "sea lake"]
-    calls, handle = count_text_passes(clip)
+    images, labels = torch.randn(2, 3, 224, 224), torch.tensor([0, 2])
+    calls, handle = count_text_passes(clip)  # rows per pass through the text transformer
     try:
         first = methods.build_method("promptsrc", clip, names)
-        teacher_calls = len(calls)
-        assert teacher_calls >= 1 and sum(calls) == 60 * len(names)  # the 60 templates, once
-        second = methods.build_method("promptsrc", clip, names)
-        assert len(calls) == teacher_calls  # shared, not recomputed
-        torch.testing.assert_close(first.teacher_text, second.teacher_text, rtol=0, atol=0)
-        methods.build_method("promptsrc", clip, names[:2])  # another class set: its own teacher
-        assert sum(calls) == 60 * (len(names) + 2)
-        done = len(calls)
-        methods.build_method("kgcoop", clip, names, template="a photo of a {}, a type of pet.")
-        methods.build_method("kgcoop", clip, names, template="a photo of a {}, a type of pet.")
-        assert len(calls) == done + 1 and calls[-1] == len(names)
-        # A training step encodes the prompted classes once and never the teacher again.
-        first.train()
-        del calls[:]
-        first.training_loss(torch.randn(2, 3, 224, 224), torch.tensor([0, 2]))
+        with torch.no_grad():
+            first.eval()(images)  # evaluation: the prompted classes once, no teacher
         assert sum(calls) == len(names)
+        del calls[:]
+        first.train().training_loss(images, labels)  # the first step: the 60 templates, once, then the prompts
+        assert sum(calls) == 60 * len(names) + len(names)
+        del calls[:]
+        first.training_loss(images, labels)  # later steps: the prompts only
+        second = methods.build_method("promptsrc", clip, names).train()
+        second.training_loss(images, labels)  # another model of the same classes: shared, not recomputed
+        assert sum(calls) == 2 * len(names)
+        torch.testing.assert_close(first.teacher_text, second.teacher_text, rtol=0, atol=0)
+        del calls[:]
+        methods.build_method("promptsrc", clip, names[:2]).train().training_loss(images, labels // 2)
+        assert sum(calls) == 60 * 2 + 2  # another class set: its own teacher
+        del calls[:]
+        for _ in range(2):  # KgCoOp's prompts go through the prefix-cache encoder, not the transformer's forward
+            model = methods.build_method("kgcoop", clip, names, template="a photo of a {}, a type of pet.")
+            model.train().training_loss(images, labels)
+        assert calls == [len(names)]
     finally:
         handle.remove()
 
