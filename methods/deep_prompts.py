@@ -279,6 +279,21 @@ def _in_dtype(clip, dtype: torch.dtype):
     return copy.deepcopy(clip).float()
 
 
+def _encode_texts(clip, texts: Sequence[str], chunk: int = 1000) -> torch.Tensor:
+    """``backbone.encode_texts`` grouped by length: each bucket of similar lengths cut after its own last
+    EOT (exact: the text tower is causal), in chunks of ``chunk`` sequences."""
+    device = clip.positional_embedding.device
+    ids = backbone.tokenize(list(texts), clip.context_length).to(device)
+    eot = backbone.eot_positions(ids)
+    buckets = prompt_encoder.plan_buckets(eot + 1, 1, prompt_encoder.default_overhead_tokens(device))
+    parts, order = [], []
+    for bucket in buckets:
+        for rows in torch.split(bucket.to(device), chunk):
+            parts.append(backbone.encode_text_embeddings(clip, backbone.token_embeddings(clip, ids[rows]), ids[rows]))
+            order.append(rows)
+    return torch.cat(parts)[torch.argsort(torch.cat(order))]
+
+
 @torch.no_grad()
 def teacher_text_features(
     clip, classnames: Sequence[str], templates: Sequence[str], *, dtype: torch.dtype | None = None, combine: str
@@ -305,9 +320,9 @@ def teacher_text_features(
             raise ValueError(f"Template {template!r} has no '{{}}' for the class name.")
     model = _in_dtype(clip, dtype)
     names = [name.replace("_", " ") for name in classnames]
-    # All templates' prompts in one batched call; [K, T, E] like the authors' torch.cat(..., dim=1).
+    # All templates' prompts together, in length buckets; [K, T, E] like the authors' torch.cat(..., dim=1).
     texts = [template.format(n) for template in templates for n in names]
-    features = backbone.encode_texts(model, texts).reshape(len(templates), len(names), -1).transpose(0, 1)
+    features = _encode_texts(model, texts).reshape(len(templates), len(names), -1).transpose(0, 1)
     out = features.mean(dim=1) if combine == "mean" else F.normalize(features[:, 0], dim=-1)
     del model
     cache[key] = out
