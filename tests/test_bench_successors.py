@@ -18,6 +18,7 @@ def test_successor_lines_on_tiny(monkeypatch):
         assert row.train_s > 0 and row.eval_s > 0 and 0 < row.train_floor_flops and 0 < row.eval_floor_flops
         rows.append(row)
     kg, maple, src = rows
+    assert kg.teacher_s > 0 and src.teacher_s > 0 and maple.teacher_s is None and "teacher" in src.note
     # Prompting the image tower keeps its activations for backward; KgCoOp's tower runs without a graph.
     assert maple.train_bytes > kg.train_bytes > 0 and src.train_bytes > kg.train_bytes
     assert src.train_floor_flops > maple.train_floor_flops > kg.train_floor_flops
