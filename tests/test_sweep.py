@@ -261,8 +261,9 @@ def test_cli_dry_run_prints_the_plan(tmp_path):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "5 jobs: 5 to run" in out.stdout and "base2new/cocoop/eurosat/seed1/eval" in out.stdout
+    assert "11 jobs: 11 to run" in out.stdout and "base2new/cocoop/eurosat/seed1/eval" in out.stdout  # CLIP + 5 x 2
     assert "after base2new/cocoop/eurosat/seed1/train" in out.stdout
+    assert "after base2new/maple/eurosat/seed1/train" in out.stdout
 
 
 def test_missing_dataset_folders_stop_the_sweep_before_submission(tmp_path):
