@@ -188,12 +188,12 @@ def encode_text(
     input prompts, with ``deep`` prompts in text blocks 1..len(deep); exact, each length bucket cut
     after its own last EOT."""
     eot = backbone.eot_positions(token_ids)
-    buckets = prompt_encoder.plan_buckets(eot + 1, 1, prompt_encoder.default_overhead_tokens(prompts.device))
+    overhead = prompt_encoder.default_overhead_tokens(prompts.device)
+    buckets = [b.to(prompts.device) for b in prompt_encoder.plan_buckets(eot + 1, 1, overhead)]
     with prompted(clip, text=deep):
         parts = [backbone.encode_text_embeddings(clip, prompts[b], token_ids[b]) for b in buckets]
     # parts are in bucket order: row j of the concatenation is class order[j]
-    order = torch.cat(buckets).to(prompts.device)
-    return torch.cat(parts)[torch.argsort(order)]
+    return torch.cat(parts)[torch.argsort(torch.cat(buckets))]
 
 
 def encode_image(
