@@ -205,7 +205,7 @@ def encode_image(
 
 
 # ---------------------------------------------------------------------------------------------------
-# The prompt text around a learnable span (MaPLe, PromptSRC: maple.py:84-131, promptsrc.py:85-115)
+# The prompt text around a learnable span (MaPLe, PromptSRC: maple.py:84-131, promptsrc.py:88-133)
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -301,9 +301,9 @@ def teacher_text_features(
     """Frozen CLIP text features of the hand-made prompts, [K, E], computed once per CLIP object, class
     list, templates, dtype and ``combine`` and then shared by every model built for them.
 
-    combine = "normalise": one template, features L2-normalised (KgCoOp, kgcoop.py:124-133);
+    combine = "normalise": one template, features L2-normalised (KgCoOp, kgcoop.py:132-144);
     "mean": the un-normalised features averaged over the templates (PromptSRC's ``fixed_embeddings``,
-    promptsrc.py:100-110; the caller normalises). Class names get "_" -> " " first. ``dtype`` is the
+    promptsrc.py:112-128; the caller normalises). Class names get "_" -> " " first. ``dtype`` is the
     dtype the teacher computes in (default: the model's).
     """
     if combine not in ("normalise", "mean"):

@@ -17,7 +17,7 @@ Only ``ctx`` trains. The prompt learner also holds ``bias_vectors`` [1, 512] and
 
 Precision: the published run computes the teacher with a separate fp16 CLIP even when PREC is fp32
 (kgcoop.py:132-133); here the teacher computes in the run's model dtype (fp16 in fp16 mode, fp32 in
-fp32 mode). The published amp branch drops the KgCoOp term (it returns a tuple, kgcoop.py:292-295);
+fp32 mode). The published amp branch drops the KgCoOp term (it returns a tuple, kgcoop.py:300-303);
 here amp runs the full objective under autocast. The image side is CLIP's frozen tower, so test
 features come from the shared cache; the text side is CoOp's exact fast encoder.
 """
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 # kgcoop.py:37 CUSTOM_TEMPLATES, keyed by the harness's dataset keys: CoOp's except DTD.
 KGCOOP_TEMPLATES = {**DATASET_TEMPLATES, "dtd": "a photo of a {}, a type of texture."}
 INIT_WORDS = "a photo of a"  # kgcoop.py:96
-UNUSED_WIDTH = 512  # bias_vectors and meta_net are hard-coded 512 wide (kgcoop.py:104, 139)
+UNUSED_WIDTH = 512  # bias_vectors and meta_net are hard-coded 512 wide (kgcoop.py:123, 149)
 
 
 @register_method("kgcoop")
@@ -67,7 +67,7 @@ class KgCoOp(CoOp):
         super().__init__(clip_model, classnames, n_ctx=n_ctx, ctx_init=init)
         pl = self.prompt_learner
         dtype, device = pl.ctx.dtype, pl.ctx.device
-        # In the authors' order: bias_vectors after ctx, then meta_net (kgcoop.py:104-143).
+        # In the authors' order: bias_vectors after ctx, then meta_net (kgcoop.py:119-157).
         bias = torch.empty(1, UNUSED_WIDTH, dtype=dtype, device=device)
         nn.init.normal_(bias, std=0.02)
         pl.bias_vectors = nn.Parameter(bias, requires_grad=False)
@@ -97,7 +97,7 @@ class KgCoOp(CoOp):
         logits = backbone.cosine_logits(self.clip, image_features, text_features)
         ce = F.cross_entropy(logits, labels)
         text = F.normalize(text_features, dim=-1)
-        teacher = F.normalize(self.teacher_text, dim=-1)  # normalised again in the forward (kgcoop.py:235)
+        teacher = F.normalize(self.teacher_text, dim=-1)  # normalised again in the forward (kgcoop.py:239)
         score = 1.0 - torch.mean(F.cosine_similarity(text, teacher.to(text.dtype), dim=1, eps=1e-7))
         kg = self.kg_weight * score
         if details is not None:

@@ -9,8 +9,8 @@ Coupled prompts in both towers, depth D (9 in the published base-to-new config):
 
 so every vision prompt is a (learned) linear function of a text prompt: gradients of the image side
 reach the text prompts (the coupling). The projections are deep copies of one Linear, so all start
-equal. Objective: cross-entropy of exp(logit_scale) * cos(f(x; V), t(P)) (maple.py:185-197).
-Everything in the prompt learner trains (maple.py:228-241).
+equal. Objective: cross-entropy of exp(logit_scale) * cos(f(x; V), t(P)) (maple.py:189-202).
+Everything in the prompt learner trains (maple.py:231-238).
 
 Precision (maple.py:103-117, clip/model.py:306, 323, 457): ``ctx`` comes in the model dtype and
 ``proj`` is converted to half in the published fp16 run, while ``compound_prompts_text`` and the
@@ -60,7 +60,7 @@ class MultiModalPromptLearner(nn.Module):
         return deep_prompts.assemble(self, self.ctx), list(self.compound_prompts_text)
 
     def vision_prompts(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(V_0 = proj(ctx), V_i = projection_i(P_i)): the coupling of maple.py:164-170."""
+        """(V_0 = proj(ctx), V_i = projection_i(P_i)): the coupling of maple.py:159-176."""
         deep = [layer(p) for layer, p in zip(self.compound_prompt_projections, self.compound_prompts_text)]
         return self.proj(self.ctx), deep
 

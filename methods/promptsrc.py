@@ -5,7 +5,7 @@ Independent vision and language prompts (no coupling), deep in both towers:
     text    P_0 = ctx [n_t, D_t] from "a photo of a";   P_1..P_{Dt-1} [n_t, D_t] ~ N(0, 0.02^2)
     vision  V_0 [n_v, D_v] ~ N(0, 0.02^2), appended before ln_pre;   V_1..V_{Dv-1} [n_v, D_v]
 
-A frozen zero-shot teacher regulates them (promptsrc.py:99-110, 174-186, 290-313):
+A frozen zero-shot teacher regulates them (promptsrc.py:112-128, 189-209, 290-313):
 
     T0  = mean over the 60 templates of CLIP's *un-normalised* text features (computed once, fp32)
     v0  = the un-prompted image encoder's features of the batch (no gradient)
@@ -26,7 +26,7 @@ tensors are the same every epoch and the weights sum to 1, so their sum is thems
 (in fp16, ~1e-3 relative); here only the learned tensors are averaged and the frozen backbone stays
 exact (a loader of the authors' files ignores those copies anyway, PROTOCOL-successors.md 5).
 
-Precision (promptsrc.py:99-110, 184; clip/model.py:238, 249, 407): the text teacher is computed by a
+Precision (promptsrc.py:114-128, 202-205; clip/model.py:238, 249, 407): the text teacher is computed by a
 separate fp32 CLIP; the teacher image encoder is the fp16 model; ``ctx`` is in the model dtype while
 the VPT prompts are fp32 parameters cast to half where they enter. fp16 / bf16 mode follow that;
 fp32 mode computes everything, teachers included, in fp32.
@@ -198,7 +198,7 @@ class PromptSRC(CLIPMethod):
     @property
     def teacher_text(self) -> torch.Tensor:
         """The frozen teacher's text features [K, E], normalised: the mean over the templates of CLIP's
-        un-normalised features, computed by an fp32 CLIP as in the authors' fp16 run (promptsrc.py:99).
+        un-normalised features, computed by an fp32 CLIP as in the authors' fp16 run (promptsrc.py:114).
         Computed at the first training step (evaluation never needs it), once per class set, and shared
         by every model built for the same CLIP, classes and templates."""
         if self._teacher_text is None:
@@ -225,7 +225,7 @@ class PromptSRC(CLIPMethod):
     # -- the objective ----------------------------------------------------------------------------
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor, *, details: dict | None = None) -> torch.Tensor:
-        """PROTOCOL-successors.md 4, in the authors' order of operations (promptsrc.py:167-186, 290-313)."""
+        """PROTOCOL-successors.md 4, in the authors' order of operations (promptsrc.py:189-209, 290-313)."""
         clip = self.clip
         scale = clip.logit_scale.exp()
         image = F.normalize(self.encode_image(images), dim=-1)
