@@ -10,7 +10,11 @@ download) it times, in one process:
   lengths vary from 1 to 12 tokens): ``batched=False`` (one text-encoder call per image over all 77
   positions, as published) against the default path (``methods.prompt_encoder``);
 * CoOp and zero-shot CLIP evaluation of 32 images including and excluding the image encoder
-  (feature cache), CoOp with all 77 positions against truncation.
+  (feature cache), CoOp with all 77 positions against truncation;
+* one memory/speed line per successor method (KgCoOp, MaPLe, PromptSRC, ``SUCCESSORS``): a training
+  step (batch 4, the published objective, forward + backward) and an evaluation of the images
+  including the image encoder (MaPLe and PromptSRC prompt it, so no feature cache applies), at K = 100,
+  with the memory a training step keeps for backward.
 
 Before timing it checks that both paths give the same logits (and loss and gradients), relative
 error < 1e-4 in fp32, and it compares the outputs of every timed pair again: a mismatch aborts.
@@ -399,6 +403,63 @@ class Bench:
         row.error = compare(f"{row.case} K={k}", out, ref, self.tolerance)
         return row
 
+    # -- the successors (KgCoOp, MaPLe, PromptSRC) ----------------------------------------------------
+
+    def successor(self, method: str, k: int, batch: int, eval_images: int) -> SuccessorRow:
+        """A training step of ``batch`` images (the method's published objective) and an evaluation of
+        ``eval_images`` images including the image encoder, on the published options at ViT-B/16 shapes."""
+        names = class_names(k)
+        torch.manual_seed(0)
+        model = methods.build_method(method, self.clip, names, **SUCCESSORS[method])
+        row = SuccessorRow(method, k, batch, eval_images, model.num_trainable_parameters())
+        images, labels = self.images[:batch], torch.arange(batch, device=self.device) % k
+        if hasattr(type(model), "teacher_text"):  # computed once per class set at the first step: timed apart
+            synchronize(self.device)
+            start = time.perf_counter()
+            model.teacher_text  # noqa: B018
+            synchronize(self.device)
+            row.teacher_s = time.perf_counter() - start
+        row.train_s, runs, _ = self._run(lambda: successor_step(model, images, labels), budget_s=self.s.budget_s)
+        row.train_bytes = self._step_memory(lambda: successor_step(model, images, labels))
+        row.eval_s, runs_e, _ = self._run(
+            lambda: successor_step(model, self.images[:eval_images], None), budget_s=self.s.budget_s
+        )
+        row.note = f"train {_runs(runs)}, eval {_runs(runs_e)}" + (
+            f"; frozen text teacher once per class set {_seconds(row.teacher_s)} s" if row.teacher_s is not None else ""
+        )
+        # Floors: the text tower over every class's positions up to its EOT (x2 with a backward), the image
+        # encoder (x2 in training when prompted: input gradients; PromptSRC adds its un-prompted teacher pass).
+        prompted = not model.features_cacheable
+        text = cocoop_floor_flops(self.clip, names, 1)
+        image = image_encoder_flops(self.clip, batch)
+        row.train_floor_flops = 2 * text + image * (2 if prompted else 1) + (image if method == "promptsrc" else 0)
+        row.eval_floor_flops = text + image_encoder_flops(self.clip, eval_images)
+        return row
+
+    def _step_memory(self, step) -> int:
+        """Bytes a training step needs beyond the model: on CUDA the peak allocation, on a CPU the tensors
+        autograd keeps for backward (distinct storages, frozen weights excluded)."""
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            start = torch.cuda.memory_allocated(self.device)
+            with self.autocast():
+                step()
+            synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - start
+        weights = {p.untyped_storage().data_ptr() for p in self.clip.parameters()}
+        kept: dict[int, int] = {}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in weights:
+                kept[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            step()
+        return sum(kept.values())
+
     # -- profile --------------------------------------------------------------------------------------
 
     def profile(self, k: int, batch: int, eval_images: int) -> list[str]:
@@ -433,6 +494,45 @@ class Bench:
             )
             lines.append(f"* {title}: {split}. Operators: " + summarise_profile(prof, self.device))
         return lines
+
+
+# The successors with their published base-to-new options (experiments/methods/*/...; the depths are
+# those of ViT-B/16's 12 blocks), all at batch 4 here (published: KgCoOp 128, MaPLe and PromptSRC 4).
+SUCCESSORS = {
+    "kgcoop": {"n_ctx": 4, "ctx_init": "a photo of a", "kg_weight": 8.0},
+    "maple": {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9},
+    "promptsrc": {"prompt_depth_text": 9, "prompt_depth_vision": 9},
+}
+
+
+@dataclass
+class SuccessorRow:
+    method: str
+    k: int
+    batch: int
+    eval_images: int
+    trainable: int
+    train_s: float | None = None
+    eval_s: float | None = None
+    train_bytes: int | None = None
+    train_floor_flops: float | None = None
+    eval_floor_flops: float | None = None
+    teacher_s: float | None = None
+    note: str = ""
+
+
+def successor_step(model, images: torch.Tensor, labels: torch.Tensor | None):
+    """Logits of ``images`` (eval, no_grad), or one training step: the method's objective and its backward."""
+    if labels is None:
+        model.eval()
+        with torch.no_grad():
+            return model(images)
+    model.train()
+    for p in model.trainable_parameters():
+        p.grad = None
+    loss = model.training_loss(images, labels)
+    loss.backward()
+    return loss.detach()
 
 
 def _timed_step(model, features, labels, device) -> tuple[float, float]:
@@ -569,6 +669,35 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+def render_successors(rows: list[SuccessorRow], flops: float, device: torch.device) -> list[str]:
+    if not rows:
+        return []
+    memory = "peak GPU memory of a step" if device.type == "cuda" else "kept for backward"
+    lines = [
+        "",
+        "## The successors: KgCoOp, MaPLe, PromptSRC",
+        "",
+        "Published options (ViT-B/16 depths), batch 4 for every method (published: KgCoOp 128, MaPLe and "
+        "PromptSRC 4); training step = the method's objective, forward + backward; evaluation includes the image "
+        "encoder (MaPLe and PromptSRC prompt it: their features cannot come from the cache; KgCoOp's can, and "
+        "then costs what CoOp's does above). Floors as above; the prompted image tower counts twice in training "
+        "(input gradients), PromptSRC's un-prompted teacher pass once more.",
+        "",
+        f"| method | trainable parameters | K | train step, batch (s) | floor (s) | {memory} | eval, images (s) "
+        "| floor (s) | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        mem = "—" if r.train_bytes is None else f"{r.train_bytes / 1024**2:,.0f} MB"
+        lines.append(
+            f"| {r.method} | {r.trainable:,} | {r.k} | {_seconds(r.train_s)} (B = {r.batch}) | "
+            f"{_seconds(r.train_floor_flops / flops if r.train_floor_flops else None)} | {mem} | "
+            f"{_seconds(r.eval_s)} ({r.eval_images}) | "
+            f"{_seconds(r.eval_floor_flops / flops if r.eval_floor_flops else None)} | {r.note} |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -626,6 +755,15 @@ def main(argv: list[str] | None = None) -> int:
             + (f", {row.speedup:.1f}x" if row.speedup else "")
             + f", floor {_seconds(row.floor_flops / bench.flops if row.floor_flops else None)} s"
         )
+    successors = []
+    for method in SUCCESSORS:
+        log(f"{method}: train step B=4 and eval, K=100 ...")
+        row = bench.successor(method, 100, 4, 8 if settings.quick else settings.eval_images)
+        successors.append(row)
+        log(
+            f"  train {_seconds(row.train_s)} s ({row.train_bytes / 1024**2:,.0f} MB), eval {_seconds(row.eval_s)} s, "
+            f"{row.trainable:,} trainable parameters"
+        )
     bench.flops = max(
         bench.flops, matmul_throughput(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     )
@@ -667,6 +805,7 @@ def main(argv: list[str] | None = None) -> int:
         "needs input gradients only; plus the image encoder where included) / measured matmul throughput.",
     ]
     text = render(bench.rows, header, profile, device, bench.flops, wall)
+    text += "\n".join(render_successors(successors, bench.flops, device)) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)

@@ -36,7 +36,7 @@ def name(request):
 
 
 def test_the_builtin_methods_are_registered():
-    assert {"zsclip", "coop", "cocoop"} <= set(methods.list_methods())
+    assert {"zsclip", "coop", "cocoop", "kgcoop", "maple", "promptsrc"} <= set(methods.list_methods())
 
 
 def test_logits_in_train_and_eval_mode(name, tiny_clip, images):

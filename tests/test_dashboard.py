@@ -382,7 +382,7 @@ def test_report_stage_logs_its_tables_and_figures_to_wandb(study):
         assert table["data"] == frame.values.tolist()
         assert (entry["nrows"], entry["ncols"]) == frame.shape
     images = {k: v for k, v in run_.summary.items() if isinstance(v, dict) and v.get("_type") == "image-file"}
-    assert sorted(images) == sorted(summary["figures"]) == ["figure4", "scatter"]
+    assert sorted(images) == sorted(summary["figures"]) == ["figure4", "methods", "scatter"]
     for name, entry in images.items():
         png = summary["figures"][name]["png"]
         stored = os.path.join(run_.files_dir, entry["path"])
@@ -396,7 +396,7 @@ def test_report_stage_logs_its_tables_and_figures_to_wandb(study):
         info = json.load(f)
     assert info["run_id"] == run_.run_id
     grid = next(b for b in study["report"].blocks if isinstance(b, wr.PanelGrid))
-    assert [p.media_keys for p in grid.panels] == [["figure4"], ["scatter"]]
+    assert [p.media_keys for p in grid.panels] == [["figure4"], ["methods"], ["scatter"]]
 
 
 # -- offline path: specifications, note, index ----------------------------------------------------

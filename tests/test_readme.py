@@ -27,3 +27,38 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     assert torch.equal(moved.ctx, original.ctx)
     assert moved.token_suffix.shape[0] == 2 and original.token_suffix.shape[0] == 3
     assert namespace["zeroshot"].templates == ["a photo of a {}, a type of pet."]
+
+
+def test_methods_table_is_what_the_code_counts_and_the_papers_publish():
+    """The README's method table: trainable parameters counted on a random ViT-B/16-shaped CLIP with each
+    method's published options, published H as in reports/paper/base2new.csv."""
+    import csv
+
+    import torch
+
+    import methods
+    from harness import backbone
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        section = f.read().split("## Methods", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = (int(cells[2].replace(",", "")), cells[3])
+    assert set(rows) == set(methods.list_methods())
+    with open(os.path.join(ROOT, "reports", "paper", "base2new.csv"), newline="") as f:
+        published = {r["method"]: r["h"] for r in csv.DictReader(f) if r["dataset"] == "average"}
+    clip = backbone.freeze(backbone.build_random_clip("vit_b16"))
+    options = {  # experiments/methods/<name>/<published base-to-new config>
+        "coop": {"n_ctx": 4, "ctx_init": "a photo of a"},
+        "cocoop": {"n_ctx": 4, "ctx_init": "a photo of a"},
+        "kgcoop": {"n_ctx": 4, "ctx_init": "a photo of a"},
+        "maple": {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9},
+        "promptsrc": {"prompt_depth_text": 9, "prompt_depth_vision": 9, "templates": ["a photo of a {}."]},
+    }
+    for name, (count, h) in rows.items():
+        torch.manual_seed(0)
+        model = methods.build_method(name, clip, ["golden retriever", "tabby cat"], **options.get(name, {}))
+        assert model.num_trainable_parameters() == count, name
+        assert h == published[name], name

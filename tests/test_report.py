@@ -14,7 +14,14 @@ from harness.report import AVERAGE, PAPER_DATASETS, build_report, build_tables, 
 from harness.report.__main__ import main as report_main
 from harness.results import append_record
 
-CONFIGS = {"zsclip": "vit_b16", "coop": "vit_b16_ctxv1", "cocoop": "vit_b16_c4_ep10_batch1_ctxv1"}
+CONFIGS = {
+    "zsclip": "vit_b16",
+    "coop": "vit_b16_ctxv1",
+    "cocoop": "vit_b16_c4_ep10_batch1_ctxv1",
+    "kgcoop": "kgcoop/vit_b16_ep100_ctxv1",
+    "maple": "maple/vit_b16_c2_ep5_batch4_2ctx",
+    "promptsrc": "promptsrc/vit_b16_c2_ep20_batch4_4+4ctx",
+}
 
 
 def record(
@@ -147,7 +154,8 @@ def test_paper_table1_reproduces_its_own_h(tmp_path):
         recs.append(record(row["method"], row["dataset"], "new", float(row["new"])))
     summary = build_report(write(tmp_path / "o", recs), out_dir=str(tmp_path / "r"))
     t = summary["tables"]["table1_base2new"]["table"]
-    for row in paper_rows("base2new.csv"):
+    per_dataset = {r["method"] for r in paper_rows("base2new.csv") if r["dataset"] != "average"}
+    for row in (r for r in paper_rows("base2new.csv") if r["method"] in per_dataset):
         g = t.group_for(row["method"])
         for metric in ("base", "new", "h"):
             cell = t.cell(row["dataset"], g, metric)
@@ -288,7 +296,7 @@ def test_files_and_figures_are_written(tmp_path):
 def test_absent_figure_data_is_listed_not_drawn(tmp_path):
     store = write(tmp_path / "o", [record("zsclip", "dtd", "base", 50.0), record("zsclip", "dtd", "new", 60.0)])
     summary = build_report(store, out_dir=str(tmp_path / "r"))
-    assert set(summary["figures"]) == {"scatter"}
+    assert set(summary["figures"]) == {"scatter", "methods"}  # what the data allow: CLIP's base/new
     assert any(m.startswith("Figure 3") for m in summary["missing"]) and any(
         m.startswith("Figure 4a") for m in summary["missing"]
     )
@@ -376,3 +384,70 @@ def test_tracking_logs_tables_and_figures(small_store, tmp_path, monkeypatch):
     calls["start"].clear()
     build_report(small_store, out_dir=str(tmp_path / "r2"))  # tracking="none": no run at all
     assert calls["start"] == []
+
+
+# -- the successors (KgCoOp, MaPLe, PromptSRC) -------------------------------------------------------
+
+
+def test_successors_published_averages_are_the_protocols_with_their_sources():
+    with open(os.path.join(os.path.dirname(default_paper_dir()), "..", "docs", "PROTOCOL-successors.md")) as f:
+        text = " ".join(f.read().split())
+    rows = {r["method"]: r for r in paper_rows("base2new.csv") if r["dataset"] == "average"}
+    for method, name in (("kgcoop", "KgCoOp"), ("maple", "MaPLe"), ("promptsrc", "PromptSRC")):
+        row = rows[method]
+        assert f"{name} {row['base']} / {row['new']} / {row['h']} ({name} README)" in text
+        assert row["source"].startswith(f"{name} README")
+        base, new = float(row["base"]), float(row["new"])
+        assert f"{2 * base * new / (base + new):.2f}" == row["h"]  # H from base and new, not copied
+    assert {r["source"] for r in paper_rows("base2new.csv") if r["method"] in CONFIGS and r["method"][-4:] == "coop"}
+
+
+def test_successors_in_table1_beside_their_published_average_and_the_comparison_figure(tmp_path):
+    recs, ours = [], {}
+    for m, method in enumerate(("kgcoop", "maple", "promptsrc")):
+        for d, dataset in enumerate(PAPER_DATASETS):
+            for seed in (1, 2, 3):
+                base, new = 70.0 + m + d + seed, 60.0 + 2 * m - d + seed
+                recs += [record(method, dataset, "base", base, seed), record(method, dataset, "new", new, seed)]
+        # the average of the per-dataset seed means, computed here
+        base = sum(70.0 + m + d + 2 for d in range(11)) / 11
+        new = sum(60.0 + 2 * m - d + 2 for d in range(11)) / 11
+        ours[method] = (base, new, 2 * base * new / (base + new))
+    summary = build_report(write(tmp_path / "o", recs), out_dir=str(tmp_path / "r"))
+    t = summary["tables"]["table1_base2new"]["table"]
+    published = {r["method"]: r for r in paper_rows("base2new.csv") if r["dataset"] == "average"}
+    for method, (base, new, h) in ours.items():
+        g = t.group_for(method)
+        for metric, value in (("base", base), ("new", new), ("h", h)):
+            cell = t.cell(AVERAGE, g, metric)
+            assert cell.mean == pytest.approx(value) and cell.paper == float(published[method][metric])
+            assert cell.delta == pytest.approx(value - float(published[method][metric]))
+    assert [g.label for g in t.groups] == ["KgCoOp", "MaPLe", "PromptSRC"]
+    md = open(summary["tables"]["table1_base2new"]["paths"]["md"]).read()
+    assert "KgCoOp Base (paper)" in md and "80.73" in md and "MaPLe H (paper)" in md
+    for ext in ("png", "pdf"):
+        assert (tmp_path / "r" / f"figure_methods_base_new_h.{ext}").stat().st_size > 1000
+    from harness.report.figures import method_averages
+
+    experiment, rows = method_averages(t)
+    assert experiment == "base2new" and [r["method"] for r in rows] == ["kgcoop", "maple", "promptsrc"]
+    for r in rows:
+        assert (r["base"], r["new"], r["h"]) == pytest.approx(ours[r["method"]])
+        assert r["paper_h"] == float(published[r["method"]]["h"])
+
+
+def test_comparison_figure_on_demo_data_has_no_paper_ticks(tmp_path):
+    recs = [record("zsclip", "miniworld", s, a) for s, a in (("base", 60.0), ("new", 70.0))]
+    for seed in (1, 2):
+        recs += [
+            record("maple", "miniworld", "base", 80.0 + seed, seed),
+            record("maple", "miniworld", "new", 65.0, seed),
+        ]
+    summary = build_report(write(tmp_path / "o", recs), out_dir=str(tmp_path / "r"))
+    assert "methods" in summary["figures"]
+    from harness.report.figures import method_averages
+
+    _, rows = method_averages(summary["tables"]["table1_base2new"]["table"])
+    assert [(r["method"], r["base"], r["paper_base"]) for r in rows] == [("zsclip", 60.0, None), ("maple", 81.5, None)]
+    empty = build_report(write(tmp_path / "e", [record("zsclip", "dtd", "base", 50.0)]), out_dir=str(tmp_path / "re"))
+    assert "methods" not in empty["figures"] and any("Methods comparison" in m for m in empty["missing"])

@@ -53,8 +53,8 @@ def small_experiment(tmp_path):
 
 def test_paper_experiments_expand_to_the_published_jobs():
     b2n = sweep.expand(sweep.load_experiment("base2new"), "/data", "/out")
-    # zero-shot: one job per dataset; CoOp and CoCoOp: train + eval per dataset and seed.
-    assert len(b2n) == 11 + 2 * 11 * 3 * 2
+    # zero-shot: one job per dataset; CoOp, CoCoOp, KgCoOp, MaPLe, PromptSRC: train + eval per dataset and seed.
+    assert len(b2n) == 11 + 5 * 11 * 3 * 2
     coop_imagenet = next(j for j in b2n if j.name == "base2new/coop/imagenet/seed1/train")
     assert coop_imagenet.spec.config == "coop/vit_b16_ep50_ctxv1" and coop_imagenet.spec.epochs == 50
     coop_pets = next(j for j in b2n if j.name == "base2new/coop/oxford_pets/seed2/train")
@@ -70,6 +70,18 @@ def test_paper_experiments_expand_to_the_published_jobs():
     assert evaluation.targets() == [("oxford_pets", "new"), ("oxford_pets", "all")]
     train = next(j for j in b2n if j.name == "base2new/cocoop/oxford_pets/seed2/train")
     assert evaluation.spec.load_from == train.spec.output_dir and train.spec.epochs == 10 and train.spec.batch_size == 1
+    # The successors with their authors' settings (PROTOCOL-successors.md 1)
+    published = {
+        "kgcoop": (100, 128, 0.002, {"n_ctx": 4, "ctx_init": "a photo of a", "kg_weight": 8.0}),
+        "maple": (5, 4, 0.0035, {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9}),
+        "promptsrc": (20, 4, 0.0025, {"prompt_depth_text": 9, "prompt_depth_vision": 9, "gpa_mean": 15, "gpa_std": 1}),
+    }
+    for method, (epochs, batch, lr, options) in published.items():
+        job = next(j for j in b2n if j.name == f"base2new/{method}/dtd/seed3/train")
+        assert (job.spec.epochs, job.spec.batch_size, job.spec.lr, job.spec.precision) == (epochs, batch, lr, "fp16")
+        assert options.items() <= job.spec.options.items()
+    src = next(j for j in b2n if j.name == "base2new/promptsrc/dtd/seed3/train").spec.options
+    assert (src["text_loss_weight"], src["image_loss_weight"], src["n_ctx_text"], src["n_ctx_vision"]) == (25, 10, 4, 4)
     zs = next(j for j in b2n if j.name == "base2new/zsclip/dtd")
     assert zs.spec.seed is None and zs.targets() == [("dtd", "base"), ("dtd", "new"), ("dtd", "all")]
 
@@ -77,7 +89,11 @@ def test_paper_experiments_expand_to_the_published_jobs():
     domain = sweep.expand(sweep.load_experiment("domaingen"), "/data", "/out")
     cross_train = {j.spec.output_dir for j in cross if j.kind == "train"}
     domain_train = {j.spec.output_dir for j in domain if j.kind == "train"}
-    assert len(cross_train) == 6 and cross_train == domain_train  # one ImageNet model per method and seed
+    assert len(cross_train) == 15 and cross_train == domain_train  # one ImageNet model per method and seed
+    maple_xd = next(j for j in cross if j.name == "crossdataset/maple/imagenet/seed1/train").spec
+    assert (maple_xd.epochs, maple_xd.lr, maple_xd.options["prompt_depth"]) == (2, 0.0026, 3)
+    src_xd = next(j for j in domain if j.name == "domaingen/promptsrc/imagenet/seed2/train").spec
+    assert (src_xd.options["prompt_depth_text"], src_xd.options["gpa_mean"], src_xd.options["gpa_std"]) == (3, 6, 10)
     cross_eval = next(j for j in cross if j.name == "crossdataset/coop/imagenet/seed1/eval")
     assert [d for d, _ in cross_eval.targets()] == [
         "caltech101",
@@ -116,8 +132,10 @@ def test_narrowing_and_bad_names():
     )
     with pytest.raises(ConfigError, match=r"\['mnist'\] not in this experiment's datasets"):
         sweep.narrow(sweep.load_experiment("base2new"), datasets=["mnist"])
-    with pytest.raises(ConfigError, match="not in this experiment's methods: zsclip, coop, cocoop"):
-        sweep.narrow(sweep.load_experiment("base2new"), methods=["maple"])
+    with pytest.raises(ConfigError, match="not in this experiment's methods: zsclip, coop, cocoop, kgcoop, maple"):
+        sweep.narrow(sweep.load_experiment("base2new"), methods=["prograd"])
+    successors = sweep.narrow(sweep.load_experiment("base2new"), ["dtd"], ["1"], ["kgcoop", "maple", "promptsrc"])
+    assert len(sweep.expand(successors, "/data", "/out")) == 3 * 2  # make base2new METHODS=kgcoop,maple,promptsrc
     with pytest.raises(ConfigError, match="Experiments: ablations, base2new"):
         sweep.load_experiment("base2old")
     with pytest.raises(ConfigError, match="needs a data root"):
@@ -131,6 +149,11 @@ def test_demo_profile_uses_generated_data_and_the_tiny_pretrained_clip():
     assert demo["data"] == "generated" and demo["backbone"] == "tiny-pretrained" and demo["datasets"] == ["miniworld"]
     jobs = sweep.expand(demo, "/gen", "/out")
     assert {j.spec.backbone for j in jobs} == {"tiny-pretrained"} and {j.spec.precision for j in jobs} == {"fp32"}
+    demo_train = {j.spec.method: j.spec for j in jobs if j.kind == "train"}
+    assert {"kgcoop", "maple", "promptsrc"} <= set(demo_train)  # the successors run in the demo too
+    src = demo_train["promptsrc"]
+    assert src.epochs == 4 and (src.options["gpa_mean"], src.options["gpa_std"]) == (3, 1)
+    assert src.options["text_loss_weight"] == 25  # the rest of the published config stays
     ablations = sweep.expand(sweep.load_experiment("ablations", profile="demo"), "/gen", "/out")
     assert {j.spec.options.get("n_ctx") for j in ablations if j.spec.method == "cocoop"} == {4, 8, 16}
     assert {j.spec.epochs for j in ablations if j.spec.method == "cocoop"} == {2}
@@ -238,8 +261,9 @@ def test_cli_dry_run_prints_the_plan(tmp_path):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "5 jobs: 5 to run" in out.stdout and "base2new/cocoop/eurosat/seed1/eval" in out.stdout
+    assert "11 jobs: 11 to run" in out.stdout and "base2new/cocoop/eurosat/seed1/eval" in out.stdout  # CLIP + 5 x 2
     assert "after base2new/cocoop/eurosat/seed1/train" in out.stdout
+    assert "after base2new/maple/eurosat/seed1/train" in out.stdout
 
 
 def test_missing_dataset_folders_stop_the_sweep_before_submission(tmp_path):

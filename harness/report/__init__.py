@@ -34,7 +34,7 @@ import os
 from pathlib import Path
 
 from harness.report.builders import BUILDERS, trainable_parameters
-from harness.report.figures import METHOD_COLORS, figure3, figure4, scatter
+from harness.report.figures import METHOD_COLORS, figure3, figure4, methods_comparison, scatter
 from harness.report.render import display_frame, latex, long_frame, markdown, write_table
 from harness.report.tables import (
     AVERAGE,
@@ -180,6 +180,7 @@ def build_report(
         "figure3": figure3(tables["table1_base2new"], out_dir),
         "figure4": figure4(tables["fig4a_init_ablation"], tables["fig4b_length_ablation"], out_dir),
         "scatter": scatter(tables["table1_base2new"], out_dir),
+        "methods": methods_comparison(tables["table1_base2new"], out_dir),
     }.items():
         if paths:
             figures[name] = paths

@@ -133,6 +133,8 @@ def table1(ctx: Context) -> Table:
         "each (experiment, method config) is its own column group.",
         "Base/New: mean ± population std over seeds; H from the seed-averaged Base and New; "
         "Average: mean of the per-dataset Base and New over the datasets complete for that column, H from those.",
+        "Paper values: each method's own publication (CLIP, CoOp, CoCoOp: the CoCoOp paper's Table 1; KgCoOp, "
+        "MaPLe, PromptSRC: the 11-dataset averages in their authors' READMEs; sources in reports/paper).",
     ]
     if not recs:
         t.missing.append("Table 1: no base-to-new records")

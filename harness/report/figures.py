@@ -1,4 +1,5 @@
-"""Figures (matplotlib Agg canvas, no pyplot; PNG + PDF): Figure 3, Figure 4 and a base-vs-new scatter.
+"""Figures (matplotlib Agg canvas, no pyplot; PNG + PDF): Figure 3, Figure 4, a base-vs-new scatter and the
+comparison of every method's averaged base / new / H beside its published numbers.
 
 A figure is drawn only from data that exist; ``None`` comes back (with the reason) otherwise, so
 the report never writes an empty figure.
@@ -10,12 +11,20 @@ import os
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from harness.report.tables import AVERAGE, Table, dataset_label
 
 # One colour per method in every figure.
-METHOD_COLORS = {"zsclip": "#7f7f7f", "coop": "#1f77b4", "cocoop": "#d62728"}
+METHOD_COLORS = {
+    "zsclip": "#7f7f7f",
+    "coop": "#1f77b4",
+    "cocoop": "#d62728",
+    "kgcoop": "#ff7f0e",
+    "maple": "#9467bd",
+    "promptsrc": "#8c564b",
+}
 OTHER_COLOR = "#2ca02c"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
@@ -199,3 +208,58 @@ def figure4(init: Table, length: Table, out_dir: str):
     fig.suptitle("Figure 4: ablations (base-to-new, averaged over datasets)")
     fig.tight_layout()
     return _save(fig, out_dir, "figure4_ablations"), (missing or None)
+
+
+def method_averages(table1: Table) -> tuple[str | None, list[dict]]:
+    """(experiment, rows): for each column group of Table 1's first experiment ("base2new" when it has
+    results) whose Average row has base, new and H, {"method", "label", "base", "new", "h"} and the
+    paper's values as "paper_base", "paper_new", "paper_h" (None where the paper has none)."""
+    experiments = _experiments(table1)
+    if not experiments:
+        return None, []
+    experiment = experiments[0]
+    rows = []
+    for g in (g for g in table1.groups if g.key[0] == experiment):
+        cells = {m: table1.cell(AVERAGE, g, m) for m in ("base", "new", "h")}
+        if any(c is None or c.mean is None for c in cells.values()):
+            continue
+        row = {"method": g.method, "label": g.label}
+        for m, c in cells.items():
+            row[m], row[f"paper_{m}"] = c.mean, c.paper
+        rows.append(row)
+    return experiment, rows
+
+
+def methods_comparison(table1: Table, out_dir: str):
+    """Every method's Average base, new and H (Table 1) side by side; its published value as a black tick."""
+    experiment, rows = method_averages(table1)
+    if not rows:
+        return None, "Methods comparison: no method has a complete Average row in Table 1"
+    metrics = (("base", "Base", 0.95, None), ("new", "New", 0.6, "//"), ("h", "H", 0.35, ".."))
+    fig, axes = _figure(1, 1, figsize=(max(6.0, 1.6 * len(rows) + 2), 4.6))
+    ax = axes[0][0]
+    width = 0.26
+    published = False
+    for i, row in enumerate(rows):
+        for j, (m, _, alpha, hatch) in enumerate(metrics):
+            x = i + (j - 1) * width
+            bar = ax.bar([x], [row[m]], width, color=color(row["method"]), alpha=alpha, hatch=hatch, edgecolor="black")
+            ax.bar_label(bar, labels=[f"{row[m]:.1f}"], fontsize=7, label_type="center", rotation=90)
+            if row[f"paper_{m}"] is not None:
+                published = True
+                ax.plot([x - width / 2, x + width / 2], [row[f"paper_{m}"]] * 2, color="black", linewidth=2.2)
+    ax.set_xticks(range(len(rows)), [row["label"] for row in rows], rotation=20, ha="right")
+    handles = [
+        Rectangle((0, 0), 1, 1, facecolor="#bbbbbb", alpha=a, hatch=h, edgecolor="black") for _, _, a, h in metrics
+    ]
+    labels = [label for _, label, _, _ in metrics]
+    if published:
+        handles.append(Line2D([0], [0], color="black", linewidth=2.2))
+        labels.append("published (own paper / README)")
+    ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set_ylabel("Accuracy (%), average over datasets")
+    ax.set_ylim(0, 1.15 * max(max(r[m] for m, _, _, _ in metrics) for r in rows))
+    ax.set_title(f"Base-to-new: every method, Table 1's Average row (experiment {experiment})")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _save(fig, out_dir, "figure_methods_base_new_h"), None

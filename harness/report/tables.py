@@ -49,8 +49,18 @@ DATASET_LABELS = {
     "imagenet_a": "ImageNet-A",
     "imagenet_r": "ImageNet-R",
 }
-METHOD_LABELS = {"zsclip": "CLIP", "coop": "CoOp", "cocoop": "CoCoOp"}
-METHOD_ORDER = ("zsclip", "coop", "cocoop")
+METHOD_LABELS = {
+    "zsclip": "CLIP",
+    "coop": "CoOp",
+    "cocoop": "CoCoOp",
+    "kgcoop": "KgCoOp",
+    "maple": "MaPLe",
+    "promptsrc": "PromptSRC",
+}
+METHOD_ORDER = ("zsclip", "coop", "cocoop", "kgcoop", "maple", "promptsrc")
+# Methods whose init words fix the context length (one token per word, PROTOCOL.md 7.1); MaPLe and
+# PromptSRC learn the first n_ctx tokens of them and keep the rest as words (PROTOCOL-successors.md 3).
+INIT_WORDS_FIX_N_CTX = ("coop", "cocoop", "kgcoop")
 AVERAGE = "average"
 
 # Experiments that feed a table unless the caller says otherwise (see ``table_filter``).
@@ -181,9 +191,9 @@ def accuracy(record: dict) -> float:
 def effective_n_ctx(record: dict) -> int | None:
     options = record.get("options") or {}
     init = options.get("ctx_init")
-    if init:  # the init words fix the context length (PROTOCOL.md 7.1)
+    if init and record.get("method") in INIT_WORDS_FIX_N_CTX:  # the init words fix the length (PROTOCOL.md 7.1)
         return len(str(init).replace("_", " ").split())
-    return options.get("n_ctx")
+    return options.get("n_ctx", options.get("n_ctx_text"))
 
 
 def is_zero_shot(record: dict) -> bool:

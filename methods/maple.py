@@ -1,0 +1,119 @@
+"""MaPLe: multi-modal prompt learning (Khattak et al., CVPR 2023; PROTOCOL-successors.md 3).
+
+Coupled prompts in both towers, depth D (9 in the published base-to-new config):
+
+    text    P_0 = ctx [n, D_t] (first n tokens of "a photo of a"; the other words stay fixed words)
+            P_i = compound_prompts_text[i-1]              [n, D_t]   text blocks 1..D-1
+    vision  V_0 = proj(ctx)                                [n, D_v]   appended before ln_pre
+            V_i = compound_prompt_projections[i-1](P_i)    [n, D_v]   vision blocks 1..D-1
+
+so every vision prompt is a (learned) linear function of a text prompt: gradients of the image side
+reach the text prompts (the coupling). The projections are deep copies of one Linear, so all start
+equal. Objective: cross-entropy of exp(logit_scale) * cos(f(x; V), t(P)) (maple.py:189-202).
+Everything in the prompt learner trains (maple.py:231-238).
+
+Precision (maple.py:103-117, clip/model.py:306, 323, 457): ``ctx`` comes in the model dtype and
+``proj`` is converted to half in the published fp16 run, while ``compound_prompts_text`` and the
+projections stay fp32; every prompt is cast to half where it enters a block. In fp16 / bf16 mode the
+same layout (half = the model's low precision); in fp32 mode all fp32.
+
+The image side depends on the learned prompts: ``features_cacheable`` is False (the shared feature
+cache is neither read nor written). The text side does not depend on the image, so a test set's
+classes are encoded once. Checkpoints hold the whole model as the authors' trainer writes it
+(registered name ``MultiModalPromptLearner``; PROTOCOL-successors.md 5).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from harness import backbone
+from methods import deep_prompts
+from methods.base import CLIPMethod, load_learned_tensors
+from methods.registry import register_method
+
+
+class MultiModalPromptLearner(nn.Module):
+    """Parameter and buffer names as in the authors' ``MultiModalPromptLearner`` (maple.py:69-170)."""
+
+    def __init__(self, clip, classnames, n_ctx: int, ctx_init: str, depth: int):
+        super().__init__()
+        dtype = backbone.model_dtype(clip)
+        device = clip.token_embedding.weight.device
+        text_width, vision_width = backbone.text_width(clip), deep_prompts.vision_width(clip)
+        ctx, prefix_text = deep_prompts.context_init(clip, n_ctx, ctx_init)
+        # Created in the authors' order (ctx, proj, deep text prompts, one projection then its copies),
+        # so the random draws happen in the same sequence.
+        self.proj = nn.Linear(text_width, vision_width).to(device=device, dtype=dtype)  # authors: .half()
+        self.ctx = nn.Parameter(ctx)
+        self.compound_prompts_text = deep_prompts.normal_prompts(depth - 1, n_ctx, text_width, device)
+        single = nn.Linear(text_width, vision_width).to(device)
+        self.compound_prompt_projections = nn.ModuleList([copy.deepcopy(single) for _ in range(depth - 1)])
+        deep_prompts.register_prompt_tokens(self, clip, classnames, prefix_text, n_ctx)
+        self.n_ctx, self.depth = n_ctx, depth
+
+    def text_prompts(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(prompt embeddings [K, 77, D_t], deep text prompts P_1..P_{D-1})."""
+        return deep_prompts.assemble(self, self.ctx), list(self.compound_prompts_text)
+
+    def vision_prompts(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(V_0 = proj(ctx), V_i = projection_i(P_i)): the coupling of maple.py:159-176."""
+        deep = [layer(p) for layer, p in zip(self.compound_prompt_projections, self.compound_prompts_text)]
+        return self.proj(self.ctx), deep
+
+
+@register_method("maple")
+class MaPLe(CLIPMethod):
+    features_cacheable = False  # the image encoder is prompted
+
+    def __init__(
+        self, clip_model, classnames, *, n_ctx: int = 2, ctx_init: str = "a photo of a", prompt_depth: int = 9
+    ):
+        """n_ctx: learnable tokens per prompt (the first n_ctx words of ``ctx_init`` when n_ctx <= 4,
+        else random); prompt_depth: D, the input prompts plus D - 1 deep blocks in each tower (at most
+        the number of blocks of the deeper tower; a tower with fewer blocks uses the prompts it has
+        blocks for, as the authors' per-tower counters do)."""
+        super().__init__(clip_model, classnames)
+        layers = max(len(deep_prompts.text_blocks(clip_model)), len(deep_prompts.vision_blocks(clip_model)))
+        if prompt_depth < 1:
+            raise deep_prompts.DeepPromptError(f"prompt_depth must be at least 1 for MaPLe, got {prompt_depth}.")
+        depth = deep_prompts.effective_depth(prompt_depth, layers, "prompt_depth")
+        self.prompt_learner = MultiModalPromptLearner(clip_model, classnames, n_ctx, ctx_init, depth)
+
+    def _deep(self, prompts: list[torch.Tensor], blocks: int) -> list[torch.Tensor]:
+        return prompts[: blocks - 1]  # a tower with fewer blocks than the depth uses the first ones
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        first, deep = self.prompt_learner.vision_prompts()
+        deep = self._deep(deep, len(deep_prompts.vision_blocks(self.clip)))
+        return deep_prompts.encode_image(self.clip, images, first, deep)
+
+    def text_features(self) -> torch.Tensor:
+        pl = self.prompt_learner
+        prompts, deep = pl.text_prompts()
+        deep = self._deep(deep, len(deep_prompts.text_blocks(self.clip)))
+        return deep_prompts.encode_text(self.clip, prompts, pl.tokenized_prompts, deep)
+
+    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        return backbone.cosine_logits(self.clip, image_features, self.text_features())
+
+    def record_options(self) -> dict:
+        return {"n_ctx": self.prompt_learner.n_ctx, "prompt_depth": self.prompt_learner.depth}
+
+    # -- the authors' whole-model checkpoint -------------------------------------------------------
+
+    def checkpoint_state_dict(self) -> dict:
+        learner = {f"prompt_learner.{k}": v for k, v in self.prompt_learner.state_dict().items()}
+        return {k: v.detach().cpu() for k, v in {**learner, **deep_prompts.frozen_clip_state(self.clip)}.items()}
+
+    def load_checkpoint_state_dict(self, state: dict, path: str = "<state dict>") -> None:
+        if not any(k.startswith("prompt_learner.") for k in state):  # a bare prompt-learner state dict
+            state = {f"prompt_learner.{k}": v for k, v in state.items()}
+        learned = {f"prompt_learner.{k}": k for k in self.prompt_learner.state_dict()}
+        mine = deep_prompts.split_whole_model_state(
+            state, learned, deep_prompts.frozen_clip_state(self.clip), path, self.method_name
+        )
+        load_learned_tensors(self.prompt_learner, mine, path, self.method_name)

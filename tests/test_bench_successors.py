@@ -1,0 +1,27 @@
+"""The benchmark's memory/speed lines for KgCoOp, MaPLe and PromptSRC, run on the tiny CLIP."""
+
+import torch
+
+from benchmarks import bench
+from harness import backbone
+
+
+def test_successor_lines_on_tiny(monkeypatch):
+    monkeypatch.setattr(bench, "build_vitb16_clip", lambda device="cpu": backbone.load_clip("tiny"))
+    monkeypatch.setattr(bench, "matmul_throughput", lambda device, dtype=None: 1e10)
+    settings = bench.Settings(ks=(10,), eval_images=2, train_batches=(1,), budget_s=0.5, quick=True)
+    b = bench.Bench(settings, torch.device("cpu"), log=lambda msg: None)
+    rows = []
+    for method in ("kgcoop", "maple", "promptsrc"):
+        monkeypatch.setitem(bench.SUCCESSORS, method, {})  # the tiny CLIP has 2 blocks: default depths clamp
+        row = b.successor(method, 10, 2, 2)
+        assert row.train_s > 0 and row.eval_s > 0 and 0 < row.train_floor_flops and 0 < row.eval_floor_flops
+        rows.append(row)
+    kg, maple, src = rows
+    assert kg.teacher_s > 0 and src.teacher_s > 0 and maple.teacher_s is None and "teacher" in src.note
+    # Prompting the image tower keeps its activations for backward; KgCoOp's tower runs without a graph.
+    assert maple.train_bytes > kg.train_bytes > 0 and src.train_bytes > kg.train_bytes
+    assert src.train_floor_flops > maple.train_floor_flops > kg.train_floor_flops
+    assert (kg.trainable, maple.trainable) == (4 * 64, 2 * 64 + (64 * 128 + 128) * 2 + 2 * 64)
+    text = "\n".join(bench.render_successors(rows, 1e10, torch.device("cpu")))
+    assert "| maple | 16,896 | 10 |" in text and "kept for backward" in text
