@@ -1,10 +1,13 @@
 """Training checkpoints: save after every epoch, find the latest, resume exactly.
 
-A checkpoint is the authors' file (``<run>/prompt_learner/model.pth.tar-<epoch>``, PROTOCOL.md 15,
-written by the method so their tools load ours) plus what an exact resume needs: the optimiser,
+A checkpoint is the authors' file (``<run>/<folder>/model.pth.tar-<epoch>``, the folder the method's
+authors' trainer registers: ``prompt_learner`` for CoOp and CoCoOp, PROTOCOL.md 15; written by the
+method so their tools load ours) plus what an exact resume needs: the optimiser,
 scheduler and gradient-scaler states, every random generator (Python, NumPy, torch CPU and CUDA, the
 data loader's shuffling), the method's own between-epoch state (``training_state``) and the run spec.
-A text file ``checkpoint`` beside it names the newest, as the authors' framework writes it.
+A text file ``checkpoint`` beside it names the newest, as the authors' framework writes it. Only the
+last epoch's file holds what the authors' trainer saves in full (the whole model, frozen CLIP copies
+included, for MaPLe and PromptSRC); the earlier ones, kept to resume, hold the learned tensors.
 
 Writes are atomic (``harness.atomic``), and the previous epoch's checkpoint is kept until the next
 one exists, so a kill at any moment, during a write included, leaves a loadable checkpoint. A file
@@ -28,7 +31,7 @@ from methods.base import load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "prompt_learner"
+CHECKPOINT_DIR = "prompt_learner"  # the default folder (methods.base.CLIPMethod.checkpoint_folder)
 CHECKPOINT_PREFIX = "model.pth.tar-"
 POINTER = "checkpoint"
 KEEP = 2  # the newest and the one before it
@@ -38,8 +41,8 @@ class ResumeError(RuntimeError):
     """A run folder's checkpoint belongs to another training spec, or none of its files loads."""
 
 
-def checkpoint_path(run_dir: str, epoch: int) -> str:
-    return os.path.join(run_dir, CHECKPOINT_DIR, f"{CHECKPOINT_PREFIX}{epoch}")
+def checkpoint_path(run_dir: str, epoch: int, folder: str = CHECKPOINT_DIR) -> str:
+    return os.path.join(run_dir, folder, f"{CHECKPOINT_PREFIX}{epoch}")
 
 
 def _epoch_of(path: str) -> int | None:
@@ -48,8 +51,9 @@ def _epoch_of(path: str) -> int | None:
 
 
 def checkpoints(run_dir: str) -> list[tuple[str, int]]:
-    """(path, epoch) of every finished-epoch checkpoint in a run folder, newest first."""
-    found = [(p, _epoch_of(p)) for p in glob.glob(os.path.join(run_dir, CHECKPOINT_DIR, CHECKPOINT_PREFIX + "*"))]
+    """(path, epoch) of every finished-epoch checkpoint in a run folder (whatever the method's folder),
+    newest first."""
+    found = [(p, _epoch_of(p)) for p in glob.glob(os.path.join(run_dir, "*", CHECKPOINT_PREFIX + "*"))]
     return sorted(((p, e) for p, e in found if e is not None and os.path.isfile(p)), key=lambda pe: -pe[1])
 
 
@@ -84,12 +88,16 @@ def restore_rng(rng: dict, loader_generator: torch.Generator) -> None:
 # -- save and resume ----------------------------------------------------------------------------
 
 
-def save(run_dir: str, epoch: int, model, optimizer, scheduler, loader_generator, scaler, spec: dict) -> str:
-    """Write epoch ``epoch``'s checkpoint, point ``checkpoint`` at it, drop all but the newest ``KEEP``."""
-    path = checkpoint_path(run_dir, epoch)
+def save(
+    run_dir: str, epoch: int, model, optimizer, scheduler, loader_generator, scaler, spec: dict, final: bool
+) -> str:
+    """Write epoch ``epoch``'s checkpoint (``final``: in full, as the authors' trainer saves its last),
+    point ``checkpoint`` at it, drop all but the newest ``KEEP``."""
+    path = checkpoint_path(run_dir, epoch, model.checkpoint_folder)
     model.save_prompt_checkpoint(
         path,
         epoch,
+        full=final,
         optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict(),
         rng=capture_rng(loader_generator),
@@ -98,7 +106,7 @@ def save(run_dir: str, epoch: int, model, optimizer, scheduler, loader_generator
         classnames=model.classnames,
         spec=spec,
     )
-    pointer = os.path.join(run_dir, CHECKPOINT_DIR, POINTER)
+    pointer = os.path.join(os.path.dirname(path), POINTER)
     with open(pointer + ".tmp", "w") as f:
         f.write(os.path.basename(path) + "\n")
     os.replace(pointer + ".tmp", pointer)
@@ -143,7 +151,7 @@ def check_resumable(run_dir: str, contents: dict, path: str, spec: dict) -> None
         lines = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
         raise ResumeError(
             f"{path} was trained with a different spec ({lines}). Resuming would mix the two runs. "
-            f"Use another output folder, or delete {os.path.join(run_dir, CHECKPOINT_DIR)} to start over."
+            f"Use another output folder, or delete {os.path.dirname(path)} to start over."
         )
 
 

@@ -180,9 +180,10 @@ class Run:
         start_epoch = checkpoint.resume(
             self.run_dir, model, optimizer, scheduler, loader_generator, scaler, spec.training_identity()
         )
-        if start_epoch >= spec.epochs and checkpoint.latest_checkpoint(self.run_dir):
-            log.info("Training already finished: %s", checkpoint.checkpoint_path(self.run_dir, start_epoch))
-            return checkpoint.checkpoint_path(self.run_dir, start_epoch)
+        final = checkpoint.checkpoint_path(self.run_dir, spec.epochs, model.checkpoint_folder)
+        if start_epoch >= spec.epochs and os.path.isfile(final):
+            log.info("Training already finished: %s", final)
+            return final
 
         transform = data.build_transform(train=True, size=backbone.image_size(self.clip))
         loader = data.build_loader(
@@ -273,15 +274,23 @@ class Run:
                 )
                 self.tracker.log(tracking.epoch_metrics(epoch_loss, epoch_acc, lr, epoch), step=step)
                 checkpoint.save(
-                    self.run_dir, epoch, model, optimizer, scheduler, loader_generator, scaler, spec.training_identity()
+                    self.run_dir,
+                    epoch,
+                    model,
+                    optimizer,
+                    scheduler,
+                    loader_generator,
+                    scaler,
+                    spec.training_identity(),
+                    final=epoch == spec.epochs,
                 )
         if spec.epochs == 0:  # on purpose: evaluate the initial prompt (CoOp's is the hand-made one's)
             log.info("epochs = 0: no training; the initial prompt is saved and evaluated")
             checkpoint.save(
-                self.run_dir, 0, model, optimizer, scheduler, loader_generator, scaler, spec.training_identity()
+                self.run_dir, 0, model, optimizer, scheduler, loader_generator, scaler, spec.training_identity(), True
             )
         log.info("Finish training")
-        return checkpoint.checkpoint_path(self.run_dir, spec.epochs)
+        return final
 
     def last_good(self) -> str:
         last = checkpoint.latest_checkpoint(self.run_dir)
@@ -367,7 +376,7 @@ class Run:
                 found = checkpoint.latest_checkpoint(path)
                 if not found:
                     raise FileNotFoundError(
-                        f"No prompt checkpoint under {path}/{checkpoint.CHECKPOINT_DIR}/ to evaluate."
+                        f"No prompt checkpoint ({checkpoint.CHECKPOINT_PREFIX}<epoch>) under {path} to evaluate."
                     )
                 path = found[0]
             return path, int(load_checkpoint_file(path).get("epoch", 0))

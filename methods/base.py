@@ -47,6 +47,9 @@ class CheckpointError(ValueError):
 
 class CLIPMethod(nn.Module):
     method_name = "?"
+    # The folder of a run where the authors' trainer writes this method's checkpoints (their registered
+    # name), so that their tools find ours.
+    checkpoint_folder = "prompt_learner"
     trainable = True
     features_cacheable = True
     # False: the class text features do not depend on the image, so a whole test set's features can
@@ -136,18 +139,21 @@ class CLIPMethod(nn.Module):
 
     # -- checkpoints in the authors' format -------------------------------------------------------
 
-    def checkpoint_state_dict(self) -> dict:
-        """The ``state_dict`` entry of the authors' checkpoint file (their keys and layout)."""
+    def checkpoint_state_dict(self, full: bool = True) -> dict:
+        """The ``state_dict`` entry of the authors' checkpoint file (their keys and layout). ``full=False``
+        may leave out what the authors save but nothing learns (frozen CLIP copies): for resume states."""
         return {k: v.detach().cpu() for k, v in self.prompt_learner.state_dict().items()}
 
-    def save_prompt_checkpoint(self, path: str, epoch: int, optimizer=None, scheduler=None, **extra) -> None:
+    def save_prompt_checkpoint(
+        self, path: str, epoch: int, optimizer=None, scheduler=None, *, full: bool = True, **extra
+    ) -> None:
         """Write ``{"state_dict", "epoch", "optimizer", "scheduler", "val_result", ...}`` atomically.
 
-        The file is what the authors' framework writes as ``prompt_learner/model.pth.tar-<epoch>``,
+        The file is what the authors' framework writes as ``<checkpoint_folder>/model.pth.tar-<epoch>``,
         so their tools load ours; ``extra`` keys (RNG states, ...) are ignored by theirs.
         """
         state = {
-            "state_dict": self.checkpoint_state_dict(),
+            "state_dict": self.checkpoint_state_dict(full),
             "epoch": int(epoch),
             "optimizer": optimizer,
             "scheduler": scheduler,

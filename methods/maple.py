@@ -67,6 +67,7 @@ class MultiModalPromptLearner(nn.Module):
 
 @register_method("maple")
 class MaPLe(CLIPMethod):
+    checkpoint_folder = "MultiModalPromptLearner"  # the authors' registered name (PROTOCOL-successors.md 5)
     features_cacheable = False  # the image encoder is prompted
 
     def __init__(
@@ -105,9 +106,10 @@ class MaPLe(CLIPMethod):
 
     # -- the authors' whole-model checkpoint -------------------------------------------------------
 
-    def checkpoint_state_dict(self) -> dict:
+    def checkpoint_state_dict(self, full: bool = True) -> dict:
         learner = {f"prompt_learner.{k}": v for k, v in self.prompt_learner.state_dict().items()}
-        return {k: v.detach().cpu() for k, v in {**learner, **deep_prompts.frozen_clip_state(self.clip)}.items()}
+        frozen = deep_prompts.frozen_clip_state(self.clip) if full else {}
+        return {k: v.detach().cpu() for k, v in {**learner, **frozen}.items()}
 
     def load_checkpoint_state_dict(self, state: dict, path: str = "<state dict>") -> None:
         if not any(k.startswith("prompt_learner.") for k in state):  # a bare prompt-learner state dict

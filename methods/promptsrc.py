@@ -152,6 +152,7 @@ class VLPromptLearner(nn.Module):
 
 @register_method("promptsrc")
 class PromptSRC(CLIPMethod):
+    checkpoint_folder = "VLPromptLearner"  # the authors' registered name (PROTOCOL-successors.md 5)
     features_cacheable = False  # the image encoder is prompted
 
     def __init__(
@@ -302,10 +303,10 @@ class PromptSRC(CLIPMethod):
 
     # -- the authors' whole-model checkpoint -------------------------------------------------------
 
-    def checkpoint_state_dict(self) -> dict:
+    def checkpoint_state_dict(self, full: bool = True) -> dict:
         own = self.prompt_learner.state_dict()
         learner = {author: own[mine] for author, mine in self.prompt_learner.author_names().items()}
-        frozen = deep_prompts.frozen_clip_state(self.clip, zero_shot_image_encoder=True)
+        frozen = deep_prompts.frozen_clip_state(self.clip, zero_shot_image_encoder=True) if full else {}
         return {k: v.detach().cpu() for k, v in {**learner, **frozen}.items()}
 
     def load_checkpoint_state_dict(self, state: dict, path: str = "<state dict>") -> None:

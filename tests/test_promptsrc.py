@@ -252,8 +252,8 @@ def test_gpa_accumulates_after_each_epoch_and_the_last_checkpoint_holds_the_aver
     g = [math.exp(-0.5 * ((e - 2.5) / 1.0) ** 2) for e in range(1, 5)]
     w = [x / sum(g) for x in g]
     assert not torch.equal(snapshots[2]["ctx"], snapshots[3]["ctx"])  # the prompts did move
-    last = torch.load(checkpoint_path(spec.output_dir, 4), weights_only=False)
-    before = torch.load(checkpoint_path(spec.output_dir, 3), weights_only=False)
+    last = torch.load(checkpoint_path(spec.output_dir, 4, "VLPromptLearner"), weights_only=False)
+    before = torch.load(checkpoint_path(spec.output_dir, 3, "VLPromptLearner"), weights_only=False)
     for name in snapshots[0]:
         partial = sum(w[e] * snapshots[e][name] for e in range(3))
         full = partial + w[3] * snapshots[3][name]

@@ -368,6 +368,23 @@ def test_a_run_folder_in_use_is_refused(data_root, tmp_path):
     assert len(run(busy)) == 2  # the lock died with its process
 
 
+def test_checkpoints_go_where_the_authors_tools_look_and_only_the_last_is_whole(data_root, tmp_path):
+    # MaPLe's trainer registers "MultiModalPromptLearner" and saves the whole model (PROTOCOL-successors.md
+    # 5); earlier epochs, kept to resume, hold the learned tensors only (a whole ViT-B/16 is ~300 MB).
+    s = spec(data_root, tmp_path, method="maple", epochs=2, evaluate=[{"dataset": "synthetic", "subsample": "base"}])
+    run(s)
+    folder = os.path.join(s.output_dir, "MultiModalPromptLearner")
+    assert sorted(os.listdir(folder)) == ["checkpoint", "model.pth.tar-1", "model.pth.tar-2"]
+    with open(os.path.join(folder, "checkpoint")) as f:
+        assert f.read().strip() == "model.pth.tar-2"
+    last = torch.load(os.path.join(folder, "model.pth.tar-2"), weights_only=False)["state_dict"]
+    earlier = torch.load(os.path.join(folder, "model.pth.tar-1"), weights_only=False)["state_dict"]
+    assert any(k.startswith("image_encoder.") for k in last) and "logit_scale" in last
+    assert not any(k.startswith(("image_encoder.", "text_encoder.")) for k in earlier)
+    assert {k for k in last if k.startswith("prompt_learner.")} == set(earlier)
+    assert latest_checkpoint(s.output_dir) == (os.path.join(folder, "model.pth.tar-2"), 2)
+
+
 # -- the results store under concurrency ----------------------------------------------------------
 
 
