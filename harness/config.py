@@ -136,7 +136,7 @@ def method_trains(method: str) -> bool:
 
 
 FIELD_HELP = {
-    "method": "registered method: zsclip | coop | cocoop",
+    "method": "registered method: zsclip, coop, cocoop, kgcoop, maple, promptsrc, or a plugin's",
     "dataset": "dataset key to train on (and evaluate by default), e.g. oxford_pets",
     "data_root": "folder holding each dataset's folder (PROTOCOL.md 3.2)",
     "options": "method options, e.g. {n_ctx: 4, ctx_init: 'a photo of a'}",

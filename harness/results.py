@@ -4,7 +4,7 @@ The report reads this file, not W&B and not logs. A record (all keys always pres
 
     experiment       "base2new", "crossdataset", "domaingen", "ablations", "demo", ...
     job              readable job name, e.g. "cocoop/oxford_pets/seed1"
-    method           "zsclip" | "coop" | "cocoop" (registry name)
+    method           the registry name: "zsclip", "coop", "cocoop", "kgcoop", "maple", "promptsrc", ...
     config           method config name, e.g. "vit_b16_c4_ep10_batch1_ctxv1"
     options          the method's options as built, e.g. {"n_ctx": 4, "ctx_init": "a photo of a"}
     dataset          the evaluated dataset key

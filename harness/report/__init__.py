@@ -108,7 +108,9 @@ def _index(out_dir, source, records, tables, figures, missing, with_paper, paper
         "# Report",
         "",
         f"Results: `{source}` ({len(records)} records; experiments: {', '.join(experiments) or 'none'}).",
-        f"Paper values: {'`' + str(paper_dir) + '` (the CoCoOp paper, CVPR 2022)' if with_paper else 'not shown'}.",
+        "Paper values: "
+        + (f"`{paper_dir}` (each method's own paper; sources in its README.md)" if with_paper else "not shown")
+        + ".",
         "",
         "## Tables",
         "",
