@@ -289,6 +289,28 @@ def test_files_and_figures_are_written(tmp_path):
         rows = list(csv.DictReader(f))
     written = {(r["row"], r["method"]): float(r["mean"]) for r in rows if r.get("mean")}
     assert written[("imagenet_a", "cocoop")] == pytest.approx(seed_mean("cocoop", "imagenet_a", "all", {"domaingen"}))
+
+    # Every figure's CSV holds the numbers it draws, checked against values computed here.
+    def figure_rows(name):
+        with open(out / f"{name}.csv") as f:
+            return list(csv.DictReader(f))
+
+    fig3 = {(r["panel"], r["dataset"]): float(r["cocoop_minus_coop"]) for r in figure_rows("figure3_cocoop_vs_coop")}
+    for ds, label in (("dtd", "DTD"), ("eurosat", "EuroSAT")):
+        for panel in ("base", "new"):
+            expected = seed_mean("cocoop", ds, panel, {"base2new"}) - seed_mean("coop", ds, panel, {"base2new"})
+            assert fig3[(panel, label)] == pytest.approx(expected, abs=1e-4)
+    points = {(r["method"].split(" ")[0], r["dataset"]): r for r in figure_rows("figure_base_vs_new")}
+    eurosat_coop = points[("CoOp", "EuroSAT")]
+    assert float(eurosat_coop["base"]) == pytest.approx(seed_mean("coop", "eurosat", "base", {"base2new"}))
+    assert float(eurosat_coop["new"]) == pytest.approx(seed_mean("coop", "eurosat", "new", {"base2new"}))
+    fig4 = {
+        (r["panel"], r["n_ctx"], r["metric"]): float(r["value"]) for r in figure_rows("figure4_ablations") if r["n_ctx"]
+    }
+    # ctx 8 on the two paper datasets (offsets 0 and 5): base 80 + 8/4, new 60 + 8/2
+    base8, new8 = 82 + 2.5, 64 + 2.5
+    assert fig4[("length", "8", "base")] == pytest.approx(base8) and fig4[("length", "8", "new")] == pytest.approx(new8)
+    assert fig4[("length", "8", "h")] == pytest.approx(2 * base8 * new8 / (base8 + new8), abs=1e-3)
     tex = (out / "table1_base2new.tex").read_text()
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "\\toprule" in tex
 

@@ -1,5 +1,6 @@
-"""Figures (matplotlib Agg canvas, no pyplot; PNG + PDF): Figure 3, Figure 4, a base-vs-new scatter and the
-comparison of every method's averaged base / new / H beside its published numbers.
+"""Figures (matplotlib Agg canvas, no pyplot; PNG + PDF, and a CSV of exactly the numbers drawn):
+Figure 3, Figure 4, a base-vs-new scatter and the comparison of every method's averaged base / new /
+H beside its published numbers.
 
 A figure is drawn only from data that exist; ``None`` comes back (with the reason) otherwise, so
 the report never writes an empty figure.
@@ -7,6 +8,7 @@ the report never writes an empty figure.
 
 from __future__ import annotations
 
+import csv
 import os
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -40,11 +42,16 @@ def _figure(*shape, figsize) -> tuple:
     return fig, fig.subplots(*shape, squeeze=False)
 
 
-def _save(fig, out_dir: str, name: str) -> dict:
+def _save(fig, out_dir: str, name: str, plotted: list[dict]) -> dict:
+    """Write the figure as PNG and PDF and the numbers it draws (one row per mark) as CSV."""
     os.makedirs(out_dir, exist_ok=True)
-    paths = {"png": os.path.join(out_dir, f"{name}.png"), "pdf": os.path.join(out_dir, f"{name}.pdf")}
+    paths = {ext: os.path.join(out_dir, f"{name}.{ext}") for ext in ("png", "pdf", "csv")}
     fig.savefig(paths["png"], dpi=150, bbox_inches="tight")
     fig.savefig(paths["pdf"], bbox_inches="tight", metadata={"CreationDate": None})
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in plotted for k in row)))
+        writer.writeheader()
+        writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in plotted)
     return paths
 
 
@@ -71,7 +78,7 @@ def figure3(table1: Table, out_dir: str):
         return None, "Figure 3: needs CoOp and CoCoOp base-to-new results of one experiment"
     fig, axes = _figure(1, 2, figsize=(12, 4.2))
     axes = axes[0]
-    drawn = False
+    plotted = []
     for ax, metric, title in zip(axes, ("new", "base"), ("(a) New classes", "(b) Base classes")):
         pairs = []
         for row, _ in table1.rows:
@@ -82,7 +89,7 @@ def figure3(table1: Table, out_dir: str):
         if not pairs:
             ax.set_visible(False)
             continue
-        drawn = True
+        plotted += [{"panel": metric, "dataset": name, "cocoop_minus_coop": d} for name, d in pairs]
         diffs = [d for _, d in pairs]
         bars = ax.bar(range(len(pairs)), diffs, color=[color("cocoop") if d >= 0 else color("coop") for d in diffs])
         ax.bar_label(bars, labels=[f"{d:+.2f}" for d in diffs], fontsize=7, padding=2)
@@ -92,13 +99,13 @@ def figure3(table1: Table, out_dir: str):
         ax.set_xlabel("Dataset")
         ax.set_title(title)
         ax.margins(y=0.15)
-    if not drawn:
+    if not plotted:
         return None, "Figure 3: no dataset with both CoOp and CoCoOp results"
     handles = [Rectangle((0, 0), 1, 1, color=color(m)) for m in ("cocoop", "coop")]
     fig.legend(handles, ["CoCoOp better", "CoOp better"], loc="upper right")
     fig.suptitle(f"Figure 3: CoCoOp vs CoOp, base-to-new (experiment {experiment})")
     fig.tight_layout()
-    return _save(fig, out_dir, "figure3_cocoop_vs_coop"), None
+    return _save(fig, out_dir, "figure3_cocoop_vs_coop", plotted), None
 
 
 def scatter(table1: Table, out_dir: str):
@@ -109,7 +116,7 @@ def scatter(table1: Table, out_dir: str):
     experiment = experiments[0]
     fig, axes = _figure(1, 1, figsize=(6.5, 6))
     ax = axes[0][0]
-    points = 0
+    plotted, points = [], 0
     seen_methods = {}
     for g in (g for g in table1.groups if g.key[0] == experiment):
         marker = MARKERS[seen_methods.setdefault(g.method, []).__len__() % len(MARKERS)]
@@ -119,6 +126,7 @@ def scatter(table1: Table, out_dir: str):
             b, n = _value(table1, row, g, "base"), _value(table1, row, g, "new")
             if b is None or n is None:
                 continue
+            plotted.append({"method": g.label, "dataset": label, "base": b, "new": n})
             if row == AVERAGE:
                 ax.scatter([b], [n], marker="*", s=260, color=color(g.method), edgecolor="black", zorder=3)
             else:
@@ -140,7 +148,7 @@ def scatter(table1: Table, out_dir: str):
     ax.set_title(f"Base vs new accuracy per dataset (experiment {experiment})")
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, out_dir, "figure_base_vs_new"), None
+    return _save(fig, out_dir, "figure_base_vs_new", plotted), None
 
 
 def figure4(init: Table, length: Table, out_dir: str):
@@ -159,12 +167,15 @@ def figure4(init: Table, length: Table, out_dir: str):
         return None, missing
     fig, axes = _figure(1, len(panels), figsize=(6 * len(panels), 4.2))
     metrics = (("base", "Base"), ("new", "New"), ("h", "H"))
+    plotted = []
     for ax, panel in zip(axes[0], panels):
         if panel == "init":
             groups = [g for g in init.groups if init.cell(AVERAGE, g, "base")]
             width = 0.8 / len(groups)
             for i, g in enumerate(groups):
                 values = [_value(init, AVERAGE, g, m) or 0.0 for m, _ in metrics]
+                for (m, _), v in zip(metrics, values):
+                    plotted.append({"panel": "init", "method": g.label, "metric": m, "value": v})
                 random = g.key[5] == ""
                 bars = ax.bar(
                     [j + (i - (len(groups) - 1) / 2) * width for j in range(3)],
@@ -191,9 +202,12 @@ def figure4(init: Table, length: Table, out_dir: str):
                 groups.sort(key=lambda g: g.key[4])
                 xs = [g.key[4] for g in groups]
                 for (m, label), style in zip(metrics, ("-", "--", ":")):
+                    ys = [_value(length, AVERAGE, g, m) for g in groups]
+                    for x, y in zip(xs, ys):
+                        plotted.append({"panel": "length", "method": method, "metric": m, "n_ctx": x, "value": y})
                     ax.plot(
                         xs,
-                        [_value(length, AVERAGE, g, m) for g in groups],
+                        ys,
                         linestyle=style,
                         marker="o",
                         color=color(method),
@@ -207,7 +221,7 @@ def figure4(init: Table, length: Table, out_dir: str):
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("Figure 4: ablations (base-to-new, averaged over datasets)")
     fig.tight_layout()
-    return _save(fig, out_dir, "figure4_ablations"), (missing or None)
+    return _save(fig, out_dir, "figure4_ablations", plotted), (missing or None)
 
 
 def method_averages(table1: Table) -> tuple[str | None, list[dict]]:
@@ -262,4 +276,4 @@ def methods_comparison(table1: Table, out_dir: str):
     ax.set_title(f"Base-to-new: every method, Table 1's Average row (experiment {experiment})")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    return _save(fig, out_dir, "figure_methods_base_new_h"), None
+    return _save(fig, out_dir, "figure_methods_base_new_h", rows), None
