@@ -27,3 +27,16 @@ def classnames():
 def images():
     generator = torch.Generator().manual_seed(0)
     return torch.randn(3, 3, 224, 224, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def deep_clip():
+    """A tiny CLIP with 4 blocks per tower, for the deep-prompt methods (MaPLe, PromptSRC)."""
+    from harness import backbone
+
+    return backbone.freeze(backbone.build_random_clip("tiny", text_layers=4, vision_layers=4, image_size=64))
+
+
+@pytest.fixture
+def small_images():
+    return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))

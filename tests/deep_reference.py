@@ -57,3 +57,11 @@ def prompt_embeddings(clip, classnames, prefix_text: str, ctx: torch.Tensor):
     emb = clip.token_embedding(ids).to(ctx.dtype)
     n = ctx.shape[0]
     return torch.cat([emb[:, :1], ctx.unsqueeze(0).expand(len(classnames), -1, -1), emb[:, 1 + n :]], dim=1), ids
+
+
+def perturb(model, scale=0.05, seed=1):
+    """Move every learned tensor away from its initialisation (deterministically)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g).to(p))

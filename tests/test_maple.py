@@ -20,26 +20,9 @@ from methods.base import CheckpointError
 NAMES = ["golden_retriever", "cat", "sea lake", "2000 AM General Hummer SUV"]
 
 
-@pytest.fixture(scope="module")
-def deep_clip():
-    return backbone.freeze(backbone.build_random_clip("tiny", text_layers=4, vision_layers=4, image_size=64))
-
-
-@pytest.fixture
-def small_images():
-    return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-
-
 def build(clip, names=NAMES, seed=0, **options):
     torch.manual_seed(seed)
     return methods.build_method("maple", clip, names, **options)
-
-
-def perturb(model, scale=0.05, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.trainable_parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g).to(p))
 
 
 def test_two_learnable_tokens_and_of_a_stays_fixed_words(tiny_clip):
@@ -54,7 +37,7 @@ def test_two_learnable_tokens_and_of_a_stays_fixed_words(tiny_clip):
 
 def test_logits_and_loss_equal_the_hand_written_coupled_forward(deep_clip, small_images):
     model = build(deep_clip, prompt_depth=3)
-    perturb(model)
+    ref.perturb(model)
     pl = model.prompt_learner
     labels = torch.tensor([1, 0, 3])
     model.train()
@@ -136,7 +119,7 @@ def authors_keys(clip, depth, n_ctx=2):
 
 def test_checkpoint_is_the_authors_whole_model_and_round_trips(deep_clip, small_images, tmp_path):
     model = build(deep_clip, prompt_depth=3)
-    perturb(model)
+    ref.perturb(model)
     path = tmp_path / "MultiModalPromptLearner" / "model.pth.tar-5"
     model.save_prompt_checkpoint(str(path), epoch=5)
     saved = torch.load(path, weights_only=False)
@@ -157,7 +140,7 @@ def test_checkpoint_is_the_authors_whole_model_and_round_trips(deep_clip, small_
 
 def test_authors_fp16_file_loads_frozen_copies_ignored_other_shapes_refused(deep_clip, tmp_path):
     model = build(deep_clip, prompt_depth=3)
-    perturb(model, seed=2)
+    ref.perturb(model, seed=2)
     state = model.checkpoint_state_dict()
     state = {
         k: (v.half() if k.startswith("prompt_learner.") and v.is_floating_point() else v) for k, v in state.items()

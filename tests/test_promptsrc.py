@@ -25,26 +25,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ["golden_retriever", "cat", "sea lake", "2000 AM General Hummer SUV"]
 
 
-@pytest.fixture(scope="module")
-def deep_clip():
-    return backbone.freeze(backbone.build_random_clip("tiny", text_layers=4, vision_layers=4, image_size=64))
-
-
-@pytest.fixture
-def small_images():
-    return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-
-
 def build(clip, names=NAMES, seed=0, **options):
     torch.manual_seed(seed)
     return methods.build_method("promptsrc", clip, names, **options)
-
-
-def perturb(model, scale=0.05, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.trainable_parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g).to(p))
 
 
 def test_teacher_templates_are_the_60_of_the_protocol_in_order():
@@ -58,7 +41,7 @@ def test_teacher_templates_are_the_60_of_the_protocol_in_order():
 def test_each_loss_term_recomputed_independently(deep_clip, small_images):
     templates = PROMPTSRC_TEMPLATES[::10]  # 6 of the 60 keep this test fast; the mean is the same code
     model = build(deep_clip, prompt_depth_text=3, prompt_depth_vision=3, templates=templates)
-    perturb(model)
+    ref.perturb(model)
     pl = model.prompt_learner
     labels = torch.tensor([2, 0, 1])
     model.train()
@@ -148,7 +131,7 @@ def authors_keys(clip, depth_text, depth_vision):
 
 def test_checkpoint_is_the_authors_whole_model_and_round_trips(deep_clip, small_images, tmp_path):
     model = build(deep_clip, prompt_depth_text=3, prompt_depth_vision=2)
-    perturb(model)
+    ref.perturb(model)
     path = tmp_path / "VLPromptLearner" / "model.pth.tar-20"
     model.save_prompt_checkpoint(str(path), epoch=20)
     state = torch.load(path, weights_only=False)["state_dict"]
