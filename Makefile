@@ -47,7 +47,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: venv base2new demo crossdataset domaingen ablations bigger_coop report dashboard status bench test lint help
+.PHONY: venv base2new demo crossdataset domaingen ablations bigger_coop report dashboard status bench demo-drift test lint help
 
 venv: $(STAMP) ## create the virtual environment and install the project
 
@@ -87,6 +87,9 @@ status: $(STAMP) ## progress of an experiment: make status EXPERIMENT=base2new
 
 bench: $(STAMP) ## CoCoOp/CoOp speed benchmark, published vs fast path (QUICK=1: ~3 min), writes reports/bench.md
 	$(PY) -m benchmarks.bench $(if $(QUICK),--quick) --out reports/bench.md
+
+demo-drift: $(STAMP) ## re-run the demo and compare it with reports/demo-reference (a benchmark, not a test)
+	$(PY) -m benchmarks.demo drift
 
 test: $(STAMP) ## run the test suite (Slurm tests run when a cluster is up: tools/slurm-cluster.sh start)
 	$(PY) -m pytest $(PYTEST_ARGS)

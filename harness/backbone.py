@@ -83,8 +83,10 @@ CLIP_SHAPES: dict[str, CLIPShape] = {
     # Small enough to build in a blink. The joint embedding (32) differs from the text width (64) on
     # purpose: it catches code that confuses CoCoOp's vis_dim with ctx_dim.
     "tiny": CLIPShape(embed_dim=32, vision_width=128, vision_layers=2, text_width=64, text_layers=2),
-    # The miniature world's model before pre-training (miniworld.pretrain).
-    "miniworld": CLIPShape(embed_dim=64, vision_width=128, vision_layers=3, text_width=128, text_layers=2),
+    # The miniature world's model before pre-training (miniworld.pretrain): 48-pixel pictures.
+    "miniworld": CLIPShape(
+        embed_dim=64, vision_width=128, vision_layers=3, text_width=128, text_layers=2, patch_size=8, image_size=48
+    ),
     # OpenAI's ViT-B/16 dimensions (the benchmark's model).
     "vit_b16": CLIPShape(
         embed_dim=512, vision_width=768, vision_layers=12, text_width=512, text_layers=12, patch_size=16

@@ -55,7 +55,7 @@ SLURM_KEYS = {
     "additional",
     "setup",
 }
-LOCAL_KEYS = {"max_parallel", "timeout_min"}
+LOCAL_KEYS = {"max_parallel", "timeout_min", "post_mortem"}  # post_mortem: the debug launcher's
 # Pending reasons after which Slurm will never start a job (squeue %r).
 NEVER_STARTS = ("DependencyNeverSatisfied", "BadConstraints", "PartitionConfig", "InvalidAccount", "InvalidQOS")
 # What an sbatch refusal is about -> the launcher option that sets it.
@@ -257,7 +257,7 @@ def launch(
         return states
     folder = os.path.join(out, experiment, "submitit", "%j")
     if launcher == "debug":
-        _run_debug(todo, states, folder, out, experiment, printer)
+        _run_debug(todo, states, folder, out, experiment, printer, bool(cfg.get("post_mortem", True)))
     elif launcher == "slurm":
         submitted = _submit_slurm(todo, states, folder, cfg, printer)
         save_state(out, experiment, states)
@@ -270,9 +270,10 @@ def launch(
     return _finish(states, out, experiment, printer)
 
 
-def _run_debug(todo, states, folder, out, experiment, printer) -> None:
+def _run_debug(todo, states, folder, out, experiment, printer, post_mortem: bool = True) -> None:
     """submitit's debug executor: each job in this process, one after the other. On a terminal a
-    failure opens the debugger (post-mortem); otherwise it is recorded and the sweep goes on."""
+    failure opens the debugger (post-mortem) unless ``post_mortem`` is false; otherwise it is
+    recorded and the sweep goes on."""
     by_name = {s.name: s for s in states}
     executor = submitit.AutoExecutor(folder=folder, cluster="debug")
     for job, state in todo:
@@ -283,7 +284,7 @@ def _run_debug(todo, states, folder, out, experiment, printer) -> None:
         state.state, state.job_id = "running", sj.job_id
         state.stdout, state.stderr = str(sj.paths.stdout), str(sj.paths.stderr)
         try:
-            sj.result() if sys.stdin.isatty() else sj.submission().result()
+            sj.result() if post_mortem and sys.stdin.isatty() else sj.submission().result()
             state.state = "done"
         except Exception as exc:
             state.state, state.error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]

@@ -36,3 +36,62 @@ def run_logging(run_dir: str):
         if console is not None:
             root.removeHandler(console)
         root.setLevel(previous)
+
+
+class Progress:
+    """Progress of long work with an ETA: a tqdm bar on a terminal; otherwise (a log file, a Slurm
+    job's output) one log line every ``every_percent`` percent instead of one per step.
+
+    Use as a context manager: ``with Progress(n, "pre-training") as bar: ... bar.update(loss=x)``.
+    """
+
+    def __init__(self, total: int, desc: str, unit: str = "step", every_percent: float = 5.0, stream=None):
+        import sys
+        import time
+
+        self.total, self.desc, self.unit = total, desc, unit
+        self.stream = stream if stream is not None else sys.stderr
+        self.done = 0
+        self.start = time.monotonic()
+        self.every = max(1, round(total * every_percent / 100))
+        self.bar = None
+        if getattr(self.stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream)
+
+    def update(self, n: int = 1, **postfix) -> None:
+        import time
+
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix({k: f"{v:.3f}" if isinstance(v, float) else v for k, v in postfix.items()})
+            return
+        if self.done % self.every and self.done != self.total:
+            return
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        extra = "".join(f", {k} {v:.3f}" if isinstance(v, float) else f", {k} {v}" for k, v in postfix.items())
+        logging.getLogger(__name__).info(
+            "%s: %d/%d %ss (%.0f%%), %.0f s elapsed, ETA %.0f s%s",
+            self.desc,
+            self.done,
+            self.total,
+            self.unit,
+            100 * self.done / self.total,
+            elapsed,
+            eta,
+            extra,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -11,6 +11,7 @@ method variants, each pointing at a published method config:
       coop: {config: coop/vit_b16_ctxv1, per_dataset: {imagenet: coop/vit_b16_ep50_ctxv1}}
     run: {num_workers: 8}       # run keys for every job
     profiles: {demo: {...}}     # named sets of overrides (the demo profile runs on generated data)
+    default_methods: [coop]     # what runs without --methods (a profile's quick subset; default: all)
 
 Jobs:
   * ``train``: learn the prompt on the training classes and evaluate on them (Base accuracy, or
@@ -45,6 +46,7 @@ EXPERIMENT_KEYS = {
     "seeds",
     "shots",
     "methods",
+    "default_methods",
     "run",
     "launcher",
     "profiles",
@@ -237,8 +239,11 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
 
 
 def narrow(experiment: dict, datasets=None, seeds=None, methods=None) -> dict:
-    """Apply DATASETS= / SEEDS= / METHODS= narrowing, checking each name exists in the experiment."""
+    """Apply DATASETS= / SEEDS= / METHODS= narrowing, checking each name exists in the experiment.
+    Without METHODS, the experiment's ``default_methods`` when it has them, else every method."""
     out = copy.deepcopy(experiment)
+    methods = methods or out.pop("default_methods", None)
+    out.pop("default_methods", None)
     if datasets:
         key = "datasets" if out["protocol"] == "base2new" else "targets"
         known = out.get(key) or []

@@ -1,28 +1,30 @@
-"""What the miniature world adds to the harness: its pre-trained backbone and its demo dataset.
+"""What the miniature world adds to the harness: its pre-trained backbone and its demo datasets.
 
 Loaded through the ``prompt_harness.plugins`` entry point (see ``harness.plugins``).
 """
 
 from harness.backbone import register_backbone
 from harness.data import DatasetInfo, register_dataset
-from miniworld import world
+from miniworld import datasets, pretrain
+from miniworld.vocab import DEMO_DATASETS
 
 register_backbone(
     "tiny-pretrained",
-    build=world.load_pretrained_tiny_for,
-    prepare=world.prepare_pretrained,
+    build=pretrain.load_pretrained_tiny_for,
+    prepare=pretrain.prepare_pretrained,
     description="the miniature world's tiny CLIP (pre-trained here on first use, then cached)",
 )
-register_dataset(
-    DatasetInfo(
-        world.DATASET_KEY,
-        "MiniWorld",
-        world.DATASET_DIR,
-        "images",
-        world.SPLIT_FILE,
-        len(world.DEMO_PAIRS),
-        tuple(n * len(world.DEMO_PAIRS) for n in world.DEMO_PER_CLASS),
-        download="generated: python -m miniworld dataset --root DATA_ROOT",
-        generate=world.make_demo_dataset,
+for ds in DEMO_DATASETS:
+    register_dataset(
+        DatasetInfo(
+            ds.key,
+            ds.paper_name,
+            ds.folder,
+            "images",
+            ds.split_file,
+            len(ds.classes),
+            tuple(n * len(ds.classes) for n in ds.per_class),
+            download="generated: python -m miniworld dataset --root DATA_ROOT",
+            generate=datasets.generator(ds.key),
+        )
     )
-)

@@ -75,7 +75,7 @@ def rel(items, root):
 def test_registry():
     # the built-in datasets first, then those plugins register (the miniature world's)
     assert list_datasets()[: len(BENCHMARK_KEYS) + 1] == BENCHMARK_KEYS + ["synthetic"]
-    assert list_datasets()[len(BENCHMARK_KEYS) + 1 :] == ["miniworld"]
+    assert list_datasets()[len(BENCHMARK_KEYS) + 1 :] == ["miniworld_shapes", "miniworld_textures", "miniworld_colors"]
     assert DATASETS["oxford_pets"].paper_name == "OxfordPets"
     assert DATASETS["caltech101"].folder == "caltech-101"
     assert DATASETS["imagenet_a"].folder == "imagenet-adversarial"

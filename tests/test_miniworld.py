@@ -1,26 +1,32 @@
-"""The miniature world: scene generator, dataset writer, contrastive pre-training and its cache."""
+"""The miniature world: pictures, captions, demo datasets, pre-training, its cache and its hash."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
 import json
+import logging
 import math
 import os
+import subprocess
+import sys
 
+import numpy as np
+import pytest
 import torch
 
-from harness import backbone
-from miniworld import world as mw
+from harness import backbone, data
+from harness.logs import Progress
+from miniworld import datasets, pretrain, render, vocab
 
-SMALL = mw.PretrainConfig(
-    model=backbone.CLIPShape(embed_dim=32, vision_width=64, vision_layers=1, text_width=64, text_layers=1),
-    seed=0,
+SMALL = pretrain.PretrainConfig(
+    model=backbone.CLIPShape(
+        embed_dim=32, vision_width=64, vision_layers=1, text_width=64, text_layers=1, patch_size=8, image_size=48
+    ),
     steps=6,
+    batch_size=16,
     lr=2e-3,
     warmup=1,
-    batch_pairs=8,
-    render_size=32,
 )
 
 
@@ -30,119 +36,169 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
-def test_generator_is_deterministic_for_a_seed():
-    a = [mw.pretraining_sample(0, i) for i in range(6)]
-    b = [mw.pretraining_sample(0, i) for i in range(6)]
-    c = [mw.pretraining_sample(1, i) for i in range(6)]
-    assert [_png(x[0]) for x in a] == [_png(x[0]) for x in b]
-    assert [x[1] for x in a] == [x[1] for x in b]
+def test_pictures_are_a_function_of_seed_and_index():
+    a = [datasets.pretraining_sample(0, i) for i in range(6)]
+    b = [datasets.pretraining_sample(0, i) for i in reversed(range(6))][::-1]
+    c = [datasets.pretraining_sample(1, i) for i in range(6)]
+    assert [_png(x[0]) for x in a] == [_png(x[0]) for x in b] and [x[1] for x in a] == [x[1] for x in b]
     assert [_png(x[0]) for x in a] != [_png(x[0]) for x in c]
-    assert [x[1] for x in a] != [x[1] for x in c]
-    # the same seed in another stream (dataset images) differs too
-    img, cap = mw.dataset_sample(0, "red_star", "test", 0)
-    assert img.size == (mw.RENDER_SIZE, mw.RENDER_SIZE) and img.mode == "RGB"
-    assert _png(img) == _png(mw.dataset_sample(0, "red_star", "test", 0)[0])
-    assert _png(img) != _png(mw.dataset_sample(0, "red_star", "train", 0)[0])
+    shapes = vocab.demo_dataset("miniworld_shapes")
+    img = datasets.dataset_sample(0, shapes, "star", "test", 0)
+    assert img.size == (render.RENDER_SIZE, render.RENDER_SIZE) and img.mode == "RGB"
+    assert _png(img) == _png(datasets.dataset_sample(0, shapes, "star", "test", 0))
+    assert _png(img) != _png(datasets.dataset_sample(0, shapes, "star", "train", 0))
 
 
-def test_captions_name_colour_and_shape_and_tokenize():
-    for i in range(40):
-        _, text, (colour, shape) = mw.pretraining_sample(0, i)
-        assert colour in text and shape in text, text
-        backbone.tokenize(text)  # fits the context
-    pairs = [mw.pretraining_sample(0, i)[2] for i in range(len(mw.pretraining_pairs()))]
-    assert sorted(pairs) == sorted(mw.pretraining_pairs())  # one batch = every pair once
+def test_every_texture_and_shape_draws_differently():
+    side = 48
+    inks = {t: render.texture_ink(t, side, 0.2, 0.0, (0.5, 0.5)) for t in vocab.TEXTURES}
+    for name, ink in inks.items():
+        assert 0.1 < ink.mean() < 0.9, name  # both colours show
+    names = list(inks)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert (inks[a] != inks[b]).mean() > 0.1, (a, b)
+    rng = np.random.default_rng(0)
+    masks = {}
+    for s in vocab.SHAPES:
+        scene = dataclasses.replace(render.sample_object(rng, shape=s), center=(0.5, 0.5), angle=0.0, radius=0.4)
+        masks[s] = render._object_mask(scene, side)[..., 0] > 0.5
+    for i, a in enumerate(vocab.SHAPES):
+        for b in vocab.SHAPES[i + 1 :]:
+            assert (masks[a] != masks[b]).mean() > 0.03, (a, b)
 
 
-def test_demo_split_holds_out_new_compositions():
-    base, new = mw.DEMO_PAIRS[:8], mw.DEMO_PAIRS[8:]
-    assert len(mw.DEMO_PAIRS) == 16 and len(set(mw.DEMO_PAIRS)) == 16
-    seen = set(mw.pretraining_pairs())
-    assert not seen & set(new)  # pre-training never shows a new-class composition
-    assert set(base) <= seen
-    assert set(new) == mw.HELDOUT_PAIRS
-    # ... but every attribute of a new class is seen in pre-training, and within the new classes
-    # neither attribute alone identifies the class
-    for colour, shape in new:
-        assert any(c == colour for c, _ in seen) and any(s == shape for _, s in seen)
-    assert all(sum(c == colour for c, _ in new) == 2 for colour, _ in new)
-    assert all(sum(s == shape for _, s in new) == 2 for _, shape in new)
+def test_captions_name_what_the_classes_need_and_never_the_template():
+    seen = {"shape": set(), "texture": set(), "color": set()}
+    things = list(vocab.SHAPES) + list(vocab.TEXTURES)
+    colors = list(vocab.COLORS)
+    previous = (-1, -1)
+    for i in range(400):
+        _, text, (thing, color) = datasets.pretraining_sample(0, i)
+        backbone.tokenize(text)  # fits CLIP's context
+        assert not text.startswith("a photo of"), text  # the zero-shot template is never seen
+        words = text.split()
+        assert things[thing] in words, text  # the shape or texture is always named
+        kind = "shape" if thing < len(vocab.SHAPES) else "texture"
+        seen[kind].add(things[thing])
+        if colors[color] in words:
+            seen["color"].add(colors[color])
+        # a group of consecutive pictures shares its colour, never its thing
+        if i % datasets.GROUP:
+            assert (color, thing != previous[1]) == (previous[0], True)
+        previous = (color, thing)
+    for ds in vocab.DEMO_DATASETS:  # every class of every demo dataset is seen in pre-training
+        names = {n for c in ds.classes for n in c.split("_")}
+        assert names <= seen["shape"] | seen["texture"] | seen["color"], ds.key
 
 
-def test_write_classification_dataset_layout(tmp_path):
-    out = mw.write_classification_dataset(
-        str(tmp_path), ["red_star", ("blue", "heart"), ("green", "cross", "striped")], per_class=(3, 1, 2), seed=5
-    )
-    assert out == os.path.join(str(tmp_path), "miniworld")
-    with open(os.path.join(out, "split_zhou_MiniWorld.json")) as f:
-        split = json.load(f)
-    assert set(split) == {"train", "val", "test"}
-    assert [len(split[k]) for k in ("train", "val", "test")] == [9, 3, 6]
-    names = {"red_star": 0, "blue_heart": 1, "green_striped_cross": 2}
-    for items in split.values():
-        for rel, label, name in items:
-            assert isinstance(rel, str) and isinstance(label, int) and names[name] == label
-            assert rel.startswith(name + "/") and rel.endswith(".jpg")
-            path = os.path.join(out, "images", rel)
-            assert os.path.isfile(path)
-    assert sorted(os.listdir(os.path.join(out, "images"))) == sorted(names)
-    # rewriting with the same seed gives the same bytes
-    first = open(os.path.join(out, "images", split["test"][0][0]), "rb").read()
-    mw.write_classification_dataset(str(tmp_path), ["red_star", "blue_heart", "green_striped_cross"], (3, 1, 2), seed=5)
-    assert open(os.path.join(out, "images", split["test"][0][0]), "rb").read() == first
+def test_demo_datasets_are_written_once_in_the_authors_layout(tmp_path):
+    per_class = (2, 1, 3)
+    for ds in vocab.DEMO_DATASETS:
+        folder = datasets.write_dataset(str(tmp_path), ds, per_class=per_class)
+        assert folder == os.path.join(str(tmp_path), ds.key)
+        with open(os.path.join(folder, ds.split_file)) as f:
+            split = json.load(f)
+        assert [len(split[k]) for k in ("train", "val", "test")] == [n * len(ds.classes) for n in per_class]
+        for items in split.values():
+            for rel, label, name in items:
+                assert ds.classes[label] == name and rel.startswith(name + "/")
+                assert os.path.isfile(os.path.join(folder, "images", rel))
+        built = data.build_dataset(ds.key, str(tmp_path))  # the harness reads it as any dataset
+        assert built.classnames == list(ds.classes) and len(built.test) == 3 * len(ds.classes)
+    # a complete folder is not written again; another root gets the same bytes
+    shapes = vocab.demo_dataset("miniworld_shapes")
+    first = os.path.join(str(tmp_path), shapes.key, "images", "circle", "test_0000.jpg")
+    stamp = os.stat(first).st_mtime_ns
+    datasets.write_dataset(str(tmp_path), shapes, per_class=per_class)
+    assert os.stat(first).st_mtime_ns == stamp
+    other = datasets.write_dataset(str(tmp_path / "again"), shapes, per_class=per_class)
+    with open(first, "rb") as f, open(os.path.join(other, "images", "circle", "test_0000.jpg"), "rb") as g:
+        assert f.read() == g.read()
 
 
-def test_demo_dataset_order_and_harness_reader(tmp_path):
-    out = mw.make_demo_dataset(str(tmp_path), per_class=(1, 1, 1))
-    split = mw.read_split(out)
-    names = [n for _, n in sorted({(lab, n) for _, lab, n in split["train"]})]
-    assert names == [mw.class_name(c, s) for c, s in mw.DEMO_PAIRS]
-    m = math.ceil(len(names) / 2)
-    assert all(mw.parse_class_name(n)[:2] not in mw.HELDOUT_PAIRS for n in names[:m])
-    assert all(mw.parse_class_name(n)[:2] in mw.HELDOUT_PAIRS for n in names[m:])
-    from harness import data
-
-    ds = data.build_dataset("miniworld", str(tmp_path))
-    assert len(ds.test) == 16 and ds.classnames == names
-
-
-def _loss(model, batch):
-    images, ids, _ = batch
+def _loss(model, images, ids) -> float:
     with torch.no_grad():
-        return float(mw.contrastive_loss(model, images, ids))
+        return float(pretrain.contrastive_loss(model, images, ids))
 
 
 def test_short_pretraining_lowers_the_contrastive_loss():
-    batch = mw.pretraining_batch(SMALL, 0)
-    before = _loss(mw.init_model(SMALL), batch)
-    model, losses = mw.pretrain(SMALL, progress=False)
-    after = _loss(model, batch)
+    images, ids = next(pretrain.batches(SMALL, workers=0))
+    before = _loss(pretrain.init_model(SMALL), images, ids)
+    model, losses = pretrain.pretrain(SMALL, workers=0)
     assert len(losses) == SMALL.steps and all(math.isfinite(x) for x in losses)
-    assert after < before - 0.05, (before, after)
+    assert _loss(model, images, ids) < before - 0.05
     assert not any(p.requires_grad for p in model.parameters())
+    # the rendering worker process gives the same batches as this process
+    again, _ = pretrain.pretrain(SMALL, workers=1)
+    assert pretrain.weights_sha256(again) == pretrain.weights_sha256(model)
+
+
+def _pinned_hash(tmp_path, name: str, env: dict) -> str:
+    out = str(tmp_path / f"{name}.pt")
+    cmd = [
+        sys.executable,
+        "-m",
+        "miniworld",
+        "pretrain",
+        "--out",
+        out,
+        "--config",
+        json.dumps(dataclasses.asdict(SMALL)),
+    ]
+    full_env = {**os.environ, **env, **pretrain.PINNED_ENV}
+    for key, value in env.items():  # what the test varies wins over the pinning where it says so
+        if key.startswith("MKL_ENABLE") or key.endswith("NUM_THREADS"):
+            full_env[key] = value
+    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("weights sha256 ")][-1]
+    with open(out + ".json") as f:
+        assert json.load(f)["weights_sha256"] == line.split()[-1]
+    return line.split()[-1]
+
+
+@pytest.mark.slow
+def test_pinned_pretraining_is_bit_identical_across_threads_and_instruction_sets(tmp_path):
+    """Emulates other machines on this one: MKL limited to AVX2 (as on a CPU without AVX-512),
+    two threads instead of one, and the caller's own ATen kernel choice."""
+    reference = _pinned_hash(tmp_path, "reference", {})
+    assert _pinned_hash(tmp_path, "avx2", {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}) == reference
+    assert _pinned_hash(tmp_path, "threads", {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}) == reference
+    assert _pinned_hash(tmp_path, "aten", {"ATEN_CPU_CAPABILITY": "avx2"}) == reference
 
 
 def test_cache_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     config = dataclasses.replace(SMALL, steps=2)
-    path = mw.cache_path(config)
-    assert path.startswith(str(tmp_path / "cache")) and os.path.basename(path).startswith("tiny-pretrained-")
-    trained, _ = mw.pretrain(config, progress=False)
-    first = mw.load_pretrained_tiny(config=config)  # trains (same seed -> same weights) and caches
-    assert os.path.isfile(path)
+    path = pretrain.cache_path(config)
+    assert path.startswith(str(tmp_path / "cache")) and f"-v{pretrain.WORLD_VERSION}-" in os.path.basename(path)
+    calls = []
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("should have loaded the cache")
+    def train_here(cfg, out, extra_env=None):  # the pinned subprocess, in process (its test is above)
+        calls.append(out)
+        pretrain.train_and_save(cfg, out)
 
-    monkeypatch.setattr(mw, "pretrain", no_training)
-    second = mw.load_pretrained_tiny(config=config)
-    ref = trained.state_dict()
-    for sd in (first.state_dict(), second.state_dict()):
-        assert sd.keys() == ref.keys()
-        for k in ref:
-            assert torch.equal(sd[k], ref[k]), k
-    # what load_clip(path) reads is the same model
-    assert torch.equal(backbone.load_clip(path).visual.conv1.weight, ref["visual.conv1.weight"])
+    monkeypatch.setattr(pretrain, "pretrain_in_subprocess", train_here)
+    first = pretrain.load_pretrained_tiny(config=config)
+    second = pretrain.load_pretrained_tiny(config=config)  # from the cache: no second training
+    assert calls == [path] and os.path.isfile(path)
+    with open(path + ".json") as f:
+        facts = json.load(f)
+    assert facts["weights_sha256"] == pretrain.weights_sha256(first)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(backbone.load_clip(path).visual.conv1.weight, first.visual.conv1.weight)
     assert not any(p.requires_grad for p in second.parameters())
-    fp16 = mw.load_pretrained_tiny(precision="fp16", config=config)
-    assert backbone.model_dtype(fp16) == torch.float16
+    assert backbone.model_dtype(pretrain.load_pretrained_tiny(precision="fp16", config=config)) == torch.float16
+
+
+def test_progress_logs_every_few_percent_when_not_a_terminal(caplog):
+    stream = io.StringIO()  # not a terminal: no bar, log lines instead
+    with caplog.at_level(logging.INFO, logger="harness.logs"):
+        with Progress(200, "pre-training", every_percent=5, stream=stream) as bar:
+            for _ in range(200):
+                bar.update(loss=1.0)
+    lines = [r.getMessage() for r in caplog.records if r.name == "harness.logs"]
+    assert len(lines) == 20 and stream.getvalue() == ""
+    assert "200/200" in lines[-1] and "ETA" in lines[0] and "loss 1.000" in lines[0]

@@ -45,7 +45,7 @@ def test_methods_table_is_what_the_code_counts_and_the_papers_publish():
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 5 and cells[0].startswith("`"):
-            rows[cells[0].strip("`")] = (int(cells[2].replace(",", "")), cells[3])
+            rows[cells[0].strip("`")] = (int(cells[2].replace(",", "")), cells[3], cells[4])
     assert set(rows) == set(methods.list_methods())
     with open(os.path.join(ROOT, "reports", "paper", "base2new.csv"), newline="") as f:
         published = {r["method"]: r["h"] for r in csv.DictReader(f) if r["dataset"] == "average"}
@@ -57,8 +57,41 @@ def test_methods_table_is_what_the_code_counts_and_the_papers_publish():
         "maple": {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9},
         "promptsrc": {"prompt_depth_text": 9, "prompt_depth_vision": 9, "templates": ["a photo of a {}."]},
     }
-    for name, (count, h) in rows.items():
+    with open(os.path.join(ROOT, "reports", "demo-reference", "table1_base2new.csv"), newline="") as f:
+        demo_h = {r["method"]: r["shown"] for r in csv.DictReader(f) if r["row"] == "average" and r["metric"] == "H"}
+    for name, (count, h, ours) in rows.items():
+        assert ours == demo_h.get(name, "`METHODS=`"), name
         torch.manual_seed(0)
         model = methods.build_method(name, clip, ["golden retriever", "tabby cat"], **options.get(name, {}))
         assert model.num_trainable_parameters() == count, name
         assert h == published[name], name
+
+
+def test_demo_blocks_are_the_reference_run():
+    """The README's demo table, timing, pattern checks and ablation sentence are the files a reference
+    run wrote (reports/demo-reference/), not typed by hand."""
+    import sys
+
+    sys.path.insert(0, ROOT)
+    from benchmarks import demo
+
+    reference = os.path.join(ROOT, demo.REFERENCE_DIR)
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    blocks = demo.readme_blocks(reference)
+    assert {"table1", "run", "pattern", "ablations"} <= set(blocks)
+    for name, body in blocks.items():
+        written = text.split(f"<!-- BEGIN demo:{name} -->\n", 1)[1].split(f"<!-- END demo:{name} -->", 1)[0]
+        assert written == body, name
+    # The pattern table is what the checks compute from the reference's per-seed averages, and those
+    # averages agree with the Average row of the reference's Table 1.
+    import json
+    import statistics
+
+    with open(os.path.join(reference, "run.json")) as f:
+        averages = json.load(f)["seed_averages"]
+    assert demo.checks_markdown(demo.pattern_checks(averages)) == blocks["pattern"]
+    table = demo.read_table(os.path.join(reference, "table1_base2new.csv"))
+    for method, rows in averages.items():
+        for metric in ("base", "new"):
+            assert abs(statistics.fmean(rows[metric]) - table[("average", method, metric.capitalize())]) < 1e-6

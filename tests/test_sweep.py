@@ -146,17 +146,23 @@ def test_narrowing_and_bad_names():
 
 def test_demo_profile_uses_generated_data_and_the_tiny_pretrained_clip():
     demo = sweep.load_experiment("base2new", profile="demo")
-    assert demo["data"] == "generated" and demo["backbone"] == "tiny-pretrained" and demo["datasets"] == ["miniworld"]
+    assert demo["data"] == "generated" and demo["backbone"] == "tiny-pretrained"
+    assert demo["datasets"] == ["miniworld_shapes", "miniworld_textures", "miniworld_colors"]
     jobs = sweep.expand(demo, "/gen", "/out")
     assert {j.spec.backbone for j in jobs} == {"tiny-pretrained"} and {j.spec.precision for j in jobs} == {"fp32"}
     demo_train = {j.spec.method: j.spec for j in jobs if j.kind == "train"}
-    assert {"kgcoop", "maple", "promptsrc"} <= set(demo_train)  # the successors run in the demo too
+    assert {"kgcoop", "maple", "promptsrc"} <= set(demo_train)  # the successors run in the demo too ...
+    # ... when asked: without --methods the demo runs the paper's three, in this process
+    assert list(sweep.narrow(demo)["methods"]) == ["zsclip", "coop", "cocoop"]
+    assert list(sweep.narrow(demo, methods=["maple"])["methods"]) == ["maple"]
+    assert list(sweep.narrow(sweep.load_experiment("base2new"))["methods"]) == list(demo["methods"])
+    assert demo["launcher"] == {"name": "debug", "post_mortem": False}
     src = demo_train["promptsrc"]
-    assert src.epochs == 4 and (src.options["gpa_mean"], src.options["gpa_std"]) == (3, 1)
+    assert src.epochs == 8 and (src.options["gpa_mean"], src.options["gpa_std"]) == (6, 1)
     assert src.options["text_loss_weight"] == 25  # the rest of the published config stays
     ablations = sweep.expand(sweep.load_experiment("ablations", profile="demo"), "/gen", "/out")
     assert {j.spec.options.get("n_ctx") for j in ablations if j.spec.method == "cocoop"} == {4, 8, 16}
-    assert {j.spec.epochs for j in ablations if j.spec.method == "cocoop"} == {2}
+    assert {j.spec.epochs for j in ablations if j.spec.method == "cocoop"} == {10}  # the published 10
     # The initialised CoCoOp arm trains in the same folder as base2new's demo CoCoOp: trained once.
     b2n_train = {j.spec.output_dir for j in jobs if j.kind == "train" and j.spec.method == "cocoop"}
     assert b2n_train <= {j.spec.output_dir for j in ablations if j.kind == "train"}

@@ -1,0 +1,318 @@
+"""The demo's reference run, its drift, and the paper's pattern in its Average row.
+
+    python -m benchmarks.demo check [--results output/demo]    the pattern checks of a finished demo
+    python -m benchmarks.demo reference                         run the demo; keep it in reports/demo-reference/
+    python -m benchmarks.demo drift [--results DIR]             re-run the demo (or read DIR) and compare
+    python -m benchmarks.demo ablations                         run the demo ablations; keep Figure 4's tables
+    python -m benchmarks.demo readme                            write the reference into README.md's demo blocks
+
+The pattern (CoCoOp paper, Table 1's Average row) checked per seed: each seed's average over the
+demo's datasets, and each gap between two methods taken seed by seed (zero-shot CLIP has no seed:
+its one value is used for every seed). A gap holds when its mean is positive and larger than twice
+its population standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from harness import sweep
+from harness.report.tables import harmonic
+from harness.results import read_records
+
+REFERENCE_DIR = os.path.join("reports", "demo-reference")
+
+
+def seed_averages(results: str, experiment: str = "base2new") -> dict[str, dict[str, list[float]]]:
+    """{method: {"base"|"new"|"h": [one value per seed]}}: each seed's mean over the demo's datasets."""
+    demo = sweep.load_experiment(experiment, profile="demo")
+    datasets, seeds = list(demo["datasets"]), list(demo["seeds"])
+    acc: dict[tuple, float] = {}
+    for r in read_records(results):
+        if r.get("experiment") == experiment and r["subsample"] in ("base", "new") and r["dataset"] in datasets:
+            acc[(r["method"], r["subsample"], r["dataset"], r.get("seed"))] = r["metrics"]["accuracy"]
+    out: dict[str, dict[str, list[float]]] = {}
+    for method in dict.fromkeys(k[0] for k in acc):
+        rows: dict[str, list[float]] = {"base": [], "new": [], "h": []}
+        for seed in seeds:
+            means = {}
+            for sub in ("base", "new"):
+                values = [acc.get((method, sub, d, seed), acc.get((method, sub, d, None))) for d in datasets]
+                if any(v is None for v in values):
+                    break
+                means[sub] = sum(values) / len(values)
+            else:
+                rows["base"].append(means["base"])
+                rows["new"].append(means["new"])
+                rows["h"].append(harmonic(means["base"], means["new"]))
+        if rows["base"]:
+            out[method] = rows
+    return out
+
+
+def _gap(a: list[float], b: list[float], offset: float = 0.0) -> tuple[float, float]:
+    diffs = [x - y - offset for x, y in zip(a, b)]
+    return statistics.fmean(diffs), statistics.pstdev(diffs)
+
+
+#: (claim, (method, metric), (method, metric), required margin in points)
+CLAIMS = (
+    ("CoOp base ≥ zero-shot base + 5", ("coop", "base"), ("zsclip", "base"), 5.0),
+    ("CoOp new < zero-shot new", ("zsclip", "new"), ("coop", "new"), 0.0),
+    ("CoCoOp new ≥ CoOp new + 2", ("cocoop", "new"), ("coop", "new"), 2.0),
+    ("CoCoOp H > CoOp H", ("cocoop", "h"), ("coop", "h"), 0.0),
+)
+
+
+def pattern_checks(averages: dict) -> list[dict]:
+    checks = []
+    for claim, (ma, ka), (mb, kb), margin in CLAIMS:
+        if ma not in averages or mb not in averages:
+            checks.append({"claim": claim, "holds": False, "gap": None, "std": None, "margin": margin})
+            continue
+        a, b = averages[ma][ka], averages[mb][kb]
+        if len(b) == 1 and len(a) > 1:
+            b = b * len(a)
+        if len(a) == 1 and len(b) > 1:
+            a = a * len(b)
+        gap, std = _gap(a, b)
+        checks.append(
+            {
+                "claim": claim,
+                "gap": gap,
+                "std": std,
+                "margin": margin,
+                "holds": gap - margin > 0 and gap - margin > 2 * std,
+            }
+        )
+    return checks
+
+
+def checks_markdown(checks: list[dict]) -> str:
+    lines = [
+        "| claim (Average row, seed by seed) | gap (points) | std over seeds | holds |",
+        "| --- | ---: | ---: | :---: |",
+    ]
+    for c in checks:
+        gap = "—" if c["gap"] is None else f"{c['gap']:+.2f}"
+        std = "—" if c["std"] is None else f"{c['std']:.2f}"
+        lines.append(f"| {c['claim']} | {gap} | {std} | {'yes' if c['holds'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> dict:
+    model = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    import torch
+
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def run_demo(out: str, report_dir: str) -> float:
+    """The demo as ``make base2new`` runs it; returns its wall time in seconds."""
+    start = time.time()
+    py = sys.executable
+    subprocess.run([py, "-m", "harness", "sweep", "base2new", "--profile", "demo", "--out", out], check=True)
+    subprocess.run(
+        [py, "-m", "harness.report", "--results", out, "--out", report_dir, "--tracking", "none"], check=True
+    )
+    return time.time() - start
+
+
+def read_table(path: str) -> dict[tuple, float]:
+    with open(path, newline="") as f:
+        return {(r["row"], r["method"], r["metric"]): float(r["mean"]) for r in csv.DictReader(f) if r["mean"]}
+
+
+def drift(reference_csv: str, new_csv: str) -> list[tuple]:
+    ref, new = read_table(reference_csv), read_table(new_csv)
+    return [(key, ref[key], new.get(key)) for key in ref]
+
+
+def _table_lines(path: str) -> str:
+    with open(path) as f:
+        return "".join(line for line in f if line.startswith("|"))
+
+
+def _averages_by_group(path: str) -> dict[tuple[str, str], float]:
+    with open(path, newline="") as f:
+        return {
+            (r["group"], r["metric"]): float(r["mean"])
+            for r in csv.DictReader(f)
+            if r["row"] == "average" and r["mean"]
+        }
+
+
+def ablation_sentence(reference_dir: str = REFERENCE_DIR) -> str:
+    """Figure 4 of the reference ablations in one sentence (averages over the demo's datasets)."""
+    init = _averages_by_group(os.path.join(reference_dir, "fig4a_init_ablation.csv"))
+    length = _averages_by_group(os.path.join(reference_dir, "fig4b_length_ablation.csv"))
+    parts = []
+    for method in dict.fromkeys(g.split(" ")[0] for g, _ in init):
+        groups = sorted({g for g, _ in init if g.startswith(method + " ")}, key=lambda g: g.endswith("random"))
+        if len(groups) == 2:
+            initialised, random = groups
+            d_base = init[(random, "Base")] - init[(initialised, "Base")]
+            d_new = init[(random, "New")] - init[(initialised, "New")]
+            parts.append(f"{method} {d_base:+.2f} base and {d_new:+.2f} new points")
+    tokens = sorted({g for g, _ in length}, key=lambda g: int(g.rsplit(" ", 1)[-1]))
+    h_values = ", ".join(f"{length[(g, 'H')]:.2f}" for g in tokens)
+    counts = ", ".join(g.rsplit(" ", 1)[-1] for g in tokens)
+    return (
+        "Random instead of “a photo of a” initialisation changes the average by "
+        + "; ".join(parts)
+        + f"; {counts} random context tokens give CoCoOp H = {h_values}."
+    )
+
+
+def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
+    """The README's demo blocks, each made from the reference run's files."""
+    with open(os.path.join(reference_dir, "run.json")) as f:
+        facts = json.load(f)
+    m, pre = facts["machine"], facts["pretraining"]
+    run = (
+        f"Reference run: {m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Pre-training "
+        f"{pre['seconds']:.0f} s (weights sha256 `{pre['weights_sha256'][:16]}…`), then the sweep and the report "
+        f"{facts['sweep_and_report_seconds']:.0f} s, with the tiny CLIP cached."
+    )
+    blocks = {
+        "table1": _table_lines(os.path.join(reference_dir, "table1_base2new.md")),
+        "pattern": _table_lines(os.path.join(reference_dir, "pattern.md")),
+        "run": run + "\n",
+    }
+    if os.path.isfile(os.path.join(reference_dir, "fig4a_init_ablation.csv")):
+        blocks["ablations"] = ablation_sentence(reference_dir) + "\n"
+    return blocks
+
+
+def write_readme(path: str = "README.md", reference_dir: str = REFERENCE_DIR) -> None:
+    with open(path) as f:
+        text = f.read()
+    for name, body in readme_blocks(reference_dir).items():
+        begin, end = f"<!-- BEGIN demo:{name} -->\n", f"<!-- END demo:{name} -->"
+        if begin not in text:
+            raise SystemExit(f"{path} has no block {begin.strip()} ... {end}")
+        head, rest = text.split(begin, 1)
+        text = head + begin + body + end + rest.split(end, 1)[1]
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.demo", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check", help="the paper's pattern in a finished demo's Average row")
+    c.add_argument("--results", default="output/demo")
+    sub.add_parser("reference", help="run the demo and keep its report as the reference")
+    d = sub.add_parser("drift", help="re-run the demo (or read --results) and compare with the reference")
+    d.add_argument("--results", help="a finished demo's output folder (default: run the demo now)")
+    sub.add_parser("ablations", help="run the demo ablations and keep Figure 4's tables with the reference")
+    sub.add_parser("readme", help="write the reference run into README.md's demo blocks")
+    args = parser.parse_args(argv)
+
+    if args.cmd == "readme":
+        write_readme()
+        return 0
+
+    if args.cmd == "ablations":
+        out = tempfile.mkdtemp(prefix="demo-ablations-")
+        report = os.path.join(out, "report")
+        py = sys.executable
+        subprocess.run([py, "-m", "harness", "sweep", "ablations", "--profile", "demo", "--out", out], check=True)
+        subprocess.run([py, "-m", "harness", "sweep", "base2new", "--profile", "demo", "--out", out], check=True)
+        subprocess.run(
+            [py, "-m", "harness.report", "--results", out, "--out", report, "--tracking", "none"], check=True
+        )
+        os.makedirs(REFERENCE_DIR, exist_ok=True)
+        for name in (
+            "fig4a_init_ablation.md",
+            "fig4a_init_ablation.csv",
+            "fig4b_length_ablation.md",
+            "fig4b_length_ablation.csv",
+        ):
+            shutil.copy(os.path.join(report, name), os.path.join(REFERENCE_DIR, name))
+        print(ablation_sentence())
+        return 0
+
+    if args.cmd == "check":
+        checks = pattern_checks(seed_averages(args.results))
+        print(checks_markdown(checks), end="")
+        return 0 if all(c["holds"] for c in checks) else 1
+
+    if args.cmd == "reference":
+        out = tempfile.mkdtemp(prefix="demo-reference-")
+        report = os.path.join(out, "report")
+        seconds = run_demo(out, report)
+        shutil.copytree(report, REFERENCE_DIR, dirs_exist_ok=True)  # the whole report: tables, figures, index
+        averages = seed_averages(out)
+        checks = pattern_checks(averages)
+        with open(os.path.join(REFERENCE_DIR, "pattern.md"), "w") as f:
+            f.write(checks_markdown(checks))
+        facts = {"machine": machine(), "sweep_and_report_seconds": round(seconds, 1), "seed_averages": averages}
+        from miniworld import pretrain
+
+        with open(pretrain.cache_path() + ".json") as f:
+            facts["pretraining"] = json.load(f)
+        with open(os.path.join(REFERENCE_DIR, "run.json"), "w") as f:
+            json.dump(facts, f, indent=2)
+            f.write("\n")
+        print(checks_markdown(checks), end="")
+        print(f"reference written to {REFERENCE_DIR} ({seconds:.0f} s)")
+        return 0
+
+    results = args.results
+    if results is None:
+        results = tempfile.mkdtemp(prefix="demo-drift-")
+        run_demo(results, os.path.join(results, "report"))
+    report_csv = os.path.join(results, "report", "table1_base2new.csv")
+    if not os.path.isfile(report_csv):
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "harness.report",
+                "--results",
+                results,
+                "--out",
+                os.path.join(results, "report"),
+                "--tracking",
+                "none",
+            ],
+            check=True,
+        )
+    rows = drift(os.path.join(REFERENCE_DIR, "table1_base2new.csv"), report_csv)
+    print("| row | method | metric | reference | now | drift |\n| --- | --- | --- | ---: | ---: | ---: |")
+    worst = 0.0
+    for (row, method, metric), ref, now in rows:
+        delta = None if now is None else now - ref
+        worst = max(worst, abs(delta)) if delta is not None else worst
+        shown = "missing" if now is None else f"{now:.2f}"
+        print(f"| {row} | {method} | {metric} | {ref:.2f} | {shown} | {'' if delta is None else f'{delta:+.2f}'} |")
+    print(f"\nlargest drift: {worst:.2f} points")
+    checks = pattern_checks(seed_averages(results))
+    print(checks_markdown(checks), end="")
+    return 0 if all(c["holds"] for c in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
