@@ -55,7 +55,8 @@ SLURM_KEYS = {
     "additional",
     "setup",
 }
-LOCAL_KEYS = {"max_parallel", "timeout_min", "post_mortem"}  # post_mortem: the debug launcher's
+# local: max_parallel, timeout_min; debug: post_mortem (open the debugger on a failure at a terminal)
+LOCAL_KEYS = {"max_parallel", "timeout_min", "post_mortem"}
 # Pending reasons after which Slurm will never start a job (squeue %r).
 NEVER_STARTS = ("DependencyNeverSatisfied", "BadConstraints", "PartitionConfig", "InvalidAccount", "InvalidQOS")
 # What an sbatch refusal is about -> the launcher option that sets it.
