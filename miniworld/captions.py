@@ -15,7 +15,6 @@ from miniworld.render import Scene
 # Captions that leave the colour out, so that shapes and textures must be seen to be matched
 # (otherwise colour, the easiest cue, carries most of the contrastive loss).
 WITHOUT_COLOR = 0.4
-FILL_ADJECTIVE = {"striped": "striped", "dotted": "dotted"}
 FILL_WITH = {"striped": "with stripes", "dotted": "with dots"}
 
 
@@ -33,7 +32,7 @@ def object_caption(scene: Scene, rng: np.random.Generator) -> str:
         return _pick(rng, [s, f"{_a(s)} {s}", f"{_a(s)} {s} on {bg}", f"{s} shape", f"the shape of {_a(s)} {s}"])
     adjectives = [scene.size_word] if scene.size_word and rng.random() < 0.3 else []
     if scene.fill != "plain" and rng.random() < 0.5:
-        thing = " ".join(adjectives + [FILL_ADJECTIVE[scene.fill], c, s])
+        thing = " ".join(adjectives + [scene.fill, c, s])
     elif scene.fill != "plain" and rng.random() < 0.5:
         thing = " ".join(adjectives + [c, s, FILL_WITH[scene.fill]])
     else:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import backbone
-from harness.data.constants import CLIP_MEAN, CLIP_STD
+from harness.data.transforms import build_transform
 from harness.logs import Progress
 from harness.paths import cache_dir
 from miniworld import datasets
@@ -79,20 +79,13 @@ DEFAULT_PRETRAIN = PretrainConfig()
 # ---------------------------------------------------------------------------------------------
 
 
-def to_model_input(images) -> torch.Tensor:
-    """Pictures already at the model's size -> normalised [N, 3, H, W] (the harness's test transform
-    without its no-op resize and crop)."""
-    x = torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) for im in images])).permute(0, 3, 1, 2) / 255.0
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 class PretrainingPairs(torch.utils.data.Dataset):
     """Pre-training pair ``index`` as (picture tensor, token ids); step t holds indices t*B .. t*B+B-1."""
 
     def __init__(self, config: PretrainConfig):
         self.config = config
+        # the harness's test transform: pictures are drawn at the model's size, so it only normalises
+        self.transform = build_transform(train=False, size=config.model.image_size)
 
     def __len__(self) -> int:
         return self.config.steps * self.config.batch_size
@@ -100,7 +93,7 @@ class PretrainingPairs(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         image, text, _ = datasets.pretraining_sample(self.config.seed, index, self.config.model.image_size)
         ids = backbone.tokenize(text, self.config.model.context_length)[0]
-        return to_model_input([image])[0], ids
+        return self.transform(image), ids
 
 
 def _one_thread(_worker_id: int) -> None:
@@ -245,12 +238,9 @@ def train_and_save(config: PretrainConfig, path: str) -> dict:
 def pretrain_in_subprocess(config: PretrainConfig, path: str, extra_env: dict | None = None) -> None:
     """Run ``python -m miniworld pretrain`` for ``config`` in a fresh process under ``PINNED_ENV``."""
     env = {**os.environ, **PINNED_ENV, **(extra_env or {})}
-    cmd = [sys.executable, "-m", "miniworld", "pretrain", "--out", path, "--config", json.dumps(_config_json(config))]
+    config_json = json.dumps(dataclasses.asdict(config))
+    cmd = [sys.executable, "-m", "miniworld", "pretrain", "--out", path, "--config", config_json]
     subprocess.run(cmd, env=env, check=True)
-
-
-def _config_json(config: PretrainConfig) -> dict:
-    return dataclasses.asdict(config)
 
 
 def config_from_json(blob: dict) -> PretrainConfig:
