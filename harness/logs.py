@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import sys
+import time
 from contextlib import contextmanager
 
 
@@ -46,9 +48,6 @@ class Progress:
     """
 
     def __init__(self, total: int, desc: str, unit: str = "step", every_percent: float = 5.0, stream=None):
-        import sys
-        import time
-
         self.total, self.desc, self.unit = total, desc, unit
         self.stream = stream if stream is not None else sys.stderr
         self.done = 0
@@ -61,8 +60,6 @@ class Progress:
             self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream)
 
     def update(self, n: int = 1, **postfix) -> None:
-        import time
-
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
