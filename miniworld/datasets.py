@@ -68,6 +68,7 @@ def dataset_sample(seed: int, dataset: DemoDataset, classname: str, split: str, 
         scene = render.sample_texture(rng, texture=classname)
     else:
         raise ValueError(f"Unknown dataset kind {dataset.kind!r}")
+    scene = render.light_scene(scene, dataset.light, rng)
     return render.render(scene, rng, render.RENDER_SIZE)
 
 

@@ -9,6 +9,7 @@ instruction sets. Trigonometry is done on scalars with Python's ``math``, for th
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from miniworld.vocab import BACKGROUNDS, COLORS, FILL_PROBS, FILLS, SHAPES, TEXTURES
+from miniworld.vocab import BACKGROUNDS, COLORS, FILL_PROBS, FILLS, SHAPES, TEXTURES, Light
 
 RENDER_SIZE = 48  # pixels; the pre-trained tiny CLIP sees 48 x 48 pictures
 # How much objects vary in place, size and rotation (fractions of the side; degrees). Little: a
@@ -124,6 +125,24 @@ def sample_texture(rng: np.random.Generator, texture: str | None = None, color: 
         color_rgb=_jitter_rgb(rng, COLORS[color]),
         back_rgb=_jitter_rgb(rng, paper_rgb),
         **_nuisances(rng),
+    )
+
+
+def _lit(rgb: tuple[int, int, int], bleed: int, cast: tuple[int, int, int]) -> tuple[int, int, int]:
+    r, g, b = rgb
+    mixed = (((256 - bleed) * own + bleed * nxt) // 256 for own, nxt in ((r, g), (g, b), (b, r)))
+    # the cast's share is rounded towards zero, so that a negative cast mirrors a positive one
+    shifted = (m + (1 if c >= 0 else -1) * (bleed * abs(c) // 256) for m, c in zip(mixed, cast))
+    return tuple(min(255, max(0, v)) for v in shifted)  # type: ignore[return-value]
+
+
+def light_scene(scene: Scene, light: Light, rng: np.random.Generator) -> Scene:
+    """The scene under ``light`` (``vocab.Light``); daylight returns it untouched and draws nothing."""
+    if light.is_daylight:
+        return scene
+    bleed = int(rng.integers(light.bleed[0], light.bleed[1] + 1))
+    return dataclasses.replace(
+        scene, color_rgb=_lit(scene.color_rgb, bleed, light.cast), back_rgb=_lit(scene.back_rgb, bleed, light.cast)
     )
 
 

@@ -75,7 +75,14 @@ def rel(items, root):
 def test_registry():
     # the built-in datasets first, then those plugins register (the miniature world's)
     assert list_datasets()[: len(BENCHMARK_KEYS) + 1] == BENCHMARK_KEYS + ["synthetic"]
-    assert list_datasets()[len(BENCHMARK_KEYS) + 1 :] == ["miniworld_shapes", "miniworld_textures", "miniworld_colors"]
+    assert list_datasets()[len(BENCHMARK_KEYS) + 1 :] == [
+        "miniworld_shapes",
+        "miniworld_textures",
+        "miniworld_colors",
+        "miniworld_dusk",
+        "miniworld_stage",
+        "miniworld_sea",
+    ]
     assert DATASETS["oxford_pets"].paper_name == "OxfordPets"
     assert DATASETS["caltech101"].folder == "caltech-101"
     assert DATASETS["imagenet_a"].folder == "imagenet-adversarial"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import backbone, data
+from harness import backbone, data, sweep
 from harness.logs import Progress
 from miniworld import datasets, pretrain, render, vocab
 
@@ -47,6 +47,48 @@ def test_pictures_are_a_function_of_seed_and_index():
     assert img.size == (render.RENDER_SIZE, render.RENDER_SIZE) and img.mode == "RGB"
     assert _png(img) == _png(datasets.dataset_sample(0, shapes, "star", "test", 0))
     assert _png(img) != _png(datasets.dataset_sample(0, shapes, "star", "train", 0))
+
+
+def test_a_light_bleeds_each_channel_into_the_next_and_casts_exactly():
+    # pure bleed: each channel takes bleed/256 of the next (R<-G, G<-B, B<-R), floored; greys stay
+    assert render._lit((200, 0, 0), 64, (0, 0, 0)) == (150, 0, 50)
+    assert render._lit((0, 100, 0), 64, (0, 0, 0)) == (25, 75, 0)
+    assert render._lit((90, 90, 90), 77, (0, 0, 0)) == (90, 90, 90)
+    # the cast adds its share of the bleed, rounded towards zero on both sides, then clips
+    assert render._lit((128, 128, 128), 60, vocab.STAGE.cast) == (128 + 15, 128 - 7, 128 + 15)
+    assert render._lit((128, 128, 128), 60, vocab.SEA.cast) == (128 - 7, 128 + 7, 128 + 15)
+    assert render._lit((250, 250, 250), 60, vocab.STAGE.cast) == (255, 243, 255)
+    assert render._lit((5, 5, 5), 60, vocab.SEA.cast) == (0, 12, 20)
+
+
+def test_a_dataset_light_changes_colours_only_and_varies_per_picture():
+    rng = np.random.default_rng(0)
+    scene = render.sample_object(rng, color="red")
+    state = rng.bit_generator.state
+    assert render.light_scene(scene, vocab.DAYLIGHT, rng) is scene and rng.bit_generator.state == state
+    bleeds = set()
+    for seed in range(200):
+        lit = render.light_scene(scene, vocab.DUSK, np.random.default_rng(seed))
+        assert dataclasses.replace(lit, color_rgb=scene.color_rgb, back_rgb=scene.back_rgb) == scene
+        bleed = round((scene.color_rgb[0] - lit.color_rgb[0]) * 256 / (scene.color_rgb[0] - scene.color_rgb[1]))
+        bleeds.add(bleed)
+    low, high = vocab.DUSK.bleed
+    assert low - 1 <= min(bleeds) < low + 5 and high - 5 < max(bleeds) <= high + 2  # the whole range, per picture
+    # the same picture of a lit dataset differs from its daylight twin, and is reproducible
+    dusk = vocab.demo_dataset("miniworld_dusk")
+    daylight = dataclasses.replace(dusk, light=vocab.DAYLIGHT)
+    pic = _png(datasets.dataset_sample(0, dusk, "red", "test", 3))
+    assert pic == _png(datasets.dataset_sample(0, dusk, "red", "test", 3))
+    assert pic != _png(datasets.dataset_sample(0, daylight, "red", "test", 3))
+
+
+def test_the_demo_datasets_base_classes_are_the_warm_colours():
+    demo = sweep.load_experiment("base2new", profile="demo")
+    warm = {"red", "orange", "yellow", "pink", "brown"}
+    for key in demo["datasets"]:
+        ds = vocab.demo_dataset(key)
+        assert set(ds.classes[:5]) == warm and set(ds.classes) == set(vocab.COLORS), key
+        assert not ds.light.is_daylight, key
 
 
 def test_every_texture_and_shape_draws_differently():

@@ -95,3 +95,7 @@ def test_demo_blocks_are_the_reference_run():
     for method, rows in averages.items():
         for metric in ("base", "new"):
             assert abs(statistics.fmean(rows[metric]) - table[("average", method, metric.capitalize())]) < 1e-6
+    # The prose after the table says whether the claims hold; it must agree with the checks.
+    holds = [c["holds"] for c in demo.pattern_checks(averages)]
+    prose = text.split("<!-- END demo:pattern -->", 1)[1].split("\n\n", 2)[1]
+    assert prose.startswith("All four hold") == all(holds), prose[:80]

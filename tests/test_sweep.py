@@ -147,7 +147,7 @@ def test_narrowing_and_bad_names():
 def test_demo_profile_uses_generated_data_and_the_tiny_pretrained_clip():
     demo = sweep.load_experiment("base2new", profile="demo")
     assert demo["data"] == "generated" and demo["backbone"] == "tiny-pretrained"
-    assert demo["datasets"] == ["miniworld_shapes", "miniworld_textures", "miniworld_colors"]
+    assert demo["datasets"] == ["miniworld_dusk", "miniworld_stage", "miniworld_sea"]
     jobs = sweep.expand(demo, "/gen", "/out")
     assert {j.spec.backbone for j in jobs} == {"tiny-pretrained"} and {j.spec.precision for j in jobs} == {"fp32"}
     demo_train = {j.spec.method: j.spec for j in jobs if j.kind == "train"}
