@@ -136,7 +136,7 @@ def method_trains(method: str) -> bool:
 
 
 FIELD_HELP = {
-    "method": "registered method: zsclip, coop, cocoop, kgcoop, maple, promptsrc, or a plugin's",
+    "method": "registered method: zsclip, coop, cocoop, kgcoop, maple, promptsrc, lpclip, or a plugin's",
     "dataset": "dataset key to train on (and evaluate by default), e.g. oxford_pets",
     "data_root": "folder holding each dataset's folder (PROTOCOL.md 3.2)",
     "options": "method options, e.g. {n_ctx: 4, ctx_init: 'a photo of a'}",
@@ -256,6 +256,18 @@ def validate(spec: RunSpec) -> None:
             raise ConfigError(f"Unknown evaluation dataset {dataset!r}. Datasets: {', '.join(sorted(known_datasets))}.")
         if subsample not in SUBSAMPLES:
             raise ConfigError(f"Evaluation subsample must be one of {SUBSAMPLES}, got {subsample!r}.")
+    method_cls = methods.method_class(spec.method)
+    if not method_cls.transfers_to_other_classes:
+        foreign = [(d, s) for d, s in spec.eval_targets() if (d, s) != (spec.dataset, spec.subsample)]
+        if foreign:
+            raise ConfigError(
+                f"Method {spec.method!r} cannot be evaluated on {foreign}: it is a classifier fitted on the image "
+                f"features of {spec.dataset}'s {spec.subsample!r} classes, one weight row per class, with no "
+                "prompt to carry to new classes or another dataset. Evaluate it on the classes it is fitted on "
+                "(the few-shot study: subsample all); it is not part of base-to-new or transfer studies."
+            )
+    if method_cls.fits_features and spec.shots < 1:
+        raise ConfigError(f"Method {spec.method!r} draws its own few-shot training set: shots must be >= 1.")
     for key in ("epochs", "batch_size", "test_batch_size", "shots"):
         if getattr(spec, key) < (0 if key in ("epochs", "shots") else 1):
             raise ConfigError(f"{key} must not be {getattr(spec, key)}.")

@@ -299,20 +299,24 @@ class Run:
     # -- evaluation --------------------------------------------------------------------------
 
     def test_features(self, model, splits, dataset: str, subsample: str) -> torch.Tensor:
-        """``model.encode_image`` of the test images: from the shared cache when the method's image
-        side is the frozen tower (``features_cacheable``), else computed for this model alone."""
+        """``model.encode_image`` of the test images (``image_features`` of the test split)."""
+        return self.image_features(model, splits.test, dataset, f"{dataset}/{subsample}")
+
+    def image_features(self, model, items, dataset: str, what: str) -> torch.Tensor:
+        """``model.encode_image`` of ``items`` with the test transform: from the shared cache when the
+        method's image side is the frozen tower (``features_cacheable``), else computed for this model."""
         spec = self.spec
         size = backbone.image_size(self.clip)
 
         def compute():
             loader = data.build_loader(
-                splits.test,
+                items,
                 data.build_transform(train=False, size=size),
                 spec.test_batch_size,
                 train=False,
                 num_workers=spec.num_workers,  # None: the loader's default
             )
-            return compute_features(model, loader, self.device, desc=f"features {dataset}/{subsample}")
+            return compute_features(model, loader, self.device, desc=f"features {what}")
 
         if not model.features_cacheable:
             return compute()
@@ -326,7 +330,44 @@ class Run:
         if os.path.isfile(os.path.expanduser(spec.backbone)):
             stat = os.stat(os.path.expanduser(spec.backbone))
             namespace["backbone_file"] = [stat.st_size, int(stat.st_mtime)]
-        return self.cache.get_or_compute(namespace, [item.impath for item in splits.test], compute)
+        return self.cache.get_or_compute(namespace, [item.impath for item in items], compute)
+
+    def fit(self) -> str:
+        """For methods fitted on frozen features (``fits_features``: linear-probe CLIP): features of the
+        full train and val splits with the test transform (once, through the shared cache), ``fit``, and
+        the fitted checkpoint; a finished fit of the same spec is reused (a killed job resumes here)."""
+        spec = self.spec
+        seed = spec.seed if spec.seed is not None else 1
+        # The method draws its own shots from the full splits (PROTOCOL.md 20): no split_fewshot draw.
+        splits = data.build_dataset(spec.dataset, spec.data_root, num_shots=0, seed=seed, subsample=spec.subsample)
+        model = self.build_method(splits.classnames, spec.dataset)
+        final = checkpoint.checkpoint_path(self.run_dir, 0, model.checkpoint_folder)
+        if os.path.isfile(final):
+            saved = load_checkpoint_file(final).get("spec")
+            if not checkpoint.spec_differences(saved, spec.training_identity()):
+                log.info("Fit already done: %s", final)
+                return final
+            log.warning("%s was fitted for another spec: fitting again", final)
+        model.eval()
+        features = {
+            name: self.image_features(model, getattr(splits, name), spec.dataset, f"{spec.dataset}/{name}")
+            for name in ("train", "val")
+        }
+        labels = {name: np.array([item.label for item in getattr(splits, name)]) for name in ("train", "val")}
+        log.info(
+            "Fitting %s on %s (%d classes; %d train and %d val features) with %d shots, seed %d",
+            spec.method,
+            spec.dataset,
+            len(splits.classnames),
+            len(labels["train"]),
+            len(labels["val"]),
+            spec.shots,
+            seed,
+        )
+        model.fit(features["train"], labels["train"], features["val"], labels["val"], seed=seed, shots=spec.shots)
+        log.info("Fitted: %s", model.record_options())
+        model.save_prompt_checkpoint(final, 0, spec=spec.training_identity())
+        return final
 
     def evaluate(self, dataset: str, subsample: str, checkpoint_file: str | None) -> dict:
         spec = self.spec
@@ -380,6 +421,9 @@ class Run:
                     )
                 path = found[0]
             return path, int(load_checkpoint_file(path).get("epoch", 0))
+        if methods.method_class(spec.method).fits_features:
+            self.load_backbone()
+            return self.fit(), 0
         seed = spec.seed if spec.seed is not None else 1
         splits = data.build_dataset(
             spec.dataset, spec.data_root, num_shots=spec.shots, seed=seed, subsample=spec.subsample

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import glob
 import math
+import os
 import warnings
 
 import numpy as np
 import pytest
+import torch
+from crash_child import kill_at
+from fake_data import make_synthetic_dataset
 from sklearn.linear_model import LogisticRegression
 
+from harness import backbone, data, load_clip, results
+from harness.config import ConfigError, build_spec
+from harness.runner import run
 from methods.lpclip import linear_probe
 
 
@@ -88,3 +96,88 @@ def test_a_class_with_too_few_pictures_is_a_clear_error():
     train, val, test = make_features(train=3)
     with pytest.raises(ValueError, match="train split has 3 item"):
         linear_probe(*train, *val, *test, shots=4, seed=1)
+
+
+# -- linear-probe CLIP as a method the runner runs ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_synthetic_dataset(
+        str(root), num_classes=5, train_per_class=8, val_per_class=4, test_per_class=6, image_size=32
+    )
+    return str(root)
+
+
+def lp_spec(data_root, out, **values):
+    base = {
+        "method": "lpclip",
+        "dataset": "synthetic",
+        "data_root": data_root,
+        "backbone": "tiny",
+        "precision": "fp32",
+        "shots": 2,
+        "seed": 2,
+        "subsample": "all",
+        "num_workers": 0,
+        "tracking": "none",
+        "experiment": "test",
+        "output_dir": os.path.join(str(out), "run"),
+    }
+    base.update(values)
+    return build_spec(base)
+
+
+def split_features(data_root, split):
+    """The tiny CLIP's image features of a split with the test transform, computed here."""
+    clip = load_clip("tiny")
+    splits = data.build_dataset("synthetic", data_root, num_shots=0, seed=1)
+    items = getattr(splits, split)
+    transform = data.build_transform(train=False, size=backbone.image_size(clip))
+    loader = data.build_loader(items, transform, 100, train=False, num_workers=0)
+    with torch.no_grad():
+        features = torch.cat([backbone.encode_image(clip, images) for images, _ in loader])
+    return features.double().numpy(), np.array([item.label for item in items])
+
+
+@pytest.fixture(scope="module")
+def straight_record(data_root, tmp_path_factory):
+    return run(lp_spec(data_root, tmp_path_factory.mktemp("straight")))[0]
+
+
+def test_the_lpclip_job_records_the_linear_probe_of_its_features(data_root, straight_record):
+    expected = linear_probe(
+        *split_features(data_root, "train"),
+        *split_features(data_root, "val"),
+        *split_features(data_root, "test"),
+        shots=2,
+        seed=2,
+    )
+    record = straight_record
+    assert record["method"] == "lpclip" and record["shots"] == 2 and record["seed"] == 2
+    assert record["metrics"]["accuracy"] == pytest.approx(expected["test_acc"], abs=0.01)
+    assert record["options"]["C"] == pytest.approx(expected["C"], rel=1e-6)
+    assert record["metrics"]["num_trainable_parameters"] == 5 * (backbone.embed_dim(load_clip("tiny")) + 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["checkpoint-write:0", "before-eval"])
+def test_a_killed_lpclip_job_resumes_to_the_straight_run(data_root, tmp_path, straight_record, moment):
+    killed = lp_spec(data_root, tmp_path / "killed")
+    kill_at(killed.to_dict(), moment, tmp_path)
+    assert results.read_records(str(tmp_path / "killed")) == []
+    fitted = os.path.join(killed.output_dir, "linear_probe", "model.pth.tar-0")
+    assert os.path.isfile(fitted) == (moment == "before-eval")
+    resumed = run(killed)
+    assert resumed[0]["metrics"] == straight_record["metrics"]
+    assert resumed[0]["options"] == straight_record["options"]
+    logs = "".join(open(p).read() for p in glob.glob(os.path.join(killed.output_dir, "log.txt*")))
+    assert ("Fit already done" in logs) == (moment == "before-eval")  # a finished fit is not redone
+
+
+def test_lpclip_on_new_classes_or_another_dataset_is_refused_with_the_reason(data_root, tmp_path):
+    with pytest.raises(ConfigError, match="no prompt to carry to new classes"):
+        lp_spec(data_root, tmp_path, subsample="base", evaluate=[{"dataset": "synthetic", "subsample": "new"}])
+    with pytest.raises(ConfigError, match="shots must be >= 1"):
+        lp_spec(data_root, tmp_path, shots=0)
