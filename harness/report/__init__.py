@@ -11,15 +11,17 @@ and ``<name>.pdf``; and ``index.md`` listing what was produced and what is missi
 
 Which records feed which table (``experiments`` changes it, see ``tables.Context.table_filter``):
 
-* Table 1 (base-to-new): every experiment except crossdataset, domaingen and ablations (so
+* Table 1 (base-to-new): every experiment except crossdataset, domaingen, ablations and fewshot (so
   "base2new" and "demo" both count); zero-shot CLIP on base/new classes and prompts learned on the
   same dataset's base classes. Each (experiment, method config) is its own column group, so two
   experiments or two configs are never pooled. Figures 3 and the scatter use the "base2new"
   experiment when it has results, else the first other one.
 * Table 2 / 3: experiments crossdataset and domaingen (the same ImageNet checkpoints).
 * Table 4: as Table 1, evaluations on all classes.
-* Table 5 and the Figure 4 ablation tables: every experiment but crossdataset/domaingen, so the
-  ctx-4 "a photo of a" CoCoOp of base2new can serve as the initialised arm of the ablation.
+* Table 5 and the Figure 4 ablation tables: every experiment but crossdataset/domaingen/fewshot, so
+  the ctx-4 "a photo of a" CoCoOp of base2new can serve as the initialised arm of the ablation.
+* The few-shot tables ``fewshot_<K>shot`` and ``figure_fewshot``: experiment fewshot
+  (``harness.report.fewshot``).
 
 Seeds: ``expected_seeds=None`` expects, for each cell, every seed seen in its experiment(s) (the
 union over all learned-prompt records); a cell with fewer is shown with ``†(k/n seeds)`` and listed
@@ -34,6 +36,7 @@ import os
 from pathlib import Path
 
 from harness.report.builders import BUILDERS, trainable_parameters
+from harness.report.fewshot import fewshot_tables, figure_fewshot
 from harness.report.figures import METHOD_COLORS, figure3, figure4, methods_comparison, scatter
 from harness.report.render import display_frame, latex, long_frame, markdown, write_table
 from harness.report.tables import (
@@ -99,7 +102,9 @@ def build_tables(results, experiments=None, expected_seeds=None, paper_dir=None,
     records = load_records(results)
     paper = Paper(paper_dir if paper_dir is not None else default_paper_dir()) if with_paper else None
     ctx = Context(records, experiments, expected_seeds, paper, with_paper)
-    return {table.key: table for table in (build(ctx) for build in BUILDERS)}
+    tables = {table.key: table for table in (build(ctx) for build in BUILDERS)}
+    tables.update({table.key: table for table in fewshot_tables(ctx).values()})  # fewshot_<K>shot
+    return tables
 
 
 def _index(out_dir, source, records, tables, figures, missing, with_paper, paper_dir) -> str:
@@ -183,6 +188,11 @@ def build_report(
         "figure4": figure4(tables["fig4a_init_ablation"], tables["fig4b_length_ablation"], out_dir),
         "scatter": scatter(tables["table1_base2new"], out_dir),
         "methods": methods_comparison(tables["table1_base2new"], out_dir),
+        "fewshot": figure_fewshot(
+            {int(k[len("fewshot_") : -len("shot")]): t for k, t in tables.items() if k.startswith("fewshot_")},
+            out_dir,
+            Paper(paper_dir) if with_paper else None,
+        ),
     }.items():
         if paths:
             figures[name] = paths

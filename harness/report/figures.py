@@ -26,6 +26,7 @@ METHOD_COLORS = {
     "kgcoop": "#ff7f0e",
     "maple": "#9467bd",
     "promptsrc": "#8c564b",
+    "lpclip": "#000000",
 }
 OTHER_COLOR = "#2ca02c"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")

@@ -56,6 +56,7 @@ METHOD_LABELS = {
     "kgcoop": "KgCoOp",
     "maple": "MaPLe",
     "promptsrc": "PromptSRC",
+    "lpclip": "Linear probe",
 }
 METHOD_ORDER = ("zsclip", "coop", "cocoop", "kgcoop", "maple", "promptsrc")
 # Methods whose init words fix the context length (one token per word, PROTOCOL.md 7.1); MaPLe and
@@ -64,7 +65,7 @@ INIT_WORDS_FIX_N_CTX = ("coop", "cocoop", "kgcoop")
 AVERAGE = "average"
 
 # Experiments that feed a table unless the caller says otherwise (see ``table_filter``).
-OWN_EXPERIMENTS = ("crossdataset", "domaingen", "ablations")
+OWN_EXPERIMENTS = ("crossdataset", "domaingen", "ablations", "fewshot")
 TABLE_KEYS = {
     "table1": "table1_base2new",
     "table2": "table2_crossdataset",
@@ -267,7 +268,9 @@ class Context:
         if table in ("table2", "table3"):
             default = lambda e: e in ("crossdataset", "domaingen")  # noqa: E731
         elif table in ("table5", "fig4a", "fig4b"):
-            default = lambda e: e not in ("crossdataset", "domaingen")  # noqa: E731
+            default = lambda e: e not in ("crossdataset", "domaingen", "fewshot")  # noqa: E731
+        elif table == "fewshot":
+            default = lambda e: e == "fewshot"  # noqa: E731
         else:
             default = lambda e: e not in OWN_EXPERIMENTS  # noqa: E731
         chosen = self.experiments
