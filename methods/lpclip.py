@@ -21,9 +21,12 @@ scikit-learn predicts, so its test accuracy is the published one.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from harness import backbone
 from methods.base import CheckpointError, CLIPMethod
@@ -59,10 +62,19 @@ def draw_fewshot(
     return np.asarray(chosen, dtype=np.int64)
 
 
+# Below this many multiply-adds per gradient (samples x features x classes) the fit runs on one BLAS
+# thread: the few-shot problems are tiny, and threads that wait for each other cost more than they
+# bring (measured 12x slower on a busy 2-core machine). The thread count does not change the fit.
+SINGLE_THREAD_WORK = 10_000_000
+
+
 def fit_logistic(features: np.ndarray, labels: np.ndarray, C: float) -> LogisticRegression:
     # l1_ratio=0 is the L2 penalty: scikit-learn >= 1.8 spells it so (``penalty="l2"`` is deprecated
     # there, same fit); lbfgs on several classes is the multinomial loss, as in the published script.
-    return LogisticRegression(solver="lbfgs", max_iter=MAX_ITER, l1_ratio=0.0, C=C).fit(features, labels)
+    classifier = LogisticRegression(solver="lbfgs", max_iter=MAX_ITER, l1_ratio=0.0, C=C)
+    small = features.size * len(np.unique(labels)) < SINGLE_THREAD_WORK
+    with threadpool_limits(1) if small else nullcontext():
+        return classifier.fit(features, labels)
 
 
 def accuracy(classifier: LogisticRegression, features: np.ndarray, labels: np.ndarray) -> float:
