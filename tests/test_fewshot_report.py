@@ -139,3 +139,21 @@ def test_no_few_shot_records_no_few_shot_output(records, tmp_path):
     report = build_report(others, out_dir=str(tmp_path), with_paper=False)
     assert "fewshot" not in report["figures"] and not any(k.startswith("fewshot_") for k in report["tables"])
     assert not any("fewshot" in m for m in report["missing"])
+
+
+def test_the_dashboard_view_of_the_study_shows_its_tables_and_accuracy_against_shots(records, tmp_path):
+    from harness import dashboard, tracking
+
+    build_report(records, out_dir=str(tmp_path), with_paper=False)
+    study = dashboard.load_study(records, report_dir=str(tmp_path), with_paper=False)
+    views = {v.name: v for v in dashboard.build_workspaces(study)}
+    view = views[dashboard.view_name("fewshot")]
+    names = [s.name.split(": ", 1)[1] for s in view.sections]
+    assert names[0] == "base, new and H by method config (report stage)" and "accuracy against shots" in names
+    text = view.sections[0].panels[0].markdown
+    for k in SHOTS:  # the view's tables are the report folder's
+        body = (tmp_path / f"fewshot_{k}shot.md").read_text().split("\n", 1)[1].strip()
+        assert body in text
+    shots = view.sections[names.index("accuracy against shots")].panels
+    assert [(p.x.name, p.y.name) for p in shots] == [("shots", tracking.eval_key(d, "all")) for d in DATASETS]
+    assert view.runset_settings.filters == "Config('experiment') = 'fewshot'"
