@@ -74,6 +74,15 @@ def claim_checks(averages: dict) -> list[dict]:
     return checks
 
 
+def verdict(checks: list[dict]) -> str:
+    """One sentence saying which claims hold, made from the checks."""
+    failed = [c["claim"] for c in checks if not c["holds"]]
+    if not failed:
+        return f"All {len(checks)} hold on the reference run."
+    held = len(checks) - len(failed)
+    return f"{held} of {len(checks)} hold on the reference run; not: " + "; ".join(failed) + "."
+
+
 def curve_table(averages: dict) -> str:
     """Average accuracy per method and shot count (mean ± std over seeds), as the README shows it."""
     shots = sorted({k for _, k in averages if k > 0})
@@ -120,7 +129,12 @@ def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
     )
     with open(os.path.join(reference_dir, "claims.md")) as f:
         claims = f.read()
-    return {"fewshot-curves": curve_table(averages), "fewshot-claims": claims, "fewshot-run": run + "\n"}
+    checks = claim_checks(averages)
+    return {
+        "fewshot-curves": curve_table(averages),
+        "fewshot-claims": claims + "\n" + verdict(checks) + "\n",
+        "fewshot-run": run + "\n",
+    }
 
 
 def write_readme(path: str = "README.md", reference_dir: str = REFERENCE_DIR) -> None:

@@ -63,7 +63,7 @@ def test_the_demo_profile_runs_on_generated_data_with_shortened_schedules():
     assert list(experiment["methods"]) == ["zsclip", "lpclip", "coop", "cocoop"]
     jobs = sweep.expand(experiment, "/data", "/out")
     coop = {j.spec.shots: j.spec.epochs for j in jobs if j.spec.method == "coop"}
-    assert coop == {1: 10, 2: 20, 4: 20, 8: 40, 16: 40}
+    assert coop == {1: 10, 2: 20, 4: 20, 8: 20, 16: 20}
     assert {j.spec.dataset for j in jobs} == {"miniworld_dusk_fs", "miniworld_stage_fs", "miniworld_sea_fs"}
 
 
@@ -107,3 +107,37 @@ def test_a_small_study_runs_and_records_every_shot_count(tmp_path):
     assert all(r["subsample"] == "all" and r["metrics"]["total"] == 9 for r in records)
     assert all(r["options"]["C"] > 0 for r in records if r["method"] == "lpclip")
     assert os.path.isfile(os.path.join(out, results.RESULTS_FILE))
+
+
+def test_readme_few_shot_demo_blocks_are_the_reference_run():
+    """The README's few-shot demo blocks are what the reference run's files make, and the claims table
+    is what the checks compute from its per-seed averages, which agree with its report's tables."""
+    import csv
+    import statistics
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, root)
+    from benchmarks import demo, fewshot_demo
+
+    reference = os.path.join(root, fewshot_demo.REFERENCE_DIR)
+    with open(os.path.join(root, "README.md")) as f:
+        text = f.read()
+    blocks = fewshot_demo.readme_blocks(reference)
+    assert set(blocks) == {"fewshot-curves", "fewshot-claims", "fewshot-run"}
+    for name, body in blocks.items():
+        written = text.split(f"<!-- BEGIN demo:{name} -->\n", 1)[1].split(f"<!-- END demo:{name} -->", 1)[0]
+        assert written == body, name
+    import json
+
+    with open(os.path.join(reference, "run.json")) as f:
+        averages = {(k.split("@")[0], int(k.split("@")[1])): v for k, v in json.load(f)["seed_averages"].items()}
+    checks = fewshot_demo.claim_checks(averages)
+    with open(os.path.join(reference, "claims.md")) as f:
+        assert f.read() == demo.checks_markdown(checks).replace("Average row", "average over datasets")
+    for shots in SHOTS:
+        with open(os.path.join(reference, f"fewshot_{shots}shot.csv"), newline="") as f:
+            rows = {r["method"]: float(r["mean"]) for r in csv.DictReader(f) if r["row"] == "average"}
+        for method, mean in rows.items():
+            key = (method, 0 if method == "zsclip" else shots)
+            assert abs(statistics.fmean(averages[key]) - mean) < 1e-6, key
