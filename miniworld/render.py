@@ -77,13 +77,17 @@ def _nuisances(rng: np.random.Generator) -> dict:
 
 
 def sample_object(
-    rng: np.random.Generator, color: str | None = None, shape: str | None = None, fill: str | None = None
+    rng: np.random.Generator,
+    color: str | None = None,
+    shape: str | None = None,
+    fill: str | None = None,
+    background: str | None = None,
 ) -> Scene:
     """An object scene; attributes not given are drawn at random."""
     color = color or list(COLORS)[int(rng.integers(len(COLORS)))]
     shape = shape or SHAPES[int(rng.integers(len(SHAPES)))]
     fill = fill or FILLS[int(rng.choice(len(FILLS), p=FILL_PROBS))]
-    background = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
+    background = background or list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
     radius = float(rng.uniform(*RADIUS_RANGE))
     room = min(POSITION_JITTER, 0.5 - radius - 0.03)  # mostly centred, always inside the picture
     center = (float(0.5 + rng.uniform(-room, room)), float(0.5 + rng.uniform(-room, room)))

@@ -100,6 +100,7 @@ DAYLIGHT = Light("daylight")
 DUSK = Light("dusk", bleed=(20, 90))
 STAGE = Light("stage", bleed=(0, 60), cast=(64, -32, 64))
 SEA = Light("sea", bleed=(0, 60), cast=(-32, 32, 64))
+LAMP = Light("lamp", bleed=(10, 70), cast=(48, 16, -48))
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class DemoDataset:
 
     key: str
     paper_name: str
-    kind: str  # "shape" | "texture" | "color"
+    kind: str  # "shape" | "texture" | "color" | "background"
     classes: tuple[str, ...]
     per_class: tuple[int, int, int] = (16, 4, 40)  # train / val / test pictures per class
     light: Light = DAYLIGHT
@@ -147,6 +148,8 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
     DemoDataset("miniworld_dusk", "MiniDusk", "color", WARM_THEN_COOL, light=DUSK),
     DemoDataset("miniworld_stage", "MiniStage", "color", WARM_THEN_COOL, light=STAGE),
     DemoDataset("miniworld_sea", "MiniSea", "color", WARM_THEN_COOL, light=SEA),
+    DemoDataset("miniworld_lamp", "MiniLamp", "color", COLOR_CLASSES, light=LAMP),
+    DemoDataset("miniworld_backdrops", "MiniBackdrops", "background", tuple(BACKGROUNDS)),
 )
 DEMO_KEYS: tuple[str, ...] = tuple(d.key for d in DEMO_DATASETS)
 
