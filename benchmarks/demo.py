@@ -202,7 +202,11 @@ def transfer_facts(out: str, seconds: dict[str, float], reference_dir: str = REF
         with open(os.path.join(reference_dir, f"pattern_{experiment}.md"), "w") as f:
             f.write(checks_markdown(checks, TRANSFER_WHAT))
         print(checks_markdown(checks, TRANSFER_WHAT), end="")
-    return {"transfer_seconds": {e: round(v, 1) for e, v in seconds.items()}, "transfer_seed_averages": averages}
+    return {
+        "transfer_machine": machine(),
+        "transfer_seconds": {e: round(v, 1) for e, v in seconds.items()},
+        "transfer_seed_averages": averages,
+    }
 
 
 TRANSFER_WHAT = "source and target average"
@@ -275,9 +279,10 @@ def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
         for experiment, table in TRANSFER_TABLES.items():
             blocks[table.split("_")[0]] = _table_lines(os.path.join(reference_dir, f"{table}.md"))
             blocks[f"pattern_{experiment}"] = _table_lines(os.path.join(reference_dir, f"pattern_{experiment}.md"))
-        took = facts["transfer_seconds"]
+        took, tm = facts["transfer_seconds"], facts["transfer_machine"]
         blocks["transfer_run"] = (
-            f"Reference run: {m['date']}, the same machine: `make crossdataset` {took['crossdataset']:.0f} s "
+            f"Reference run: {tm['date']}, {tm['cpu']}, {tm['cores']} cores, torch {tm['torch']}: "
+            f"`make crossdataset` {took['crossdataset']:.0f} s "
             f"(its trainings and report), then `make domaingen` {took['domaingen']:.0f} s (the same trainings, "
             "new evaluations), with the tiny CLIP cached.\n"
         )

@@ -25,6 +25,15 @@ Only colours: the published training crops (RandomResizedCrop down to 8 % of the
 object of a 48-pixel picture apart, and a ViT this small recognises a shape only whole and centred,
 so on ``miniworld_shapes`` every prompt learner falls below zero-shot; on ``miniworld_textures``
 16 shots do not beat zero-shot either (both stay registered for experiments).
+
+The transfer demos (Tables 2 and 3) learn on all ten colours of ``miniworld_lamp``, under a light
+of its own, and evaluate what they learned elsewhere, as the paper does from ImageNet:
+
+- cross-dataset: on other kinds of classes, never learned from, only evaluated (as DTD's textures
+  or SUN397's scenes are for an ImageNet prompt): ``miniworld_shapes``, ``miniworld_textures`` and
+  ``miniworld_backdrops`` (the background behind an object, which captions name: "on dark");
+- domain generalisation: on the same ten colours under the base-to-new demo's three lights, which
+  bend hues the same way as the lamp but by other amounts and with other casts.
 """
 
 from __future__ import annotations
@@ -100,6 +109,7 @@ DAYLIGHT = Light("daylight")
 DUSK = Light("dusk", bleed=(20, 90))
 STAGE = Light("stage", bleed=(0, 60), cast=(64, -32, 64))
 SEA = Light("sea", bleed=(0, 60), cast=(-32, 32, 64))
+# The transfer demos' source domain: a warm lamp, between dusk's bleed and the stage's cast.
 LAMP = Light("lamp", bleed=(10, 70), cast=(48, 16, -48))
 
 
@@ -148,6 +158,7 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
     DemoDataset("miniworld_dusk", "MiniDusk", "color", WARM_THEN_COOL, light=DUSK),
     DemoDataset("miniworld_stage", "MiniStage", "color", WARM_THEN_COOL, light=STAGE),
     DemoDataset("miniworld_sea", "MiniSea", "color", WARM_THEN_COOL, light=SEA),
+    # The transfer demos' source (all ten classes are learned) and a cross-dataset target.
     DemoDataset("miniworld_lamp", "MiniLamp", "color", COLOR_CLASSES, light=LAMP),
     DemoDataset("miniworld_backdrops", "MiniBackdrops", "background", tuple(BACKGROUNDS)),
 )

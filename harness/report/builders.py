@@ -194,10 +194,9 @@ def _transfer_table(ctx: Context, t: Table, own: str, partner: str, known_target
     _no_records_for(t, known_targets, targets)
     _single_metric(ctx, t, recs, [row for row, _ in t.rows[:-1]], False, paper)
     paper_targets = [d for d in targets if d in known_targets]
-    for g in t.groups:
-        fill_average(
-            t, g, ["acc"], paper_targets or targets, len(known_targets) if paper_targets else None, paper=paper
-        )
+    for g in t.groups:  # the paper's average is over its targets: no comparison for an average of others
+        total = len(known_targets) if paper_targets else None
+        fill_average(t, g, ["acc"], paper_targets or targets, total, paper=paper if paper_targets else None)
     return t
 
 
