@@ -218,7 +218,8 @@ def read_table(path: str) -> dict[tuple, float]:
 
 
 def drift(reference_csv: str, new_csv: str) -> list[tuple]:
-    ref, new = read_table(reference_csv), read_table(new_csv)
+    """(key, reference, now) per cell of the reference; now is None where the new run lacks it."""
+    ref, new = read_table(reference_csv), read_table(new_csv) if os.path.isfile(new_csv) else {}
     return [(key, ref[key], new.get(key)) for key in ref]
 
 
