@@ -145,8 +145,9 @@ def light_scene(scene: Scene, light: Light, rng: np.random.Generator) -> Scene:
     if light.is_daylight:
         return scene
     bleed = int(rng.integers(light.bleed[0], light.bleed[1] + 1))
+    cast = light.casts[int(rng.integers(len(light.casts)))] if light.casts else light.cast
     return dataclasses.replace(
-        scene, color_rgb=_lit(scene.color_rgb, bleed, light.cast), back_rgb=_lit(scene.back_rgb, bleed, light.cast)
+        scene, color_rgb=_lit(scene.color_rgb, bleed, cast), back_rgb=_lit(scene.back_rgb, bleed, cast)
     )
 
 

@@ -82,6 +82,15 @@ def test_a_dataset_light_changes_colours_only_and_varies_per_picture():
     assert pic != _png(datasets.dataset_sample(0, daylight, "red", "test", 3))
 
 
+def test_a_light_with_several_casts_tints_each_picture_with_one_of_them():
+    scene = dataclasses.replace(render.sample_object(np.random.default_rng(0)), back_rgb=(128, 128, 128))
+    tints = set()
+    for seed in range(60):
+        r, g, b = render.light_scene(scene, vocab.LAMP, np.random.default_rng(seed)).back_rgb
+        tints.add("warm" if r > g > b else "green" if g > b > r else "none" if r == g == b else (r, g, b))
+    assert tints == {"warm", "green", "none"}  # vocab.LAMP's three casts, and nothing else
+
+
 def test_the_demo_datasets_base_classes_are_the_warm_colours():
     demo = sweep.load_experiment("base2new", profile="demo")
     warm = {"red", "orange", "yellow", "pink", "brown"}
