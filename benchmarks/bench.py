@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 import methods
 from harness import backbone
-from harness.config import default_method_config, load_method_config
+from harness.config import default_method_options
 from methods import prompt_encoder
 from methods.cocoop import FP32_TOLERANCE, check_fast_path, compare, train_step
 
@@ -498,16 +498,11 @@ class Bench:
         return lines
 
 
-def published_options(method: str) -> dict:
-    """The method's options in its default config (its authors' base-to-new config, experiments/methods/)."""
-    return dict(load_method_config(default_method_config(method)).get("options") or {})
-
-
 # The successors: every trainable method besides CoOp and CoCoOp (which have rows of their own), with their
 # published options (the depths are those of ViT-B/16's 12 blocks), all at batch 4 here (published: KgCoOp
 # 128, MaPLe and PromptSRC 4).
 SUCCESSORS = {
-    m: published_options(m)
+    m: default_method_options(m)
     for m in methods.list_methods()
     if methods.method_class(m).trainable and m not in ("coop", "cocoop")
 }

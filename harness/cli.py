@@ -181,7 +181,6 @@ def _cmd_status(args) -> int:
 def method_lines() -> list[str]:
     """One line per registered method: its name, label and paper (year), its configs (the default marked)."""
     import methods
-
     from harness.config import ConfigError
 
     rows = []

@@ -224,8 +224,13 @@ def default_method_config(method: str) -> str:
     raise ConfigError(
         f"Method {method!r} has {'no config' if not configs else f'{len(configs)} configs'} in {folder}"
         + (f" ({', '.join(configs)})" if configs else "")
-        + f": add its published config there, or name one as default_config = \"{method}/<config>\" in {where}."
+        + f': add its published config there, or name one as default_config = "{method}/<config>" in {where}.'
     )
+
+
+def default_method_options(method: str) -> dict:
+    """The method options of its default config (for the built-ins: the authors' base-to-new options)."""
+    return dict(load_method_config(default_method_config(method)).get("options") or {})
 
 
 def load_method_config(name: str) -> dict:

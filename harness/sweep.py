@@ -263,7 +263,6 @@ def narrow(experiment: dict, datasets=None, seeds=None, methods=None) -> dict:
 def _unlisted_method(name: str, listed: dict) -> dict:
     """A registered method the experiment does not list runs with its default config."""
     import methods
-
     from harness.config import default_method_config
 
     if name not in methods.list_methods():

@@ -29,7 +29,8 @@ and ``python -m harness methods``):
 ``label``                      its name in tables and figures ("CoOp"; default: the registered name)
 ``paper``, ``year``            authors and venue, and the year ("Zhou et al., IJCV", 2022); the
                                report orders methods by year (ties: registration order)
-``source``                     the published code followed, ``owner/repo@commit`` or a URL
+``source``                     the published code followed: ``owner/repo@commit`` (a URL, or a dated
+                               snapshot where no commit is known)
 ``color``                      ``"#rrggbb"`` in every figure (default: a distinct one of the report's)
 ``default_config``             the config under ``experiments/methods/`` a study uses when its YAML
                                does not list the method (``"coop/vit_b16_ctxv1"``; default: the only

@@ -49,7 +49,7 @@ class CoCoOp(CLIPMethod):
     label = "CoCoOp"
     paper = "Zhou et al., CVPR"
     year = 2022
-    source = "https://github.com/KaiyangZhou/CoOp trainers/cocoop.py (snapshot of 2022-10-08, PROTOCOL.md)"
+    source = "KaiyangZhou/CoOp, snapshot of 2022-10-08"
     color = "#d62728"
     default_config = "cocoop/vit_b16_c4_ep10_batch1_ctxv1"
     ctx_init_sets_n_ctx = True

@@ -112,10 +112,11 @@ class CoOp(CLIPMethod):
     label = "CoOp"
     paper = "Zhou et al., IJCV"
     year = 2022
-    source = "https://github.com/KaiyangZhou/CoOp trainers/coop.py (snapshot of 2022-10-08, PROTOCOL.md)"
+    source = "KaiyangZhou/CoOp, snapshot of 2022-10-08"
     color = "#1f77b4"
     default_config = "coop/vit_b16_ctxv1"
     ctx_init_sets_n_ctx = True
+
     def __init__(
         self,
         clip_model,

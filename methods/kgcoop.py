@@ -50,8 +50,9 @@ class KgCoOp(CoOp):
     label = "KgCoOp"
     paper = "Yao et al., CVPR"
     year = 2023
-    source = "htyao89/KgCoOp@c43ccc3 (PROTOCOL-successors.md)"
+    source = "htyao89/KgCoOp@c43ccc3"
     color = "#ff7f0e"
+
     # default_config: the only file in experiments/methods/kgcoop/
     def __init__(
         self,

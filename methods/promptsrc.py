@@ -155,7 +155,7 @@ class PromptSRC(CLIPMethod):
     label = "PromptSRC"
     paper = "Khattak et al., ICCV"
     year = 2023
-    source = "muzairkhattak/PromptSRC@bb95c77 (PROTOCOL-successors.md)"
+    source = "muzairkhattak/PromptSRC@bb95c77"
     color = "#8c564b"
     default_config = "promptsrc/vit_b16_c2_ep20_batch4_4+4ctx"
     frozen_image_teacher = True  # the image consistency term encodes each batch with the frozen tower

@@ -75,7 +75,7 @@ class ZeroShotCLIP(CLIPMethod):
     label = "CLIP"
     paper = "Radford et al., ICML"
     year = 2021
-    source = "https://github.com/KaiyangZhou/CoOp trainers/zsclip.py (snapshot of 2022-10-08, PROTOCOL.md)"
+    source = "KaiyangZhou/CoOp trainers/zsclip.py, snapshot of 2022-10-08"
     color = "#7f7f7f"
     # default_config: the only file in experiments/methods/zsclip/
     trainable = False

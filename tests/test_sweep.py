@@ -144,7 +144,7 @@ def test_a_registered_method_the_study_does_not_list_runs_with_its_default_confi
     with pytest.raises(ConfigError, match=r"no config in .*experiments/methods/unconfigured: add its published config"):
         sweep.narrow(bigger, methods=["unconfigured"])
     monkeypatch.setattr(Unconfigured, "default_config", "unconfigured/nowhere", raising=False)
-    with pytest.raises(ConfigError, match=r"tests/test_sweep.py: default_config 'unconfigured/nowhere' is not a config"):
+    with pytest.raises(ConfigError, match=r"tests/test_sweep.py: default_config 'unconfigured/nowhere' is not"):
         default_method_config("unconfigured")
 
 

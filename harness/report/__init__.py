@@ -39,13 +39,13 @@ from harness.report.render import display_frame, latex, long_frame, markdown, wr
 from harness.report.tables import (
     AVERAGE,
     DATASET_LABELS,
-    method_label,
     PAPER_DATASETS,
     Cell,
     Context,
     Paper,
     Table,
     harmonic,
+    method_label,
 )
 
 log = logging.getLogger(__name__)
