@@ -38,7 +38,9 @@ def register_method(name: str):
 def discover() -> None:
     """Import every module of the ``methods`` package once (alphabetically), so that each registers its
     methods: a new method is a new file, with no import list to keep. Modules that register nothing
-    (the contract, shared helpers) are imported too, which costs nothing: the methods import them."""
+    (the contract, shared helpers) are imported too, which costs nothing: the methods import them.
+    Registration order (the report's tie-break within a year) is this import order, except that a
+    module imported by another registers first (CoOp before CoCoOp, whose module imports CoOp's)."""
     global _discovered
     if _discovered:
         return

@@ -82,12 +82,9 @@ def method_info(method: str):
 def _ctx_init_sets_n_ctx(method: str) -> bool:
     """Do the method's init words fix its context length (CoOp, CoCoOp, KgCoOp), or does it learn the
     first n_ctx tokens of them and keep the rest as words (MaPLe, PromptSRC: PROTOCOL-successors.md 3)?"""
-    info = method_info(method)
-    if info is None:
-        return False
     import methods
 
-    return methods.method_class(method).ctx_init_sets_n_ctx
+    return method_info(method) is not None and methods.method_class(method).ctx_init_sets_n_ctx
 
 
 def method_label(method: str) -> str:
