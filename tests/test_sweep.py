@@ -126,7 +126,7 @@ def test_paper_experiments_expand_to_the_published_jobs():
 
 def test_a_registered_method_the_study_does_not_list_runs_with_its_default_config(monkeypatch):
     import methods
-    from harness.config import default_method_config
+    from harness.config import default_method_config, load_method_config
 
     bigger = sweep.load_experiment("bigger_coop")
     assert "cocoop" not in bigger["methods"]
@@ -136,6 +136,8 @@ def test_a_registered_method_the_study_does_not_list_runs_with_its_default_confi
     crossdataset = sweep.narrow(sweep.load_experiment("crossdataset"), methods=["zsclip"])
     assert crossdataset["methods"] == {"zsclip": {"config": "zsclip/vit_b16"}}  # the only file in its folder
     assert default_method_config("kgcoop") == "kgcoop/vit_b16_ep100_ctxv1"
+    for name in methods.list_methods():  # METHODS=<any registered method> has a config to run with
+        assert load_method_config(default_method_config(name))["method"] == name
 
     class Unconfigured(methods.method_class("coop")):
         pass
