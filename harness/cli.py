@@ -28,6 +28,7 @@ import yaml
 
 from harness.config import (
     FIELD_HELP,
+    ConfigError,
     RunSpec,
     build_spec,
     default_method_config,
@@ -181,7 +182,6 @@ def _cmd_status(args) -> int:
 def method_lines() -> list[str]:
     """One line per registered method: its name, label and paper (year), its configs (the default marked)."""
     import methods
-    from harness.config import ConfigError
 
     rows = []
     for name in methods.list_methods():

@@ -221,10 +221,11 @@ def default_method_config(method: str) -> str:
     if len(configs) == 1:
         return configs[0]
     folder = os.path.join(METHOD_CONFIG_DIR, method)
+    if not configs:
+        raise ConfigError(f"Method {method!r} has no config in {folder}: add its published config there.")
     raise ConfigError(
-        f"Method {method!r} has {'no config' if not configs else f'{len(configs)} configs'} in {folder}"
-        + (f" ({', '.join(configs)})" if configs else "")
-        + f': add its published config there, or name one as default_config = "{method}/<config>" in {where}.'
+        f"Method {method!r} has {len(configs)} configs in {folder} ({', '.join(configs)}): name the one a study "
+        f'runs it with as default_config = "{method}/<config>" in {where}.'
     )
 
 
