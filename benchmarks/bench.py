@@ -50,10 +50,10 @@ import torch
 import torch.nn.functional as F
 
 import methods
+from benchmarks.cocoop_check import FP32_TOLERANCE, check_fast_path, compare, train_step
 from harness import backbone
 from harness.config import default_method_options
 from methods import prompt_encoder
-from methods.cocoop import FP32_TOLERANCE, check_fast_path, compare, train_step
 
 GB = 1024**3
 
