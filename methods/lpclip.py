@@ -157,6 +157,12 @@ class LinearProbeCLIP(CLIPMethod):
     buffers of ``prompt_learner`` with the chosen ``C``, so the checkpoint holds the whole classifier.
     """
 
+    label = "Linear probe"
+    paper = "Radford et al., ICML"
+    year = 2021
+    source = "KaiyangZhou/CoOp@ff61507 lpclip/"
+    color = "#000000"
+    default_config = "lpclip/vit_b16"
     checkpoint_folder = "linear_probe"
     fits_features = True
     transfers_to_other_classes = False
