@@ -35,6 +35,7 @@ from pathlib import Path
 
 from harness.report.builders import BUILDERS, trainable_parameters
 from harness.report.figures import METHOD_COLORS, figure3, figure4, methods_comparison, scatter
+from harness.report.manifest import replace_manifest
 from harness.report.render import display_frame, latex, long_frame, markdown, write_table
 from harness.report.tables import (
     AVERAGE,
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "build_report",
     "build_tables",
+    "ReportError",
     "load_records",
     "default_paper_dir",
     "METHOD_COLORS",
@@ -92,6 +94,27 @@ def load_records(results) -> list[dict]:
         latest.pop(key, None)
         latest[key] = r
     return list(latest.values())
+
+
+class ReportError(ValueError):
+    """A report that cannot be made as asked (names what is wrong and the choices)."""
+
+
+def check_experiments(experiments, records: list[dict]) -> None:
+    """Every experiment asked for has records: a misspelt name is an error, not an empty report."""
+    if experiments is None:
+        return
+    if isinstance(experiments, dict):
+        asked = {n for names in experiments.values() for n in ([names] if isinstance(names, str) else names or [])}
+    else:
+        asked = {experiments} if isinstance(experiments, str) else set(experiments)
+    known = sorted({str(r.get("experiment")) for r in records})
+    unknown = sorted(asked - set(known))
+    if unknown:
+        raise ReportError(
+            f"No records of experiment(s) {unknown} in the results. Experiments with records: "
+            f"{', '.join(known) or 'none'}."
+        )
 
 
 def build_tables(results, experiments=None, expected_seeds=None, paper_dir=None, with_paper=True) -> dict:
@@ -165,6 +188,7 @@ def build_report(
     Returns {"out_dir", "index", "records", "tables": {key: {"table", "frame", "paths"}},
     "figures": {name: {"png", "pdf"}}, "missing": [...]}."""
     records = load_records(results)
+    check_experiments(experiments, records)
     paper_dir = paper_dir if paper_dir is not None else default_paper_dir()
     if with_paper and not os.path.isdir(paper_dir):
         log.warning("no paper values at %s; tables without the paper's columns", paper_dir)
@@ -196,6 +220,11 @@ def build_report(
     if tracking != "none":
         _track(tracking, out_dir, source, written, figures)
     index = _index(out_dir, source, records, written, figures, missing, with_paper, paper_dir)
+    files = [index] + [p for entry in written.values() for p in entry["paths"].values()]
+    files += [p for paths in figures.values() for p in paths.values()]
+    if os.path.exists(run_file):
+        files.append(run_file)
+    replace_manifest(out_dir, files)
     return {
         "out_dir": out_dir,
         "index": index,
