@@ -44,3 +44,70 @@ def test_unknown_experiment_is_an_error_listing_the_known_ones(tmp_path, capsys)
     assert "base2new" in capsys.readouterr().err
     assert (out / "table1_base2new.md").read_text() == "old"
     assert os.listdir(out) == ["table1_base2new.md"]
+
+
+# -- 6. a few-shot cache is checked against the split it was drawn from ------------------------------
+
+
+def _swap_train_and_test(ddir):
+    import glob
+    import json
+
+    (path,) = glob.glob(os.path.join(ddir, "split_zhou_*.json"))
+    with open(path) as f:
+        split = json.load(f)
+    split["train"], split["test"] = split["test"], split["train"]
+    with open(path, "w") as f:
+        json.dump(split, f)
+
+
+def test_a_cache_drawn_from_another_split_is_not_reused(tmp_path):
+    from fake_data import make_layout
+
+    from harness.data import build_dataset
+
+    ddir = make_layout(tmp_path, "eurosat", num_classes=4, images_per_class=20)
+    first = build_dataset("eurosat", tmp_path, num_shots=4, seed=1)
+    _swap_train_and_test(ddir)
+    again = build_dataset("eurosat", tmp_path, num_shots=4, seed=1)
+    now_train = {d.impath for d in build_dataset("eurosat", tmp_path, num_shots=0).train}
+    assert again.fewshot_source == "drawn" and again.fewshot_cache == first.fewshot_cache
+    assert {d.impath for d in again.train} <= now_train
+    assert not {d.impath for d in first.train} & now_train
+
+
+def test_a_stale_cache_without_its_split_recorded_is_an_error(tmp_path):
+    import json
+
+    from fake_data import make_layout
+
+    from harness.data import FewShotCacheError, build_dataset
+
+    ddir = make_layout(tmp_path, "eurosat", num_classes=4, images_per_class=20)
+    path = build_dataset("eurosat", tmp_path, num_shots=4, seed=1).fewshot_cache
+    with open(path) as f:
+        old = json.load(f)
+    old.pop("split_fingerprint")  # as an earlier harness wrote it
+    with open(path, "w") as f:
+        json.dump(old, f)
+    assert build_dataset("eurosat", tmp_path, num_shots=4, seed=1).fewshot_source == "cache"  # still valid
+    _swap_train_and_test(ddir)
+    with pytest.raises(FewShotCacheError, match=rf"{path} names 16 of its 16 .*delete it to draw a new sample"):
+        build_dataset("eurosat", tmp_path, num_shots=4, seed=1)
+
+
+def test_the_read_only_fallback_cache_of_another_data_root_is_not_reused(tmp_path, monkeypatch):
+    from fake_data import make_layout
+
+    import harness.data.fewshot as fs
+    from harness.data import build_dataset
+
+    roots = [tmp_path / "a", tmp_path / "b"]
+    for i, root in enumerate(roots):
+        make_layout(root, "dtd", num_classes=3, images_per_class=12 + 4 * i)  # same name, other data
+    monkeypatch.setattr(fs, "dir_writable", lambda p: "split_fewshot" not in str(p) or "cc" in str(p))
+    a = build_dataset("dtd", roots[0], num_shots=2, seed=1, cache_dir=tmp_path / "cc")
+    b = build_dataset("dtd", roots[1], num_shots=2, seed=1, cache_dir=tmp_path / "cc")
+    assert a.fewshot_cache == b.fewshot_cache == str(tmp_path / "cc" / "dtd" / "shot_2-seed_1.json")
+    assert b.fewshot_source == "drawn"
+    assert {d.impath for d in b.train} <= {d.impath for d in build_dataset("dtd", roots[1], num_shots=0).train}
