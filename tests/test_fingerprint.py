@@ -111,3 +111,34 @@ def test_the_read_only_fallback_cache_of_another_data_root_is_not_reused(tmp_pat
     assert a.fewshot_cache == b.fewshot_cache == str(tmp_path / "cc" / "dtd" / "shot_2-seed_1.json")
     assert b.fewshot_source == "drawn"
     assert {d.impath for d in b.train} <= {d.impath for d in build_dataset("dtd", roots[1], num_shots=0).train}
+
+
+# -- 3. features are keyed on the images' content ----------------------------------------------------
+
+
+def test_feature_cache_recomputes_images_changed_in_place(tmp_path):
+    import torch
+
+    from harness.features import FeatureCache
+
+    images = [tmp_path / f"{i}.png" for i in range(3)]
+    for i, path in enumerate(images):
+        path.write_bytes(bytes([i]) * 10)
+    cache, calls = FeatureCache(str(tmp_path / "cache")), []
+
+    def features():
+        calls.append(1)
+        return torch.tensor([[float(p.read_bytes()[0])] for p in images])
+
+    paths, namespace = [str(p) for p in images], {"dataset": "d"}
+    assert cache.get_or_compute(namespace, paths, features).flatten().tolist() == [0.0, 1.0, 2.0]
+    assert cache.get_or_compute(namespace, paths, features) is not None and len(calls) == 1
+    images[1].write_bytes(bytes([7]) * 12)  # re-extracted, resized: another size and time
+    assert cache.get_or_compute(namespace, paths, features).flatten().tolist() == [0.0, 7.0, 2.0]
+    # Same size, and a modification time that cannot be trusted (zero): the content decides.
+    os.utime(images[2], ns=(0, 0))
+    cache.get_or_compute(namespace, paths, features)
+    calls.clear()
+    images[2].write_bytes(bytes([9]) * 10)
+    os.utime(images[2], ns=(0, 0))
+    assert cache.get_or_compute(namespace, paths, features).flatten().tolist() == [0.0, 7.0, 9.0] and calls
