@@ -185,6 +185,7 @@ def _error_types() -> tuple[tuple[type, int], ...]:
         ("methods.registry", "UnknownMethodError", BAD_INPUT),
         ("methods.base", "CheckpointError", BAD_INPUT),
         ("harness.checkpoint", "ResumeError", BAD_INPUT),
+        ("harness.fingerprint", "FolderMismatchError", BAD_INPUT),
         ("harness.results", "ResultsError", BAD_INPUT),
         ("harness.report", "ReportError", BAD_INPUT),
         ("harness.launcher", "SubmissionError", BAD_INPUT),

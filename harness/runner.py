@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 import methods
 from harness import backbone, checkpoint, data, results, tracking
+from harness import fingerprint as fingerprints
 from harness.config import RunSpec
 from harness.features import FeatureCache, compute_features
 from harness.logs import run_logging
@@ -138,14 +139,36 @@ class Run:
         self.job = spec.job_name
         self.tracker: tracking.Tracker = tracking.Tracker()
         self.clip = None
+        self.settings = fingerprints.settings_of(spec)  # what the numbers depend on (harness.fingerprint)
+        self.fingerprint = fingerprints.fingerprint_of(self.settings)
 
     def pending_targets(self) -> list[tuple[str, str]]:
         targets = self.spec.eval_targets()
-        if self.spec.force:
+        if self.spec.force or self.spec.reevaluate:
             return targets
-        done = results.existing_keys(self.results)
+        done = fingerprints.finished(results.read_records(self.results))
         identity = self.spec.identity()
-        return [t for t in targets if results.record_key({**identity, "dataset": t[0], "subsample": t[1]}) not in done]
+        return [
+            t
+            for t in targets
+            if not fingerprints.is_finished(done, {**identity, "dataset": t[0], "subsample": t[1]}, self.fingerprint)
+        ]
+
+    def forced_run_dir(self) -> str:
+        """``force``: a fresh folder beside the old one; the same folder when it is a forced run of
+        these settings that was interrupted (a requeued job resumes it)."""
+        held = fingerprints.read_folder(self.run_dir)
+        if held and held.get("forced") and not held.get("finished") and held.get("fingerprint") == self.fingerprint:
+            return self.run_dir
+        return fingerprints.fresh_run_dir(self.run_dir)
+
+    def claim_folder(self) -> None:
+        """The run folder holds this settings run (or nothing yet): say so in its ``fingerprint.json``."""
+        fingerprints.check_folder(self.run_dir, self.settings, self.fingerprint)
+        if fingerprints.read_folder(self.run_dir) is None:
+            fingerprints.write_folder(
+                self.run_dir, self.settings, self.fingerprint, forced=self.spec.force, finished=False
+            )
 
     def load_backbone(self):
         if self.clip is None:
@@ -370,6 +393,15 @@ class Run:
         spec = self.spec
         if not methods.method_class(spec.method).trainable:
             return None, 0
+        if spec.reevaluate and not spec.load_from:
+            found = checkpoint.latest_checkpoint(self.run_dir)
+            if not found or found[1] != spec.epochs:
+                raise RunFailedError(
+                    f"Nothing to re-evaluate in {self.run_dir}: no finished training of {spec.epochs} epochs "
+                    f"(last checkpoint: {found[0] if found else 'none'}). Run it without reevaluate to train."
+                )
+            log.info("Re-evaluating %s (no training)", found[0])
+            return found[0], found[1]
         if spec.load_from:
             path = spec.load_from
             if os.path.isdir(path):
@@ -388,6 +420,8 @@ class Run:
         return self.train(splits), spec.epochs
 
     def __call__(self) -> list[dict]:
+        if self.spec.force:
+            self.run_dir = self.forced_run_dir()
         with run_folder_lock(self.run_dir, self.job):
             return self._run()
 
@@ -402,12 +436,14 @@ class Run:
                 results.results_path(self.results),
             )
             return []
+        self.claim_folder()
         started = time.time()
         seed_everything(spec.seed if methods.method_class(spec.method).trainable else None)
         records = []
         with run_logging(self.run_dir) as log_path:
             log.info("Run %s -> %s (log %s)", self.job, self.run_dir, log_path)
             log.info("Spec: %s", spec.to_dict())
+            log.info("Fingerprint %s of the settings %s", self.fingerprint, self.settings)
             kind = tracking.job_kind(methods.method_class(spec.method).trainable, spec.load_from)
             self.tracker = tracking.start_run(
                 spec.tracking,
@@ -435,6 +471,9 @@ class Run:
                         "versions": results.package_versions(),
                         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                         "run_dir": self.run_dir,
+                        "fingerprint": self.fingerprint,
+                        "settings": self.settings,
+                        "reevaluated": bool(spec.reevaluate),
                     }
                     results.append_record(self.results, record)
                     records.append(record)
@@ -445,6 +484,10 @@ class Run:
                 failed = False
             finally:
                 self.tracker.finish(failed=failed)
+        held = fingerprints.read_folder(self.run_dir) or {}
+        fingerprints.write_folder(
+            self.run_dir, self.settings, self.fingerprint, forced=bool(held.get("forced")), finished=True
+        )
         log.info("Feature cache: %d hits, %d computed", self.cache.hits, self.cache.misses)
         return records
 
