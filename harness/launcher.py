@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import submitit
 import yaml
 
+from harness import fingerprint as fingerprints
 from harness import results
 from harness.config import PROJECT_ROOT, ConfigError, build_spec
 from harness.sweep import Job
@@ -104,6 +105,8 @@ class JobState:
     stdout: str | None = None
     stderr: str | None = None
     error: str | None = None  # failed: the job's own error line; blocked: why it never ran
+    fingerprint: str | None = None  # of the job's settings (harness.fingerprint)
+    changed: str | None = None  # why it runs again: "epochs: 100 -> 2" (its earlier records stay)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,16 +184,24 @@ def load_state(out: str, experiment: str) -> list[JobState]:
         return [JobState(**s) for s in json.load(f)]
 
 
-def plan(jobs: list[Job], force: bool = False) -> list[JobState]:
-    """Which jobs must run: those with missing records (all of them with ``force``)."""
-    done = results.existing_keys(jobs[0].spec.results) if jobs else set()
+def plan(jobs: list[Job], force: bool = False, reevaluate: bool = False) -> list[JobState]:
+    """Which jobs must run: those without records of their identity and fingerprint (all of them with
+    ``force`` or ``reevaluate``); a job whose identity has records of other settings says what changed."""
+    records = results.read_records(jobs[0].spec.results) if jobs else []
+    done = fingerprints.finished(records)
     states, running = [], set()
     for job in jobs:
-        needed = force or bool(job.pending_targets(done))
+        needed = force or reevaluate or bool(job.pending_targets(done))
         deps = [d for d in job.depends_on if d in running]
-        states.append(JobState(job.name, job.kind, job.spec.output_dir, deps, "pending" if needed else "skipped"))
+        state = JobState(job.name, job.kind, job.spec.output_dir, deps, "pending" if needed else "skipped")
+        state.fingerprint = job.fingerprint
         if needed:
             running.add(job.name)
+            earlier = fingerprints.superseded(records, job.spec.identity(), job.targets(), job.fingerprint)
+            if earlier is not None:
+                changes = fingerprints.differences(earlier.get("settings"), job.settings)
+                state.changed = fingerprints.describe(changes) or "the data"
+        states.append(state)
     return states
 
 
@@ -200,9 +211,25 @@ def print_plan(jobs: list[Job], states: list[JobState], printer=print) -> None:
     for job, state in zip(jobs, states):
         targets = ", ".join(f"{d}/{s}" for d, s in job.targets())
         after = f"  after {', '.join(state.depends_on)}" if state.depends_on else ""
+        changed = f"  settings changed: {state.changed}" if state.changed else ""
         printer(
             f"  [{'run ' if state.state != 'skipped' else 'skip'}] {job.name:<55} {job.kind:<5} -> {targets}{after}"
+            f"{changed}"
         )
+
+
+def fresh_folders(todo: list[tuple[Job, JobState]]) -> None:
+    """``force``: each job into a fresh run folder beside its old one, each evaluation loading the
+    prompt its training job learns now (not the old folder's)."""
+    moved = {}
+    for job, state in todo:
+        if job.kind == "train":
+            fresh = fingerprints.fresh_run_dir(job.spec.output_dir)
+            moved[job.spec.output_dir] = fresh
+            job.spec.output_dir = state.run_dir = fresh
+    for job, _ in todo:
+        if job.spec.load_from in moved:
+            job.spec.load_from = moved[job.spec.load_from]
 
 
 def _job_failure(job) -> str:
@@ -243,15 +270,19 @@ def launch(
     wait: bool = True,
     poll_s: float = 2.0,
     printer=print,
+    reevaluate: bool = False,
 ) -> list[JobState]:
     if launcher not in LAUNCHERS:
         raise ConfigError(f"Unknown launcher {launcher!r}; choose one of {LAUNCHERS}.")
     cfg = dict(launcher_cfg or {})
-    states = plan(jobs, force)
+    states = plan(jobs, force, reevaluate)
     todo = [(j, s) for j, s in zip(jobs, states) if s.state == "pending"]
     if force:
-        for job, _ in todo:
-            job.spec.force = True
+        fresh_folders(todo)
+    for job, state in todo:
+        job.spec.force, job.spec.reevaluate = force, reevaluate and not force
+        if state.changed:
+            printer(f"[changed] {job.name}: {state.changed} (a run folder of its own; the earlier records stay)")
     save_state(out, experiment, states)
     if not todo:
         printer("Nothing to do: every job's results exist.")
@@ -515,7 +546,7 @@ def status(jobs: list[Job], out: str, experiment: str) -> list[dict]:
     Slurm jobs the sweep did not wait for (``--no-wait``), what the cluster says now."""
     from harness.checkpoint import latest_checkpoint
 
-    done = results.existing_keys(jobs[0].spec.results) if jobs else set()
+    done = fingerprints.finished(results.read_records(jobs[0].spec.results)) if jobs else set()
     previous = {s.name: s for s in load_state(out, experiment)}
     refresh_from_slurm(previous)
     rows = []
@@ -526,6 +557,7 @@ def status(jobs: list[Job], out: str, experiment: str) -> list[dict]:
             "job": job.name,
             "kind": job.kind,
             "results": f"{len(job.targets()) - len(missing)}/{len(job.targets())}",
+            "fingerprint": job.fingerprint,
         }
         if not missing:
             row["state"] = "done"

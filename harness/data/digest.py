@@ -30,17 +30,19 @@ def split_digest(train, val, test, ddir: str) -> str:
 
 
 def data_fingerprint(name: str, root: str) -> str:
-    """The split digest of dataset ``name`` under ``root`` (read once per process while the split file
-    is unchanged); "unreadable: ..." when the folder cannot be read (the job itself then fails)."""
+    """The split digest of dataset ``name`` under ``root`` (read once per process while the split file,
+    or the folders of a dataset without one, are unchanged); "unreadable: ..." when the folder cannot be
+    read (the job itself then fails)."""
     from .errors import DatasetError
 
     info = get_info(name)
     ddir = os.path.join(os.path.abspath(os.path.expanduser(str(root))), info.folder)
     split = os.path.join(ddir, info.split_file) if info.split_file else None
-    stamp = None
-    if split and os.path.isfile(split):
-        st = os.stat(split)
-        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+    watched = [split] if split and os.path.isfile(split) else [ddir, os.path.join(ddir, info.image_dir)]
+    try:
+        stamp = tuple((st.st_size, st.st_mtime_ns, st.st_ino) for st in map(os.stat, watched))
+    except OSError:
+        stamp = None
     key = (name, ddir)
     if stamp is not None and _memo.get(key, (None,))[0] == stamp:
         return _memo[key][1]
