@@ -108,10 +108,11 @@ def differences(old: dict | None, new: dict) -> dict:
 
 def describe(changes: dict) -> str:
     """``epochs: 100 -> 2, lr: 0.002 -> 0.01``."""
-    return ", ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, (a, b) in changes.items())
+    return ", ".join(f"{k}: {show(a)} -> {show(b)}" for k, (a, b) in changes.items())
 
 
-def _show(value) -> str:
+def show(value) -> str:
+    """A setting's value as the messages show it."""
     return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (dict, list)) else str(value)
 
 

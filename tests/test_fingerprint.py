@@ -142,3 +142,98 @@ def test_feature_cache_recomputes_images_changed_in_place(tmp_path):
     images[2].write_bytes(bytes([9]) * 10)
     os.utime(images[2], ns=(0, 0))
     assert cache.get_or_compute(namespace, paths, features).flatten().tolist() == [0.0, 7.0, 9.0] and calls
+
+
+# -- 2. the report never averages across settings runs ------------------------------------------------
+
+
+def settings_record(method, dataset, subsample, accuracy, seed, timestamp, **settings):
+    """A record of ``test_report.record`` whose settings (and fingerprint, precision, epochs) are changed."""
+    from harness.fingerprint import fingerprint_of
+
+    r = record(method, dataset, subsample, accuracy, seed)
+    r["settings"] = {**r["settings"], **settings}
+    r["fingerprint"] = fingerprint_of(r["settings"])
+    r["precision"] = settings.get("precision", r["precision"])
+    r["epochs"] = settings.get("epochs", r["epochs"])
+    r["timestamp"] = timestamp
+    return r
+
+
+def mixed_store(tmp_path):
+    """CoOp on dtd: seeds 1-2 at fp32 for 10 epochs, then seed 3 at bf16 for 1 epoch."""
+    recs = []
+    for seed, base, new in ((1, 80.0, 60.0), (2, 82.0, 62.0)):
+        for sub, acc in (("base", base), ("new", new)):
+            recs.append(settings_record("coop", "dtd", sub, acc, seed, "2024-01-01T00:00:00", precision="fp32"))
+    for sub, acc in (("base", 50.0), ("new", 40.0)):
+        recs.append(settings_record("coop", "dtd", sub, acc, 3, "2024-01-02T00:00:00", precision="bf16", epochs=1))
+    return write(tmp_path / "mixed", recs)
+
+
+def test_report_shows_the_newest_settings_run_and_lists_the_superseded(tmp_path):
+    from harness.report import build_tables
+
+    t = build_tables(mixed_store(tmp_path))["table1_base2new"]
+    (group,) = t.groups
+    base = t.cell("dtd", group, "base")
+    assert (base.mean, base.n, base.note) == (50.0, 1, "†(1/3 seeds)")  # never 73.50 ± 8.20 of mixed runs
+    notes = "\n".join(t.notes)
+    assert "superseded: 4 record(s) of coop" in notes and "precision fp32" in notes and "epochs 10" in notes
+    assert "Settings: backbone ViT-B/16; precision bf16; shots 16; epochs CoOp 1." in notes
+
+
+def test_all_variants_shows_each_settings_run_as_its_own_column_group(tmp_path):
+    from harness.report import build_report
+
+    out = tmp_path / "r"
+    t = build_report(mixed_store(tmp_path), out_dir=str(out), all_variants=True)["tables"]["table1_base2new"]["table"]
+    labels = {g.label: g for g in t.groups}
+    assert set(labels) == {"CoOp (epochs 1, precision bf16)", "CoOp (epochs 10, precision fp32)"}
+    old = t.cell("dtd", labels["CoOp (epochs 10, precision fp32)"], "base")
+    assert (old.mean, old.std, old.note) == (81.0, 1.0, "†(2/3 seeds)")
+    assert t.cell("dtd", labels["CoOp (epochs 1, precision bf16)"], "new").mean == 40.0
+    assert report_main(["--results", str(tmp_path / "mixed"), "--out", str(out), "--all-variants"]) == 0
+    assert "epochs 10, precision fp32" in (out / "table1_base2new.md").read_text()
+
+
+def test_records_without_a_fingerprint_are_marked(tmp_path):
+    import json
+
+    from harness.report import build_tables
+
+    store = tmp_path / "old"
+    store.mkdir()
+    with open(store / "results.jsonl", "w") as f:
+        for sub in ("base", "new"):
+            old = record("coop", "dtd", sub, 70.0)
+            for key in ("fingerprint", "settings", "reevaluated"):
+                old.pop(key)
+            f.write(json.dumps(old) + "\n")
+    t = build_tables(str(store))["table1_base2new"]
+    assert t.cell("dtd", t.groups[0], "base").mean == 70.0
+    assert any("2 record(s) lack a fingerprint" in n for n in t.notes)
+
+
+# -- 7. the report knows what the experiment expected -------------------------------------------------
+
+
+def test_report_marks_cells_and_averages_short_of_the_experiment(tmp_path):
+    from harness import sweep
+    from harness.report import build_report
+
+    full = {"name": "base2new", "protocol": "base2new", "datasets": ["dusk", "sea", "stage"], "seeds": [1, 2, 3]}
+    full["methods"] = {"coop": {}}
+    recs = [record("coop", "dusk", sub, 60.0 + seed, seed) for seed in (1, 2, 3) for sub in ("base", "new")]
+    recs += [record("coop", "sea", sub, 70.0 + seed, seed) for seed in (1, 2) for sub in ("base", "new")]
+    store = write(tmp_path / "o", recs)
+    sweep.record_expectation(store, {**full, "datasets": ["dusk", "sea"], "seeds": [1, 2]}, full)
+    sweep.record_expectation(store, {**full, "datasets": ["dusk"], "seeds": [3]}, full)
+    summary = build_report(store, out_dir=str(tmp_path / "r"))
+    t = summary["tables"]["table1_base2new"]["table"]
+    (g,) = t.groups
+    assert [key for key, _ in t.rows] == ["dusk", "sea", "stage", "average"]
+    assert t.cell("dusk", g, "base").note == "" and t.cell("sea", g, "base").note == "†(2/3 seeds)"
+    assert t.cell("stage", g, "base") is None
+    assert t.cell("average", g, "base").note == "‡(1/3 datasets)"
+    assert any("not run: stage" in m for m in summary["missing"])

@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--paper-dir", default=None, help="folder of the paper's CSV files (default: reports/paper)")
     parser.add_argument("--no-paper", action="store_true", help="leave out the paper and Δ columns")
+    parser.add_argument(
+        "--all-variants",
+        action="store_true",
+        help="each settings run of a cell as its own column group, labelled by what differs "
+        "(default: the newest, the others listed as superseded in the table notes)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -48,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             paper_dir=args.paper_dir,
             expected_seeds=args.seeds,
             with_paper=not args.no_paper,
+            all_variants=args.all_variants,
         )
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
