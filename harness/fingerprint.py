@@ -101,13 +101,15 @@ def differences(old: dict | None, new: dict) -> dict:
     out = {}
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, defaults.get(key)), new.get(key, defaults.get(key))
-        if a != b:
+        if isinstance(a, dict) and isinstance(b, dict):  # options: name the option that changed
+            out.update({f"{key}.{k}": (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)})
+        elif a != b:
             out[key] = (a, b)
     return out
 
 
 def describe(changes: dict) -> str:
-    """``epochs: 100 -> 2, lr: 0.002 -> 0.01``."""
+    """``epochs: 100 -> 2, lr: 0.002 -> 0.01, options.n_ctx: 4 -> 2``."""
     return ", ".join(f"{k}: {show(a)} -> {show(b)}" for k, (a, b) in changes.items())
 
 

@@ -237,3 +237,154 @@ def test_report_marks_cells_and_averages_short_of_the_experiment(tmp_path):
     assert t.cell("stage", g, "base") is None
     assert t.cell("average", g, "base").note == "‡(1/3 datasets)"
     assert any("not run: stage" in m for m in summary["missing"])
+
+
+# -- 1, 4, 5. changed settings run in folders of their own; --force and --reevaluate -------------------
+
+SMALL = {
+    "name": "mini",
+    "protocol": "base2new",
+    "datasets": ["synthetic"],
+    "seeds": [1, 2],
+    "shots": 2,
+    "backbone": "tiny",
+    "precision": "fp32",
+    "tracking": "none",
+    "run": {"num_workers": 0, "batch_size": 4, "test_batch_size": 50, "epochs": 1},
+    "methods": {"zsclip": {"config": "zsclip/vit_b16"}, "coop": {"config": "coop/vit_b16_ctxv1"}},
+}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from fake_data import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    make_synthetic_dataset(
+        str(root), num_classes=4, train_per_class=4, val_per_class=1, test_per_class=3, image_size=24
+    )
+    return str(root)
+
+
+def _sweep(experiment_file, data_root, out, *extra):
+    from harness.cli import main
+
+    args = ["sweep", str(experiment_file), "--data-root", data_root, "--out", str(out), "--launcher", "debug"]
+    return main([*args, *extra])
+
+
+def _final_checkpoints(out) -> dict:
+    """{prompt checkpoint of any run folder under <out>/runs: its modification time}."""
+    import glob
+
+    return {
+        p: os.stat(p).st_mtime_ns
+        for p in glob.glob(os.path.join(str(out), "runs", "**", "model.pth.tar-*"), recursive=True)
+    }
+
+
+def test_changed_settings_run_skip_the_unchanged_and_the_report_shows_the_new_runs(data_root, tmp_path, capsys):
+    import yaml
+
+    from harness import results
+    from harness.report import build_tables
+    from harness.report.tables import harmonic
+
+    experiment, out = tmp_path / "mini.yaml", tmp_path / "out"
+    experiment.write_text(yaml.safe_dump(SMALL))
+    assert _sweep(experiment, data_root, out) == 0
+    assert _sweep(experiment, data_root, out, "--dry-run") == 0
+    assert "5 jobs: 0 to run" in capsys.readouterr().out  # an unchanged study re-run skips everything
+
+    steps = [
+        (["--set", "epochs=2"], "epochs: 1 -> 2"),
+        (["--set", "epochs=2", "--set", "lr=0.01"], "lr: 0.002 -> 0.01"),
+        (["--set", "epochs=2", "--set", "lr=0.01"], None),  # edited config below: a method option
+    ]
+    for extra, change in steps:
+        if change is None:
+            edited = {
+                **SMALL,
+                "methods": {
+                    **SMALL["methods"],
+                    "coop": {"config": "coop/vit_b16_ctxv1", "options": {"ctx_init": "a picture of a"}},
+                },
+            }
+            experiment.write_text(yaml.safe_dump(edited))
+            change = "options.ctx_init: a photo of a -> a picture of a"
+        before_records = results.read_records(str(out))
+        before_checkpoints = _final_checkpoints(out)
+        capsys.readouterr()
+        assert _sweep(experiment, data_root, out, *extra, "--dry-run") == 0
+        plan = capsys.readouterr().out
+        assert "5 jobs: 4 to run, 1 already have all their results" in plan  # zero-shot CLIP is unchanged
+        assert f"settings changed: {change}" in plan, plan
+        assert _sweep(experiment, data_root, out, *extra) == 0
+        assert f"[changed] mini/coop/synthetic/seed1/train: {change}" in capsys.readouterr().out
+        after = results.read_records(str(out))
+        # Nothing of the earlier runs is lost: their records and checkpoints stay as they were.
+        assert after[: len(before_records)] == before_records and len(after) == len(before_records) + 4
+        assert all(_final_checkpoints(out).get(p) == t for p, t in before_checkpoints.items())
+        folders = lambda found: {os.path.dirname(p) for p in found}  # noqa: E731
+        assert len(folders(_final_checkpoints(out))) == len(folders(before_checkpoints)) + 2
+
+    newest = after[-4:]
+    assert len({r["fingerprint"] for r in newest if r["seed"] == 1}) == 1  # train and eval records pair
+    assert all(r["epochs"] == 2 and r["options"]["ctx_init"] == "a picture of a" for r in newest)
+    t = build_tables(str(out))["table1_base2new"]
+    coop = t.group_for("coop")
+    for sub in ("base", "new"):
+        values = [r["metrics"]["accuracy"] for r in newest if r["subsample"] == sub]
+        cell = t.cell("synthetic", coop, sub)
+        assert cell.mean == pytest.approx(sum(values) / 2) and cell.n == 2 and cell.note == ""
+    base, new = (sum(r["metrics"]["accuracy"] for r in newest if r["subsample"] == s) / 2 for s in ("base", "new"))
+    assert t.cell("synthetic", coop, "h").mean == pytest.approx(harmonic(base, new))
+    assert sum("superseded" in n for n in t.notes) == 3  # the three earlier settings runs
+
+
+def test_run_into_a_folder_of_other_settings_refuses(data_root, tmp_path, capsys):
+    from harness.cli import main
+
+    args = ["run", "--method", "coop", "--dataset", "synthetic", "--data-root", data_root, "--backbone", "tiny"]
+    args += ["--precision", "fp32", "--shots", "2", "--num-workers", "0", "--tracking", "none"]
+    args += ["--output-dir", str(tmp_path / "x"), "--epochs", "1"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run of other settings" in err and "epochs: 1 -> 2" in err
+    assert "--output-dir" in err and "--force" in err
+
+
+def test_force_retrains_into_fresh_folders_and_reevaluate_rescores(data_root, tmp_path, capsys):
+    import glob
+
+    import yaml
+
+    from harness import results
+
+    experiment, out = tmp_path / "mini.yaml", tmp_path / "out"
+    experiment.write_text(yaml.safe_dump({**SMALL, "seeds": [1]}))
+    assert _sweep(experiment, data_root, out, "--methods", "coop") == 0
+    first = results.read_records(str(out))
+    checkpoints = _final_checkpoints(out)
+    (old_dir,) = {os.path.dirname(os.path.dirname(p)) for p in checkpoints}
+    assert _sweep(experiment, data_root, out, "--methods", "coop", "--force") == 0
+    forced = results.read_records(str(out))[len(first) :]
+    # Training redone from scratch in a fresh folder beside the old one, which keeps its checkpoint.
+    assert len(forced) == 2 and not any(r["reevaluated"] for r in forced)
+    assert {r["run_dir"] for r in forced if r["subsample"] == "base"} == {old_dir + "-2"}
+    after_force = _final_checkpoints(out)
+    assert after_force.items() >= checkpoints.items() and len(after_force) == 2
+    # The evaluation job loaded the prompt trained now, not the old folder's.
+    (eval_dir,) = {r["run_dir"] for r in forced if r["subsample"] == "new"}
+    assert eval_dir.endswith("-2")
+    (log_file,) = glob.glob(os.path.join(eval_dir, "log.txt*"))
+    with open(log_file) as f:
+        assert f"'load_from': '{old_dir}-2'" in f.read()
+    # --reevaluate scores the existing checkpoints again, without training, and says so in the records.
+    assert _sweep(experiment, data_root, out, "--methods", "coop", "--reevaluate") == 0
+    again = results.read_records(str(out))[len(first) + 2 :]
+    assert len(again) == 2 and all(r["reevaluated"] for r in again)
+    assert _final_checkpoints(out) == after_force
+    assert [r["metrics"] for r in again] == [r["metrics"] for r in forced]
