@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.report.variants import LABEL_FIELD
-
 PAPER_DATASETS = (
     "imagenet",
     "caltech101",
@@ -64,6 +62,8 @@ METHOD_ORDER = ("zsclip", "coop", "cocoop", "kgcoop", "maple", "promptsrc")
 # PromptSRC learn the first n_ctx tokens of them and keep the rest as words (PROTOCOL-successors.md 3).
 INIT_WORDS_FIX_N_CTX = ("coop", "cocoop", "kgcoop")
 AVERAGE = "average"
+# A record's settings run label, set when the report shows several of one family (harness.report.variants).
+LABEL_FIELD = "_settings_label"
 
 # Experiments that feed a table unless the caller says otherwise (see ``table_filter``).
 OWN_EXPERIMENTS = ("crossdataset", "domaingen", "ablations")

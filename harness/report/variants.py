@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness import fingerprint as fingerprints
+from harness.report.tables import LABEL_FIELD, method_label
 
 LEGACY = "no fingerprint"
-LABEL_FIELD = "_settings_label"  # set on records of families with several settings runs
 
 
 @dataclass
@@ -116,8 +116,6 @@ def select(records: list[dict], all_variants: bool = False) -> tuple[list[dict],
 def table_notes(table, records: list[dict], superseded: list[Superseded]) -> list[str]:
     """The notes that say which settings a table's numbers come from: backbone, precision, shots and
     epochs of its records, those without a fingerprint, and the superseded settings runs of its cells."""
-    from harness.report.tables import method_label
-
     methods = {g.method for g in table.groups}
     rows = {key for key, _ in table.rows}
     mine = [r for r in records if r.get("method") in methods and r.get("dataset") in rows]
