@@ -88,8 +88,9 @@ def _cmd_run(args) -> int:
 
         where = results.results_path(spec.results or os.path.dirname(os.path.abspath(spec.output_dir)))
         print(
-            f"Nothing to do: the {len(spec.eval_targets())} result(s) of {spec.job_name} exist in {where} "
-            "(--force redoes them)."
+            f"Nothing to do: the {len(spec.eval_targets())} result(s) of {spec.job_name} with these settings exist "
+            f"in {where} (--force redoes the job from scratch in a fresh folder, --reevaluate re-scores "
+            "its checkpoint)."
         )
     for r in records:
         fields = {k: r[k] for k in ("job", "dataset", "subsample")}
