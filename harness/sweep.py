@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -217,13 +218,15 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
                 probe = build_spec({**base, "output_dir": out}, overrides)
                 # One folder per settings run: a changed setting never resumes or overwrites another's.
                 fingerprint = fingerprints.fingerprint_of(fingerprints.settings_of(probe))
-                train_dir = os.path.join(
-                    out,
-                    "runs",
-                    config_name or method,
-                    f"{dataset}_{train_subsample}",
-                    f"shots{probe.shots}_seed{seed}_{fingerprint[:8]}",
-                )
+                folder = os.path.join(out, "runs", config_name or method, f"{dataset}_{train_subsample}")
+                train_dir = os.path.join(folder, f"shots{probe.shots}_seed{seed}_{fingerprint[:8]}")
+                # A training folder of a sweep made before fingerprints (named by the training keys and the
+                # data root) is still found, so its evaluation jobs load the prompt it holds.
+                legacy_key = {**probe.training_identity(), "data_root": probe.data_root}
+                legacy_hash = hashlib.sha1(json.dumps(legacy_key, sort_keys=True, default=str).encode()).hexdigest()
+                legacy = os.path.join(folder, f"shots{probe.shots}_seed{seed}_{legacy_hash[:8]}")
+                if not os.path.isdir(train_dir) and os.path.isdir(legacy) and not fingerprints.read_folder(legacy):
+                    train_dir = legacy
                 train = build_spec(
                     {
                         **base,

@@ -388,3 +388,52 @@ def test_force_retrains_into_fresh_folders_and_reevaluate_rescores(data_root, tm
     assert len(again) == 2 and all(r["reevaluated"] for r in again)
     assert _final_checkpoints(out) == after_force
     assert [r["metrics"] for r in again] == [r["metrics"] for r in forced]
+
+
+def test_a_training_folder_of_a_sweep_before_fingerprints_is_still_found(data_root, tmp_path):
+    import hashlib
+    import json
+
+    from harness import sweep
+
+    experiment = sweep.narrow(sweep.load_experiment(_write_small(tmp_path)), methods=["coop"], seeds=["1"])
+    out = str(tmp_path / "out")
+    (train, evaluation) = sweep.expand(experiment, data_root, out)
+    assert os.path.basename(train.spec.output_dir) == f"shots2_seed1_{train.fingerprint[:8]}"
+    key = {**train.spec.training_identity(), "data_root": data_root}
+    legacy_hash = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    legacy = os.path.join(os.path.dirname(train.spec.output_dir), f"shots2_seed1_{legacy_hash}")
+    os.makedirs(legacy)
+    (train, evaluation) = sweep.expand(experiment, data_root, out)
+    assert train.spec.output_dir == evaluation.spec.load_from == legacy
+
+
+def test_status_shows_each_jobs_fingerprint(data_root, tmp_path, capsys):
+    from harness import sweep
+    from harness.cli import main
+
+    path = _write_small(tmp_path)
+    jobs = sweep.expand(sweep.load_experiment(path), data_root, str(tmp_path / "out"))
+    assert main(["status", path, "--data-root", data_root, "--out", str(tmp_path / "out")]) == 0
+    shown = capsys.readouterr().out
+    for job in jobs:
+        assert f"fingerprint {job.fingerprint}" in shown
+    # The data is in it, not where it lies; a setting at its default value is not.
+    moved = str(tmp_path / "moved")
+    os.symlink(data_root, moved)
+    assert [j.fingerprint for j in sweep.expand(sweep.load_experiment(path), moved, str(tmp_path / "o"))] == [
+        j.fingerprint for j in jobs
+    ]
+    stated = sweep.expand(sweep.load_experiment(path), data_root, str(tmp_path / "o"), {"momentum": 0.9})
+    assert [j.fingerprint for j in stated] == [j.fingerprint for j in jobs]
+    other = sweep.expand(sweep.load_experiment(path), data_root, str(tmp_path / "o"), {"momentum": 0.8})
+    changed = [a.fingerprint != b.fingerprint for a, b in zip(other, jobs)]
+    assert changed == [j.spec.method == "coop" for j in jobs]  # zero-shot CLIP has no optimiser
+
+
+def _write_small(tmp_path) -> str:
+    import yaml
+
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump(SMALL))
+    return str(path)
