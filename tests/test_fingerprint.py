@@ -437,3 +437,21 @@ def _write_small(tmp_path) -> str:
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(SMALL))
     return str(path)
+
+
+def test_records_written_before_fingerprints_finish_their_jobs(data_root, tmp_path):
+    import json
+
+    from harness import sweep
+    from harness.launcher import plan
+
+    out = tmp_path / "out"
+    jobs = sweep.expand(sweep.load_experiment(_write_small(tmp_path)), data_root, str(out))
+    out.mkdir()
+    with open(out / "results.jsonl", "w") as f:  # as an earlier harness wrote them: no fingerprint
+        for job in jobs[:-1]:
+            for dataset, subsample in job.targets():
+                f.write(json.dumps({**job.spec.identity(), "dataset": dataset, "subsample": subsample}) + "\n")
+    states = plan(jobs)
+    assert [s.state for s in states] == ["skipped"] * (len(jobs) - 1) + ["pending"]
+    assert states[-1].fingerprint == jobs[-1].fingerprint and states[-1].changed is None
