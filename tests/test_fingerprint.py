@@ -179,7 +179,8 @@ def test_report_shows_the_newest_settings_run_and_lists_the_superseded(tmp_path)
     base = t.cell("dtd", group, "base")
     assert (base.mean, base.n, base.note) == (50.0, 1, "†(1/3 seeds)")  # never 73.50 ± 8.20 of mixed runs
     notes = "\n".join(t.notes)
-    assert "superseded: 4 record(s) of coop" in notes and "precision fp32" in notes and "epochs 10" in notes
+    assert "Superseded: 4 record(s) of coop" in notes
+    assert "with epochs 10, precision fp32; shown instead: the newer epochs 1, precision bf16" in notes
     assert "Settings: backbone ViT-B/16; precision bf16; shots 16; epochs CoOp 1." in notes
 
 
@@ -339,7 +340,7 @@ def test_changed_settings_run_skip_the_unchanged_and_the_report_shows_the_new_ru
         assert cell.mean == pytest.approx(sum(values) / 2) and cell.n == 2 and cell.note == ""
     base, new = (sum(r["metrics"]["accuracy"] for r in newest if r["subsample"] == s) / 2 for s in ("base", "new"))
     assert t.cell("synthetic", coop, "h").mean == pytest.approx(harmonic(base, new))
-    assert sum("superseded" in n for n in t.notes) == 3  # the three earlier settings runs
+    assert sum("Superseded" in n for n in t.notes) == 3  # the three earlier settings runs
 
 
 def test_run_into_a_folder_of_other_settings_refuses(data_root, tmp_path, capsys):

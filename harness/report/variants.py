@@ -23,7 +23,8 @@ LEGACY = "no fingerprint"
 @dataclass
 class Superseded:
     family: tuple
-    label: str  # what differs, e.g. "epochs 1, precision bf16"
+    label: str  # what differs, e.g. "epochs 10, precision fp32"
+    shown: str  # the same of the newer settings run shown instead
     datasets: list
     count: int
 
@@ -35,8 +36,8 @@ class Superseded:
         experiment, method, config = self.family[:3]
         where = ", ".join(self.datasets)
         return (
-            f"superseded: {self.count} record(s) of {method} ({config or method}, {experiment}) on {where} "
-            f"with {self.label}; a newer settings run is shown (--all-variants shows both)"
+            f"Superseded: {self.count} record(s) of {method} ({config or method}, {experiment}) on {where} "
+            f"with {self.label}; shown instead: the newer {self.shown} (--all-variants shows both)."
         )
 
 
@@ -109,7 +110,7 @@ def select(records: list[dict], all_variants: bool = False) -> tuple[list[dict],
             if run != shown:
                 old = [r for r in recs if settings_run(r) == run]
                 datasets = sorted({f"{r.get('dataset')}/{r.get('subsample')}" for r in old})
-                superseded.append(Superseded(fam, f"{labels[run]} (shown: {labels[shown]})", datasets, len(old)))
+                superseded.append(Superseded(fam, labels[run], labels[shown], datasets, len(old)))
     return kept, superseded
 
 
