@@ -203,7 +203,7 @@ def _error_types() -> tuple[tuple[type, int], ...]:
         ("harness.fingerprint", "FolderMismatchError", BAD_INPUT),
         ("harness.results", "ResultsError", BAD_INPUT),
         ("harness.report", "ReportError", BAD_INPUT),
-        ("harness.launcher", "SubmissionError", BAD_INPUT),
+        ("harness.launcher.slurm", "SubmissionError", BAD_INPUT),
         ("harness.runner", "RunFailedError", FAILED),
     )
     found = [(getattr(sys.modules[m], name), code) for m, name, code in wanted if m in sys.modules]

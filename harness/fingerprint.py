@@ -27,7 +27,7 @@ import os
 import typing
 
 from harness.atomic import atomic_write_text
-from harness.config import TRAINING_KEYS, RunSpec, method_trains
+from harness.config import TRAINING_KEYS, RunSpec
 
 FINGERPRINT_CHARS = 12
 FOLDER_FILE = "fingerprint.json"
@@ -67,7 +67,7 @@ def settings_of(spec: RunSpec, data: str | None = None) -> dict:
     """The settings (see the module's docstring); ``data``: the split digest (read when not given)."""
     hints = typing.get_type_hints(RunSpec)
     defaults = RunSpec()
-    trains = method_trains(spec.method)
+    trains = spec.learns
     out = {}
     for f in dataclasses.fields(RunSpec):
         name = f.name

@@ -39,7 +39,7 @@ import yaml
 
 from harness import fingerprint as fingerprints
 from harness import results
-from harness.config import PROJECT_ROOT, ConfigError, RunSpec, build_spec, load_method_config, method_trains
+from harness.config import PROJECT_ROOT, ConfigError, RunSpec, build_spec, layer
 
 EXPERIMENT_DIR = os.path.join(PROJECT_ROOT, "experiments")
 EXPERIMENT_KEYS = {
@@ -69,9 +69,13 @@ PROTOCOLS = ("base2new", "transfer")
 @dataclass
 class Job:
     name: str
-    kind: str  # "train" | "eval"
     spec: RunSpec
     depends_on: list = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        """``train`` | ``eval``: the spec's ``job_kind``."""
+        return self.spec.job_kind
 
     def targets(self) -> list[tuple[str, str]]:
         return self.spec.eval_targets()
@@ -195,10 +199,9 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
             values = {**common, **(method_cfg.get("run") or {}), "config": config_name or ""}
             if method_cfg.get("options"):
                 values["options"] = method_cfg["options"]
-            method = (load_method_config(config_name) if config_name else values).get("method") or variant
-            values.setdefault("method", method)
+            values.setdefault("method", layer(values).get("method") or variant)
             values.update(dataset=dataset, subsample=train_subsample)
-            if not method_trains(overrides.get("method", method)):
+            if not build_spec({**values, "output_dir": out}, overrides).learns:
                 zero_shot = {**values, "seed": None, "evaluate": targets(train_evals + other_evals)}
                 fingerprint = fingerprints.fingerprint_of(
                     fingerprints.settings_of(build_spec({**zero_shot, "output_dir": out}, overrides))
@@ -211,14 +214,14 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
                     },
                     overrides,
                 )
-                jobs.append(Job(spec.job, "eval", spec))
+                jobs.append(Job(spec.job, spec))
                 continue
             for seed in seeds:
                 base = {**values, "seed": seed}
                 probe = build_spec({**base, "output_dir": out}, overrides)
                 # One folder per settings run: a changed setting never resumes or overwrites another's.
                 fingerprint = fingerprints.fingerprint_of(fingerprints.settings_of(probe))
-                folder = os.path.join(out, "runs", config_name or method, f"{dataset}_{train_subsample}")
+                folder = os.path.join(out, "runs", config_name or values["method"], f"{dataset}_{train_subsample}")
                 train_dir = os.path.join(folder, f"shots{probe.shots}_seed{seed}_{fingerprint[:8]}")
                 # A training folder of a sweep made before fingerprints (named by the training keys and the
                 # data root) is still found, so its evaluation jobs load the prompt it holds.
@@ -236,7 +239,7 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
                     },
                     overrides,
                 )
-                jobs.append(Job(train.job, "train", train))
+                jobs.append(Job(train.job, train))
                 if other_evals:
                     evaluation = build_spec(
                         {
@@ -250,7 +253,7 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
                         },
                         overrides,
                     )
-                    jobs.append(Job(evaluation.job, "eval", evaluation, depends_on=[train.job]))
+                    jobs.append(Job(evaluation.job, evaluation, depends_on=[train.job]))
     return jobs
 
 
