@@ -20,7 +20,10 @@ and ends exactly where an uninterrupted one would.
 
 Evaluation (PROTOCOL.md 13): accuracy, error, macro-F1 and per-class accuracy on the test split of
 each target. Each finished evaluation appends one record (``harness.results.make_record``) to the
-results store; a run whose records all exist is skipped.
+results store with the job's fingerprint (``harness.fingerprint``); a run whose records all exist
+with it is skipped. The run folder's ``fingerprint.json`` says which settings run it holds: a folder
+of other settings is refused, ``force`` trains anew in a fresh folder beside it, ``reevaluate``
+scores its finished checkpoint again.
 """
 
 from __future__ import annotations
