@@ -72,6 +72,9 @@ class CLIPMethod(nn.Module):
     # The folder of a run where the authors' trainer writes this method's checkpoints (their registered
     # name), so that their tools find ours.
     checkpoint_folder = "prompt_learner"
+    # Whether the authors' framework writes a ``val_result`` entry (KaiyangZhou's Dassl does, the
+    # Dassl.ProGrad copy that ProGrad and TCP build on does not).
+    writes_val_result = True
     trainable = True
     features_cacheable = True
     # False: the class text features do not depend on the image, so a whole test set's features can
@@ -170,7 +173,8 @@ class CLIPMethod(nn.Module):
     def save_prompt_checkpoint(
         self, path: str, epoch: int, optimizer=None, scheduler=None, *, full: bool = True, **extra
     ) -> None:
-        """Write ``{"state_dict", "epoch", "optimizer", "scheduler", "val_result", ...}`` atomically.
+        """Write ``{"state_dict", "epoch", "optimizer", "scheduler", "val_result", ...}`` atomically (no
+        ``val_result`` where the authors' framework writes none).
 
         The file is what the authors' framework writes as ``<checkpoint_folder>/model.pth.tar-<epoch>``,
         so their tools load ours; ``extra`` keys (RNG states, ...) are ignored by theirs.
@@ -180,7 +184,7 @@ class CLIPMethod(nn.Module):
             "epoch": int(epoch),
             "optimizer": optimizer,
             "scheduler": scheduler,
-            "val_result": None,
+            **({"val_result": None} if self.writes_val_result else {}),
             **extra,
         }
         atomic_torch_save(state, path)
