@@ -47,6 +47,8 @@ UNUSED_WIDTH = 512  # bias_vectors and meta_net are hard-coded 512 wide (kgcoop.
 
 @register_method("kgcoop")
 class KgCoOp(CoOp):
+    writes_val_result = False  # Dassl.ProGrad, the framework of its repository (PROTOCOL-successors.md 5)
+
     def __init__(
         self,
         clip_model,

@@ -176,13 +176,16 @@ class ProGrad(CoOp):
 
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
-        """Zero-shot logits of the fp32 CLIP (prograd.py:240-249, 376-377)."""
-        if image_features.dtype == torch.float32:  # fp32 mode: the student's tower is the teacher's
-            v0 = image_features.detach()
-        else:
-            v0 = fp32_image_tower(self.clip)(images.float())
-        v0 = F.normalize(v0.float(), dim=-1)
-        return self.clip.logit_scale.float().exp() * v0 @ self.teacher_text.t()
+        """Zero-shot logits of the fp32 CLIP (prograd.py:240-249, 376-377), in fp32 also inside an amp step."""
+        with torch.autocast(images.device.type, enabled=False):
+            if image_features.dtype == torch.float32:  # fp32 mode: the student's tower is the teacher's
+                v0 = image_features.detach()
+            elif self.dtype == torch.float32:  # amp: the same fp32 tower, outside autocast
+                v0 = self.clip.visual(images.float())
+            else:
+                v0 = fp32_image_tower(self.clip)(images.float())
+            v0 = F.normalize(v0.float(), dim=-1)
+            return self.clip.logit_scale.float().exp() * v0 @ self.teacher_text.t()
 
     # -- training ------------------------------------------------------------------------------------
 

@@ -225,6 +225,19 @@ def test_low_precision_forward_and_update_agree_with_fp32(classnames, images, pr
     assert float(cosine) > 0.95
 
 
+def test_an_amp_step_keeps_the_teacher_in_fp32(classnames, images):
+    # A fresh CLIP object: its teacher cache is empty, so the first step inside autocast computes it.
+    labels = torch.tensor([0, 1, 2])
+    amp = build(backbone.load_clip("tiny"), classnames).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp.backward(images, labels)
+    assert amp.teacher_text.dtype == torch.float32
+    fp32 = build(backbone.load_clip("tiny"), classnames).train()
+    fp32.backward(images, labels)
+    cosine = F.cosine_similarity(amp.prompt_learner.ctx.grad.flatten(), fp32.prompt_learner.ctx.grad.flatten(), 0)
+    assert float(cosine) > 0.99
+
+
 # -- through the runner -----------------------------------------------------------------------------
 
 
