@@ -153,6 +153,11 @@ class ProGrad(CoOp):
         if "{}" not in self.template:
             raise ValueError(f"Template {self.template!r} has no '{{}}' for the class name.")
         words = self.template.replace(" {}.", "").replace("_", " ") if ctx_init is None else ctx_init
+        if "{}" in words:
+            raise ValueError(
+                f"The context starts from the template's words without its final ' {{}}.' (prograd.py:80-82), but "
+                f"template {self.template!r} does not end that way: give the init words with ctx_init."
+            )
         if words:  # no random draw, as the authors' init
             CLIPMethod.__init__(self, clip_model, classnames)
             self.prompt_learner = TemplatePromptLearner(clip_model, classnames, n_ctx, words.replace("_", " "))

@@ -158,6 +158,9 @@ def test_init_options(tiny_clip, classnames):
     with pytest.raises(ValueError, match="n_ctx >= 8"):
         build(tiny_clip, classnames, dataset="oxford_pets", n_ctx=4)
     assert build(tiny_clip, classnames, dataset="dtd").template == "a texture of {}."
+    with pytest.raises(ValueError, match="give the init words with ctx_init"):
+        build(tiny_clip, classnames, template="a photo of a {}, a type of pet.")
+    assert build(tiny_clip, classnames, template="{} texture.", ctx_init="a texture").ctx_init == "a texture"
 
 
 def test_only_ctx_trains_and_the_teacher_is_not_in_the_model(tiny_clip, classnames, images):
