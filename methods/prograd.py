@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import backbone
-from methods import deep_prompts
+from methods import teachers
 from methods.base import CLIPMethod
 from methods.coop import CoOp, PromptLearner
 from methods.registry import register_method
@@ -175,7 +175,7 @@ class ProGrad(CoOp):
     @property
     def teacher_text(self) -> torch.Tensor:
         """Normalised fp32 text features of the template [K, E], computed once per CLIP and class set."""
-        return deep_prompts.teacher_text_features(
+        return teachers.teacher_text_features(
             self.clip, self.classnames, [self.template], dtype=torch.float32, combine="normalise"
         )
 

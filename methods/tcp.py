@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import backbone
-from methods import deep_prompts
+from methods import deep_prompts, prompt_text, teachers
 from methods.base import CLIPMethod
 from methods.registry import register_method
 
@@ -138,7 +138,7 @@ class TCPPromptLearner(nn.Module):
         return tokens.reshape(tokens.shape[0], self.n_class_tokens, self.width)
 
     def prompts(self) -> torch.Tensor:
-        return deep_prompts.assemble(self, self.ctx)
+        return prompt_text.assemble(self, self.ctx)
 
 
 @contextmanager
@@ -225,7 +225,7 @@ class TCP(CLIPMethod):
     @property
     def teacher_text(self) -> torch.Tensor:
         """The teacher template's normalised text features [K, E] in the model's dtype, once per class set."""
-        return deep_prompts.teacher_text_features(self.clip, self.classnames, [self.template], combine="normalise")
+        return teachers.teacher_text_features(self.clip, self.classnames, [self.template], combine="normalise")
 
     def text_features(self) -> torch.Tensor:
         pl = self.prompt_learner
