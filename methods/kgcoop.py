@@ -47,8 +47,14 @@ UNUSED_WIDTH = 512  # bias_vectors and meta_net are hard-coded 512 wide (kgcoop.
 
 @register_method("kgcoop")
 class KgCoOp(CoOp):
+    label = "KgCoOp"
+    paper = "Yao et al., CVPR"
+    year = 2023
+    source = "htyao89/KgCoOp@c43ccc3"
+    color = "#ff7f0e"
     writes_val_result = False  # Dassl.ProGrad, the framework of its repository (PROTOCOL-successors.md 5)
 
+    # default_config: the only file in experiments/methods/kgcoop/
     def __init__(
         self,
         clip_model,

@@ -131,6 +131,13 @@ def fp32_image_tower(clip) -> nn.Module:
 
 @register_method("prograd")
 class ProGrad(CoOp):
+    label = "ProGrad"
+    paper = "Zhu et al., ICCV"
+    year = 2023
+    source = "BeierZhu/Prompt-align@1b76203"
+    color = "#2ca02c"
+    # The study's ViT-B/16, 16-shot run of the authors' RN50 settings (the project's choice).
+    default_config = "prograd/vit_b16_ep100"
     writes_val_result = False  # Dassl.ProGrad's save_model (trainer.py:119-143)
 
     def __init__(

@@ -169,6 +169,12 @@ def class_tokens_injected(clip, layer: int, tokens: torch.Tensor, weight: float)
 
 @register_method("tcp")
 class TCP(CLIPMethod):
+    label = "TCP"
+    paper = "Yao et al., CVPR"
+    year = 2024
+    source = "htyao89/Textual-based_Class-aware_prompt_tuning@bd97bec"
+    color = "#e377c2"
+    default_config = "tcp/vit_b16_ep100_ctxv1"
     writes_val_result = False  # the Dassl.ProGrad framework of the authors' train.py (no val_result)
 
     def __init__(
