@@ -69,6 +69,7 @@ class RunSpec:
     load_from: str = ""
     tracking: str = "auto"
     force: bool = False
+    reevaluate: bool = False
     job: str = ""
 
     def eval_targets(self) -> list[tuple[str, str]]:
@@ -188,7 +189,8 @@ FIELD_HELP = {
     "feature_cache": "folder of cached test-image features; default <results folder>/feature_cache",
     "load_from": "evaluate a trained prompt: a run folder or a prompt checkpoint file (no training)",
     "tracking": "W&B: auto | online | offline | disabled | none",
-    "force": "redo the run even if its results exist",
+    "force": "redo the job from scratch, training included, in a fresh run folder beside the old one",
+    "reevaluate": "score the run folder's finished checkpoint again (no training); its records say so",
     "job": "readable job name (default from method/dataset/seed)",
 }
 assert set(FIELD_HELP) == {f.name for f in dataclasses.fields(RunSpec)}

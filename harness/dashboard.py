@@ -156,13 +156,14 @@ def load_study(
     paper_dir=None,
     with_paper: bool = True,
 ) -> Study:
-    from harness.report import build_tables, default_paper_dir, load_records
+    from harness.report import build_tables, default_paper_dir, load_records, read_expectations
 
     records = load_records(results)
     if not records:
         raise DashboardError(f"no records in {results}: nothing to show")
     paper_dir = paper_dir if paper_dir is not None else default_paper_dir()
-    tables = build_tables(records, experiments, expected_seeds, paper_dir, with_paper)
+    expectations = read_expectations(results)  # as the report stage read them, so the tables are its tables
+    tables = build_tables(records, experiments, expected_seeds, paper_dir, with_paper, expectations=expectations)
     check_report_dir(tables, report_dir)
     figures = {}  # the report stage's W&B run logged these images (name -> png in the report folder)
     report_run = None

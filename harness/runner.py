@@ -21,7 +21,10 @@ and ends exactly where an uninterrupted one would.
 
 Evaluation (PROTOCOL.md 13): accuracy, error, macro-F1 and per-class accuracy on the test split of
 each target. Each finished evaluation appends one record (``harness.results.make_record``) to the
-results store; a run whose records all exist is skipped.
+results store with the job's fingerprint (``harness.fingerprint``); a run whose records all exist
+with it is skipped. The run folder's ``fingerprint.json`` says which settings run it holds: a folder
+of other settings is refused, ``force`` trains anew in a fresh folder beside it, ``reevaluate``
+scores its finished checkpoint again.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from tqdm import tqdm
 
 import methods
 from harness import backbone, checkpoint, data, results, tracking
+from harness import fingerprint as fingerprints
 from harness.checkpoint import TrainingState
 from harness.config import RunSpec
 from harness.features import FeatureCache, cache_namespace, compute_features
@@ -79,8 +83,12 @@ class Run:
         self.job = spec.job_name
         self.tracker: tracking.Tracker = tracking.Tracker()
         self.clip = None
+        self.settings = fingerprints.settings_of(spec)  # what the numbers depend on (harness.fingerprint)
+        self.fingerprint = fingerprints.fingerprint_of(self.settings)
 
     def __call__(self) -> list[dict]:
+        if self.spec.force:
+            self.run_dir = self.forced_run_dir()
         with run_folder_lock(self.run_dir, self.job):
             return self.run()
 
@@ -97,12 +105,14 @@ class Run:
                 results.results_path(self.results),
             )
             return []
+        self.claim_folder()
         started = time.time()
         seed_everything(spec.seed if spec.learns else None)
         records = []
         with run_logging(self.run_dir) as log_path:
             log.info("Run %s -> %s (log %s)", self.job, self.run_dir, log_path)
             log.info("Spec: %s", spec.to_dict())
+            log.info("Fingerprint %s of the settings %s", self.fingerprint, self.settings)
             self.tracker = tracking.start_run(
                 spec.tracking,
                 name=self.job,
@@ -117,7 +127,9 @@ class Run:
                 self.clip = backbone.load_clip(
                     spec.backbone, device=self.device, precision=clip_precision(spec.precision)
                 )
-                if spec.trains:
+                if spec.reevaluate and spec.trains:
+                    checkpoint_file, epochs = self.finished_checkpoint()
+                elif spec.trains:
                     checkpoint_file, epochs = self.train(), spec.epochs
                 else:
                     checkpoint_file, epochs = self.loaded_checkpoint()
@@ -127,6 +139,10 @@ class Run:
                 failed = False
             finally:
                 self.tracker.finish(failed=failed)
+        held = fingerprints.read_folder(self.run_dir) or {}
+        fingerprints.write_folder(
+            self.run_dir, self.settings, self.fingerprint, forced=bool(held.get("forced")), finished=True
+        )
         log.info("Feature cache: %d hits, %d computed", self.cache.hits, self.cache.misses)
         return records
 
@@ -257,6 +273,17 @@ class Run:
         log.info("epoch %d/%d  loss %.4f  train acc %.2f%%  lr %.3e", epoch, spec.epochs, epoch_loss, epoch_acc, lr)
         self.tracker.log(tracking.epoch_metrics(epoch_loss, epoch_acc, lr, epoch), step=step)
 
+    def finished_checkpoint(self) -> tuple[str, int]:
+        """``reevaluate``: the run folder's final checkpoint, scored again without training."""
+        found = checkpoint.latest_checkpoint(self.run_dir)
+        if not found or found[1] != self.spec.epochs:
+            raise RunFailedError(
+                f"Nothing to re-evaluate in {self.run_dir}: no finished training of {self.spec.epochs} epochs "
+                f"(last checkpoint: {found[0] if found else 'none'}). Run it without reevaluate to train."
+            )
+        log.info("Re-evaluating %s (no training)", found[0])
+        return found
+
     def loaded_checkpoint(self) -> tuple[str | None, int]:
         """For a job that does not train: (checkpoint to evaluate, epochs it was trained), from
         ``load_from`` (a run folder or a checkpoint file), or (None, 0) for a method that learns nothing."""
@@ -339,6 +366,7 @@ class Run:
         record = results.make_record(
             self.spec.identity(), dataset, subsample, evaluation, epochs, started, self.run_dir
         )
+        record.update(fingerprint=self.fingerprint, settings=self.settings, reevaluated=bool(self.spec.reevaluate))
         results.append_record(self.results, record)
         self.tracker.log(tracking.eval_metrics(dataset, subsample, record["metrics"]))
         self.tracker.summary(tracking.summary_metrics(record, self.spec.dataset))
@@ -348,10 +376,33 @@ class Run:
     # -- helpers -----------------------------------------------------------------------------
 
     def pending_targets(self) -> list[tuple[str, str]]:
+        """Targets without a record of this job's identity and fingerprint (all with force or reevaluate)."""
         targets = self.spec.eval_targets()
-        if self.spec.force:
+        if self.spec.force or self.spec.reevaluate:
             return targets
-        return results.pending_targets(self.spec.identity(), targets, results.existing_keys(self.results))
+        done = fingerprints.finished(results.read_records(self.results))
+        identity = self.spec.identity()
+        return [
+            t
+            for t in targets
+            if not fingerprints.is_finished(done, {**identity, "dataset": t[0], "subsample": t[1]}, self.fingerprint)
+        ]
+
+    def forced_run_dir(self) -> str:
+        """``force``: a fresh folder beside the old one; the same folder when it is a forced run of
+        these settings that was interrupted (a requeued job resumes it)."""
+        held = fingerprints.read_folder(self.run_dir)
+        if held and held.get("forced") and not held.get("finished") and held.get("fingerprint") == self.fingerprint:
+            return self.run_dir
+        return fingerprints.fresh_run_dir(self.run_dir)
+
+    def claim_folder(self) -> None:
+        """The run folder holds this settings run (or nothing yet): say so in its ``fingerprint.json``."""
+        fingerprints.check_folder(self.run_dir, self.settings, self.fingerprint)
+        if fingerprints.read_folder(self.run_dir) is None:
+            fingerprints.write_folder(
+                self.run_dir, self.settings, self.fingerprint, forced=self.spec.force, finished=False
+            )
 
     def build_method(self, classnames: list[str], dataset: str, subsample: str):
         options = dict(self.spec.options)

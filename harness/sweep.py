@@ -20,13 +20,16 @@ Jobs:
   * ``eval``: load the trained prompt and evaluate other classes or datasets (New accuracy,
     class-incremental, targets); depends on its ``train`` job.
   * zero-shot CLIP has no training and no seed: one ``eval`` job per dataset.
-A job whose records all exist in the results store is skipped, so a re-run after a failure or an
-edit does only what is missing.
+A job whose records all exist in the results store with its fingerprint (``harness.fingerprint``)
+is skipped, so a re-run after a failure does only what is missing, and a job whose settings changed
+(``--set epochs=2``, an edited config) runs again, in run folders of its own named by its fingerprint:
+the earlier run's checkpoints are neither resumed nor overwritten, and its records stay.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from harness import fingerprint as fingerprints
 from harness import results
 from harness.config import PROJECT_ROOT, ConfigError, RunSpec, build_spec, layer
 
@@ -76,8 +80,22 @@ class Job:
     def targets(self) -> list[tuple[str, str]]:
         return self.spec.eval_targets()
 
-    def pending_targets(self, done_keys: set) -> list[tuple[str, str]]:
-        return results.pending_targets(self.spec.identity(), self.targets(), done_keys)
+    @functools.cached_property
+    def settings(self) -> dict:
+        return fingerprints.settings_of(self.spec)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprints.fingerprint_of(self.settings)
+
+    def pending_targets(self, done: set) -> list[tuple[str, str]]:
+        """Targets without a record of this job's identity and fingerprint (``fingerprints.finished``)."""
+        identity, fingerprint = self.spec.identity(), self.fingerprint
+        return [
+            (d, s)
+            for d, s in self.targets()
+            if not fingerprints.is_finished(done, {**identity, "dataset": d, "subsample": s}, fingerprint)
+        ]
 
 
 def experiment_path(name_or_path: str) -> str:
@@ -121,10 +139,6 @@ def merge(base: dict, update: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def _short_hash(values: dict) -> str:
-    return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 # Run keys the sweep sets for each job: a --set of one of them would make every job the same.
@@ -188,12 +202,14 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
             values.setdefault("method", layer(values).get("method") or variant)
             values.update(dataset=dataset, subsample=train_subsample)
             if not build_spec({**values, "output_dir": out}, overrides).learns:
+                zero_shot = {**values, "seed": None, "evaluate": targets(train_evals + other_evals)}
+                fingerprint = fingerprints.fingerprint_of(
+                    fingerprints.settings_of(build_spec({**zero_shot, "output_dir": out}, overrides))
+                )
                 spec = build_spec(
                     {
-                        **values,
-                        "seed": None,
-                        "evaluate": targets(train_evals + other_evals),
-                        "output_dir": os.path.join(out, name, "zeroshot", variant, dataset),
+                        **zero_shot,
+                        "output_dir": os.path.join(out, name, "zeroshot", variant, f"{dataset}_{fingerprint[:8]}"),
                         "job": f"{name}/{variant}/{dataset}",
                     },
                     overrides,
@@ -203,14 +219,17 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
             for seed in seeds:
                 base = {**values, "seed": seed}
                 probe = build_spec({**base, "output_dir": out}, overrides)
-                key = {**probe.training_identity(), "data_root": probe.data_root}
-                train_dir = os.path.join(
-                    out,
-                    "runs",
-                    config_name or values["method"],
-                    f"{dataset}_{train_subsample}",
-                    f"shots{probe.shots}_seed{seed}_{_short_hash(key)}",
-                )
+                # One folder per settings run: a changed setting never resumes or overwrites another's.
+                fingerprint = fingerprints.fingerprint_of(fingerprints.settings_of(probe))
+                folder = os.path.join(out, "runs", config_name or values["method"], f"{dataset}_{train_subsample}")
+                train_dir = os.path.join(folder, f"shots{probe.shots}_seed{seed}_{fingerprint[:8]}")
+                # A training folder of a sweep made before fingerprints (named by the training keys and the
+                # data root) is still found, so its evaluation jobs load the prompt it holds.
+                legacy_key = {**probe.training_identity(), "data_root": probe.data_root}
+                legacy_hash = hashlib.sha1(json.dumps(legacy_key, sort_keys=True, default=str).encode()).hexdigest()
+                legacy = os.path.join(folder, f"shots{probe.shots}_seed{seed}_{legacy_hash[:8]}")
+                if not os.path.isdir(train_dir) and os.path.isdir(legacy) and not fingerprints.read_folder(legacy):
+                    train_dir = legacy
                 train = build_spec(
                     {
                         **base,
@@ -227,7 +246,9 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
                             **base,
                             "load_from": train_dir,
                             "evaluate": targets(other_evals),
-                            "output_dir": os.path.join(out, name, "evals", variant, dataset, f"seed{seed}"),
+                            "output_dir": os.path.join(
+                                out, name, "evals", variant, dataset, f"seed{seed}_{fingerprint[:8]}"
+                            ),
                             "job": f"{name}/{variant}/{dataset}/seed{seed}/eval",
                         },
                         overrides,
@@ -332,3 +353,51 @@ def check_data_folders(jobs: list[Job]) -> None:
             + f". See what to fetch with: python -m harness.data check --root {root}"
             + "; or narrow the sweep with --datasets."
         )
+
+
+EXPECTATION_FILE = "expected.json"
+
+
+def expectation_path(out: str, experiment: str) -> str:
+    return os.path.join(out, experiment, EXPECTATION_FILE)
+
+
+def record_expectation(out: str, ran: dict, expected: dict) -> str:
+    """Write ``<out>/<experiment>/expected.json`` beside the results store: the datasets, seeds and
+    methods the experiment (with its profile) expects, and what the sweeps run here so far narrowed it
+    to, so that the report marks every cell and Average that falls short of the experiment."""
+    from harness.atomic import atomic_write_text
+
+    path = expectation_path(out, ran["name"])
+    before = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            before = (json.load(f) or {}).get("ran") or {}
+    union = lambda key, now: sorted(set(before.get(key) or []) | set(now), key=str)  # noqa: E731
+    entry = {
+        "experiment": ran["name"],
+        "profile": expected.get("profile"),
+        "protocol": expected["protocol"],
+        "datasets": experiment_datasets(expected),
+        "seeds": [int(s) for s in expected.get("seeds", [1, 2, 3])],
+        "methods": list(expected.get("methods") or {}),
+        "ran": {
+            "datasets": union("datasets", experiment_datasets(ran)),
+            "seeds": union("seeds", [int(s) for s in ran.get("seeds", [1, 2, 3])]),
+            "methods": union("methods", list(ran.get("methods") or {})),
+        },
+    }
+    atomic_write_text(path, json.dumps(entry, indent=1) + "\n")
+    return path
+
+
+def read_expectations(out: str) -> dict:
+    """{experiment: expectation} of the sweeps recorded beside a results store (``record_expectation``)."""
+    found = {}
+    folder = os.path.dirname(os.path.abspath(results.results_path(out)))
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name, EXPECTATION_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                found[name] = json.load(f)
+    return found
