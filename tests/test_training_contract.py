@@ -84,6 +84,17 @@ def test_new_keys_stay_out_of_the_training_identity_at_their_defaults():
     assert spec_differences(default.training_identity(), changed.training_identity())["optimizer"] == ("sgd", "adam")
 
 
+def test_new_keys_are_in_a_fingerprint_only_when_set_and_only_for_what_trains():
+    from harness.fingerprint import settings_of
+
+    base = {"dataset": "x", "data_root": "/d", "output_dir": "/o"}
+    assert set(settings_of(RunSpec(method="coop", **base), data="d")).isdisjoint(LATER_TRAINING_KEYS)
+    adam = settings_of(RunSpec(method="coop", optimizer="adam", adam_eps=1e-3, **base), data="d")
+    assert (adam["optimizer"], adam["adam_eps"]) == ("adam", 1e-3)
+    zero_shot = settings_of(RunSpec(method="zsclip", optimizer="adam", crop_scale=[0.5, 1.0], **base), data="d")
+    assert set(zero_shot).isdisjoint(LATER_TRAINING_KEYS)  # zero-shot CLIP trains nothing
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
