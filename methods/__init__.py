@@ -8,7 +8,7 @@ A new method is one new file: subclass ``methods.base.CLIPMethod``, decorate it 
 ``@register_method("name")`` and import the module below.
 """
 
-from methods import cocoop, coop, kgcoop, maple, promptsrc, zsclip  # noqa: F401  (registers the built-in methods)
+from methods import cocoop, coop, coop_dept, kgcoop, maple, mmrl, promptsrc, zsclip  # noqa: F401  (registers them)
 from methods.base import CLIPMethod
 from methods.registry import METHODS, build_method, list_methods, method_class, method_options, register_method
 
