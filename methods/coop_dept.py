@@ -12,14 +12,17 @@ x -> scale * x + bias (scale starts at ones, bias at zeros), and one Linear over
     new    : logits = sim                   (no head; the checkpoint's head rows are dropped)
 
 The rule is the authors' (elp_coop.py:38-55), decided when the model is built from ``subsample``
-and the dataset: the head is built and used iff subsample is "base", or "all" on an ImageNet dataset
+and the dataset: the head is used iff subsample is "base", or "all" on an ImageNet dataset
 (the cross-dataset source and the four domain-generalisation targets). Documented deviations,
 where the authors' code has no rule: under that base rule, a checkpoint whose head has rows for
 other classes than the model's (e.g. ImageNet's 500 base classes in the class-incremental test on
 all 1000) scores with the similarity logits only; a head with rows for more classes is cut to the
 model's classes by name when the checkpoint names its classes (the harness's do; the authors cut
 ImageNet-A/-R by folder, elp_coop.py:267-287), else the similarity logits are used as well.
-Training a model built without a head is refused, as the authors' assertion does (elp_coop.py:79).
+Under "all" outside ImageNet the authors' model has no head and its training stops at an assertion
+(elp_coop.py:79); here the head is built so that such a model trains with the published objective,
+and it is scored with the similarity logits as the rule says. A model for new classes has no head and
+cannot train.
 
 Learning rates (trainers/optim.py:37-77, train.py:71-75): the context at the run's lr (0.0035), the
 FiLM layers and the head at 6.5 times it (``cat_lr_mult``); CLIP's logit_scale is in no group.
@@ -96,12 +99,15 @@ class CoOpDePT(CoOp):
         # In the authors' order: the FiLMs, then the head (elp_coop.py:31-46).
         self.film_lp_img = FiLM(dim, device)
         self.film_lp_text = FiLM(dim, device)
-        if uses_cat_head(subsample, dataset):
+        # The head is scored under the authors' rule; it is built wherever the model may train (not for
+        # new classes), so that "all" outside ImageNet trains the published objective (see the docstring).
+        self.head_scored = uses_cat_head(subsample, dataset)
+        if subsample != "new":
             head = nn.Linear(dim, len(self.classnames))  # default PyTorch init, then .type(dtype)
             self.linear_probe_proj = head.to(device=device, dtype=self.dtype)
         else:
             self.linear_probe_proj = None
-        self.head_active = self.linear_probe_proj is not None
+        self.head_active = self.head_scored
 
     # -- the forward ------------------------------------------------------------------------------
 
@@ -118,9 +124,8 @@ class CoOpDePT(CoOp):
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor, *, details: dict | None = None) -> torch.Tensor:
         if self.linear_probe_proj is None:
             raise ValueError(
-                f"coop_dept built with subsample={self.subsample!r} on dataset {self.dataset!r} has no CAT head and "
-                "cannot train (the authors' model asserts the same, elp_coop.py:79). Train on subsample 'base', or "
-                "'all' on an ImageNet dataset."
+                "coop_dept built for subsample='new' has no CAT head and cannot train (the authors' model asserts "
+                "the same, elp_coop.py:79): train on 'base' (or 'all') and evaluate new classes with its checkpoint."
             )
         image = self.encode_image(images)  # raw features: the head sees them un-normalised
         text = self.text_features()
@@ -156,7 +161,7 @@ class CoOpDePT(CoOp):
             "n_ctx": self.prompt_learner.n_ctx,
             "cat_weight": self.cat_weight,
             "cat_lr_mult": self.cat_lr_mult,
-            "cat_head": self.linear_probe_proj is not None,
+            "cat_head": self.head_scored,
         }
 
     # -- the authors' whole-model checkpoint -------------------------------------------------------
@@ -207,6 +212,12 @@ class CoOpDePT(CoOp):
     def _load_head(self, head: dict, path: str, classnames) -> None:
         if self.linear_probe_proj is None:
             return  # the new rule: the head's rows are dropped, as the authors' strict=False load does
+        same = head and head["weight"].shape[0] == self.num_classes
+        same = same and (classnames is None or list(classnames) == self.classnames)
+        if not self.head_scored:  # unused at evaluation: loaded only when it is this model's own (a resume)
+            if same:
+                load_learned_tensors(self.linear_probe_proj, head, path, self.method_name)
+            return
         self.head_active = True
         if not head:
             raise CheckpointError(
@@ -214,7 +225,7 @@ class CoOpDePT(CoOp):
                 f"{self.subsample!r}) uses. Evaluate it on subsample 'new', or use the checkpoint of a base-class run."
             )
         rows = head["weight"].shape[0]
-        if rows != self.num_classes or (classnames is not None and list(classnames) != self.classnames):
+        if not same:
             saved = list(classnames) if classnames is not None else None
             if saved is not None and set(self.classnames) <= set(saved):
                 index = torch.tensor([saved.index(name) for name in self.classnames])

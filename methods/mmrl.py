@@ -81,6 +81,12 @@ def uses_fusion(task: str, subsample: str, dataset: str | None) -> bool:
     return dataset == "imagenet"  # the authors' DATASET.NAME == "ImageNet": not its variants
 
 
+def default_rep_layers(depth: int) -> list[int]:
+    """The published REP_LAYERS [6..12] of ViT-B/16's 12 blocks; on a CLIP of ``depth`` blocks (the
+    shallower tower's) the same proportion, blocks depth // 2 .. depth (the project's choice)."""
+    return list(range(max(1, depth // 2), depth + 1))
+
+
 def causal_mask(length: int, device) -> torch.Tensor:
     """CLIP's text mask for ``length`` positions: -inf above the diagonal (model_mmrl.py:241-245)."""
     return torch.full((length, length), float("-inf"), device=device).triu_(1)
@@ -151,7 +157,7 @@ class MMRL(CLIPMethod):
         *,
         n_rep_tokens: int = 5,
         rep_dim: int | None = None,
-        rep_layers: list[int] | tuple[int, ...] = (6, 7, 8, 9, 10, 11, 12),
+        rep_layers: list[int] | tuple[int, ...] | None = None,
         alpha: float = 0.7,
         reg_weight: float | None = None,
         template: str | None = None,
@@ -160,15 +166,18 @@ class MMRL(CLIPMethod):
         dataset: str | None = None,
     ):
         """n_rep_tokens: K; rep_dim: the representation space's width (None: the dataset's published
-        value, 512, EuroSAT 2048); rep_layers: 1-indexed blocks receiving the tokens (both towers;
-        blocks a tower lacks are an error); alpha: the class-token branch's weight; reg_weight: w (None:
-        the dataset's published value, else 1.0); template: the text prompt (default: the dataset's);
-        task: B2N | FS | CD, with ``subsample`` and ``dataset`` deciding which logits are scored."""
+        value, 512, EuroSAT 2048); rep_layers: 1-indexed blocks receiving the tokens in both towers
+        (None: the published 6..12 of 12 blocks, on a CLIP of L blocks L // 2 .. L); alpha: the
+        class-token branch's weight; reg_weight: w (None: the dataset's published value, else 1.0);
+        template: the text prompt (default: the dataset's); task: B2N | FS | CD, with ``subsample``
+        and ``dataset`` deciding which logits are scored."""
         super().__init__(clip_model, classnames)
         self.fusion = uses_fusion(task, subsample, dataset)
         self.task, self.subsample, self.dataset = task, subsample, dataset
-        layers = sorted(set(int(layer) for layer in rep_layers))
         depth = min(len(deep_prompts.text_blocks(clip_model)), len(deep_prompts.vision_blocks(clip_model)))
+        if rep_layers is None:
+            rep_layers = default_rep_layers(depth)
+        layers = sorted(set(int(layer) for layer in rep_layers))
         if not layers or layers[0] < 1 or layers[-1] > depth or list(rep_layers) != layers:
             raise deep_prompts.DeepPromptError(
                 f"rep_layers must be increasing 1-indexed blocks in 1..{depth} of this CLIP, got {list(rep_layers)}."
