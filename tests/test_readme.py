@@ -56,6 +56,7 @@ def test_methods_table_is_what_the_code_counts_and_the_papers_publish():
         "kgcoop": {"n_ctx": 4, "ctx_init": "a photo of a"},
         "maple": {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9},
         "promptsrc": {"prompt_depth_text": 9, "prompt_depth_vision": 9, "templates": ["a photo of a {}."]},
+        "coop_dept": {"n_ctx": 16, "ctx_init": "", "subsample": "new"},  # without the head's 513 per base class
     }
     with open(os.path.join(ROOT, "reports", "demo-reference", "table1_base2new.csv"), newline="") as f:
         demo_h = {r["method"]: r["shown"] for r in csv.DictReader(f) if r["row"] == "average" and r["metric"] == "H"}
