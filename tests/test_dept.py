@@ -240,5 +240,6 @@ def test_forward_and_loss_in_each_precision(precision, dtype, small_images):
 
 def test_registry_passes_subsample_and_the_module_is_copyable(deep_clip):
     options = methods.method_options("coop_dept")
-    assert options["subsample"] == "all" and options["ctx_init"] == "" and options["cat_weight"] == 0.7
+    assert options["ctx_init"] == "" and options["cat_weight"] == 0.7 and options["n_ctx"] == 16
+    assert methods.method_class("coop_dept")(deep_clip, BASE).subsample == "all"  # Dassl's default
     copy.deepcopy(build(deep_clip))

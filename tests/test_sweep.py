@@ -278,7 +278,7 @@ def test_cli_dry_run_prints_the_plan(tmp_path):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "11 jobs: 11 to run" in out.stdout and "base2new/cocoop/eurosat/seed1/eval" in out.stdout  # CLIP + 5 x 2
+    assert "15 jobs: 15 to run" in out.stdout and "base2new/cocoop/eurosat/seed1/eval" in out.stdout  # CLIP + 7 x 2
     assert "after base2new/cocoop/eurosat/seed1/train" in out.stdout
     assert "after base2new/maple/eurosat/seed1/train" in out.stdout
 
