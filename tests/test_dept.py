@@ -5,14 +5,18 @@ file, and the forward in fp32 / fp16 / bf16."""
 
 import copy
 import math
+import os
 
 import deep_reference as ref
 import pytest
 import torch
 import torch.nn.functional as F
+from fake_data import make_synthetic_dataset
 
 import methods
 from harness import backbone
+from harness.config import build_spec
+from harness.runner import run
 from methods.base import CheckpointError
 
 BASE = ["golden_retriever", "cat", "sea lake", "2000 AM General Hummer SUV"]
@@ -243,3 +247,34 @@ def test_registry_passes_subsample_and_the_module_is_copyable(deep_clip):
     assert options["ctx_init"] == "" and options["cat_weight"] == 0.7 and options["n_ctx"] == 16
     assert methods.method_class("coop_dept")(deep_clip, BASE).subsample == "all"  # Dassl's default
     copy.deepcopy(build(deep_clip))
+
+
+def test_a_run_trains_on_base_and_scores_base_and_new(tmp_path):
+    """The runner end to end: the authors' folder and layout for the checkpoint, a new-class evaluation
+    that loads it, and the frozen tower's features shared through the cache."""
+    root = str(tmp_path / "data")
+    make_synthetic_dataset(root, num_classes=4, train_per_class=4, val_per_class=1, test_per_class=3, image_size=24)
+    spec = build_spec(
+        {
+            "config": "coop_dept/vit_b16_ep10_bs4_lr35",
+            "dataset": "synthetic",
+            "data_root": root,
+            "backbone": "tiny",
+            "precision": "fp32",
+            "shots": 2,
+            "subsample": "base",
+            "evaluate": [{"dataset": "synthetic", "subsample": "base"}, {"dataset": "synthetic", "subsample": "new"}],
+            "epochs": 2,
+            "num_workers": 0,
+            "tracking": "none",
+            "output_dir": str(tmp_path / "run"),
+            "results": str(tmp_path / "results.jsonl"),
+            "feature_cache": str(tmp_path / "cache"),
+        }
+    )
+    assert (spec.lr, spec.batch_size, spec.options["n_ctx"], spec.options["cat_lr_mult"]) == (0.0035, 4, 16, 6.5)
+    records = run(spec)
+    assert [r["subsample"] for r in records] == ["base", "new"] and all(r["metrics"]["total"] == 6 for r in records)
+    saved = torch.load(tmp_path / "run" / "PromptLearner" / "model.pth.tar-2", weights_only=False)["state_dict"]
+    assert saved["linear_probe_proj.weight"].shape[0] == 2 and "film_lp_text.scale" in saved
+    assert os.listdir(tmp_path / "cache")  # the frozen image tower: test features cached

@@ -6,14 +6,18 @@ new-class load, and the forward in fp32 / fp16 / bf16."""
 
 import copy
 import math
+import os
 
 import deep_reference as ref
 import pytest
 import torch
 import torch.nn.functional as F
+from fake_data import make_synthetic_dataset
 
 import methods
 from harness import backbone
+from harness.config import RunSpec, build_spec
+from harness.runner import run
 from methods.base import CheckpointError
 
 BASE = ["golden_retriever", "cat", "sea lake", "2000 AM General Hummer SUV"]
@@ -261,3 +265,37 @@ def test_options_and_copy(clip):
     assert vit_b16_depth == [6, 7, 8, 9, 10, 11, 12]  # the published REP_LAYERS
     torch.manual_seed(0)
     assert methods.build_method("mmrl", clip, BASE).prompt_learner.rep_layers == [2, 3, 4]
+
+
+@pytest.mark.skipif(not hasattr(RunSpec, "optimizer"), reason="needs issue 25's run keys optimizer / crop_scale")
+def test_a_run_trains_on_base_and_scores_base_and_new(tmp_path):
+    """The runner end to end with the published config (AdamW, crop scale 0.5-1) on the tiny CLIP: the
+    authors' folder and layout, a new-class evaluation loading the file, no shared feature cache."""
+    root = str(tmp_path / "data")
+    make_synthetic_dataset(root, num_classes=4, train_per_class=4, val_per_class=1, test_per_class=3, image_size=24)
+    spec = build_spec(
+        {
+            "config": "mmrl/vit_b16",
+            "options": {"rep_layers": [1, 2]},
+            "dataset": "synthetic",
+            "data_root": root,
+            "backbone": "tiny",
+            "precision": "fp32",
+            "shots": 2,
+            "subsample": "base",
+            "evaluate": [{"dataset": "synthetic", "subsample": "base"}, {"dataset": "synthetic", "subsample": "new"}],
+            "epochs": 2,
+            "num_workers": 0,
+            "tracking": "none",
+            "output_dir": str(tmp_path / "run"),
+            "results": str(tmp_path / "results.jsonl"),
+            "feature_cache": str(tmp_path / "cache"),
+        }
+    )
+    assert (spec.optimizer, spec.crop_scale, spec.lr, spec.batch_size) == ("adamw", [0.5, 1.0], 0.001, 4)
+    records = run(spec)
+    assert [r["subsample"] for r in records] == ["base", "new"] and all(r["metrics"]["total"] == 6 for r in records)
+    path = tmp_path / "run" / "MultiModalRepresentationLearner" / "model.pth.tar-2"
+    saved = torch.load(path, weights_only=False)["state_dict"]
+    assert "image_encoder.proj_rep" in saved and saved["prompt_embeddings"].shape[0] == 2
+    assert not os.path.exists(tmp_path / "cache")
