@@ -199,9 +199,12 @@ class MMRL(CLIPMethod):
     def teacher_text(self) -> torch.Tensor:
         """The un-prompted CLIP's normalised text features of the template [K, E], once per class set."""
         if self._teacher_text is None:
-            self._teacher_text = deep_prompts.teacher_text_features(
-                self.clip, self.classnames, [self.template], combine="normalise"
-            )
+            # Outside any autocast: the authors compute it at build time, in the model's dtype (fp32 in amp).
+            device = self.clip.positional_embedding.device.type
+            with torch.autocast(device_type=device, enabled=False):
+                self._teacher_text = deep_prompts.teacher_text_features(
+                    self.clip, self.classnames, [self.template], combine="normalise"
+                )
         return self._teacher_text
 
     # -- the towers -------------------------------------------------------------------------------

@@ -299,3 +299,15 @@ def test_a_run_trains_on_base_and_scores_base_and_new(tmp_path):
     saved = torch.load(path, weights_only=False)["state_dict"]
     assert "image_encoder.proj_rep" in saved and saved["prompt_embeddings"].shape[0] == 2
     assert not os.path.exists(tmp_path / "cache")
+
+
+def test_the_text_teacher_is_computed_outside_autocast(clip, small_images):
+    """amp: the authors build the teacher in fp32 before training; the first step's autocast must not lower it."""
+    model = build(clip, names=NEW, template="itap of a {}.")  # a class set no other test's teacher was cached for
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        model.train().training_loss(small_images, torch.tensor([0, 1, 2]))
+    ids = backbone.tokenize([f"itap of a {n}." for n in NEW])
+    with torch.no_grad():
+        expected = F.normalize(clip.encode_text(ids), dim=-1)
+    assert model.teacher_text.dtype == torch.float32
+    torch.testing.assert_close(model.teacher_text, expected, rtol=1e-5, atol=1e-5)
