@@ -72,6 +72,12 @@ class FiLM(nn.Module):
 
 @register_method("coop_dept")
 class CoOpDePT(CoOp):
+    label = "CoOp+DePT"
+    paper = "Zhang et al., CVPR"
+    year = 2024
+    source = "Koorye/DePT@d4ff416"
+    color = "#17becf"
+    default_config = "coop_dept/vit_b16_ep10_bs4_lr35"
     checkpoint_folder = "PromptLearner"  # the authors' registered name (elp_coop.py:217)
 
     def __init__(

@@ -147,6 +147,13 @@ def _rep_tokens_hook(tokens: torch.Tensor, insert: bool, batch_first: bool):
 
 @register_method("mmrl")
 class MMRL(CLIPMethod):
+    label = "MMRL"
+    paper = "Guo & Gu, CVPR"
+    year = 2025
+    source = "yunncheng/MMRL@27d8821"
+    color = "#bcbd22"
+    default_config = "mmrl/vit_b16"
+    frozen_image_teacher = True  # the image regulariser encodes each batch with the frozen tower
     checkpoint_folder = "MultiModalRepresentationLearner"  # the authors' registered name (trainers/mmrl.py:324)
     features_cacheable = False  # the image encoder carries the representation tokens
 
