@@ -11,10 +11,12 @@ import deep_reference as ref
 import pytest
 import torch
 import torch.nn.functional as F
+from crash_child import kill_at
 from fake_data import make_synthetic_dataset
 
 import methods
 from harness import backbone
+from harness.checkpoint import latest_checkpoint
 from harness.config import build_spec
 from harness.runner import run
 from methods.base import CheckpointError
@@ -249,32 +251,49 @@ def test_registry_passes_subsample_and_the_module_is_copyable(deep_clip):
     copy.deepcopy(build(deep_clip))
 
 
+def run_spec(root, folder, **changes):
+    make_synthetic_dataset(root, num_classes=4, train_per_class=4, val_per_class=1, test_per_class=3, image_size=24)
+    values = {
+        "config": "coop_dept/vit_b16_ep10_bs4_lr35",
+        "dataset": "synthetic",
+        "data_root": root,
+        "backbone": "tiny",
+        "precision": "fp32",
+        "shots": 2,
+        "subsample": "base",
+        "evaluate": [{"dataset": "synthetic", "subsample": "base"}, {"dataset": "synthetic", "subsample": "new"}],
+        "epochs": 2,
+        "num_workers": 0,
+        "tracking": "none",
+        "output_dir": str(folder / "run"),
+        "results": str(folder / "results.jsonl"),
+        "feature_cache": str(folder / "cache"),
+    }
+    return build_spec({**values, **changes})
+
+
 def test_a_run_trains_on_base_and_scores_base_and_new(tmp_path):
     """The runner end to end: the authors' folder and layout for the checkpoint, a new-class evaluation
     that loads it, and the frozen tower's features shared through the cache."""
-    root = str(tmp_path / "data")
-    make_synthetic_dataset(root, num_classes=4, train_per_class=4, val_per_class=1, test_per_class=3, image_size=24)
-    spec = build_spec(
-        {
-            "config": "coop_dept/vit_b16_ep10_bs4_lr35",
-            "dataset": "synthetic",
-            "data_root": root,
-            "backbone": "tiny",
-            "precision": "fp32",
-            "shots": 2,
-            "subsample": "base",
-            "evaluate": [{"dataset": "synthetic", "subsample": "base"}, {"dataset": "synthetic", "subsample": "new"}],
-            "epochs": 2,
-            "num_workers": 0,
-            "tracking": "none",
-            "output_dir": str(tmp_path / "run"),
-            "results": str(tmp_path / "results.jsonl"),
-            "feature_cache": str(tmp_path / "cache"),
-        }
-    )
+    spec = run_spec(str(tmp_path / "data"), tmp_path)
     assert (spec.lr, spec.batch_size, spec.options["n_ctx"], spec.options["cat_lr_mult"]) == (0.0035, 4, 16, 6.5)
     records = run(spec)
     assert [r["subsample"] for r in records] == ["base", "new"] and all(r["metrics"]["total"] == 6 for r in records)
     saved = torch.load(tmp_path / "run" / "PromptLearner" / "model.pth.tar-2", weights_only=False)["state_dict"]
     assert saved["linear_probe_proj.weight"].shape[0] == 2 and "film_lp_text.scale" in saved
     assert os.listdir(tmp_path / "cache")  # the frozen image tower: test features cached
+
+
+@pytest.mark.slow
+def test_killed_mid_epoch_resumes_to_the_straight_run(tmp_path):
+    root = str(tmp_path / "data")
+    straight = run_spec(root, tmp_path / "straight", batch_size=2)  # two steps an epoch
+    metrics = [r["metrics"] for r in run(straight)]
+    killed = run_spec(root, tmp_path / "killed", batch_size=2)
+    os.makedirs(tmp_path / "killed", exist_ok=True)
+    kill_at(killed.to_dict(), "mid-epoch:2", tmp_path / "killed")
+    assert latest_checkpoint(killed.output_dir)[1] == 1
+    assert [r["metrics"] for r in run(killed)] == metrics
+    a = torch.load(latest_checkpoint(straight.output_dir)[0], weights_only=False)["state_dict"]
+    b = torch.load(latest_checkpoint(killed.output_dir)[0], weights_only=False)["state_dict"]
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

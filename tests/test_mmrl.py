@@ -12,10 +12,12 @@ import deep_reference as ref
 import pytest
 import torch
 import torch.nn.functional as F
+from crash_child import kill_at
 from fake_data import make_synthetic_dataset
 
 import methods
 from harness import backbone
+from harness.checkpoint import latest_checkpoint
 from harness.config import RunSpec, build_spec
 from harness.runner import run
 from methods.base import CheckpointError
@@ -267,31 +269,38 @@ def test_options_and_copy(clip):
     assert methods.build_method("mmrl", clip, BASE).prompt_learner.rep_layers == [2, 3, 4]
 
 
-@pytest.mark.skipif(not hasattr(RunSpec, "optimizer"), reason="needs issue 25's run keys optimizer / crop_scale")
+def run_spec(root, folder, **changes):
+    make_synthetic_dataset(root, num_classes=4, train_per_class=4, val_per_class=1, test_per_class=3, image_size=24)
+    values = {
+        "config": "mmrl/vit_b16",
+        "options": {"rep_layers": [1, 2]},
+        "dataset": "synthetic",
+        "data_root": root,
+        "backbone": "tiny",
+        "precision": "fp32",
+        "shots": 2,
+        "subsample": "base",
+        "evaluate": [{"dataset": "synthetic", "subsample": "base"}, {"dataset": "synthetic", "subsample": "new"}],
+        "epochs": 2,
+        "num_workers": 0,
+        "tracking": "none",
+        "output_dir": str(folder / "run"),
+        "results": str(folder / "results.jsonl"),
+        "feature_cache": str(folder / "cache"),
+    }
+    return build_spec({**values, **changes})
+
+
+NEEDS_RUN_KEYS = pytest.mark.skipif(
+    not hasattr(RunSpec, "optimizer"), reason="needs issue 25's run keys optimizer / crop_scale"
+)
+
+
+@NEEDS_RUN_KEYS
 def test_a_run_trains_on_base_and_scores_base_and_new(tmp_path):
     """The runner end to end with the published config (AdamW, crop scale 0.5-1) on the tiny CLIP: the
     authors' folder and layout, a new-class evaluation loading the file, no shared feature cache."""
-    root = str(tmp_path / "data")
-    make_synthetic_dataset(root, num_classes=4, train_per_class=4, val_per_class=1, test_per_class=3, image_size=24)
-    spec = build_spec(
-        {
-            "config": "mmrl/vit_b16",
-            "options": {"rep_layers": [1, 2]},
-            "dataset": "synthetic",
-            "data_root": root,
-            "backbone": "tiny",
-            "precision": "fp32",
-            "shots": 2,
-            "subsample": "base",
-            "evaluate": [{"dataset": "synthetic", "subsample": "base"}, {"dataset": "synthetic", "subsample": "new"}],
-            "epochs": 2,
-            "num_workers": 0,
-            "tracking": "none",
-            "output_dir": str(tmp_path / "run"),
-            "results": str(tmp_path / "results.jsonl"),
-            "feature_cache": str(tmp_path / "cache"),
-        }
-    )
+    spec = run_spec(str(tmp_path / "data"), tmp_path)
     assert (spec.optimizer, spec.crop_scale, spec.lr, spec.batch_size) == ("adamw", [0.5, 1.0], 0.001, 4)
     records = run(spec)
     assert [r["subsample"] for r in records] == ["base", "new"] and all(r["metrics"]["total"] == 6 for r in records)
@@ -299,6 +308,22 @@ def test_a_run_trains_on_base_and_scores_base_and_new(tmp_path):
     saved = torch.load(path, weights_only=False)["state_dict"]
     assert "image_encoder.proj_rep" in saved and saved["prompt_embeddings"].shape[0] == 2
     assert not os.path.exists(tmp_path / "cache")
+
+
+@pytest.mark.slow
+@NEEDS_RUN_KEYS
+def test_killed_mid_epoch_resumes_to_the_straight_run(tmp_path):
+    root = str(tmp_path / "data")
+    straight = run_spec(root, tmp_path / "straight", batch_size=2)  # two steps an epoch
+    metrics = [r["metrics"] for r in run(straight)]
+    killed = run_spec(root, tmp_path / "killed", batch_size=2)
+    os.makedirs(tmp_path / "killed", exist_ok=True)
+    kill_at(killed.to_dict(), "mid-epoch:2", tmp_path / "killed")
+    assert latest_checkpoint(killed.output_dir)[1] == 1
+    assert [r["metrics"] for r in run(killed)] == metrics
+    a = torch.load(latest_checkpoint(straight.output_dir)[0], weights_only=False)["state_dict"]
+    b = torch.load(latest_checkpoint(killed.output_dir)[0], weights_only=False)["state_dict"]
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_the_text_teacher_is_computed_outside_autocast(clip, small_images):
