@@ -49,9 +49,9 @@ import torch
 import torch.nn.functional as F
 
 import methods
+from benchmarks.cocoop_check import FP32_TOLERANCE, check_fast_path, compare, train_step
 from harness import backbone
 from methods import prompt_encoder
-from methods.cocoop import FP32_TOLERANCE, check_fast_path, compare, train_step
 
 GB = 1024**3
 

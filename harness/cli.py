@@ -186,7 +186,7 @@ def _error_types() -> tuple[tuple[type, int], ...]:
         ("methods.base", "CheckpointError", BAD_INPUT),
         ("harness.checkpoint", "ResumeError", BAD_INPUT),
         ("harness.results", "ResultsError", BAD_INPUT),
-        ("harness.launcher", "SubmissionError", BAD_INPUT),
+        ("harness.launcher.slurm", "SubmissionError", BAD_INPUT),
         ("harness.runner", "RunFailedError", FAILED),
     )
     found = [(getattr(sys.modules[m], name), code) for m, name, code in wanted if m in sys.modules]

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import backbone
-from methods import deep_prompts
+from methods import teachers
 from methods.coop import CoOp
 from methods.registry import register_method
 from methods.zsclip import DATASET_TEMPLATES, DEFAULT_TEMPLATE
@@ -86,7 +86,7 @@ class KgCoOp(CoOp):
         """The hand-made prompt's normalised text features [K, E] in the model's dtype, computed at the first
         training step (evaluation never needs them), once per class set and shared."""
         if self._teacher_text is None:
-            self._teacher_text = deep_prompts.teacher_text_features(
+            self._teacher_text = teachers.teacher_text_features(
                 self.clip, self.classnames, [self.template], combine="normalise"
             )
         return self._teacher_text

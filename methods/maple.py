@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from harness import backbone
-from methods import deep_prompts
+from methods import deep_prompts, prompt_text, whole_model_checkpoint
 from methods.base import CLIPMethod, load_learned_tensors
 from methods.registry import register_method
 
@@ -44,7 +44,7 @@ class MultiModalPromptLearner(nn.Module):
         dtype = backbone.model_dtype(clip)
         device = clip.token_embedding.weight.device
         text_width, vision_width = backbone.text_width(clip), deep_prompts.vision_width(clip)
-        ctx, prefix_text = deep_prompts.context_init(clip, n_ctx, ctx_init)
+        ctx, prefix_text = prompt_text.context_init(clip, n_ctx, ctx_init)
         # Created in the authors' order (ctx, proj, deep text prompts, one projection then its copies),
         # so the random draws happen in the same sequence.
         self.proj = nn.Linear(text_width, vision_width).to(device=device, dtype=dtype)  # authors: .half()
@@ -52,12 +52,12 @@ class MultiModalPromptLearner(nn.Module):
         self.compound_prompts_text = deep_prompts.normal_prompts(depth - 1, n_ctx, text_width, device)
         single = nn.Linear(text_width, vision_width).to(device)
         self.compound_prompt_projections = nn.ModuleList([copy.deepcopy(single) for _ in range(depth - 1)])
-        deep_prompts.register_prompt_tokens(self, clip, classnames, prefix_text, n_ctx)
+        prompt_text.register_prompt_tokens(self, clip, classnames, prefix_text, n_ctx)
         self.n_ctx, self.depth = n_ctx, depth
 
     def text_prompts(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(prompt embeddings [K, 77, D_t], deep text prompts P_1..P_{D-1})."""
-        return deep_prompts.assemble(self, self.ctx), list(self.compound_prompts_text)
+        return prompt_text.assemble(self, self.ctx), list(self.compound_prompts_text)
 
     def vision_prompts(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(V_0 = proj(ctx), V_i = projection_i(P_i)): the coupling of maple.py:159-176."""
@@ -108,14 +108,14 @@ class MaPLe(CLIPMethod):
 
     def checkpoint_state_dict(self, full: bool = True) -> dict:
         learner = {f"prompt_learner.{k}": v for k, v in self.prompt_learner.state_dict().items()}
-        frozen = deep_prompts.frozen_clip_state(self.clip) if full else {}
+        frozen = whole_model_checkpoint.frozen_clip_state(self.clip) if full else {}
         return {k: v.detach().cpu() for k, v in {**learner, **frozen}.items()}
 
     def load_checkpoint_state_dict(self, state: dict, path: str = "<state dict>") -> None:
         if not any(k.startswith("prompt_learner.") for k in state):  # a bare prompt-learner state dict
             state = {f"prompt_learner.{k}": v for k, v in state.items()}
         learned = {f"prompt_learner.{k}": k for k in self.prompt_learner.state_dict()}
-        mine = deep_prompts.split_whole_model_state(
-            state, learned, deep_prompts.frozen_clip_state(self.clip), path, self.method_name
+        mine = whole_model_checkpoint.split_whole_model_state(
+            state, learned, whole_model_checkpoint.frozen_clip_state(self.clip), path, self.method_name
         )
         load_learned_tensors(self.prompt_learner, mine, path, self.method_name)

@@ -208,6 +208,20 @@ def plan_buckets(lengths: torch.Tensor, rows_per_class: int, overhead_tokens: in
     return list(torch.split(order, sizes[::-1]))
 
 
+def encode_in_length_buckets(token_ids: torch.Tensor, encode_rows, chunk: int | None = None) -> torch.Tensor:
+    """Features [N, E] of the N sequences ``token_ids`` [N, 77], in their order, from ``encode_rows(rows)``
+    (the features of sequences ``rows``) called once per length bucket (see the module docstring, 2),
+    in pieces of at most ``chunk`` sequences: each call can be cut after its own last EOT."""
+    device = token_ids.device
+    lengths = backbone.eot_positions(token_ids) + 1
+    parts, order = [], []
+    for bucket in plan_buckets(lengths, 1, default_overhead_tokens(device)):
+        for rows in torch.split(bucket.to(device), chunk or len(bucket)):
+            parts.append(encode_rows(rows))
+            order.append(rows)
+    return torch.cat(parts)[torch.argsort(torch.cat(order))]
+
+
 def default_memory_budget(device: torch.device) -> int:
     """Bytes: 2 GiB on CPUs, half the free memory on CUDA devices."""
     device = torch.device(device)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import backbone
-from methods import deep_prompts
+from methods import deep_prompts, prompt_text, teachers, whole_model_checkpoint
 from methods.base import CheckpointError, CLIPMethod, load_learned_tensors
 from methods.registry import register_method
 
@@ -125,9 +125,9 @@ class VLPromptLearner(nn.Module):
         super().__init__()
         device = clip.token_embedding.weight.device
         text_width, vision_width = backbone.text_width(clip), deep_prompts.vision_width(clip)
-        ctx, prefix_text = deep_prompts.context_init(clip, n_ctx_text, ctx_init)
+        ctx, prefix_text = prompt_text.context_init(clip, n_ctx_text, ctx_init)
         self.ctx = nn.Parameter(ctx)
-        deep_prompts.register_prompt_tokens(self, clip, classnames, prefix_text, n_ctx_text)
+        prompt_text.register_prompt_tokens(self, clip, classnames, prefix_text, n_ctx_text)
         # fp32 like the authors' VPT parameters (never converted to half: clip/model.py:216-221, 376-379)
         self.deep_text = deep_prompts.normal_prompts(depth_text - 1, n_ctx_text, text_width, device)
         if depth_vision > 0:
@@ -203,7 +203,7 @@ class PromptSRC(CLIPMethod):
         Computed at the first training step (evaluation never needs it), once per class set, and shared
         by every model built for the same CLIP, classes and templates."""
         if self._teacher_text is None:
-            teacher = deep_prompts.teacher_text_features(
+            teacher = teachers.teacher_text_features(
                 self.clip, self.classnames, self.templates, dtype=torch.float32, combine="mean"
             )
             self._teacher_text = F.normalize(teacher, dim=-1)
@@ -217,7 +217,7 @@ class PromptSRC(CLIPMethod):
 
     def text_features(self) -> torch.Tensor:
         pl = self.prompt_learner
-        prompts = deep_prompts.assemble(pl, pl.ctx)
+        prompts = prompt_text.assemble(pl, pl.ctx)
         return deep_prompts.encode_text(self.clip, prompts, pl.tokenized_prompts, list(pl.deep_text))
 
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
@@ -306,14 +306,14 @@ class PromptSRC(CLIPMethod):
     def checkpoint_state_dict(self, full: bool = True) -> dict:
         own = self.prompt_learner.state_dict()
         learner = {author: own[mine] for author, mine in self.prompt_learner.author_names().items()}
-        frozen = deep_prompts.frozen_clip_state(self.clip, zero_shot_image_encoder=True) if full else {}
+        frozen = whole_model_checkpoint.frozen_clip_state(self.clip, zero_shot_image_encoder=True) if full else {}
         return {k: v.detach().cpu() for k, v in {**learner, **frozen}.items()}
 
     def load_checkpoint_state_dict(self, state: dict, path: str = "<state dict>") -> None:
-        mine = deep_prompts.split_whole_model_state(
+        mine = whole_model_checkpoint.split_whole_model_state(
             state,
             self.prompt_learner.author_names(),
-            deep_prompts.frozen_clip_state(self.clip, zero_shot_image_encoder=True),
+            whole_model_checkpoint.frozen_clip_state(self.clip, zero_shot_image_encoder=True),
             path,
             self.method_name,
         )

@@ -11,10 +11,10 @@ import torch
 
 import methods
 from benchmarks import bench
+from benchmarks.cocoop_check import FastPathMismatch, check_fast_path, relative_error
+from benchmarks.cocoop_check import train_step as cocoop_step
 from harness import backbone
 from methods import prompt_encoder
-from methods.cocoop import FastPathMismatch, check_fast_path, relative_error
-from methods.cocoop import train_step as cocoop_step
 
 # 1 token ("cat") to 20: the EOTs, hence the sequence lengths, differ a lot within a batch.
 NAMES = [

@@ -1,6 +1,7 @@
-"""The machinery MaPLe and PromptSRC share (methods/deep_prompts.py): where deep prompts go in open_clip's
-own blocks (checked with forward hooks on those blocks), dtypes, exact truncated text encoding, the
-hooks' lifetime, the frozen teachers computed once, and the CoOp / CoCoOp path left alone."""
+"""The machinery MaPLe and PromptSRC share: where deep prompts go in open_clip's own blocks
+(methods/deep_prompts.py, checked with forward hooks on those blocks), dtypes, exact truncated text
+encoding, the hooks' lifetime, the frozen teachers computed once (methods/teachers.py), and the CoOp /
+CoCoOp path left alone."""
 
 import copy
 

@@ -123,6 +123,18 @@ def test_harness_never_imports_the_miniature_world(graph):
             assert not {d for d in deps if d.startswith("miniworld")}, module
 
 
+def test_the_launchers_executors_stand_alone(graph):
+    # One executor per file: local, debug and Slurm share the job state and the submitit job, never
+    # each other; and no module of the package imports the package, whose __init__ only gathers them.
+    executors = {"harness.launcher.local", "harness.launcher.debug", "harness.launcher.slurm"}
+    assert executors <= set(graph) and "harness.launcher.state" in graph["harness.launcher.local"]
+    for module in executors:
+        assert not graph[module] & (executors - {module}), f"{module} imports {sorted(graph[module] & executors)}"
+    for module, deps in graph.items():
+        if module.startswith("harness.launcher."):
+            assert "harness.launcher" not in deps, module
+
+
 def test_sweep_bookkeeping_does_not_import_the_runner(tmp_path):
     # Planning a sweep, checking what exists and reporting status needs no runner (nor its torch work).
     code = (

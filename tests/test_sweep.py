@@ -12,7 +12,7 @@ from fake_data import make_synthetic_dataset
 
 from harness import results, sweep
 from harness.config import ConfigError
-from harness.launcher import launch, load_state, plan, status
+from harness.launcher import JobState, JobStatus, launch, load_state, plan, save_state, status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -177,6 +177,28 @@ def test_demo_profile_uses_generated_data_and_the_tiny_pretrained_clip():
     # The initialised CoCoOp arm trains in the same folder as base2new's demo CoCoOp: trained once.
     b2n_train = {j.spec.output_dir for j in jobs if j.kind == "train" and j.spec.method == "cocoop"}
     assert b2n_train <= {j.spec.output_dir for j in ablations if j.kind == "train"}
+
+
+def test_the_state_file_holds_plain_strings_and_older_files_load(tmp_path):
+    # sweep.json as launches wrote it before job statuses were an enum: plain strings, read back as
+    # JobStatus and written again byte for byte the same.
+    written = [
+        {"name": "x/coop/train", "kind": "train", "run_dir": "/r", "depends_on": [], "state": "failed",
+         "job_id": "7", "stdout": "o.log", "stderr": "e.log", "error": "NonFiniteLossError: nan"},
+        {"name": "x/coop/eval", "kind": "eval", "run_dir": "/r", "depends_on": ["x/coop/train"], "state": "blocked",
+         "job_id": None, "stdout": None, "stderr": None, "error": "not run: x/coop/train failed"},
+    ]  # fmt: skip
+    os.makedirs(tmp_path / "x")
+    with open(tmp_path / "x" / "sweep.json", "w") as f:
+        json.dump(written, f, indent=1)
+    before = (tmp_path / "x" / "sweep.json").read_text()
+    states = load_state(str(tmp_path), "x")
+    assert [s.state for s in states] == [JobStatus.FAILED, JobStatus.BLOCKED]
+    assert all(type(s.state) is JobStatus for s in states)
+    save_state(str(tmp_path), "x", states)
+    assert (tmp_path / "x" / "sweep.json").read_text() == before
+    with pytest.raises(ValueError, match="finished"):
+        JobState("x/coop/train", "train", "/r", state="finished")
 
 
 def test_debug_sweep_runs_everything_then_skips_it(small_experiment, data_root, tmp_path):

@@ -1,0 +1,34 @@
+"""submitit's debug executor: each job in this process, one after the other."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import submitit
+
+from harness.launcher.jobs import HarnessJob
+from harness.launcher.state import JobStatus, block_dependents, save_state
+
+log = logging.getLogger(__name__)
+
+
+def run_debug(todo, states, folder, out, experiment, printer, post_mortem: bool = True) -> None:
+    """On a terminal a failure opens the debugger (post-mortem) unless ``post_mortem`` is false;
+    otherwise it is recorded and the sweep goes on."""
+    by_name = {s.name: s for s in states}
+    executor = submitit.AutoExecutor(folder=folder, cluster="debug")
+    for job, state in todo:
+        if state.state == JobStatus.BLOCKED:
+            continue
+        printer(f"[debug] {job.name}")
+        sj = executor.submit(HarnessJob(), job.spec.to_dict())
+        state.started(sj, JobStatus.RUNNING)
+        try:
+            sj.result() if post_mortem and sys.stdin.isatty() else sj.submission().result()
+            state.state = JobStatus.DONE
+        except Exception as exc:
+            state.state, state.error = JobStatus.FAILED, f"{type(exc).__name__}: {exc}".splitlines()[0]
+            log.exception("%s failed", job.name)
+            block_dependents(job.name, by_name, printer)
+        save_state(out, experiment, states)

@@ -1,0 +1,88 @@
+"""What a sweep must run (its plan), handing it to the chosen executor, and the closing summary."""
+
+from __future__ import annotations
+
+import os
+
+from harness import results
+from harness.launcher.debug import run_debug
+from harness.launcher.local import run_local
+from harness.launcher.settings import check_launcher
+from harness.launcher.slurm import submit_slurm, wait_slurm
+from harness.launcher.state import JobState, JobStatus, save_state
+from harness.sweep import Job
+
+
+def plan(jobs: list[Job], force: bool = False) -> list[JobState]:
+    """Which jobs must run: those with missing records (all of them with ``force``)."""
+    done = results.existing_keys(jobs[0].spec.results) if jobs else set()
+    states, running = [], set()
+    for job in jobs:
+        needed = force or bool(job.pending_targets(done))
+        deps = [d for d in job.depends_on if d in running]
+        status = JobStatus.PENDING if needed else JobStatus.SKIPPED
+        states.append(JobState(job.name, job.kind, job.spec.output_dir, deps, status))
+        if needed:
+            running.add(job.name)
+    return states
+
+
+def print_plan(jobs: list[Job], states: list[JobState], printer=print) -> None:
+    todo = [s for s in states if s.state != JobStatus.SKIPPED]
+    printer(f"{len(jobs)} jobs: {len(todo)} to run, {len(jobs) - len(todo)} already have all their results")
+    for job, state in zip(jobs, states):
+        targets = ", ".join(f"{d}/{s}" for d, s in job.targets())
+        after = f"  after {', '.join(state.depends_on)}" if state.depends_on else ""
+        run = "run " if state.state != JobStatus.SKIPPED else "skip"
+        printer(f"  [{run}] {job.name:<55} {job.kind:<5} -> {targets}{after}")
+
+
+def launch(
+    jobs: list[Job],
+    experiment: str,
+    out: str,
+    launcher: str = "local",
+    launcher_cfg: dict | None = None,
+    force: bool = False,
+    wait: bool = True,
+    poll_s: float = 2.0,
+    printer=print,
+) -> list[JobState]:
+    check_launcher(launcher)
+    cfg = dict(launcher_cfg or {})
+    states = plan(jobs, force)
+    todo = [(j, s) for j, s in zip(jobs, states) if s.state == JobStatus.PENDING]
+    if force:
+        for job, _ in todo:
+            job.spec.force = True
+    save_state(out, experiment, states)
+    if not todo:
+        printer("Nothing to do: every job's results exist.")
+        return states
+    folder = os.path.join(out, experiment, "submitit", "%j")
+    if launcher == "debug":
+        run_debug(todo, states, folder, out, experiment, printer, bool(cfg.get("post_mortem", True)))
+    elif launcher == "slurm":
+        submitted = submit_slurm(todo, states, folder, cfg, printer)
+        save_state(out, experiment, states)
+        if not wait:
+            printer(f"Follow them with: python -m harness status {experiment} --out {out}")
+            return states
+        wait_slurm(submitted, states, out, experiment, poll_s, printer)
+    else:
+        run_local(todo, states, folder, cfg, out, experiment, poll_s, printer)
+    return _finish(states, out, experiment, printer)
+
+
+def _finish(states, out, experiment, printer) -> list[JobState]:
+    save_state(out, experiment, states)
+    counts: dict[str, int] = {}
+    for s in states:
+        counts[s.state] = counts.get(s.state, 0) + 1
+    printer("Sweep finished: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    for s in states:
+        if s.state == JobStatus.FAILED:
+            printer(f"  failed: {s.name} ({s.error}); log: {s.stderr}")
+        elif s.state == JobStatus.BLOCKED:
+            printer(f"  blocked: {s.name} ({s.error})")
+    return states

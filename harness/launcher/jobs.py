@@ -1,0 +1,55 @@
+"""A sweep job as submitit's unit of work, and what a finished one says about itself."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import submitit
+
+from harness.config import build_spec
+from harness.launcher.state import JobState, JobStatus
+
+
+class HarnessJob(submitit.helpers.Checkpointable):
+    """``run(spec)`` as submitit's unit of work; requeued (same arguments) on preemption."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+
+    def __call__(self, spec_values: dict) -> list[dict]:
+        import torch
+
+        from harness.runner import run
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        return run(build_spec(spec_values))
+
+
+def job_failure(job) -> str:
+    """'' for success, else the job's own error line (the last line of the remote traceback)."""
+    try:
+        job.result()
+        return ""
+    except Exception as exc:  # submitit re-raises the remote error with its traceback
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b.*", line)]
+        return errors[-1] if errors else f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
+def collect_finished(active: dict, by_name: dict[str, JobState], printer) -> list[str]:
+    """Move finished submitit jobs out of ``active``, recording done or failed (with the log);
+    return the names of those that failed."""
+    failed = []
+    for name, sj in list(active.items()):
+        if sj.done():
+            state = by_name[name]
+            error = job_failure(sj)
+            state.state, state.error = (JobStatus.FAILED, error) if error else (JobStatus.DONE, None)
+            printer(f"[{state.state}] {name}" + (f": {error}\n  log: {state.stderr}" if error else ""))
+            del active[name]
+            if error:
+                failed.append(name)
+    return failed

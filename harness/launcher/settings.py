@@ -1,0 +1,57 @@
+"""Which launcher a sweep uses and with what options: ``experiments/launcher.yaml`` < the experiment's
+``launcher`` section < the command line."""
+
+from __future__ import annotations
+
+import os
+
+import yaml
+
+from harness.config import PROJECT_ROOT, ConfigError
+
+LAUNCHERS = ("local", "slurm", "debug")
+DEFAULTS_FILE = os.path.join(PROJECT_ROOT, "experiments", "launcher.yaml")
+SLURM_KEYS = {
+    "partition",
+    "account",
+    "qos",
+    "gpus_per_node",
+    "cpus_per_task",
+    "mem_gb",
+    "timeout_min",
+    "array_parallelism",
+    "constraint",
+    "additional",
+    "setup",
+}
+# local: max_parallel, timeout_min; debug: post_mortem (open the debugger on a failure at a terminal)
+LOCAL_KEYS = {"max_parallel", "timeout_min", "post_mortem"}
+
+
+def check_launcher(name: str) -> None:
+    if name not in LAUNCHERS:
+        raise ConfigError(f"Unknown launcher {name!r}; choose one of {LAUNCHERS}.")
+
+
+def check_slurm_keys(cfg: dict) -> None:
+    unknown = sorted(set(cfg) - SLURM_KEYS)
+    if unknown:
+        raise ConfigError(f"Unknown slurm launcher key(s) {unknown}. Keys: {', '.join(sorted(SLURM_KEYS))}.")
+
+
+def launcher_settings(experiment: dict, name: str = "", slurm: dict | None = None, max_parallel: int = 0):
+    """(launcher name, its options): ``experiments/launcher.yaml`` < the experiment's ``launcher``
+    section < the command line."""
+    with open(DEFAULTS_FILE) as f:
+        defaults = yaml.safe_load(f) or {}
+    section = dict(experiment.get("launcher") or {})
+    name = name or section.get("name") or defaults.get("name", "local")
+    check_launcher(name)
+    if name == "slurm":
+        cfg = {**(defaults.get("slurm") or {}), **(section.get("slurm") or {}), **(slurm or {})}
+        check_slurm_keys(cfg)
+        return name, cfg
+    local = {**(defaults.get("local") or {}), **{k: v for k, v in section.items() if k in LOCAL_KEYS}}
+    if max_parallel:
+        local["max_parallel"] = max_parallel
+    return name, local

@@ -1,0 +1,47 @@
+"""Where each job of a sweep stands: its results, its checkpoints, the last launch's state file and, for
+Slurm jobs the launch did not wait for, what the cluster says now."""
+
+from __future__ import annotations
+
+from harness import results
+from harness.launcher.slurm import refresh_from_slurm
+from harness.launcher.state import JobStatus, load_state
+from harness.sweep import Job
+
+
+def status(jobs: list[Job], out: str, experiment: str) -> list[dict]:
+    """One row per job: job, kind, results (found/expected), state (done, failed, blocked, queued,
+    running, partial or not started), detail and job_id when known."""
+    from harness.checkpoint import latest_checkpoint
+
+    done = results.existing_keys(jobs[0].spec.results) if jobs else set()
+    previous = {s.name: s for s in load_state(out, experiment)}
+    refresh_from_slurm(previous)
+    rows = []
+    for job in jobs:
+        missing = job.pending_targets(done)
+        last = previous.get(job.name)
+        row = {
+            "job": job.name,
+            "kind": job.kind,
+            "results": f"{len(job.targets()) - len(missing)}/{len(job.targets())}",
+        }
+        if not missing:
+            row["state"] = "done"
+        elif last and last.state == JobStatus.FAILED:
+            row["state"], row["detail"] = "failed", f"{last.error}; log: {last.stderr}"
+        elif last and last.state == JobStatus.BLOCKED:
+            row["state"], row["detail"] = "blocked", last.error
+        else:
+            found = latest_checkpoint(job.spec.output_dir) if job.kind == "train" else None
+            live = last and last.state in (JobStatus.QUEUED, JobStatus.RUNNING)
+            row["state"] = str(last.state) if live else "not started"
+            if found:
+                row["state"] = "partial" if row["state"] == "not started" else row["state"]
+                row["detail"] = f"epoch {found[1]}/{job.spec.epochs} checkpointed"
+            if last and last.error:
+                row["detail"] = last.error
+        if last and last.job_id:
+            row["job_id"] = last.job_id
+        rows.append(row)
+    return rows

@@ -1,0 +1,54 @@
+"""The prompt text around a learnable span, as MaPLe and PromptSRC build it (their maple.py:84-131,
+promptsrc.py:88-133): the initial context, the fixed tokens around it, and the assembled prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from harness import backbone
+
+
+def context_init(clip, n_ctx: int, ctx_init: str) -> tuple[torch.Tensor, str]:
+    """(initial context [n_ctx, D] in the model dtype, prompt prefix text).
+
+    As MaPLe and PromptSRC do it: with init words and n_ctx <= 4, the context starts as the token
+    embeddings of the first n_ctx words' tokens and the prompt text keeps *all* the words, so with
+    n_ctx = 2 and "a photo of a" the prompt is "a photo of a {name}." with "a photo" learnable and
+    "of a" fixed words. Otherwise N(0, 0.02^2) and "X X ... X" placeholders (one token each).
+    """
+    dtype = backbone.model_dtype(clip)
+    device = clip.token_embedding.weight.device
+    if n_ctx < 1:
+        raise ValueError(f"n_ctx must be at least 1, got {n_ctx}.")
+    if ctx_init and n_ctx <= 4:
+        init = ctx_init.replace("_", " ")
+        ids = backbone.tokenize(init).to(device)
+        words = int(backbone.eot_positions(ids)[0]) - 1
+        if n_ctx > words:  # the authors' code would take the EOT and padding as context
+            raise ValueError(f"n_ctx = {n_ctx} but ctx_init {init!r} has only {words} tokens.")
+        return backbone.token_embeddings(clip, ids)[0, 1 : 1 + n_ctx].clone(), init
+    ctx = torch.empty(n_ctx, backbone.text_width(clip), dtype=dtype, device=device)
+    nn.init.normal_(ctx, std=0.02)
+    return ctx, " ".join(["X"] * n_ctx)
+
+
+def register_prompt_tokens(module: nn.Module, clip, classnames: Sequence[str], prefix_text: str, n_ctx: int) -> None:
+    """Buffers of the prompts "<prefix_text> <name>." as in CoOp (PROTOCOL.md 7.1): ``token_prefix``
+    (SOS) and ``token_suffix`` (positions 1 + n_ctx .. 76: fixed words, name, ".", EOT, padding), saved
+    in checkpoints and dropped on load; ``tokenized_prompts`` (not saved) locates the EOTs."""
+    device = clip.token_embedding.weight.device
+    names = [name.replace("_", " ") for name in classnames]
+    ids = backbone.tokenize([f"{prefix_text} {name}." for name in names]).to(device)
+    embedding = backbone.token_embeddings(clip, ids)
+    module.register_buffer("token_prefix", embedding[:, :1].clone())
+    module.register_buffer("token_suffix", embedding[:, 1 + n_ctx :].clone())
+    module.register_buffer("tokenized_prompts", ids, persistent=False)
+
+
+def assemble(module: nn.Module, ctx: torch.Tensor) -> torch.Tensor:
+    """[SOS | ctx | suffix] for every class: [K, 77, D]."""
+    k = module.token_prefix.shape[0]
+    return torch.cat([module.token_prefix, ctx.unsqueeze(0).expand(k, -1, -1), module.token_suffix], dim=1)
