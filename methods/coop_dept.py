@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import backbone
-from methods import deep_prompts
+from methods import whole_model_checkpoint
 from methods.base import CheckpointError, load_checkpoint_file, load_learned_tensors
 from methods.coop import CoOp
 from methods.registry import register_method
@@ -185,7 +185,7 @@ class CoOpDePT(CoOp):
         if self.linear_probe_proj is not None:
             state.update({f"linear_probe_proj.{k}": v for k, v in self.linear_probe_proj.state_dict().items()})
         if full:
-            state.update(deep_prompts.frozen_clip_state(self.clip))
+            state.update(whole_model_checkpoint.frozen_clip_state(self.clip))
         return {k: v.detach().cpu() for k, v in state.items()}
 
     def load_prompt_checkpoint(self, path: str) -> dict:
@@ -204,8 +204,8 @@ class CoOpDePT(CoOp):
             state = {f"prompt_learner.{k}": v for k, v in state.items()}
         head = {k.removeprefix("linear_probe_proj."): v for k, v in state.items() if k.startswith("linear_probe_proj.")}
         rest = {k: v for k, v in state.items() if not k.startswith("linear_probe_proj.")}
-        mine = deep_prompts.split_whole_model_state(
-            rest, self._learned_names(), deep_prompts.frozen_clip_state(self.clip), path, self.method_name
+        mine = whole_model_checkpoint.split_whole_model_state(
+            rest, self._learned_names(), whole_model_checkpoint.frozen_clip_state(self.clip), path, self.method_name
         )
         learner = {k.removeprefix("prompt_learner."): v for k, v in mine.items() if k.startswith("prompt_learner.")}
         load_learned_tensors(self.prompt_learner, learner, path, self.method_name)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import backbone
-from methods import deep_prompts
+from methods import deep_prompts, teachers, whole_model_checkpoint
 from methods.base import CheckpointError, CLIPMethod, load_learned_tensors
 from methods.registry import register_method
 from methods.zsclip import DATASET_TEMPLATES, DEFAULT_TEMPLATE
@@ -209,7 +209,7 @@ class MMRL(CLIPMethod):
             # Outside any autocast: the authors compute it at build time, in the model's dtype (fp32 in amp).
             device = self.clip.positional_embedding.device.type
             with torch.autocast(device_type=device, enabled=False):
-                self._teacher_text = deep_prompts.teacher_text_features(
+                self._teacher_text = teachers.teacher_text_features(
                     self.clip, self.classnames, [self.template], combine="normalise"
                 )
         return self._teacher_text
@@ -328,7 +328,7 @@ class MMRL(CLIPMethod):
 
     def frozen_state(self) -> dict[str, torch.Tensor]:
         """The frozen CLIP under the authors' CustomCLIP names (no logit_scale: their CustomCLIP has none)."""
-        state = deep_prompts.frozen_clip_state(self.clip)
+        state = whole_model_checkpoint.frozen_clip_state(self.clip)
         return {k: v for k, v in state.items() if k.startswith(AUTHOR_FROZEN_PREFIXES)}
 
     def checkpoint_state_dict(self, full: bool = True) -> dict:
@@ -343,7 +343,7 @@ class MMRL(CLIPMethod):
         names = self.prompt_learner.author_names()
         if not any(k in names for k in state):  # a bare learner state dict (our own names)
             state = {author: state[mine] for author, mine in names.items() if mine in state}
-        mine = deep_prompts.split_whole_model_state(state, names, self.frozen_state(), path, self.method_name)
+        mine = whole_model_checkpoint.split_whole_model_state(state, names, self.frozen_state(), path, self.method_name)
         foreign = sorted(k for k in state if k.startswith("representation_learner.") and k not in names)
         if foreign:
             raise CheckpointError(
