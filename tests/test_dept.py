@@ -11,12 +11,10 @@ import deep_reference as ref
 import pytest
 import torch
 import torch.nn.functional as F
-from crash_child import kill_at
 from fake_data import make_synthetic_dataset
 
 import methods
 from harness import backbone
-from harness.checkpoint import latest_checkpoint
 from harness.config import build_spec
 from harness.runner import run
 from methods.base import CheckpointError
@@ -282,18 +280,3 @@ def test_a_run_trains_on_base_and_scores_base_and_new(tmp_path):
     saved = torch.load(tmp_path / "run" / "PromptLearner" / "model.pth.tar-2", weights_only=False)["state_dict"]
     assert saved["linear_probe_proj.weight"].shape[0] == 2 and "film_lp_text.scale" in saved
     assert os.listdir(tmp_path / "cache")  # the frozen image tower: test features cached
-
-
-@pytest.mark.slow
-def test_killed_mid_epoch_resumes_to_the_straight_run(tmp_path):
-    root = str(tmp_path / "data")
-    straight = run_spec(root, tmp_path / "straight", batch_size=2)  # two steps an epoch
-    metrics = [r["metrics"] for r in run(straight)]
-    killed = run_spec(root, tmp_path / "killed", batch_size=2)
-    os.makedirs(tmp_path / "killed", exist_ok=True)
-    kill_at(killed.to_dict(), "mid-epoch:2", tmp_path / "killed")
-    assert latest_checkpoint(killed.output_dir)[1] == 1
-    assert [r["metrics"] for r in run(killed)] == metrics
-    a = torch.load(latest_checkpoint(straight.output_dir)[0], weights_only=False)["state_dict"]
-    b = torch.load(latest_checkpoint(killed.output_dir)[0], weights_only=False)["state_dict"]
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

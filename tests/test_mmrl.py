@@ -12,12 +12,10 @@ import deep_reference as ref
 import pytest
 import torch
 import torch.nn.functional as F
-from crash_child import kill_at
 from fake_data import make_synthetic_dataset
 
 import methods
 from harness import backbone
-from harness.checkpoint import latest_checkpoint
 from harness.config import RunSpec, build_spec
 from harness.runner import run
 from methods.base import CheckpointError
@@ -308,22 +306,6 @@ def test_a_run_trains_on_base_and_scores_base_and_new(tmp_path):
     saved = torch.load(path, weights_only=False)["state_dict"]
     assert "image_encoder.proj_rep" in saved and saved["prompt_embeddings"].shape[0] == 2
     assert not os.path.exists(tmp_path / "cache")
-
-
-@pytest.mark.slow
-@NEEDS_RUN_KEYS
-def test_killed_mid_epoch_resumes_to_the_straight_run(tmp_path):
-    root = str(tmp_path / "data")
-    straight = run_spec(root, tmp_path / "straight", batch_size=2)  # two steps an epoch
-    metrics = [r["metrics"] for r in run(straight)]
-    killed = run_spec(root, tmp_path / "killed", batch_size=2)
-    os.makedirs(tmp_path / "killed", exist_ok=True)
-    kill_at(killed.to_dict(), "mid-epoch:2", tmp_path / "killed")
-    assert latest_checkpoint(killed.output_dir)[1] == 1
-    assert [r["metrics"] for r in run(killed)] == metrics
-    a = torch.load(latest_checkpoint(straight.output_dir)[0], weights_only=False)["state_dict"]
-    b = torch.load(latest_checkpoint(killed.output_dir)[0], weights_only=False)["state_dict"]
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_the_text_teacher_is_computed_outside_autocast(clip, small_images):
