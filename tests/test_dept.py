@@ -15,7 +15,7 @@ from fake_data import make_synthetic_dataset
 
 import methods
 from harness import backbone
-from harness.config import build_spec
+from harness.config import RunSpec, build_spec
 from harness.runner import run
 from methods.base import CheckpointError
 
@@ -280,3 +280,9 @@ def test_a_run_trains_on_base_and_scores_base_and_new(tmp_path):
     saved = torch.load(tmp_path / "run" / "PromptLearner" / "model.pth.tar-2", weights_only=False)["state_dict"]
     assert saved["linear_probe_proj.weight"].shape[0] == 2 and "film_lp_text.scale" in saved
     assert os.listdir(tmp_path / "cache")  # the frozen image tower: test features cached
+
+
+@pytest.mark.skipif(not hasattr(RunSpec, "optimizer"), reason="needs issue 25's contract (the run passes subsample)")
+def test_the_run_builds_each_evaluation_for_its_classes(tmp_path):
+    records = run(run_spec(str(tmp_path / "data"), tmp_path, epochs=1))
+    assert [(r["subsample"], r["options"]["cat_head"]) for r in records] == [("base", True), ("new", False)]

@@ -306,6 +306,8 @@ def test_a_run_trains_on_base_and_scores_base_and_new(tmp_path):
     saved = torch.load(path, weights_only=False)["state_dict"]
     assert "image_encoder.proj_rep" in saved and saved["prompt_embeddings"].shape[0] == 2
     assert not os.path.exists(tmp_path / "cache")
+    # The run builds each evaluation model for its classes (subsample): fused on base, class token on new.
+    assert [r["options"]["scored"] for r in records] == ["fusion", "class_token"]
 
 
 def test_the_text_teacher_is_computed_outside_autocast(clip, small_images):
