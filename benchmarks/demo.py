@@ -5,6 +5,7 @@
     python -m benchmarks.demo drift [--results DIR]             re-run the demo (or read DIR) and compare
     python -m benchmarks.demo ablations                         run the demo ablations; keep Figure 4's tables
     python -m benchmarks.demo readme                            write the reference into README.md's demo blocks
+                                                                and the methods table (benchmarks.methods_table)
 
 The pattern (CoCoOp paper, Table 1's Average row) checked per seed: each seed's average over the
 demo's datasets, and each gap between two methods taken seed by seed (zero-shot CLIP has no seed:
@@ -227,11 +228,14 @@ def main(argv=None) -> int:
     d = sub.add_parser("drift", help="re-run the demo (or read --results) and compare with the reference")
     d.add_argument("--results", help="a finished demo's output folder (default: run the demo now)")
     sub.add_parser("ablations", help="run the demo ablations and keep Figure 4's tables with the reference")
-    sub.add_parser("readme", help="write the reference run into README.md's demo blocks")
+    sub.add_parser("readme", help="write the reference run and the methods table into README.md")
     args = parser.parse_args(argv)
 
     if args.cmd == "readme":
+        from benchmarks import methods_table
+
         write_readme()
+        methods_table.write_readme()
         return 0
 
     if args.cmd == "ablations":

@@ -473,3 +473,31 @@ def test_comparison_figure_on_demo_data_has_no_paper_ticks(tmp_path):
     assert [(r["method"], r["base"], r["paper_base"]) for r in rows] == [("zsclip", 60.0, None), ("maple", 81.5, None)]
     empty = build_report(write(tmp_path / "e", [record("zsclip", "dtd", "base", 50.0)]), out_dir=str(tmp_path / "re"))
     assert "methods" not in empty["figures"] and any("Methods comparison" in m for m in empty["missing"])
+
+
+def test_methods_are_labelled_ordered_and_coloured_from_the_registry(monkeypatch):
+    """Labels and colours are what each method's file says; the built-ins keep the paper's order (year,
+    then registration); a method without a colour gets one no other method has, the same every time."""
+    import methods
+    from harness.report import figures
+    from harness.report.tables import method_label, method_rank
+
+    builtin = ["zsclip", "coop", "cocoop", "kgcoop", "maple", "promptsrc"]
+    assert sorted(builtin, key=method_rank) == builtin
+    assert [method_label(m) for m in builtin] == ["CLIP", "CoOp", "CoCoOp", "KgCoOp", "MaPLe", "PromptSRC"]
+    assert method_label("not_registered") == "not_registered" and method_rank("not_registered") > method_rank("coop")
+    own = {m: methods.method_info(m).color for m in builtin}
+    assert [figures.color(m) for m in builtin] == list(own.values()) and len(set(own.values())) == len(builtin)
+
+    class Plain(methods.method_class("coop")):  # says nothing about itself: inherits no label or colour
+        pass
+
+    for name in ("plain_b", "plain_a"):
+        monkeypatch.setitem(methods.METHODS, name, Plain)
+    monkeypatch.setattr(figures, "_assigned", {})
+    assert method_label("plain_a") == "plain_a"
+    first = {m: figures.color(m) for m in ("plain_b", "not_registered", "plain_a")}
+    assert len(set(first.values()) | set(own.values())) == len(first) + len(own)
+    monkeypatch.setattr(figures, "_assigned", {})
+    again = {m: figures.color(m) for m in ("not_registered", "plain_a", "plain_b")}
+    assert (again["plain_a"], again["plain_b"]) == (first["plain_a"], first["plain_b"])  # asked in another order

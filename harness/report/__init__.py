@@ -34,18 +34,18 @@ import os
 from pathlib import Path
 
 from harness.report.builders import BUILDERS, trainable_parameters
-from harness.report.figures import METHOD_COLORS, figure3, figure4, methods_comparison, scatter
+from harness.report.figures import color, figure3, figure4, methods_comparison, scatter
 from harness.report.render import display_frame, latex, long_frame, markdown, write_table
 from harness.report.tables import (
     AVERAGE,
     DATASET_LABELS,
-    METHOD_LABELS,
     PAPER_DATASETS,
     Cell,
     Context,
     Paper,
     Table,
     harmonic,
+    method_label,
 )
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,8 @@ __all__ = [
     "build_tables",
     "load_records",
     "default_paper_dir",
-    "METHOD_COLORS",
-    "METHOD_LABELS",
+    "color",
+    "method_label",
     "DATASET_LABELS",
     "PAPER_DATASETS",
     "AVERAGE",

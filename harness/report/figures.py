@@ -16,23 +16,54 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from harness.report.tables import AVERAGE, Table, dataset_label
+from harness.report.tables import AVERAGE, Table, dataset_label, method_info, method_rank
 
-# One colour per method in every figure.
-METHOD_COLORS = {
-    "zsclip": "#7f7f7f",
-    "coop": "#1f77b4",
-    "cocoop": "#d62728",
-    "kgcoop": "#ff7f0e",
-    "maple": "#9467bd",
-    "promptsrc": "#8c564b",
-}
-OTHER_COLOR = "#2ca02c"
+# A method's colour is its own (``color`` in its file); a method without one gets the first of these not
+# taken by any registered method, in the report's method order, so that no two methods share a colour
+# and the same set of methods always gets the same colours. Past the list, hues spaced by the golden ratio.
+FREE_COLORS = (
+    "#2ca02c",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#dbdb8d",
+    "#9edae5",
+)
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+_assigned: dict[str, str] = {}  # methods without a colour of their own -> the one they were given
+
+
+def _spare_color(i: int) -> str:
+    from matplotlib.colors import hsv_to_rgb, to_hex
+
+    return to_hex(hsv_to_rgb(((0.11 + 0.618034 * i) % 1.0, 0.65, 0.8)))
 
 
 def color(method: str) -> str:
-    return METHOD_COLORS.get(method, OTHER_COLOR)
+    """The method's colour in every figure (see ``FREE_COLORS``)."""
+    import methods
+
+    info = method_info(method)
+    if info is not None and info.color:
+        return info.color
+    if method not in _assigned:
+        registered = [methods.method_info(m) for m in methods.list_methods()]
+        taken = {i.color.lower() for i in registered if i.color} | {c.lower() for c in _assigned.values()}
+        # Registered methods without a colour are served in order first, so their colours do not depend
+        # on which figure asked first; then any other name (an unregistered plugin's records) as asked.
+        waiting = [i.name for i in sorted(registered, key=lambda i: method_rank(i.name)) if not i.color]
+        for name in [m for m in waiting if m not in _assigned] + ([] if method in waiting else [method]):
+            candidates = (c for c in (*FREE_COLORS, *map(_spare_color, range(len(taken) + 64))) if c not in taken)
+            _assigned[name] = next(candidates)
+            taken.add(_assigned[name])
+    return _assigned[method]
 
 
 def _figure(*shape, figsize) -> tuple:
@@ -227,7 +258,8 @@ def figure4(init: Table, length: Table, out_dir: str):
 def method_averages(table1: Table) -> tuple[str | None, list[dict]]:
     """(experiment, rows): for each column group of Table 1's first experiment ("base2new" when it has
     results) whose Average row has base, new and H, {"method", "label", "base", "new", "h"} and the
-    paper's values as "paper_base", "paper_new", "paper_h" (None where the paper has none)."""
+    paper's values as "paper_base", "paper_new", "paper_h" (None where the paper has none), and the
+    method's colour as "color"."""
     experiments = _experiments(table1)
     if not experiments:
         return None, []
@@ -237,7 +269,7 @@ def method_averages(table1: Table) -> tuple[str | None, list[dict]]:
         cells = {m: table1.cell(AVERAGE, g, m) for m in ("base", "new", "h")}
         if any(c is None or c.mean is None for c in cells.values()):
             continue
-        row = {"method": g.method, "label": g.label}
+        row = {"method": g.method, "label": g.label, "color": color(g.method)}
         for m, c in cells.items():
             row[m], row[f"paper_{m}"] = c.mean, c.paper
         rows.append(row)
