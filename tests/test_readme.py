@@ -84,7 +84,8 @@ def test_demo_blocks_are_the_reference_run():
     with open(os.path.join(ROOT, "README.md")) as f:
         text = f.read()
     blocks = demo.readme_blocks(reference)
-    assert {"table1", "run", "pattern", "ablations"} <= set(blocks)
+    transfer = {"table2", "table3", "pattern_crossdataset", "pattern_domaingen", "transfer_run"}
+    assert {"table1", "run", "pattern", "ablations"} | transfer <= set(blocks)
     for name, body in blocks.items():
         written = text.split(f"<!-- BEGIN demo:{name} -->\n", 1)[1].split(f"<!-- END demo:{name} -->", 1)[0]
         assert written == body, name
@@ -104,3 +105,17 @@ def test_demo_blocks_are_the_reference_run():
     holds = [c["holds"] for c in demo.pattern_checks(averages)]
     prose = text.split("<!-- END demo:pattern -->", 1)[1].split("\n\n", 2)[1]
     assert prose.startswith("All four hold") == all(holds), prose[:80]
+    # Tables 2 and 3 likewise: each study's checks are computed from the reference's per-seed source and
+    # target averages, which agree with the tables' source and Average rows; its prose agrees with them.
+    for experiment, claims in demo.TRANSFER_CLAIMS.items():
+        with open(os.path.join(reference, "run.json")) as f:
+            averages = json.load(f)["transfer_seed_averages"][experiment]
+        checks = demo.pattern_checks(averages, claims)
+        assert demo.checks_markdown(checks, demo.TRANSFER_WHAT) == blocks[f"pattern_{experiment}"]
+        table = demo.read_table(os.path.join(reference, f"{demo.TRANSFER_TABLES[experiment]}.csv"))
+        source = demo.sweep.load_experiment(experiment, profile="demo")["source"]
+        for method, rows in averages.items():
+            assert abs(statistics.fmean(rows["targets"]) - table[("average", method, "Accuracy")]) < 1e-6
+            assert abs(statistics.fmean(rows["source"]) - table[(source, method, "Accuracy")]) < 1e-6
+        prose = text.split(f"<!-- END demo:pattern_{experiment} -->", 1)[1].split("\n\n", 2)[1]
+        assert prose.startswith("All ") == all(c["holds"] for c in checks), (experiment, prose[:80])

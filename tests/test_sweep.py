@@ -212,6 +212,21 @@ def test_demo_profile_uses_generated_data_and_the_tiny_pretrained_clip():
     assert b2n_train <= {j.spec.output_dir for j in ablations if j.kind == "train"}
 
 
+def test_transfer_demo_profiles_share_their_trainings_at_the_published_schedules():
+    cross = sweep.narrow(sweep.load_experiment("crossdataset", profile="demo"))
+    domain = sweep.narrow(sweep.load_experiment("domaingen", profile="demo"))
+    for experiment in (cross, domain):
+        assert list(experiment["methods"]) == ["zsclip", "coop", "cocoop"]
+        assert experiment["data"] == "generated" and experiment["backbone"] == "tiny-pretrained"
+    cross_jobs, domain_jobs = sweep.expand(cross, "/gen", "/out"), sweep.expand(domain, "/gen", "/out")
+    trains = [{j.spec.output_dir: j.spec for j in jobs if j.kind == "train"} for jobs in (cross_jobs, domain_jobs)]
+    assert len(trains[0]) == 2 * 3 and set(trains[0]) == set(trains[1])  # CoOp and CoCoOp, 3 seeds: trained once
+    assert {(s.method, s.epochs) for s in trains[0].values()} == {("coop", 50), ("cocoop", 10)}  # the published
+    assert {(s.dataset, s.subsample, s.shots) for s in trains[0].values()} == {(cross["source"], "all", 16)}
+    zero_shot = next(j for j in cross_jobs if j.spec.method == "zsclip")
+    assert [d for d, _ in zero_shot.targets()] == [cross["source"], *cross["targets"]]
+
+
 def test_the_state_file_holds_plain_strings_and_older_files_load(tmp_path):
     # sweep.json as launches wrote it before job statuses were an enum: plain strings, read back as
     # JobStatus and written again byte for byte the same.

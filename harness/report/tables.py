@@ -173,6 +173,7 @@ class Table:
     cells: dict = field(default_factory=dict)  # (row, group key, metric) -> Cell
     notes: list = field(default_factory=list)
     missing: list = field(default_factory=list)
+    source: str | None = None  # Tables 2 and 3: the row of the dataset the prompts were learned on
 
     def cell(self, row, group, metric) -> Cell | None:
         gkey = group.key if isinstance(group, Group) else group
@@ -273,11 +274,14 @@ class Context:
 
     def table_filter(self, table: str) -> Callable[[str], bool]:
         """Default: Tables 1 and 4 read every experiment but crossdataset/domaingen/ablations;
-        Tables 2 and 3 read crossdataset and domaingen (the same ImageNet checkpoints); Table 5 and
-        the Figure 4 ablations read every experiment but crossdataset/domaingen. A list of names
-        narrows every table to those; a dict {table: [names]} replaces a table's default."""
-        if table in ("table2", "table3"):
-            default = lambda e: e in ("crossdataset", "domaingen")  # noqa: E731
+        Table 2 reads crossdataset and Table 3 domaingen (each one's source row also the other's:
+        their trainings are shared); Table 5 and the Figure 4 ablations read every experiment but
+        crossdataset/domaingen. A list of names narrows every table to those; a dict
+        {table: [names]} replaces a table's default."""
+        if table == "table2":
+            default = lambda e: e == "crossdataset"  # noqa: E731
+        elif table == "table3":
+            default = lambda e: e == "domaingen"  # noqa: E731
         elif table in ("table5", "fig4a", "fig4b"):
             default = lambda e: e not in ("crossdataset", "domaingen")  # noqa: E731
         else:
