@@ -78,10 +78,13 @@ def test_paper_experiments_expand_to_the_published_jobs():
         "kgcoop": (100, 128, 0.002, {"n_ctx": 4, "ctx_init": "a photo of a", "kg_weight": 8.0}),
         "maple": (5, 4, 0.0035, {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9}),
         "promptsrc": (20, 4, 0.0025, {"prompt_depth_text": 9, "prompt_depth_vision": 9, "gpa_mean": 15, "gpa_std": 1}),
+        "coop_dept": (10, 4, 0.0035, {"n_ctx": 16, "ctx_init": "", "cat_weight": 0.7, "cat_lr_mult": 6.5}),
+        "mmrl": (10, 4, 0.001, {"n_rep_tokens": 5, "rep_layers": [6, 7, 8, 9, 10, 11, 12], "task": "B2N"}),
     }
     for method, (epochs, batch, lr, options) in published.items():
         job = next(j for j in b2n if j.name == f"base2new/{method}/dtd/seed3/train")
-        assert (job.spec.epochs, job.spec.batch_size, job.spec.lr, job.spec.precision) == (epochs, batch, lr, "fp16")
+        precision = "amp" if method == "mmrl" else "fp16"
+        assert (job.spec.epochs, job.spec.batch_size, job.spec.lr, job.spec.precision) == (epochs, batch, lr, precision)
         assert options.items() <= job.spec.options.items()
     # ProGrad at the study's ViT-B/16 and 16 shots (the project's choice), TCP with Adam eps 1e-3
     # (PROTOCOL-successors-2.md 1); both at their ImageNet (and TCP's SUN397) schedules there.
@@ -99,6 +102,11 @@ def test_paper_experiments_expand_to_the_published_jobs():
     assert (tcp.options["injection_layer"], tcp.options["kg_weight"], tcp.options["ctx_init"]) == (8, 8.0, "")
     for name, epochs in (("prograd/imagenet", 50), ("tcp/imagenet", 25), ("tcp/sun397", 25)):
         assert next(j for j in b2n if j.name == f"base2new/{name}/seed1/train").spec.epochs == epochs, name
+    mmrl = next(j for j in b2n if j.name == "base2new/mmrl/dtd/seed3/train").spec
+    assert (mmrl.optimizer, mmrl.crop_scale) == ("adamw", [0.5, 1.0])
+    mmrl_imagenet = next(j for j in b2n if j.name == "base2new/mmrl/imagenet/seed1/train").spec
+    assert (mmrl_imagenet.epochs, mmrl_imagenet.batch_size) == (5, 32)
+    assert {"coop_dept", "mmrl"} <= set(trained)
     src = next(j for j in b2n if j.name == "base2new/promptsrc/dtd/seed3/train").spec.options
     assert (src["text_loss_weight"], src["image_loss_weight"], src["n_ctx_text"], src["n_ctx_vision"]) == (25, 10, 4, 4)
     zs = next(j for j in b2n if j.name == "base2new/zsclip/dtd")
@@ -111,6 +119,9 @@ def test_paper_experiments_expand_to_the_published_jobs():
     trained_xd = [m for m in sweep.load_experiment("crossdataset")["methods"] if m != "zsclip"]
     # one ImageNet model per method and seed, shared by the two studies
     assert len(cross_train) == 3 * len(trained_xd) and cross_train == domain_train
+    mmrl_xd = next(j for j in cross if j.name == "crossdataset/mmrl/imagenet/seed1/train").spec
+    assert (mmrl_xd.epochs, mmrl_xd.warmup_epochs, mmrl_xd.batch_size, mmrl_xd.options["task"]) == (1, 0, 32, "CD")
+    assert (mmrl_xd.options["reg_weight"], mmrl_xd.options["rep_dim"], mmrl_xd.subsample) == (0.2, 512, "all")
     maple_xd = next(j for j in cross if j.name == "crossdataset/maple/imagenet/seed1/train").spec
     assert (maple_xd.epochs, maple_xd.lr, maple_xd.options["prompt_depth"]) == (2, 0.0026, 3)
     src_xd = next(j for j in domain if j.name == "domaingen/promptsrc/imagenet/seed2/train").spec
