@@ -27,7 +27,7 @@ import os
 import typing
 
 from harness.atomic import atomic_write_text
-from harness.config import TRAINING_KEYS, RunSpec
+from harness.config import LATER_TRAINING_KEYS, TRAINING_KEYS, RunSpec
 
 FINGERPRINT_CHARS = 12
 FOLDER_FILE = "fingerprint.json"
@@ -71,7 +71,8 @@ def settings_of(spec: RunSpec, data: str | None = None) -> dict:
     out = {}
     for f in dataclasses.fields(RunSpec):
         name = f.name
-        if name in BOOKKEEPING or (not trains and name in TRAINING_KEYS and name not in EVALUATION_KEYS):
+        training_key = name in TRAINING_KEYS or name in LATER_TRAINING_KEYS
+        if name in BOOKKEEPING or (not trains and training_key and name not in EVALUATION_KEYS):
             continue
         value = _normal(name, getattr(spec, name), hints)
         if value != _normal(name, getattr(defaults, name), hints):

@@ -12,7 +12,8 @@ The runner knows no method by name: it builds one and asks it (``methods.base``)
 objective, its parameter groups, its end-of-epoch hook and whether its image features may come from
 the shared cache.
 
-Training (PROTOCOL.md 9, 10): SGD over the method's parameter groups only (``build_optimizer``), one
+Training (PROTOCOL.md 9, 10): SGD (or a method's published Adam / AdamW: run key ``optimizer``) over the
+method's parameter groups only (``build_optimizer``), one
 constant warm-up epoch then cosine (``build_scheduler``), stepped once per epoch; each step is taken in
 ``Run.train_epoch``. Everything carried from one epoch to the next is one ``TrainingState``, saved
 after each epoch (``harness.checkpoint``), so that a killed run restarts from its last finished epoch
@@ -166,7 +167,7 @@ class Run:
 
         loader = data.build_loader(
             splits.train,
-            data.build_transform(train=True, size=backbone.image_size(self.clip)),
+            data.build_transform(train=True, size=backbone.image_size(self.clip), crop_scale=tuple(spec.crop_scale)),
             spec.batch_size,
             train=True,
             num_workers=spec.num_workers,  # None: the loader's default
@@ -206,7 +207,7 @@ class Run:
         """The state of epoch 0: the method at its initialisation, the optimiser over its parameter
         groups, the schedule, the gradient scaler (amp on CUDA only) and the training loader's generator."""
         spec = self.spec
-        model = self.build_method(classnames, spec.dataset)
+        model = self.build_method(classnames, spec.dataset, spec.subsample)
         optimizer = build_optimizer(model.parameter_groups(), spec)
         scheduler = build_scheduler(optimizer, spec)
         scaler = torch.amp.GradScaler("cuda", enabled=spec.precision == "amp" and self.device.type == "cuda")
@@ -221,20 +222,27 @@ class Run:
         lr = optimizer.param_groups[0]["lr"]
         losses, correct, seen, skipped = [], 0, 0, 0
         step = (epoch - 1) * len(loader)
+        own_backward = callable(getattr(model, "backward", None))  # methods.base: an update that is not one gradient
         for images, labels in loader:
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             details: dict = {}
+            optimizer.zero_grad(set_to_none=True)
+            scale = scaler.get_scale()  # a disabled scaler passes the loss and the step through unchanged
             with self.autocast():
-                loss = model.training_loss(images, labels, details=details)
+                if own_backward:
+                    # The method leaves its published update in .grad itself (ProGrad's projection), each
+                    # of its losses multiplied by the scaler's factor.
+                    loss = model.backward(images, labels, details=details, loss_scale=scale)
+                else:
+                    loss = model.training_loss(images, labels, details=details)
             # With a gradient scaler a non-finite step is skipped by design (and counted); otherwise it ends the run.
             if not scaler.is_enabled() and not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"Loss is {loss.item()} at epoch {epoch}, step {step + 1} of {self.job}. "
                     f"{self.last_good()} {non_finite_advice(spec.precision)}"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            scale = scaler.get_scale()  # a disabled scaler passes the loss and the step through unchanged
-            scaler.scale(loss).backward()
+            if not own_backward:
+                scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             skipped += scaler.get_scale() < scale  # the scale drops exactly when a step is skipped
@@ -340,7 +348,7 @@ class Run:
         # The test split and class names do not depend on the few-shot draw: build without one.
         seed = spec.seed if spec.seed is not None else 1
         splits = data.build_dataset(dataset, spec.data_root, num_shots=0, seed=seed, subsample=subsample)
-        model = self.build_method(splits.classnames, dataset)
+        model = self.build_method(splits.classnames, dataset, subsample)
         if checkpoint_file:
             model.load_prompt_checkpoint(checkpoint_file)
         model.eval()
@@ -439,11 +447,13 @@ class Run:
                 self.run_dir, self.settings, self.fingerprint, forced=self.spec.force, finished=False
             )
 
-    def build_method(self, classnames: list[str], dataset: str):
+    def build_method(self, classnames: list[str], dataset: str, subsample: str):
         options = dict(self.spec.options)
         if "dataset" in methods.method_options(self.spec.method):
             options.setdefault("dataset", dataset)  # e.g. selects the dataset's hand-made template
-        return methods.build_method(self.spec.method, self.clip, classnames, **options).to(self.device)
+        return methods.build_method(self.spec.method, self.clip, classnames, subsample=subsample, **options).to(
+            self.device
+        )
 
     def autocast(self):
         if self.spec.precision != "amp":
@@ -489,20 +499,57 @@ def run_folder_lock(run_dir: str, job: str):
 # ---------------------------------------------------------------------------------------------
 
 
+def optimizer_groups(param_groups, spec: RunSpec) -> list[dict]:
+    """The method's parameter groups with their learning rates resolved: a group's ``lr_scale`` multiplies
+    the run's lr (so ``--set lr=...`` scales every group, as the authors' configs do), an absolute ``lr``
+    is kept, a group with neither trains at the run's lr."""
+    groups = []
+    for group in param_groups:
+        group = dict(group) if isinstance(group, dict) else {"params": group}
+        if "lr_scale" in group:
+            if "lr" in group:
+                raise ValueError("A parameter group gives both 'lr' and 'lr_scale'; give one of them.")
+            group["lr"] = spec.lr * group.pop("lr_scale")
+        groups.append(group)
+    return groups
+
+
 def build_optimizer(param_groups, spec: RunSpec) -> torch.optim.Optimizer:
-    """The optimiser over the method's parameter groups (a group's own keys, e.g. ``lr``, win)."""
-    return torch.optim.SGD(param_groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    """``spec.optimizer`` over the method's parameter groups (``optimizer_groups``); Adam and AdamW as Dassl
+    builds them (betas 0.9, 0.999, ``weight_decay``: Adam's L2 term in the gradient, AdamW's decoupled
+    decay) with ``adam_eps``."""
+    groups = optimizer_groups(param_groups, spec)
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[spec.optimizer]
+    return adam(groups, lr=spec.lr, betas=(0.9, 0.999), eps=spec.adam_eps, weight_decay=spec.weight_decay)
+
+
+class ConstantWarmup(torch.optim.lr_scheduler.ConstantLR):
+    """Every parameter group at ``warmup_lr`` during the warm-up epochs, whatever its own rate, as Dassl's
+    ConstantWarmupScheduler sets them (``[cons_lr for _ in base_lrs]``); the cosine that follows starts
+    each group from its own rate. (A ConstantLR, so resume states written before groups had their own
+    rates load unchanged; for one group at the run's lr the values are the same.)"""
+
+    def __init__(self, optimizer, warmup_lr: float, total_iters: int, factor: float):
+        self.warmup_lr = warmup_lr
+        super().__init__(optimizer, factor=factor, total_iters=total_iters)
+
+    def get_lr(self):
+        if self.last_epoch < self.total_iters:
+            return [self.warmup_lr for _ in self.optimizer.param_groups]
+        return [group["initial_lr"] for group in self.optimizer.param_groups]
 
 
 def build_scheduler(optimizer, spec: RunSpec):
-    """Constant warm-up at ``warmup_lr`` for ``warmup_epochs``, then cosine over ``epochs`` with the
-    counter restarted after warm-up (PROTOCOL.md 10): lr(e) = lr * (1 + cos(pi (e - 2) / E)) / 2
-    for e >= 2 with one warm-up epoch. Stepped once per epoch."""
+    """Constant warm-up at ``warmup_lr`` for ``warmup_epochs`` (every group), then cosine over ``epochs``
+    with the counter restarted after warm-up (PROTOCOL.md 10), from each group's own rate b:
+    lr(e) = b * (1 + cos(pi (e - 2) / E)) / 2 for e >= 2 with one warm-up epoch. Stepped once per epoch."""
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, spec.epochs))
     if spec.warmup_epochs <= 0:
         return cosine
-    warmup = torch.optim.lr_scheduler.ConstantLR(
-        optimizer, factor=spec.warmup_lr / spec.lr, total_iters=spec.warmup_epochs
+    warmup = ConstantWarmup(
+        optimizer, spec.warmup_lr, total_iters=spec.warmup_epochs, factor=min(1.0, spec.warmup_lr / spec.lr)
     )
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[spec.warmup_epochs])
 
