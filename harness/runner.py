@@ -283,7 +283,7 @@ class Run:
         seed = spec.seed if spec.seed is not None else 1
         # The method draws its own shots from the full splits (PROTOCOL.md 20): no split_fewshot draw.
         splits = data.build_dataset(spec.dataset, spec.data_root, num_shots=0, seed=seed, subsample=spec.subsample)
-        model = self.build_method(splits.classnames, spec.dataset)
+        model = self.build_method(splits.classnames, spec.dataset, spec.subsample)
         final = checkpoint.checkpoint_path(self.run_dir, 0, model.checkpoint_folder)
         if os.path.isfile(final):
             saved = load_checkpoint_file(final).get("spec")
