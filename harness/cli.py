@@ -117,6 +117,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datasets", default="", help="comma-separated subset of the experiment's datasets (or targets)")
     p.add_argument("--seeds", default="", help="comma-separated seeds, e.g. 1,2")
     p.add_argument("--methods", default="", help="comma-separated subset of the experiment's method variants")
+    p.add_argument("--shots", default="", help="comma-separated subset of a few-shot study's shot counts, e.g. 1,16")
     p.add_argument("--backbone", default="", help="backbone for every job (e.g. ViT-B/16, tiny, a .pt path)")
     p.add_argument(
         "--set",
@@ -134,7 +135,9 @@ def _load_sweep(args):
 
     experiment = sweep.load_experiment(args.experiment, profile=args.profile)
     split = lambda text: [x for x in text.split(",") if x]
-    experiment = sweep.narrow(experiment, split(args.datasets), split(args.seeds), split(args.methods))
+    experiment = sweep.narrow(
+        experiment, split(args.datasets), split(args.seeds), split(args.methods), split(args.shots)
+    )
     overrides = parse_overrides(args.overrides)
     if args.backbone:
         overrides["backbone"] = args.backbone

@@ -332,6 +332,18 @@ def validate(spec: RunSpec) -> None:
             raise ConfigError(f"Unknown evaluation dataset {dataset!r}. Datasets: {', '.join(sorted(known_datasets))}.")
         if subsample not in SUBSAMPLES:
             raise ConfigError(f"Evaluation subsample must be one of {SUBSAMPLES}, got {subsample!r}.")
+    method_cls = methods.method_class(spec.method)
+    if not method_cls.transfers_to_other_classes:
+        foreign = [(d, s) for d, s in spec.eval_targets() if (d, s) != (spec.dataset, spec.subsample)]
+        if foreign:
+            raise ConfigError(
+                f"Method {spec.method!r} cannot be evaluated on {foreign}: it is a classifier fitted on the image "
+                f"features of {spec.dataset}'s {spec.subsample!r} classes, one weight row per class, with no "
+                "prompt to carry to new classes or another dataset. Evaluate it on the classes it is fitted on "
+                "(the few-shot study: subsample all); it is not part of base-to-new or transfer studies."
+            )
+    if method_cls.fits_features and spec.shots < 1:
+        raise ConfigError(f"Method {spec.method!r} draws its own few-shot training set: shots must be >= 1.")
     if spec.optimizer not in OPTIMIZERS:
         raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {spec.optimizer!r}.")
     if not spec.adam_eps > 0:

@@ -129,6 +129,8 @@ class Run:
                 )
                 if spec.reevaluate and spec.trains:
                     checkpoint_file, epochs = self.finished_checkpoint()
+                elif spec.trains and methods.method_class(spec.method).fits_features:
+                    checkpoint_file, epochs = self.fit(), 0  # fitted on frozen features, no epochs
                 elif spec.trains:
                     checkpoint_file, epochs = self.train(), spec.epochs
                 else:
@@ -273,6 +275,43 @@ class Run:
         log.info("epoch %d/%d  loss %.4f  train acc %.2f%%  lr %.3e", epoch, spec.epochs, epoch_loss, epoch_acc, lr)
         self.tracker.log(tracking.epoch_metrics(epoch_loss, epoch_acc, lr, epoch), step=step)
 
+    def fit(self) -> str:
+        """For methods fitted on frozen features (``fits_features``: linear-probe CLIP): features of the
+        full train and val splits with the test transform (once, through the shared cache), ``fit``, and
+        the fitted checkpoint; a finished fit of the same spec is reused (a killed job resumes here)."""
+        spec = self.spec
+        seed = spec.seed if spec.seed is not None else 1
+        # The method draws its own shots from the full splits (PROTOCOL.md 20): no split_fewshot draw.
+        splits = data.build_dataset(spec.dataset, spec.data_root, num_shots=0, seed=seed, subsample=spec.subsample)
+        model = self.build_method(splits.classnames, spec.dataset, spec.subsample)
+        final = checkpoint.checkpoint_path(self.run_dir, 0, model.checkpoint_folder)
+        if os.path.isfile(final):
+            saved = load_checkpoint_file(final).get("spec")
+            if not checkpoint.spec_differences(saved, spec.training_identity()):
+                log.info("Fit already done: %s", final)
+                return final
+            log.warning("%s was fitted for another spec: fitting again", final)
+        model.eval()
+        features = {
+            name: self.image_features(model, getattr(splits, name), spec.dataset, f"{spec.dataset}/{name}")
+            for name in ("train", "val")
+        }
+        labels = {name: np.array([item.label for item in getattr(splits, name)]) for name in ("train", "val")}
+        log.info(
+            "Fitting %s on %s (%d classes; %d train and %d val features) with %d shots, seed %d",
+            spec.method,
+            spec.dataset,
+            len(splits.classnames),
+            len(labels["train"]),
+            len(labels["val"]),
+            spec.shots,
+            seed,
+        )
+        model.fit(features["train"], labels["train"], features["val"], labels["val"], seed=seed, shots=spec.shots)
+        log.info("Fitted: %s", model.record_options())
+        model.save_prompt_checkpoint(final, 0, spec=spec.training_identity())
+        return final
+
     def finished_checkpoint(self) -> tuple[str, int]:
         """``reevaluate``: the run folder's final checkpoint, scored again without training."""
         found = checkpoint.latest_checkpoint(self.run_dir)
@@ -339,25 +378,29 @@ class Run:
         return {"metrics": metrics, "options": {**spec.options, **model.record_options()}}
 
     def test_features(self, model, splits, dataset: str, subsample: str) -> torch.Tensor:
-        """``model.encode_image`` of the test images: from the shared cache when the method's image
-        side is the frozen tower (``features_cacheable``), else computed for this model alone."""
+        """``model.encode_image`` of the test images (``image_features`` of the test split)."""
+        return self.image_features(model, splits.test, dataset, f"{dataset}/{subsample}")
+
+    def image_features(self, model, items, dataset: str, what: str) -> torch.Tensor:
+        """``model.encode_image`` of ``items`` with the test transform: from the shared cache when the
+        method's image side is the frozen tower (``features_cacheable``), else computed for this model."""
         spec = self.spec
         size = backbone.image_size(self.clip)
 
         def compute():
             loader = data.build_loader(
-                splits.test,
+                items,
                 data.build_transform(train=False, size=size),
                 spec.test_batch_size,
                 train=False,
                 num_workers=spec.num_workers,  # None: the loader's default
             )
-            return compute_features(model, loader, self.device, desc=f"features {dataset}/{subsample}")
+            return compute_features(model, loader, self.device, desc=f"features {what}")
 
         if not model.features_cacheable:
             return compute()
         namespace = cache_namespace(spec.backbone, clip_precision(spec.precision), dataset, size, model.feature_key())
-        return self.cache.get_or_compute(namespace, [item.impath for item in splits.test], compute)
+        return self.cache.get_or_compute(namespace, [item.impath for item in items], compute)
 
     # -- records -----------------------------------------------------------------------------
 

@@ -5,10 +5,12 @@ method variants, each pointing at a published method config:
 
     protocol: base2new          # train on base classes, evaluate base and new (PROTOCOL.md 12.1)
                                 # or: transfer (train on `source`, evaluate `targets`, 12.2 / 12.3)
+                                # or: fewshot (all classes, each of `shots: [1, 2, ...]`, PROTOCOL.md 20)
     datasets: [caltech101, ...]
     seeds: [1, 2, 3]
     methods:
       coop: {config: coop/vit_b16_ctxv1, per_dataset: {imagenet: coop/vit_b16_ep50_ctxv1}}
+      # fewshot: per_shots, K -> a config or {config, run} (per_dataset wins over per_shots over config)
     run: {num_workers: 8}       # run keys for every job
     profiles: {demo: {...}}     # named sets of overrides (the demo profile runs on generated data)
     default_methods: [coop]     # what runs without --methods (a profile's quick subset; default: all)
@@ -63,7 +65,7 @@ EXPERIMENT_KEYS = {
     "precision",
     "tracking",
 }
-PROTOCOLS = ("base2new", "transfer")
+PROTOCOLS = ("base2new", "transfer", "fewshot")
 
 
 @dataclass
@@ -169,22 +171,38 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
             f"{key!r} is set for each job by the sweep and cannot be given with --set: use {PER_JOB_KEYS[key]}."
         )
     seeds = [int(s) for s in experiment.get("seeds", [1, 2, 3])]
+    fewshot = experiment["protocol"] == "fewshot"
+    if fewshot and "shots" in overrides:
+        raise ConfigError(
+            "A few-shot study sets shots per job from its 'shots' list: narrow it with --shots, not --set."
+        )
     common = dict(experiment.get("run") or {})
-    for key in ("backbone", "precision", "tracking", "shots"):
+    for key in ("backbone", "precision", "tracking") + (() if fewshot else ("shots",)):
         if experiment.get(key) is not None:
             common[key] = experiment[key]
     common.update(data_root=data_root, experiment=name, results=os.path.join(out, results.RESULTS_FILE))
     common.setdefault("feature_cache", os.path.join(out, "feature_cache"))
 
+    # (dataset, training classes, evaluated by the training job, evaluated by a job loading it, shots or None)
     if experiment["protocol"] == "base2new":
         plan = [
-            (d, "base", [(d, "base")], [(d, "new")] + ([(d, "all")] if experiment.get("class_incremental") else []))
+            (
+                d,
+                "base",
+                [(d, "base")],
+                [(d, "new")] + ([(d, "all")] if experiment.get("class_incremental") else []),
+                None,
+            )
             for d in experiment.get("datasets") or []
+        ]
+    elif fewshot:
+        plan = [
+            (d, "all", [(d, "all")], [], k) for d in experiment.get("datasets") or [] for k in fewshot_shots(experiment)
         ]
     else:
         source = experiment.get("source", "imagenet")
         targets = [(t, "all") for t in experiment.get("targets") or []]
-        plan = [(source, "all", [(source, "all")], targets)]
+        plan = [(source, "all", [(source, "all")], targets, None)]
     if not plan:
         raise ConfigError(f"Experiment {name!r} has no datasets.")
 
@@ -194,14 +212,24 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
     jobs: list[Job] = []
     for variant, method_cfg in methods_cfg.items():
         method_cfg = dict(method_cfg or {})
-        for dataset, train_subsample, train_evals, other_evals in plan:
-            config_name = (method_cfg.get("per_dataset") or {}).get(dataset, method_cfg.get("config"))
-            values = {**common, **(method_cfg.get("run") or {}), "config": config_name or ""}
+        for dataset, train_subsample, train_evals, other_evals, shots in plan:
+            config_name, shots_run = method_cfg.get("config"), {}
+            if shots is not None:
+                # per_shots: K -> a config name, or {config: ..., run: {...}} (run keys for that K)
+                entry = (method_cfg.get("per_shots") or {}).get(shots, config_name)
+                entry = entry if isinstance(entry, dict) else {"config": entry}
+                config_name, shots_run = entry.get("config", config_name), dict(entry.get("run") or {})
+            config_name = (method_cfg.get("per_dataset") or {}).get(dataset, config_name)
+            values = {**common, **(method_cfg.get("run") or {}), **shots_run, "config": config_name or ""}
+            if shots is not None:
+                values["shots"] = shots
             if method_cfg.get("options"):
                 values["options"] = method_cfg["options"]
             values.setdefault("method", layer(values).get("method") or variant)
             values.update(dataset=dataset, subsample=train_subsample)
             if not build_spec({**values, "output_dir": out}, overrides).learns:
+                if any(job.name == f"{name}/{variant}/{dataset}" for job in jobs):
+                    continue  # zero-shot: one job per dataset, whatever the shot counts
                 zero_shot = {**values, "seed": None, "evaluate": targets(train_evals + other_evals)}
                 fingerprint = fingerprints.fingerprint_of(
                     fingerprints.settings_of(build_spec({**zero_shot, "output_dir": out}, overrides))
@@ -216,6 +244,7 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
                 )
                 jobs.append(Job(spec.job, spec))
                 continue
+            shot_part = f"/{shots}shot" if shots is not None else ""
             for seed in seeds:
                 base = {**values, "seed": seed}
                 probe = build_spec({**base, "output_dir": out}, overrides)
@@ -235,7 +264,7 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
                         **base,
                         "output_dir": train_dir,
                         "evaluate": targets(train_evals),
-                        "job": f"{name}/{variant}/{dataset}/seed{seed}/train",
+                        "job": f"{name}/{variant}/{dataset}{shot_part}/seed{seed}/train",
                     },
                     overrides,
                 )
@@ -257,15 +286,32 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
     return jobs
 
 
-def narrow(experiment: dict, datasets=None, seeds=None, methods=None) -> dict:
-    """Apply DATASETS= / SEEDS= / METHODS= narrowing, checking each name exists in the experiment.
+def fewshot_shots(experiment: dict) -> list[int]:
+    """The shot counts of a few-shot study (its ``shots`` list), checked."""
+    shots = experiment.get("shots", [1, 2, 4, 8, 16])
+    shots = shots if isinstance(shots, list) else [shots]
+    if not shots or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in shots):
+        raise ConfigError(f"Experiment {experiment['name']!r}: shots must be a list of counts >= 1, got {shots!r}.")
+    return shots
+
+
+def narrow(experiment: dict, datasets=None, seeds=None, methods=None, shots=None) -> dict:
+    """Apply DATASETS= / SEEDS= / METHODS= / SHOTS= narrowing, checking each name exists in the experiment.
     Without METHODS, the experiment's ``default_methods`` when it has them, else every method; a
     registered method that the experiment does not list runs when named, with its default config."""
     out = copy.deepcopy(experiment)
+    if shots:
+        if out["protocol"] != "fewshot":
+            raise ConfigError(f"--shots narrows a few-shot study; {out['name']!r} is a {out['protocol']} study.")
+        known = fewshot_shots(out)
+        bad = [k for k in shots if int(k) not in known]
+        if bad:
+            raise ConfigError(f"{bad} not in this experiment's shots: {', '.join(map(str, known))}.")
+        out["shots"] = [int(k) for k in shots]
     methods = methods or out.pop("default_methods", None)
     out.pop("default_methods", None)
     if datasets:
-        key = "datasets" if out["protocol"] == "base2new" else "targets"
+        key = "targets" if out["protocol"] == "transfer" else "datasets"
         known = out.get(key) or []
         bad = [d for d in datasets if d not in known and not (key == "targets" and d == out.get("source"))]
         if bad:
@@ -294,7 +340,7 @@ def _unlisted_method(name: str, listed: dict) -> dict:
 
 def experiment_datasets(experiment: dict) -> list[str]:
     """Every dataset an experiment reads: its datasets (base-to-new) or its source and targets."""
-    if experiment["protocol"] == "base2new":
+    if experiment["protocol"] in ("base2new", "fewshot"):
         return list(experiment.get("datasets") or [])
     return [experiment.get("source", "imagenet"), *(experiment.get("targets") or [])]
 

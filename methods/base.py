@@ -14,8 +14,16 @@ The runner knows no method by name. It builds one with ``methods.build_method`` 
 ``text_depends_on_image``      must the test set be scored batch by batch (per-image prompts)?
 ``record_options()``           the options as built (e.g. n_ctx after ``ctx_init``), for the records
 ``dataset=`` option            a method whose constructor takes ``dataset`` is given the dataset key
+``fits_features``              is it fitted on frozen features (``fit``) instead of trained by gradient?
+``fit(train_f, train_y,``      fit on the image features of the full train and val splits (numpy or
+``val_f, val_y, seed, shots)``  tensors, split order); the method draws its own ``shots`` per class
+``transfers_to_other_classes`` may what it learned be evaluated on other classes (new, other datasets)?
 ``subsample=`` argument        one whose constructor takes ``subsample`` is told which classes these are
 =============================  =================================================================
+
+A method that ``fits_features`` (linear-probe CLIP) is trainable (it has a seed, shots and a
+checkpoint) but has no optimiser: the runner extracts the train and val features once through the
+shared feature cache, calls ``fit``, saves the checkpoint, and scores the test set as for any method.
 
 ``subsample`` ("base" | "new" | "all", ``methods.build_method``'s argument, default "all") is the authors'
 ``DATASET.SUBSAMPLE_CLASSES``: a method whose published computation switches on it (DePT's head, MMRL's
@@ -111,6 +119,11 @@ class CLIPMethod(nn.Module):
     # False: the class text features do not depend on the image, so a whole test set's features can
     # go through ``logits_from_features`` in one call (one text-encoder pass). CoCoOp sets True.
     text_depends_on_image = False
+    # True: learned by ``fit`` on frozen image features, not by gradient steps (no optimiser, no epochs).
+    fits_features = False
+    # False: what is learned is tied to the training classes (a classifier row per class, no prompt), so
+    # evaluating other classes (base-to-new's new half, another dataset) is refused before any work.
+    transfers_to_other_classes = True
 
     def __init__(self, clip_model, classnames: list[str]):
         super().__init__()
@@ -182,6 +195,11 @@ class CLIPMethod(nn.Module):
             raise CheckpointError(
                 f"{self.method_name} keeps no training state, but the checkpoint holds {sorted(state)}."
             )
+
+    def fit(self, train_features, train_labels, val_features, val_labels, seed: int, shots: int) -> None:
+        """For ``fits_features`` methods: learn from features of the full train and val splits (their
+        own few-shot draw of ``shots`` per class with ``seed``)."""
+        raise NotImplementedError(f"{self.method_name} is trained by gradient, not fitted on features.")
 
     # -- evaluation and records -------------------------------------------------------------------
 

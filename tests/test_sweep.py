@@ -178,7 +178,7 @@ def test_a_registered_method_the_study_does_not_list_runs_with_its_default_confi
     with pytest.raises(ConfigError, match=r"no config in .*experiments/methods/unconfigured: add its published config"):
         sweep.narrow(bigger, methods=["unconfigured"])
     monkeypatch.setattr(methods.method_class("coop"), "default_config", "")
-    with pytest.raises(ConfigError, match=r"4 configs in .*coop \(coop/vit_b16_ctxv1, .* in methods/coop.py"):
+    with pytest.raises(ConfigError, match=r"7 configs in .*coop \(coop/vit_b16, .* in methods/coop.py"):
         default_method_config("coop")
     monkeypatch.setattr(Unconfigured, "default_config", "unconfigured/nowhere", raising=False)
     with pytest.raises(ConfigError, match=r"tests/test_sweep.py: default_config 'unconfigured/nowhere' is not"):

@@ -11,7 +11,7 @@ and ``<name>.pdf``; and ``index.md`` listing what was produced and what is missi
 
 Which records feed which table (``experiments`` changes it, see ``tables.Context.table_filter``):
 
-* Table 1 (base-to-new): every experiment except crossdataset, domaingen and ablations (so
+* Table 1 (base-to-new): every experiment except crossdataset, domaingen, ablations and fewshot (so
   "base2new" and "demo" both count); zero-shot CLIP on base/new classes and prompts learned on the
   same dataset's base classes. Each (experiment, method config) is its own column group, so two
   experiments or two configs are never pooled. Figures 3 and the scatter use the "base2new"
@@ -20,8 +20,10 @@ Which records feed which table (``experiments`` changes it, see ``tables.Context
   learned on) and the targets come from the records, and each table's source row may come from
   the other experiment's records (the two share their trainings). Average: the targets.
 * Table 4: as Table 1, evaluations on all classes.
-* Table 5 and the Figure 4 ablation tables: every experiment but crossdataset/domaingen, so the
-  ctx-4 "a photo of a" CoCoOp of base2new can serve as the initialised arm of the ablation.
+* Table 5 and the Figure 4 ablation tables: every experiment but crossdataset/domaingen/fewshot, so
+  the ctx-4 "a photo of a" CoCoOp of base2new can serve as the initialised arm of the ablation.
+* The few-shot tables ``fewshot_<K>shot`` and ``figure_fewshot``: experiment fewshot
+  (``harness.report.fewshot``).
 
 Seeds: ``expected_seeds=None`` expects, for each cell, every seed seen in its experiment(s) (the
 union over all learned-prompt records); a cell with fewer is shown with ``†(k/n seeds)`` and listed
@@ -37,6 +39,7 @@ from pathlib import Path
 
 from harness.report import variants
 from harness.report.builders import BUILDERS, trainable_parameters
+from harness.report.fewshot import fewshot_tables, figure_fewshot
 from harness.report.figures import color, figure3, figure4, methods_comparison, scatter, transfer_gap
 from harness.report.manifest import replace_manifest
 from harness.report.render import display_frame, latex, long_frame, markdown, write_table
@@ -172,6 +175,7 @@ def build_tables(
     for table in tables.values():
         if not table.empty:
             table.notes += variants.table_notes(table, records, superseded)
+    tables.update({table.key: table for table in fewshot_tables(ctx).values()})  # fewshot_<K>shot
     return tables
 
 
@@ -264,6 +268,11 @@ def build_report(
         "methods": methods_comparison(tables["table1_base2new"], out_dir),
         "crossdataset": transfer_gap(tables["table2_crossdataset"], out_dir, "figure_crossdataset_cocoop_vs_coop"),
         "domaingen": transfer_gap(tables["table3_domaingen"], out_dir, "figure_domaingen_cocoop_vs_coop"),
+        "fewshot": figure_fewshot(
+            {int(k[len("fewshot_") : -len("shot")]): t for k, t in tables.items() if k.startswith("fewshot_")},
+            out_dir,
+            Paper(paper_dir) if with_paper else None,
+        ),
     }.items():
         if paths:
             figures[name] = paths

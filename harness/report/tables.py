@@ -54,7 +54,7 @@ AVERAGE = "average"
 LABEL_FIELD = "_settings_label"
 
 # Experiments that feed a table unless the caller says otherwise (see ``table_filter``).
-OWN_EXPERIMENTS = ("crossdataset", "domaingen", "ablations")
+OWN_EXPERIMENTS = ("crossdataset", "domaingen", "ablations", "fewshot")
 TABLE_KEYS = {
     "table1": "table1_base2new",
     "table2": "table2_crossdataset",
@@ -306,7 +306,9 @@ class Context:
         elif table == "table3":
             default = lambda e: e == "domaingen"  # noqa: E731
         elif table in ("table5", "fig4a", "fig4b"):
-            default = lambda e: e not in ("crossdataset", "domaingen")  # noqa: E731
+            default = lambda e: e not in ("crossdataset", "domaingen", "fewshot")  # noqa: E731
+        elif table == "fewshot":
+            default = lambda e: e == "fewshot"  # noqa: E731
         else:
             default = lambda e: e not in OWN_EXPERIMENTS  # noqa: E731
         chosen = self.experiments
