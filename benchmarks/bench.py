@@ -504,7 +504,8 @@ class Bench:
 SUCCESSORS = {
     m: default_method_options(m)
     for m in methods.list_methods()
-    if methods.method_class(m).trainable and m not in ("coop", "cocoop")
+    # a method that fits on frozen features (the linear probe) has no training step to time
+    if methods.method_class(m).trainable and not methods.method_class(m).fits_features and m not in ("coop", "cocoop")
 }
 
 
