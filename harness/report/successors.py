@@ -12,12 +12,11 @@ its ``role`` says what the name's rows are:
   reproductions.csv, which the report shows apart, never as a paper value.
 * ``none``: no registry method (e.g. DePT on top of CoCoOp); not used.
 
-``python -m harness.report.successors [--successors PATH] [--paper-dir DIR]`` rewrites those rows from
+``python -m benchmarks.paper_successors [--successors PATH] [--paper-dir DIR]`` rewrites those rows from
 the shared file, so no number is typed by hand."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import re
@@ -148,22 +147,3 @@ def reproductions_markdown(paper_dir: str) -> str | None:
     for r in _read(path):
         lines.append("| " + " | ".join(r[c] for c in REPRODUCTION_COLUMNS) + " |")
     return "\n".join(lines) + "\n"
-
-
-def main(argv=None) -> None:
-    from harness.report import default_paper_dir
-
-    parser = argparse.ArgumentParser(prog="python -m harness.report.successors", description=__doc__.split("\n")[0])
-    parser.add_argument("--successors", default=default_successors_path())
-    parser.add_argument("--paper-dir", default=default_paper_dir())
-    args = parser.parse_args(argv)
-    if not os.path.exists(args.successors):
-        raise SystemExit(
-            f"{args.successors}: no such file; pass --successors PATH to shared/paper-results/successors.csv"
-        )
-    counts = write(args.paper_dir, args.successors)
-    print(f"{args.paper_dir}: {counts['published']} published rows, {counts['reproductions']} reproductions")
-
-
-if __name__ == "__main__":
-    main()
