@@ -20,7 +20,7 @@ def main(argv=None) -> None:
     parser.add_argument("--paper-dir", default=default_paper_dir())
     args = parser.parse_args(argv)
     if not os.path.exists(args.successors):
-        raise SystemExit(f"{args.successors}: no such file; pass --successors PATH (shared/paper-results/successors.csv)")
+        raise SystemExit(f"{args.successors}: no such file; pass --successors PATH to it")
     counts = write(args.paper_dir, args.successors)
     print(f"{args.paper_dir}: {counts['published']} published rows, {counts['reproductions']} reproductions")
 
