@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import methods
 from benchmarks.bench import class_names, machine_description
@@ -541,7 +540,9 @@ def table(lines: list[Line]) -> str:
     ]
     for line in lines:
         commit = line.commit[:7] if line.commit else "unknown"
-        same = line.error or (f"yes ({max(line.check.values()):.1e})" if line.check else "—")
+        error = " ".join(line.error.split())  # one table cell: one line
+        same = error[:300] + " …" if len(error) > 300 else error
+        same = same or (f"yes ({max(line.check.values()):.1e})" if line.check else "—")
         rows.append(
             f"| {line.method} | {line.repository} @ {commit} | {_secs(line.train, 0)} | {_secs(line.train, 1)} | "
             f"{_ratio(line.train)} | {_secs(line.evaluation, 0)} | {_secs(line.evaluation, 1)} | "
