@@ -268,3 +268,19 @@ def test_readme_block_comes_from_the_report(tmp_path):
 def test_bad_authors_argument(item, message):
     with pytest.raises(SystemExit, match=message):
         vs_authors.parse_authors([item], vs_authors.AUTHORS)
+
+
+def test_readme_table_is_the_report(tmp_path):
+    """README.md's vs-authors block is what ``python -m benchmarks.vs_authors readme`` writes from the report."""
+    import os
+    import shutil
+
+    if not os.path.exists(vs_authors.REPORT):
+        pytest.skip(f"{vs_authors.REPORT} not made yet (make bench-authors)")
+    copy = tmp_path / "README.md"
+    shutil.copy("README.md", copy)
+    vs_authors.write_readme(vs_authors.REPORT, str(copy))
+    with open("README.md", encoding="utf-8") as f:
+        assert copy.read_text() == f.read(), (
+            "README.md's vs-authors block is stale: python -m benchmarks.vs_authors readme"
+        )
