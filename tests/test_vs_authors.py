@@ -5,6 +5,8 @@ Dassl stubbed, checked against our CoOp, timed, and written as a table."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -272,9 +274,6 @@ def test_bad_authors_argument(item, message):
 
 def test_readme_table_is_the_report(tmp_path):
     """README.md's vs-authors block is what ``python -m benchmarks.vs_authors readme`` writes from the report."""
-    import os
-    import shutil
-
     if not os.path.exists(vs_authors.REPORT):
         pytest.skip(f"{vs_authors.REPORT} not made yet (make bench-authors)")
     copy = tmp_path / "README.md"
