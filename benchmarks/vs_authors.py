@@ -48,7 +48,13 @@ import torch
 import torch.nn as nn
 
 import methods
-from benchmarks.bench import class_names, machine_description
+from benchmarks.bench import (
+    class_names,
+    cocoop_floor_flops,
+    image_encoder_flops,
+    machine_description,
+    matmul_throughput,
+)
 from benchmarks.cocoop_check import FP32_TOLERANCE, relative_error
 from harness import backbone
 
@@ -80,6 +86,25 @@ class AuthorsCode:
     folder: str = ""  # the folder of the checkout that holds trainers/ and clip/
     logits: Callable = _first  # eval logits from the authors' model output
     train_unavailable: str = ""  # why the authors' training step cannot run here (then only eval is timed)
+    floor: Callable | None = None  # (clip, classnames, batch, eval_images) -> FLOPs no exact method avoids
+
+
+def cocoop_floor(clip, classnames, batch, eval_images) -> tuple[float, float]:
+    """(training step, evaluation) FLOPs no exact method avoids: the text side (``bench``'s floor,
+    per image) plus the frozen image encoder's forward, which both sides run on the same images."""
+    return (
+        cocoop_floor_flops(clip, classnames, batch, training=True) + image_encoder_flops(clip, batch),
+        cocoop_floor_flops(clip, classnames, eval_images) + image_encoder_flops(clip, eval_images),
+    )
+
+
+def coop_floor(clip, classnames, batch, eval_images) -> tuple[float, float]:
+    """As ``cocoop_floor`` with one context for all images: the text side is encoded once."""
+    text_train, text_eval = (
+        cocoop_floor_flops(clip, classnames, 1, training=True),
+        cocoop_floor_flops(clip, classnames, 1),
+    )
+    return text_train + image_encoder_flops(clip, batch), text_eval + image_encoder_flops(clip, eval_images)
 
 
 AUTHORS: dict[str, AuthorsCode] = {
@@ -101,6 +126,7 @@ AUTHORS: dict[str, AuthorsCode] = {
                 }
             },
             {"n_ctx": 4, "ctx_init": "a photo of a"},
+            floor=coop_floor,
         ),
         AuthorsCode(
             "cocoop",
@@ -108,6 +134,7 @@ AUTHORS: dict[str, AuthorsCode] = {
             "trainers.cocoop:CoCoOp",
             {"TRAINER": {"COCOOP": {"N_CTX": 4, "CTX_INIT": "a photo of a", "PREC": "fp32"}}},
             {"n_ctx": 4, "ctx_init": "a photo of a"},
+            floor=cocoop_floor,
         ),
         AuthorsCode(
             "kgcoop",
@@ -459,6 +486,7 @@ class Line:
     evaluation: tuple[float, float] | None = None
     runs: dict = field(default_factory=dict)
     note: str = ""
+    floor: tuple[float, float] | None = None  # (train, eval) seconds at the measured matmul rate
 
 
 @dataclass
@@ -472,7 +500,9 @@ class Settings:
     tolerance: float = FP32_TOLERANCE
 
 
-def compare_method(entry: AuthorsCode, checkout: str, clip, settings: Settings, log=print, docs=DOCS) -> Line:
+def compare_method(
+    entry: AuthorsCode, checkout: str, clip, settings: Settings, log=print, docs=DOCS, flops_per_s: float = 0.0
+) -> Line:
     line = Line(entry.method, entry.repository)
     line.commit, line.documented = checkout_commit(checkout), documented_commit(entry.repository, docs)
     line.warning = commit_warning(entry.repository, line.commit, line.documented)
@@ -484,6 +514,8 @@ def compare_method(entry: AuthorsCode, checkout: str, clip, settings: Settings, 
     images = torch.randn(settings.eval_images, 3, size, size, generator=generator)
     labels = torch.arange(settings.batch) % settings.k
     batch = images[: settings.batch]
+    if entry.floor is not None and flops_per_s > 0:
+        line.floor = tuple(f / flops_per_s for f in entry.floor(clip, names, settings.batch, settings.eval_images))
     try:
         torch.manual_seed(0)
         authors = AuthorsModel(entry, checkout, clip, names)
@@ -534,9 +566,9 @@ def _secs(pair, i) -> str:
 
 def table(lines: list[Line]) -> str:
     rows = [
-        "| method | authors' code @ commit | train step, authors (s) | ours (s) | speed-up | "
-        "eval, authors (s) | ours (s) | speed-up | same logits (max rel. error) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| method | authors' code @ commit | train step, authors (s) | ours (s) | speed-up | floor (s) | "
+        "eval, authors (s) | ours (s) | speed-up | floor (s) | same logits (max rel. error) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for line in lines:
         commit = line.commit[:7] if line.commit else "unknown"
@@ -545,8 +577,8 @@ def table(lines: list[Line]) -> str:
         same = same or (f"yes ({max(line.check.values()):.1e})" if line.check else "—")
         rows.append(
             f"| {line.method} | {line.repository} @ {commit} | {_secs(line.train, 0)} | {_secs(line.train, 1)} | "
-            f"{_ratio(line.train)} | {_secs(line.evaluation, 0)} | {_secs(line.evaluation, 1)} | "
-            f"{_ratio(line.evaluation)} | {same} |"
+            f"{_ratio(line.train)} | {_secs(line.floor, 0)} | {_secs(line.evaluation, 0)} | "
+            f"{_secs(line.evaluation, 1)} | {_ratio(line.evaluation)} | {_secs(line.floor, 1)} | {same} |"
         )
     return "\n".join(rows)
 
@@ -560,7 +592,15 @@ def load_description() -> str:
         return "load unknown"
 
 
-def render(lines: list[Line], settings: Settings, machine: str, load_before: str, load_after: str, note: str) -> str:
+def render(
+    lines: list[Line],
+    settings: Settings,
+    machine: str,
+    load_before: str,
+    load_after: str,
+    note: str,
+    flops_per_s: float = 0.0,
+) -> str:
     out = [
         "# Every method against its authors' code",
         "",
@@ -572,7 +612,10 @@ def render(lines: list[Line], settings: Settings, machine: str, load_before: str
         f"forward + the published objective + backward (the authors' `forward_backward`, learning rate 0). "
         f"Eval: {settings.eval_images} images, including the image encoder. Median of up to {settings.runs} runs "
         f"after a warm-up (runs per cell below). Speed-up: the authors' time over ours. Both sides first gave "
-        f"the same eval logits and training loss (relative error < {settings.tolerance:g}) or the line says why not.",
+        f"the same eval logits and training loss (relative error < {settings.tolerance:g}) or the line says why not. "
+        f"Floor: the FLOPs no exact method avoids (the text positions up to each EOT, the image encoder's forward; "
+        f"`benchmarks/bench.py`) at this machine's measured fp32 matmul rate ({flops_per_s / 1e9:.0f} GFLOP/s), where "
+        f"the method has one.",
         "",
         table(lines),
         "",
@@ -663,12 +706,21 @@ def main(argv: list[str] | None = None, adapters: dict[str, AuthorsCode] = AUTHO
         clip = backbone.freeze(backbone.build_random_clip("vit_b16", seed=0))
     round_through_fp16(clip)
     load_before = load_description()
+    flops_per_s = matmul_throughput(torch.device("cpu"))
     lines = []
     for method, checkout in checkouts.items():
         print(f"{method}: {adapters[method].repository} from {checkout}", flush=True)
-        lines.append(compare_method(adapters[method], checkout, clip, settings, docs=docs))
+        lines.append(compare_method(adapters[method], checkout, clip, settings, docs=docs, flops_per_s=flops_per_s))
         print(table(lines[-1:]).splitlines()[-1], flush=True)
-    text = render(lines, settings, machine_description(torch.device("cpu")), load_before, load_description(), args.note)
+    text = render(
+        lines,
+        settings,
+        machine_description(torch.device("cpu")),
+        load_before,
+        load_description(),
+        args.note,
+        flops_per_s,
+    )
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(text)

@@ -197,12 +197,13 @@ def test_fake_authors_code_is_imported_checked_and_timed(fake_repo, tiny_clip, t
     assert rc == 0, report
     cells = table_row(report, "coop")
     assert cells[1] == f"{REPOSITORY} @ {commit[:7]}"
-    train_theirs, train_ours, train_ratio, eval_theirs, eval_ours, eval_ratio = cells[2:8]
+    train_theirs, train_ours, train_ratio, train_floor, eval_theirs, eval_ours, eval_ratio, eval_floor = cells[2:10]
     for seconds in (train_theirs, train_ours, eval_theirs, eval_ours):
         assert float(seconds) > 0
     assert float(train_ratio.rstrip("×")) == pytest.approx(float(train_theirs) / float(train_ours), rel=0.1)
     assert float(eval_ratio.rstrip("×")) == pytest.approx(float(eval_theirs) / float(eval_ours), rel=0.1)
-    assert cells[8].startswith("yes (")
+    assert train_floor == eval_floor == "—"  # the stand-in has no floor
+    assert cells[10].startswith("yes (")
     assert "WARNING" not in report and "training loss" in report and "Machine:" in report
     # the stubs and the fake's packages are gone again
     assert {name for name in sys.modules if name.split(".")[0] in ("dassl", "clip", "trainers")} == before
@@ -214,8 +215,8 @@ def test_differing_logits_abort_the_line_and_another_commit_is_warned(fake_repo,
     rc, report = run(repo, tiny_clip, tmp_path, f"| CoOp | {REPOSITORY} @ {other} |", wrong_scale=1.01)
     assert rc == 1
     cells = table_row(report, "coop")
-    assert cells[2:8] == ["—"] * 6  # nothing timed
-    assert cells[8].startswith("MISMATCH: coop eval logits: relative error")
+    assert cells[2:10] == ["—"] * 8  # nothing timed
+    assert cells[10].startswith("MISMATCH: coop eval logits: relative error")
     assert f"WARNING: the checkout holds {commit[:7]}, docs/ was read at {other}" in report
 
 
