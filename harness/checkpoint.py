@@ -2,9 +2,10 @@
 
 A checkpoint is the authors' file (``<run>/<folder>/model.pth.tar-<epoch>``, the folder the method's
 authors' trainer registers: ``prompt_learner`` for CoOp and CoCoOp, PROTOCOL.md 15; written by the
-method so their tools load ours) plus what an exact resume needs: the optimiser,
-scheduler and gradient-scaler states, every random generator (Python, NumPy, torch CPU and CUDA, the
-data loader's shuffling), the method's own between-epoch state (``training_state``) and the run spec.
+method so their tools load ours) plus what an exact resume needs, all held by one ``TrainingState``:
+the optimiser, scheduler and gradient-scaler states, every random generator (Python, NumPy, torch CPU
+and CUDA, the data loader's shuffling), the method's own between-epoch state (``training_state``),
+and the run spec.
 A text file ``checkpoint`` beside it names the newest, as the authors' framework writes it. Only the
 last epoch's file holds what the authors' trainer saves in full (the whole model, frozen CLIP copies
 included, for MaPLe and PromptSRC); the earlier ones, kept to resume, hold the learned tensors.
@@ -22,6 +23,8 @@ import logging
 import os
 import random
 import re
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +66,42 @@ def latest_checkpoint(run_dir: str) -> tuple[str, int] | None:
     return found[0] if found else None
 
 
-# -- random generators --------------------------------------------------------------------------
+# -- what training carries from epoch to epoch --------------------------------------------------
+
+
+@dataclass
+class TrainingState:
+    """Everything a training run carries from one epoch to the next: what a checkpoint saves beside the
+    learned tensors, and what ``resume`` restores, so that a resumed run ends exactly where an
+    uninterrupted one would. The process-wide generators (Python, NumPy, torch CPU and CUDA) are
+    captured at each save and restored with the rest."""
+
+    model: Any  # the method (methods.base.CLIPMethod): learned tensors and its own ``training_state()``
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a torch learning-rate scheduler, stepped once per epoch
+    scaler: torch.amp.GradScaler  # enabled only for amp on CUDA; a disabled one saves nothing
+    loader_generator: torch.Generator  # the training loader's shuffling
+    epoch: int = 0  # epochs finished
+
+    def resume_entries(self) -> dict:
+        """The checkpoint's entries besides the authors' (``state_dict``, ``epoch``, ...), in file order."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": capture_rng(self.loader_generator),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "method_state": self.model.training_state(),
+        }
+
+    def load_resume_entries(self, contents: dict, path: str) -> None:
+        """Restore a checkpoint file's contents (``path``: named in errors) into this state."""
+        self.model.load_checkpoint_state_dict(contents["state_dict"], path)
+        self.model.load_training_state(contents.get("method_state") or {})
+        self.optimizer.load_state_dict(contents["optimizer"])
+        self.scheduler.load_state_dict(contents["scheduler"])
+        restore_rng(contents["rng"], self.loader_generator)
+        if self.scaler.is_enabled() and contents.get("scaler"):
+            self.scaler.load_state_dict(contents["scaler"])
 
 
 def capture_rng(loader_generator: torch.Generator) -> dict:
@@ -88,21 +126,19 @@ def restore_rng(rng: dict, loader_generator: torch.Generator) -> None:
 # -- save and resume ----------------------------------------------------------------------------
 
 
-def save(
-    run_dir: str, epoch: int, model, optimizer, scheduler, loader_generator, scaler, spec: dict, final: bool
-) -> str:
-    """Write epoch ``epoch``'s checkpoint (``final``: in full, as the authors' trainer saves its last),
-    point ``checkpoint`` at it, drop all but the newest ``KEEP``."""
-    path = checkpoint_path(run_dir, epoch, model.checkpoint_folder)
+def save(run_dir: str, state: TrainingState, spec: dict, final: bool) -> str:
+    """Write the checkpoint of epoch ``state.epoch`` (``final``: in full, as the authors' trainer saves
+    its last), point ``checkpoint`` at it, drop all but the newest ``KEEP``."""
+    model = state.model
+    path = checkpoint_path(run_dir, state.epoch, model.checkpoint_folder)
+    entries = state.resume_entries()
     model.save_prompt_checkpoint(
         path,
-        epoch,
+        state.epoch,
+        entries.pop("optimizer"),
+        entries.pop("scheduler"),
         full=final,
-        optimizer=optimizer.state_dict(),
-        scheduler=scheduler.state_dict(),
-        rng=capture_rng(loader_generator),
-        scaler=scaler.state_dict() if scaler is not None else None,
-        method_state=model.training_state(),
+        **entries,
         classnames=model.classnames,
         spec=spec,
     )
@@ -155,19 +191,14 @@ def check_resumable(run_dir: str, contents: dict, path: str, spec: dict) -> None
         )
 
 
-def resume(run_dir: str, model, optimizer, scheduler, loader_generator, scaler, spec: dict) -> int:
-    """Restore the newest loadable checkpoint into the training objects; return its epoch (0: none)."""
+def resume(run_dir: str, state: TrainingState, spec: dict) -> int:
+    """Restore the newest loadable checkpoint into ``state``; return its epoch (0: none, ``state`` as is)."""
     found = load_latest(run_dir)
     if found is None:
         return 0
     path, epoch, contents = found
     check_resumable(run_dir, contents, path, spec)
-    model.load_checkpoint_state_dict(contents["state_dict"], path)
-    model.load_training_state(contents.get("method_state") or {})
-    optimizer.load_state_dict(contents["optimizer"])
-    scheduler.load_state_dict(contents["scheduler"])
-    restore_rng(contents["rng"], loader_generator)
-    if scaler is not None and contents.get("scaler"):
-        scaler.load_state_dict(contents["scaler"])
+    state.load_resume_entries(contents, path)
+    state.epoch = epoch
     log.info("Resuming from %s (epoch %d of %s)", path, epoch, spec.get("epochs"))
-    return epoch
+    return state.epoch

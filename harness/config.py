@@ -1,7 +1,7 @@
 """Run specifications: one training-and/or-evaluation job, as plain data.
 
-Configuration is layered here and nowhere else (``build_spec``), as in the authors' framework
-(PROTOCOL.md 1): the defaults of ``RunSpec`` < the method config
+Configuration is layered here and nowhere else (``layer``, checked by ``build_spec``; the sweep calls
+them), as in the authors' framework (PROTOCOL.md 1): the defaults of ``RunSpec`` < the method config
 (``experiments/methods/<method>/<name>.yaml``, holding only what differs from the defaults) < the
 experiment's values (its ``run`` section, its top-level keys, the method variant's ``run`` and
 ``options``) < the command line (``--set``), which always wins. Every key is checked before any work
@@ -82,14 +82,29 @@ class RunSpec:
         return self.job or f"{self.method}/{self.dataset}/seed{self.seed}"
 
     @property
+    def learns(self) -> bool:
+        """True when the method learns something (zero-shot CLIP does not). Its records then name where
+        and how it learned (training dataset, shots, seed), also in a job that loads a trained prompt."""
+        import methods
+
+        return methods.method_class(self.method).trainable
+
+    @property
     def trains(self) -> bool:
-        """True when this job learns a prompt (a trainable method, not evaluating a loaded one)."""
-        return method_trains(self.method) and not self.load_from
+        """True when this job trains: the method learns and no trained prompt is loaded (``load_from``).
+        The one answer to "does this job train?": the runner, the sweep and tracking read it."""
+        return self.learns and not self.load_from
+
+    @property
+    def job_kind(self) -> str:
+        """``train`` (this job trains) or ``eval`` (zero-shot, or a loaded prompt): the sweep's job kind
+        and the W&B job type."""
+        return "train" if self.trains else "eval"
 
     def identity(self) -> dict:
         """The fields of this job's result records that say which result they are (with the
         evaluated dataset and subsample: ``harness.results.record_key``)."""
-        learns = method_trains(self.method)
+        learns = self.learns
         return {
             "experiment": self.experiment,
             "job": self.job_name,
@@ -127,12 +142,6 @@ TRAINING_KEYS = (
     "warmup_epochs",
     "warmup_lr",
 )
-
-
-def method_trains(method: str) -> bool:
-    import methods
-
-    return methods.method_class(method).trainable
 
 
 FIELD_HELP = {
@@ -199,8 +208,9 @@ def load_method_config(name: str) -> dict:
         return yaml.safe_load(f) or {}
 
 
-def build_spec(values: dict | None = None, overrides: dict | None = None) -> RunSpec:
-    """A validated RunSpec from plain data (a YAML mapping) and overrides."""
+def layer(values: dict | None = None, overrides: dict | None = None) -> dict:
+    """The run keys of ``values`` and ``overrides`` layered over the method config that either names
+    (``config``), unchecked: method config < values < overrides, ``options`` merged key by key."""
     merged: dict = {}
     values = dict(values or {})
     overrides = dict(overrides or {})
@@ -214,6 +224,12 @@ def build_spec(values: dict | None = None, overrides: dict | None = None) -> Run
                 merged["options"] = {**merged.get("options", {}), **value}
             else:
                 merged[key] = value
+    return merged
+
+
+def build_spec(values: dict | None = None, overrides: dict | None = None) -> RunSpec:
+    """A validated RunSpec from plain data (a YAML mapping) and overrides, layered by ``layer``."""
+    merged = layer(values, overrides)
     known = typing.get_type_hints(RunSpec)
     unknown = sorted(set(merged) - set(known))
     if unknown:

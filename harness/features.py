@@ -25,6 +25,23 @@ from harness.atomic import atomic_torch_save
 log = logging.getLogger(__name__)
 
 
+def cache_namespace(backbone: str, precision: str, dataset: str, image_size: int, feature_key: dict) -> dict:
+    """What, besides the list of images, a test set's features depend on: the backbone (and, for a
+    backbone file, its size and modification time, so a retrained file is not mistaken for the old
+    one), the CLIP's precision, the dataset, the test transform and the method's ``feature_key()``."""
+    namespace = {
+        "backbone": backbone,
+        "precision": precision,
+        "dataset": dataset,
+        "transform": f"test-bicubic-{image_size}",
+        **feature_key,
+    }
+    if os.path.isfile(os.path.expanduser(backbone)):
+        stat = os.stat(os.path.expanduser(backbone))
+        namespace["backbone_file"] = [stat.st_size, int(stat.st_mtime)]
+    return namespace
+
+
 class FeatureCache:
     def __init__(self, folder: str):
         self.folder = folder

@@ -26,6 +26,7 @@ without atomic appends) with a warning instead of failing.
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import functools
 import json
@@ -33,6 +34,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
@@ -143,9 +145,31 @@ def existing_keys(out: str) -> set[tuple]:
     return {record_key(r) for r in read_records(out)}
 
 
-def has_record(out: str, **key) -> bool:
-    """True when a record matches every given field (fields not given are free)."""
-    return any(all(r.get(k) == v for k, v in key.items()) for r in read_records(out))
+def pending_targets(identity: dict, targets: list[tuple[str, str]], done_keys: set) -> list[tuple[str, str]]:
+    """The (dataset, subsample) targets of a job (``RunSpec.identity()``) that have no record among
+    ``done_keys`` (``existing_keys``)."""
+    return [(d, s) for d, s in targets if record_key({**identity, "dataset": d, "subsample": s}) not in done_keys]
+
+
+def make_record(
+    identity: dict, dataset: str, subsample: str, evaluation: dict, epochs: int, started: float, run_dir: str
+) -> dict:
+    """The record of one evaluation of a job: its ``identity`` (``RunSpec.identity()``), the evaluated
+    dataset and classes, the evaluation's ``options`` and ``metrics``, the epochs trained, the wall time
+    since ``started`` (``time.time()``) and where it ran."""
+    return {
+        **identity,
+        "dataset": dataset,
+        "subsample": subsample,
+        "options": evaluation["options"],
+        "metrics": evaluation["metrics"],
+        "epochs": epochs,
+        "wall_time_s": round(time.time() - started, 2),
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "run_dir": run_dir,
+    }
 
 
 def records_frame(records: Iterable[dict]):

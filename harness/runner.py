@@ -1,23 +1,26 @@
-"""One runner for every method: train (or resume, or load), evaluate, record.
+"""One runner for every method, read top to bottom: ``run`` -> train -> evaluate -> record.
 
     from harness.config import build_spec
     from harness.runner import run
     records = run(build_spec({"method": "coop", "dataset": "oxford_pets", ...}))
 
-Order of work inside a run follows the published framework (PROTOCOL.md 1): seed -> log -> dataset
-(few-shot draw, base/new) -> loaders -> model -> optimiser and schedule -> train -> test.
+Order of work inside a run follows the published framework (PROTOCOL.md 1): seed -> log -> backbone
+(loaded once per job) -> dataset (few-shot draw, base/new) -> loaders -> model -> optimiser and
+schedule -> train -> test.
 
 The runner knows no method by name: it builds one and asks it (``methods.base``) for its training
 objective, its parameter groups, its end-of-epoch hook and whether its image features may come from
 the shared cache.
 
-Training (PROTOCOL.md 9, 10): SGD over the method's parameter groups only, one constant warm-up epoch
-then cosine, stepped once per epoch. After each epoch a checkpoint (``harness.checkpoint``) lets a
-killed run restart from its last finished epoch and end exactly where an uninterrupted one would.
+Training (PROTOCOL.md 9, 10): SGD over the method's parameter groups only (``build_optimizer``), one
+constant warm-up epoch then cosine (``build_scheduler``), stepped once per epoch; each step is taken in
+``Run.train_epoch``. Everything carried from one epoch to the next is one ``TrainingState``, saved
+after each epoch (``harness.checkpoint``), so that a killed run restarts from its last finished epoch
+and ends exactly where an uninterrupted one would.
 
 Evaluation (PROTOCOL.md 13): accuracy, error, macro-F1 and per-class accuracy on the test split of
-each target. Each finished evaluation appends one record to the results store; a run whose records
-all exist is skipped.
+each target. Each finished evaluation appends one record (``harness.results.make_record``) to the
+results store; a run whose records all exist is skipped.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ from tqdm import tqdm
 
 import methods
 from harness import backbone, checkpoint, data, results, tracking
+from harness.checkpoint import TrainingState
 from harness.config import RunSpec
-from harness.features import FeatureCache, compute_features
+from harness.features import FeatureCache, cache_namespace, compute_features
 from harness.logs import run_logging
 from harness.metrics import classification_metrics
 from methods.base import load_checkpoint_file
@@ -55,73 +59,9 @@ class NonFiniteLossError(RunFailedError):
     pass
 
 
-# ---------------------------------------------------------------------------------------------
-# Pieces (public: the tests and the benchmark use them)
-# ---------------------------------------------------------------------------------------------
-
-
-def non_finite_advice(precision: str) -> str:
-    if precision == "fp32":
-        return "Try a lower learning rate (lr)."
-    if precision == "amp":
-        return "Try a lower learning rate (lr), or precision fp32."
-    return f"With precision {precision!r}, try precision fp32 or amp, or a lower learning rate (lr)."
-
-
-def seed_everything(seed: int | None) -> None:
-    """PROTOCOL.md 1: python, numpy and torch (all devices); None or negative seeds nothing."""
-    if seed is None or seed < 0:
-        return
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def clip_precision(run_precision: str) -> str:
-    """The backbone's precision for a run mode: amp trains an fp32 CLIP under autocast."""
-    return {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "amp": "fp32"}[run_precision]
-
-
-def build_optimizer(param_groups, spec: RunSpec) -> torch.optim.Optimizer:
-    return torch.optim.SGD(param_groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
-
-
-def build_scheduler(optimizer, spec: RunSpec):
-    """Constant warm-up at ``warmup_lr`` for ``warmup_epochs``, then cosine over ``epochs`` with the
-    counter restarted after warm-up (PROTOCOL.md 10): lr(e) = lr * (1 + cos(pi (e - 2) / E)) / 2
-    for e >= 2 with one warm-up epoch. Stepped once per epoch."""
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, spec.epochs))
-    if spec.warmup_epochs <= 0:
-        return cosine
-    warmup = torch.optim.lr_scheduler.ConstantLR(
-        optimizer, factor=spec.warmup_lr / spec.lr, total_iters=spec.warmup_epochs
-    )
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[spec.warmup_epochs])
-
-
-def learning_rates(spec: RunSpec) -> list[float]:
-    """The learning rate of each epoch (1-based order) under ``spec``'s schedule."""
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = build_optimizer([param], spec)
-    scheduler = build_scheduler(optimizer, spec)
-    rates = []
-    for _ in range(spec.epochs):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    return rates
-
-
-# ---------------------------------------------------------------------------------------------
-# The run
-# ---------------------------------------------------------------------------------------------
+def run(spec: RunSpec) -> list[dict]:
+    """Run one job; returns the records it appended (empty if everything already existed)."""
+    return Run(spec)()
 
 
 class Run:
@@ -139,60 +79,80 @@ class Run:
         self.tracker: tracking.Tracker = tracking.Tracker()
         self.clip = None
 
-    def pending_targets(self) -> list[tuple[str, str]]:
-        targets = self.spec.eval_targets()
-        if self.spec.force:
-            return targets
-        done = results.existing_keys(self.results)
-        identity = self.spec.identity()
-        return [t for t in targets if results.record_key({**identity, "dataset": t[0], "subsample": t[1]}) not in done]
+    def __call__(self) -> list[dict]:
+        with run_folder_lock(self.run_dir, self.job):
+            return self.run()
 
-    def load_backbone(self):
-        if self.clip is None:
-            self.clip = backbone.load_clip(
-                self.spec.backbone, device=self.device, precision=clip_precision(self.spec.precision)
+    def run(self) -> list[dict]:
+        """The job: train (or load a trained prompt, or nothing for zero-shot), evaluate each pending
+        target, record each result."""
+        spec = self.spec
+        pending = self.pending_targets()
+        if not pending:
+            log.info(
+                "Skipping %s: all %d results exist in %s (force=true redoes it)",
+                self.job,
+                len(spec.eval_targets()),
+                results.results_path(self.results),
             )
-        return self.clip
-
-    def build_method(self, classnames: list[str], dataset: str):
-        options = dict(self.spec.options)
-        if "dataset" in methods.method_options(self.spec.method):
-            options.setdefault("dataset", dataset)  # e.g. selects the dataset's hand-made template
-        return methods.build_method(self.spec.method, self.load_backbone(), classnames, **options).to(self.device)
-
-    def autocast(self):
-        if self.spec.precision != "amp":
-            return nullcontext()
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+            return []
+        started = time.time()
+        seed_everything(spec.seed if spec.learns else None)
+        records = []
+        with run_logging(self.run_dir) as log_path:
+            log.info("Run %s -> %s (log %s)", self.job, self.run_dir, log_path)
+            log.info("Spec: %s", spec.to_dict())
+            self.tracker = tracking.start_run(
+                spec.tracking,
+                name=self.job,
+                group=spec.experiment,
+                tags=tracking.run_tags(spec),
+                config=tracking.run_config(spec),
+                job_type=spec.job_kind,
+                dir=self.run_dir,
+            )
+            failed = True
+            try:
+                self.clip = backbone.load_clip(
+                    spec.backbone, device=self.device, precision=clip_precision(spec.precision)
+                )
+                if spec.trains:
+                    checkpoint_file, epochs = self.train(), spec.epochs
+                else:
+                    checkpoint_file, epochs = self.loaded_checkpoint()
+                for dataset, subsample in pending:
+                    evaluation = self.evaluate(dataset, subsample, checkpoint_file)
+                    records.append(self.record(dataset, subsample, evaluation, epochs, started))
+                failed = False
+            finally:
+                self.tracker.finish(failed=failed)
+        log.info("Feature cache: %d hits, %d computed", self.cache.hits, self.cache.misses)
+        return records
 
     # -- training ----------------------------------------------------------------------------
 
-    def train(self, splits) -> str:
-        """Train (resuming if a checkpoint exists); return the final checkpoint's path."""
+    def train(self) -> str:
+        """Train on the spec's few-shot draw, resuming from the run folder's newest checkpoint if there
+        is one; return the final checkpoint's path."""
         spec = self.spec
-        model = self.build_method(splits.classnames, spec.dataset)
-        optimizer = build_optimizer(model.parameter_groups(), spec)
-        scheduler = build_scheduler(optimizer, spec)
-        scaler = torch.amp.GradScaler("cuda") if spec.precision == "amp" and self.device.type == "cuda" else None
-        loader_generator = torch.Generator()
-        loader_generator.manual_seed(spec.seed if spec.seed is not None and spec.seed >= 0 else int(time.time()))
-        start_epoch = checkpoint.resume(
-            self.run_dir, model, optimizer, scheduler, loader_generator, scaler, spec.training_identity()
+        seed = spec.seed if spec.seed is not None else 1
+        splits = data.build_dataset(
+            spec.dataset, spec.data_root, num_shots=spec.shots, seed=seed, subsample=spec.subsample
         )
-        final = checkpoint.checkpoint_path(self.run_dir, spec.epochs, model.checkpoint_folder)
+        state = self.start_training(splits.classnames)
+        start_epoch = checkpoint.resume(self.run_dir, state, spec.training_identity())
+        final = checkpoint.checkpoint_path(self.run_dir, spec.epochs, state.model.checkpoint_folder)
         if start_epoch >= spec.epochs and os.path.isfile(final):
             log.info("Training already finished: %s", final)
             return final
 
-        transform = data.build_transform(train=True, size=backbone.image_size(self.clip))
         loader = data.build_loader(
             splits.train,
-            transform,
+            data.build_transform(train=True, size=backbone.image_size(self.clip)),
             spec.batch_size,
             train=True,
             num_workers=spec.num_workers,  # None: the loader's default
-            generator=loader_generator,
+            generator=state.loader_generator,
         )
         log.info(
             "Training %s on %s (%s classes: %d, %d images) for %d epochs, %d steps each; %d trainable parameters",
@@ -203,132 +163,113 @@ class Run:
             len(splits.train),
             spec.epochs,
             len(loader),
-            model.num_trainable_parameters(),
+            state.model.num_trainable_parameters(),
         )
-        # With a gradient scaler a non-finite step is skipped by design (and counted); otherwise it ends the run.
-        check_finite = scaler is None
-        step = start_epoch * len(loader)
         with tqdm(
             total=spec.epochs * len(loader),
-            initial=step,
+            initial=start_epoch * len(loader),
             desc=f"train {self.job}",
             unit="step",
             mininterval=2,
             dynamic_ncols=True,
         ) as progress:
-            model.train()
+            state.model.train()
             for epoch in range(start_epoch + 1, spec.epochs + 1):
-                lr = optimizer.param_groups[0]["lr"]
-                losses, correct, seen, skipped = [], 0, 0, 0
-                for images, labels in loader:
-                    images, labels = (
-                        images.to(self.device, non_blocking=True),
-                        labels.to(self.device, non_blocking=True),
-                    )
-                    details: dict = {}
-                    with self.autocast():
-                        loss = model.training_loss(images, labels, details=details)
-                    if check_finite and not torch.isfinite(loss):
-                        raise NonFiniteLossError(
-                            f"Loss is {loss.item()} at epoch {epoch}, step {step + 1} of {self.job}. "
-                            f"{self.last_good()} {non_finite_advice(spec.precision)}"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scale = scaler.get_scale()
-                        scaler.scale(loss).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                        skipped += scaler.get_scale() < scale  # the scale drops exactly when a step is skipped
-                    else:
-                        loss.backward()
-                        optimizer.step()
-                    step += 1
-                    losses.append(loss.item())
-                    correct += int((details["logits"].argmax(-1) == labels).sum())
-                    seen += labels.numel()
-                    terms = {f"train/{k}": float(v) for k, v in details.items() if k != "logits"}
-                    self.tracker.log({**tracking.step_metrics(losses[-1], lr, epoch), **terms}, step=step)
-                    progress.update(1)
-                    progress.set_postfix(
-                        epoch=f"{epoch}/{spec.epochs}", loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False
-                    )
-                if losses and skipped == len(losses):
-                    raise RunFailedError(
-                        f"The gradient scaler skipped every step of epoch {epoch} of {self.job}: the loss or its "
-                        f"gradients are not finite, so nothing was learned. {self.last_good()} "
-                        f"{non_finite_advice(spec.precision)}"
-                    )
-                bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
-                if bad:
-                    raise RunFailedError(
-                        f"After epoch {epoch} of {self.job} the parameters {bad} are not finite. {self.last_good()} "
-                        f"{non_finite_advice(spec.precision)}"
-                    )
-                scheduler.step()
-                model.on_epoch_end(epoch, spec.epochs)
-                epoch_loss = float(np.mean(losses)) if losses else math.nan
-                epoch_acc = 100.0 * correct / max(1, seen)
-                log.info(
-                    "epoch %d/%d  loss %.4f  train acc %.2f%%  lr %.3e", epoch, spec.epochs, epoch_loss, epoch_acc, lr
-                )
-                self.tracker.log(tracking.epoch_metrics(epoch_loss, epoch_acc, lr, epoch), step=step)
-                checkpoint.save(
-                    self.run_dir,
-                    epoch,
-                    model,
-                    optimizer,
-                    scheduler,
-                    loader_generator,
-                    scaler,
-                    spec.training_identity(),
-                    final=epoch == spec.epochs,
-                )
+                self.train_epoch(state, loader, epoch, progress)
+                state.epoch = epoch
+                checkpoint.save(self.run_dir, state, spec.training_identity(), final=epoch == spec.epochs)
         if spec.epochs == 0:  # on purpose: evaluate the initial prompt (CoOp's is the hand-made one's)
             log.info("epochs = 0: no training; the initial prompt is saved and evaluated")
-            checkpoint.save(
-                self.run_dir, 0, model, optimizer, scheduler, loader_generator, scaler, spec.training_identity(), True
-            )
+            checkpoint.save(self.run_dir, state, spec.training_identity(), final=True)
         log.info("Finish training")
         return final
 
-    def last_good(self) -> str:
-        last = checkpoint.latest_checkpoint(self.run_dir)
-        return f"The last good checkpoint is {last[0]}." if last else "No epoch finished (no checkpoint)."
+    def start_training(self, classnames: list[str]) -> TrainingState:
+        """The state of epoch 0: the method at its initialisation, the optimiser over its parameter
+        groups, the schedule, the gradient scaler (amp on CUDA only) and the training loader's generator."""
+        spec = self.spec
+        model = self.build_method(classnames, spec.dataset)
+        optimizer = build_optimizer(model.parameter_groups(), spec)
+        scheduler = build_scheduler(optimizer, spec)
+        scaler = torch.amp.GradScaler("cuda", enabled=spec.precision == "amp" and self.device.type == "cuda")
+        loader_generator = torch.Generator()
+        loader_generator.manual_seed(spec.seed if spec.seed is not None and spec.seed >= 0 else int(time.time()))
+        return TrainingState(model, optimizer, scheduler, scaler, loader_generator)
+
+    def train_epoch(self, state: TrainingState, loader, epoch: int, progress) -> None:
+        """Epoch ``epoch`` (1-based): one optimiser step per batch, then the schedule's step and the
+        method's end-of-epoch hook. A non-finite loss or parameter ends the run with advice."""
+        spec, model, optimizer, scaler = self.spec, state.model, state.optimizer, state.scaler
+        lr = optimizer.param_groups[0]["lr"]
+        losses, correct, seen, skipped = [], 0, 0, 0
+        step = (epoch - 1) * len(loader)
+        for images, labels in loader:
+            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            details: dict = {}
+            with self.autocast():
+                loss = model.training_loss(images, labels, details=details)
+            # With a gradient scaler a non-finite step is skipped by design (and counted); otherwise it ends the run.
+            if not scaler.is_enabled() and not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"Loss is {loss.item()} at epoch {epoch}, step {step + 1} of {self.job}. "
+                    f"{self.last_good()} {non_finite_advice(spec.precision)}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scale = scaler.get_scale()  # a disabled scaler passes the loss and the step through unchanged
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            skipped += scaler.get_scale() < scale  # the scale drops exactly when a step is skipped
+            step += 1
+            losses.append(loss.item())
+            correct += int((details["logits"].argmax(-1) == labels).sum())
+            seen += labels.numel()
+            terms = {f"train/{k}": float(v) for k, v in details.items() if k != "logits"}
+            self.tracker.log({**tracking.step_metrics(losses[-1], lr, epoch), **terms}, step=step)
+            progress.update(1)
+            progress.set_postfix(
+                epoch=f"{epoch}/{spec.epochs}", loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False
+            )
+        if losses and skipped == len(losses):
+            raise RunFailedError(
+                f"The gradient scaler skipped every step of epoch {epoch} of {self.job}: the loss or its "
+                f"gradients are not finite, so nothing was learned. {self.last_good()} "
+                f"{non_finite_advice(spec.precision)}"
+            )
+        bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        if bad:
+            raise RunFailedError(
+                f"After epoch {epoch} of {self.job} the parameters {bad} are not finite. {self.last_good()} "
+                f"{non_finite_advice(spec.precision)}"
+            )
+        state.scheduler.step()
+        model.on_epoch_end(epoch, spec.epochs)
+        epoch_loss = float(np.mean(losses)) if losses else math.nan
+        epoch_acc = 100.0 * correct / max(1, seen)
+        log.info("epoch %d/%d  loss %.4f  train acc %.2f%%  lr %.3e", epoch, spec.epochs, epoch_loss, epoch_acc, lr)
+        self.tracker.log(tracking.epoch_metrics(epoch_loss, epoch_acc, lr, epoch), step=step)
+
+    def loaded_checkpoint(self) -> tuple[str | None, int]:
+        """For a job that does not train: (checkpoint to evaluate, epochs it was trained), from
+        ``load_from`` (a run folder or a checkpoint file), or (None, 0) for a method that learns nothing."""
+        spec = self.spec
+        if not spec.learns:
+            return None, 0
+        path = spec.load_from
+        if os.path.isdir(path):
+            found = checkpoint.latest_checkpoint(path)
+            if not found:
+                raise FileNotFoundError(
+                    f"No prompt checkpoint ({checkpoint.CHECKPOINT_PREFIX}<epoch>) under {path} to evaluate."
+                )
+            path = found[0]
+        return path, int(load_checkpoint_file(path).get("epoch", 0))
 
     # -- evaluation --------------------------------------------------------------------------
 
-    def test_features(self, model, splits, dataset: str, subsample: str) -> torch.Tensor:
-        """``model.encode_image`` of the test images: from the shared cache when the method's image
-        side is the frozen tower (``features_cacheable``), else computed for this model alone."""
-        spec = self.spec
-        size = backbone.image_size(self.clip)
-
-        def compute():
-            loader = data.build_loader(
-                splits.test,
-                data.build_transform(train=False, size=size),
-                spec.test_batch_size,
-                train=False,
-                num_workers=spec.num_workers,  # None: the loader's default
-            )
-            return compute_features(model, loader, self.device, desc=f"features {dataset}/{subsample}")
-
-        if not model.features_cacheable:
-            return compute()
-        namespace = {
-            "backbone": spec.backbone,
-            "precision": clip_precision(spec.precision),
-            "dataset": dataset,
-            "transform": f"test-bicubic-{size}",
-            **model.feature_key(),
-        }
-        if os.path.isfile(os.path.expanduser(spec.backbone)):
-            stat = os.stat(os.path.expanduser(spec.backbone))
-            namespace["backbone_file"] = [stat.st_size, int(stat.st_mtime)]
-        return self.cache.get_or_compute(namespace, [item.impath for item in splits.test], compute)
-
     def evaluate(self, dataset: str, subsample: str, checkpoint_file: str | None) -> dict:
+        """{"metrics", "options"} of the prompt in ``checkpoint_file`` (None: the method as built) on
+        the test split of ``dataset``'s ``subsample`` classes."""
         spec = self.spec
         # The test split and class names do not depend on the few-shot draw: build without one.
         seed = spec.seed if spec.seed is not None else 1
@@ -337,7 +278,6 @@ class Run:
         if checkpoint_file:
             model.load_prompt_checkpoint(checkpoint_file)
         model.eval()
-        self.load_backbone()
         features = self.test_features(model, splits, dataset, subsample)
         labels = np.array([item.label for item in splits.test])
         # Methods whose class text does not depend on the image score the whole test set at once
@@ -363,90 +303,63 @@ class Run:
         )
         return {"metrics": metrics, "options": {**spec.options, **model.record_options()}}
 
-    # -- the job -----------------------------------------------------------------------------
-
-    def trained_checkpoint(self) -> tuple[str | None, int]:
-        """(checkpoint to evaluate, epochs it was trained): trained now, loaded, or none (zero-shot)."""
+    def test_features(self, model, splits, dataset: str, subsample: str) -> torch.Tensor:
+        """``model.encode_image`` of the test images: from the shared cache when the method's image
+        side is the frozen tower (``features_cacheable``), else computed for this model alone."""
         spec = self.spec
-        if not methods.method_class(spec.method).trainable:
-            return None, 0
-        if spec.load_from:
-            path = spec.load_from
-            if os.path.isdir(path):
-                found = checkpoint.latest_checkpoint(path)
-                if not found:
-                    raise FileNotFoundError(
-                        f"No prompt checkpoint ({checkpoint.CHECKPOINT_PREFIX}<epoch>) under {path} to evaluate."
-                    )
-                path = found[0]
-            return path, int(load_checkpoint_file(path).get("epoch", 0))
-        seed = spec.seed if spec.seed is not None else 1
-        splits = data.build_dataset(
-            spec.dataset, spec.data_root, num_shots=spec.shots, seed=seed, subsample=spec.subsample
+        size = backbone.image_size(self.clip)
+
+        def compute():
+            loader = data.build_loader(
+                splits.test,
+                data.build_transform(train=False, size=size),
+                spec.test_batch_size,
+                train=False,
+                num_workers=spec.num_workers,  # None: the loader's default
+            )
+            return compute_features(model, loader, self.device, desc=f"features {dataset}/{subsample}")
+
+        if not model.features_cacheable:
+            return compute()
+        namespace = cache_namespace(spec.backbone, clip_precision(spec.precision), dataset, size, model.feature_key())
+        return self.cache.get_or_compute(namespace, [item.impath for item in splits.test], compute)
+
+    # -- records -----------------------------------------------------------------------------
+
+    def record(self, dataset: str, subsample: str, evaluation: dict, epochs: int, started: float) -> dict:
+        """Append one evaluation's record to the results store and report it to the tracker."""
+        record = results.make_record(
+            self.spec.identity(), dataset, subsample, evaluation, epochs, started, self.run_dir
         )
-        self.load_backbone()
-        return self.train(splits), spec.epochs
+        results.append_record(self.results, record)
+        self.tracker.log(tracking.eval_metrics(dataset, subsample, record["metrics"]))
+        self.tracker.summary(tracking.summary_metrics(record, self.spec.dataset))
+        log.info("%s on %s/%s: accuracy %.2f%%", self.spec.method, dataset, subsample, record["metrics"]["accuracy"])
+        return record
 
-    def __call__(self) -> list[dict]:
-        with run_folder_lock(self.run_dir, self.job):
-            return self._run()
+    # -- helpers -----------------------------------------------------------------------------
 
-    def _run(self) -> list[dict]:
-        spec = self.spec
-        pending = self.pending_targets()
-        if not pending:
-            log.info(
-                "Skipping %s: all %d results exist in %s (force=true redoes it)",
-                self.job,
-                len(spec.eval_targets()),
-                results.results_path(self.results),
-            )
-            return []
-        started = time.time()
-        seed_everything(spec.seed if methods.method_class(spec.method).trainable else None)
-        records = []
-        with run_logging(self.run_dir) as log_path:
-            log.info("Run %s -> %s (log %s)", self.job, self.run_dir, log_path)
-            log.info("Spec: %s", spec.to_dict())
-            kind = tracking.job_kind(methods.method_class(spec.method).trainable, spec.load_from)
-            self.tracker = tracking.start_run(
-                spec.tracking,
-                name=self.job,
-                group=spec.experiment,
-                tags=tracking.run_tags(spec, kind),
-                config=tracking.run_config(spec, kind),
-                job_type=kind,
-                dir=self.run_dir,
-            )
-            failed = True
-            try:
-                checkpoint_file, epochs = self.trained_checkpoint()
-                for dataset, subsample in pending:
-                    result = self.evaluate(dataset, subsample, checkpoint_file)
-                    record = {
-                        **spec.identity(),
-                        "dataset": dataset,
-                        "subsample": subsample,
-                        "options": result["options"],
-                        "metrics": result["metrics"],
-                        "epochs": epochs,
-                        "wall_time_s": round(time.time() - started, 2),
-                        "git_commit": results.git_commit(),
-                        "versions": results.package_versions(),
-                        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                        "run_dir": self.run_dir,
-                    }
-                    results.append_record(self.results, record)
-                    records.append(record)
-                    accuracy = result["metrics"]["accuracy"]
-                    self.tracker.log(tracking.eval_metrics(dataset, subsample, result["metrics"]))
-                    self.tracker.summary(tracking.summary_metrics(record, spec.dataset))
-                    log.info("%s on %s/%s: accuracy %.2f%%", spec.method, dataset, subsample, accuracy)
-                failed = False
-            finally:
-                self.tracker.finish(failed=failed)
-        log.info("Feature cache: %d hits, %d computed", self.cache.hits, self.cache.misses)
-        return records
+    def pending_targets(self) -> list[tuple[str, str]]:
+        targets = self.spec.eval_targets()
+        if self.spec.force:
+            return targets
+        return results.pending_targets(self.spec.identity(), targets, results.existing_keys(self.results))
+
+    def build_method(self, classnames: list[str], dataset: str):
+        options = dict(self.spec.options)
+        if "dataset" in methods.method_options(self.spec.method):
+            options.setdefault("dataset", dataset)  # e.g. selects the dataset's hand-made template
+        return methods.build_method(self.spec.method, self.clip, classnames, **options).to(self.device)
+
+    def autocast(self):
+        if self.spec.precision != "amp":
+            return nullcontext()
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def last_good(self) -> str:
+        last = checkpoint.latest_checkpoint(self.run_dir)
+        return f"The last good checkpoint is {last[0]}." if last else "No epoch finished (no checkpoint)."
 
 
 @contextmanager
@@ -477,6 +390,66 @@ def run_folder_lock(run_dir: str, job: str):
             fcntl.lockf(f, fcntl.LOCK_UN)
 
 
-def run(spec: RunSpec) -> list[dict]:
-    """Run one job; returns the records it appended (empty if everything already existed)."""
-    return Run(spec)()
+# ---------------------------------------------------------------------------------------------
+# Pieces (public: the tests and the benchmark use them)
+# ---------------------------------------------------------------------------------------------
+
+
+def build_optimizer(param_groups, spec: RunSpec) -> torch.optim.Optimizer:
+    """The optimiser over the method's parameter groups (a group's own keys, e.g. ``lr``, win)."""
+    return torch.optim.SGD(param_groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+
+
+def build_scheduler(optimizer, spec: RunSpec):
+    """Constant warm-up at ``warmup_lr`` for ``warmup_epochs``, then cosine over ``epochs`` with the
+    counter restarted after warm-up (PROTOCOL.md 10): lr(e) = lr * (1 + cos(pi (e - 2) / E)) / 2
+    for e >= 2 with one warm-up epoch. Stepped once per epoch."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, spec.epochs))
+    if spec.warmup_epochs <= 0:
+        return cosine
+    warmup = torch.optim.lr_scheduler.ConstantLR(
+        optimizer, factor=spec.warmup_lr / spec.lr, total_iters=spec.warmup_epochs
+    )
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[spec.warmup_epochs])
+
+
+def learning_rates(spec: RunSpec) -> list[float]:
+    """The learning rate of each epoch (1-based order) under ``spec``'s schedule."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer([param], spec)
+    scheduler = build_scheduler(optimizer, spec)
+    rates = []
+    for _ in range(spec.epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def non_finite_advice(precision: str) -> str:
+    if precision == "fp32":
+        return "Try a lower learning rate (lr)."
+    if precision == "amp":
+        return "Try a lower learning rate (lr), or precision fp32."
+    return f"With precision {precision!r}, try precision fp32 or amp, or a lower learning rate (lr)."
+
+
+def seed_everything(seed: int | None) -> None:
+    """PROTOCOL.md 1: python, numpy and torch (all devices); None or negative seeds nothing."""
+    if seed is None or seed < 0:
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def clip_precision(run_precision: str) -> str:
+    """The backbone's precision for a run mode: amp trains an fp32 CLIP under autocast."""
+    return {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "amp": "fp32"}[run_precision]

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from harness import results
-from harness.config import PROJECT_ROOT, ConfigError, RunSpec, build_spec, load_method_config, method_trains
+from harness.config import PROJECT_ROOT, ConfigError, RunSpec, build_spec, layer
 
 EXPERIMENT_DIR = os.path.join(PROJECT_ROOT, "experiments")
 EXPERIMENT_KEYS = {
@@ -65,20 +65,19 @@ PROTOCOLS = ("base2new", "transfer")
 @dataclass
 class Job:
     name: str
-    kind: str  # "train" | "eval"
     spec: RunSpec
     depends_on: list = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        """``train`` | ``eval``: the spec's ``job_kind``."""
+        return self.spec.job_kind
 
     def targets(self) -> list[tuple[str, str]]:
         return self.spec.eval_targets()
 
     def pending_targets(self, done_keys: set) -> list[tuple[str, str]]:
-        identity = self.spec.identity()
-        return [
-            (d, s)
-            for d, s in self.targets()
-            if results.record_key({**identity, "dataset": d, "subsample": s}) not in done_keys
-        ]
+        return results.pending_targets(self.spec.identity(), self.targets(), done_keys)
 
 
 def experiment_path(name_or_path: str) -> str:
@@ -186,10 +185,9 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
             values = {**common, **(method_cfg.get("run") or {}), "config": config_name or ""}
             if method_cfg.get("options"):
                 values["options"] = method_cfg["options"]
-            method = (load_method_config(config_name) if config_name else values).get("method") or variant
-            values.setdefault("method", method)
+            values.setdefault("method", layer(values).get("method") or variant)
             values.update(dataset=dataset, subsample=train_subsample)
-            if not method_trains(overrides.get("method", method)):
+            if not build_spec({**values, "output_dir": out}, overrides).learns:
                 spec = build_spec(
                     {
                         **values,
@@ -200,7 +198,7 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
                     },
                     overrides,
                 )
-                jobs.append(Job(spec.job, "eval", spec))
+                jobs.append(Job(spec.job, spec))
                 continue
             for seed in seeds:
                 base = {**values, "seed": seed}
@@ -209,7 +207,7 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
                 train_dir = os.path.join(
                     out,
                     "runs",
-                    config_name or method,
+                    config_name or values["method"],
                     f"{dataset}_{train_subsample}",
                     f"shots{probe.shots}_seed{seed}_{_short_hash(key)}",
                 )
@@ -222,7 +220,7 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
                     },
                     overrides,
                 )
-                jobs.append(Job(train.job, "train", train))
+                jobs.append(Job(train.job, train))
                 if other_evals:
                     evaluation = build_spec(
                         {
@@ -234,7 +232,7 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
                         },
                         overrides,
                     )
-                    jobs.append(Job(evaluation.job, "eval", evaluation, depends_on=[train.job]))
+                    jobs.append(Job(evaluation.job, evaluation, depends_on=[train.job]))
     return jobs
 
 

@@ -79,22 +79,17 @@ def accuracy_key(subsample: str) -> str:
     return f"accuracy/{subsample}"
 
 
-def job_kind(trainable: bool, load_from: str = "") -> str:
-    """``train`` for a job that learns a prompt, ``eval`` for zero-shot or a loaded prompt."""
-    return "train" if trainable and not load_from else "eval"
-
-
-def run_config(spec, kind: str) -> dict:
-    """The W&B config of a job: its whole spec plus ``method_config`` and ``job_kind``."""
+def run_config(spec) -> dict:
+    """The W&B config of a job: its whole spec plus ``method_config`` and ``job_kind`` (``RunSpec.job_kind``)."""
     config = spec.to_dict()
     config["method_config"] = spec.config or spec.method
-    config["job_kind"] = kind
+    config["job_kind"] = spec.job_kind
     return config
 
 
-def run_tags(spec, kind: str) -> list[str]:
+def run_tags(spec) -> list[str]:
     seed = "zeroshot" if spec.seed is None else f"seed{spec.seed}"
-    return [spec.experiment, spec.method, spec.dataset, seed, kind]
+    return [spec.experiment, spec.method, spec.dataset, seed, spec.job_kind]
 
 
 def step_metrics(loss: float, lr: float, epoch: int) -> dict:

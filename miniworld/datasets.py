@@ -18,7 +18,7 @@ from harness.atomic import atomic_write_bytes
 from harness.data.splitfile import write_split_json
 from harness.data.types import Datum
 from miniworld import captions, render, vocab
-from miniworld.vocab import DEMO_DATASETS, DemoDataset, demo_dataset
+from miniworld.vocab import DemoDataset, demo_dataset
 
 # the second key of every generator, so that pre-training and dataset pictures never coincide
 STREAM_PRETRAIN = 1
@@ -108,7 +108,3 @@ def generator(key: str):
 
     generate.__name__ = f"generate_{key}"
     return generate
-
-
-def write_all(root: str, seed: int = 0) -> list[str]:
-    return [write_dataset(root, ds, seed) for ds in DEMO_DATASETS]

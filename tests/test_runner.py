@@ -4,11 +4,13 @@ import glob
 import json
 import multiprocessing
 import os
+import random
 import re
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,11 +18,11 @@ from crash_child import kill_at
 from fake_data import make_synthetic_dataset
 
 import methods
-from harness import data, load_clip, results, tracking
+from harness import checkpoint, data, load_clip, results, tracking
 from harness.checkpoint import ResumeError, latest_checkpoint
 from harness.config import ConfigError, RunSpec, build_spec, parse_overrides
 from harness.metrics import classification_metrics
-from harness.runner import NonFiniteLossError, RunFailedError, learning_rates, run
+from harness.runner import NonFiniteLossError, Run, RunFailedError, learning_rates, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -177,12 +179,92 @@ def test_killed_at_any_moment_resumes_to_the_straight_run(
         assert torch.equal(final[key], final_b[key]), key
 
 
+TRAINING_METHODS = [name for name in methods.list_methods() if methods.method_class(name).trainable]
+
+
+@pytest.mark.parametrize("method", TRAINING_METHODS)
+def test_every_training_method_is_killed_resumed_evaluated_and_recorded(data_root, tmp_path, method):
+    """Each registered method that trains goes the whole way: a straight run, and a run killed in the
+    middle of its last epoch (a real SIGKILL) and resumed, which ends with the same tensors, the same
+    numbers and the same records."""
+    values = {"method": method, "epochs": 2, "evaluate": [{"dataset": "synthetic", "subsample": "base"}]}
+    straight = spec(data_root, tmp_path / "straight", **values)
+    expected = run(straight)
+    killed = spec(data_root, tmp_path / "killed", **values)
+    kill_at(killed.to_dict(), "mid-epoch:2", tmp_path)
+    assert latest_checkpoint(killed.output_dir)[1] == 1 and results.read_records(str(tmp_path / "killed")) == []
+    resumed = run(killed)
+    with open(glob.glob(os.path.join(killed.output_dir, "log.txt-*"))[0]) as f:
+        assert "Resuming from" in f.read()
+    assert [r["metrics"] for r in resumed] == [r["metrics"] for r in expected]
+    assert results.read_records(str(tmp_path / "killed")) == resumed
+    record = resumed[0]
+    assert set(record) == set(results.RECORD_FIELDS)
+    assert (record["method"], record["epochs"], record["train_subsample"], record["seed"]) == (method, 2, "base", 1)
+    a = torch.load(latest_checkpoint(straight.output_dir)[0], weights_only=False)
+    b = torch.load(latest_checkpoint(killed.output_dir)[0], weights_only=False)
+    assert a["epoch"] == b["epoch"] == 2 and set(a["state_dict"]) == set(b["state_dict"])
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert_same(a["method_state"], b["method_state"])
+
+
+def assert_same(a, b, where="state"):
+    """Equal values, tensors and arrays compared exactly, through dicts, lists and tuples."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and np.array_equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), (where, sorted(map(str, a)), sorted(map(str, b)))
+        for key in a:
+            assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+@pytest.mark.parametrize("method", TRAINING_METHODS)
+def test_training_state_round_trip_restores_every_part(data_root, tmp_path, method):
+    """A saved TrainingState, read back into a differently initialised one, equals it: the learned
+    tensors, the method's own state, optimiser, schedule, scaler, every random generator and the epoch."""
+    s = spec(data_root, tmp_path, method=method, epochs=3, batch_size=3)
+    job = Run(s)
+    job.clip = load_clip("tiny")
+    splits = data.build_dataset("synthetic", data_root, num_shots=4, seed=1, subsample="base")
+    images = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    saved = job.start_training(splits.classnames)
+    saved.model.train()
+    saved.model.training_loss(images, torch.tensor([0, 1, 2])).backward()
+    saved.optimizer.step()  # momentum buffers
+    saved.scheduler.step()
+    saved.model.on_epoch_end(1, s.epochs)
+    torch.randperm(10, generator=saved.loader_generator)  # a shuffle drawn
+    saved.epoch = 1
+    checkpoint.save(s.output_dir, saved, s.training_identity(), final=False)
+    expected_rng = checkpoint.capture_rng(saved.loader_generator)
+
+    random.random(), np.random.rand(), torch.rand(1)  # the process's generators move on
+    torch.manual_seed(7)
+    fresh = job.start_training(splits.classnames)
+    assert checkpoint.resume(s.output_dir, fresh, s.training_identity()) == 1 == fresh.epoch
+    assert_same(checkpoint.capture_rng(fresh.loader_generator), expected_rng, "rng")
+    assert_same(fresh.model.checkpoint_state_dict(full=False), saved.model.checkpoint_state_dict(full=False))
+    assert_same(fresh.model.training_state(), saved.model.training_state(), "method_state")
+    assert_same(fresh.optimizer.state_dict(), saved.optimizer.state_dict(), "optimizer")
+    assert_same(fresh.scheduler.state_dict(), saved.scheduler.state_dict(), "scheduler")
+    assert_same(fresh.scaler.state_dict(), saved.scaler.state_dict(), "scaler")
+    assert fresh.optimizer.param_groups[0]["lr"] == saved.optimizer.param_groups[0]["lr"]
+
+
 def test_eval_only_from_a_trained_run_and_feature_cache_reuse(data_root, tmp_path):
     trained = spec(data_root, tmp_path, epochs=2, evaluate=[{"dataset": "synthetic", "subsample": "base"}])
     base_record = run(trained)[0]
     # Evaluating the same images again (another method, another job) reuses the cached features.
-    from harness.runner import Run
-
     zero_shot = Run(spec(data_root, tmp_path, method="zsclip", output_dir=str(tmp_path / "zs")))
     zero_shot()
     assert zero_shot.cache.hits == 1 and zero_shot.cache.misses == 1  # base cached, new computed
