@@ -164,7 +164,7 @@ def tiny_clip():
     return backbone.freeze(backbone.build_random_clip("tiny", seed=0))
 
 
-def adapter(wrong_scale: float = 1.0) -> dict:
+def adapter(wrong_scale: float = 1.0, loops: bool = False) -> dict:
     entry = vs_authors.AuthorsCode(
         "coop",
         REPOSITORY,
@@ -172,16 +172,18 @@ def adapter(wrong_scale: float = 1.0) -> dict:
         {"TRAINER": {"FAKE": {"CTX_INIT": "a photo of a", "WRONG_SCALE": wrong_scale}}},
         {"n_ctx": 4, "ctx_init": "a photo of a"},
         folder="code",
+        eval_loops_over_images=loops,
     )
     return {"coop": entry}
 
 
-def run(repo, tiny_clip, tmp_path, docs_text: str, wrong_scale: float = 1.0) -> tuple[int, str]:
+def run(repo, tiny_clip, tmp_path, docs_text: str, wrong_scale: float = 1.0, *extra: str) -> tuple[int, str]:
     docs = tmp_path / "PROTOCOL.md"
     docs.write_text(docs_text)
     out = tmp_path / "report.md"
     argv = ["--authors", f"coop={repo}", "--k", "5", "--eval-images", "3", "--runs", "2", "--out", str(out)]
-    rc = vs_authors.main(argv, adapters=adapter(wrong_scale), clip=tiny_clip, docs=(str(docs),))
+    loops = "--loop-eval-images" in extra
+    rc = vs_authors.main([*argv, *extra], adapters=adapter(wrong_scale, loops), clip=tiny_clip, docs=(str(docs),))
     return rc, out.read_text()
 
 
@@ -193,7 +195,9 @@ def table_row(report: str, method: str) -> list[str]:
 def test_fake_authors_code_is_imported_checked_and_timed(fake_repo, tiny_clip, tmp_path):
     repo, commit = fake_repo
     before = {name for name in sys.modules if name.split(".")[0] in ("dassl", "clip", "trainers")}
-    rc, report = run(repo, tiny_clip, tmp_path, f"| CoOp | {REPOSITORY} @ {commit[:7]} |\n")
+    rc, report = run(
+        repo, tiny_clip, tmp_path, f"| CoOp | {REPOSITORY} @ {commit[:7]} |\n", 1.0, "--loop-eval-images", "1"
+    )
     assert rc == 0, report
     cells = table_row(report, "coop")
     assert cells[1] == f"{REPOSITORY} @ {commit[:7]}"
@@ -205,6 +209,7 @@ def test_fake_authors_code_is_imported_checked_and_timed(fake_repo, tiny_clip, t
     assert train_floor == eval_floor == "—"  # the stand-in has no floor
     assert cells[10].startswith("yes (")
     assert "WARNING" not in report and "training loss" in report and "Machine:" in report
+    assert "the authors' eval timed on 1 images, x3" in report  # a per-image loop, scaled
     # the stubs and the fake's packages are gone again
     assert {name for name in sys.modules if name.split(".")[0] in ("dassl", "clip", "trainers")} == before
 
