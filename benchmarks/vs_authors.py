@@ -748,23 +748,18 @@ def main(argv: list[str] | None = None, adapters: dict[str, AuthorsCode] = AUTHO
     round_through_fp16(clip)
     load_before = load_description()
     flops_per_s = matmul_throughput(torch.device("cpu"))
-    lines = []
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    machine, lines = machine_description(torch.device("cpu")), []
     for method, checkout in checkouts.items():
         print(f"{method}: {adapters[method].repository} from {checkout}", flush=True)
         lines.append(compare_method(adapters[method], checkout, clip, settings, docs=docs, flops_per_s=flops_per_s))
         print(table(lines[-1:]).splitlines()[-1], flush=True)
-    text = render(
-        lines,
-        settings,
-        machine_description(torch.device("cpu")),
-        load_before,
-        load_description(),
-        args.note,
-        flops_per_s,
-    )
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write(text)
+        # written after every method, so a run stopped early keeps what it measured and says what it did not
+        pending = [Line(m, adapters[m].repository, error="not measured: the run stopped before it") for m in checkouts]
+        pending = pending[len(lines) :]
+        text = render(lines + pending, settings, machine, load_before, load_description(), args.note, flops_per_s)
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text)
     print(text)
     print(f"wrote {args.out}")
     return 1 if any(line.error for line in lines) else 0
