@@ -93,22 +93,27 @@ class AuthorsCode:
     eval_loops_over_images: bool = False  # the authors' eval encodes the prompts once per image (CoCoOp)
 
 
-def cocoop_floor(clip, classnames, batch, eval_images) -> tuple[float, float]:
-    """(training step, evaluation) FLOPs no exact method avoids: the text side (``bench``'s floor,
-    per image) plus the frozen image encoder's forward, which both sides run on the same images."""
-    return (
-        cocoop_floor_flops(clip, classnames, batch, training=True) + image_encoder_flops(clip, batch),
-        cocoop_floor_flops(clip, classnames, eval_images) + image_encoder_flops(clip, eval_images),
-    )
+def cocoop_floor(clip, classnames, batch, eval_images) -> dict[str, dict[str, float]]:
+    """FLOPs no exact method avoids, per case and part: the text side (``bench``'s floor, per image)
+    and the frozen image encoder's forward, which both sides run on the same images."""
+    return {
+        "train": {
+            "text": cocoop_floor_flops(clip, classnames, batch, training=True),
+            "image encoder": image_encoder_flops(clip, batch),
+        },
+        "eval": {
+            "text": cocoop_floor_flops(clip, classnames, eval_images),
+            "image encoder": image_encoder_flops(clip, eval_images),
+        },
+    }
 
 
-def coop_floor(clip, classnames, batch, eval_images) -> tuple[float, float]:
+def coop_floor(clip, classnames, batch, eval_images) -> dict[str, dict[str, float]]:
     """As ``cocoop_floor`` with one context for all images: the text side is encoded once."""
-    text_train, text_eval = (
-        cocoop_floor_flops(clip, classnames, 1, training=True),
-        cocoop_floor_flops(clip, classnames, 1),
-    )
-    return text_train + image_encoder_flops(clip, batch), text_eval + image_encoder_flops(clip, eval_images)
+    floor = cocoop_floor(clip, classnames, 1, 1)
+    floor["train"]["image encoder"] = image_encoder_flops(clip, batch)
+    floor["eval"]["image encoder"] = image_encoder_flops(clip, eval_images)
+    return floor
 
 
 TEACHER_TEMPLATES = 4  # PromptSRC's teacher templates used here (of 60): see its note
@@ -508,6 +513,7 @@ class Line:
     runs: dict = field(default_factory=dict)
     note: str = ""
     floor: tuple[float, float] | None = None  # (train, eval) seconds at the measured matmul rate
+    floor_flops: dict = field(default_factory=dict)  # {"train": {part: FLOPs}, "eval": {...}}
 
 
 @dataclass
@@ -537,7 +543,8 @@ def compare_method(
     labels = torch.arange(settings.batch) % settings.k
     batch = images[: settings.batch]
     if entry.floor is not None and flops_per_s > 0:
-        line.floor = tuple(f / flops_per_s for f in entry.floor(clip, names, settings.batch, settings.eval_images))
+        line.floor_flops = entry.floor(clip, names, settings.batch, settings.eval_images)
+        line.floor = tuple(sum(line.floor_flops[case].values()) / flops_per_s for case in ("train", "eval"))
     try:
         torch.manual_seed(0)
         authors = AuthorsModel(entry, checkout, clip, names)
@@ -660,6 +667,14 @@ def render(
             details.append("checks: " + ", ".join(f"{k} {v:.1e}" for k, v in line.check.items()))
         if line.note:
             details.append(line.note)
+        if line.floor_flops:
+            details.append(
+                "floor: "
+                + "; ".join(
+                    f"{case} " + " + ".join(f"{part} {flops / 1e9:.0f}" for part, flops in parts.items()) + " GFLOP"
+                    for case, parts in line.floor_flops.items()
+                )
+            )
         if line.commit:
             details.append(f"commit {line.commit}" + (f" (docs/: {line.documented})" if line.documented else ""))
         out.append(f"* {line.method}: " + "; ".join(details) + ".")
