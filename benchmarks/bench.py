@@ -11,7 +11,8 @@ download) it times, in one process:
   positions, as published) against the default path (``methods.prompt_encoder``);
 * CoOp and zero-shot CLIP evaluation of 32 images including and excluding the image encoder
   (feature cache), CoOp with all 77 positions against truncation;
-* one memory/speed line per successor method (KgCoOp, MaPLe, PromptSRC, ``SUCCESSORS``): a training
+* one memory/speed line per successor method (every trainable method besides CoOp and CoCoOp: KgCoOp,
+  MaPLe, PromptSRC, ``SUCCESSORS``, with the options of its default config): a training
   step (batch 4, the published objective, forward + backward) and an evaluation of the images
   including the image encoder (MaPLe and PromptSRC prompt it, so no feature cache applies), at K = 100,
   with the memory a training step keeps for backward.
@@ -51,6 +52,7 @@ import torch.nn.functional as F
 import methods
 from benchmarks.cocoop_check import FP32_TOLERANCE, check_fast_path, compare, train_step
 from harness import backbone
+from harness.config import default_method_options
 from methods import prompt_encoder
 
 GB = 1024**3
@@ -428,11 +430,11 @@ class Bench:
             f"; frozen text teacher once per class set {_seconds(row.teacher_s)} s" if row.teacher_s is not None else ""
         )
         # Floors: the text tower over every class's positions up to its EOT (x2 with a backward), the image
-        # encoder (x2 in training when prompted: input gradients; PromptSRC adds its un-prompted teacher pass).
+        # encoder (x2 in training when prompted: input gradients; a frozen image teacher adds its un-prompted pass).
         prompted = not model.features_cacheable
         text = cocoop_floor_flops(self.clip, names, 1)
         image = image_encoder_flops(self.clip, batch)
-        row.train_floor_flops = 2 * text + image * (2 if prompted else 1) + (image if method == "promptsrc" else 0)
+        row.train_floor_flops = 2 * text + image * (2 if prompted else 1) + (image if model.frozen_image_teacher else 0)
         row.eval_floor_flops = text + image_encoder_flops(self.clip, eval_images)
         return row
 
@@ -496,12 +498,13 @@ class Bench:
         return lines
 
 
-# The successors with their published base-to-new options (experiments/methods/*/...; the depths are
-# those of ViT-B/16's 12 blocks), all at batch 4 here (published: KgCoOp 128, MaPLe and PromptSRC 4).
+# The successors: every trainable method besides CoOp and CoCoOp (which have rows of their own), with their
+# published options (the depths are those of ViT-B/16's 12 blocks), all at batch 4 here (published: KgCoOp
+# 128, MaPLe and PromptSRC 4).
 SUCCESSORS = {
-    "kgcoop": {"n_ctx": 4, "ctx_init": "a photo of a", "kg_weight": 8.0},
-    "maple": {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9},
-    "promptsrc": {"prompt_depth_text": 9, "prompt_depth_vision": 9},
+    m: default_method_options(m)
+    for m in methods.list_methods()
+    if methods.method_class(m).trainable and m not in ("coop", "cocoop")
 }
 
 

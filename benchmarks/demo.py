@@ -1,15 +1,19 @@
 """The demo's reference run, its drift, and the paper's pattern in its Average row.
 
     python -m benchmarks.demo check [--results output/demo]    the pattern checks of a finished demo
-    python -m benchmarks.demo reference                         run the demo; keep it in reports/demo-reference/
-    python -m benchmarks.demo drift [--results DIR]             re-run the demo (or read DIR) and compare
+    python -m benchmarks.demo reference                         run the demos; keep them in reports/demo-reference/
+    python -m benchmarks.demo transfer                          run only the crossdataset and domaingen demos
+    python -m benchmarks.demo drift [--results DIR]             re-run the demos (or read DIR) and compare
     python -m benchmarks.demo ablations                         run the demo ablations; keep Figure 4's tables
     python -m benchmarks.demo readme                            write the reference into README.md's demo blocks
+                                                                and the methods table (benchmarks.methods_table)
 
-The pattern (CoCoOp paper, Table 1's Average row) checked per seed: each seed's average over the
-demo's datasets, and each gap between two methods taken seed by seed (zero-shot CLIP has no seed:
-its one value is used for every seed). A gap holds when its mean is positive and larger than twice
-its population standard deviation over seeds.
+The pattern checked per seed: for base-to-new (CoCoOp paper, Table 1's Average row) each seed's
+average over the demo's datasets; for cross-dataset transfer and domain generalisation (Tables 2
+and 3) each seed's source accuracy and average over the demo's targets. Each gap between two
+methods is taken seed by seed (zero-shot CLIP has no seed: its one value is used for every seed).
+A gap holds when its mean exceeds the claim's margin by more than twice its population standard
+deviation over seeds.
 """
 
 from __future__ import annotations
@@ -60,6 +64,34 @@ def seed_averages(results: str, experiment: str = "base2new") -> dict[str, dict[
     return out
 
 
+def transfer_seed_averages(results: str, experiment: str) -> dict[str, dict[str, list[float]]]:
+    """{method: {"source"|"targets": [one value per seed]}}: each seed's accuracy on the demo's source
+    and its mean over the demo's targets. The source may have been evaluated by the other transfer
+    experiment (their trainings are shared), so its records are read from either."""
+    demo = sweep.load_experiment(experiment, profile="demo")
+    source, targets, seeds = demo["source"], list(demo["targets"]), list(demo["seeds"])
+    acc: dict[tuple, float] = {}
+    for r in read_records(results):
+        if r["subsample"] != "all" or r.get("experiment") not in TRANSFER_EXPERIMENTS:
+            continue
+        trained = r.get("train_dataset")
+        if trained not in (None, source) or (trained and r.get("train_subsample") != "all"):
+            continue
+        if r["dataset"] == source or (r.get("experiment") == experiment and r["dataset"] in targets):
+            acc[(r["method"], r["dataset"], r.get("seed"))] = r["metrics"]["accuracy"]
+    out: dict[str, dict[str, list[float]]] = {}
+    for method in dict.fromkeys(k[0] for k in acc):
+        rows: dict[str, list[float]] = {"source": [], "targets": []}
+        for seed in seeds:
+            values = [acc.get((method, d, seed), acc.get((method, d, None))) for d in [source, *targets]]
+            if all(v is not None for v in values):
+                rows["source"].append(values[0])
+                rows["targets"].append(statistics.fmean(values[1:]))
+        if rows["source"]:
+            out[method] = rows
+    return out
+
+
 def _gap(a: list[float], b: list[float], offset: float = 0.0) -> tuple[float, float]:
     diffs = [x - y - offset for x, y in zip(a, b)]
     return statistics.fmean(diffs), statistics.pstdev(diffs)
@@ -72,11 +104,22 @@ CLAIMS = (
     ("CoCoOp new ≥ CoOp new + 2", ("cocoop", "new"), ("coop", "new"), 2.0),
     ("CoCoOp H > CoOp H", ("cocoop", "h"), ("coop", "h"), 0.0),
 )
+# The paper's claims for Tables 2 and 3 (CoCoOp paper 4.2, 4.3): CoCoOp transfers better than CoOp
+# on average over the targets; in Table 3, both learned prompts beat zero-shot CLIP on the source.
+TRANSFER_EXPERIMENTS = ("crossdataset", "domaingen")
+TRANSFER_CLAIMS = {
+    "crossdataset": (("CoCoOp target average > CoOp target average", ("cocoop", "targets"), ("coop", "targets"), 0.0),),
+    "domaingen": (
+        ("CoCoOp target average > CoOp target average", ("cocoop", "targets"), ("coop", "targets"), 0.0),
+        ("CoOp source > zero-shot source", ("coop", "source"), ("zsclip", "source"), 0.0),
+        ("CoCoOp source > zero-shot source", ("cocoop", "source"), ("zsclip", "source"), 0.0),
+    ),
+}
 
 
-def pattern_checks(averages: dict) -> list[dict]:
+def pattern_checks(averages: dict, claims=CLAIMS) -> list[dict]:
     checks = []
-    for claim, (ma, ka), (mb, kb), margin in CLAIMS:
+    for claim, (ma, ka), (mb, kb), margin in claims:
         if ma not in averages or mb not in averages:
             checks.append({"claim": claim, "holds": False, "gap": None, "std": None, "margin": margin})
             continue
@@ -98,9 +141,9 @@ def pattern_checks(averages: dict) -> list[dict]:
     return checks
 
 
-def checks_markdown(checks: list[dict]) -> str:
+def checks_markdown(checks: list[dict], what: str = "Average row") -> str:
     lines = [
-        "| claim (Average row, seed by seed) | gap (points) | std over seeds | holds |",
+        f"| claim ({what}, seed by seed) | gap (points) | std over seeds | holds |",
         "| --- | ---: | ---: | :---: |",
     ]
     for c in checks:
@@ -128,15 +171,46 @@ def machine() -> dict:
     }
 
 
-def run_demo(out: str, report_dir: str) -> float:
-    """The demo as ``make base2new`` runs it; returns its wall time in seconds."""
+def run_demo(out: str, report_dir: str, experiment: str = "base2new") -> float:
+    """A demo as ``make <experiment>`` runs it; returns its wall time in seconds."""
     start = time.time()
     py = sys.executable
-    subprocess.run([py, "-m", "harness", "sweep", "base2new", "--profile", "demo", "--out", out], check=True)
+    subprocess.run([py, "-m", "harness", "sweep", experiment, "--profile", "demo", "--out", out], check=True)
     subprocess.run(
         [py, "-m", "harness.report", "--results", out, "--out", report_dir, "--tracking", "none"], check=True
     )
     return time.time() - start
+
+
+#: the files of the transfer demos in a report: Tables 2 and 3 and their figures
+TRANSFER_TABLES = {"crossdataset": "table2_crossdataset", "domaingen": "table3_domaingen"}
+TRANSFER_FILES = [f"{t}.{ext}" for t in TRANSFER_TABLES.values() for ext in ("md", "csv", "tex")] + [
+    f"figure_{e}_cocoop_vs_coop.{ext}" for e in TRANSFER_TABLES for ext in ("csv", "png", "pdf")
+]
+
+
+def run_transfer(out: str, report_dir: str) -> dict[str, float]:
+    """``make crossdataset`` then ``make domaingen`` (the second reuses the first's trainings), in one
+    output folder; returns each one's wall time in seconds."""
+    return {experiment: run_demo(out, report_dir, experiment) for experiment in TRANSFER_EXPERIMENTS}
+
+
+def transfer_facts(out: str, seconds: dict[str, float], reference_dir: str = REFERENCE_DIR) -> dict:
+    """Write each transfer study's pattern checks beside the reference; its facts for run.json."""
+    averages = {e: transfer_seed_averages(out, e) for e in TRANSFER_EXPERIMENTS}
+    for experiment, claims in TRANSFER_CLAIMS.items():
+        checks = pattern_checks(averages[experiment], claims)
+        with open(os.path.join(reference_dir, f"pattern_{experiment}.md"), "w") as f:
+            f.write(checks_markdown(checks, TRANSFER_WHAT))
+        print(checks_markdown(checks, TRANSFER_WHAT), end="")
+    return {
+        "transfer_machine": machine(),
+        "transfer_seconds": {e: round(v, 1) for e, v in seconds.items()},
+        "transfer_seed_averages": averages,
+    }
+
+
+TRANSFER_WHAT = "source and target average"
 
 
 def read_table(path: str) -> dict[tuple, float]:
@@ -145,7 +219,8 @@ def read_table(path: str) -> dict[tuple, float]:
 
 
 def drift(reference_csv: str, new_csv: str) -> list[tuple]:
-    ref, new = read_table(reference_csv), read_table(new_csv)
+    """(key, reference, now) per cell of the reference; now is None where the new run lacks it."""
+    ref, new = read_table(reference_csv), read_table(new_csv) if os.path.isfile(new_csv) else {}
     return [(key, ref[key], new.get(key)) for key in ref]
 
 
@@ -202,6 +277,17 @@ def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
     }
     if os.path.isfile(os.path.join(reference_dir, "fig4a_init_ablation.csv")):
         blocks["ablations"] = ablation_sentence(reference_dir) + "\n"
+    if "transfer_seconds" in facts:
+        for experiment, table in TRANSFER_TABLES.items():
+            blocks[table.split("_")[0]] = _table_lines(os.path.join(reference_dir, f"{table}.md"))
+            blocks[f"pattern_{experiment}"] = _table_lines(os.path.join(reference_dir, f"pattern_{experiment}.md"))
+        took, tm = facts["transfer_seconds"], facts["transfer_machine"]
+        blocks["transfer_run"] = (
+            f"Reference run: {tm['date']}, {tm['cpu']}, {tm['cores']} cores, torch {tm['torch']}: "
+            f"`make crossdataset` {took['crossdataset']:.0f} s "
+            f"(its trainings and report), then `make domaingen` {took['domaingen']:.0f} s (the same trainings, "
+            "new evaluations), with the tiny CLIP cached.\n"
+        )
     return blocks
 
 
@@ -223,15 +309,19 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="the paper's pattern in a finished demo's Average row")
     c.add_argument("--results", default="output/demo")
-    sub.add_parser("reference", help="run the demo and keep its report as the reference")
+    sub.add_parser("reference", help="run the demos and keep their report as the reference")
+    sub.add_parser("transfer", help="run the crossdataset and domaingen demos; keep Tables 2 and 3 with the reference")
     d = sub.add_parser("drift", help="re-run the demo (or read --results) and compare with the reference")
     d.add_argument("--results", help="a finished demo's output folder (default: run the demo now)")
     sub.add_parser("ablations", help="run the demo ablations and keep Figure 4's tables with the reference")
-    sub.add_parser("readme", help="write the reference run into README.md's demo blocks")
+    sub.add_parser("readme", help="write the reference run and the methods table into README.md")
     args = parser.parse_args(argv)
 
     if args.cmd == "readme":
+        from benchmarks import methods_table
+
         write_readme()
+        methods_table.write_readme()
         return 0
 
     if args.cmd == "ablations":
@@ -254,21 +344,50 @@ def main(argv=None) -> int:
         print(ablation_sentence())
         return 0
 
-    if args.cmd == "check":
-        checks = pattern_checks(seed_averages(args.results))
-        print(checks_markdown(checks), end="")
-        return 0 if all(c["holds"] for c in checks) else 1
+    if args.cmd == "check":  # every demo study the results hold
+        checks = []
+        if seed_averages(args.results):
+            checks += pattern_checks(seed_averages(args.results))
+            print(checks_markdown(checks), end="")
+        for experiment, claims in TRANSFER_CLAIMS.items():
+            averages = transfer_seed_averages(args.results, experiment)
+            if averages:
+                print(f"\n{experiment}:\n")
+                checks += pattern_checks(averages, claims)
+                print(checks_markdown(checks[-len(claims) :], TRANSFER_WHAT), end="")
+        if not checks:
+            print(f"no demo results in {args.results}")
+        return 0 if checks and all(c["holds"] for c in checks) else 1
+
+    if args.cmd == "transfer":
+        out = tempfile.mkdtemp(prefix="demo-transfer-")
+        report = os.path.join(out, "report")
+        seconds = run_transfer(out, report)
+        os.makedirs(REFERENCE_DIR, exist_ok=True)
+        for name in TRANSFER_FILES:
+            shutil.copy(os.path.join(report, name), os.path.join(REFERENCE_DIR, name))
+        path = os.path.join(REFERENCE_DIR, "run.json")
+        with open(path) as f:
+            facts = json.load(f)
+        facts.update(transfer_facts(out, seconds))
+        with open(path, "w") as f:
+            json.dump(facts, f, indent=2)
+            f.write("\n")
+        print(f"Tables 2 and 3 written to {REFERENCE_DIR} ({seconds})")
+        return 0
 
     if args.cmd == "reference":
         out = tempfile.mkdtemp(prefix="demo-reference-")
         report = os.path.join(out, "report")
         seconds = run_demo(out, report)
+        transfer_seconds = run_transfer(out, report)
         shutil.copytree(report, REFERENCE_DIR, dirs_exist_ok=True)  # the whole report: tables, figures, index
         averages = seed_averages(out)
         checks = pattern_checks(averages)
         with open(os.path.join(REFERENCE_DIR, "pattern.md"), "w") as f:
             f.write(checks_markdown(checks))
         facts = {"machine": machine(), "sweep_and_report_seconds": round(seconds, 1), "seed_averages": averages}
+        facts.update(transfer_facts(out, transfer_seconds))
         from miniworld import pretrain
 
         with open(pretrain.cache_path() + ".json") as f:
@@ -300,17 +419,31 @@ def main(argv=None) -> int:
             ],
             check=True,
         )
-    rows = drift(os.path.join(REFERENCE_DIR, "table1_base2new.csv"), report_csv)
-    print("| row | method | metric | reference | now | drift |\n| --- | --- | --- | ---: | ---: | ---: |")
+    tables = ["table1_base2new"]
+    transfer = os.path.isfile(os.path.join(REFERENCE_DIR, "table2_crossdataset.csv"))
+    if transfer:  # the reference has the transfer demos: re-run (or read) them too
+        tables += list(TRANSFER_TABLES.values())
+        if args.results is None:
+            run_transfer(results, os.path.join(results, "report"))
+    print("| table | row | method | metric | reference | now | drift |")
+    print("| --- | --- | --- | --- | ---: | ---: | ---: |")
     worst = 0.0
-    for (row, method, metric), ref, now in rows:
-        delta = None if now is None else now - ref
-        worst = max(worst, abs(delta)) if delta is not None else worst
-        shown = "missing" if now is None else f"{now:.2f}"
-        print(f"| {row} | {method} | {metric} | {ref:.2f} | {shown} | {'' if delta is None else f'{delta:+.2f}'} |")
+    for table in tables:
+        rows = drift(os.path.join(REFERENCE_DIR, f"{table}.csv"), os.path.join(results, "report", f"{table}.csv"))
+        for (row, method, metric), ref, now in rows:
+            delta = None if now is None else now - ref
+            worst = max(worst, abs(delta)) if delta is not None else worst
+            shown = "missing" if now is None else f"{now:.2f}"
+            change = "" if delta is None else f"{delta:+.2f}"
+            print(f"| {table.split('_')[0]} | {row} | {method} | {metric} | {ref:.2f} | {shown} | {change} |")
     print(f"\nlargest drift: {worst:.2f} points")
     checks = pattern_checks(seed_averages(results))
     print(checks_markdown(checks), end="")
+    if transfer:
+        for experiment, claims in TRANSFER_CLAIMS.items():
+            mine = pattern_checks(transfer_seed_averages(results, experiment), claims)
+            print(f"\n{experiment}:\n\n" + checks_markdown(mine, TRANSFER_WHAT), end="")
+            checks += mine
     return 0 if all(c["holds"] for c in checks) else 1
 
 

@@ -7,6 +7,7 @@
     prompt-harness status base2new --out output                      what finished, failed, waits
     prompt-harness report --results output --out reports              tables and figures
     prompt-harness data check --root DATA                            what a data folder lacks
+    prompt-harness methods                                           the registered methods: paper, configs
     prompt-harness configs                                           the published method configs
 
 Bad input (a config key, a data folder, a split file, an image, a checkpoint, a YAML file, a
@@ -27,10 +28,13 @@ import yaml
 
 from harness.config import (
     FIELD_HELP,
+    ConfigError,
     RunSpec,
     build_spec,
+    default_method_config,
     load_spec_file,
     method_config_names,
+    method_configs,
     parse_overrides,
     parse_value,
 )
@@ -171,6 +175,29 @@ def _cmd_status(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# methods
+# ---------------------------------------------------------------------------------------------
+
+
+def method_lines() -> list[str]:
+    """One line per registered method: its name, label and paper (year), its configs (the default marked)."""
+    import methods
+
+    rows = []
+    for name in methods.list_methods():
+        info = methods.method_info(name)
+        try:
+            default = default_method_config(name)
+        except ConfigError:
+            default = None
+        configs = [c + (" (default)" if c == default else "") for c in method_configs(name)]
+        paper = f"{info.label}: {info.citation}" if info.citation else info.label
+        rows.append((name, paper, ", ".join(configs) or "no config in experiments/methods/" + name))
+    widths = [max((len(r[i]) for r in rows), default=0) for i in (0, 1)]
+    return [f"{n:<{widths[0]}}  {p:<{widths[1]}}  {c}" for n, p, c in rows]
+
+
+# ---------------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------------
 
@@ -216,6 +243,7 @@ def main(argv=None) -> int:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also HARNESS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
+    sub.add_parser("methods", help="list the registered methods: paper (year) and configs")
     sub.add_parser("configs", help="list the published method configs")
     sweep_p = sub.add_parser("sweep", help="run an experiment: every method x dataset x seed")
     _sweep_args(sweep_p)
@@ -256,6 +284,9 @@ def main(argv=None) -> int:
             return _cmd_sweep(args)
         if args.command == "status":
             return _cmd_status(args)
+        if args.command == "methods":
+            print("\n".join(method_lines()))
+            return 0
         print("\n".join(method_config_names()))
         return 0
     except Exception as exc:

@@ -12,6 +12,7 @@ error that names the key and the choices.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import re
 import types
@@ -145,7 +146,7 @@ TRAINING_KEYS = (
 
 
 FIELD_HELP = {
-    "method": "registered method: zsclip, coop, cocoop, kgcoop, maple, promptsrc, or a plugin's",
+    "method": "registered method (`prompt-harness methods` lists them with their papers and configs)",
     "dataset": "dataset key to train on (and evaluate by default), e.g. oxford_pets",
     "data_root": "folder holding each dataset's folder (PROTOCOL.md 3.2)",
     "options": "method options, e.g. {n_ctx: 4, ctx_init: 'a photo of a'}",
@@ -198,6 +199,48 @@ def method_config_names() -> list[str]:
         folder = os.path.join(METHOD_CONFIG_DIR, method)
         names += [f"{method}/{f[:-5]}" for f in sorted(os.listdir(folder)) if f.endswith(".yaml")]
     return names
+
+
+def _relative(path: str) -> str:
+    """A path inside the project as the user sees it from the project's root."""
+    inside = os.path.abspath(path).startswith(PROJECT_ROOT + os.sep)
+    return os.path.relpath(path, PROJECT_ROOT) if inside else path
+
+
+def method_configs(method: str) -> list[str]:
+    """The method's published configs: the files of ``experiments/methods/<method>/``."""
+    return [name for name in method_config_names() if name.split("/", 1)[0] == method]
+
+
+def default_method_config(method: str) -> str:
+    """The config a study runs ``method`` with when its YAML does not list it: the method's own
+    ``default_config``, else the only file in its config folder."""
+    import methods
+
+    info = methods.method_info(method)
+    configs = method_configs(method)
+    where = _relative(inspect.getsourcefile(methods.method_class(method)) or method)
+    if info.default_config:
+        if info.default_config not in method_config_names():
+            raise ConfigError(
+                f"{where}: default_config {info.default_config!r} is not a config under {METHOD_CONFIG_DIR}. "
+                f"Known: {', '.join(method_config_names())}."
+            )
+        return info.default_config
+    if len(configs) == 1:
+        return configs[0]
+    folder = os.path.join(METHOD_CONFIG_DIR, method)
+    if not configs:
+        raise ConfigError(f"Method {method!r} has no config in {folder}: add its published config there.")
+    raise ConfigError(
+        f"Method {method!r} has {len(configs)} configs in {folder} ({', '.join(configs)}): name the one a study "
+        f'runs it with as default_config = "{method}/<config>" in {where}.'
+    )
+
+
+def default_method_options(method: str) -> dict:
+    """The method options of its default config (for the built-ins: the authors' base-to-new options)."""
+    return dict(load_method_config(default_method_config(method)).get("options") or {})
 
 
 def load_method_config(name: str) -> dict:

@@ -108,6 +108,13 @@ class Study:
         return [r for r in self.records if str(r.get("experiment")) == experiment]
 
 
+def method_labels(study: Study) -> list[str]:
+    """The labels of the study's methods (as their files name them), in the report's order."""
+    from harness.report.tables import method_label, method_rank
+
+    return [method_label(m) for m in sorted({str(r.get("method")) for r in study.records}, key=method_rank)]
+
+
 def ordered_experiments(names) -> list[str]:
     names = {str(n) for n in names}
     return [e for e in EXPERIMENT_ORDER if e in names] + sorted(names - set(EXPERIMENT_ORDER))
@@ -379,7 +386,8 @@ def build_report(study: Study, entity: str = "", project: str = ""):
         wr.P(
             f"Results store {study.results} ({len(study.records)} records), tables and figures of the report stage "
             f"({study.report_dir}). ± population std over seeds; † fewer seeds than expected; ‡ average over fewer "
-            "datasets than expected; paper: the CoCoOp paper (CVPR 2022); Δ = ours − paper."
+            "datasets than expected; paper: each method's own paper or its authors' README (reports/paper); "
+            "Δ = ours − paper."
         ),
         wr.TableOfContents(),
         wr.H1("Tables"),
@@ -435,7 +443,8 @@ def build_report(study: Study, entity: str = "", project: str = ""):
         project=project,
         entity=entity,
         title=report_title(study)[:128],
-        description="Zero-shot CLIP, CoOp and CoCoOp re-implemented; built by python -m harness.dashboard.",
+        description=f"{', '.join(method_labels(study)) or 'Prompt-learning methods for CLIP'} re-implemented; "
+        "built by python -m harness.dashboard.",
         blocks=blocks,
         width="fluid",
     )

@@ -238,7 +238,8 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
 
 def narrow(experiment: dict, datasets=None, seeds=None, methods=None) -> dict:
     """Apply DATASETS= / SEEDS= / METHODS= narrowing, checking each name exists in the experiment.
-    Without METHODS, the experiment's ``default_methods`` when it has them, else every method."""
+    Without METHODS, the experiment's ``default_methods`` when it has them, else every method; a
+    registered method that the experiment does not list runs when named, with its default config."""
     out = copy.deepcopy(experiment)
     methods = methods or out.pop("default_methods", None)
     out.pop("default_methods", None)
@@ -252,12 +253,22 @@ def narrow(experiment: dict, datasets=None, seeds=None, methods=None) -> dict:
     if seeds:
         out["seeds"] = [int(s) for s in seeds]
     if methods:
-        known = list(out.get("methods") or {})
-        bad = [m for m in methods if m not in known]
-        if bad:
-            raise ConfigError(f"{bad} not in this experiment's methods: {', '.join(known)}.")
-        out["methods"] = {m: out["methods"][m] for m in methods}
+        listed = out.get("methods") or {}
+        out["methods"] = {m: listed[m] if m in listed else _unlisted_method(m, listed) for m in methods}
     return out
+
+
+def _unlisted_method(name: str, listed: dict) -> dict:
+    """A registered method the experiment does not list runs with its default config."""
+    import methods
+    from harness.config import default_method_config
+
+    if name not in methods.list_methods():
+        raise ConfigError(
+            f"{name!r} is neither one of this experiment's methods ({', '.join(listed)}) nor a registered "
+            f"method ({', '.join(methods.list_methods())})."
+        )
+    return {"config": default_method_config(name)}
 
 
 def experiment_datasets(experiment: dict) -> list[str]:

@@ -4,20 +4,35 @@
     model = methods.build_method("cocoop", clip_model, classnames, ctx_init="a photo of a")
     logits = model(images)            # [N, K], in train and eval mode alike
 
-A new method is one new file: subclass ``methods.base.CLIPMethod``, decorate it with
-``@register_method("name")`` and import the module below.
+A new method is one new file here: subclass ``methods.base.CLIPMethod`` (its contract and the
+attributes that describe a method), decorate it with ``@register_method("name")``; the registry
+imports every module of this package, so nothing else lists it. Its configs go under
+``experiments/methods/<name>/``.
 """
 
-from methods import cocoop, coop, kgcoop, maple, promptsrc, zsclip  # noqa: F401  (registers the built-in methods)
 from methods.base import CLIPMethod
-from methods.registry import METHODS, build_method, list_methods, method_class, method_options, register_method
+from methods.registry import (
+    METHODS,
+    MethodInfo,
+    build_method,
+    discover,
+    list_methods,
+    method_class,
+    method_info,
+    method_options,
+    register_method,
+)
+
+discover()  # registers the built-in methods: every module of this package
 
 __all__ = [
     "METHODS",
     "CLIPMethod",
+    "MethodInfo",
     "build_method",
     "list_methods",
     "method_class",
+    "method_info",
     "method_options",
     "register_method",
 ]

@@ -21,6 +21,27 @@ runner computes a test set's features once and shares them between methods and s
 prompts the image encoder (MaPLe, PromptSRC) sets ``features_cacheable = False``: the runner then
 never reads or writes the shared feature cache for it.
 
+What a method says about itself, as class attributes of the registered class (its own, never
+inherited: ``methods.method_info`` reads them for the report, the README's methods table, the bench
+and ``python -m harness methods``):
+
+=============================  =================================================================
+``label``                      its name in tables and figures ("CoOp"; default: the registered name)
+``paper``, ``year``            authors and venue, and the year ("Zhou et al., IJCV", 2022); the
+                               report orders methods by year (ties: registration order)
+``source``                     the published code followed: ``owner/repo@commit`` (a URL, or a dated
+                               snapshot where no commit is known)
+``color``                      ``"#rrggbb"`` in every figure (default: a distinct one of the report's)
+``default_config``             the config under ``experiments/methods/`` a study uses when its YAML
+                               does not list the method (``"coop/vit_b16_ctxv1"``; default: the only
+                               file in ``experiments/methods/<name>/``)
+=============================  =================================================================
+
+Two facts about its options and objective, read by the report and the bench (inherited, as behaviour):
+``ctx_init_sets_n_ctx`` (the init words fix the context length, one token per word, PROTOCOL.md
+7.1) and ``frozen_image_teacher`` (the objective also runs the frozen, un-prompted image tower on
+every training batch).
+
 Learnable state lives in ``self.prompt_learner``, whose state-dict keys are those of the authors'
 checkpoints (``ctx``, ``token_prefix``, ``token_suffix``, ``meta_net.linear1.weight``, ...;
 PROTOCOL.md 15). A method whose authors saved the whole model overrides ``checkpoint_state_dict`` and
@@ -47,6 +68,16 @@ class CheckpointError(ValueError):
 
 class CLIPMethod(nn.Module):
     method_name = "?"
+    # About the method (see the module docstring; read from the registered class's own attributes).
+    label = ""
+    paper = ""
+    year: int | None = None
+    source = ""
+    color = ""
+    default_config = ""
+    # Behaviour the report and the bench need to know (inherited).
+    ctx_init_sets_n_ctx = False
+    frozen_image_teacher = False
     # The folder of a run where the authors' trainer writes this method's checkpoints (their registered
     # name), so that their tools find ours.
     checkpoint_folder = "prompt_learner"

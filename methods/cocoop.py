@@ -46,6 +46,13 @@ def meta_net(vis_dim: int, ctx_dim: int) -> nn.Sequential:
 
 @register_method("cocoop")
 class CoCoOp(CLIPMethod):
+    label = "CoCoOp"
+    paper = "Zhou et al., CVPR"
+    year = 2022
+    source = "KaiyangZhou/CoOp, snapshot of 2022-10-08"
+    color = "#d62728"
+    default_config = "cocoop/vit_b16_c4_ep10_batch1_ctxv1"
+    ctx_init_sets_n_ctx = True
     text_depends_on_image = True  # every image has its own prompts
 
     def __init__(

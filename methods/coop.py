@@ -109,6 +109,14 @@ class PromptLearner(nn.Module):
 
 @register_method("coop")
 class CoOp(CLIPMethod):
+    label = "CoOp"
+    paper = "Zhou et al., IJCV"
+    year = 2022
+    source = "KaiyangZhou/CoOp, snapshot of 2022-10-08"
+    color = "#1f77b4"
+    default_config = "coop/vit_b16_ctxv1"
+    ctx_init_sets_n_ctx = True
+
     def __init__(
         self,
         clip_model,

@@ -47,6 +47,13 @@ UNUSED_WIDTH = 512  # bias_vectors and meta_net are hard-coded 512 wide (kgcoop.
 
 @register_method("kgcoop")
 class KgCoOp(CoOp):
+    label = "KgCoOp"
+    paper = "Yao et al., CVPR"
+    year = 2023
+    source = "htyao89/KgCoOp@c43ccc3"
+    color = "#ff7f0e"
+
+    # default_config: the only file in experiments/methods/kgcoop/
     def __init__(
         self,
         clip_model,

@@ -67,6 +67,12 @@ class MultiModalPromptLearner(nn.Module):
 
 @register_method("maple")
 class MaPLe(CLIPMethod):
+    label = "MaPLe"
+    paper = "Khattak et al., CVPR"
+    year = 2023
+    source = "muzairkhattak/multimodal-prompt-learning@69bce21"
+    color = "#9467bd"
+    default_config = "maple/vit_b16_c2_ep5_batch4_2ctx"
     checkpoint_folder = "MultiModalPromptLearner"  # the authors' registered name (PROTOCOL-successors.md 5)
     features_cacheable = False  # the image encoder is prompted
 

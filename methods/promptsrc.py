@@ -152,6 +152,13 @@ class VLPromptLearner(nn.Module):
 
 @register_method("promptsrc")
 class PromptSRC(CLIPMethod):
+    label = "PromptSRC"
+    paper = "Khattak et al., ICCV"
+    year = 2023
+    source = "muzairkhattak/PromptSRC@bb95c77"
+    color = "#8c564b"
+    default_config = "promptsrc/vit_b16_c2_ep20_batch4_4+4ctx"
+    frozen_image_teacher = True  # the image consistency term encodes each batch with the frozen tower
     checkpoint_folder = "VLPromptLearner"  # the authors' registered name (PROTOCOL-successors.md 5)
     features_cacheable = False  # the image encoder is prompted
 

@@ -1,12 +1,23 @@
-"""Name -> method class, and the one factory every caller uses."""
+"""Name -> method class, what each method says about itself, and the one factory every caller uses.
+
+Methods are found, not listed: every module of the ``methods`` package is imported once (``discover``),
+and each registers its classes with ``@register_method``; plugins add theirs through the entry points
+(``harness.plugins``). A method's description (label, paper, year, source, colour, default config) is
+class attributes in its own file (``methods.base.CLIPMethod`` documents them); ``method_info`` reads
+them for the report, the README, the bench and ``python -m harness methods``.
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
+from dataclasses import dataclass
 
 from harness.plugins import load_plugins
 
 METHODS: dict[str, type] = {}
+_discovered = False
 
 
 class UnknownMethodError(ValueError):
@@ -24,17 +35,71 @@ def register_method(name: str):
     return wrap
 
 
+def discover() -> None:
+    """Import every module of the ``methods`` package once (alphabetically), so that each registers its
+    methods: a new method is a new file, with no import list to keep. Modules that register nothing
+    (the contract, shared helpers) are imported too, which costs nothing: the methods import them.
+    Registration order (the report's tie-break within a year) is this import order, except that a
+    module imported by another registers first (CoOp before CoCoOp, whose module imports CoOp's)."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    package = importlib.import_module(__name__.rpartition(".")[0])
+    for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
+        if not module.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{module}")
+
+
 def list_methods() -> list[str]:
+    discover()
     load_plugins()
     return sorted(METHODS)
 
 
 def method_class(name: str) -> type:
+    discover()
     if name not in METHODS:
         load_plugins()
     if name not in METHODS:
         raise UnknownMethodError(f"Unknown method {name!r}. Registered methods: {', '.join(list_methods())}.")
     return METHODS[name]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What a method says about itself (``methods.base.CLIPMethod``'s "About the method" attributes)."""
+
+    name: str
+    label: str  # display name in tables and figures
+    paper: str  # authors and venue, e.g. "Zhou et al., IJCV"
+    year: int | None
+    source: str  # the published code the implementation follows (repository@commit, or a URL)
+    color: str | None  # "#rrggbb", or None: the report picks a distinct one
+    default_config: str | None  # config name under experiments/methods/, or None: the only one there
+    order: int  # registration order (ties of year keep it)
+
+    @property
+    def citation(self) -> str:
+        """ "Zhou et al., IJCV 2022" """
+        return " ".join(str(x) for x in (self.paper, self.year) if x)
+
+
+def method_info(name: str) -> MethodInfo:
+    """The method's own description. Each attribute is read from the registered class itself, never
+    inherited: a CoOp subclass that says nothing about itself is not labelled or coloured as CoOp."""
+    cls = method_class(name)
+    own = vars(cls)
+    return MethodInfo(
+        name=name,
+        label=own.get("label") or name,
+        paper=own.get("paper") or "",
+        year=own.get("year") or None,
+        source=own.get("source") or "",
+        color=own.get("color") or None,
+        default_config=own.get("default_config") or None,
+        order=list(METHODS).index(name),
+    )
 
 
 def method_options(name: str) -> dict:

@@ -72,6 +72,12 @@ def class_text_features(clip, classnames: Sequence[str], templates: Sequence[str
 
 @register_method("zsclip")
 class ZeroShotCLIP(CLIPMethod):
+    label = "CLIP"
+    paper = "Radford et al., ICML"
+    year = 2021
+    source = "KaiyangZhou/CoOp trainers/zsclip.py, snapshot of 2022-10-08"
+    color = "#7f7f7f"
+    # default_config: the only file in experiments/methods/zsclip/
     trainable = False
 
     def __init__(self, clip_model, classnames, *, template: str | list[str] | None = None, dataset: str | None = None):

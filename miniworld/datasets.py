@@ -66,6 +66,8 @@ def dataset_sample(seed: int, dataset: DemoDataset, classname: str, split: str, 
         scene = render.sample_object(rng, color=classname)
     elif dataset.kind == "texture":
         scene = render.sample_texture(rng, texture=classname)
+    elif dataset.kind == "background":
+        scene = render.sample_object(rng, background=classname)
     else:
         raise ValueError(f"Unknown dataset kind {dataset.kind!r}")
     scene = render.light_scene(scene, dataset.light, rng)

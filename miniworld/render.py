@@ -77,13 +77,17 @@ def _nuisances(rng: np.random.Generator) -> dict:
 
 
 def sample_object(
-    rng: np.random.Generator, color: str | None = None, shape: str | None = None, fill: str | None = None
+    rng: np.random.Generator,
+    color: str | None = None,
+    shape: str | None = None,
+    fill: str | None = None,
+    background: str | None = None,
 ) -> Scene:
     """An object scene; attributes not given are drawn at random."""
     color = color or list(COLORS)[int(rng.integers(len(COLORS)))]
     shape = shape or SHAPES[int(rng.integers(len(SHAPES)))]
     fill = fill or FILLS[int(rng.choice(len(FILLS), p=FILL_PROBS))]
-    background = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
+    background = background or list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
     radius = float(rng.uniform(*RADIUS_RANGE))
     room = min(POSITION_JITTER, 0.5 - radius - 0.03)  # mostly centred, always inside the picture
     center = (float(0.5 + rng.uniform(-room, room)), float(0.5 + rng.uniform(-room, room)))
@@ -141,8 +145,9 @@ def light_scene(scene: Scene, light: Light, rng: np.random.Generator) -> Scene:
     if light.is_daylight:
         return scene
     bleed = int(rng.integers(light.bleed[0], light.bleed[1] + 1))
+    cast = light.casts[int(rng.integers(len(light.casts)))] if light.casts else light.cast
     return dataclasses.replace(
-        scene, color_rgb=_lit(scene.color_rgb, bleed, light.cast), back_rgb=_lit(scene.back_rgb, bleed, light.cast)
+        scene, color_rgb=_lit(scene.color_rgb, bleed, cast), back_rgb=_lit(scene.back_rgb, bleed, cast)
     )
 
 

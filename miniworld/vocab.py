@@ -25,6 +25,15 @@ Only colours: the published training crops (RandomResizedCrop down to 8 % of the
 object of a 48-pixel picture apart, and a ViT this small recognises a shape only whole and centred,
 so on ``miniworld_shapes`` every prompt learner falls below zero-shot; on ``miniworld_textures``
 16 shots do not beat zero-shot either (both stay registered for experiments).
+
+The transfer demos (Tables 2 and 3) learn on all ten colours of ``miniworld_lamp``, under a light
+of its own, and evaluate what they learned elsewhere, as the paper does from ImageNet:
+
+- cross-dataset: on other kinds of classes, never learned from, only evaluated (as DTD's textures
+  or SUN397's scenes are for an ImageNet prompt): ``miniworld_shapes``, ``miniworld_textures`` and
+  ``miniworld_backdrops`` (the background behind an object, which captions name: "on dark");
+- domain generalisation: on the same ten colours under the base-to-new demo's three lights, which
+  bend hues the same way as the lamp but by other amounts and with other casts.
 """
 
 from __future__ import annotations
@@ -88,10 +97,11 @@ class Light:
     name: str
     bleed: tuple[int, int] = (0, 0)
     cast: tuple[int, int, int] = (0, 0, 0)
+    casts: tuple[tuple[int, int, int], ...] = ()  # when given, each picture's cast is drawn from these
 
     @property
     def is_daylight(self) -> bool:
-        return self.bleed == (0, 0) and self.cast == (0, 0, 0)
+        return self.bleed == (0, 0) and self.cast == (0, 0, 0) and not self.casts
 
 
 DAYLIGHT = Light("daylight")
@@ -100,6 +110,10 @@ DAYLIGHT = Light("daylight")
 DUSK = Light("dusk", bleed=(20, 90))
 STAGE = Light("stage", bleed=(0, 60), cast=(64, -32, 64))
 SEA = Light("sea", bleed=(0, 60), cast=(-32, 32, 64))
+# The transfer demos' source domain: a lamp whose tint changes from picture to picture (warm, green
+# or none), so that the source, like ImageNet, holds many looks of each class. With one warm tint,
+# CoCoOp's target average fell below CoOp's in both transfer studies.
+LAMP = Light("lamp", bleed=(10, 70), casts=((48, 16, -48), (-48, 48, -16), (0, 0, 0)))
 
 
 @dataclass(frozen=True)
@@ -111,7 +125,7 @@ class DemoDataset:
 
     key: str
     paper_name: str
-    kind: str  # "shape" | "texture" | "color"
+    kind: str  # "shape" | "texture" | "color" | "background"
     classes: tuple[str, ...]
     per_class: tuple[int, int, int] = (16, 4, 40)  # train / val / test pictures per class
     light: Light = DAYLIGHT
@@ -147,6 +161,9 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
     DemoDataset("miniworld_dusk", "MiniDusk", "color", WARM_THEN_COOL, light=DUSK),
     DemoDataset("miniworld_stage", "MiniStage", "color", WARM_THEN_COOL, light=STAGE),
     DemoDataset("miniworld_sea", "MiniSea", "color", WARM_THEN_COOL, light=SEA),
+    # The transfer demos' source (all ten classes are learned) and a cross-dataset target.
+    DemoDataset("miniworld_lamp", "MiniLamp", "color", COLOR_CLASSES, light=LAMP),
+    DemoDataset("miniworld_backdrops", "MiniBackdrops", "background", tuple(BACKGROUNDS)),
 )
 DEMO_KEYS: tuple[str, ...] = tuple(d.key for d in DEMO_DATASETS)
 

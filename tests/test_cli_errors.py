@@ -119,6 +119,11 @@ def test_unknown_method(setup):
     assert_clean(out, "Unknown method 'maple-x'", "Registered methods: ")
 
 
+def test_unknown_method_in_a_sweep_names_the_studys_and_the_registered_ones(tmp_path):
+    out = harness("sweep", "base2new", "--profile", "demo", "--methods", "maple-x", "--dry-run", "--out", tmp_path)
+    assert_clean(out, "'maple-x' is neither one of this experiment's methods (zsclip, coop", "registered method (")
+
+
 def test_output_folder_that_cannot_be_written(setup):
     _, base = setup
     base = base[:-1] + ["/sys/prompt-harness-test/run"]

@@ -82,6 +82,15 @@ def test_a_dataset_light_changes_colours_only_and_varies_per_picture():
     assert pic != _png(datasets.dataset_sample(0, daylight, "red", "test", 3))
 
 
+def test_a_light_with_several_casts_tints_each_picture_with_one_of_them():
+    scene = dataclasses.replace(render.sample_object(np.random.default_rng(0)), back_rgb=(128, 128, 128))
+    tints = set()
+    for seed in range(60):
+        r, g, b = render.light_scene(scene, vocab.LAMP, np.random.default_rng(seed)).back_rgb
+        tints.add("warm" if r > g > b else "green" if g > b > r else "none" if r == g == b else (r, g, b))
+    assert tints == {"warm", "green", "none"}  # vocab.LAMP's three casts, and nothing else
+
+
 def test_the_demo_datasets_base_classes_are_the_warm_colours():
     demo = sweep.load_experiment("base2new", profile="demo")
     warm = {"red", "orange", "yellow", "pink", "brown"}
@@ -89,6 +98,37 @@ def test_the_demo_datasets_base_classes_are_the_warm_colours():
         ds = vocab.demo_dataset(key)
         assert set(ds.classes[:5]) == warm and set(ds.classes) == set(vocab.COLORS), key
         assert not ds.light.is_daylight, key
+
+
+def test_the_transfer_demos_share_a_source_and_shift_classes_or_domains():
+    """Cross-dataset: other kinds of classes than the source's; domain generalisation: the source's
+    classes under other lights; one source, so the two studies share their trainings."""
+    cross = sweep.load_experiment("crossdataset", profile="demo")
+    shifted = sweep.load_experiment("domaingen", profile="demo")
+    assert cross["source"] == shifted["source"]
+    source = vocab.demo_dataset(cross["source"])
+    assert set(source.classes) == set(vocab.COLORS) and not source.light.is_daylight
+    for key in cross["targets"]:
+        target = vocab.demo_dataset(key)
+        assert target.kind != source.kind and not set(target.classes) & set(source.classes), key
+    lights = {source.light}
+    for key in shifted["targets"]:
+        target = vocab.demo_dataset(key)
+        assert set(target.classes) == set(source.classes) and target.light not in lights, key
+        lights.add(target.light)
+    keys = ("backbone", "seeds", "precision", "run", "launcher", "data")
+    assert {k: cross[k] for k in keys} == {k: shifted[k] for k in keys}
+    for method in ("coop", "cocoop"):
+        assert cross["methods"][method] == shifted["methods"][method]
+
+
+def test_a_backdrop_picture_shows_its_class_as_the_background():
+    backdrops = vocab.demo_dataset("miniworld_backdrops")
+    assert set(backdrops.classes) == set(vocab.BACKGROUNDS)
+    for name in ("black", "white"):
+        pixels = np.asarray(datasets.dataset_sample(0, backdrops, name, "test", 0), dtype=float)
+        corner = pixels[:4, :4].mean()  # the background shows in the corners
+        assert (corner < 60) if name == "black" else (corner > 190), (name, corner)
 
 
 def test_every_texture_and_shape_draws_differently():
@@ -111,7 +151,7 @@ def test_every_texture_and_shape_draws_differently():
 
 
 def test_captions_name_what_the_classes_need_and_never_the_template():
-    seen = {"shape": set(), "texture": set(), "color": set()}
+    seen = {"shape": set(), "texture": set(), "color": set(), "background": set()}
     things = list(vocab.SHAPES) + list(vocab.TEXTURES)
     colors = list(vocab.COLORS)
     previous = (-1, -1)
@@ -125,13 +165,14 @@ def test_captions_name_what_the_classes_need_and_never_the_template():
         seen[kind].add(things[thing])
         if colors[color] in words:
             seen["color"].add(colors[color])
+        seen["background"] |= set(words) & set(vocab.BACKGROUNDS)
         # a group of consecutive pictures shares its colour, never its thing
         if i % datasets.GROUP:
             assert (color, thing != previous[1]) == (previous[0], True)
         previous = (color, thing)
     for ds in vocab.DEMO_DATASETS:  # every class of every demo dataset is seen in pre-training
         names = {n for c in ds.classes for n in c.split("_")}
-        assert names <= seen["shape"] | seen["texture"] | seen["color"], ds.key
+        assert names <= set().union(*seen.values()), ds.key
 
 
 def test_demo_datasets_are_written_once_in_the_authors_layout(tmp_path):

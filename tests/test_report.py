@@ -264,7 +264,7 @@ def test_files_and_figures_are_written(tmp_path):
         return sum(values) / len(values)
 
     t3 = summary["tables"]["table3_domaingen"]["table"]
-    assert [r for r, _ in t3.rows] == ["imagenet", "imagenetv2", "imagenet_a"]
+    assert [r for r, _ in t3.rows] == ["imagenet", "imagenetv2", "imagenet_a", AVERAGE]
     for method in ("coop", "cocoop"):
         for ds in ("caltech101", "dtd"):
             assert t2.cell(ds, t2.group_for(method), "acc").mean == pytest.approx(
@@ -473,3 +473,76 @@ def test_comparison_figure_on_demo_data_has_no_paper_ticks(tmp_path):
     assert [(r["method"], r["base"], r["paper_base"]) for r in rows] == [("zsclip", 60.0, None), ("maple", 81.5, None)]
     empty = build_report(write(tmp_path / "e", [record("zsclip", "dtd", "base", 50.0)]), out_dir=str(tmp_path / "re"))
     assert "methods" not in empty["figures"] and any("Methods comparison" in m for m in empty["missing"])
+
+
+def test_transfer_tables_take_source_and_targets_from_the_records(tmp_path):
+    """Tables 2 and 3 of a study on other datasets: the source and targets are the records' own, each
+    table's targets are its experiment's, the source row is shared (one training serves both), the
+    Average is over the targets only, and each figure draws CoCoOp minus CoOp per target."""
+    recs = []
+    cross, shifted = ("world_shapes", "world_textures", "world_backdrops"), ("world_dusk", "world_sea")
+    for i, ds in enumerate(("world_lamp",) + cross + shifted):
+        experiment = "domaingen" if ds in shifted else "crossdataset"
+        recs.append(record("zsclip", ds, "all", 40.0 + 3 * i, experiment=experiment))
+        for seed in (1, 2):
+            for m, method in enumerate(("coop", "cocoop")):
+                value = 50.0 + 7 * i + seed + (4 - i) * m  # CoCoOp ahead on some targets, behind on others
+                recs.append(record(method, ds, "all", value, seed, experiment, "all", "world_lamp"))
+    recs.append(record("zsclip", "world_lamp", "all", 40.0, experiment="domaingen"))  # its own zero-shot source
+    summary = build_report(write(tmp_path / "o", recs), out_dir=str(tmp_path / "r"))
+    out = tmp_path / "r"
+
+    def mean(method, ds):
+        values = [r["metrics"]["accuracy"] for r in recs if (r["method"], r["dataset"]) == (method, ds)]
+        return sum(values) / len(values)
+
+    for key, targets in (("table2_crossdataset", cross), ("table3_domaingen", shifted)):
+        t = summary["tables"][key]["table"]
+        assert t.title.endswith("from world_lamp (accuracy %)")
+        assert [r for r, _ in t.rows] == ["world_lamp", *sorted(targets), AVERAGE] and t.source == "world_lamp"
+        assert t.rows[0][1] == "world_lamp (source)"
+        for method in ("zsclip", "coop", "cocoop"):
+            g = t.group_for(method)
+            for ds in ("world_lamp", *targets):
+                assert t.cell(ds, g, "acc").mean == pytest.approx(mean(method, ds)), (key, method, ds)
+            average = sum(mean(method, ds) for ds in targets) / len(targets)
+            cell = t.cell(AVERAGE, g, "acc")
+            assert cell.mean == pytest.approx(average) and not cell.note
+            assert cell.paper is None  # the paper's average is over ImageNet's targets, not these
+        for ext in ("md", "csv", "tex"):
+            assert (out / f"{key}.{ext}").stat().st_size > 0
+        name = "figure_" + key.split("_", 1)[1] + "_cocoop_vs_coop"
+        with open(out / f"{name}.csv") as f:
+            drawn = {r["dataset"]: float(r["cocoop_minus_coop"]) for r in csv.DictReader(f)}
+        assert drawn == pytest.approx({ds: mean("cocoop", ds) - mean("coop", ds) for ds in targets})
+        assert list(drawn.values()) == sorted(drawn.values(), reverse=True)
+        assert (out / f"{name}.png").stat().st_size > 1000
+    assert not summary["tables"]["table2_crossdataset"]["table"].missing
+
+
+def test_methods_are_labelled_ordered_and_coloured_from_the_registry(monkeypatch):
+    """Labels and colours are what each method's file says; the built-ins keep the paper's order (year,
+    then registration); a method without a colour gets one no other method has, the same every time."""
+    import methods
+    from harness.report import figures
+    from harness.report.tables import method_label, method_rank
+
+    builtin = ["zsclip", "coop", "cocoop", "kgcoop", "maple", "promptsrc"]
+    assert sorted(builtin, key=method_rank) == builtin
+    assert [method_label(m) for m in builtin] == ["CLIP", "CoOp", "CoCoOp", "KgCoOp", "MaPLe", "PromptSRC"]
+    assert method_label("not_registered") == "not_registered" and method_rank("not_registered") > method_rank("coop")
+    own = {m: methods.method_info(m).color for m in builtin}
+    assert [figures.color(m) for m in builtin] == list(own.values()) and len(set(own.values())) == len(builtin)
+
+    class Plain(methods.method_class("coop")):  # says nothing about itself: inherits no label or colour
+        pass
+
+    for name in ("plain_b", "plain_a"):
+        monkeypatch.setitem(methods.METHODS, name, Plain)
+    monkeypatch.setattr(figures, "_assigned", {})
+    assert method_label("plain_a") == "plain_a"
+    first = {m: figures.color(m) for m in ("plain_b", "not_registered", "plain_a")}
+    assert len(set(first.values()) | set(own.values())) == len(first) + len(own)
+    monkeypatch.setattr(figures, "_assigned", {})
+    again = {m: figures.color(m) for m in ("not_registered", "plain_a", "plain_b")}
+    assert (again["plain_a"], again["plain_b"]) == (first["plain_a"], first["plain_b"])  # asked in another order

@@ -124,6 +124,35 @@ def test_paper_experiments_expand_to_the_published_jobs():
     assert {j.spec.options["n_ctx"] for j in bigger} == {60}
 
 
+def test_a_registered_method_the_study_does_not_list_runs_with_its_default_config(monkeypatch):
+    import methods
+    from harness.config import default_method_config, load_method_config
+
+    bigger = sweep.load_experiment("bigger_coop")
+    assert "cocoop" not in bigger["methods"]
+    jobs = sweep.expand(sweep.narrow(bigger, seeds=["1"], methods=["coop_c60", "cocoop"]), "/data", "/out")
+    assert {j.spec.config for j in jobs if j.spec.method == "cocoop"} == {"cocoop/vit_b16_c4_ep10_batch1_ctxv1"}
+    assert {j.spec.options["n_ctx"] for j in jobs if j.spec.method == "coop"} == {60}  # listed: the study's config
+    crossdataset = sweep.narrow(sweep.load_experiment("crossdataset"), methods=["zsclip"])
+    assert crossdataset["methods"] == {"zsclip": {"config": "zsclip/vit_b16"}}  # the only file in its folder
+    assert default_method_config("kgcoop") == "kgcoop/vit_b16_ep100_ctxv1"
+    for name in methods.list_methods():  # METHODS=<any registered method> has a config to run with
+        assert load_method_config(default_method_config(name))["method"] == name
+
+    class Unconfigured(methods.method_class("coop")):
+        pass
+
+    monkeypatch.setitem(methods.METHODS, "unconfigured", Unconfigured)
+    with pytest.raises(ConfigError, match=r"no config in .*experiments/methods/unconfigured: add its published config"):
+        sweep.narrow(bigger, methods=["unconfigured"])
+    monkeypatch.setattr(methods.method_class("coop"), "default_config", "")
+    with pytest.raises(ConfigError, match=r"4 configs in .*coop \(coop/vit_b16_ctxv1, .* in methods/coop.py"):
+        default_method_config("coop")
+    monkeypatch.setattr(Unconfigured, "default_config", "unconfigured/nowhere", raising=False)
+    with pytest.raises(ConfigError, match=r"tests/test_sweep.py: default_config 'unconfigured/nowhere' is not"):
+        default_method_config("unconfigured")
+
+
 def test_narrowing_and_bad_names():
     experiment = sweep.narrow(sweep.load_experiment("base2new"), ["eurosat", "dtd"], ["2"], ["cocoop"])
     jobs = sweep.expand(experiment, "/data", "/out")
@@ -132,7 +161,7 @@ def test_narrowing_and_bad_names():
     )
     with pytest.raises(ConfigError, match=r"\['mnist'\] not in this experiment's datasets"):
         sweep.narrow(sweep.load_experiment("base2new"), datasets=["mnist"])
-    with pytest.raises(ConfigError, match="not in this experiment's methods: zsclip, coop, cocoop, kgcoop, maple"):
+    with pytest.raises(ConfigError, match=r"neither one of this experiment's methods \(zsclip, coop, cocoop, kgcoop"):
         sweep.narrow(sweep.load_experiment("base2new"), methods=["prograd"])
     successors = sweep.narrow(sweep.load_experiment("base2new"), ["dtd"], ["1"], ["kgcoop", "maple", "promptsrc"])
     assert len(sweep.expand(successors, "/data", "/out")) == 3 * 2  # make base2new METHODS=kgcoop,maple,promptsrc
@@ -166,6 +195,21 @@ def test_demo_profile_uses_generated_data_and_the_tiny_pretrained_clip():
     # The initialised CoCoOp arm trains in the same folder as base2new's demo CoCoOp: trained once.
     b2n_train = {j.spec.output_dir for j in jobs if j.kind == "train" and j.spec.method == "cocoop"}
     assert b2n_train <= {j.spec.output_dir for j in ablations if j.kind == "train"}
+
+
+def test_transfer_demo_profiles_share_their_trainings_at_the_published_schedules():
+    cross = sweep.narrow(sweep.load_experiment("crossdataset", profile="demo"))
+    domain = sweep.narrow(sweep.load_experiment("domaingen", profile="demo"))
+    for experiment in (cross, domain):
+        assert list(experiment["methods"]) == ["zsclip", "coop", "cocoop"]
+        assert experiment["data"] == "generated" and experiment["backbone"] == "tiny-pretrained"
+    cross_jobs, domain_jobs = sweep.expand(cross, "/gen", "/out"), sweep.expand(domain, "/gen", "/out")
+    trains = [{j.spec.output_dir: j.spec for j in jobs if j.kind == "train"} for jobs in (cross_jobs, domain_jobs)]
+    assert len(trains[0]) == 2 * 3 and set(trains[0]) == set(trains[1])  # CoOp and CoCoOp, 3 seeds: trained once
+    assert {(s.method, s.epochs) for s in trains[0].values()} == {("coop", 50), ("cocoop", 10)}  # the published
+    assert {(s.dataset, s.subsample, s.shots) for s in trains[0].values()} == {(cross["source"], "all", 16)}
+    zero_shot = next(j for j in cross_jobs if j.spec.method == "zsclip")
+    assert [d for d, _ in zero_shot.targets()] == [cross["source"], *cross["targets"]]
 
 
 def test_the_state_file_holds_plain_strings_and_older_files_load(tmp_path):

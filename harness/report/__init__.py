@@ -16,7 +16,9 @@ Which records feed which table (``experiments`` changes it, see ``tables.Context
   same dataset's base classes. Each (experiment, method config) is its own column group, so two
   experiments or two configs are never pooled. Figures 3 and the scatter use the "base2new"
   experiment when it has results, else the first other one.
-* Table 2 / 3: experiments crossdataset and domaingen (the same ImageNet checkpoints).
+* Table 2 / 3: experiments crossdataset / domaingen; the source (the dataset the prompts were
+  learned on) and the targets come from the records, and each table's source row may come from
+  the other experiment's records (the two share their trainings). Average: the targets.
 * Table 4: as Table 1, evaluations on all classes.
 * Table 5 and the Figure 4 ablation tables: every experiment but crossdataset/domaingen, so the
   ctx-4 "a photo of a" CoCoOp of base2new can serve as the initialised arm of the ablation.
@@ -34,18 +36,18 @@ import os
 from pathlib import Path
 
 from harness.report.builders import BUILDERS, trainable_parameters
-from harness.report.figures import METHOD_COLORS, figure3, figure4, methods_comparison, scatter
+from harness.report.figures import color, figure3, figure4, methods_comparison, scatter, transfer_gap
 from harness.report.render import display_frame, latex, long_frame, markdown, write_table
 from harness.report.tables import (
     AVERAGE,
     DATASET_LABELS,
-    METHOD_LABELS,
     PAPER_DATASETS,
     Cell,
     Context,
     Paper,
     Table,
     harmonic,
+    method_label,
 )
 
 log = logging.getLogger(__name__)
@@ -55,8 +57,8 @@ __all__ = [
     "build_tables",
     "load_records",
     "default_paper_dir",
-    "METHOD_COLORS",
-    "METHOD_LABELS",
+    "color",
+    "method_label",
     "DATASET_LABELS",
     "PAPER_DATASETS",
     "AVERAGE",
@@ -183,6 +185,8 @@ def build_report(
         "figure4": figure4(tables["fig4a_init_ablation"], tables["fig4b_length_ablation"], out_dir),
         "scatter": scatter(tables["table1_base2new"], out_dir),
         "methods": methods_comparison(tables["table1_base2new"], out_dir),
+        "crossdataset": transfer_gap(tables["table2_crossdataset"], out_dir, "figure_crossdataset_cocoop_vs_coop"),
+        "domaingen": transfer_gap(tables["table3_domaingen"], out_dir, "figure_domaingen_cocoop_vs_coop"),
     }.items():
         if paths:
             figures[name] = paths

@@ -158,72 +158,87 @@ def _single_metric(ctx: Context, table: Table, recs: list[dict], rows: list[str]
             )
 
 
+def _is_transfer(r: dict) -> bool:
+    """An evaluation on all classes of a dataset by zero-shot CLIP or by a prompt learned on all classes
+    of a (source) dataset: the records of Tables 2 and 3."""
+    return r["subsample"] == "all" and (is_zero_shot(r) or r.get("train_subsample") == "all")
+
+
+def _transfer_table(ctx: Context, t: Table, own: str, partner: str, known_targets: tuple, paper) -> Table:
+    """Rows: the source (the dataset the prompts were learned on) and the targets, both read from the
+    records: the targets are what the table's own experiment evaluated; the source row may come from
+    the other transfer experiment's records too, since the two share their trainings (the first to
+    run wrote it). Average: the targets, the source excluded."""
+    name = t.title.split(":")[0]
+    recs = ctx.select(own, _is_transfer)
+    shared = ctx.select(partner, _is_transfer)
+    trained = [r["train_dataset"] for r in recs if not is_zero_shot(r)] or [
+        r["train_dataset"] for r in shared if not is_zero_shot(r)
+    ]
+    sources = list(dict.fromkeys(trained))
+    if len(sources) > 1:
+        t.missing.append(f"{name}: prompts learned on several sources ({', '.join(sources)}); showing {sources[0]}")
+    source = sources[0] if sources else None
+    recs = [r for r in recs if is_zero_shot(r) or r.get("train_dataset") == source]
+    recs += [r for r in shared if r["dataset"] == source and (is_zero_shot(r) or r.get("train_dataset") == source)]
+    label = dataset_label(source) if source else "the source"
+    t.title = t.title.format(source=label)
+    t.notes = [note.format(source=label, shots=_shots(recs)) for note in t.notes]
+    if not recs:
+        return t
+    targets = ordered_datasets({r["dataset"] for r in recs} - {source}, known_targets)
+    t.source = source
+    t.groups = _variant_groups(recs)
+    t.rows = ([(source, f"{label} (source)")] if source else []) + [(d, dataset_label(d)) for d in targets]
+    t.rows.append((AVERAGE, "Average"))
+    _no_records_for(t, known_targets, targets)
+    _single_metric(ctx, t, recs, [row for row, _ in t.rows[:-1]], False, paper)
+    paper_targets = [d for d in targets if d in known_targets]
+    for g in t.groups:  # the paper's average is over its targets: no comparison for an average of others
+        total = len(known_targets) if paper_targets else None
+        fill_average(t, g, ["acc"], paper_targets or targets, total, paper=paper if paper_targets else None)
+    return t
+
+
+def _shots(recs: list[dict]) -> str:
+    shots = sorted({r.get("shots") for r in recs if not is_zero_shot(r) and r.get("shots")})
+    return "/".join(map(str, shots)) or "?"
+
+
 def table2(ctx: Context) -> Table:
     t = Table(
-        "table2_crossdataset", "Table 2: cross-dataset transfer from ImageNet (accuracy %)", "Dataset", [], [], ACCURACY
+        "table2_crossdataset", "Table 2: cross-dataset transfer from {source} (accuracy %)", "Dataset", [], [], ACCURACY
     )
     t.notes = [
-        "Prompts learned on all ImageNet classes (16 shots), evaluated on every class of each dataset; "
-        "rows are datasets (the paper's table transposed). Average: the 10 targets, ImageNet (source) excluded."
+        "Prompts learned on all {source} classes ({shots} shots), evaluated on every class of each dataset; "
+        "rows are datasets (the paper's table transposed). Average: the targets, {source} (source) excluded."
     ]
-    recs = ctx.select(
-        "table2",
-        lambda r: (
-            r["subsample"] == "all"
-            and r["dataset"] not in DG_DATASETS[1:]
-            and (is_zero_shot(r) or (r.get("train_dataset") == "imagenet" and r.get("train_subsample") == "all"))
-        ),
-    )
-    if not recs:
-        t.missing.append("Table 2: no cross-dataset records")
-        return t
-    datasets = ordered_datasets({r["dataset"] for r in recs}, PAPER_DATASETS)
-    t.groups = _variant_groups(recs)
-    t.rows = [(d, "ImageNet (source)" if d == "imagenet" else dataset_label(d)) for d in datasets] + [
-        (AVERAGE, "Average")
-    ]
-    _no_records_for(t, PAPER_DATASETS, datasets)
 
     def paper(row, g, metric):
         return None if ctx.paper is None else ctx.paper.value("crossdataset", {"method": g.method}, row)
 
-    _single_metric(ctx, t, recs, datasets, False, paper)
-    targets = [d for d in datasets if d in CROSS_TARGETS] or [d for d in datasets if d != "imagenet"]
-    for g in t.groups:
-        fill_average(
-            t, g, ["acc"], targets, len(CROSS_TARGETS) if targets and targets[0] in CROSS_TARGETS else None, paper=paper
-        )
+    _transfer_table(ctx, t, "table2", "table3", CROSS_TARGETS, paper)
+    if t.empty:
+        t.missing.append("Table 2: no cross-dataset records")
     return t
 
 
 def table3(ctx: Context) -> Table:
     t = Table(
-        "table3_domaingen", "Table 3: domain generalisation from ImageNet (accuracy %)", "Dataset", [], [], ACCURACY
+        "table3_domaingen", "Table 3: domain generalisation from {source} (accuracy %)", "Dataset", [], [], ACCURACY
     )
     t.notes = [
-        "ImageNet-trained prompts (all classes, 16 shots) on ImageNet and its four variants; CLIP is zero-shot. "
-        "Rows are datasets (the paper's table transposed)."
+        "{source}-trained prompts (all classes, {shots} shots) on {source} and the same classes in other domains "
+        "(the targets); CLIP is zero-shot. Rows are datasets (the paper's table transposed). "
+        "Average: the targets, {source} (source) excluded."
     ]
-    recs = ctx.select(
-        "table3",
-        lambda r: (
-            r["subsample"] == "all"
-            and r["dataset"] in DG_DATASETS
-            and (is_zero_shot(r) or (r.get("train_dataset") == "imagenet" and r.get("train_subsample") == "all"))
-        ),
-    )
-    if not recs:
-        t.missing.append("Table 3: no domain-generalisation records")
-        return t
-    datasets = ordered_datasets({r["dataset"] for r in recs}, DG_DATASETS)
-    t.groups = _variant_groups(recs)
-    t.rows = [(d, dataset_label(d)) for d in datasets]
-    _no_records_for(t, DG_DATASETS, datasets)
 
     def paper(row, g, metric):
         return None if ctx.paper is None else ctx.paper.value("domaingen", {"method": g.method}, row)
 
-    _single_metric(ctx, t, recs, datasets, False, paper)
+    _transfer_table(ctx, t, "table3", "table2", DG_DATASETS[1:], paper)
+    if t.empty:
+        t.missing.append("Table 3: no domain-generalisation records")
     return t
 
 

@@ -1,6 +1,6 @@
 """Figures (matplotlib Agg canvas, no pyplot; PNG + PDF, and a CSV of exactly the numbers drawn):
-Figure 3, Figure 4, a base-vs-new scatter and the comparison of every method's averaged base / new /
-H beside its published numbers.
+Figure 3, Figure 4, a base-vs-new scatter, the comparison of every method's averaged base / new /
+H beside its published numbers, and CoCoOp minus CoOp per target of Tables 2 and 3.
 
 A figure is drawn only from data that exist; ``None`` comes back (with the reason) otherwise, so
 the report never writes an empty figure.
@@ -16,23 +16,54 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from harness.report.tables import AVERAGE, Table, dataset_label
+from harness.report.tables import AVERAGE, Table, dataset_label, method_info, method_rank
 
-# One colour per method in every figure.
-METHOD_COLORS = {
-    "zsclip": "#7f7f7f",
-    "coop": "#1f77b4",
-    "cocoop": "#d62728",
-    "kgcoop": "#ff7f0e",
-    "maple": "#9467bd",
-    "promptsrc": "#8c564b",
-}
-OTHER_COLOR = "#2ca02c"
+# A method's colour is its own (``color`` in its file); a method without one gets the first of these not
+# taken by any registered method, in the report's method order, so that no two methods share a colour
+# and the same set of methods always gets the same colours. Past the list, hues spaced by the golden ratio.
+FREE_COLORS = (
+    "#2ca02c",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#dbdb8d",
+    "#9edae5",
+)
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+_assigned: dict[str, str] = {}  # methods without a colour of their own -> the one they were given
+
+
+def _spare_color(i: int) -> str:
+    from matplotlib.colors import hsv_to_rgb, to_hex
+
+    return to_hex(hsv_to_rgb(((0.11 + 0.618034 * i) % 1.0, 0.65, 0.8)))
 
 
 def color(method: str) -> str:
-    return METHOD_COLORS.get(method, OTHER_COLOR)
+    """The method's colour in every figure (see ``FREE_COLORS``)."""
+    import methods
+
+    info = method_info(method)
+    if info is not None and info.color:
+        return info.color
+    if method not in _assigned:
+        registered = [methods.method_info(m) for m in methods.list_methods()]
+        taken = {i.color.lower() for i in registered if i.color} | {c.lower() for c in _assigned.values()}
+        # Registered methods without a colour are served in order first, so their colours do not depend
+        # on which figure asked first; then any other name (an unregistered plugin's records) as asked.
+        waiting = [i.name for i in sorted(registered, key=lambda i: method_rank(i.name)) if not i.color]
+        for name in [m for m in waiting if m not in _assigned] + ([] if method in waiting else [method]):
+            candidates = (c for c in (*FREE_COLORS, *map(_spare_color, range(len(taken) + 64))) if c not in taken)
+            _assigned[name] = next(candidates)
+            taken.add(_assigned[name])
+    return _assigned[method]
 
 
 def _figure(*shape, figsize) -> tuple:
@@ -106,6 +137,38 @@ def figure3(table1: Table, out_dir: str):
     fig.suptitle(f"Figure 3: CoCoOp vs CoOp, base-to-new (experiment {experiment})")
     fig.tight_layout()
     return _save(fig, out_dir, "figure3_cocoop_vs_coop", plotted), None
+
+
+def transfer_gap(table: Table, out_dir: str, name: str):
+    """CoCoOp minus CoOp on each target of Table 2 or 3 (its source and Average rows left out), sorted bars."""
+    what = table.title.split(":")[0]
+    coop, cocoop = table.group_for("coop"), table.group_for("cocoop")
+    if not (coop and cocoop):
+        return None, f"{what}'s figure: needs CoOp and CoCoOp transfer results"
+    pairs = []
+    for row, label in table.rows:
+        a, b = _value(table, row, cocoop, "acc"), _value(table, row, coop, "acc")
+        if row not in (AVERAGE, table.source) and a is not None and b is not None:
+            pairs.append((label, a - b))
+    if not pairs:
+        return None, f"{what}'s figure: no target with both CoOp and CoCoOp results"
+    pairs.sort(key=lambda p: p[1], reverse=True)
+    fig, axes = _figure(1, 1, figsize=(max(5.0, 0.8 * len(pairs) + 2.5), 4.2))
+    ax = axes[0][0]
+    diffs = [d for _, d in pairs]
+    bars = ax.bar(range(len(pairs)), diffs, color=[color("cocoop") if d >= 0 else color("coop") for d in diffs])
+    ax.bar_label(bars, labels=[f"{d:+.2f}" for d in diffs], fontsize=7, padding=2)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(pairs)), [p[0] for p in pairs], rotation=45, ha="right")
+    ax.set_ylabel("CoCoOp − CoOp accuracy (% points)")
+    ax.set_xlabel("Target dataset")
+    ax.margins(y=0.15)
+    handles = [Rectangle((0, 0), 1, 1, color=color(m)) for m in ("cocoop", "coop")]
+    ax.legend(handles, ["CoCoOp better", "CoOp better"], fontsize=8, loc="best")
+    ax.set_title(f"{what}: CoCoOp vs CoOp per target", fontsize=10)
+    fig.tight_layout()
+    plotted = [{"dataset": label, "cocoop_minus_coop": d} for label, d in pairs]
+    return _save(fig, out_dir, name, plotted), None
 
 
 def scatter(table1: Table, out_dir: str):
@@ -227,7 +290,8 @@ def figure4(init: Table, length: Table, out_dir: str):
 def method_averages(table1: Table) -> tuple[str | None, list[dict]]:
     """(experiment, rows): for each column group of Table 1's first experiment ("base2new" when it has
     results) whose Average row has base, new and H, {"method", "label", "base", "new", "h"} and the
-    paper's values as "paper_base", "paper_new", "paper_h" (None where the paper has none)."""
+    paper's values as "paper_base", "paper_new", "paper_h" (None where the paper has none), and the
+    method's colour as "color"."""
     experiments = _experiments(table1)
     if not experiments:
         return None, []
@@ -237,7 +301,7 @@ def method_averages(table1: Table) -> tuple[str | None, list[dict]]:
         cells = {m: table1.cell(AVERAGE, g, m) for m in ("base", "new", "h")}
         if any(c is None or c.mean is None for c in cells.values()):
             continue
-        row = {"method": g.method, "label": g.label}
+        row = {"method": g.method, "label": g.label, "color": color(g.method)}
         for m, c in cells.items():
             row[m], row[f"paper_{m}"] = c.mean, c.paper
         rows.append(row)

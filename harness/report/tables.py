@@ -49,18 +49,6 @@ DATASET_LABELS = {
     "imagenet_a": "ImageNet-A",
     "imagenet_r": "ImageNet-R",
 }
-METHOD_LABELS = {
-    "zsclip": "CLIP",
-    "coop": "CoOp",
-    "cocoop": "CoCoOp",
-    "kgcoop": "KgCoOp",
-    "maple": "MaPLe",
-    "promptsrc": "PromptSRC",
-}
-METHOD_ORDER = ("zsclip", "coop", "cocoop", "kgcoop", "maple", "promptsrc")
-# Methods whose init words fix the context length (one token per word, PROTOCOL.md 7.1); MaPLe and
-# PromptSRC learn the first n_ctx tokens of them and keep the rest as words (PROTOCOL-successors.md 3).
-INIT_WORDS_FIX_N_CTX = ("coop", "cocoop", "kgcoop")
 AVERAGE = "average"
 
 # Experiments that feed a table unless the caller says otherwise (see ``table_filter``).
@@ -80,12 +68,36 @@ def dataset_label(key: str) -> str:
     return "Average" if key == AVERAGE else DATASET_LABELS.get(key, key)
 
 
+def method_info(method: str):
+    """The registered method's own description (``methods.method_info``), or None for a method no longer
+    registered (a plugin's, in an old results store): it is shown by its name."""
+    import methods
+
+    try:
+        return methods.method_info(method)
+    except methods.registry.UnknownMethodError:
+        return None
+
+
+def _ctx_init_sets_n_ctx(method: str) -> bool:
+    """Do the method's init words fix its context length (CoOp, CoCoOp, KgCoOp), or does it learn the
+    first n_ctx tokens of them and keep the rest as words (MaPLe, PromptSRC: PROTOCOL-successors.md 3)?"""
+    import methods
+
+    return method_info(method) is not None and methods.method_class(method).ctx_init_sets_n_ctx
+
+
 def method_label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    info = method_info(method)
+    return info.label if info else method
 
 
 def method_rank(method: str) -> tuple:
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+    """Methods in the order of their papers' years (ties: registration order), unregistered ones last."""
+    info = method_info(method)
+    if info is None:
+        return (1, 0, 0, method)
+    return (0, info.year or 9999, info.order, method)
 
 
 def harmonic(base: float | None, new: float | None) -> float | None:
@@ -161,6 +173,7 @@ class Table:
     cells: dict = field(default_factory=dict)  # (row, group key, metric) -> Cell
     notes: list = field(default_factory=list)
     missing: list = field(default_factory=list)
+    source: str | None = None  # Tables 2 and 3: the row of the dataset the prompts were learned on
 
     def cell(self, row, group, metric) -> Cell | None:
         gkey = group.key if isinstance(group, Group) else group
@@ -191,7 +204,7 @@ def accuracy(record: dict) -> float:
 def effective_n_ctx(record: dict) -> int | None:
     options = record.get("options") or {}
     init = options.get("ctx_init")
-    if init and record.get("method") in INIT_WORDS_FIX_N_CTX:  # the init words fix the length (PROTOCOL.md 7.1)
+    if init and _ctx_init_sets_n_ctx(record.get("method", "")):  # one token per word (PROTOCOL.md 7.1)
         return len(str(init).replace("_", " ").split())
     return options.get("n_ctx", options.get("n_ctx_text"))
 
@@ -261,11 +274,14 @@ class Context:
 
     def table_filter(self, table: str) -> Callable[[str], bool]:
         """Default: Tables 1 and 4 read every experiment but crossdataset/domaingen/ablations;
-        Tables 2 and 3 read crossdataset and domaingen (the same ImageNet checkpoints); Table 5 and
-        the Figure 4 ablations read every experiment but crossdataset/domaingen. A list of names
-        narrows every table to those; a dict {table: [names]} replaces a table's default."""
-        if table in ("table2", "table3"):
-            default = lambda e: e in ("crossdataset", "domaingen")  # noqa: E731
+        Table 2 reads crossdataset and Table 3 domaingen (each one's source row also the other's:
+        their trainings are shared); Table 5 and the Figure 4 ablations read every experiment but
+        crossdataset/domaingen. A list of names narrows every table to those; a dict
+        {table: [names]} replaces a table's default."""
+        if table == "table2":
+            default = lambda e: e == "crossdataset"  # noqa: E731
+        elif table == "table3":
+            default = lambda e: e == "domaingen"  # noqa: E731
         elif table in ("table5", "fig4a", "fig4b"):
             default = lambda e: e not in ("crossdataset", "domaingen")  # noqa: E731
         else:
