@@ -4,6 +4,7 @@
 #   make base2new DATA_ROOT=/data      the paper's base-to-new study (Table 1 and 4) on your data
 #   make crossdataset domaingen        Tables 2 and 3 on the demo (DATA_ROOT=/data: the paper's)
 #   make crossdataset domaingen ablations DATA_ROOT=/data LAUNCHER=slurm
+#   make fewshot                       few-shot study with linear-probe CLIP (demo without DATA_ROOT)
 #   make report                        tables and figures from the results store
 #   make dashboard                     W&B workspace views and report (after make report)
 #   make test                          the test suite
@@ -18,6 +19,7 @@ OUT       ?= output
 DATASETS  ?=
 SEEDS     ?=
 METHODS   ?=
+SHOTS     ?=
 SET       ?=
 TRACKING  ?= auto
 PYTEST_ARGS ?=
@@ -28,7 +30,7 @@ REPORT_OUT := $(if $(DATA_ROOT),reports,reports/demo)
 SWEEP_ARGS  = --out $(RUN_OUT) $(if $(DATA_ROOT),--data-root $(DATA_ROOT),--profile demo) \
               $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(BACKBONE),--backbone $(BACKBONE)) \
               $(if $(DATASETS),--datasets $(DATASETS)) $(if $(SEEDS),--seeds $(SEEDS)) \
-              $(if $(METHODS),--methods $(METHODS)) $(foreach s,$(SET),--set $(s))
+              $(if $(METHODS),--methods $(METHODS)) $(if $(SHOTS),--shots $(SHOTS)) $(foreach s,$(SET),--set $(s))
 define DEMO_BANNER
 	@echo "================================================================================"
 	@echo " No DATA_ROOT given: running the DEMO profile (generated scenes, tiny CLIP"
@@ -44,7 +46,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: venv base2new demo crossdataset domaingen ablations bigger_coop report dashboard status bench bench-authors demo-drift test lint help
+.PHONY: venv base2new demo crossdataset domaingen ablations fewshot bigger_coop report dashboard status bench bench-authors demo-drift test lint help
 
 venv: $(STAMP) ## create the virtual environment and install the project
 
@@ -70,6 +72,11 @@ ablations: $(STAMP) ## context init/length ablations (Figure 4; demo profile wit
 	$(if $(DATA_ROOT),,$(DEMO_BANNER))
 	$(PY) -m harness sweep ablations $(SWEEP_ARGS)
 	$(if $(DATA_ROOT),$(PY) -m harness sweep bigger_coop $(SWEEP_ARGS))
+	$(PY) -m harness.report --results $(RUN_OUT) --out $(REPORT_OUT) --tracking $(TRACKING)
+
+fewshot: $(STAMP) ## few-shot study, 1-16 shots, with linear-probe CLIP (CoOp's Figure 3; demo profile without DATA_ROOT)
+	$(if $(DATA_ROOT),,$(DEMO_BANNER))
+	$(PY) -m harness sweep fewshot $(SWEEP_ARGS)
 	$(PY) -m harness.report --results $(RUN_OUT) --out $(REPORT_OUT) --tracking $(TRACKING)
 
 report: $(STAMP) ## tables and figures from $(OUT)/results.jsonl into reports/ (demo: reports/demo)
@@ -102,5 +109,5 @@ lint: $(STAMP) ## ruff: lint and formatting check (what CI runs)
 
 help: ## list the targets
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
-	@echo "  variables: DATA_ROOT= LAUNCHER=local|slurm|debug BACKBONE= OUT=$(OUT) DATASETS=a,b SEEDS=1,2 METHODS=coop,cocoop"
+	@echo "  variables: DATA_ROOT= LAUNCHER=local|slurm|debug BACKBONE= OUT=$(OUT) DATASETS=a,b SEEDS=1,2 METHODS=coop,cocoop SHOTS=1,16"
 	@echo "             SET='epochs=2 precision=fp32' (any run key)  TRACKING=auto|online|offline|none  EXPERIMENT=base2new"

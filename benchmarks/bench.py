@@ -11,9 +11,9 @@ download) it times, in one process:
   positions, as published) against the default path (``methods.prompt_encoder``);
 * CoOp and zero-shot CLIP evaluation of 32 images including and excluding the image encoder
   (feature cache), CoOp with all 77 positions against truncation;
-* one memory/speed line per successor method (every trainable method besides CoOp and CoCoOp: KgCoOp,
-  MaPLe, PromptSRC, ``SUCCESSORS``, with the options of its default config): a training
-  step (batch 4, the published objective, forward + backward) and an evaluation of the images
+* one memory/speed line per successor method (every trainable method besides CoOp and CoCoOp,
+  ``SUCCESSORS``, with the options of its default config): a training
+  step (batch 4, the published update, forward + backward) and an evaluation of the images
   including the image encoder (MaPLe and PromptSRC prompt it, so no feature cache applies), at K = 100,
   with the memory a training step keeps for backward.
 
@@ -405,7 +405,7 @@ class Bench:
         row.error = compare(f"{row.case} K={k}", out, ref, self.tolerance)
         return row
 
-    # -- the successors (KgCoOp, MaPLe, PromptSRC) ----------------------------------------------------
+    # -- the successors (every trainable method besides CoOp and CoCoOp) -------------------------------
 
     def successor(self, method: str, k: int, batch: int, eval_images: int) -> SuccessorRow:
         """A training step of ``batch`` images (the method's published objective) and an evaluation of
@@ -504,7 +504,8 @@ class Bench:
 SUCCESSORS = {
     m: default_method_options(m)
     for m in methods.list_methods()
-    if methods.method_class(m).trainable and m not in ("coop", "cocoop")
+    # a method that fits on frozen features (the linear probe) has no training step to time
+    if methods.method_class(m).trainable and not methods.method_class(m).fits_features and m not in ("coop", "cocoop")
 }
 
 
@@ -533,6 +534,8 @@ def successor_step(model, images: torch.Tensor, labels: torch.Tensor | None):
     model.train()
     for p in model.trainable_parameters():
         p.grad = None
+    if callable(getattr(model, "backward", None)):  # its published update is not one loss's gradient (ProGrad)
+        return model.backward(images, labels).detach()
     loss = model.training_loss(images, labels)
     loss.backward()
     return loss.detach()
@@ -678,12 +681,13 @@ def render_successors(rows: list[SuccessorRow], flops: float, device: torch.devi
     memory = "peak GPU memory of a step" if device.type == "cuda" else "kept for backward"
     lines = [
         "",
-        "## The successors: KgCoOp, MaPLe, PromptSRC",
+        "## The successors: " + ", ".join(methods.method_info(r.method).label for r in rows),
         "",
-        "Published options (ViT-B/16 depths), batch 4 for every method (published: KgCoOp 128, MaPLe and "
-        "PromptSRC 4); training step = the method's objective, forward + backward; evaluation includes the image "
-        "encoder (MaPLe and PromptSRC prompt it: their features cannot come from the cache; KgCoOp's can, and "
-        "then costs what CoOp's does above). Floors as above; the prompted image tower counts twice in training "
+        "Published options (ViT-B/16 depths), batch 4 for every method (published batch sizes in their configs); "
+        "training step = the method's published update (its objective's backward, or its own `backward` where "
+        "the update is not one gradient, as ProGrad's), forward + backward; evaluation includes the image "
+        "encoder (methods that prompt it cannot read their features from the cache; the others can, and then "
+        "cost what CoOp's does above). Floors as above; a prompted image tower counts twice in training "
         "(input gradients), PromptSRC's un-prompted teacher pass once more.",
         "",
         f"| method | trainable parameters | K | train step, batch (s) | floor (s) | {memory} | eval, images (s) "

@@ -1,4 +1,5 @@
-"""The README's methods table, made from the registry: one row per registered method.
+"""The README's methods table, made from the registry: one row per registered method that has a
+base-to-new result (not the linear probe, a classifier of its training classes: see the few-shot study).
 
     python -m benchmarks.methods_table        write it into README.md's methods block
                                               (``python -m benchmarks.demo readme`` writes it too)
@@ -67,6 +68,8 @@ def rows() -> list[list[str]]:
     published, demo = published_h(), demo_h()
     out = []
     for name in sorted(methods.list_methods(), key=method_rank):
+        if not methods.method_class(name).transfers_to_other_classes:
+            continue  # no base-to-new H to show (the linear probe): the few-shot study's tables have it
         out.append(
             [
                 f"`{name}`",

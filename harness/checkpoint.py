@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.config import TRAINING_KEYS
+from harness.config import LATER_TRAINING_KEYS, TRAINING_KEYS
 from methods.base import load_checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,11 @@ def spec_differences(saved: dict | None, spec: dict) -> dict:
     """{key: (saved, now)} for the training keys on which a stored spec and this one differ."""
     if not saved:
         return {}
-    return {k: (saved.get(k), spec.get(k)) for k in TRAINING_KEYS if saved.get(k) != spec.get(k)}
+    differences = {k: (saved.get(k), spec.get(k)) for k in TRAINING_KEYS if saved.get(k) != spec.get(k)}
+    for key, default in LATER_TRAINING_KEYS.items():  # absent = the default every earlier run used
+        if saved.get(key, default) != spec.get(key, default):
+            differences[key] = (saved.get(key, default), spec.get(key, default))
+    return differences
 
 
 def load_latest(run_dir: str) -> tuple[str, int, dict] | None:

@@ -92,8 +92,9 @@ def _cmd_run(args) -> int:
 
         where = results.results_path(spec.results or os.path.dirname(os.path.abspath(spec.output_dir)))
         print(
-            f"Nothing to do: the {len(spec.eval_targets())} result(s) of {spec.job_name} exist in {where} "
-            "(--force redoes them)."
+            f"Nothing to do: the {len(spec.eval_targets())} result(s) of {spec.job_name} with these settings exist "
+            f"in {where} (--force redoes the job from scratch in a fresh folder, --reevaluate re-scores "
+            "its checkpoint)."
         )
     for r in records:
         fields = {k: r[k] for k in ("job", "dataset", "subsample")}
@@ -116,6 +117,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datasets", default="", help="comma-separated subset of the experiment's datasets (or targets)")
     p.add_argument("--seeds", default="", help="comma-separated seeds, e.g. 1,2")
     p.add_argument("--methods", default="", help="comma-separated subset of the experiment's method variants")
+    p.add_argument("--shots", default="", help="comma-separated subset of a few-shot study's shot counts, e.g. 1,16")
     p.add_argument("--backbone", default="", help="backbone for every job (e.g. ViT-B/16, tiny, a .pt path)")
     p.add_argument(
         "--set",
@@ -133,7 +135,9 @@ def _load_sweep(args):
 
     experiment = sweep.load_experiment(args.experiment, profile=args.profile)
     split = lambda text: [x for x in text.split(",") if x]
-    experiment = sweep.narrow(experiment, split(args.datasets), split(args.seeds), split(args.methods))
+    experiment = sweep.narrow(
+        experiment, split(args.datasets), split(args.seeds), split(args.methods), split(args.shots)
+    )
     overrides = parse_overrides(args.overrides)
     if args.backbone:
         overrides["backbone"] = args.backbone
@@ -142,20 +146,31 @@ def _load_sweep(args):
     return experiment, sweep.expand(experiment, data_root, out, overrides), out
 
 
+def _expected_experiment(args) -> dict:
+    """The experiment as its file and profile define it, before --datasets/--seeds/--methods narrow it."""
+    from harness import sweep
+
+    return sweep.narrow(sweep.load_experiment(args.experiment, profile=args.profile))
+
+
 def _cmd_sweep(args) -> int:
     from harness import launcher
-    from harness.sweep import check_data_folders, prepare_backbones
+    from harness.sweep import check_data_folders, prepare_backbones, record_expectation
 
     experiment, jobs, out = _load_sweep(args)
+    expected = _expected_experiment(args)
     name, cfg = launcher.launcher_settings(experiment, args.launcher, parse_overrides(args.slurm), args.max_parallel)
     if args.dry_run:
-        launcher.print_plan(jobs, launcher.plan(jobs, args.force))
+        launcher.print_plan(jobs, launcher.plan(jobs, args.force, args.reevaluate))
         return 0
-    todo = [j for j, s in zip(jobs, launcher.plan(jobs, args.force)) if s.state != "skipped"]
+    todo = [j for j, s in zip(jobs, launcher.plan(jobs, args.force, args.reevaluate)) if s.state != "skipped"]
     if todo:
         check_data_folders(todo)
         prepare_backbones(todo)
-    states = launcher.launch(jobs, experiment["name"], out, name, cfg, force=args.force, wait=not args.no_wait)
+    record_expectation(out, experiment, expected)
+    states = launcher.launch(
+        jobs, experiment["name"], out, name, cfg, force=args.force, wait=not args.no_wait, reevaluate=args.reevaluate
+    )
     return FAILED if any(s.state in ("failed", "blocked") for s in states) else 0
 
 
@@ -166,7 +181,10 @@ def _cmd_status(args) -> int:
     rows = launcher.status(jobs, out, experiment["name"])
     width = max((len(r["job"]) for r in rows), default=10)
     for r in rows:
-        print(f"{r['job']:<{width}}  {r['state']:<11} results {r['results']}  {r.get('detail', '')}")
+        print(
+            f"{r['job']:<{width}}  {r['state']:<11} results {r['results']}  fingerprint {r['fingerprint']}  "
+            f"{r.get('detail', '')}".rstrip()
+        )
     counts: dict = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
@@ -212,7 +230,9 @@ def _error_types() -> tuple[tuple[type, int], ...]:
         ("methods.registry", "UnknownMethodError", BAD_INPUT),
         ("methods.base", "CheckpointError", BAD_INPUT),
         ("harness.checkpoint", "ResumeError", BAD_INPUT),
+        ("harness.fingerprint", "FolderMismatchError", BAD_INPUT),
         ("harness.results", "ResultsError", BAD_INPUT),
+        ("harness.report", "ReportError", BAD_INPUT),
         ("harness.launcher.slurm", "SubmissionError", BAD_INPUT),
         ("harness.runner", "RunFailedError", FAILED),
     )
@@ -260,7 +280,14 @@ def main(argv=None) -> int:
         "cpus_per_task, mem_gb, timeout_min, array_parallelism, constraint",
     )
     sweep_p.add_argument("--dry-run", action="store_true", help="print the job plan and exit")
-    sweep_p.add_argument("--force", action="store_true", help="redo jobs whose results exist")
+    sweep_p.add_argument(
+        "--force",
+        action="store_true",
+        help="redo every job from scratch, training included, in fresh run folders beside the old ones",
+    )
+    sweep_p.add_argument(
+        "--reevaluate", action="store_true", help="score the jobs' existing checkpoints again (no training)"
+    )
     sweep_p.add_argument("--no-wait", action="store_true", help="slurm: submit and exit; follow with `status`")
     _sweep_args(sub.add_parser("status", help="progress of an experiment's jobs"))
     sub.add_parser("report", help="tables and figures from a results store (see: report --help)", add_help=False)

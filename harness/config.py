@@ -21,10 +21,13 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from harness.data.constants import CROP_SCALE
+
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHOD_CONFIG_DIR = os.path.join(PROJECT_ROOT, "experiments", "methods")
 RUN_PRECISIONS = ("fp16", "bf16", "fp32", "amp")
 SUBSAMPLES = ("all", "base", "new")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 class ConfigError(ValueError):
@@ -55,6 +58,9 @@ class RunSpec:
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
+    optimizer: str = "sgd"
+    adam_eps: float = 1e-8
+    crop_scale: list = field(default_factory=lambda: list(CROP_SCALE))
     num_workers: int | None = None
     device: str = "auto"
     output_dir: str = ""
@@ -63,6 +69,7 @@ class RunSpec:
     load_from: str = ""
     tracking: str = "auto"
     force: bool = False
+    reevaluate: bool = False
     job: str = ""
 
     def eval_targets(self) -> list[tuple[str, str]]:
@@ -120,8 +127,11 @@ class RunSpec:
         }
 
     def training_identity(self) -> dict:
-        """The values of ``TRAINING_KEYS``: what the learned prompt depends on."""
-        return {k: getattr(self, k) for k in TRAINING_KEYS}
+        """The values of ``TRAINING_KEYS``, and of the ``LATER_TRAINING_KEYS`` that differ from their
+        defaults: what the learned prompt depends on."""
+        identity = {k: getattr(self, k) for k in TRAINING_KEYS}
+        identity.update({k: getattr(self, k) for k, v in LATER_TRAINING_KEYS.items() if getattr(self, k) != v})
+        return identity
 
 
 # Keys that change what a training run learns: a sweep's training folder is keyed by them, and a
@@ -143,6 +153,9 @@ TRAINING_KEYS = (
     "warmup_epochs",
     "warmup_lr",
 )
+# Training keys added later, with the defaults every earlier run used: a spec names them in its training
+# identity only when it changes them, so the folders and resume checks of existing runs stay valid.
+LATER_TRAINING_KEYS = {"optimizer": "sgd", "adam_eps": 1e-8, "crop_scale": list(CROP_SCALE)}
 
 
 FIELD_HELP = {
@@ -161,11 +174,14 @@ FIELD_HELP = {
     "epochs": "training epochs",
     "batch_size": "training batch size",
     "test_batch_size": "evaluation batch size (images per forward)",
-    "lr": "SGD learning rate after warm-up",
+    "lr": "learning rate after warm-up (a method's parameter group may scale it: lr_scale)",
     "momentum": "SGD momentum",
-    "weight_decay": "SGD weight decay (all trainable tensors)",
+    "weight_decay": "weight decay (all trainable tensors; Adam: L2 added to the gradient, AdamW: decoupled)",
     "warmup_epochs": "constant warm-up epochs before the cosine schedule",
-    "warmup_lr": "learning rate during warm-up",
+    "warmup_lr": "learning rate of every parameter group during warm-up",
+    "optimizer": "sgd (default) | adam | adamw, as the method's authors publish (betas 0.9, 0.999)",
+    "adam_eps": "Adam/AdamW epsilon (TCP: 1e-3); unused by SGD",
+    "crop_scale": "training RandomResizedCrop scale range [min, max] (default [0.08, 1]; MMRL: [0.5, 1])",
     "num_workers": "data-loader workers (default: min(8, CPUs))",
     "device": "auto | cpu | cuda | cuda:N",
     "output_dir": "this run's folder (log, checkpoints, W&B files)",
@@ -173,7 +189,8 @@ FIELD_HELP = {
     "feature_cache": "folder of cached test-image features; default <results folder>/feature_cache",
     "load_from": "evaluate a trained prompt: a run folder or a prompt checkpoint file (no training)",
     "tracking": "W&B: auto | online | offline | disabled | none",
-    "force": "redo the run even if its results exist",
+    "force": "redo the job from scratch, training included, in a fresh run folder beside the old one",
+    "reevaluate": "score the run folder's finished checkpoint again (no training); its records say so",
     "job": "readable job name (default from method/dataset/seed)",
 }
 assert set(FIELD_HELP) == {f.name for f in dataclasses.fields(RunSpec)}
@@ -315,6 +332,32 @@ def validate(spec: RunSpec) -> None:
             raise ConfigError(f"Unknown evaluation dataset {dataset!r}. Datasets: {', '.join(sorted(known_datasets))}.")
         if subsample not in SUBSAMPLES:
             raise ConfigError(f"Evaluation subsample must be one of {SUBSAMPLES}, got {subsample!r}.")
+    method_cls = methods.method_class(spec.method)
+    if not method_cls.transfers_to_other_classes:
+        foreign = [(d, s) for d, s in spec.eval_targets() if (d, s) != (spec.dataset, spec.subsample)]
+        if foreign:
+            raise ConfigError(
+                f"Method {spec.method!r} cannot be evaluated on {foreign}: it is a classifier fitted on the image "
+                f"features of {spec.dataset}'s {spec.subsample!r} classes, one weight row per class, with no "
+                "prompt to carry to new classes or another dataset. Evaluate it on the classes it is fitted on "
+                "(the few-shot study: subsample all); it is not part of base-to-new or transfer studies."
+            )
+    if method_cls.fits_features and spec.shots < 1:
+        raise ConfigError(f"Method {spec.method!r} draws its own few-shot training set: shots must be >= 1.")
+    if spec.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {spec.optimizer!r}.")
+    if not spec.adam_eps > 0:
+        raise ConfigError(f"adam_eps must be positive, got {spec.adam_eps!r}.")
+    scale = spec.crop_scale
+    if not (
+        len(scale) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+        and 0 < scale[0] <= scale[1] <= 1
+    ):
+        raise ConfigError(
+            f"crop_scale must be [min, max] with 0 < min <= max <= 1 (the fraction of the image a training crop "
+            f"covers), got {scale!r}; e.g. crop_scale=[0.5,1]."
+        )
     for key in ("epochs", "batch_size", "test_batch_size", "shots"):
         if getattr(spec, key) < (0 if key in ("epochs", "shots") else 1):
             raise ConfigError(f"{key} must not be {getattr(spec, key)}.")

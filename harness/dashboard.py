@@ -63,7 +63,7 @@ from harness.report.index import (
 log = logging.getLogger(__name__)
 
 REPORT_RUN_FILE = "report_run.json"  # written by the report stage when it logs to W&B
-EXPERIMENT_ORDER = ("base2new", "crossdataset", "domaingen", "ablations", "bigger_coop")
+EXPERIMENT_ORDER = ("base2new", "crossdataset", "domaingen", "ablations", "bigger_coop", "fewshot")
 # Tables whose column groups pool experiments: shown in the views of these experiments.
 # (Tables 1 and 4 have a column group per experiment: each view shows its own groups.)
 TABLE_HOMES = {
@@ -156,13 +156,14 @@ def load_study(
     paper_dir=None,
     with_paper: bool = True,
 ) -> Study:
-    from harness.report import build_tables, default_paper_dir, load_records
+    from harness.report import build_tables, default_paper_dir, load_records, read_expectations
 
     records = load_records(results)
     if not records:
         raise DashboardError(f"no records in {results}: nothing to show")
     paper_dir = paper_dir if paper_dir is not None else default_paper_dir()
-    tables = build_tables(records, experiments, expected_seeds, paper_dir, with_paper)
+    expectations = read_expectations(results)  # as the report stage read them, so the tables are its tables
+    tables = build_tables(records, experiments, expected_seeds, paper_dir, with_paper, expectations=expectations)
     check_report_dir(tables, report_dir)
     figures = {}  # the report stage's W&B run logged these images (name -> png in the report folder)
     report_run = None
@@ -240,6 +241,24 @@ def accuracy_panels(records: list) -> list:
     return panels
 
 
+def shots_panels(records: list) -> list:
+    """The few-shot study: a point per run, accuracy on all classes against its shot count (zero-shot
+    CLIP at 0), one panel per dataset; the curves with their seed means are the report's figure."""
+    import wandb_workspaces.reports.v2 as wr
+
+    from harness.report.tables import dataset_label
+
+    return [
+        wr.ScatterPlot(
+            title=f"{dataset_label(dataset)}: accuracy (%) on all classes against shots per class",
+            x=wr.Config("shots"),
+            y=wr.SummaryMetric(tracking.eval_key(dataset, "all")),
+        )
+        for dataset, subsamples in evaluated(records).items()
+        if "all" in subsamples
+    ]
+
+
 def curve_panels() -> list:
     import wandb_workspaces.reports.v2 as wr
 
@@ -294,8 +313,8 @@ def experiment_tables(study: Study, experiment: str) -> list:
             keep = {g.key for g in groups}
             missing = [m for m in table.missing if (_owner(m, table) is None or _owner(m, table).key in keep)]
             out.append((key, dataclasses.replace(table, groups=groups, missing=missing)))
-        elif experiment in TABLE_HOMES.get(key, ()):
-            out.append((key, table))
+        elif experiment in TABLE_HOMES.get(key, ()) or (experiment == "fewshot" and key.startswith("fewshot_")):
+            out.append((key, table))  # the few-shot tables (fewshot_<K>shot) live in the fewshot view
     return out
 
 
@@ -341,6 +360,10 @@ def build_workspaces(study: Study, entity: str = "", project: str = "") -> list:
                 is_open=True,
             ),
         ]
+        if experiment == "fewshot":
+            sections.append(
+                ws.Section(name=f"{experiment}: accuracy against shots", panels=shots_panels(records), is_open=True)
+            )
         if any(r.get("train_dataset") is not None for r in records):
             sections.append(
                 ws.Section(

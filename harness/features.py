@@ -5,6 +5,10 @@ deterministic, so the features of a test list depend only on (backbone, precisio
 images). They are computed once and reused by every method, seed and job that evaluates the same
 images: on ImageNet that is 50,000 forward passes saved per evaluation after the first.
 
+The images are keyed by path and content: each file's size and modification time (ns), and its
+bytes' hash where the modification time cannot be trusted (zero, or in the future, as some copies
+and archives leave it), so an image re-extracted or resized in place is computed again.
+
 Entries are written atomically under a file lock: concurrent jobs wait for the first one instead
 of computing the same features twice.
 """
@@ -15,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 
 import torch
 from filelock import FileLock
@@ -23,6 +28,18 @@ from tqdm import tqdm
 from harness.atomic import atomic_torch_save
 
 log = logging.getLogger(__name__)
+
+
+def image_stamp(path: str) -> str:
+    """What the cache key knows of an image file's content (see the module's docstring)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "absent"
+    if st.st_mtime_ns <= 0 or st.st_mtime > time.time() + 60:
+        with open(path, "rb") as f:
+            return "sha1:" + hashlib.sha1(f.read()).hexdigest()
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def cache_namespace(backbone: str, precision: str, dataset: str, image_size: int, feature_key: dict) -> dict:
@@ -52,7 +69,7 @@ class FeatureCache:
         digest = hashlib.sha1()
         digest.update(json.dumps(namespace, sort_keys=True).encode())
         for path in impaths:
-            digest.update(path.encode() + b"\0")
+            digest.update(path.encode() + b"\0" + image_stamp(path).encode() + b"\0")
         return digest.hexdigest()[:20]
 
     def get_or_compute(self, namespace: dict, impaths: list[str], compute) -> torch.Tensor:

@@ -17,6 +17,12 @@ The report reads this file, not W&B and not logs. A record (all keys always pres
                       "total", "correct"} in percent (PROTOCOL.md 13)
     epochs           epochs trained (0 for zero-shot)
     wall_time_s, git_commit, versions, timestamp, run_dir
+    fingerprint      short hash of what the number depends on (``harness.fingerprint``); shared by a
+                     training job's records and its evaluation job's
+    settings         the run keys (not at their defaults) and the split digest it hashes
+    reevaluated      true when an existing checkpoint was scored again (``reevaluate``), not trained
+
+A record of an earlier harness lacks the last three; it counts as finished when its key matches.
 
 Appends are atomic: one ``write`` of a whole line on an O_APPEND descriptor under an exclusive
 ``flock``, then fsync, so parallel jobs (also on several nodes sharing the folder) lose nothing and
@@ -75,6 +81,9 @@ RECORD_FIELDS = KEY_FIELDS + (
     "versions",
     "timestamp",
     "run_dir",
+    "fingerprint",
+    "settings",
+    "reevaluated",
 )
 
 

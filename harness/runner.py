@@ -12,7 +12,8 @@ The runner knows no method by name: it builds one and asks it (``methods.base``)
 objective, its parameter groups, its end-of-epoch hook and whether its image features may come from
 the shared cache.
 
-Training (PROTOCOL.md 9, 10): SGD over the method's parameter groups only (``build_optimizer``), one
+Training (PROTOCOL.md 9, 10): SGD (or a method's published Adam / AdamW: run key ``optimizer``) over the
+method's parameter groups only (``build_optimizer``), one
 constant warm-up epoch then cosine (``build_scheduler``), stepped once per epoch; each step is taken in
 ``Run.train_epoch``. Everything carried from one epoch to the next is one ``TrainingState``, saved
 after each epoch (``harness.checkpoint``), so that a killed run restarts from its last finished epoch
@@ -20,7 +21,10 @@ and ends exactly where an uninterrupted one would.
 
 Evaluation (PROTOCOL.md 13): accuracy, error, macro-F1 and per-class accuracy on the test split of
 each target. Each finished evaluation appends one record (``harness.results.make_record``) to the
-results store; a run whose records all exist is skipped.
+results store with the job's fingerprint (``harness.fingerprint``); a run whose records all exist
+with it is skipped. The run folder's ``fingerprint.json`` says which settings run it holds: a folder
+of other settings is refused, ``force`` trains anew in a fresh folder beside it, ``reevaluate``
+scores its finished checkpoint again.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from tqdm import tqdm
 
 import methods
 from harness import backbone, checkpoint, data, results, tracking
+from harness import fingerprint as fingerprints
 from harness.checkpoint import TrainingState
 from harness.config import RunSpec
 from harness.features import FeatureCache, cache_namespace, compute_features
@@ -78,8 +83,12 @@ class Run:
         self.job = spec.job_name
         self.tracker: tracking.Tracker = tracking.Tracker()
         self.clip = None
+        self.settings = fingerprints.settings_of(spec)  # what the numbers depend on (harness.fingerprint)
+        self.fingerprint = fingerprints.fingerprint_of(self.settings)
 
     def __call__(self) -> list[dict]:
+        if self.spec.force:
+            self.run_dir = self.forced_run_dir()
         with run_folder_lock(self.run_dir, self.job):
             return self.run()
 
@@ -96,12 +105,14 @@ class Run:
                 results.results_path(self.results),
             )
             return []
+        self.claim_folder()
         started = time.time()
         seed_everything(spec.seed if spec.learns else None)
         records = []
         with run_logging(self.run_dir) as log_path:
             log.info("Run %s -> %s (log %s)", self.job, self.run_dir, log_path)
             log.info("Spec: %s", spec.to_dict())
+            log.info("Fingerprint %s of the settings %s", self.fingerprint, self.settings)
             self.tracker = tracking.start_run(
                 spec.tracking,
                 name=self.job,
@@ -116,7 +127,11 @@ class Run:
                 self.clip = backbone.load_clip(
                     spec.backbone, device=self.device, precision=clip_precision(spec.precision)
                 )
-                if spec.trains:
+                if spec.reevaluate and spec.trains:
+                    checkpoint_file, epochs = self.finished_checkpoint()
+                elif spec.trains and methods.method_class(spec.method).fits_features:
+                    checkpoint_file, epochs = self.fit(), 0  # fitted on frozen features, no epochs
+                elif spec.trains:
                     checkpoint_file, epochs = self.train(), spec.epochs
                 else:
                     checkpoint_file, epochs = self.loaded_checkpoint()
@@ -126,6 +141,10 @@ class Run:
                 failed = False
             finally:
                 self.tracker.finish(failed=failed)
+        held = fingerprints.read_folder(self.run_dir) or {}
+        fingerprints.write_folder(
+            self.run_dir, self.settings, self.fingerprint, forced=bool(held.get("forced")), finished=True
+        )
         log.info("Feature cache: %d hits, %d computed", self.cache.hits, self.cache.misses)
         return records
 
@@ -148,7 +167,7 @@ class Run:
 
         loader = data.build_loader(
             splits.train,
-            data.build_transform(train=True, size=backbone.image_size(self.clip)),
+            data.build_transform(train=True, size=backbone.image_size(self.clip), crop_scale=tuple(spec.crop_scale)),
             spec.batch_size,
             train=True,
             num_workers=spec.num_workers,  # None: the loader's default
@@ -188,7 +207,7 @@ class Run:
         """The state of epoch 0: the method at its initialisation, the optimiser over its parameter
         groups, the schedule, the gradient scaler (amp on CUDA only) and the training loader's generator."""
         spec = self.spec
-        model = self.build_method(classnames, spec.dataset)
+        model = self.build_method(classnames, spec.dataset, spec.subsample)
         optimizer = build_optimizer(model.parameter_groups(), spec)
         scheduler = build_scheduler(optimizer, spec)
         scaler = torch.amp.GradScaler("cuda", enabled=spec.precision == "amp" and self.device.type == "cuda")
@@ -203,20 +222,27 @@ class Run:
         lr = optimizer.param_groups[0]["lr"]
         losses, correct, seen, skipped = [], 0, 0, 0
         step = (epoch - 1) * len(loader)
+        own_backward = callable(getattr(model, "backward", None))  # methods.base: an update that is not one gradient
         for images, labels in loader:
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             details: dict = {}
+            optimizer.zero_grad(set_to_none=True)
+            scale = scaler.get_scale()  # a disabled scaler passes the loss and the step through unchanged
             with self.autocast():
-                loss = model.training_loss(images, labels, details=details)
+                if own_backward:
+                    # The method leaves its published update in .grad itself (ProGrad's projection), each
+                    # of its losses multiplied by the scaler's factor.
+                    loss = model.backward(images, labels, details=details, loss_scale=scale)
+                else:
+                    loss = model.training_loss(images, labels, details=details)
             # With a gradient scaler a non-finite step is skipped by design (and counted); otherwise it ends the run.
             if not scaler.is_enabled() and not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"Loss is {loss.item()} at epoch {epoch}, step {step + 1} of {self.job}. "
                     f"{self.last_good()} {non_finite_advice(spec.precision)}"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            scale = scaler.get_scale()  # a disabled scaler passes the loss and the step through unchanged
-            scaler.scale(loss).backward()
+            if not own_backward:
+                scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             skipped += scaler.get_scale() < scale  # the scale drops exactly when a step is skipped
@@ -249,6 +275,54 @@ class Run:
         log.info("epoch %d/%d  loss %.4f  train acc %.2f%%  lr %.3e", epoch, spec.epochs, epoch_loss, epoch_acc, lr)
         self.tracker.log(tracking.epoch_metrics(epoch_loss, epoch_acc, lr, epoch), step=step)
 
+    def fit(self) -> str:
+        """For methods fitted on frozen features (``fits_features``: linear-probe CLIP): features of the
+        full train and val splits with the test transform (once, through the shared cache), ``fit``, and
+        the fitted checkpoint; a finished fit of the same spec is reused (a killed job resumes here)."""
+        spec = self.spec
+        seed = spec.seed if spec.seed is not None else 1
+        # The method draws its own shots from the full splits (PROTOCOL.md 20): no split_fewshot draw.
+        splits = data.build_dataset(spec.dataset, spec.data_root, num_shots=0, seed=seed, subsample=spec.subsample)
+        model = self.build_method(splits.classnames, spec.dataset, spec.subsample)
+        final = checkpoint.checkpoint_path(self.run_dir, 0, model.checkpoint_folder)
+        if os.path.isfile(final):
+            saved = load_checkpoint_file(final).get("spec")
+            if not checkpoint.spec_differences(saved, spec.training_identity()):
+                log.info("Fit already done: %s", final)
+                return final
+            log.warning("%s was fitted for another spec: fitting again", final)
+        model.eval()
+        features = {
+            name: self.image_features(model, getattr(splits, name), spec.dataset, f"{spec.dataset}/{name}")
+            for name in ("train", "val")
+        }
+        labels = {name: np.array([item.label for item in getattr(splits, name)]) for name in ("train", "val")}
+        log.info(
+            "Fitting %s on %s (%d classes; %d train and %d val features) with %d shots, seed %d",
+            spec.method,
+            spec.dataset,
+            len(splits.classnames),
+            len(labels["train"]),
+            len(labels["val"]),
+            spec.shots,
+            seed,
+        )
+        model.fit(features["train"], labels["train"], features["val"], labels["val"], seed=seed, shots=spec.shots)
+        log.info("Fitted: %s", model.record_options())
+        model.save_prompt_checkpoint(final, 0, spec=spec.training_identity())
+        return final
+
+    def finished_checkpoint(self) -> tuple[str, int]:
+        """``reevaluate``: the run folder's final checkpoint, scored again without training."""
+        found = checkpoint.latest_checkpoint(self.run_dir)
+        if not found or found[1] != self.spec.epochs:
+            raise RunFailedError(
+                f"Nothing to re-evaluate in {self.run_dir}: no finished training of {self.spec.epochs} epochs "
+                f"(last checkpoint: {found[0] if found else 'none'}). Run it without reevaluate to train."
+            )
+        log.info("Re-evaluating %s (no training)", found[0])
+        return found
+
     def loaded_checkpoint(self) -> tuple[str | None, int]:
         """For a job that does not train: (checkpoint to evaluate, epochs it was trained), from
         ``load_from`` (a run folder or a checkpoint file), or (None, 0) for a method that learns nothing."""
@@ -274,7 +348,7 @@ class Run:
         # The test split and class names do not depend on the few-shot draw: build without one.
         seed = spec.seed if spec.seed is not None else 1
         splits = data.build_dataset(dataset, spec.data_root, num_shots=0, seed=seed, subsample=subsample)
-        model = self.build_method(splits.classnames, dataset)
+        model = self.build_method(splits.classnames, dataset, subsample)
         if checkpoint_file:
             model.load_prompt_checkpoint(checkpoint_file)
         model.eval()
@@ -304,25 +378,29 @@ class Run:
         return {"metrics": metrics, "options": {**spec.options, **model.record_options()}}
 
     def test_features(self, model, splits, dataset: str, subsample: str) -> torch.Tensor:
-        """``model.encode_image`` of the test images: from the shared cache when the method's image
-        side is the frozen tower (``features_cacheable``), else computed for this model alone."""
+        """``model.encode_image`` of the test images (``image_features`` of the test split)."""
+        return self.image_features(model, splits.test, dataset, f"{dataset}/{subsample}")
+
+    def image_features(self, model, items, dataset: str, what: str) -> torch.Tensor:
+        """``model.encode_image`` of ``items`` with the test transform: from the shared cache when the
+        method's image side is the frozen tower (``features_cacheable``), else computed for this model."""
         spec = self.spec
         size = backbone.image_size(self.clip)
 
         def compute():
             loader = data.build_loader(
-                splits.test,
+                items,
                 data.build_transform(train=False, size=size),
                 spec.test_batch_size,
                 train=False,
                 num_workers=spec.num_workers,  # None: the loader's default
             )
-            return compute_features(model, loader, self.device, desc=f"features {dataset}/{subsample}")
+            return compute_features(model, loader, self.device, desc=f"features {what}")
 
         if not model.features_cacheable:
             return compute()
         namespace = cache_namespace(spec.backbone, clip_precision(spec.precision), dataset, size, model.feature_key())
-        return self.cache.get_or_compute(namespace, [item.impath for item in splits.test], compute)
+        return self.cache.get_or_compute(namespace, [item.impath for item in items], compute)
 
     # -- records -----------------------------------------------------------------------------
 
@@ -331,6 +409,7 @@ class Run:
         record = results.make_record(
             self.spec.identity(), dataset, subsample, evaluation, epochs, started, self.run_dir
         )
+        record.update(fingerprint=self.fingerprint, settings=self.settings, reevaluated=bool(self.spec.reevaluate))
         results.append_record(self.results, record)
         self.tracker.log(tracking.eval_metrics(dataset, subsample, record["metrics"]))
         self.tracker.summary(tracking.summary_metrics(record, self.spec.dataset))
@@ -340,16 +419,41 @@ class Run:
     # -- helpers -----------------------------------------------------------------------------
 
     def pending_targets(self) -> list[tuple[str, str]]:
+        """Targets without a record of this job's identity and fingerprint (all with force or reevaluate)."""
         targets = self.spec.eval_targets()
-        if self.spec.force:
+        if self.spec.force or self.spec.reevaluate:
             return targets
-        return results.pending_targets(self.spec.identity(), targets, results.existing_keys(self.results))
+        done = fingerprints.finished(results.read_records(self.results))
+        identity = self.spec.identity()
+        return [
+            t
+            for t in targets
+            if not fingerprints.is_finished(done, {**identity, "dataset": t[0], "subsample": t[1]}, self.fingerprint)
+        ]
 
-    def build_method(self, classnames: list[str], dataset: str):
+    def forced_run_dir(self) -> str:
+        """``force``: a fresh folder beside the old one; the same folder when it is a forced run of
+        these settings that was interrupted (a requeued job resumes it)."""
+        held = fingerprints.read_folder(self.run_dir)
+        if held and held.get("forced") and not held.get("finished") and held.get("fingerprint") == self.fingerprint:
+            return self.run_dir
+        return fingerprints.fresh_run_dir(self.run_dir)
+
+    def claim_folder(self) -> None:
+        """The run folder holds this settings run (or nothing yet): say so in its ``fingerprint.json``."""
+        fingerprints.check_folder(self.run_dir, self.settings, self.fingerprint)
+        if fingerprints.read_folder(self.run_dir) is None:
+            fingerprints.write_folder(
+                self.run_dir, self.settings, self.fingerprint, forced=self.spec.force, finished=False
+            )
+
+    def build_method(self, classnames: list[str], dataset: str, subsample: str):
         options = dict(self.spec.options)
         if "dataset" in methods.method_options(self.spec.method):
             options.setdefault("dataset", dataset)  # e.g. selects the dataset's hand-made template
-        return methods.build_method(self.spec.method, self.clip, classnames, **options).to(self.device)
+        return methods.build_method(self.spec.method, self.clip, classnames, subsample=subsample, **options).to(
+            self.device
+        )
 
     def autocast(self):
         if self.spec.precision != "amp":
@@ -395,20 +499,57 @@ def run_folder_lock(run_dir: str, job: str):
 # ---------------------------------------------------------------------------------------------
 
 
+def optimizer_groups(param_groups, spec: RunSpec) -> list[dict]:
+    """The method's parameter groups with their learning rates resolved: a group's ``lr_scale`` multiplies
+    the run's lr (so ``--set lr=...`` scales every group, as the authors' configs do), an absolute ``lr``
+    is kept, a group with neither trains at the run's lr."""
+    groups = []
+    for group in param_groups:
+        group = dict(group) if isinstance(group, dict) else {"params": group}
+        if "lr_scale" in group:
+            if "lr" in group:
+                raise ValueError("A parameter group gives both 'lr' and 'lr_scale'; give one of them.")
+            group["lr"] = spec.lr * group.pop("lr_scale")
+        groups.append(group)
+    return groups
+
+
 def build_optimizer(param_groups, spec: RunSpec) -> torch.optim.Optimizer:
-    """The optimiser over the method's parameter groups (a group's own keys, e.g. ``lr``, win)."""
-    return torch.optim.SGD(param_groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    """``spec.optimizer`` over the method's parameter groups (``optimizer_groups``); Adam and AdamW as Dassl
+    builds them (betas 0.9, 0.999, ``weight_decay``: Adam's L2 term in the gradient, AdamW's decoupled
+    decay) with ``adam_eps``."""
+    groups = optimizer_groups(param_groups, spec)
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[spec.optimizer]
+    return adam(groups, lr=spec.lr, betas=(0.9, 0.999), eps=spec.adam_eps, weight_decay=spec.weight_decay)
+
+
+class ConstantWarmup(torch.optim.lr_scheduler.ConstantLR):
+    """Every parameter group at ``warmup_lr`` during the warm-up epochs, whatever its own rate, as Dassl's
+    ConstantWarmupScheduler sets them (``[cons_lr for _ in base_lrs]``); the cosine that follows starts
+    each group from its own rate. (A ConstantLR, so resume states written before groups had their own
+    rates load unchanged; for one group at the run's lr the values are the same.)"""
+
+    def __init__(self, optimizer, warmup_lr: float, total_iters: int, factor: float):
+        self.warmup_lr = warmup_lr
+        super().__init__(optimizer, factor=factor, total_iters=total_iters)
+
+    def get_lr(self):
+        if self.last_epoch < self.total_iters:
+            return [self.warmup_lr for _ in self.optimizer.param_groups]
+        return [group["initial_lr"] for group in self.optimizer.param_groups]
 
 
 def build_scheduler(optimizer, spec: RunSpec):
-    """Constant warm-up at ``warmup_lr`` for ``warmup_epochs``, then cosine over ``epochs`` with the
-    counter restarted after warm-up (PROTOCOL.md 10): lr(e) = lr * (1 + cos(pi (e - 2) / E)) / 2
-    for e >= 2 with one warm-up epoch. Stepped once per epoch."""
+    """Constant warm-up at ``warmup_lr`` for ``warmup_epochs`` (every group), then cosine over ``epochs``
+    with the counter restarted after warm-up (PROTOCOL.md 10), from each group's own rate b:
+    lr(e) = b * (1 + cos(pi (e - 2) / E)) / 2 for e >= 2 with one warm-up epoch. Stepped once per epoch."""
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, spec.epochs))
     if spec.warmup_epochs <= 0:
         return cosine
-    warmup = torch.optim.lr_scheduler.ConstantLR(
-        optimizer, factor=spec.warmup_lr / spec.lr, total_iters=spec.warmup_epochs
+    warmup = ConstantWarmup(
+        optimizer, spec.warmup_lr, total_iters=spec.warmup_epochs, factor=min(1.0, spec.warmup_lr / spec.lr)
     )
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[spec.warmup_epochs])
 

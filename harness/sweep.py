@@ -5,10 +5,12 @@ method variants, each pointing at a published method config:
 
     protocol: base2new          # train on base classes, evaluate base and new (PROTOCOL.md 12.1)
                                 # or: transfer (train on `source`, evaluate `targets`, 12.2 / 12.3)
+                                # or: fewshot (all classes, each of `shots: [1, 2, ...]`, PROTOCOL.md 20)
     datasets: [caltech101, ...]
     seeds: [1, 2, 3]
     methods:
       coop: {config: coop/vit_b16_ctxv1, per_dataset: {imagenet: coop/vit_b16_ep50_ctxv1}}
+      # fewshot: per_shots, K -> a config or {config, run} (per_dataset wins over per_shots over config)
     run: {num_workers: 8}       # run keys for every job
     profiles: {demo: {...}}     # named sets of overrides (the demo profile runs on generated data)
     default_methods: [coop]     # what runs without --methods (a profile's quick subset; default: all)
@@ -20,13 +22,16 @@ Jobs:
   * ``eval``: load the trained prompt and evaluate other classes or datasets (New accuracy,
     class-incremental, targets); depends on its ``train`` job.
   * zero-shot CLIP has no training and no seed: one ``eval`` job per dataset.
-A job whose records all exist in the results store is skipped, so a re-run after a failure or an
-edit does only what is missing.
+A job whose records all exist in the results store with its fingerprint (``harness.fingerprint``)
+is skipped, so a re-run after a failure does only what is missing, and a job whose settings changed
+(``--set epochs=2``, an edited config) runs again, in run folders of its own named by its fingerprint:
+the earlier run's checkpoints are neither resumed nor overwritten, and its records stay.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -34,6 +39,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from harness import fingerprint as fingerprints
 from harness import results
 from harness.config import PROJECT_ROOT, ConfigError, RunSpec, build_spec, layer
 
@@ -59,7 +65,7 @@ EXPERIMENT_KEYS = {
     "precision",
     "tracking",
 }
-PROTOCOLS = ("base2new", "transfer")
+PROTOCOLS = ("base2new", "transfer", "fewshot")
 
 
 @dataclass
@@ -76,8 +82,22 @@ class Job:
     def targets(self) -> list[tuple[str, str]]:
         return self.spec.eval_targets()
 
-    def pending_targets(self, done_keys: set) -> list[tuple[str, str]]:
-        return results.pending_targets(self.spec.identity(), self.targets(), done_keys)
+    @functools.cached_property
+    def settings(self) -> dict:
+        return fingerprints.settings_of(self.spec)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprints.fingerprint_of(self.settings)
+
+    def pending_targets(self, done: set) -> list[tuple[str, str]]:
+        """Targets without a record of this job's identity and fingerprint (``fingerprints.finished``)."""
+        identity, fingerprint = self.spec.identity(), self.fingerprint
+        return [
+            (d, s)
+            for d, s in self.targets()
+            if not fingerprints.is_finished(done, {**identity, "dataset": d, "subsample": s}, fingerprint)
+        ]
 
 
 def experiment_path(name_or_path: str) -> str:
@@ -123,10 +143,6 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
-def _short_hash(values: dict) -> str:
-    return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
 # Run keys the sweep sets for each job: a --set of one of them would make every job the same.
 PER_JOB_KEYS = {
     "dataset": "--datasets",
@@ -155,22 +171,38 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
             f"{key!r} is set for each job by the sweep and cannot be given with --set: use {PER_JOB_KEYS[key]}."
         )
     seeds = [int(s) for s in experiment.get("seeds", [1, 2, 3])]
+    fewshot = experiment["protocol"] == "fewshot"
+    if fewshot and "shots" in overrides:
+        raise ConfigError(
+            "A few-shot study sets shots per job from its 'shots' list: narrow it with --shots, not --set."
+        )
     common = dict(experiment.get("run") or {})
-    for key in ("backbone", "precision", "tracking", "shots"):
+    for key in ("backbone", "precision", "tracking") + (() if fewshot else ("shots",)):
         if experiment.get(key) is not None:
             common[key] = experiment[key]
     common.update(data_root=data_root, experiment=name, results=os.path.join(out, results.RESULTS_FILE))
     common.setdefault("feature_cache", os.path.join(out, "feature_cache"))
 
+    # (dataset, training classes, evaluated by the training job, evaluated by a job loading it, shots or None)
     if experiment["protocol"] == "base2new":
         plan = [
-            (d, "base", [(d, "base")], [(d, "new")] + ([(d, "all")] if experiment.get("class_incremental") else []))
+            (
+                d,
+                "base",
+                [(d, "base")],
+                [(d, "new")] + ([(d, "all")] if experiment.get("class_incremental") else []),
+                None,
+            )
             for d in experiment.get("datasets") or []
+        ]
+    elif fewshot:
+        plan = [
+            (d, "all", [(d, "all")], [], k) for d in experiment.get("datasets") or [] for k in fewshot_shots(experiment)
         ]
     else:
         source = experiment.get("source", "imagenet")
         targets = [(t, "all") for t in experiment.get("targets") or []]
-        plan = [(source, "all", [(source, "all")], targets)]
+        plan = [(source, "all", [(source, "all")], targets, None)]
     if not plan:
         raise ConfigError(f"Experiment {name!r} has no datasets.")
 
@@ -180,43 +212,59 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
     jobs: list[Job] = []
     for variant, method_cfg in methods_cfg.items():
         method_cfg = dict(method_cfg or {})
-        for dataset, train_subsample, train_evals, other_evals in plan:
-            config_name = (method_cfg.get("per_dataset") or {}).get(dataset, method_cfg.get("config"))
-            values = {**common, **(method_cfg.get("run") or {}), "config": config_name or ""}
+        for dataset, train_subsample, train_evals, other_evals, shots in plan:
+            config_name, shots_run = method_cfg.get("config"), {}
+            if shots is not None:
+                # per_shots: K -> a config name, or {config: ..., run: {...}} (run keys for that K)
+                entry = (method_cfg.get("per_shots") or {}).get(shots, config_name)
+                entry = entry if isinstance(entry, dict) else {"config": entry}
+                config_name, shots_run = entry.get("config", config_name), dict(entry.get("run") or {})
+            config_name = (method_cfg.get("per_dataset") or {}).get(dataset, config_name)
+            values = {**common, **(method_cfg.get("run") or {}), **shots_run, "config": config_name or ""}
+            if shots is not None:
+                values["shots"] = shots
             if method_cfg.get("options"):
                 values["options"] = method_cfg["options"]
             values.setdefault("method", layer(values).get("method") or variant)
             values.update(dataset=dataset, subsample=train_subsample)
             if not build_spec({**values, "output_dir": out}, overrides).learns:
+                if any(job.name == f"{name}/{variant}/{dataset}" for job in jobs):
+                    continue  # zero-shot: one job per dataset, whatever the shot counts
+                zero_shot = {**values, "seed": None, "evaluate": targets(train_evals + other_evals)}
+                fingerprint = fingerprints.fingerprint_of(
+                    fingerprints.settings_of(build_spec({**zero_shot, "output_dir": out}, overrides))
+                )
                 spec = build_spec(
                     {
-                        **values,
-                        "seed": None,
-                        "evaluate": targets(train_evals + other_evals),
-                        "output_dir": os.path.join(out, name, "zeroshot", variant, dataset),
+                        **zero_shot,
+                        "output_dir": os.path.join(out, name, "zeroshot", variant, f"{dataset}_{fingerprint[:8]}"),
                         "job": f"{name}/{variant}/{dataset}",
                     },
                     overrides,
                 )
                 jobs.append(Job(spec.job, spec))
                 continue
+            shot_part = f"/{shots}shot" if shots is not None else ""
             for seed in seeds:
                 base = {**values, "seed": seed}
                 probe = build_spec({**base, "output_dir": out}, overrides)
-                key = {**probe.training_identity(), "data_root": probe.data_root}
-                train_dir = os.path.join(
-                    out,
-                    "runs",
-                    config_name or values["method"],
-                    f"{dataset}_{train_subsample}",
-                    f"shots{probe.shots}_seed{seed}_{_short_hash(key)}",
-                )
+                # One folder per settings run: a changed setting never resumes or overwrites another's.
+                fingerprint = fingerprints.fingerprint_of(fingerprints.settings_of(probe))
+                folder = os.path.join(out, "runs", config_name or values["method"], f"{dataset}_{train_subsample}")
+                train_dir = os.path.join(folder, f"shots{probe.shots}_seed{seed}_{fingerprint[:8]}")
+                # A training folder of a sweep made before fingerprints (named by the training keys and the
+                # data root) is still found, so its evaluation jobs load the prompt it holds.
+                legacy_key = {**probe.training_identity(), "data_root": probe.data_root}
+                legacy_hash = hashlib.sha1(json.dumps(legacy_key, sort_keys=True, default=str).encode()).hexdigest()
+                legacy = os.path.join(folder, f"shots{probe.shots}_seed{seed}_{legacy_hash[:8]}")
+                if not os.path.isdir(train_dir) and os.path.isdir(legacy) and not fingerprints.read_folder(legacy):
+                    train_dir = legacy
                 train = build_spec(
                     {
                         **base,
                         "output_dir": train_dir,
                         "evaluate": targets(train_evals),
-                        "job": f"{name}/{variant}/{dataset}/seed{seed}/train",
+                        "job": f"{name}/{variant}/{dataset}{shot_part}/seed{seed}/train",
                     },
                     overrides,
                 )
@@ -227,7 +275,9 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
                             **base,
                             "load_from": train_dir,
                             "evaluate": targets(other_evals),
-                            "output_dir": os.path.join(out, name, "evals", variant, dataset, f"seed{seed}"),
+                            "output_dir": os.path.join(
+                                out, name, "evals", variant, dataset, f"seed{seed}_{fingerprint[:8]}"
+                            ),
                             "job": f"{name}/{variant}/{dataset}/seed{seed}/eval",
                         },
                         overrides,
@@ -236,15 +286,32 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
     return jobs
 
 
-def narrow(experiment: dict, datasets=None, seeds=None, methods=None) -> dict:
-    """Apply DATASETS= / SEEDS= / METHODS= narrowing, checking each name exists in the experiment.
+def fewshot_shots(experiment: dict) -> list[int]:
+    """The shot counts of a few-shot study (its ``shots`` list), checked."""
+    shots = experiment.get("shots", [1, 2, 4, 8, 16])
+    shots = shots if isinstance(shots, list) else [shots]
+    if not shots or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in shots):
+        raise ConfigError(f"Experiment {experiment['name']!r}: shots must be a list of counts >= 1, got {shots!r}.")
+    return shots
+
+
+def narrow(experiment: dict, datasets=None, seeds=None, methods=None, shots=None) -> dict:
+    """Apply DATASETS= / SEEDS= / METHODS= / SHOTS= narrowing, checking each name exists in the experiment.
     Without METHODS, the experiment's ``default_methods`` when it has them, else every method; a
     registered method that the experiment does not list runs when named, with its default config."""
     out = copy.deepcopy(experiment)
+    if shots:
+        if out["protocol"] != "fewshot":
+            raise ConfigError(f"--shots narrows a few-shot study; {out['name']!r} is a {out['protocol']} study.")
+        known = fewshot_shots(out)
+        bad = [k for k in shots if int(k) not in known]
+        if bad:
+            raise ConfigError(f"{bad} not in this experiment's shots: {', '.join(map(str, known))}.")
+        out["shots"] = [int(k) for k in shots]
     methods = methods or out.pop("default_methods", None)
     out.pop("default_methods", None)
     if datasets:
-        key = "datasets" if out["protocol"] == "base2new" else "targets"
+        key = "targets" if out["protocol"] == "transfer" else "datasets"
         known = out.get(key) or []
         bad = [d for d in datasets if d not in known and not (key == "targets" and d == out.get("source"))]
         if bad:
@@ -273,7 +340,7 @@ def _unlisted_method(name: str, listed: dict) -> dict:
 
 def experiment_datasets(experiment: dict) -> list[str]:
     """Every dataset an experiment reads: its datasets (base-to-new) or its source and targets."""
-    if experiment["protocol"] == "base2new":
+    if experiment["protocol"] in ("base2new", "fewshot"):
         return list(experiment.get("datasets") or [])
     return [experiment.get("source", "imagenet"), *(experiment.get("targets") or [])]
 
@@ -332,3 +399,51 @@ def check_data_folders(jobs: list[Job]) -> None:
             + f". See what to fetch with: python -m harness.data check --root {root}"
             + "; or narrow the sweep with --datasets."
         )
+
+
+EXPECTATION_FILE = "expected.json"
+
+
+def expectation_path(out: str, experiment: str) -> str:
+    return os.path.join(out, experiment, EXPECTATION_FILE)
+
+
+def record_expectation(out: str, ran: dict, expected: dict) -> str:
+    """Write ``<out>/<experiment>/expected.json`` beside the results store: the datasets, seeds and
+    methods the experiment (with its profile) expects, and what the sweeps run here so far narrowed it
+    to, so that the report marks every cell and Average that falls short of the experiment."""
+    from harness.atomic import atomic_write_text
+
+    path = expectation_path(out, ran["name"])
+    before = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            before = (json.load(f) or {}).get("ran") or {}
+    union = lambda key, now: sorted(set(before.get(key) or []) | set(now), key=str)  # noqa: E731
+    entry = {
+        "experiment": ran["name"],
+        "profile": expected.get("profile"),
+        "protocol": expected["protocol"],
+        "datasets": experiment_datasets(expected),
+        "seeds": [int(s) for s in expected.get("seeds", [1, 2, 3])],
+        "methods": list(expected.get("methods") or {}),
+        "ran": {
+            "datasets": union("datasets", experiment_datasets(ran)),
+            "seeds": union("seeds", [int(s) for s in ran.get("seeds", [1, 2, 3])]),
+            "methods": union("methods", list(ran.get("methods") or {})),
+        },
+    }
+    atomic_write_text(path, json.dumps(entry, indent=1) + "\n")
+    return path
+
+
+def read_expectations(out: str) -> dict:
+    """{experiment: expectation} of the sweeps recorded beside a results store (``record_expectation``)."""
+    found = {}
+    folder = os.path.dirname(os.path.abspath(results.results_path(out)))
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name, EXPECTATION_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                found[name] = json.load(f)
+    return found

@@ -5,7 +5,8 @@ The runner knows no method by name. It builds one with ``methods.build_method`` 
 =============================  =================================================================
 ``trainable``                  does it learn anything? (zero-shot CLIP: no, the runner only tests)
 ``training_loss(x, y)``        the published objective for a batch, a scalar (default: cross-entropy)
-``parameter_groups()``         what the optimiser updates, in groups (a group may carry its own lr)
+``backward(x, y, details)``    optional, for an update that is not one loss's gradient (ProGrad): see below
+``parameter_groups()``         what the optimiser updates, in groups (``lr_scale`` x the run's lr, or ``lr``)
 ``on_epoch_end(epoch, E)``     called after each epoch's last step and learning-rate update
 ``training_state()``           what that hook keeps between epochs (saved with the resume state)
 ``features_cacheable``         is ``encode_image`` the frozen, un-prompted image tower?
@@ -13,7 +14,36 @@ The runner knows no method by name. It builds one with ``methods.build_method`` 
 ``text_depends_on_image``      must the test set be scored batch by batch (per-image prompts)?
 ``record_options()``           the options as built (e.g. n_ctx after ``ctx_init``), for the records
 ``dataset=`` option            a method whose constructor takes ``dataset`` is given the dataset key
+``fits_features``              is it fitted on frozen features (``fit``) instead of trained by gradient?
+``fit(train_f, train_y,``      fit on the image features of the full train and val splits (numpy or
+``val_f, val_y, seed, shots)``  tensors, split order); the method draws its own ``shots`` per class
+``transfers_to_other_classes`` may what it learned be evaluated on other classes (new, other datasets)?
+``subsample=`` argument        one whose constructor takes ``subsample`` is told which classes these are
 =============================  =================================================================
+
+A method that ``fits_features`` (linear-probe CLIP) is trainable (it has a seed, shots and a
+checkpoint) but has no optimiser: the runner extracts the train and val features once through the
+shared feature cache, calls ``fit``, saves the checkpoint, and scores the test set as for any method.
+
+``subsample`` ("base" | "new" | "all", ``methods.build_method``'s argument, default "all") is the authors'
+``DATASET.SUBSAMPLE_CLASSES``: a method whose published computation switches on it (DePT's head, MMRL's
+logits) takes it in its constructor; the others never see it.
+
+``parameter_groups()``: each group trains at the run's lr times its ``lr_scale`` (so ``--set lr=...`` scales
+every group, as the authors' configs do), or at its absolute ``lr``, or at the run's lr; during the constant
+warm-up epoch every group trains at ``warmup_lr``, as Dassl's warm-up scheduler sets them all, then each
+follows its own cosine from its own rate (``harness.runner.build_scheduler``).
+
+``backward(images, labels, details=None, *, loss_scale=1.0) -> loss``: a method whose published update is
+not the gradient of one scalar (ProGrad projects one gradient against another) defines it. It runs the
+forward pass, leaves in every trainable tensor's ``.grad`` exactly the update the authors' trainer hands its
+optimiser, multiplied by ``loss_scale``, fills ``details`` as ``training_loss`` does, and returns the loss
+to log; it steps nothing. The runner calls it instead of ``training_loss(...).backward()`` when a method
+has it, inside the autocast of an amp run, with ``loss_scale`` the gradient scaler's factor (1 without a
+scaler): the method multiplies each loss by it before its own backward, so small half-precision gradients
+do not underflow, and the scaler divides the update by it again before the step. The update must be
+homogeneous of degree one in the scaled losses (ProGrad's projection is: scaling both gradients by s scales
+the result by s), and the scaler's factors are powers of two, so the unscaled update is the published one.
 
 The forward is split at the image tower: ``encode_image`` (for most methods the frozen tower, so the
 runner computes a test set's features once and shares them between methods and seeds) and
@@ -81,11 +111,19 @@ class CLIPMethod(nn.Module):
     # The folder of a run where the authors' trainer writes this method's checkpoints (their registered
     # name), so that their tools find ours.
     checkpoint_folder = "prompt_learner"
+    # Whether the authors' framework writes a ``val_result`` entry (KaiyangZhou's Dassl does, the
+    # Dassl.ProGrad copy that ProGrad and TCP build on does not).
+    writes_val_result = True
     trainable = True
     features_cacheable = True
     # False: the class text features do not depend on the image, so a whole test set's features can
     # go through ``logits_from_features`` in one call (one text-encoder pass). CoCoOp sets True.
     text_depends_on_image = False
+    # True: learned by ``fit`` on frozen image features, not by gradient steps (no optimiser, no epochs).
+    fits_features = False
+    # False: what is learned is tied to the training classes (a classifier row per class, no prompt), so
+    # evaluating other classes (base-to-new's new half, another dataset) is refused before any work.
+    transfers_to_other_classes = True
 
     def __init__(self, clip_model, classnames: list[str]):
         super().__init__()
@@ -137,7 +175,8 @@ class CLIPMethod(nn.Module):
         return [p for p in self.prompt_learner.parameters() if p.requires_grad]
 
     def parameter_groups(self) -> list[dict]:
-        """Optimiser parameter groups; a group's ``"lr"`` (else the run's) and other keys pass to it."""
+        """Optimiser parameter groups: a group's ``"lr_scale"`` multiplies the run's lr, an ``"lr"`` replaces
+        it (else the run's); other keys pass to the optimiser."""
         return [{"params": self.trainable_parameters()}]
 
     def num_trainable_parameters(self) -> int:
@@ -156,6 +195,11 @@ class CLIPMethod(nn.Module):
             raise CheckpointError(
                 f"{self.method_name} keeps no training state, but the checkpoint holds {sorted(state)}."
             )
+
+    def fit(self, train_features, train_labels, val_features, val_labels, seed: int, shots: int) -> None:
+        """For ``fits_features`` methods: learn from features of the full train and val splits (their
+        own few-shot draw of ``shots`` per class with ``seed``)."""
+        raise NotImplementedError(f"{self.method_name} is trained by gradient, not fitted on features.")
 
     # -- evaluation and records -------------------------------------------------------------------
 
@@ -178,7 +222,8 @@ class CLIPMethod(nn.Module):
     def save_prompt_checkpoint(
         self, path: str, epoch: int, optimizer=None, scheduler=None, *, full: bool = True, **extra
     ) -> None:
-        """Write ``{"state_dict", "epoch", "optimizer", "scheduler", "val_result", ...}`` atomically.
+        """Write ``{"state_dict", "epoch", "optimizer", "scheduler", "val_result", ...}`` atomically (no
+        ``val_result`` where the authors' framework writes none).
 
         The file is what the authors' framework writes as ``<checkpoint_folder>/model.pth.tar-<epoch>``,
         so their tools load ours; ``extra`` keys (RNG states, ...) are ignored by theirs.
@@ -188,7 +233,7 @@ class CLIPMethod(nn.Module):
             "epoch": int(epoch),
             "optimizer": optimizer,
             "scheduler": scheduler,
-            "val_result": None,
+            **({"val_result": None} if self.writes_val_result else {}),
             **extra,
         }
         atomic_torch_save(state, path)

@@ -52,6 +52,7 @@ class KgCoOp(CoOp):
     year = 2023
     source = "htyao89/KgCoOp@c43ccc3"
     color = "#ff7f0e"
+    writes_val_result = False  # Dassl.ProGrad, the framework of its repository (PROTOCOL-successors.md 5)
 
     # default_config: the only file in experiments/methods/kgcoop/
     def __init__(

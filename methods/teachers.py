@@ -66,7 +66,9 @@ def teacher_text_features(
     names = [name.replace("_", " ") for name in classnames]
     # All templates' prompts together, in length buckets; [K, T, E] like the authors' torch.cat(..., dim=1).
     texts = [template.format(n) for template in templates for n in names]
-    features = _encode_texts(model, texts).reshape(len(templates), len(names), -1).transpose(0, 1)
+    # Computed in ``dtype`` even when first asked for inside an amp step's autocast: the cache keeps them.
+    with torch.autocast(clip.positional_embedding.device.type, enabled=False):
+        features = _encode_texts(model, texts).reshape(len(templates), len(names), -1).transpose(0, 1)
     out = features.mean(dim=1) if combine == "mean" else F.normalize(features[:, 0], dim=-1)
     del model
     cache[key] = out

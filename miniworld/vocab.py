@@ -164,6 +164,11 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
     # The transfer demos' source (all ten classes are learned) and a cross-dataset target.
     DemoDataset("miniworld_lamp", "MiniLamp", "color", COLOR_CLASSES, light=LAMP),
     DemoDataset("miniworld_backdrops", "MiniBackdrops", "background", tuple(BACKGROUNDS)),
+    # The few-shot demo's three: the same lights, all ten colours, 32 training pictures per class so
+    # that 16-shot draws differ between seeds (with 16, every seed would draw every picture).
+    DemoDataset("miniworld_dusk_fs", "MiniDuskFewShot", "color", WARM_THEN_COOL, (32, 8, 40), DUSK),
+    DemoDataset("miniworld_stage_fs", "MiniStageFewShot", "color", WARM_THEN_COOL, (32, 8, 40), STAGE),
+    DemoDataset("miniworld_sea_fs", "MiniSeaFewShot", "color", WARM_THEN_COOL, (32, 8, 40), SEA),
 )
 DEMO_KEYS: tuple[str, ...] = tuple(d.key for d in DEMO_DATASETS)
 

@@ -65,18 +65,20 @@ def main() -> None:
     epoch = int(arg) if arg else None
 
     if name in ("first-step", "mid-epoch"):
-        # The objective of the method being run (its own, or the contract's default cross-entropy).
+        # What the runner calls once per step: the method's own backward if it has one (methods.base),
+        # else its objective (its own, or the contract's default cross-entropy).
         method_class = methods.method_class(spec.method)
-        original = method_class.training_loss
+        step_name = "backward" if callable(getattr(method_class, "backward", None)) else "training_loss"
+        original = getattr(method_class, step_name)
         state = {"calls": 0, "epoch_steps": None}
 
-        def training_loss(self, images, labels, **kw):
+        def training_step(self, images, labels, *args, **kw):
             state["calls"] += 1
             if name == "first-step" or (
                 state["epoch_steps"] and state["calls"] == (epoch - 1) * state["epoch_steps"] + 2
             ):
                 pause(marker)
-            return original(self, images, labels, **kw)
+            return original(self, images, labels, *args, **kw)
 
         # steps per epoch = the loader's length: known once the run has built it
         original_build_loader = harness.runner.data.build_loader
@@ -88,7 +90,7 @@ def main() -> None:
             return loader
 
         harness.runner.data.build_loader = build_loader
-        method_class.training_loss = training_loss
+        setattr(method_class, step_name, training_step)
     elif name == "checkpoint-write":
         import torch
 

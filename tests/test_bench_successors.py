@@ -1,5 +1,6 @@
-"""The benchmark's memory/speed lines for KgCoOp, MaPLe and PromptSRC, run on the tiny CLIP."""
+"""The benchmark's memory/speed lines for the successors, run on the tiny CLIP."""
 
+import pytest
 import torch
 
 from benchmarks import bench
@@ -25,3 +26,20 @@ def test_successor_lines_on_tiny(monkeypatch):
     assert (kg.trainable, maple.trainable) == (4 * 64, 2 * 64 + (64 * 128 + 128) * 2 + 2 * 64)
     text = "\n".join(bench.render_successors(rows, 1e10, torch.device("cpu")))
     assert "| maple | 16,896 | 10 |" in text and "kept for backward" in text
+
+
+@pytest.mark.parametrize("method", sorted(bench.SUCCESSORS))
+def test_every_successor_has_a_line(monkeypatch, method):
+    # Every trainable method besides CoOp and CoCoOp gets a line: a training step through its published update
+    # (its own ``backward`` where it has one) leaves a gradient on what it trains, and an evaluation.
+    monkeypatch.setattr(bench, "build_vitb16_clip", lambda device="cpu": backbone.load_clip("tiny"))
+    monkeypatch.setattr(bench, "matmul_throughput", lambda device, dtype=None: 1e10)
+    settings = bench.Settings(ks=(10,), eval_images=2, train_batches=(1,), budget_s=0.5, quick=True)
+    b = bench.Bench(settings, torch.device("cpu"), log=lambda msg: None)
+    depth_options = {"maple": {}, "promptsrc": {}, "tcp": {"injection_layer": 1}, "mmrl": {"rep_layers": [1, 2]}}
+    if method in depth_options:  # the tiny CLIP has 2 blocks: the published depths do not fit it
+        monkeypatch.setitem(bench.SUCCESSORS, method, depth_options[method])
+    row = b.successor(method, 10, 2, 2)
+    assert row.train_s > 0 and row.eval_s > 0 and row.trainable > 0
+    text = "\n".join(bench.render_successors([row], 1e10, torch.device("cpu")))
+    assert f"| {method} | {row.trainable:,} | 10 |" in text

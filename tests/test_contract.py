@@ -17,7 +17,12 @@ NAMES = ["golden retriever", "tabby_cat", "sea lake", "fire truck"]
 def build(name, clip, seed=0, **options):
     torch.manual_seed(seed)
     model = methods.build_method(name, clip, NAMES, **options)
-    if not any(p.requires_grad for p in model.parameters()) and model.trainable:
+    if model.fits_features:  # fitted on frozen features (linear probe): fit it on random ones
+        generator = torch.Generator().manual_seed(seed)
+        features = torch.randn(len(NAMES) * 8, backbone.embed_dim(clip), generator=generator)
+        labels = torch.arange(len(NAMES)).repeat_interleave(8)
+        model.fit(features[::2], labels[::2], features[1::2], labels[1::2], seed=seed + 1, shots=2)
+    elif not any(p.requires_grad for p in model.parameters()) and model.trainable:
         pytest.fail(f"{name} is trainable but has no parameter that requires a gradient")
     return model
 
@@ -61,7 +66,7 @@ def test_training_loss_reaches_exactly_the_trainable_parameters(name, tiny_clip,
     terms = [v for k, v in details.items() if k != "logits"]
     assert terms and float(sum(terms)) == pytest.approx(float(loss.detach()), rel=1e-5, abs=1e-6)
     trainable = {id(p) for p in model.trainable_parameters()}
-    if not model.trainable:
+    if not model.trainable or model.fits_features:  # no gradient: nothing to train by it
         assert not trainable and not loss.requires_grad
         return
     loss.backward()
@@ -121,6 +126,6 @@ def test_methods_run_in_bf16(name, images):
     model.train()
     loss = model.training_loss(images.to(torch.bfloat16), torch.tensor([0, 1, 2]))
     assert torch.isfinite(loss.float())
-    if model.trainable:
+    if model.trainable and not model.fits_features:
         loss.backward()
         assert all(p.grad is not None for p in model.trainable_parameters())

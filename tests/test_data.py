@@ -75,14 +75,15 @@ def rel(items, root):
 def test_registry():
     # the built-in datasets first, then those plugins register (the miniature world's)
     assert list_datasets()[: len(BENCHMARK_KEYS) + 1] == BENCHMARK_KEYS + ["synthetic"]
-    assert list_datasets()[len(BENCHMARK_KEYS) + 1 :] == [
-        "miniworld_shapes",
-        "miniworld_textures",
-        "miniworld_colors",
+    # the miniature world's datasets, in the order its vocabulary declares them
+    from miniworld.vocab import DEMO_KEYS
+
+    assert list_datasets()[len(BENCHMARK_KEYS) + 1 :] == list(DEMO_KEYS)
+    assert DEMO_KEYS[:6] == ("miniworld_shapes", "miniworld_textures", "miniworld_colors") + (
         "miniworld_dusk",
         "miniworld_stage",
         "miniworld_sea",
-    ]
+    )
     assert DATASETS["oxford_pets"].paper_name == "OxfordPets"
     assert DATASETS["caltech101"].folder == "caltech-101"
     assert DATASETS["imagenet_a"].folder == "imagenet-adversarial"

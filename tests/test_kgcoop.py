@@ -135,6 +135,7 @@ def test_loads_an_authors_fp16_checkpoint_of_other_classes(tiny_clip, classnames
     torch.testing.assert_close(pl.bias_vectors.detach(), state["bias_vectors"].float())
     # and our file, written after training, loads back into a fresh model
     model.save_prompt_checkpoint(str(path), epoch=100)
+    assert set(torch.load(str(path), weights_only=False)) == {"state_dict", "epoch", "optimizer", "scheduler"}
     other = build(tiny_clip, ["zebra", "fire truck"], seed=4, template=PETS)
     other.load_prompt_checkpoint(str(path))
     torch.testing.assert_close(other.prompt_learner.ctx, pl.ctx)

@@ -273,8 +273,8 @@ def test_checkpoint_shape_mismatch_is_explained(tiny_clip, classnames, tmp_path)
 
 
 def test_unknown_method_and_option_errors(tiny_clip, classnames):
-    with pytest.raises(ValueError, match="Registered methods: cocoop, coop, kgcoop, maple, promptsrc, zsclip"):
-        methods.build_method("prograd", tiny_clip, classnames)
+    with pytest.raises(ValueError, match="Registered methods: cocoop, coop, .*kgcoop, .*maple, .*zsclip"):
+        methods.build_method("no_such_method", tiny_clip, classnames)
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['nctx'\].*n_ctx=4"):
         methods.build_method("coop", tiny_clip, classnames, nctx=4)
     with pytest.raises(ValueError, match="class_token_position"):

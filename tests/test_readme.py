@@ -68,7 +68,9 @@ def test_methods_table_is_what_the_code_counts_and_the_papers_publish():
         assert h == published.get(name, "–"), name
         assert ours == demo_h.get(name, "`METHODS=`"), name
     # The paper's three and the successors are shown; the demo ran the first three.
-    assert [r[0].strip("`") for r in rows][:6] == ["zsclip", "coop", "cocoop", "kgcoop", "maple", "promptsrc"]
+    shown = [r[0].strip("`") for r in rows]
+    assert {"zsclip", "coop", "cocoop", "kgcoop", "maple", "promptsrc"} <= set(shown)
+    assert shown[:3] == ["zsclip", "coop", "cocoop"]  # in year order, ties in registration order
     assert set(demo_h) == {"zsclip", "coop", "cocoop"}
 
 

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from harness.fingerprint import fingerprint_of
 from harness.report import AVERAGE, PAPER_DATASETS, build_report, build_tables, default_paper_dir, trainable_parameters
 from harness.report.__main__ import main as report_main
 from harness.results import append_record
@@ -41,6 +42,11 @@ def record(
     """A complete results-store record; zero-shot CLIP gets no training fields and no seed."""
     zero_shot = method == "zsclip"
     options = {} if zero_shot else {"n_ctx": n_ctx, "ctx_init": ctx_init}
+    trained_on = None if zero_shot else (dataset if train_dataset == "same" else train_dataset)
+    settings = {"method": method, "options": options, "dataset": trained_on or dataset, "backbone": backbone}
+    if not zero_shot:
+        settings.update(subsample=train_subsample, seed=seed, shots=16)
+    settings["data"] = "split-digest"
     return {
         "experiment": experiment,
         "job": f"{method}/{dataset}/{subsample}/seed{seed}",
@@ -70,6 +76,9 @@ def record(
         "versions": {},
         "timestamp": "2024-01-01T00:00:00",
         "run_dir": "/tmp/x",
+        "settings": settings,
+        "fingerprint": fingerprint_of(settings),
+        "reevaluated": False,
     }
 
 

@@ -53,8 +53,11 @@ def small_experiment(tmp_path):
 
 def test_paper_experiments_expand_to_the_published_jobs():
     b2n = sweep.expand(sweep.load_experiment("base2new"), "/data", "/out")
-    # zero-shot: one job per dataset; CoOp, CoCoOp, KgCoOp, MaPLe, PromptSRC: train + eval per dataset and seed.
-    assert len(b2n) == 11 + 5 * 11 * 3 * 2
+    # zero-shot: one job per dataset; every other method (CoOp, CoCoOp, the successors): train + eval per dataset
+    # and seed.
+    trained = [m for m in sweep.load_experiment("base2new")["methods"] if m != "zsclip"]
+    assert {"coop", "cocoop", "kgcoop", "maple", "promptsrc", "prograd", "tcp"} <= set(trained)
+    assert len(b2n) == 11 + len(trained) * 11 * 3 * 2
     coop_imagenet = next(j for j in b2n if j.name == "base2new/coop/imagenet/seed1/train")
     assert coop_imagenet.spec.config == "coop/vit_b16_ep50_ctxv1" and coop_imagenet.spec.epochs == 50
     coop_pets = next(j for j in b2n if j.name == "base2new/coop/oxford_pets/seed2/train")
@@ -75,11 +78,35 @@ def test_paper_experiments_expand_to_the_published_jobs():
         "kgcoop": (100, 128, 0.002, {"n_ctx": 4, "ctx_init": "a photo of a", "kg_weight": 8.0}),
         "maple": (5, 4, 0.0035, {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9}),
         "promptsrc": (20, 4, 0.0025, {"prompt_depth_text": 9, "prompt_depth_vision": 9, "gpa_mean": 15, "gpa_std": 1}),
+        "coop_dept": (10, 4, 0.0035, {"n_ctx": 16, "ctx_init": "", "cat_weight": 0.7, "cat_lr_mult": 6.5}),
+        "mmrl": (10, 4, 0.001, {"n_rep_tokens": 5, "rep_layers": [6, 7, 8, 9, 10, 11, 12], "task": "B2N"}),
     }
     for method, (epochs, batch, lr, options) in published.items():
         job = next(j for j in b2n if j.name == f"base2new/{method}/dtd/seed3/train")
-        assert (job.spec.epochs, job.spec.batch_size, job.spec.lr, job.spec.precision) == (epochs, batch, lr, "fp16")
+        precision = "amp" if method == "mmrl" else "fp16"
+        assert (job.spec.epochs, job.spec.batch_size, job.spec.lr, job.spec.precision) == (epochs, batch, lr, precision)
         assert options.items() <= job.spec.options.items()
+    # ProGrad at the study's ViT-B/16 and 16 shots (the project's choice), TCP with Adam eps 1e-3
+    # (PROTOCOL-successors-2.md 1); both at their ImageNet (and TCP's SUN397) schedules there.
+    prograd = next(j for j in b2n if j.name == "base2new/prograd/dtd/seed3/train").spec
+    assert (prograd.epochs, prograd.batch_size, prograd.lr, prograd.optimizer, prograd.shots) == (
+        100,
+        32,
+        0.002,
+        "sgd",
+        16,
+    )
+    assert prograd.backbone == "ViT-B/16" and prograd.options["n_ctx"] == 16
+    tcp = next(j for j in b2n if j.name == "base2new/tcp/dtd/seed3/train").spec
+    assert (tcp.epochs, tcp.batch_size, tcp.lr, tcp.optimizer, tcp.adam_eps) == (50, 32, 0.002, "adam", 1e-3)
+    assert (tcp.options["injection_layer"], tcp.options["kg_weight"], tcp.options["ctx_init"]) == (8, 8.0, "")
+    for name, epochs in (("prograd/imagenet", 50), ("tcp/imagenet", 25), ("tcp/sun397", 25)):
+        assert next(j for j in b2n if j.name == f"base2new/{name}/seed1/train").spec.epochs == epochs, name
+    mmrl = next(j for j in b2n if j.name == "base2new/mmrl/dtd/seed3/train").spec
+    assert (mmrl.optimizer, mmrl.crop_scale) == ("adamw", [0.5, 1.0])
+    mmrl_imagenet = next(j for j in b2n if j.name == "base2new/mmrl/imagenet/seed1/train").spec
+    assert (mmrl_imagenet.epochs, mmrl_imagenet.batch_size) == (5, 32)
+    assert {"coop_dept", "mmrl"} <= set(trained)
     src = next(j for j in b2n if j.name == "base2new/promptsrc/dtd/seed3/train").spec.options
     assert (src["text_loss_weight"], src["image_loss_weight"], src["n_ctx_text"], src["n_ctx_vision"]) == (25, 10, 4, 4)
     zs = next(j for j in b2n if j.name == "base2new/zsclip/dtd")
@@ -89,7 +116,12 @@ def test_paper_experiments_expand_to_the_published_jobs():
     domain = sweep.expand(sweep.load_experiment("domaingen"), "/data", "/out")
     cross_train = {j.spec.output_dir for j in cross if j.kind == "train"}
     domain_train = {j.spec.output_dir for j in domain if j.kind == "train"}
-    assert len(cross_train) == 15 and cross_train == domain_train  # one ImageNet model per method and seed
+    trained_xd = [m for m in sweep.load_experiment("crossdataset")["methods"] if m != "zsclip"]
+    # one ImageNet model per method and seed, shared by the two studies
+    assert len(cross_train) == 3 * len(trained_xd) and cross_train == domain_train
+    mmrl_xd = next(j for j in cross if j.name == "crossdataset/mmrl/imagenet/seed1/train").spec
+    assert (mmrl_xd.epochs, mmrl_xd.warmup_epochs, mmrl_xd.batch_size, mmrl_xd.options["task"]) == (1, 0, 32, "CD")
+    assert (mmrl_xd.options["reg_weight"], mmrl_xd.options["rep_dim"], mmrl_xd.subsample) == (0.2, 512, "all")
     maple_xd = next(j for j in cross if j.name == "crossdataset/maple/imagenet/seed1/train").spec
     assert (maple_xd.epochs, maple_xd.lr, maple_xd.options["prompt_depth"]) == (2, 0.0026, 3)
     src_xd = next(j for j in domain if j.name == "domaingen/promptsrc/imagenet/seed2/train").spec
@@ -146,7 +178,7 @@ def test_a_registered_method_the_study_does_not_list_runs_with_its_default_confi
     with pytest.raises(ConfigError, match=r"no config in .*experiments/methods/unconfigured: add its published config"):
         sweep.narrow(bigger, methods=["unconfigured"])
     monkeypatch.setattr(methods.method_class("coop"), "default_config", "")
-    with pytest.raises(ConfigError, match=r"4 configs in .*coop \(coop/vit_b16_ctxv1, .* in methods/coop.py"):
+    with pytest.raises(ConfigError, match=r"7 configs in .*coop \(coop/vit_b16, .* in methods/coop.py"):
         default_method_config("coop")
     monkeypatch.setattr(Unconfigured, "default_config", "unconfigured/nowhere", raising=False)
     with pytest.raises(ConfigError, match=r"tests/test_sweep.py: default_config 'unconfigured/nowhere' is not"):
@@ -162,7 +194,7 @@ def test_narrowing_and_bad_names():
     with pytest.raises(ConfigError, match=r"\['mnist'\] not in this experiment's datasets"):
         sweep.narrow(sweep.load_experiment("base2new"), datasets=["mnist"])
     with pytest.raises(ConfigError, match=r"neither one of this experiment's methods \(zsclip, coop, cocoop, kgcoop"):
-        sweep.narrow(sweep.load_experiment("base2new"), methods=["prograd"])
+        sweep.narrow(sweep.load_experiment("base2new"), methods=["no_such_method"])
     successors = sweep.narrow(sweep.load_experiment("base2new"), ["dtd"], ["1"], ["kgcoop", "maple", "promptsrc"])
     assert len(sweep.expand(successors, "/data", "/out")) == 3 * 2  # make base2new METHODS=kgcoop,maple,promptsrc
     with pytest.raises(ConfigError, match="Experiments: ablations, base2new"):
@@ -180,7 +212,9 @@ def test_demo_profile_uses_generated_data_and_the_tiny_pretrained_clip():
     jobs = sweep.expand(demo, "/gen", "/out")
     assert {j.spec.backbone for j in jobs} == {"tiny-pretrained"} and {j.spec.precision for j in jobs} == {"fp32"}
     demo_train = {j.spec.method: j.spec for j in jobs if j.kind == "train"}
-    assert {"kgcoop", "maple", "promptsrc"} <= set(demo_train)  # the successors run in the demo too ...
+    assert {"kgcoop", "maple", "promptsrc", "prograd", "tcp"} <= set(
+        demo_train
+    )  # the successors run in the demo too ...
     # ... when asked: without --methods the demo runs the paper's three, in this process
     assert list(sweep.narrow(demo)["methods"]) == ["zsclip", "coop", "cocoop"]
     assert list(sweep.narrow(demo, methods=["maple"])["methods"]) == ["maple"]
@@ -333,7 +367,9 @@ def test_cli_dry_run_prints_the_plan(tmp_path):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "11 jobs: 11 to run" in out.stdout and "base2new/cocoop/eurosat/seed1/eval" in out.stdout  # CLIP + 5 x 2
+    trained = [m for m in sweep.load_experiment("base2new")["methods"] if m != "zsclip"]
+    jobs = 1 + 2 * len(trained)  # CLIP + train and eval of every other method
+    assert f"{jobs} jobs: {jobs} to run" in out.stdout and "base2new/cocoop/eurosat/seed1/eval" in out.stdout
     assert "after base2new/cocoop/eurosat/seed1/train" in out.stdout
     assert "after base2new/maple/eurosat/seed1/train" in out.stdout
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from .digest import split_digest
 from .errors import ClassCoverageError, MissingImagesError
 from .fewshot import load_or_draw, subsample_classes
 from .readers import read_dataset
@@ -105,7 +106,16 @@ def build_dataset(
     if num_shots >= 1:
         is_imagenet = info.key == "imagenet"
         ftrain, fval, cache_path, source = load_or_draw(
-            info.key, info.folder, ddir, train, val, num_shots, seed, cache_dir=cache_dir, sample_val=not is_imagenet
+            info.key,
+            info.folder,
+            ddir,
+            train,
+            val,
+            num_shots,
+            seed,
+            cache_dir=cache_dir,
+            sample_val=not is_imagenet,
+            split_fingerprint=split_digest(train, val, test, ddir),
         )
         missing = find_missing(ftrain + (fval if not is_imagenet else []))
         if missing:
@@ -114,18 +124,6 @@ def build_dataset(
                 f"the few-shot cache {cache_path}",
                 f"the cache refers to images that are gone; delete "
                 f"{cache_path} to draw a new sample, or restore the images",
-            )
-        known = {d.impath for d in train}
-        stale = sum(1 for d in ftrain if d.impath not in known)
-        if stale:
-            logger.warning(
-                "%s: %d of the %d training items in the few-shot cache %s are not in "
-                "the current training split; the cache may be stale (delete it to "
-                "draw again)",
-                info.key,
-                stale,
-                len(ftrain),
-                cache_path,
             )
         train, val = ftrain, (test if is_imagenet else fval)
 

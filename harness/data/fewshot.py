@@ -7,7 +7,12 @@ code gets from CPython's global generator seeded with ``s`` when nothing else co
 Cache files: ``<dataset folder>/split_fewshot/shot_<K>-seed_<S>.json`` holding
 ``{"format", "dataset", "num_shots", "seed", "train": [...], "val": [...]}`` whose items are
 ``[image path relative to the dataset folder, label, class name]`` (portable: moving the data root
-keeps them valid).  An authors' ``shot_<K>-seed_<S>.pkl`` found in the same folder is read instead
+keeps them valid), and ``"split_fingerprint"``, the digest of the split it was drawn from
+(``digest.split_digest``): a cache drawn from other data (the split file changed, or the read-only
+fallback cache of another data root with a dataset of the same name) is not reused, a new draw
+replaces it. A cache without that record (an earlier harness's, an authors' ``.pkl``) is used only if
+every training image it names is in the current training split; otherwise it is an error naming the
+file and how to draw again.  An authors' ``shot_<K>-seed_<S>.pkl`` found in the same folder is read instead
 (through a restricted unpickler; Dassl is not needed).  When the dataset folder is not writable the
 cache goes to ``<cache_dir or $HARNESS_CACHE_DIR or ~/.cache/prompt-harness/split_fewshot>/<key>/``.
 Generation happens under a ``filelock`` lock and the file is written atomically, so concurrent jobs
@@ -215,6 +220,29 @@ def cache_candidates(key: str, ddir: str, num_shots: int, seed: int, cache_dir: 
     return [os.path.join(d, cache_name(num_shots, seed, ext)) for d in dirs for ext in ("json", "pkl")]
 
 
+def recorded_split(path: str) -> str | None:
+    """The split digest a JSON cache was drawn from (None: not recorded, or an authors' pickle)."""
+    if not path.endswith(".json"):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get("split_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_drawn_from(path: str, drawn: list[Datum], train: list[Datum]) -> None:
+    """A cached draw may only name images of the current training split (else it trains on others)."""
+    known = {d.impath for d in train}
+    stale = sum(1 for d in drawn if d.impath not in known)
+    if stale:
+        raise FewShotCacheError(
+            f"the few-shot cache {path} names {stale} of its {len(drawn)} training images that are not in the "
+            "current training split (the split changed since the draw?); delete it to draw a new sample from "
+            "the current split"
+        )
+
+
 def _load_any(path: str, ddir: str, folder: str) -> dict[str, list[Datum]]:
     if path.endswith(".pkl"):
         data = read_authors_pickle(path)
@@ -236,8 +264,10 @@ def load_or_draw(
     seed: int,
     cache_dir: str | None = None,
     sample_val: bool = True,
+    split_fingerprint: str | None = None,
 ):
-    """Few-shot train/val for (K, seed): from a cache if one exists, else drawn and cached.
+    """Few-shot train/val for (K, seed): from a cache drawn from this split if one exists, else drawn
+    and cached (``split_fingerprint``: the split's digest, recorded in the cache and compared).
 
     Returns ``(train, val, cache_path, source)`` with source ``"cache"``, ``"authors-pkl"`` or
     ``"drawn"``.
@@ -245,17 +275,30 @@ def load_or_draw(
 
     def existing():
         for p in cache_candidates(key, ddir, num_shots, seed, cache_dir):
-            if os.path.isfile(p):
-                return p
+            if not os.path.isfile(p):
+                continue
+            recorded = recorded_split(p)
+            if split_fingerprint and recorded and recorded != split_fingerprint:
+                logger.info(
+                    "%s: few-shot cache %s was drawn from other data (split %s, now %s); not reused",
+                    key,
+                    p,
+                    recorded,
+                    split_fingerprint,
+                )
+                continue
+            data = _load_any(p, ddir, folder)
+            check_drawn_from(p, data["train"], train)
+            return p, data
         return None
 
     def finish(p, data, source):
         v = data.get("val", val) if sample_val else val
         return data["train"], v, p, source
 
-    p = existing()
-    if p:
-        return finish(p, _load_any(p, ddir, folder), "authors-pkl" if p.endswith(".pkl") else "cache")
+    found = existing()
+    if found:
+        return finish(*found, "authors-pkl" if found[0].endswith(".pkl") else "cache")
 
     primary_dir = os.path.join(ddir, "split_fewshot")
     if dir_writable(primary_dir):
@@ -268,11 +311,12 @@ def load_or_draw(
         os.makedirs(target_dir, exist_ok=True)
     target = os.path.join(target_dir, cache_name(num_shots, seed))
     with lock_for(target):
-        p = existing()  # someone else may have written it while we waited for the lock
-        if p:
-            return finish(p, _load_any(p, ddir, folder), "authors-pkl" if p.endswith(".pkl") else "cache")
+        found = existing()  # someone else may have written it while we waited for the lock
+        if found:
+            return finish(*found, "authors-pkl" if found[0].endswith(".pkl") else "cache")
         ftrain, fval = draw_few_shot(train, val, num_shots, seed, sample_val=sample_val)
         data = {"train": ftrain, "val": fval} if sample_val else {"train": ftrain}
-        write_cache(target, data, ddir, {"dataset": key, "num_shots": num_shots, "seed": seed})
+        meta = {"dataset": key, "num_shots": num_shots, "seed": seed, "split_fingerprint": split_fingerprint}
+        write_cache(target, data, ddir, meta)
     logger.info("%s: drew a %d-shot sample with seed %d, cached at %s", key, num_shots, seed, target)
     return ftrain, fval, target, "drawn"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from harness import fingerprint as fingerprints
 from harness import results
 from harness.launcher.debug import run_debug
 from harness.launcher.local import run_local
@@ -13,17 +14,24 @@ from harness.launcher.state import JobState, JobStatus, save_state
 from harness.sweep import Job
 
 
-def plan(jobs: list[Job], force: bool = False) -> list[JobState]:
-    """Which jobs must run: those with missing records (all of them with ``force``)."""
-    done = results.existing_keys(jobs[0].spec.results) if jobs else set()
+def plan(jobs: list[Job], force: bool = False, reevaluate: bool = False) -> list[JobState]:
+    """Which jobs must run: those without records of their identity and fingerprint (all of them with
+    ``force`` or ``reevaluate``); a job whose identity has records of other settings says what changed."""
+    records = results.read_records(jobs[0].spec.results) if jobs else []
+    done = fingerprints.finished(records)
     states, running = [], set()
     for job in jobs:
-        needed = force or bool(job.pending_targets(done))
+        needed = force or reevaluate or bool(job.pending_targets(done))
         deps = [d for d in job.depends_on if d in running]
         status = JobStatus.PENDING if needed else JobStatus.SKIPPED
-        states.append(JobState(job.name, job.kind, job.spec.output_dir, deps, status))
+        state = JobState(job.name, job.kind, job.spec.output_dir, deps, status, fingerprint=job.fingerprint)
         if needed:
             running.add(job.name)
+            earlier = fingerprints.superseded(records, job.spec.identity(), job.targets(), job.fingerprint)
+            if earlier is not None:
+                changes = fingerprints.differences(earlier.get("settings"), job.settings)
+                state.changed = fingerprints.describe(changes) or "the data"
+        states.append(state)
     return states
 
 
@@ -34,7 +42,22 @@ def print_plan(jobs: list[Job], states: list[JobState], printer=print) -> None:
         targets = ", ".join(f"{d}/{s}" for d, s in job.targets())
         after = f"  after {', '.join(state.depends_on)}" if state.depends_on else ""
         run = "run " if state.state != JobStatus.SKIPPED else "skip"
-        printer(f"  [{run}] {job.name:<55} {job.kind:<5} -> {targets}{after}")
+        changed = f"  settings changed: {state.changed}" if state.changed else ""
+        printer(f"  [{run}] {job.name:<55} {job.kind:<5} -> {targets}{after}{changed}")
+
+
+def fresh_folders(todo: list[tuple[Job, JobState]]) -> None:
+    """``force``: each job into a fresh run folder beside its old one, each evaluation loading the
+    prompt its training job learns now (not the old folder's)."""
+    moved = {}
+    for job, state in todo:
+        if job.kind == "train":
+            fresh = fingerprints.fresh_run_dir(job.spec.output_dir)
+            moved[job.spec.output_dir] = fresh
+            job.spec.output_dir = state.run_dir = fresh
+    for job, _ in todo:
+        if job.spec.load_from in moved:
+            job.spec.load_from = moved[job.spec.load_from]
 
 
 def launch(
@@ -47,14 +70,18 @@ def launch(
     wait: bool = True,
     poll_s: float = 2.0,
     printer=print,
+    reevaluate: bool = False,
 ) -> list[JobState]:
     check_launcher(launcher)
     cfg = dict(launcher_cfg or {})
-    states = plan(jobs, force)
+    states = plan(jobs, force, reevaluate)
     todo = [(j, s) for j, s in zip(jobs, states) if s.state == JobStatus.PENDING]
     if force:
-        for job, _ in todo:
-            job.spec.force = True
+        fresh_folders(todo)
+    for job, state in todo:
+        job.spec.force, job.spec.reevaluate = force, reevaluate and not force
+        if state.changed:
+            printer(f"[changed] {job.name}: {state.changed} (a run folder of its own; the earlier records stay)")
     save_state(out, experiment, states)
     if not todo:
         printer("Nothing to do: every job's results exist.")

@@ -39,6 +39,8 @@ class JobState:
     stdout: str | None = None
     stderr: str | None = None
     error: str | None = None  # failed: the job's own error line; blocked: why it never ran
+    fingerprint: str | None = None  # of the job's settings (harness.fingerprint)
+    changed: str | None = None  # why it runs again: "epochs: 100 -> 2" (its earlier records stay)
 
     def __post_init__(self):
         self.state = JobStatus(self.state)
@@ -53,11 +55,20 @@ def state_path(out: str, experiment: str) -> str:
     return os.path.join(out, experiment, "sweep.json")
 
 
+# Fields added later, left out of sweep.json while unset, so that a file of an earlier launch is written
+# back as it was.
+OPTIONAL_FIELDS = ("fingerprint", "changed")
+
+
+def _plain(state: JobState) -> dict:
+    return {k: v for k, v in state.__dict__.items() if not (k in OPTIONAL_FIELDS and v is None)}
+
+
 def save_state(out: str, experiment: str, states: list[JobState]) -> None:
     path = state_path(out, experiment)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
-        json.dump([s.__dict__ for s in states], f, indent=1)
+        json.dump([_plain(s) for s in states], f, indent=1)
     os.replace(path + ".tmp", path)
 
 

@@ -3,6 +3,7 @@ Slurm jobs the launch did not wait for, what the cluster says now."""
 
 from __future__ import annotations
 
+from harness import fingerprint as fingerprints
 from harness import results
 from harness.launcher.slurm import refresh_from_slurm
 from harness.launcher.state import JobStatus, load_state
@@ -14,7 +15,7 @@ def status(jobs: list[Job], out: str, experiment: str) -> list[dict]:
     running, partial or not started), detail and job_id when known."""
     from harness.checkpoint import latest_checkpoint
 
-    done = results.existing_keys(jobs[0].spec.results) if jobs else set()
+    done = fingerprints.finished(results.read_records(jobs[0].spec.results)) if jobs else set()
     previous = {s.name: s for s in load_state(out, experiment)}
     refresh_from_slurm(previous)
     rows = []
@@ -25,6 +26,7 @@ def status(jobs: list[Job], out: str, experiment: str) -> list[dict]:
             "job": job.name,
             "kind": job.kind,
             "results": f"{len(job.targets()) - len(missing)}/{len(job.targets())}",
+            "fingerprint": job.fingerprint,
         }
         if not missing:
             row["state"] = "done"

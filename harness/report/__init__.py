@@ -11,7 +11,7 @@ and ``<name>.pdf``; and ``index.md`` listing what was produced and what is missi
 
 Which records feed which table (``experiments`` changes it, see ``tables.Context.table_filter``):
 
-* Table 1 (base-to-new): every experiment except crossdataset, domaingen and ablations (so
+* Table 1 (base-to-new): every experiment except crossdataset, domaingen, ablations and fewshot (so
   "base2new" and "demo" both count); zero-shot CLIP on base/new classes and prompts learned on the
   same dataset's base classes. Each (experiment, method config) is its own column group, so two
   experiments or two configs are never pooled. Figures 3 and the scatter use the "base2new"
@@ -20,8 +20,10 @@ Which records feed which table (``experiments`` changes it, see ``tables.Context
   learned on) and the targets come from the records, and each table's source row may come from
   the other experiment's records (the two share their trainings). Average: the targets.
 * Table 4: as Table 1, evaluations on all classes.
-* Table 5 and the Figure 4 ablation tables: every experiment but crossdataset/domaingen, so the
-  ctx-4 "a photo of a" CoCoOp of base2new can serve as the initialised arm of the ablation.
+* Table 5 and the Figure 4 ablation tables: every experiment but crossdataset/domaingen/fewshot, so
+  the ctx-4 "a photo of a" CoCoOp of base2new can serve as the initialised arm of the ablation.
+* The few-shot tables ``fewshot_<K>shot`` and ``figure_fewshot``: experiment fewshot
+  (``harness.report.fewshot``).
 
 Seeds: ``expected_seeds=None`` expects, for each cell, every seed seen in its experiment(s) (the
 union over all learned-prompt records); a cell with fewer is shown with ``†(k/n seeds)`` and listed
@@ -35,8 +37,11 @@ import logging
 import os
 from pathlib import Path
 
+from harness.report import variants
 from harness.report.builders import BUILDERS, trainable_parameters
+from harness.report.fewshot import fewshot_tables, figure_fewshot
 from harness.report.figures import color, figure3, figure4, methods_comparison, scatter, transfer_gap
+from harness.report.manifest import replace_manifest
 from harness.report.render import display_frame, latex, long_frame, markdown, write_table
 from harness.report.tables import (
     AVERAGE,
@@ -55,6 +60,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "build_report",
     "build_tables",
+    "ReportError",
     "load_records",
     "default_paper_dir",
     "color",
@@ -81,7 +87,8 @@ def default_paper_dir() -> str:
 
 def load_records(results) -> list[dict]:
     """Records from a store (``results.jsonl`` or its folder) or a list; a rerun's record (same
-    ``harness.results.record_key``) replaces the earlier one."""
+    ``harness.results.record_key`` and fingerprint) replaces the earlier one. Records of other
+    settings are all kept: ``variants.select`` decides which settings run a table shows."""
     from harness.results import read_records, record_key
 
     records = read_records(str(results)) if isinstance(results, (str, os.PathLike)) else list(results)
@@ -90,18 +97,86 @@ def load_records(results) -> list[dict]:
         if not isinstance((r.get("metrics") or {}).get("accuracy"), (int, float)):
             log.warning("record %s has no accuracy; skipped", r.get("job"))
             continue
-        key = record_key(r)
+        key = (record_key(r), r.get("fingerprint"))
         latest.pop(key, None)
         latest[key] = r
     return list(latest.values())
 
 
-def build_tables(results, experiments=None, expected_seeds=None, paper_dir=None, with_paper=True) -> dict:
-    """{table key: Table} for every table, empty ones included (their ``missing`` says why)."""
+class ReportError(ValueError):
+    """A report that cannot be made as asked (names what is wrong and the choices)."""
+
+
+def check_experiments(experiments, records: list[dict]) -> None:
+    """Every experiment asked for has records: a misspelt name is an error, not an empty report."""
+    if experiments is None:
+        return
+    if isinstance(experiments, dict):
+        asked = {n for names in experiments.values() for n in ([names] if isinstance(names, str) else names or [])}
+    else:
+        asked = {experiments} if isinstance(experiments, str) else set(experiments)
+    known = sorted({str(r.get("experiment")) for r in records})
+    unknown = sorted(asked - set(known))
+    if unknown:
+        raise ReportError(
+            f"No records of experiment(s) {unknown} in the results. Experiments with records: "
+            f"{', '.join(known) or 'none'}."
+        )
+
+
+def read_expectations(results) -> dict:
+    """{experiment: what it expects} recorded by the sweeps beside a store (none for records in memory)."""
+    if not isinstance(results, (str, os.PathLike)):
+        return {}
+    from harness.sweep import read_expectations as read
+
+    return read(str(results))
+
+
+def expectation_notes(expectations: dict, records: list[dict]) -> list[str]:
+    """What the sweeps left out of each experiment with records (--datasets, --seeds, --methods)."""
+    present = {str(r.get("experiment")) for r in records}
+    notes = []
+    for name, expected in expectations.items():
+        ran = expected.get("ran") or {}
+        if name not in present:
+            continue
+        for what in ("datasets", "seeds", "methods"):
+            left = [x for x in expected.get(what) or [] if x not in (ran.get(what) or [])]
+            if left:
+                notes.append(
+                    f"{name}: its sweeps ran {what} {', '.join(map(str, ran.get(what) or []))} of "
+                    f"{', '.join(map(str, expected.get(what)))} (not run: {', '.join(map(str, left))})"
+                )
+    return notes
+
+
+def build_tables(
+    results,
+    experiments=None,
+    expected_seeds=None,
+    paper_dir=None,
+    with_paper=True,
+    all_variants: bool = False,
+    expectations: dict | None = None,
+) -> dict:
+    """{table key: Table} for every table, empty ones included (their ``missing`` says why).
+
+    all_variants: each settings run of a cell its own column group (default: the newest, the others
+    listed in the notes). expectations: {experiment: expected datasets and seeds}; default those the
+    sweeps recorded beside the store."""
     records = load_records(results)
+    expectations = read_expectations(results) if expectations is None else expectations
+    every = records
+    records, superseded = variants.select(records, all_variants)
     paper = Paper(paper_dir if paper_dir is not None else default_paper_dir()) if with_paper else None
-    ctx = Context(records, experiments, expected_seeds, paper, with_paper)
-    return {table.key: table for table in (build(ctx) for build in BUILDERS)}
+    ctx = Context(records, experiments, expected_seeds, paper, with_paper, expectations, seen=every)
+    tables = {table.key: table for table in (build(ctx) for build in BUILDERS)}
+    for table in tables.values():
+        if not table.empty:
+            table.notes += variants.table_notes(table, records, superseded)
+    tables.update({table.key: table for table in fewshot_tables(ctx).values()})  # fewshot_<K>shot
+    return tables
 
 
 def _index(out_dir, source, records, tables, figures, missing, with_paper, paper_dir) -> str:
@@ -153,13 +228,17 @@ def build_report(
     paper_dir: str | None = None,
     expected_seeds=None,
     with_paper: bool = True,
+    all_variants: bool = False,
 ) -> dict:
     """Write every table (md, tex, csv) and figure (png, pdf) under ``out_dir`` plus ``index.md``.
 
     results: a store folder, a ``results.jsonl`` path, or a list of records. experiments: None
     (defaults), a list of experiment names (narrows every table), or {table: [names]} with table
     keys "table1".."table5", "fig4a", "fig4b". expected_seeds: None (the seeds seen per experiment)
-    or e.g. (1, 2, 3). tracking: a ``harness.tracking`` mode; not "none" logs every table and
+    or e.g. (1, 2, 3); by default also the seeds and datasets the sweeps recorded beside the store
+    (``<store folder>/<experiment>/expected.json``): every cell and Average short of them is marked.
+    all_variants: every settings run of a cell its own column group (``variants``). tracking: a
+    ``harness.tracking`` mode; not "none" logs every table and
     figure to one W&B run (job_type "report") and names it, with its figures' hashes, in
     ``<out_dir>/wandb/report_run.json`` (the dashboard's report shows the figures from that run).
     ``index.md`` ends with a link to the W&B dashboard when ``make dashboard`` has built one.
@@ -167,12 +246,14 @@ def build_report(
     Returns {"out_dir", "index", "records", "tables": {key: {"table", "frame", "paths"}},
     "figures": {name: {"png", "pdf"}}, "missing": [...]}."""
     records = load_records(results)
+    check_experiments(experiments, records)
     paper_dir = paper_dir if paper_dir is not None else default_paper_dir()
     if with_paper and not os.path.isdir(paper_dir):
         log.warning("no paper values at %s; tables without the paper's columns", paper_dir)
-    tables = build_tables(records, experiments, expected_seeds, paper_dir, with_paper)
+    expectations = read_expectations(results)
+    tables = build_tables(records, experiments, expected_seeds, paper_dir, with_paper, all_variants, expectations)
     os.makedirs(out_dir, exist_ok=True)
-    missing, written = [], {}
+    missing, written = expectation_notes(expectations, records), {}
     for key, table in tables.items():
         missing += table.missing
         entry = {"table": table, "frame": display_frame(table, with_paper), "paths": {}, "written": not table.empty}
@@ -187,6 +268,11 @@ def build_report(
         "methods": methods_comparison(tables["table1_base2new"], out_dir),
         "crossdataset": transfer_gap(tables["table2_crossdataset"], out_dir, "figure_crossdataset_cocoop_vs_coop"),
         "domaingen": transfer_gap(tables["table3_domaingen"], out_dir, "figure_domaingen_cocoop_vs_coop"),
+        "fewshot": figure_fewshot(
+            {int(k[len("fewshot_") : -len("shot")]): t for k, t in tables.items() if k.startswith("fewshot_")},
+            out_dir,
+            Paper(paper_dir) if with_paper else None,
+        ),
     }.items():
         if paths:
             figures[name] = paths
@@ -200,6 +286,11 @@ def build_report(
     if tracking != "none":
         _track(tracking, out_dir, source, written, figures)
     index = _index(out_dir, source, records, written, figures, missing, with_paper, paper_dir)
+    files = [index] + [p for entry in written.values() for p in entry["paths"].values()]
+    files += [p for paths in figures.values() for p in paths.values()]
+    if os.path.exists(run_file):
+        files.append(run_file)
+    replace_manifest(out_dir, files)
     return {
         "out_dir": out_dir,
         "index": index,

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from harness.report import build_report
+from harness.report import ReportError, build_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,18 +36,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--paper-dir", default=None, help="folder of the paper's CSV files (default: reports/paper)")
     parser.add_argument("--no-paper", action="store_true", help="leave out the paper and Δ columns")
+    parser.add_argument(
+        "--all-variants",
+        action="store_true",
+        help="each settings run of a cell as its own column group, labelled by what differs "
+        "(default: the newest, the others listed as superseded in the table notes)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    summary = build_report(
-        args.results,
-        out_dir=args.out,
-        experiments=args.experiment,
-        tracking=args.tracking,
-        paper_dir=args.paper_dir,
-        expected_seeds=args.seeds,
-        with_paper=not args.no_paper,
-    )
+    try:
+        summary = build_report(
+            args.results,
+            out_dir=args.out,
+            experiments=args.experiment,
+            tracking=args.tracking,
+            paper_dir=args.paper_dir,
+            expected_seeds=args.seeds,
+            with_paper=not args.no_paper,
+            all_variants=args.all_variants,
+        )
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     tables = [k for k, v in summary["tables"].items() if v["paths"]]
     print(
         f"{summary['records']} records -> {len(tables)} tables, {len(summary['figures'])} figures "

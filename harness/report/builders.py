@@ -94,7 +94,9 @@ def _no_records_for(table: Table, known: tuple, datasets: list[str], what: str =
 
 def _base_new_table(ctx: Context, table: Table, recs: list[dict], per_experiment: bool, paper) -> Table:
     groups = table.groups or (_per_experiment_groups(recs) if per_experiment else _variant_groups(recs))
-    datasets = ordered_datasets({r["dataset"] for r in recs}, PAPER_DATASETS)
+    # Rows: the datasets with records and those the experiment expects (a short sweep is marked, not hidden).
+    expected = ctx.expected_datasets(recs) if recs else []
+    datasets = ordered_datasets({r["dataset"] for r in recs} | set(expected), PAPER_DATASETS)
     table.groups = groups
     table.rows = [(d, dataset_label(d)) for d in datasets] + [(AVERAGE, "Average")]
     _no_records_for(table, PAPER_DATASETS, datasets)
@@ -304,7 +306,7 @@ def trainable_parameters(record: dict) -> int | None:
 
 
 def _paper_model(v: tuple) -> str | None:
-    method, _, _, _, n_ctx, init = v
+    method, _, _, _, n_ctx, init, _ = v
     if method == "coop" and n_ctx == 4 and init:
         return "coop_ctx4"
     if method == "coop" and n_ctx == 60:

@@ -50,9 +50,11 @@ DATASET_LABELS = {
     "imagenet_r": "ImageNet-R",
 }
 AVERAGE = "average"
+# A record's settings run label, set when the report shows several of one family (harness.report.variants).
+LABEL_FIELD = "_settings_label"
 
 # Experiments that feed a table unless the caller says otherwise (see ``table_filter``).
-OWN_EXPERIMENTS = ("crossdataset", "domaingen", "ablations")
+OWN_EXPERIMENTS = ("crossdataset", "domaingen", "ablations", "fewshot")
 TABLE_KEYS = {
     "table1": "table1_base2new",
     "table2": "table2_crossdataset",
@@ -214,10 +216,12 @@ def is_zero_shot(record: dict) -> bool:
 
 
 def variant(record: dict) -> tuple:
-    """What tells two methods apart in a table: method, config, backbone, shots and context."""
+    """What tells two methods apart in a table: method, config, backbone, shots, context, and the
+    settings run when the report shows several of one family (``variants.LABEL_FIELD``)."""
     init = (record.get("options") or {}).get("ctx_init")
+    settings = record.get(LABEL_FIELD, "")
     if is_zero_shot(record):
-        return (record["method"], record.get("config"), record.get("backbone"), None, None, None)
+        return (record["method"], record.get("config"), record.get("backbone"), None, None, None, settings)
     return (
         record["method"],
         record.get("config"),
@@ -225,6 +229,7 @@ def variant(record: dict) -> tuple:
         record.get("shots"),
         effective_n_ctx(record),
         init,
+        settings,
     )
 
 
@@ -261,16 +266,34 @@ class Context:
     """Everything a table builder needs: records, the experiment filter, seeds, paper values."""
 
     def __init__(
-        self, records: list[dict], experiments=None, expected_seeds=None, paper: Paper | None = None, with_paper=True
+        self,
+        records: list[dict],
+        experiments=None,
+        expected_seeds=None,
+        paper: Paper | None = None,
+        with_paper=True,
+        expectations: dict | None = None,
+        seen: list[dict] | None = None,
     ):
         self.records = records
         self.experiments = experiments
         self.expected_seeds = None if expected_seeds is None else set(expected_seeds)
         self.paper = paper if with_paper else None
+        # {experiment: {"datasets", "seeds", "ran"...}} recorded by the sweeps (harness.sweep.record_expectation)
+        self.expectations = expectations or {}
         self.seeds_by_experiment: dict = {}
-        for r in records:
+        for name, expected in self.expectations.items():
+            self.seeds_by_experiment[name] = set(expected.get("seeds") or [])
+        for r in records if seen is None else seen:  # seen: every settings run's records, not only those shown
             if not is_zero_shot(r) and r.get("seed") is not None:
                 self.seeds_by_experiment.setdefault(r.get("experiment"), set()).add(r["seed"])
+
+    def expected_datasets(self, recs: list[dict]) -> list[str]:
+        """The datasets the experiments of ``recs`` expect (from their sweeps' records)."""
+        out = []
+        for name in dict.fromkeys(r.get("experiment") for r in recs):
+            out += (self.expectations.get(name) or {}).get("datasets") or []
+        return list(dict.fromkeys(out))
 
     def table_filter(self, table: str) -> Callable[[str], bool]:
         """Default: Tables 1 and 4 read every experiment but crossdataset/domaingen/ablations;
@@ -283,7 +306,9 @@ class Context:
         elif table == "table3":
             default = lambda e: e == "domaingen"  # noqa: E731
         elif table in ("table5", "fig4a", "fig4b"):
-            default = lambda e: e not in ("crossdataset", "domaingen")  # noqa: E731
+            default = lambda e: e not in ("crossdataset", "domaingen", "fewshot")  # noqa: E731
+        elif table == "fewshot":
+            default = lambda e: e == "fewshot"  # noqa: E731
         else:
             default = lambda e: e not in OWN_EXPERIMENTS  # noqa: E731
         chosen = self.experiments
@@ -347,10 +372,10 @@ def group_labels(keys: list[tuple], method_of: Callable, parts: Callable) -> dic
 
 
 def variant_parts(v: tuple) -> list[str]:
-    method, config, backbone, shots, n_ctx, init = v
+    method, config, backbone, shots, n_ctx, init, settings = v
     ctx = f"ctx {n_ctx}" if n_ctx is not None else ""
     init_text = "" if init is None else ("random init" if init == "" else f"init “{init}”")
-    return [config or "", backbone or "", f"{shots} shots" if shots is not None else "", ctx, init_text]
+    return [config or "", backbone or "", f"{shots} shots" if shots is not None else "", ctx, init_text, settings]
 
 
 def ordered_datasets(datasets: Iterable[str], known: tuple) -> list[str]:

@@ -1,0 +1,209 @@
+"""The few-shot demo's reference run and CoOp's few-shot claims checked on it.
+
+    python -m benchmarks.fewshot_demo check [--results output/demo]   the claims on a finished demo
+    python -m benchmarks.fewshot_demo reference                        run make fewshot's demo; keep it in
+                                                                       reports/demo-reference/fewshot/
+    python -m benchmarks.fewshot_demo readme                           write the reference into README.md
+
+CoOp's claims (IJCV 2022, Figure 3 and its discussion) as checked here, on the average over the demo's
+datasets, seed by seed (zero-shot CLIP has no seed: its one value serves every seed): learned prompts
+beat the linear probe at 1 and 2 shots, and zero-shot CLIP from 2 shots on, by a wide margin at 16.
+A claim holds when its gap exceeds its margin by more than twice its population std over seeds (as
+``benchmarks.demo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchmarks.demo import checks_markdown, machine
+from harness import sweep
+from harness.results import read_records
+
+EXPERIMENT = "fewshot"
+REFERENCE_DIR = os.path.join("reports", "demo-reference", "fewshot")
+
+#: (claim, (method, shots), (method, shots), margin in points); zero-shot CLIP at 0 shots
+CLAIMS = (
+    ("CoOp > linear probe at 1 shot", ("coop", 1), ("lpclip", 1), 0.0),
+    ("CoOp > linear probe at 2 shots", ("coop", 2), ("lpclip", 2), 0.0),
+    ("CoOp > zero-shot CLIP at 2 shots", ("coop", 2), ("zsclip", 0), 0.0),
+    ("CoOp ≥ zero-shot CLIP + 5 at 16 shots", ("coop", 16), ("zsclip", 0), 5.0),
+)
+
+
+def seed_averages(results: str) -> dict[tuple[str, int], list[float]]:
+    """{(method, shots): [each seed's mean accuracy over the demo's datasets]} (zero-shot: shots 0)."""
+    demo = sweep.load_experiment(EXPERIMENT, profile="demo")
+    datasets, seeds = list(demo["datasets"]), list(demo["seeds"])
+    acc: dict[tuple, float] = {}
+    for r in read_records(results):
+        if r.get("experiment") == EXPERIMENT and r["subsample"] == "all" and r["dataset"] in datasets:
+            acc[(r["method"], int(r.get("shots") or 0), r["dataset"], r.get("seed"))] = r["metrics"]["accuracy"]
+    out: dict[tuple[str, int], list[float]] = {}
+    for method, shots in dict.fromkeys(k[:2] for k in acc):
+        per_seed = []
+        for seed in seeds:
+            values = [acc.get((method, shots, d, seed), acc.get((method, shots, d, None))) for d in datasets]
+            if all(v is not None for v in values):
+                per_seed.append(sum(values) / len(values))
+        if per_seed:
+            out[(method, shots)] = per_seed
+    return out
+
+
+def claim_checks(averages: dict) -> list[dict]:
+    checks = []
+    for claim, a, b, margin in CLAIMS:
+        if a not in averages or b not in averages:
+            checks.append({"claim": claim, "gap": None, "std": None, "holds": False})
+            continue
+        xs, ys = averages[a], averages[b]
+        ys = ys * len(xs) if len(ys) == 1 else ys  # zero-shot: one value for every seed
+        diffs = [x - y - margin for x, y in zip(xs, ys)]
+        gap, std = statistics.fmean(diffs) + margin, statistics.pstdev(diffs)
+        checks.append({"claim": claim, "gap": gap, "std": std, "holds": gap - margin > 2 * std})
+    return checks
+
+
+def verdict(checks: list[dict]) -> str:
+    """One sentence saying which claims hold, made from the checks."""
+    failed = [c["claim"] for c in checks if not c["holds"]]
+    if not failed:
+        return f"All {len(checks)} hold on the reference run."
+    held = len(checks) - len(failed)
+    return f"{held} of {len(checks)} hold on the reference run; not: " + "; ".join(failed) + "."
+
+
+def curve_table(averages: dict) -> str:
+    """Average accuracy per method and shot count (mean ± std over seeds), as the README shows it."""
+    shots = sorted({k for _, k in averages if k > 0})
+    methods = [m for m in ("zsclip", "lpclip", "coop", "cocoop")] + sorted(
+        {m for m, _ in averages} - {"zsclip", "lpclip", "coop", "cocoop"}
+    )
+    names = {"zsclip": "Zero-shot CLIP", "lpclip": "Linear probe", "coop": "CoOp", "cocoop": "CoCoOp"}
+    lines = ["| method | " + " | ".join(f"{k} shot{'s' if k > 1 else ''}" for k in shots) + " |"]
+    lines.append("| --- |" + " ---: |" * len(shots))
+    for m in methods:
+        if (m, 0) in averages:
+            value = f"{averages[(m, 0)][0]:.2f}"
+            lines.append(f"| {names.get(m, m)} (0 shots) | " + " | ".join(value for _ in shots) + " |")
+        elif any((m, k) in averages for k in shots):
+            cells = []
+            for k in shots:
+                v = averages.get((m, k))
+                cells.append("–" if not v else f"{statistics.fmean(v):.2f} ± {statistics.pstdev(v):.2f}")
+            lines.append(f"| {names.get(m, m)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_demo(out: str, report_dir: str) -> float:
+    """The demo as ``make fewshot`` runs it; returns its wall time in seconds."""
+    start = time.time()
+    py = sys.executable
+    subprocess.run([py, "-m", "harness", "sweep", EXPERIMENT, "--profile", "demo", "--out", out], check=True)
+    subprocess.run(
+        [py, "-m", "harness.report", "--results", out, "--out", report_dir, "--tracking", "none"], check=True
+    )
+    return time.time() - start
+
+
+def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
+    with open(os.path.join(reference_dir, "run.json")) as f:
+        facts = json.load(f)
+    m = facts["machine"]
+    averages = {(k.split("@")[0], int(k.split("@")[1])): v for k, v in facts["seed_averages"].items()}
+    seconds = facts["sweep_and_report_seconds"]
+    timing = "not timed (read from a finished run)" if seconds is None else f"{seconds:.0f} s"
+    run = (
+        f"Reference run: {m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}: the sweep and the "
+        f"report {timing}, with the tiny CLIP cached."
+    )
+    with open(os.path.join(reference_dir, "claims.md")) as f:
+        claims = f.read()
+    checks = claim_checks(averages)
+    return {
+        "fewshot-curves": curve_table(averages),
+        "fewshot-claims": claims + "\n" + verdict(checks) + "\n",
+        "fewshot-run": run + "\n",
+    }
+
+
+def write_readme(path: str = "README.md", reference_dir: str = REFERENCE_DIR) -> None:
+    with open(path) as f:
+        text = f.read()
+    for name, body in readme_blocks(reference_dir).items():
+        begin, end = f"<!-- BEGIN demo:{name} -->\n", f"<!-- END demo:{name} -->"
+        if begin not in text:
+            raise SystemExit(f"{path} has no block {begin.strip()} ... {end}")
+        head, rest = text.split(begin, 1)
+        text = head + begin + body + end + rest.split(end, 1)[1]
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.fewshot_demo", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check", help="CoOp's few-shot claims on a finished demo")
+    c.add_argument("--results", default="output/demo")
+    r = sub.add_parser("reference", help="run the few-shot demo (or read --results) and keep it as the reference")
+    r.add_argument("--results", help="a finished demo's output folder (its report is rebuilt)")
+    sub.add_parser("readme", help="write the reference run into README.md's few-shot demo blocks")
+    args = parser.parse_args(argv)
+
+    if args.cmd == "readme":
+        write_readme()
+        return 0
+    if args.cmd == "check":
+        checks = claim_checks(seed_averages(args.results))
+        print(checks_markdown(checks).replace("Average row", "average over datasets"), end="")
+        return 0 if all(c["holds"] for c in checks) else 1
+
+    out = args.results or tempfile.mkdtemp(prefix="fewshot-reference-")
+    report = os.path.join(out, "report")
+    if args.results:
+        start = time.time()
+        subprocess.run(
+            [sys.executable, "-m", "harness.report", "--results", out, "--out", report, "--tracking", "none"],
+            check=True,
+        )
+        seconds = None
+    else:
+        seconds = run_demo(out, report)
+        start = None
+    os.makedirs(REFERENCE_DIR, exist_ok=True)
+    for name in sorted(os.listdir(report)):
+        if name.startswith(("fewshot_", "figure_fewshot")):
+            shutil.copy(os.path.join(report, name), os.path.join(REFERENCE_DIR, name))
+    averages = seed_averages(out)
+    checks = claim_checks(averages)
+    with open(os.path.join(REFERENCE_DIR, "claims.md"), "w") as f:
+        f.write(checks_markdown(checks).replace("Average row", "average over datasets"))
+    facts = {
+        "machine": machine(),
+        "sweep_and_report_seconds": round(seconds, 1) if seconds is not None else None,
+        "seed_averages": {f"{m}@{k}": v for (m, k), v in sorted(averages.items())},
+    }
+    with open(os.path.join(REFERENCE_DIR, "run.json"), "w") as f:
+        json.dump(facts, f, indent=2)
+        f.write("\n")
+    print(curve_table(averages))
+    print(checks_markdown(checks), end="")
+    print(
+        f"reference written to {REFERENCE_DIR}"
+        + (f" ({seconds:.0f} s)" if seconds else f" ({time.time() - start:.0f} s)")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

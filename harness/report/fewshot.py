@@ -1,0 +1,243 @@
+"""The few-shot study's report: a table per shot count and the accuracy-vs-shots figure (CoOp's Figure 3).
+
+Records: the ``fewshot`` experiment's (``Context.table_filter("fewshot")``), evaluated on all classes of
+the dataset they learned from, and zero-shot CLIP on all classes. A column group per (method, backbone):
+the configs that change with the shot count (CoOp's 50 / 100 / 200 epochs) are one method's curve.
+
+* ``fewshot_<K>shot.{md,tex,csv}``: per dataset and the average, mean ± std over seeds (a cell with
+  fewer seeds than expected is marked, an average over fewer datasets too), zero-shot CLIP beside.
+* ``figure_fewshot.{png,pdf,csv}``: accuracy against shots, one panel per dataset and the average;
+  zero-shot CLIP at 0 shots, each method a curve with its std over seeds, the linear probe dashed;
+  published values (``reports/paper/fewshot.csv``: dataset, method, backbone, shots, accuracy, source)
+  as hollow markers beside ours, each with its source in the figure's CSV.
+"""
+
+from __future__ import annotations
+
+from harness.report.figures import _figure, _save, color
+from harness.report.tables import (
+    AVERAGE,
+    PAPER_DATASETS,
+    Context,
+    Group,
+    Paper,
+    Table,
+    add_seed_cell,
+    dataset_label,
+    fill_average,
+    is_zero_shot,
+    method_label,
+    method_rank,
+    ordered_datasets,
+)
+
+PAPER_TABLE = "fewshot"  # reports/paper/fewshot.csv
+ORDER = ("zsclip", "lpclip", "coop", "cocoop")
+
+
+def _rank(method: str) -> tuple:
+    return (ORDER.index(method), "") if method in ORDER else (len(ORDER), *method_rank(method))
+
+
+def fewshot_records(ctx: Context) -> list[dict]:
+    """Zero-shot CLIP and few-shot learners, each evaluated on all classes of its own dataset."""
+
+    def keep(r: dict) -> bool:
+        if r.get("subsample") != "all":
+            return False
+        return is_zero_shot(r) or (r.get("train_subsample") == "all" and r.get("train_dataset") == r["dataset"])
+
+    return ctx.select("fewshot", keep)
+
+
+def _group_key(r: dict) -> tuple:
+    return (r["method"], r.get("backbone"))
+
+
+def _groups(recs: list[dict]) -> list[Group]:
+    keys = sorted({_group_key(r) for r in recs}, key=lambda k: (_rank(k[0]), str(k[1])))
+    backbones = {k[1] for k in keys}
+    return [Group(k, method_label(k[0]) + (f" ({k[1]})" if len(backbones) > 1 else ""), k[0]) for k in keys]
+
+
+def _paper_lookup(paper: Paper | None, shots: int):
+    if paper is None:
+        return None
+
+    def value(row, group, metric):
+        method, backbone = group.key
+        match = {
+            "dataset": row,
+            "method": method,
+            "backbone": str(backbone),
+            "shots": str(0 if method == "zsclip" else shots),
+        }
+        return paper.value(PAPER_TABLE, match, "accuracy")
+
+    return value
+
+
+def shot_counts(recs: list[dict]) -> list[int]:
+    return sorted({int(r["shots"]) for r in recs if not is_zero_shot(r)})
+
+
+def fewshot_tables(ctx: Context) -> dict[int, Table]:
+    """{K: the K-shot table}: datasets and their average, a column per method (zero-shot CLIP too)."""
+    recs = fewshot_records(ctx)
+    tables = {}
+    datasets = ordered_datasets({r["dataset"] for r in recs}, PAPER_DATASETS)
+    universe = [d for d in datasets if d in PAPER_DATASETS]
+    for shots in shot_counts(recs):
+        mine = [r for r in recs if is_zero_shot(r) or int(r["shots"]) == shots]
+        table = Table(
+            f"fewshot_{shots}shot",
+            f"Few-shot classification, {shots} shot{'s' if shots > 1 else ''}: accuracy (%) on all classes",
+            "Dataset",
+            [(d, dataset_label(d)) for d in datasets] + [(AVERAGE, "Average")],
+            _groups(mine),
+            [("acc", "Accuracy")],
+        )
+        paper = _paper_lookup(ctx.paper, shots)
+        for g in table.groups:
+            for d in datasets:
+                cell_recs = [r for r in mine if _group_key(r) == g.key and r["dataset"] == d]
+                add_seed_cell(ctx, table, g, d, "acc", cell_recs, paper, f"{table.title.split(':')[0]}: {g.label} {d}")
+            # The paper's averages are over its 11 datasets: no comparison for an average of other data.
+            fill_average(
+                table,
+                g,
+                ["acc"],
+                universe or datasets,
+                len(PAPER_DATASETS) if universe else None,
+                paper=paper if universe else None,
+            )
+        tables[shots] = table
+    return tables
+
+
+def _published(paper: Paper | None, dataset: str, method: str, backbone) -> list[tuple[int, float, str]]:
+    """[(shots, accuracy, source)] that reports/paper/fewshot.csv holds for one curve."""
+    if paper is None:
+        return []
+    out = []
+    for row in paper.frames.get(PAPER_TABLE, ()):
+        if (row.get("dataset"), row.get("method"), row.get("backbone")) == (dataset, method, str(backbone)):
+            if row.get("accuracy") not in (None, ""):
+                out.append((int(row["shots"]), float(row["accuracy"]), row.get("source", "")))
+    return sorted(out)
+
+
+def figure_fewshot(tables: dict[int, Table], out_dir: str, paper: Paper | None = None):
+    """Accuracy against shots, a panel per dataset and the average; (paths, None) or (None, why)."""
+    if not tables:
+        return None, None  # no few-shot study in these records: nothing to draw, nothing missing
+    shots = sorted(tables)
+    rows = [r for r, _ in tables[shots[0]].rows]
+    groups = {}
+    for table in tables.values():
+        for g in table.groups:
+            groups.setdefault(g.key, g)
+    ordered = sorted(groups.values(), key=lambda g: (_rank(g.method), str(g.key)))
+    # Even spacing for 0, 1, 2, 4, 8, 16 (the CoOp figure's axis)
+    positions = {k: i + 1 for i, k in enumerate(shots)}
+    columns = min(4, len(rows))
+    lines = -(-len(rows) // columns)
+    fig, axes = _figure(lines, columns, figsize=(3.4 * columns, 2.8 * lines))
+    plotted = []
+    for i, row in enumerate(rows):
+        ax = axes[i // columns][i % columns]
+        for g in ordered:
+            method, backbone = g.key
+            cells = [(k, tables[k].cell(row, g, "acc")) for k in shots]
+            cells = [(k, c) for k, c in cells if c is not None and c.mean is not None]
+            if not cells:
+                continue
+            if method == "zsclip":  # no shots: the 0-shot point
+                cell = cells[0][1]
+                ax.plot([0], [cell.mean], marker="*", markersize=11, color=color(method), linestyle="", label=g.label)
+                plotted.append(
+                    {
+                        "dataset": row,
+                        "method": method,
+                        "label": g.label,
+                        "shots": 0,
+                        "mean": cell.mean,
+                        "std": None,
+                        "n": cell.n,
+                        "source": "ours",
+                    }
+                )
+            else:
+                xs = [positions[k] for k, _ in cells]
+                means = [c.mean for _, c in cells]
+                stds = [c.std or 0.0 for _, c in cells]
+                style = "--" if method == "lpclip" else "-"
+                ax.errorbar(
+                    xs,
+                    means,
+                    yerr=stds,
+                    marker="o",
+                    markersize=4,
+                    linestyle=style,
+                    color=color(method),
+                    capsize=2,
+                    label=g.label,
+                )
+                for k, c in cells:
+                    plotted.append(
+                        {
+                            "dataset": row,
+                            "method": method,
+                            "label": g.label,
+                            "shots": k,
+                            "mean": c.mean,
+                            "std": c.std,
+                            "n": c.n,
+                            "source": "ours",
+                        }
+                    )
+            published = _published(paper, row, method, backbone)
+            if published:
+                xs = [0 if k == 0 else positions.get(k) for k, _, _ in published]
+                keep = [(x, v) for x, (_, v, _) in zip(xs, published) if x is not None]
+                ax.plot(
+                    [x for x, _ in keep],
+                    [v for _, v in keep],
+                    marker="o",
+                    markerfacecolor="none",
+                    linestyle=":",
+                    color=color(method),
+                    label=f"{g.label} (published)",
+                )
+                for k, v, source in published:
+                    plotted.append(
+                        {
+                            "dataset": row,
+                            "method": method,
+                            "label": f"{g.label} (published)",
+                            "shots": k,
+                            "mean": v,
+                            "std": None,
+                            "n": None,
+                            "source": source,
+                        }
+                    )
+        ax.set_title(dataset_label(row), fontsize=10)
+        ax.set_xticks([0] + [positions[k] for k in shots], ["0"] + [str(k) for k in shots])
+        ax.grid(alpha=0.3)
+        if i % columns == 0:
+            ax.set_ylabel("accuracy (%)")
+        if i // columns == lines - 1:
+            ax.set_xlabel("shots per class")
+    for j in range(len(rows), lines * columns):
+        axes[j // columns][j % columns].set_visible(False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax_row in axes:
+        for ax in ax_row:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout()
+    return _save(fig, out_dir, "figure_fewshot", plotted), None

@@ -1,0 +1,147 @@
+"""One settings run per table cell: the report never averages records of different settings.
+
+Records of one *family* (experiment, method, config, where and on which classes the prompt was
+learned, shots, backbone; zero-shot CLIP: per evaluated dataset) may come from several settings runs
+(``harness.fingerprint``: other epochs, learning rate, precision, options, data). Their seeds differ
+only in the seed, so a settings run is the fingerprint of the settings without the seed
+(``fingerprint.variant_of``). By default the newest settings run of each family is shown and the
+records of the others are listed as superseded in the table notes; with ``all_variants`` each
+settings run is its own column group, labelled by the settings that tell it from the family's
+others. A record written before fingerprints existed is its own settings run, "no fingerprint".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness import fingerprint as fingerprints
+from harness.report.tables import LABEL_FIELD, method_label
+
+LEGACY = "no fingerprint"
+
+
+@dataclass
+class Superseded:
+    family: tuple
+    label: str  # what differs, e.g. "epochs 10, precision fp32"
+    shown: str  # the same of the newer settings run shown instead
+    datasets: list
+    count: int
+
+    @property
+    def method(self) -> str:
+        return self.family[1]
+
+    def text(self) -> str:
+        experiment, method, config = self.family[:3]
+        where = ", ".join(self.datasets)
+        return (
+            f"Superseded: {self.count} record(s) of {method} ({config or method}, {experiment}) on {where} "
+            f"with {self.label}; shown instead: the newer {self.shown} (--all-variants shows both)."
+        )
+
+
+def family(record: dict) -> tuple:
+    zero_shot = record.get("train_dataset") is None
+    return (
+        record.get("experiment"),
+        record.get("method"),
+        record.get("config"),
+        record.get("train_dataset"),
+        record.get("train_subsample"),
+        record.get("shots"),
+        record.get("backbone"),
+        record.get("dataset") if zero_shot else None,
+    )
+
+
+def settings_run(record: dict) -> str:
+    settings = record.get("settings")
+    return fingerprints.variant_of(settings) if record.get("fingerprint") and settings else LEGACY
+
+
+def _labels(runs: dict) -> dict:
+    """{run: the settings that differ between the family's runs, "key value, ..."} (a key a run leaves
+    out is at its ``RunSpec`` default)."""
+    settings = {run: {k: v for k, v in (s or {}).items() if k != "seed"} for run, s in runs.items()}
+    keys = sorted({k for s in settings.values() for k in s})
+    filled = {run: {k: s.get(k, _default(k)) for k in keys} for run, s in settings.items()}
+    differing = [k for k in keys if len({repr(f[k]) for f in filled.values()}) > 1]
+    out = {}
+    for run in runs:
+        if run == LEGACY:
+            out[run] = LEGACY
+            continue
+        out[run] = ", ".join(f"{k} {fingerprints.show(filled[run][k])}" for k in differing) or f"settings {run[:8]}"
+    return out
+
+
+def _default(key: str):
+    import dataclasses
+
+    from harness.config import RunSpec
+
+    fields = {f.name: f for f in dataclasses.fields(RunSpec)}
+    return getattr(RunSpec(), key) if key in fields else None
+
+
+def select(records: list[dict], all_variants: bool = False) -> tuple[list[dict], list[Superseded]]:
+    """(records to tabulate, superseded settings runs). With ``all_variants`` every record is kept and
+    those of families with several settings runs carry ``LABEL_FIELD`` (their column group's label)."""
+    families: dict = {}
+    for r in records:
+        families.setdefault(family(r), []).append(r)
+    kept, superseded = [], []
+    for fam, recs in families.items():
+        runs: dict = {}
+        for r in recs:
+            runs.setdefault(settings_run(r), r.get("settings"))
+        if len(runs) == 1:
+            kept += recs
+            continue
+        labels = _labels(runs)
+        if all_variants:
+            kept += [{**r, LABEL_FIELD: labels[settings_run(r)]} for r in recs]
+            continue
+        newest = max(recs, key=lambda r: str(r.get("timestamp")))
+        shown = settings_run(newest)
+        kept += [r for r in recs if settings_run(r) == shown]
+        for run in runs:
+            if run != shown:
+                old = [r for r in recs if settings_run(r) == run]
+                datasets = sorted({f"{r.get('dataset')}/{r.get('subsample')}" for r in old})
+                superseded.append(Superseded(fam, labels[run], labels[shown], datasets, len(old)))
+    return kept, superseded
+
+
+def table_notes(table, records: list[dict], superseded: list[Superseded]) -> list[str]:
+    """The notes that say which settings a table's numbers come from: backbone, precision, shots and
+    epochs of its records, those without a fingerprint, and the superseded settings runs of its cells."""
+    methods = {g.method for g in table.groups}
+    rows = {key for key, _ in table.rows}
+    mine = [r for r in records if r.get("method") in methods and r.get("dataset") in rows]
+    if not mine:
+        return []
+
+    def values(field, learned_only=False):
+        found = {r.get(field) for r in mine if not (learned_only and r.get("train_dataset") is None)}
+        return ", ".join(sorted(map(str, found - {None}))) or "–"
+
+    epochs = {}
+    for r in mine:
+        if r.get("train_dataset") is not None:
+            epochs.setdefault(method_label(r["method"]), set()).add(r.get("epochs"))
+    per_method = "; ".join(f"{m} {', '.join(map(str, sorted(e, key=str)))}" for m, e in epochs.items())
+    notes = [
+        f"Settings: backbone {values('backbone')}; precision {values('precision')}; "
+        f"shots {values('shots', True)}; epochs {per_method or '–'}."
+    ]
+    legacy = sum(1 for r in mine if not r.get("fingerprint"))
+    if legacy:
+        notes.append(
+            f"{legacy} record(s) lack a fingerprint (written before fingerprints): their settings are not checked."
+        )
+    for s in superseded:
+        if s.method in methods and any(d.split("/")[0] in rows for d in s.datasets):
+            notes.append(s.text())
+    return notes

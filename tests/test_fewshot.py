@@ -1,0 +1,143 @@
+"""The few-shot study: its jobs, the published settings per shot count, and a run of it."""
+
+import os
+
+import pytest
+import yaml
+from fake_data import make_synthetic_dataset
+
+from harness import results, sweep
+from harness.config import ConfigError
+from harness.launcher import launch
+
+SHOTS = [1, 2, 4, 8, 16]
+
+
+def test_the_study_expands_to_the_published_jobs():
+    jobs = sweep.expand(sweep.load_experiment("fewshot"), "/data", "/out")
+    by_name = {job.name: job for job in jobs}
+    assert len(by_name) == len(jobs)
+    # zero-shot: once per dataset; linear probe, CoOp, CoCoOp, PromptSRC: per dataset, shot count and seed
+    assert len(jobs) == 11 + 4 * 11 * 5 * 3
+    assert all(job.targets() == [(job.spec.dataset, "all")] for job in jobs)  # the whole test set
+    assert all(job.spec.subsample == "all" for job in jobs)
+    coop = {(j.spec.dataset, j.spec.shots): j.spec for j in jobs if j.spec.method == "coop" and j.spec.seed == 1}
+    # COOP.md:17-22: 50 epochs at 1 shot, 100 at 2 and 4, 200 at 8 and 16; ImageNet 50 at all (COOP.md:13)
+    assert [coop["caltech101", k].epochs for k in SHOTS] == [50, 100, 100, 200, 200]
+    assert [coop["imagenet", k].epochs for k in SHOTS] == [50] * 5
+    for spec in coop.values():
+        assert spec.options == {"n_ctx": 16, "ctx_init": "", "csc": False, "class_token_position": "end"}
+        assert spec.batch_size == 32 and spec.lr == 0.002 and spec.backbone == "ViT-B/16"
+    lp = [j.spec for j in jobs if j.spec.method == "lpclip"]
+    assert sorted({(s.shots, s.seed) for s in lp}) == [(k, s) for k in SHOTS for s in (1, 2, 3)]
+    assert all(s.options == {"steps": 8} for s in lp)
+    src = {(j.spec.dataset, j.spec.shots): j.spec for j in jobs if j.spec.method == "promptsrc" and j.spec.seed == 1}
+    assert src["eurosat", 1].options["gpa_mean"] == 45 and src["food101", 16].options["gpa_mean"] == 30
+    assert src["food101", 16].epochs == 50 and src["food101", 16].lr == 0.0025
+    # Job names and training folders tell shot counts apart.
+    assert "fewshot/coop/dtd/4shot/seed2/train" in by_name
+    assert len({j.spec.output_dir for j in jobs}) == len(jobs)
+
+
+def test_linear_probe_is_not_in_base_to_new_and_cannot_be_put_there():
+    for name in ("base2new", "ablations"):
+        assert "lpclip" not in sweep.load_experiment(name)["methods"]
+    experiment = sweep.load_experiment("base2new", overrides={"methods": {"lpclip": {"config": "lpclip/vit_b16"}}})
+    with pytest.raises(ConfigError, match="no prompt to carry to new classes"):
+        sweep.expand(sweep.narrow(experiment, methods=["lpclip"]), "/data", "/out")
+
+
+def test_shots_narrow_the_study_and_are_checked():
+    experiment = sweep.narrow(sweep.load_experiment("fewshot"), methods=["coop"], shots=["1", "16"])
+    assert sorted({j.spec.shots for j in sweep.expand(experiment, "/data", "/out")}) == [1, 16]
+    with pytest.raises(ConfigError, match="not in this experiment's shots"):
+        sweep.narrow(sweep.load_experiment("fewshot"), shots=["3"])
+    with pytest.raises(ConfigError, match="narrows a few-shot study"):
+        sweep.narrow(sweep.load_experiment("base2new"), shots=["1"])
+    with pytest.raises(ConfigError, match="--shots"):
+        sweep.expand(sweep.load_experiment("fewshot"), "/data", "/out", {"shots": 4})
+
+
+def test_the_demo_profile_runs_on_generated_data_with_shortened_schedules():
+    experiment = sweep.narrow(sweep.load_experiment("fewshot", profile="demo"))
+    assert list(experiment["methods"]) == ["zsclip", "lpclip", "coop", "cocoop"]
+    jobs = sweep.expand(experiment, "/data", "/out")
+    coop = {j.spec.shots: j.spec.epochs for j in jobs if j.spec.method == "coop"}
+    assert coop == {1: 10, 2: 20, 4: 20, 8: 20, 16: 20}
+    assert {j.spec.dataset for j in jobs} == {"miniworld_dusk_fs", "miniworld_stage_fs", "miniworld_sea_fs"}
+
+
+@pytest.mark.slow
+def test_a_small_study_runs_and_records_every_shot_count(tmp_path):
+    root = tmp_path / "data"
+    make_synthetic_dataset(
+        str(root), num_classes=3, train_per_class=4, val_per_class=2, test_per_class=3, image_size=24
+    )
+    study = {
+        "name": "fs",
+        "protocol": "fewshot",
+        "datasets": ["synthetic"],
+        "shots": [1, 2],
+        "seeds": [1, 2],
+        "backbone": "tiny",
+        "precision": "fp32",
+        "tracking": "none",
+        "run": {"num_workers": 0, "batch_size": 2, "test_batch_size": 50},
+        "methods": {
+            "zsclip": {"config": "zsclip/vit_b16"},
+            "lpclip": {"config": "lpclip/vit_b16"},
+            "coop": {
+                "config": "coop/vit_b16",
+                "per_shots": {1: {"config": "coop/vit_b16_ep50", "run": {"epochs": 1}}},
+                "run": {"epochs": 2},
+            },
+        },
+    }
+    path = tmp_path / "fs.yaml"
+    path.write_text(yaml.safe_dump(study))
+    out = str(tmp_path / "out")
+    jobs = sweep.expand(sweep.load_experiment(str(path)), str(root), out)
+    states = launch(jobs, "fs", out, "debug", {"post_mortem": False})
+    assert all(s.state == "done" for s in states), [(s.job, s.state) for s in states]
+    records = results.read_records(out)
+    got = sorted((r["method"], r["shots"], r["seed"], r["epochs"]) for r in records)
+    assert got == [("coop", 1, 1, 1), ("coop", 1, 2, 1), ("coop", 2, 1, 2), ("coop", 2, 2, 2)] + [
+        ("lpclip", k, s, 0) for k in (1, 2) for s in (1, 2)
+    ] + [("zsclip", 0, None, 0)]
+    assert all(r["subsample"] == "all" and r["metrics"]["total"] == 9 for r in records)
+    assert all(r["options"]["C"] > 0 for r in records if r["method"] == "lpclip")
+    assert os.path.isfile(os.path.join(out, results.RESULTS_FILE))
+
+
+def test_readme_few_shot_demo_blocks_are_the_reference_run():
+    """The README's few-shot demo blocks are what the reference run's files make, and the claims table
+    is what the checks compute from its per-seed averages, which agree with its report's tables."""
+    import csv
+    import statistics
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, root)
+    from benchmarks import demo, fewshot_demo
+
+    reference = os.path.join(root, fewshot_demo.REFERENCE_DIR)
+    with open(os.path.join(root, "README.md")) as f:
+        text = f.read()
+    blocks = fewshot_demo.readme_blocks(reference)
+    assert set(blocks) == {"fewshot-curves", "fewshot-claims", "fewshot-run"}
+    for name, body in blocks.items():
+        written = text.split(f"<!-- BEGIN demo:{name} -->\n", 1)[1].split(f"<!-- END demo:{name} -->", 1)[0]
+        assert written == body, name
+    import json
+
+    with open(os.path.join(reference, "run.json")) as f:
+        averages = {(k.split("@")[0], int(k.split("@")[1])): v for k, v in json.load(f)["seed_averages"].items()}
+    checks = fewshot_demo.claim_checks(averages)
+    with open(os.path.join(reference, "claims.md")) as f:
+        assert f.read() == demo.checks_markdown(checks).replace("Average row", "average over datasets")
+    for shots in SHOTS:
+        with open(os.path.join(reference, f"fewshot_{shots}shot.csv"), newline="") as f:
+            rows = {r["method"]: float(r["mean"]) for r in csv.DictReader(f) if r["row"] == "average"}
+        for method, mean in rows.items():
+            key = (method, 0 if method == "zsclip" else shots)
+            assert abs(statistics.fmean(averages[key]) - mean) < 1e-6, key
