@@ -46,7 +46,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: venv base2new demo crossdataset domaingen ablations fewshot bigger_coop report dashboard status bench demo-drift test lint help
+.PHONY: venv base2new demo crossdataset domaingen ablations fewshot bigger_coop report dashboard status bench bench-authors demo-drift test lint help
 
 venv: $(STAMP) ## create the virtual environment and install the project
 
@@ -91,6 +91,11 @@ status: $(STAMP) ## progress of an experiment: make status EXPERIMENT=base2new
 
 bench: $(STAMP) ## CoCoOp/CoOp speed benchmark, published vs fast path (QUICK=1: ~3 min), writes reports/bench.md
 	$(PY) -m benchmarks.bench $(if $(QUICK),--quick) --out reports/bench.md
+
+bench-authors: $(STAMP) ## every method against its authors' code: make bench-authors AUTHORS="cocoop=DIR coop=DIR ..." (reports/bench-vs-authors.md)
+	$(if $(AUTHORS),,$(error make bench-authors needs AUTHORS="cocoop=/path/to/CoOp maple=/path/to/multimodal-prompt-learning ..." (git clones of the authors' repositories)))
+	$(PY) -m benchmarks.vs_authors --authors $(AUTHORS) --out reports/bench-vs-authors.md
+	$(PY) -m benchmarks.vs_authors readme --out reports/bench-vs-authors.md
 
 demo-drift: $(STAMP) ## re-run the demo and compare it with reports/demo-reference (a benchmark, not a test)
 	$(PY) -m benchmarks.demo drift

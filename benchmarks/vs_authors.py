@@ -1,0 +1,784 @@
+"""Benchmark: every method against its authors' own code, side by side (issue 28).
+
+    python -m benchmarks.vs_authors --authors cocoop=DIR coop=DIR kgcoop=DIR maple=DIR promptsrc=DIR
+    python -m benchmarks.vs_authors readme          copy the table of reports/bench-vs-authors.md into README.md
+
+For every method named with a checkout of its authors' repository (``git clone`` of the repository
+in ``AUTHORS``; the commit it holds is read and written beside the figures, with a warning when it is
+not the one ``docs/`` was read at), the authors' trainer class is imported from the checkout with the
+few Dassl pieces it needs stubbed (``dassl_stub``; no network, no Dassl install) and the authors'
+``clip`` package of that checkout. Both sides get the same random CLIP with OpenAI's ViT-B/16
+dimensions: ours is built by ``harness.backbone``, its weights rounded through fp16 (the authors'
+``build_model`` stores CLIP in fp16 before ``.float()``), and the authors' ``load_clip_to_cpu`` loads
+that state dict from a file where it would have downloaded OpenAI's (their ``clip._download`` is
+pointed at it). Same images, same class names (K ImageNet names), the same learned tensors (copied
+from the authors' model into ours through the authors' checkpoint format).
+
+Before timing, both must give the same evaluation logits (relative error < 1e-4 in fp32) and the
+same training loss; a difference aborts that method's line with the error. Then, fp32 on the CPU:
+one training step (the authors' ``forward_backward``, forward + published objective + backward; its
+optimiser has learning rate 0 so every run sees the same weights, and its update of the few prompt
+parameters costs nothing measurable) against ours (``training_loss`` + backward), and one evaluation
+of ``--eval-images`` images, both including the image encoder. Each time is the median of the runs
+after a warm-up. The report goes to ``reports/bench-vs-authors.md`` with the machine and its load.
+
+Adding a method is one ``AuthorsCode`` entry in ``AUTHORS``: the repository, the folder of the
+checkout that holds ``trainers/`` and ``clip/``, the trainer class, the config keys it reads, our
+options that correspond, and, where the authors' model returns more than logits, how to read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import io
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+import methods
+from benchmarks.bench import (
+    class_names,
+    cocoop_floor_flops,
+    image_encoder_flops,
+    machine_description,
+    matmul_throughput,
+)
+from benchmarks.cocoop_check import FP32_TOLERANCE, relative_error
+from harness import backbone
+from methods.promptsrc import PROMPTSRC_TEMPLATES
+
+REPORT = "reports/bench-vs-authors.md"
+DOCS = ("docs/PROTOCOL.md", "docs/PROTOCOL-successors.md")
+README_BLOCK = "vs-authors:table"
+
+
+# ---------------------------------------------------------------------------------------------------
+# What each method's authors' code is
+# ---------------------------------------------------------------------------------------------------
+
+
+def _first(output):
+    """The logits of a model that returns (logits, extra terms), as KgCoOp's ``CustomCLIP`` does."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+@dataclass(frozen=True)
+class AuthorsCode:
+    """How to run one method in its authors' repository. ``cfg`` holds the config keys the trainer
+    reads beyond the shared ones (``base_cfg``); ``options`` our method's options that correspond."""
+
+    method: str  # our registry name
+    repository: str  # GitHub owner/name; docs/ names the commit read as "owner/name @ <sha>"
+    trainer: str  # "module:Class" inside the checkout folder
+    cfg: dict
+    options: dict
+    folder: str = ""  # the folder of the checkout that holds trainers/ and clip/
+    logits: Callable = _first  # eval logits from the authors' model output
+    train_unavailable: str = ""  # why the authors' training step cannot run here (then only eval is timed)
+    floor: Callable | None = None  # (clip, classnames, batch, eval_images) -> FLOPs no exact method avoids
+    module_globals: dict = field(default_factory=dict)  # set in the trainer's module before it builds
+    note: str = ""  # what differs from the published run, for the report
+    eval_loops_over_images: bool = False  # the authors' eval encodes the prompts once per image (CoCoOp)
+
+
+def cocoop_floor(clip, classnames, batch, eval_images) -> dict[str, dict[str, float]]:
+    """FLOPs no exact method avoids, per case and part: the text side (``bench``'s floor, per image)
+    and the frozen image encoder's forward, which both sides run on the same images."""
+    return {
+        "train": {
+            "text": cocoop_floor_flops(clip, classnames, batch, training=True),
+            "image encoder": image_encoder_flops(clip, batch),
+        },
+        "eval": {
+            "text": cocoop_floor_flops(clip, classnames, eval_images),
+            "image encoder": image_encoder_flops(clip, eval_images),
+        },
+    }
+
+
+def coop_floor(clip, classnames, batch, eval_images) -> dict[str, dict[str, float]]:
+    """As ``cocoop_floor`` with one context for all images: the text side is encoded once."""
+    floor = cocoop_floor(clip, classnames, 1, 1)
+    floor["train"]["image encoder"] = image_encoder_flops(clip, batch)
+    floor["eval"]["image encoder"] = image_encoder_flops(clip, eval_images)
+    return floor
+
+
+TEACHER_TEMPLATES = 4  # PromptSRC's teacher templates used here (of 60): see its note
+
+AUTHORS: dict[str, AuthorsCode] = {
+    entry.method: entry
+    for entry in (
+        AuthorsCode(
+            "coop",
+            "KaiyangZhou/CoOp",
+            "trainers.coop:CoOp",
+            {
+                "TRAINER": {
+                    "COOP": {
+                        "N_CTX": 4,
+                        "CTX_INIT": "a photo of a",
+                        "CSC": False,
+                        "PREC": "fp32",
+                        "CLASS_TOKEN_POSITION": "end",
+                    }
+                }
+            },
+            {"n_ctx": 4, "ctx_init": "a photo of a"},
+            floor=coop_floor,
+        ),
+        AuthorsCode(
+            "cocoop",
+            "KaiyangZhou/CoOp",
+            "trainers.cocoop:CoCoOp",
+            {"TRAINER": {"COCOOP": {"N_CTX": 4, "CTX_INIT": "a photo of a", "PREC": "fp32"}}},
+            {"n_ctx": 4, "ctx_init": "a photo of a"},
+            floor=cocoop_floor,
+            eval_loops_over_images=True,  # trainers/cocoop.py, CustomCLIP.forward
+        ),
+        AuthorsCode(
+            "kgcoop",
+            "htyao89/KgCoOp",
+            "trainers.kgcoop:KgCoOp",
+            {
+                "DATASET": {"NAME": "ImageNet"},
+                "TRAINER": {
+                    "COOP": {
+                        "N_CTX": 4,
+                        "CTX_INIT": "a photo of a",
+                        "CSC": False,
+                        "PREC": "fp32",
+                        "CLASS_TOKEN_POSITION": "end",
+                        "W": 8.0,
+                    },
+                    "COCOOP": {"PREC": "fp32"},
+                },
+            },
+            {"n_ctx": 4, "ctx_init": "a photo of a", "kg_weight": 8.0, "template": "a photo of a {}."},
+            folder="KgCoOp",
+        ),
+        AuthorsCode(
+            "maple",
+            "muzairkhattak/multimodal-prompt-learning",
+            "trainers.maple:MaPLe",
+            {"TRAINER": {"MAPLE": {"N_CTX": 2, "CTX_INIT": "a photo of a", "PREC": "fp32", "PROMPT_DEPTH": 9}}},
+            {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9},
+        ),
+        AuthorsCode(
+            "promptsrc",
+            "muzairkhattak/PromptSRC",
+            "trainers.promptsrc:PromptSRC",
+            {
+                "TRAINER": {
+                    "PROMPTSRC": {
+                        "N_CTX_TEXT": 4,
+                        "N_CTX_VISION": 4,
+                        "CTX_INIT": "a photo of a",
+                        "PREC": "fp32",
+                        "PROMPT_DEPTH_TEXT": 9,
+                        "PROMPT_DEPTH_VISION": 9,
+                        "TEXT_LOSS_WEIGHT": 25,
+                        "IMAGE_LOSS_WEIGHT": 10,
+                        "GPA_MEAN": 15,
+                        "GPA_STD": 1,
+                    }
+                }
+            },
+            {
+                "n_ctx_text": 4,
+                "n_ctx_vision": 4,
+                "prompt_depth_text": 9,
+                "prompt_depth_vision": 9,
+                "templates": PROMPTSRC_TEMPLATES[:TEACHER_TEMPLATES],
+            },
+            module_globals={"IMAGENET_TEMPLATES": list(PROMPTSRC_TEMPLATES[:TEACHER_TEMPLATES])},
+            note=(
+                f"the frozen text teacher averages the first {TEACHER_TEMPLATES} of the 60 templates on both sides "
+                "(60 x K prompts at 77 positions take the authors' build ~20 min here; the teacher is computed "
+                "once, before any timed step, so the times do not depend on it)"
+            ),
+        ),
+    )
+}
+
+
+def base_cfg(image_size: int) -> dict:
+    """The config keys every authors' trainer reads."""
+    return {
+        "MODEL": {"BACKBONE": {"NAME": "ViT-B/16"}, "INIT_WEIGHTS": ""},
+        "INPUT": {"SIZE": (image_size, image_size)},
+        "OPTIM": {"NAME": "sgd", "LR": 0.0, "MAX_EPOCH": 20},
+    }
+
+
+class Cfg(types.SimpleNamespace):
+    """A yacs-like node: attribute access to nested dicts; a missing key names itself."""
+
+    @classmethod
+    def of(cls, tree: dict) -> Cfg:
+        return cls(**{k: cls.of(v) if isinstance(v, dict) else v for k, v in tree.items()})
+
+    def __getattr__(self, name):
+        raise AttributeError(f"the benchmark's config for the authors' trainer has no key {name!r}: add it to AUTHORS")
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Commits
+# ---------------------------------------------------------------------------------------------------
+
+
+def documented_commit(repository: str, docs: tuple[str, ...] = DOCS) -> str | None:
+    """The commit docs/ was read at, written there as ``owner/name @ <sha>``; None when docs/ names none."""
+    pattern = re.compile(re.escape(repository) + r" @ `?([0-9a-f]{7,40})")
+    for path in docs:
+        with contextlib.suppress(OSError), open(path, encoding="utf-8") as f:
+            match = pattern.search(f.read())
+            if match:
+                return match.group(1)
+    return None
+
+
+def checkout_commit(directory: str) -> str | None:
+    """HEAD of the git checkout ``directory`` (or of the repository it lies in); None when it is not one."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", directory, "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def commit_warning(repository: str, held: str | None, documented: str | None) -> str:
+    """'' when the checkout holds the commit docs/ was read at; else what differs."""
+    if held is None:
+        return f"the checkout of {repository} is not a git checkout: its commit is unknown"
+    if documented is None:
+        return f"docs/ names no commit for {repository}: the figures are for {held[:7]}"
+    if not held.startswith(documented):
+        return f"the checkout holds {held[:7]}, docs/ was read at {documented[:7]}"
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Importing the authors' code: Dassl stubbed, their clip package, CUDA calls kept on the CPU
+# ---------------------------------------------------------------------------------------------------
+
+
+class StubNotProvided(RuntimeError):
+    """The authors' code called a Dassl piece the benchmark does not provide."""
+
+
+def _not_provided(name: str):
+    def call(*args, **kwargs):
+        raise StubNotProvided(f"dassl.{name} is stubbed by benchmarks/vs_authors.py and does nothing here")
+
+    return call
+
+
+class TrainerX:
+    """Dassl's ``TrainerX``, as far as the authors' ``build_model`` and ``forward_backward`` use it."""
+
+    def register_model(self, name, model=None, optim=None, sched=None):
+        self._models = getattr(self, "_models", {})
+        self._models[name] = model
+
+    def get_model_names(self, names=None):
+        return list(self._models)
+
+    def model_backward_and_update(self, loss, names=None):
+        self.optim.zero_grad()
+        loss.backward()
+        self.optim.step()
+
+    def update_lr(self, names=None):
+        pass
+
+
+class _Registry:
+    def register(self, obj=None):
+        return obj if obj is not None else (lambda cls: cls)
+
+
+def _build_optimizer(model, optim_cfg):
+    # learning rate 0: every timed step sees the same weights; the update itself still runs
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad] or [nn.Parameter(torch.zeros(1))], lr=0.0)
+
+
+def _compute_accuracy(output, target, topk=(1,)):
+    return [(output.argmax(dim=1) == target).float().mean() * 100]
+
+
+def dassl_stub() -> dict[str, types.ModuleType]:
+    """The Dassl modules the authors' trainers import, stubbed."""
+    modules = {
+        name: types.ModuleType(name)
+        for name in ("dassl", "dassl.engine", "dassl.metrics", "dassl.utils", "dassl.optim")
+    }
+    modules["dassl.engine"].TRAINER_REGISTRY = _Registry()
+    modules["dassl.engine"].TrainerX = TrainerX
+    modules["dassl.metrics"].compute_accuracy = _compute_accuracy
+    modules["dassl.utils"].load_pretrained_weights = _not_provided("utils.load_pretrained_weights")
+    modules["dassl.utils"].load_checkpoint = _not_provided("utils.load_checkpoint")
+    modules["dassl.optim"].build_optimizer = _build_optimizer
+    modules["dassl.optim"].build_lr_scheduler = lambda optim, optim_cfg: None
+    for name, module in modules.items():
+        if "." in name:
+            parent, child = name.rsplit(".", 1)
+            setattr(modules[parent], child, module)
+    return modules
+
+
+_TOP_LEVEL = ("dassl", "clip", "trainers")  # the authors' packages; each checkout has its own clip/trainers
+
+
+@contextlib.contextmanager
+def authors_import_path(root: str):
+    """Import from ``root`` with Dassl stubbed; afterwards sys.modules and sys.path are as before
+    (the imported modules stay alive through the objects that refer to them)."""
+
+    def ours(name):
+        return name.split(".")[0] in _TOP_LEVEL
+
+    saved = {name: module for name, module in sys.modules.items() if ours(name)}
+    for name in saved:
+        del sys.modules[name]
+    sys.modules.update(dassl_stub())
+    sys.path.insert(0, root)
+    try:
+        yield
+    finally:
+        sys.path.remove(root)
+        for name in [n for n in sys.modules if ours(n)]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+@contextlib.contextmanager
+def fp32_on_cpu():
+    """Run the authors' code in fp32 on the CPU. Without a GPU, their ``.cuda()`` calls (KgCoOp's and
+    PromptSRC's frozen teachers) keep things where they are. Their ``.half()`` calls (CLIP's
+    ``convert_weights``; MaPLe's ``proj``, PromptSRC's teacher logits, both converted whatever the
+    precision, so their published code runs in fp16 only) keep fp32, as their fp32 setting intends
+    and as our fp32 mode does; the weights are rounded through fp16 first (``round_through_fp16``)."""
+    patched = [(torch.Tensor, "half"), (nn.Module, "half")]
+    if not torch.cuda.is_available():
+        patched += [(torch.Tensor, "cuda"), (nn.Module, "cuda")]
+    saved = [(owner, name, getattr(owner, name)) for owner, name in patched]
+    for owner, name in patched:
+        setattr(owner, name, lambda self, *args, **kwargs: self)
+    try:
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
+def round_through_fp16(clip) -> None:
+    """Make every weight exactly representable in fp16: the authors' ``build_model`` stores CLIP in
+    fp16 and their fp32 setting calls ``.float()`` on it, so this is what both sides then hold."""
+    with torch.no_grad():
+        for p in clip.parameters():
+            p.copy_(p.half().float())
+
+
+class AuthorsModel:
+    """The authors' trainer of one method built on ``clip``'s weights: ``logits(images)``,
+    ``step(images, labels)`` (their ``forward_backward``) and the state their checkpoint would hold."""
+
+    def __init__(self, entry: AuthorsCode, checkout: str, clip, classnames: list[str]):
+        self.entry = entry
+        root = os.path.join(checkout, entry.folder)
+        if not os.path.isdir(os.path.join(root, "trainers")):
+            raise FileNotFoundError(
+                f"{root} has no trainers/ folder: give a checkout of {entry.repository} "
+                f"(git clone https://github.com/{entry.repository})"
+            )
+        module_name, class_name = entry.trainer.split(":")
+        cfg = Cfg.of(_merge(base_cfg(backbone.image_size(clip)), entry.cfg))
+        with tempfile.TemporaryDirectory() as tmp, authors_import_path(root), fp32_on_cpu():
+            weights = os.path.join(tmp, "openai-format.pt")
+            torch.save({k: v.detach().cpu() for k, v in clip.state_dict().items()}, weights)
+            module = __import__(module_name, fromlist=[class_name])
+            module.clip._download = lambda url, root=None: weights  # where OpenAI's file would be
+            for name, value in entry.module_globals.items():
+                setattr(module, name, value)
+            trainer = object.__new__(getattr(module, class_name))
+            trainer.cfg, trainer.device = cfg, torch.device("cpu")
+            trainer.dm = types.SimpleNamespace(dataset=types.SimpleNamespace(classnames=list(classnames)))
+            trainer.batch_idx, trainer.num_batches, trainer.epoch = 0, 2, 0  # not an epoch's last batch
+            with contextlib.redirect_stdout(io.StringIO()):  # they print every prompt
+                trainer.build_model()
+        self.trainer, self.model = trainer, trainer.model
+
+    def checkpoint_state(self) -> dict:
+        """What the authors' checkpoint of the registered module holds (our methods load this format)."""
+        (module,) = self.trainer._models.values()
+        return module.state_dict()
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        with torch.no_grad(), fp32_on_cpu():
+            return self.entry.logits(self.model(images))
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        self.model.train()
+        with fp32_on_cpu():
+            return self.trainer.forward_backward({"img": images, "label": labels})["loss"]
+
+
+def build_ours(entry: AuthorsCode, clip, classnames: list[str], authors: AuthorsModel):
+    model = methods.build_method(entry.method, clip, classnames, **entry.options)
+    model.load_checkpoint_state_dict(authors.checkpoint_state(), path=f"the authors' {entry.method} model")
+    return model
+
+
+def our_step(model, images: torch.Tensor, labels: torch.Tensor) -> float:
+    model.train()
+    for p in model.trainable_parameters():
+        p.grad = None
+    loss = model.training_loss(images, labels)
+    loss.backward()
+    return loss.item()
+
+
+def our_logits(model, images: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(images)
+
+
+# ---------------------------------------------------------------------------------------------------
+# One method's line
+# ---------------------------------------------------------------------------------------------------
+
+
+class AuthorsMismatch(AssertionError):
+    """Our method and the authors' code disagree: the line is aborted."""
+
+
+def check_equal(what: str, ours, theirs, tolerance: float) -> float:
+    ours, theirs = torch.as_tensor(ours), torch.as_tensor(theirs)
+    error = relative_error(ours, theirs) if ours.shape == theirs.shape else float("inf")
+    if not error < tolerance:
+        raise AuthorsMismatch(
+            f"{what}: relative error {error:.3g} >= {tolerance:g} between ours and the authors' "
+            f"(shapes {tuple(ours.shape)} and {tuple(theirs.shape)})"
+        )
+    return error
+
+
+def timed(fn: Callable[[], object], runs: int, budget_s: float) -> tuple[float, int, object]:
+    """(median seconds, timed runs, first output): a warm-up call (its output returned), then up to
+    ``runs`` timed calls, at least one, stopping once ``budget_s`` is spent."""
+    out = fn()
+    times: list[float] = []
+    while len(times) < max(1, runs) and (not times or sum(times) + times[-1] <= budget_s):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), len(times), out
+
+
+@dataclass
+class Line:
+    method: str
+    repository: str
+    commit: str | None = None
+    documented: str | None = None
+    warning: str = ""
+    error: str = ""  # why the line was aborted
+    check: dict = field(default_factory=dict)  # relative errors of the checks
+    train: tuple[float, float] | None = None  # (authors' s, ours s)
+    evaluation: tuple[float, float] | None = None
+    runs: dict = field(default_factory=dict)
+    note: str = ""
+    floor: tuple[float, float] | None = None  # (train, eval) seconds at the measured matmul rate
+    floor_flops: dict = field(default_factory=dict)  # {"train": {part: FLOPs}, "eval": {...}}
+
+
+@dataclass
+class Settings:
+    k: int = 100
+    batch: int = 1
+    eval_images: int = 32
+    check_images: int = 2
+    runs: int = 3
+    budget_s: float = 60.0
+    tolerance: float = FP32_TOLERANCE
+    loop_eval_images: int = 0  # > 0: the authors' eval of a per-image loop timed on this many images, scaled
+
+
+def compare_method(
+    entry: AuthorsCode, checkout: str, clip, settings: Settings, log=print, docs=DOCS, flops_per_s: float = 0.0
+) -> Line:
+    line = Line(entry.method, entry.repository)
+    line.commit, line.documented = checkout_commit(checkout), documented_commit(entry.repository, docs)
+    line.warning = commit_warning(entry.repository, line.commit, line.documented)
+    if line.warning:
+        log(f"WARNING ({entry.method}): {line.warning}")
+    names = class_names(settings.k) if settings.k > 0 else []
+    generator = torch.Generator().manual_seed(0)
+    size = backbone.image_size(clip)
+    images = torch.randn(settings.eval_images, 3, size, size, generator=generator)
+    labels = torch.arange(settings.batch) % settings.k
+    batch = images[: settings.batch]
+    if entry.floor is not None and flops_per_s > 0:
+        line.floor_flops = entry.floor(clip, names, settings.batch, settings.eval_images)
+        line.floor = tuple(sum(line.floor_flops[case].values()) / flops_per_s for case in ("train", "eval"))
+    try:
+        torch.manual_seed(0)
+        authors = AuthorsModel(entry, checkout, clip, names)
+        ours = build_ours(entry, clip, names, authors)
+        check = images[: settings.check_images]
+        line.check["eval logits"] = check_equal(
+            f"{entry.method} eval logits", our_logits(ours, check), authors.logits(check), settings.tolerance
+        )
+        line.note = entry.note
+        if entry.train_unavailable:
+            line.note = "; ".join(filter(None, [line.note, f"train step not timed: {entry.train_unavailable}"]))
+        else:
+            t_theirs, n_theirs, loss_theirs = timed(
+                lambda: authors.step(batch, labels), settings.runs, settings.budget_s
+            )
+            t_ours, n_ours, loss_ours = timed(lambda: our_step(ours, batch, labels), settings.runs, settings.budget_s)
+            # learning rate 0: the warm-up step saw the same weights on both sides
+            line.check["training loss"] = check_equal(
+                f"{entry.method} training loss", loss_ours, loss_theirs, settings.tolerance
+            )
+            line.train, line.runs["train"] = (t_theirs, t_ours), (n_theirs, n_ours)
+        # The authors' per-image loop costs the same for every image: time a few and scale when asked.
+        few = settings.loop_eval_images if entry.eval_loops_over_images and settings.loop_eval_images else len(images)
+        few = min(few, len(images))
+        t_theirs, n_theirs, out_theirs = timed(lambda: authors.logits(images[:few]), settings.runs, settings.budget_s)
+        t_theirs *= len(images) / few
+        t_ours, n_ours, out_ours = timed(lambda: our_logits(ours, images), settings.runs, settings.budget_s)
+        line.check["eval logits, all images"] = check_equal(
+            f"{entry.method} eval logits ({few} images)", out_ours[:few], out_theirs, settings.tolerance
+        )
+        if few < len(images):
+            scaled = f"the authors' eval timed on {few} images, x{len(images) / few:g} (a loop over images)"
+            line.note = "; ".join(filter(None, [line.note, scaled]))
+        line.evaluation, line.runs["eval"] = (t_theirs, t_ours), (n_theirs, n_ours)
+    except AuthorsMismatch as error:
+        line.error, line.train, line.evaluation = f"MISMATCH: {error}", None, None
+        log(f"ABORTED ({entry.method}): {line.error}")
+    except Exception as error:  # the authors' code did not run here: say so in the line, time the others
+        line.error, line.train, line.evaluation = f"FAILED: {type(error).__name__}: {error}", None, None
+        log(f"FAILED ({entry.method}): {line.error}")
+    return line
+
+
+# ---------------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------------
+
+
+def _ratio(pair) -> str:
+    return f"{pair[0] / pair[1]:.1f}×" if pair else "—"
+
+
+def _secs(pair, i) -> str:
+    return f"{pair[i]:.3g}" if pair else "—"
+
+
+def table(lines: list[Line]) -> str:
+    rows = [
+        "| method | authors' code @ commit | train step, authors (s) | ours (s) | speed-up | floor (s) | "
+        "eval, authors (s) | ours (s) | speed-up | floor (s) | same logits (max rel. error) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for line in lines:
+        commit = line.commit[:7] if line.commit else "unknown"
+        error = " ".join(line.error.split())  # one table cell: one line
+        same = error[:300] + " …" if len(error) > 300 else error
+        same = same or (f"yes ({max(line.check.values()):.1e})" if line.check else "—")
+        rows.append(
+            f"| {line.method} | {line.repository} @ {commit} | {_secs(line.train, 0)} | {_secs(line.train, 1)} | "
+            f"{_ratio(line.train)} | {_secs(line.floor, 0)} | {_secs(line.evaluation, 0)} | "
+            f"{_secs(line.evaluation, 1)} | {_ratio(line.evaluation)} | {_secs(line.floor, 1)} | {same} |"
+        )
+    return "\n".join(rows)
+
+
+def load_description() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            one, five, fifteen = f.read().split()[:3]
+        return f"load average {one} / {five} / {fifteen} (1 / 5 / 15 min) on {os.cpu_count()} logical CPUs"
+    except OSError:
+        return "load unknown"
+
+
+def render(
+    lines: list[Line],
+    settings: Settings,
+    machine: str,
+    load_before: str,
+    load_after: str,
+    note: str,
+    flops_per_s: float = 0.0,
+) -> str:
+    out = [
+        "# Every method against its authors' code",
+        "",
+        f"Made by `python -m benchmarks.vs_authors` on {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
+        f"Machine: {machine}. Before: {load_before}; after: {load_after}." + (f" {note}" if note else ""),
+        "",
+        f"Random CLIP with OpenAI's ViT-B/16 dimensions (weights rounded through fp16, as the authors' loader "
+        f"holds them), fp32 on the CPU, K = {settings.k} ImageNet class names. Train step: batch {settings.batch}, "
+        f"forward + the published objective + backward (the authors' `forward_backward`, learning rate 0). "
+        f"Eval: {settings.eval_images} images, including the image encoder. Median of up to {settings.runs} runs "
+        f"after a warm-up (runs per cell below). Speed-up: the authors' time over ours. Both sides first gave "
+        f"the same eval logits and training loss (relative error < {settings.tolerance:g}) or the line says why not. "
+        f"Floor: the FLOPs no exact method avoids (the text positions up to each EOT, the image encoder's forward; "
+        f"`benchmarks/bench.py`) at this machine's measured fp32 matmul rate ({flops_per_s / 1e9:.0f} GFLOP/s), where "
+        f"the method has one.",
+        "",
+        table(lines),
+        "",
+    ]
+    for line in lines:
+        details = []
+        if line.warning:
+            details.append(f"WARNING: {line.warning}")
+        if line.runs:
+            details.append("runs (authors, ours): " + ", ".join(f"{k} {a}, {b}" for k, (a, b) in line.runs.items()))
+        if line.check:
+            details.append("checks: " + ", ".join(f"{k} {v:.1e}" for k, v in line.check.items()))
+        if line.note:
+            details.append(line.note)
+        if line.floor_flops:
+            details.append(
+                "floor: "
+                + "; ".join(
+                    f"{case} " + " + ".join(f"{part} {flops / 1e9:.0f}" for part, flops in parts.items()) + " GFLOP"
+                    for case, parts in line.floor_flops.items()
+                )
+            )
+        if line.commit:
+            details.append(f"commit {line.commit}" + (f" (docs/: {line.documented})" if line.documented else ""))
+        out.append(f"* {line.method}: " + "; ".join(details) + ".")
+    return "\n".join(out) + "\n"
+
+
+def write_readme(report: str = REPORT, readme: str = "README.md") -> None:
+    """Copy the table (and the line naming machine and load) of ``report`` into README.md's block."""
+    with open(report, encoding="utf-8") as f:
+        text = f.read()
+    machine = next(line for line in text.splitlines() if line.startswith("Machine:"))
+    body = "\n".join(line for line in text.splitlines() if line.startswith("|"))
+    block = f"{body}\n\n{machine} (`{report}`)\n"
+    with open(readme, encoding="utf-8") as f:
+        current = f.read()
+    begin, end = f"<!-- BEGIN {README_BLOCK} -->\n", f"<!-- END {README_BLOCK} -->"
+    if begin not in current or end not in current:
+        raise ValueError(f"{readme} has no {begin.strip()} ... {end} block to write the table into.")
+    head, rest = current.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    with open(readme, "w", encoding="utf-8") as f:
+        f.write(head + begin + block + end + tail)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------
+
+
+def parse_authors(items: list[str], known: dict[str, AuthorsCode]) -> dict[str, str]:
+    checkouts = {}
+    for item in items:
+        method, sep, directory = item.partition("=")
+        if not sep or not directory:
+            raise SystemExit(f"--authors {item!r}: expected METHOD=DIR, e.g. cocoop=/path/to/CoOp")
+        if method not in known:
+            raise SystemExit(f"--authors {item!r}: no authors' adapter for {method!r}; known: {', '.join(known)}")
+        if not os.path.isdir(directory):
+            raise SystemExit(
+                f"--authors {item!r}: {directory} is not a folder; clone it: "
+                f"git clone https://github.com/{known[method].repository} {directory}"
+            )
+        checkouts[method] = directory
+    return checkouts
+
+
+def main(argv: list[str] | None = None, adapters: dict[str, AuthorsCode] = AUTHORS, clip=None, docs=DOCS) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.vs_authors", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", nargs="?", choices=["run", "readme"], default="run")
+    parser.add_argument("--authors", nargs="*", default=[], metavar="METHOD=DIR")
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--eval-images", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--budget-s", type=float, default=60.0, help="timing budget per measurement after warm-up")
+    parser.add_argument(
+        "--loop-eval-images",
+        type=int,
+        default=0,
+        help="time the authors' per-image eval loop (CoCoOp) on this many images and scale (0: all)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--note", default="", help="a sentence for the report, e.g. about other load")
+    parser.add_argument("--out", default=REPORT)
+    parser.add_argument("--readme", default="README.md")
+    args = parser.parse_args(argv)
+    if args.command == "readme":
+        write_readme(args.out, args.readme)
+        print(f"wrote the table of {args.out} into {args.readme}")
+        return 0
+    checkouts = parse_authors(args.authors, adapters)
+    if not checkouts:
+        parser.error("name at least one METHOD=DIR with --authors")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = Settings(
+        k=args.k,
+        batch=args.batch,
+        eval_images=args.eval_images,
+        runs=args.runs,
+        budget_s=args.budget_s,
+        loop_eval_images=args.loop_eval_images,
+    )
+    if clip is None:
+        clip = backbone.freeze(backbone.build_random_clip("vit_b16", seed=0))
+    round_through_fp16(clip)
+    load_before = load_description()
+    flops_per_s = matmul_throughput(torch.device("cpu"))
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    machine, lines = machine_description(torch.device("cpu")), []
+    for method, checkout in checkouts.items():
+        print(f"{method}: {adapters[method].repository} from {checkout}", flush=True)
+        lines.append(compare_method(adapters[method], checkout, clip, settings, docs=docs, flops_per_s=flops_per_s))
+        print(table(lines[-1:]).splitlines()[-1], flush=True)
+        # written after every method, so a run stopped early keeps what it measured and says what it did not
+        pending = [Line(m, adapters[m].repository, error="not measured: the run stopped before it") for m in checkouts]
+        pending = pending[len(lines) :]
+        text = render(lines + pending, settings, machine, load_before, load_description(), args.note, flops_per_s)
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text)
+    print(text)
+    print(f"wrote {args.out}")
+    return 1 if any(line.error for line in lines) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

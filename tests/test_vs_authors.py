@@ -1,0 +1,291 @@
+"""The side-by-side benchmark's plumbing (benchmarks/vs_authors.py), without the network: a stand-in
+"authors' repository" written here (a Dassl-style CoOp trainer computing CoOp's logits by its own
+code on an OpenAI-layout CLIP loaded from the state dict the benchmark hands over), imported with
+Dassl stubbed, checked against our CoOp, timed, and written as a table."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from benchmarks import vs_authors
+from harness import backbone
+
+FAKE_CLIP = '''
+import open_clip
+import torch
+
+_MODELS = {"ViT-B/16": "https://example.invalid/ViT-B-16.pt"}
+
+
+def _download(url, root=None):
+    raise RuntimeError("no network in the tests: the benchmark must point _download at its weights")
+
+
+def tokenize(texts):
+    return open_clip.tokenize(texts)
+
+
+def build_model(state_dict):
+    """An OpenAI-layout CLIP from its state dict, its shape read from the tensors."""
+    def layers(prefix):
+        return len({k[len(prefix) :].split(".")[0] for k in state_dict if k.startswith(prefix)})
+
+    conv = state_dict["visual.conv1.weight"]
+    grid = int((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    text_width = state_dict["ln_final.weight"].shape[0]
+    vision = open_clip.model.CLIPVisionCfg(
+        layers=layers("visual.transformer.resblocks."), width=conv.shape[0], patch_size=conv.shape[-1],
+        image_size=conv.shape[-1] * grid, head_width=64,
+    )
+    text = open_clip.model.CLIPTextCfg(
+        context_length=state_dict["positional_embedding"].shape[0],
+        vocab_size=state_dict["token_embedding.weight"].shape[0],
+        width=text_width, heads=max(1, text_width // 64), layers=layers("transformer.resblocks."),
+    )
+    embed_dim = state_dict["text_projection"].shape[1]
+    model = open_clip.model.CLIP(embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=True)
+    model.load_state_dict(state_dict)
+    return model.eval()
+'''
+
+FAKE_TRAINER = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dassl.engine import TRAINER_REGISTRY, TrainerX
+from dassl.optim import build_optimizer, build_lr_scheduler
+
+from clip import clip
+
+
+def load_clip_to_cpu(cfg):
+    path = clip._download(clip._MODELS[cfg.MODEL.BACKBONE.NAME])
+    return clip.build_model(torch.load(path, map_location="cpu"))
+
+
+class PromptLearner(nn.Module):
+    def __init__(self, cfg, classnames, clip_model):
+        super().__init__()
+        words = cfg.TRAINER.FAKE.CTX_INIT
+        n_ctx = len(words.split(" "))
+        with torch.no_grad():
+            ctx = clip_model.token_embedding(clip.tokenize(words))[0, 1 : 1 + n_ctx]
+        self.ctx = nn.Parameter(ctx + 0.05 * torch.randn(ctx.shape))  # away from its init, so it matters
+        self.tokenized = torch.cat([clip.tokenize(f"{words} {name}.") for name in classnames])
+        with torch.no_grad():
+            embedding = clip_model.token_embedding(self.tokenized)
+        self.register_buffer("token_prefix", embedding[:, :1])
+        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx :])
+
+    def forward(self):
+        ctx = self.ctx.unsqueeze(0).expand(self.token_prefix.shape[0], -1, -1)
+        return torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
+
+
+class CustomCLIP(nn.Module):
+    def __init__(self, cfg, classnames, clip_model):
+        super().__init__()
+        self.prompt_learner = PromptLearner(cfg, classnames, clip_model)
+        self.clip = clip_model
+        self.wrong_scale = cfg.TRAINER.FAKE.WRONG_SCALE
+
+    def forward(self, image, label=None):
+        m = self.clip
+        x = self.prompt_learner() + m.positional_embedding
+        x = m.transformer(x, attn_mask=m.attn_mask)
+        x = m.ln_final(x)
+        text = x[torch.arange(x.shape[0]), self.prompt_learner.tokenized.argmax(dim=-1)] @ m.text_projection
+        img = m.encode_image(image)
+        img = img / img.norm(dim=-1, keepdim=True)
+        text = text / text.norm(dim=-1, keepdim=True)
+        logits = self.wrong_scale * m.logit_scale.exp() * img @ text.t()
+        if self.prompt_learner.training:
+            return F.cross_entropy(logits, label)
+        return logits
+
+
+@TRAINER_REGISTRY.register()
+class FakeCoOp(TrainerX):
+    def build_model(self):
+        clip_model = load_clip_to_cpu(self.cfg)
+        self.model = CustomCLIP(self.cfg, self.dm.dataset.classnames, clip_model)
+        for name, p in self.model.named_parameters():
+            p.requires_grad_("prompt_learner" in name)
+        self.optim = build_optimizer(self.model.prompt_learner, self.cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
+        self.register_model("prompt_learner", self.model.prompt_learner, self.optim, self.sched)
+
+    def forward_backward(self, batch):
+        loss = self.model(batch["img"], batch["label"])
+        self.model_backward_and_update(loss)
+        return {"loss": loss.item()}
+"""
+
+REPOSITORY = "someone/FakeCoOp"
+
+
+def git(repo, *args):
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.email=t@example.invalid", "-c", "user.name=t", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def fake_repo(tmp_path_factory):
+    """A git checkout laid out like the authors' repositories: folder/clip/, folder/trainers/."""
+    repo = tmp_path_factory.mktemp("authors")
+    for path, text in {
+        "code/clip/__init__.py": "",
+        "code/clip/clip.py": FAKE_CLIP,
+        "code/trainers/__init__.py": "",
+        "code/trainers/fakecoop.py": FAKE_TRAINER,
+    }.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(textwrap.dedent(text))
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "fake authors")
+    return repo, git(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    return backbone.freeze(backbone.build_random_clip("tiny", seed=0))
+
+
+def adapter(wrong_scale: float = 1.0, loops: bool = False) -> dict:
+    entry = vs_authors.AuthorsCode(
+        "coop",
+        REPOSITORY,
+        "trainers.fakecoop:FakeCoOp",
+        {"TRAINER": {"FAKE": {"CTX_INIT": "a photo of a", "WRONG_SCALE": wrong_scale}}},
+        {"n_ctx": 4, "ctx_init": "a photo of a"},
+        folder="code",
+        eval_loops_over_images=loops,
+    )
+    return {"coop": entry}
+
+
+def run(repo, tiny_clip, tmp_path, docs_text: str, wrong_scale: float = 1.0, *extra: str) -> tuple[int, str]:
+    docs = tmp_path / "PROTOCOL.md"
+    docs.write_text(docs_text)
+    out = tmp_path / "report.md"
+    argv = ["--authors", f"coop={repo}", "--k", "5", "--eval-images", "3", "--runs", "2", "--out", str(out)]
+    loops = "--loop-eval-images" in extra
+    rc = vs_authors.main([*argv, *extra], adapters=adapter(wrong_scale, loops), clip=tiny_clip, docs=(str(docs),))
+    return rc, out.read_text()
+
+
+def table_row(report: str, method: str) -> list[str]:
+    (row,) = [line for line in report.splitlines() if line.startswith(f"| {method} |")]
+    return [cell.strip() for cell in row.strip("|").split("|")]
+
+
+def test_fake_authors_code_is_imported_checked_and_timed(fake_repo, tiny_clip, tmp_path):
+    repo, commit = fake_repo
+    before = {name for name in sys.modules if name.split(".")[0] in ("dassl", "clip", "trainers")}
+    rc, report = run(
+        repo, tiny_clip, tmp_path, f"| CoOp | {REPOSITORY} @ {commit[:7]} |\n", 1.0, "--loop-eval-images", "1"
+    )
+    assert rc == 0, report
+    cells = table_row(report, "coop")
+    assert cells[1] == f"{REPOSITORY} @ {commit[:7]}"
+    train_theirs, train_ours, train_ratio, train_floor, eval_theirs, eval_ours, eval_ratio, eval_floor = cells[2:10]
+    for seconds in (train_theirs, train_ours, eval_theirs, eval_ours):
+        assert float(seconds) > 0
+    assert float(train_ratio.rstrip("×")) == pytest.approx(float(train_theirs) / float(train_ours), rel=0.1)
+    assert float(eval_ratio.rstrip("×")) == pytest.approx(float(eval_theirs) / float(eval_ours), rel=0.1)
+    assert train_floor == eval_floor == "—"  # the stand-in has no floor
+    assert cells[10].startswith("yes (")
+    assert "WARNING" not in report and "training loss" in report and "Machine:" in report
+    assert "the authors' eval timed on 1 images, x3" in report  # a per-image loop, scaled
+    # the stubs and the fake's packages are gone again
+    assert {name for name in sys.modules if name.split(".")[0] in ("dassl", "clip", "trainers")} == before
+
+
+def test_differing_logits_abort_the_line_and_another_commit_is_warned(fake_repo, tiny_clip, tmp_path):
+    repo, commit = fake_repo
+    other = "0123456" if not commit.startswith("0123456") else "7654321"
+    rc, report = run(repo, tiny_clip, tmp_path, f"| CoOp | {REPOSITORY} @ {other} |", wrong_scale=1.01)
+    assert rc == 1
+    cells = table_row(report, "coop")
+    assert cells[2:10] == ["—"] * 8  # nothing timed
+    assert cells[10].startswith("MISMATCH: coop eval logits: relative error")
+    assert f"WARNING: the checkout holds {commit[:7]}, docs/ was read at {other}" in report
+
+
+def test_commits_read_from_the_checkout_and_from_docs(fake_repo, tmp_path):
+    repo, commit = fake_repo
+    docs = tmp_path / "PROTOCOL.md"
+    docs.write_text(f"| KgCoOp | {REPOSITORY} @ {commit[:7]}, folder |\n| x | other/repo @ `abcdef0` |\n")
+    assert vs_authors.checkout_commit(str(repo / "code")) == commit
+    assert vs_authors.checkout_commit(str(tmp_path)) is None
+    assert vs_authors.documented_commit(REPOSITORY, (str(docs),)) == commit[:7]
+    assert vs_authors.documented_commit("other/repo", (str(docs),)) == "abcdef0"
+    assert vs_authors.documented_commit("no/repo", (str(docs),)) is None
+    assert vs_authors.commit_warning(REPOSITORY, commit, commit[:7]) == ""
+    assert "docs/ names no commit" in vs_authors.commit_warning(REPOSITORY, commit, None)
+    assert "not a git checkout" in vs_authors.commit_warning(REPOSITORY, None, commit[:7])
+    # the real docs name the successors' commits
+    assert vs_authors.documented_commit("htyao89/KgCoOp") == "c43ccc3"
+
+
+def test_same_weights_reach_both_sides_through_the_authors_format(tiny_clip):
+    clip = backbone.freeze(backbone.build_random_clip("tiny", seed=1))
+    vs_authors.round_through_fp16(clip)
+    for p in clip.parameters():
+        assert torch.equal(p, p.half().float())
+    with vs_authors.fp32_on_cpu():
+        t = torch.ones(2)
+        assert t.half().dtype == torch.float32  # the authors' .half() keeps fp32 here
+    assert torch.ones(2).half().dtype == torch.float16  # and only there
+
+
+def test_readme_block_comes_from_the_report(tmp_path):
+    report, readme = tmp_path / "r.md", tmp_path / "README.md"
+    report.write_text("# x\n\nMachine: a CPU.\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n\n* notes\n")
+    readme.write_text("top\n<!-- BEGIN vs-authors:table -->\nold\n<!-- END vs-authors:table -->\nbottom\n")
+    vs_authors.write_readme(str(report), str(readme))
+    text = readme.read_text()
+    assert "old" not in text and "| 1 | 2 |" in text and "Machine: a CPU." in text
+    assert text.startswith("top\n") and text.endswith("bottom\n")
+    readme.write_text("no block\n")
+    with pytest.raises(ValueError, match="no <!-- BEGIN vs-authors:table -->"):
+        vs_authors.write_readme(str(report), str(readme))
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("cocoop", "expected METHOD=DIR"),
+        ("nosuch=/tmp", "no authors' adapter for 'nosuch'"),
+        ("coop=/no/such", "git clone"),
+    ],
+)
+def test_bad_authors_argument(item, message):
+    with pytest.raises(SystemExit, match=message):
+        vs_authors.parse_authors([item], vs_authors.AUTHORS)
+
+
+def test_readme_table_is_the_report(tmp_path):
+    """README.md's vs-authors block is what ``python -m benchmarks.vs_authors readme`` writes from the report."""
+    if not os.path.exists(vs_authors.REPORT):
+        pytest.skip(f"{vs_authors.REPORT} not made yet (make bench-authors)")
+    copy = tmp_path / "README.md"
+    shutil.copy("README.md", copy)
+    vs_authors.write_readme(vs_authors.REPORT, str(copy))
+    with open("README.md", encoding="utf-8") as f:
+        assert copy.read_text() == f.read(), (
+            "README.md's vs-authors block is stale: python -m benchmarks.vs_authors readme"
+        )
