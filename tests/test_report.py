@@ -22,6 +22,7 @@ CONFIGS = {
     "kgcoop": "kgcoop/vit_b16_ep100_ctxv1",
     "maple": "maple/vit_b16_c2_ep5_batch4_2ctx",
     "promptsrc": "promptsrc/vit_b16_c2_ep20_batch4_4+4ctx",
+    "coop_dept": "coop_dept/vit_b16_ep10_bs4_lr35",
 }
 
 
@@ -168,8 +169,13 @@ def test_paper_table1_reproduces_its_own_h(tmp_path):
         g = t.group_for(row["method"])
         for metric in ("base", "new", "h"):
             cell = t.cell(row["dataset"], g, metric)
+            assert cell.paper == float(row[metric])
+            if row["dataset"] == "average" and row["method"] == "coop_dept":
+                # DePT prints per-dataset values rounded to 2 decimals: their mean may differ by 0.01
+                assert abs(cell.mean - float(row[metric])) <= 0.01 + 1e-9, (row, metric)
+                continue
             assert f"{cell.mean:.2f}" == row[metric], (row, metric)
-            assert cell.paper == float(row[metric]) and cell.delta_text() == "0.00"
+            assert cell.delta_text() == "0.00"
     assert [f"{t.cell(AVERAGE, t.group_for(m), 'h').mean:.2f}" for m in ("zsclip", "coop", "cocoop")] == [
         "71.70",
         "71.66",
@@ -177,7 +183,9 @@ def test_paper_table1_reproduces_its_own_h(tmp_path):
     ]
     frame = summary["tables"]["table1_base2new"]["frame"]
     deltas = [c for c in frame.columns if c.endswith("Δ")]
-    assert len(deltas) == 9 and set(frame[deltas].values.ravel()) == {"0.00"}
+    published_per_dataset = [c for c in deltas if c.split()[0] in ("CLIP", "CoOp", "CoCoOp")]  # CoCoOp paper
+    assert len(deltas) == 12 and len(published_per_dataset) == 9  # and DePT's 3, checked cell by cell above
+    assert set(frame[published_per_dataset].values.ravel()) == {"0.00"}
     assert not any("Table 1" in m for m in summary["missing"])
     md = open(summary["tables"]["table1_base2new"]["paths"]["md"]).read()
     assert "| Average | 69.34 | 69.34 | 0.00 |" in md

@@ -43,6 +43,7 @@ from harness.report.fewshot import fewshot_tables, figure_fewshot
 from harness.report.figures import color, figure3, figure4, methods_comparison, scatter, transfer_gap
 from harness.report.manifest import replace_manifest
 from harness.report.render import display_frame, latex, long_frame, markdown, write_table
+from harness.report.successors import reproductions_markdown
 from harness.report.tables import (
     AVERAGE,
     DATASET_LABELS,
@@ -188,6 +189,11 @@ def _index(out_dir, source, records, tables, figures, missing, with_paper, paper
         "Paper values: "
         + (f"`{paper_dir}` (each method's own paper; sources in its README.md)" if with_paper else "not shown")
         + ".",
+        *(
+            ["Reproductions by others, kept apart from the paper values: [reproductions.md](reproductions.md)."]
+            if with_paper and os.path.exists(os.path.join(out_dir, "reproductions.md"))
+            else []
+        ),
         "",
         "## Tables",
         "",
@@ -278,6 +284,13 @@ def build_report(
             figures[name] = paths
         if why:
             missing += why if isinstance(why, list) else [why]
+    reproductions = os.path.join(out_dir, "reproductions.md")
+    text = reproductions_markdown(paper_dir) if with_paper else None
+    if text:  # others' runs of a method: a page of their own, never a "(paper)" column
+        with open(reproductions, "w") as f:
+            f.write(text)
+    elif os.path.exists(reproductions):
+        os.unlink(reproductions)
     source = results if isinstance(results, (str, os.PathLike)) else "records given in memory"
     # The W&B run of an earlier report holds earlier figures: forget it before (maybe) logging anew.
     run_file = os.path.join(out_dir, "wandb", "report_run.json")
@@ -286,7 +299,9 @@ def build_report(
     if tracking != "none":
         _track(tracking, out_dir, source, written, figures)
     index = _index(out_dir, source, records, written, figures, missing, with_paper, paper_dir)
-    files = [index] + [p for entry in written.values() for p in entry["paths"].values()]
+    files = (
+        [index] + ([reproductions] if text else []) + [p for entry in written.values() for p in entry["paths"].values()]
+    )
     files += [p for paths in figures.values() for p in paths.values()]
     if os.path.exists(run_file):
         files.append(run_file)

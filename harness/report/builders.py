@@ -136,7 +136,9 @@ def table1(ctx: Context) -> Table:
         "Base/New: mean ± population std over seeds; H from the seed-averaged Base and New; "
         "Average: mean of the per-dataset Base and New over the datasets complete for that column, H from those.",
         "Paper values: each method's own publication (CLIP, CoOp, CoCoOp: the CoCoOp paper's Table 1; KgCoOp, "
-        "MaPLe, PromptSRC: the 11-dataset averages in their authors' READMEs; sources in reports/paper).",
+        "MaPLe, PromptSRC: the 11-dataset averages in their authors' READMEs; CoOp + DePT: per dataset, from "
+        "DePT's README result image; sources in reports/paper). Reproductions by others are never paper values: "
+        "see reproductions.md.",
     ]
     if not recs:
         t.missing.append("Table 1: no base-to-new records")
@@ -207,13 +209,20 @@ def _shots(recs: list[dict]) -> str:
     return "/".join(map(str, shots)) or "?"
 
 
+_TRANSFER_PAPER_NOTE = (
+    "Paper values: CLIP, CoOp, CoCoOp: the CoCoOp paper's Table {table}; CoOp + DePT: DePT's README result image "
+    "(sources in reports/paper). Reproductions by others are never paper values: see reproductions.md."
+)
+
+
 def table2(ctx: Context) -> Table:
     t = Table(
         "table2_crossdataset", "Table 2: cross-dataset transfer from {source} (accuracy %)", "Dataset", [], [], ACCURACY
     )
     t.notes = [
         "Prompts learned on all {source} classes ({shots} shots), evaluated on every class of each dataset; "
-        "rows are datasets (the paper's table transposed). Average: the targets, {source} (source) excluded."
+        "rows are datasets (the paper's table transposed). Average: the targets, {source} (source) excluded.",
+        _TRANSFER_PAPER_NOTE.format(table=2),
     ]
 
     def paper(row, g, metric):
@@ -232,7 +241,8 @@ def table3(ctx: Context) -> Table:
     t.notes = [
         "{source}-trained prompts (all classes, {shots} shots) on {source} and the same classes in other domains "
         "(the targets); CLIP is zero-shot. Rows are datasets (the paper's table transposed). "
-        "Average: the targets, {source} (source) excluded."
+        "Average: the targets, {source} (source) excluded.",
+        _TRANSFER_PAPER_NOTE.format(table=3),
     ]
 
     def paper(row, g, metric):
