@@ -5,7 +5,9 @@ population standard deviation (ddof=0, PROTOCOL.md 14) over the expected seeds; 
 seeds than expected keeps its mean but is marked ``†(k/n seeds)`` and listed as missing. H is
 computed from the seed-averaged base and new (PROTOCOL.md 12.1); an "Average" cell averages the
 per-dataset means of the datasets complete for that column group only, and is marked
-``‡(k/n datasets)`` when that is fewer than all of them.
+``‡(k/n datasets)`` when that is fewer than all of them; when no dataset has all its expected seeds (a
+study narrowed to fewer seeds), it averages the datasets it has, marked ``†``
+(and ``‡`` when those are fewer than all).
 """
 
 from __future__ import annotations
@@ -395,15 +397,23 @@ def fill_average(
     """Average row: mean of the per-row means over rows complete for the group (all metrics
     present and unmarked); H (when derived_h) from the averaged base and new."""
     base_metrics = [m for m in metrics if not (derived_h and m == "h")]
-    complete = []
+    present, complete = [], []
     for row in universe:
         cells = [table.cell(row, group, m) for m in base_metrics]
-        if all(c is not None and c.mean is not None and not c.incomplete for c in cells):
-            complete.append(row)
-    if not complete:
-        return
+        if all(c is not None and c.mean is not None for c in cells):
+            present.append(row)
+            if not any(c.incomplete for c in cells):
+                complete.append(row)
     total = label_total or len(universe)
     note = f"‡({len(complete)}/{total} datasets)" if len(complete) < total else ""
+    if not complete and present:
+        # No dataset has every expected seed (a study narrowed to fewer seeds, SEEDS=1): average what there is
+        # rather than show nothing, marked as such (never compared with the paper).
+        complete = present
+        marks = "†‡" if len(present) < total else "†"
+        note = f"{marks}({len(present)}/{total} datasets, fewer seeds than expected)"
+    if not complete:
+        return
     left_out = [r for r in universe if r not in complete]
     if left_out:
         table.missing.append(
