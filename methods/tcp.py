@@ -249,10 +249,7 @@ class TCP(CLIPMethod):
         text_features = self.text_features()  # all training classes, once for both terms
         logits = backbone.cosine_logits(self.clip, image_features, text_features)
         ce = F.cross_entropy(logits, labels)
-        text = F.normalize(text_features, dim=-1)
-        teacher = F.normalize(self.teacher_text, dim=-1)  # normalised again in the forward (tcp.py:244)
-        score = 1.0 - torch.mean(F.cosine_similarity(text, teacher.to(text.dtype), dim=1, eps=1e-7))
-        kg = self.kg_weight * score
+        kg = self.kg_weight * teachers.knowledge_guidance(text_features, self.teacher_text)
         if details is not None:
             details.update(logits=logits.detach(), ce=ce.detach(), kg=kg.detach())
         return ce + kg

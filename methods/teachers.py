@@ -73,3 +73,12 @@ def teacher_text_features(
     del model
     cache[key] = out
     return out
+
+
+def knowledge_guidance(text_features: torch.Tensor, teacher_text: torch.Tensor) -> torch.Tensor:
+    """KgCoOp's pull towards the frozen hand-made prompt (and TCP's, which reuses it): 1 - the mean over
+    classes of the cosine between the learned and the teacher's text features, both normalised (the
+    authors' forward normalises the teacher again, kgcoop.py:239, tcp.py:244; eps as torch's 1e-7 there)."""
+    text = F.normalize(text_features, dim=-1)
+    teacher = F.normalize(teacher_text, dim=-1)
+    return 1.0 - torch.mean(F.cosine_similarity(text, teacher.to(text.dtype), dim=1, eps=1e-7))
