@@ -289,6 +289,8 @@ def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
         f"{pre['seconds']:.0f} s (weights sha256 `{pre['weights_sha256'][:16]}…`), then the sweep and the report "
         f"{facts['sweep_and_report_seconds']:.0f} s, with the tiny CLIP cached."
     )
+    if facts.get("timing_note"):  # timings kept from an earlier, idle run of the same computation
+        run += f" Timings: {facts['timing_note']}."
     blocks = {
         "table1": _table_lines(os.path.join(reference_dir, "table1_base2new.md")),
         "pattern": _table_lines(os.path.join(reference_dir, "pattern.md")),
