@@ -140,11 +140,11 @@ def is_finished(done: set[tuple], record: dict, fingerprint: str) -> bool:
 
 def superseded(records: list[dict], identity: dict, targets, fingerprint: str) -> dict | None:
     """The newest record of this identity (any target) with another fingerprint, or None."""
-    from harness.results import record_key
+    from harness.results import newest, record_key
 
     keys = {record_key({**identity, "dataset": d, "subsample": s}) for d, s in targets}
     others = [r for r in records if record_key(r) in keys and r.get("fingerprint") not in (None, fingerprint)]
-    return max(others, key=lambda r: str(r.get("timestamp"))) if others else None
+    return newest(others) if others else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -123,6 +123,12 @@ def append_record(out: str, record: dict) -> None:
         os.close(fd)
 
 
+def newest(records: list[dict]) -> dict:
+    """The most recently written of ``records`` (in store order). Timestamps are whole seconds, so of
+    records written within one second the later in the store wins: records are appended as written."""
+    return max(enumerate(records), key=lambda entry: (str(entry[1].get("timestamp")), entry[0]))[1]
+
+
 def read_records(out: str) -> list[dict]:
     """All complete records of a store (an absent store is empty). A line that is not a record (a torn
     line of a writer killed mid-write, JSON that is not a result record) is skipped with a warning

@@ -184,6 +184,26 @@ def test_report_shows_the_newest_settings_run_and_lists_the_superseded(tmp_path)
     assert "Settings: backbone ViT-B/16; precision bf16; shots 16; epochs CoOp 1." in notes
 
 
+def test_within_one_second_the_later_written_settings_run_is_the_newest(tmp_path):
+    """Timestamps are whole seconds; a re-run finished in the same second as the run it replaces (a fast
+    machine, a tiny model) must still count as the newer: the store's order decides."""
+    from harness import fingerprint
+    from harness.report import build_tables
+    from harness.results import KEY_FIELDS, read_records
+
+    second = "2024-01-01T00:00:00"
+    recs = [settings_record("coop", "dtd", "base", 80.0, 1, second, epochs=1)]
+    recs.append(settings_record("coop", "dtd", "base", 60.0, 1, second, epochs=2))
+    recs.append(settings_record("coop", "dtd", "base", 50.0, 1, second, epochs=3))
+    store = write(tmp_path / "same-second", recs)
+    table = build_tables(store)["table1_base2new"]
+    assert table.cell("dtd", table.groups[0], "base").mean == 50.0  # the last written, not the first
+    stored = read_records(store)
+    identity = {field: stored[0].get(field) for field in KEY_FIELDS}
+    earlier = fingerprint.superseded(stored, identity, [("dtd", "base")], "a new fingerprint")
+    assert earlier["settings"]["epochs"] == 3  # what a fourth run's plan compares against
+
+
 def test_all_variants_shows_each_settings_run_as_its_own_column_group(tmp_path):
     from harness.report import build_report
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness import fingerprint as fingerprints
+from harness import results
 from harness.report.tables import LABEL_FIELD, method_label
 
 LEGACY = "no fingerprint"
@@ -103,8 +104,7 @@ def select(records: list[dict], all_variants: bool = False) -> tuple[list[dict],
         if all_variants:
             kept += [{**r, LABEL_FIELD: labels[settings_run(r)]} for r in recs]
             continue
-        newest = max(recs, key=lambda r: str(r.get("timestamp")))
-        shown = settings_run(newest)
+        shown = settings_run(results.newest(recs))
         kept += [r for r in recs if settings_run(r) == shown]
         for run in runs:
             if run != shown:
