@@ -47,6 +47,7 @@ from harness.report.successors import reproductions_markdown
 from harness.report.tables import (
     AVERAGE,
     DATASET_LABELS,
+    MARKS,
     PAPER_DATASETS,
     Cell,
     Context,
@@ -176,6 +177,7 @@ def build_tables(
     for table in tables.values():
         if not table.empty:
             table.notes += variants.table_notes(table, records, superseded)
+            table.notes += variants.mark_mixed_averages(table, records, superseded)
     tables.update({table.key: table for table in fewshot_tables(ctx).values()})  # fewshot_<K>shot
     return tables
 
@@ -212,7 +214,7 @@ def _index(out_dir, source, records, tables, figures, missing, with_paper, paper
     lines += ["", "## Missing", ""] + ([f"* {m}" for m in missing] or ["* nothing"])
     lines += [
         "",
-        "± population std over seeds; † fewer seeds than expected; ‡ average over fewer datasets than expected.",
+        MARKS + ".",
         "",
     ]
     from harness.report.index import index_section

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from harness.report.tables import Table
+from harness.report.tables import MARKS, Table
 
 
 def columns(table: Table, with_paper: bool) -> list[tuple]:
@@ -111,8 +111,7 @@ def markdown(table: Table, with_paper: bool = True) -> str:
     lines += [f"{note}  " for note in table.notes]
     lines += [
         "",
-        "± population std over seeds (ddof=0); † fewer seeds than expected; ‡ average over fewer datasets "
-        "than expected (no paper comparison then); Δ = ours − paper.",
+        f"{MARKS}; Δ = ours − paper.",
         "",
     ]
     return "\n".join(lines)
@@ -133,6 +132,7 @@ _LATEX_ESCAPES = {
     "Δ": r"$\Delta$",
     "†": r"$^\dagger$",
     "‡": r"$^\ddagger$",
+    "§": r"\S{}",
     "–": "--",
     "−": "$-$",
     "“": "``",

@@ -52,6 +52,11 @@ DATASET_LABELS = {
     "imagenet_r": "ImageNet-R",
 }
 AVERAGE = "average"
+#: What the marks after a number mean (every rendering of a table says it).
+MARKS = (
+    "± population std over seeds (ddof=0); † fewer seeds than expected; ‡ average over fewer datasets than "
+    "expected; § average over datasets run at different settings (no paper comparison for a marked average)"
+)
 # A record's settings run label, set when the report shows several of one family (harness.report.variants).
 LABEL_FIELD = "_settings_label"
 

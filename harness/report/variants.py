@@ -28,6 +28,8 @@ class Superseded:
     shown: str  # the same of the newer settings run shown instead
     datasets: list
     count: int
+    old_settings: dict | None = None  # the superseded run's settings, without the seed
+    shown_settings: dict | None = None  # the newer run's, shown instead
 
     @property
     def method(self) -> str:
@@ -61,10 +63,14 @@ def settings_run(record: dict) -> str:
     return fingerprints.variant_of(settings) if record.get("fingerprint") and settings else LEGACY
 
 
+def _unseeded(settings: dict | None) -> dict:
+    return {k: v for k, v in (settings or {}).items() if k != "seed"}
+
+
 def _labels(runs: dict) -> dict:
     """{run: the settings that differ between the family's runs, "key value, ..."} (a key a run leaves
     out is at its ``RunSpec`` default)."""
-    settings = {run: {k: v for k, v in (s or {}).items() if k != "seed"} for run, s in runs.items()}
+    settings = {run: _unseeded(s) for run, s in runs.items()}
     keys = sorted({k for s in settings.values() for k in s})
     filled = {run: {k: s.get(k, _default(k)) for k in keys} for run, s in settings.items()}
     differing = [k for k in keys if len({repr(f[k]) for f in filled.values()}) > 1]
@@ -110,7 +116,17 @@ def select(records: list[dict], all_variants: bool = False) -> tuple[list[dict],
             if run != shown:
                 old = [r for r in recs if settings_run(r) == run]
                 datasets = sorted({f"{r.get('dataset')}/{r.get('subsample')}" for r in old})
-                superseded.append(Superseded(fam, labels[run], labels[shown], datasets, len(old)))
+                superseded.append(
+                    Superseded(
+                        fam,
+                        labels[run],
+                        labels[shown],
+                        datasets,
+                        len(old),
+                        _unseeded(runs[run]),
+                        _unseeded(runs[shown]),
+                    )
+                )
     return kept, superseded
 
 
@@ -144,4 +160,68 @@ def table_notes(table, records: list[dict], superseded: list[Superseded]) -> lis
     for s in superseded:
         if s.method in methods and any(d.split("/")[0] in rows for d in s.datasets):
             notes.append(s.text())
+    return notes
+
+
+# Settings that are the dataset's own, never a sign of a study run at two settings.
+OWN_SETTINGS = frozenset({"dataset", "data", "seed"})
+
+
+def mixed_reruns(records: list[dict], superseded: list[Superseded]) -> list[tuple[Superseded, list[str], list[str]]]:
+    """The re-runs that left a column mixed: a dataset's prompts re-learned at changed settings while
+    other datasets of the same method, config, shots and backbone still hold the value it moved away from
+    (CoOp on dtd re-run at epochs 2, the other datasets still at the epochs 100 dtd had). Per-dataset
+    settings of the study itself (ImageNet's shorter schedule) are not flagged: nothing was re-run.
+    [(the superseded run, its changed keys, the datasets still at the old values)]."""
+    out = []
+    for s in superseded:
+        old, new = s.old_settings or {}, s.shown_settings or {}
+        changed = sorted((set(old) | set(new)) - OWN_SETTINGS)
+        changed = [k for k in changed if old.get(k, _default(k)) != new.get(k, _default(k))]
+        if not changed or s.family[3] is None:  # zero-shot CLIP: one family per evaluated dataset
+            continue
+        siblings = {}
+        for r in records:
+            fam = family(r)
+            same_column = fam[:3] + fam[4:7] == s.family[:3] + s.family[4:7]
+            if same_column and fam[3] not in (None, s.family[3]) and r.get("settings"):
+                siblings.setdefault(fam[3], _unseeded(r["settings"]))
+        behind = sorted(
+            d
+            for d, theirs in siblings.items()
+            if any(theirs.get(k, _default(k)) == old.get(k, _default(k)) for k in changed)
+        )
+        if behind:
+            out.append((s, changed, behind))
+    return out
+
+
+def mark_mixed_averages(table, records: list[dict], superseded: list[Superseded]) -> list[str]:
+    """Mark ``§(mixed settings)`` on each Average of a column whose datasets come from settings runs a
+    re-run left apart (``mixed_reruns``); no paper value is compared with it. Returns the table's notes."""
+    from harness.report.tables import AVERAGE
+
+    notes = []
+    rows = {key for key, _ in table.rows}
+    for s, changed, behind in mixed_reruns(records, superseded):
+        rerun = s.family[3]
+        if rerun not in rows or not rows & set(behind):
+            continue
+        marked = False
+        for group in table.groups:
+            v = group.key[1] if isinstance(group.key[1], tuple) else group.key  # (experiment, variant) or variant
+            if (group.method, v[1]) != s.family[1:3]:
+                continue
+            for (row, gkey, _metric), cell in table.cells.items():
+                if row == AVERAGE and gkey == group.key and "§" not in cell.note:
+                    cell.note = f"{cell.note} §(mixed settings)".strip()
+                    cell.paper = None
+                    marked = True
+        if marked:
+            what = ", ".join(f"{k} {fingerprints.show(s.shown_settings.get(k, _default(k)))}" for k in changed)
+            was = ", ".join(f"{k} {fingerprints.show(s.old_settings.get(k, _default(k)))}" for k in changed)
+            notes.append(
+                f"§ The Average of {method_label(s.method)} mixes settings: {rerun} was re-run with {what}; "
+                f"{', '.join(behind)} still at {was}. Re-run them alike (or see --all-variants)."
+            )
     return notes
