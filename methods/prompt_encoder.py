@@ -50,6 +50,7 @@ torch ops are used, so it runs on any device and under autocast (bf16 / fp16).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -62,9 +63,9 @@ from torch.utils.checkpoint import checkpoint
 from harness import backbone
 
 try:  # the block class whose structure the prefix cache re-implements
-    from open_clip.transformer import ResidualAttentionBlock
+    from open_clip.transformer import QuickGELU, ResidualAttentionBlock
 except ImportError:  # pragma: no cover
-    ResidualAttentionBlock = None
+    QuickGELU = ResidualAttentionBlock = None
 
 MB = 1024 * 1024
 DEFAULT_CPU_BUDGET_MB = 2048
@@ -104,37 +105,58 @@ def supports_prefix_cache(clip) -> bool:
     return True
 
 
-def _qkv(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v [N, H, L, d_h] of hidden states x [N, L, D]: LN1, then the packed in-projection."""
-    attn = block.attn
-    n, length, width = x.shape
-    heads = attn.num_heads
-    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
-    qkv = qkv.view(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-    return qkv[0], qkv[1], qkv[2]
+def _heads(rows: torch.Tensor, n: int, length: int, parts: int, heads: int) -> tuple[torch.Tensor, ...]:
+    """``parts`` tensors [n, H, L, d_h] (q, k, v or k, v) of packed projections ``rows`` [n * L, parts * D]."""
+    width = rows.shape[-1] // parts
+    # unbind, not one select per part: its backward stacks the parts' gradients in one pass, where each
+    # select's backward would fill a zero tensor the size of all parts and add them up.
+    return rows.view(n, length, parts, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
 
 
-def _finish_block(block, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-    """x + ls_1(out_proj(attention)), then + ls_2(mlp(ln_2(.))): the position-wise rest of a block."""
+def _merge_heads(attended: torch.Tensor) -> torch.Tensor:
+    """[n, H, L, d_h] -> [n * L, D]."""
     n, heads, length, head_dim = attended.shape
-    merged = attended.transpose(1, 2).reshape(n, length, heads * head_dim)
+    return attended.transpose(1, 2).reshape(n * length, heads * head_dim)
+
+
+# QuickGELU(h) = h * sigmoid(1.702 h) = silu(1.702 h) / 1.702
+QUICK_GELU_SCALE = 1.702
+
+
+def _mlp(block, x: torch.Tensor) -> torch.Tensor:
+    """block.mlp(x) for rows x [T, D]: c_fc, QuickGELU, c_proj. With QuickGELU the two scales of
+    silu(1.702 h) / 1.702 ride in the two matrix products' alpha/beta, so the activation is one fused
+    silu pass (and one in backward) instead of QuickGELU's three elementwise ops (five in backward)."""
+    mlp = block.mlp
+    if QuickGELU is None or type(mlp.gelu) is not QuickGELU:
+        return mlp(x)
+    fc, proj = mlp.c_fc, mlp.c_proj
+    scaled = torch.addmm(fc.bias, x, fc.weight.t(), beta=QUICK_GELU_SCALE, alpha=QUICK_GELU_SCALE)
+    return torch.addmm(proj.bias, F.silu(scaled), proj.weight.t(), alpha=1 / QUICK_GELU_SCALE)
+
+
+def _finish_block(block, x: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
+    """x + ls_1(out_proj(attention)), then + ls_2(mlp(ln_2(.))): the position-wise rest of a block, on
+    rows x [T, D] with their attention outputs ``merged`` [T, D]."""
     out = block.attn.out_proj
-    x = x + block.ls_1(F.linear(merged, out.weight, out.bias))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    x = x + block.ls_1(torch.addmm(out.bias, merged, out.weight.t()))
+    return x + block.ls_2(_mlp(block, block.ln_2(x)))
 
 
 def prefix_cache(clip, prefix: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per-layer keys and values [B, H, P, d_h] of the prefix embeddings [B, P, D] (SOS + context)."""
     dtype = backbone.model_dtype(clip)
-    length = prefix.shape[1]
-    x = prefix.to(dtype) + clip.positional_embedding[:length].to(dtype)
+    batch, length, width = prefix.shape
+    x = (prefix.to(dtype) + clip.positional_embedding[:length].to(dtype)).reshape(-1, width)
     blocks = clip.transformer.resblocks
     cache = []
     for i, block in enumerate(blocks):
-        q, k, v = _qkv(block, x)
+        attn = block.attn
+        qkv = torch.addmm(attn.in_proj_bias, block.ln_1(x), attn.in_proj_weight.t())
+        q, k, v = _heads(qkv, batch, length, 3, attn.num_heads)
         cache.append((k, v))
         if i + 1 < len(blocks):  # the prefix's outputs of the last layer are never read
-            x = _finish_block(block, x, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+            x = _finish_block(block, x, _merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True)))
     return cache
 
 
@@ -150,29 +172,95 @@ def encode_suffixes(
     eot [N]: each sequence's EOT index within the suffix; image_index [N]: the image (row of
     ``cache``) whose prefix precedes the suffix.
     """
+    return encode_packed(clip, [suffix], [eot], [image_index], cache=cache)[0]
+
+
+def encode_packed(
+    clip,
+    suffixes: list[torch.Tensor],
+    eots: list[torch.Tensor],
+    image_indices: list[torch.Tensor],
+    *,
+    prefix: torch.Tensor | None = None,
+    cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> list[torch.Tensor]:
+    """Text features [N_g, E] of groups of sequences (length buckets) in one pass through the layers.
+
+    Group g holds N_g suffixes [N_g, S_g, D] (positions P..P+S_g-1), their EOT indices within the
+    suffix eots[g] [N_g] and the image of each, image_indices[g] [N_g]. The prefix comes as embeddings
+    ``prefix`` [B, P, D] (SOS + context, encoded here alongside the suffixes) or as the per-layer keys
+    and values ``cache`` of ``prefix_cache``.
+
+    All rows of all groups (and the prefix) are packed into one [T, D] matrix, so every position-wise
+    step (LN, the q/k/v, out and MLP projections, residuals) is one matrix product or pass per layer
+    over all T rows; only attention is per group (each group is one length, its rows of one shape).
+    """
     dtype = backbone.model_dtype(clip)
-    n, length, _ = suffix.shape
-    prefix_len = cache[0][0].shape[2]
-    x = suffix.to(dtype) + clip.positional_embedding[prefix_len : prefix_len + length].to(dtype)
+    positional = clip.positional_embedding.to(dtype)
+    width = positional.shape[-1]
+    if prefix is not None:
+        batch, prefix_len = prefix.shape[:2]
+    else:
+        batch, _, prefix_len, _ = cache[0][0].shape
+    shapes = [suffix.shape[:2] for suffix in suffixes]  # (N_g, S_g)
+    rows = [n * length for n, length in shapes]
+    pieces = [(s.to(dtype) + positional[prefix_len : prefix_len + s.shape[1]]).reshape(-1, width) for s in suffixes]
+    if prefix is not None:
+        rows = [batch * prefix_len, *rows]
+        pieces = [(prefix.to(dtype) + positional[:prefix_len]).reshape(-1, width), *pieces]
+    x = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+    device = x.device
+    starts = list(itertools.accumulate(rows, initial=0))[-len(shapes) - 1 : -1]  # each group's first row in x
+    # The row of each sequence's EOT in x, group by group.
+    eot_rows = torch.cat(
+        [start + torch.arange(n, device=device) * length + eot for (n, length), start, eot in zip(shapes, starts, eots)]
+    )
     # Suffix position t sees the P prefix keys and suffix keys <= t: key j allowed iff j <= t + P.
-    allowed = torch.ones(length, prefix_len + length, dtype=torch.bool, device=x.device).tril(prefix_len)
-    rows = torch.arange(n, device=x.device)
+    allowed = [
+        torch.ones(length, prefix_len + length, dtype=torch.bool, device=device).tril(prefix_len)
+        for _, length in shapes
+    ]
+
+    def with_prefix(pre: torch.Tensor, own: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        # One image: its prefix keys/values broadcast to every row (no gather; backward is a sum).
+        pre = pre.expand(own.shape[0], -1, -1, -1) if pre.shape[0] == 1 else pre[image_index]
+        return torch.cat([pre, own], dim=2)
+
     blocks = clip.transformer.resblocks
     for i, block in enumerate(blocks):
-        q, k, v = _qkv(block, x)
-        k_pre, v_pre = cache[i]
-        k = torch.cat([k_pre[image_index], k], dim=2)
-        v = torch.cat([v_pre[image_index], v], dim=2)
-        if i + 1 < len(blocks):
-            x = _finish_block(block, x, F.scaled_dot_product_attention(q, k, v, attn_mask=allowed))
-        else:  # last layer: only the EOT row is read, so only its query goes on
-            q_eot = q[rows, :, eot].unsqueeze(2)  # [N, H, 1, d_h]
-            keys = torch.arange(prefix_len + length, device=x.device)
-            mask = (keys <= eot.unsqueeze(1) + prefix_len)[:, None, None, :]  # [N, 1, 1, P + S]
-            x_eot = x[rows, eot].unsqueeze(1)  # [N, 1, D]
-            x = _finish_block(block, x_eot, F.scaled_dot_product_attention(q_eot, k, v, attn_mask=mask))
-    x = clip.ln_final(x[:, 0]).to(dtype)
-    return x @ clip.text_projection
+        attn, heads = block.attn, block.attn.num_heads
+        weight, bias = attn.in_proj_weight, attn.in_proj_bias
+        h = block.ln_1(x)
+        last = i + 1 == len(blocks)
+        if last:  # only the EOT rows are read: their queries, and keys/values of every row
+            kv = torch.addmm(bias[width:], h, weight[width:].t()).split(rows)
+            queries = torch.addmm(bias[:width], h[eot_rows], weight[:width].t()).split([n for n, _ in shapes])
+            parts = [_heads(part, n, length, 2, heads) for part, (n, length) in zip(kv[-len(shapes) :], shapes)]
+        else:
+            qkv = torch.addmm(bias, h, weight.t()).split(rows)
+            parts = [_heads(part, n, length, 3, heads) for part, (n, length) in zip(qkv[-len(shapes) :], shapes)]
+        merged = []
+        if prefix is None:
+            k_pre, v_pre = cache[i]
+        elif last:  # the prefix's last-layer outputs are never read
+            k_pre, v_pre = _heads(kv[0], batch, prefix_len, 2, heads)
+        else:
+            q_pre, k_pre, v_pre = _heads(qkv[0], batch, prefix_len, 3, heads)
+            merged.append(_merge_heads(F.scaled_dot_product_attention(q_pre, k_pre, v_pre, is_causal=True)))
+        for g, ((n, length), part, image_index) in enumerate(zip(shapes, parts, image_indices)):
+            k = with_prefix(k_pre, part[-2], image_index)
+            v = with_prefix(v_pre, part[-1], image_index)
+            if last:
+                q = queries[g].view(n, 1, heads, width // heads).transpose(1, 2)  # [N, H, 1, d_h]
+                keys = torch.arange(prefix_len + length, device=device)
+                mask = (keys <= eots[g].unsqueeze(1) + prefix_len)[:, None, None, :]  # [N, 1, 1, P + S]
+                merged.append(_merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)))
+            else:
+                merged.append(_merge_heads(F.scaled_dot_product_attention(part[0], k, v, attn_mask=allowed[g])))
+        merged = torch.cat(merged) if len(merged) > 1 else merged[0]
+        x = _finish_block(block, x[eot_rows] if last else x, merged)
+    x = clip.ln_final(x).to(dtype)
+    return list((x @ clip.text_projection).split([n for n, _ in shapes]))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -355,12 +443,38 @@ def encode_instance_prompts(
     graph = sum(batch * len(cls) * n * token_bytes(clip, k, True) for cls, n, k in zip(buckets, lengths, keys))
     plan.checkpointed = training and graph > budget
 
-    cache = None
+    # Every (image, class) pair of each bucket, image-major, in chunks of at most `rows` sequences.
+    chunks = []  # (image_index, class_index, length, bytes per token)
+    for classes, length, k in zip(buckets, lengths, keys):
+        plan.buckets.append((length, len(classes)))
+        image_index = torch.arange(batch, device=device).repeat_interleave(len(classes))
+        class_index = classes.to(device).repeat(batch)
+        per_token = token_bytes(clip, k, training)
+        if training and not plan.checkpointed:
+            rows = image_index.numel()  # everything fits: one call per bucket
+        else:
+            rows = max(1, int(budget // (per_token * length)))
+        if chunk_size is not None:
+            rows = min(rows, chunk_size)
+        for start in range(0, image_index.numel(), rows):
+            chunks.append((image_index[start : start + rows], class_index[start : start + rows], length, per_token))
+            plan.positions += chunks[-1][0].numel() * length
+    pass_bytes = sum(img.numel() * length * per_token for img, _, length, per_token in chunks)
+    # One packed pass over the prefix and all buckets when each bucket is one chunk and the memory
+    # allows it (training: the graph fits the budget; without gradients: all buckets' transient memory).
+    packed = (
+        use_prefix_cache
+        and len(chunks) == len(buckets)
+        and (not plan.checkpointed if training else pass_bytes <= budget)
+    )
+
+    prefix = cache = None
     if use_prefix_cache:
         prefix = torch.cat([token_prefix[:1].expand(batch, -1, -1), ctx], dim=1)  # same SOS for all classes
+        plan.positions += batch * prefix_len
+    if use_prefix_cache and not packed:
         with record_function("prompt_encoder.prefix_cache"):
             cache = prefix_cache(clip, prefix)
-        plan.positions += batch * prefix_len
 
     @record_function("prompt_encoder.chunk")
     def encode_chunk(image_index: torch.Tensor, class_index: torch.Tensor, length: int) -> torch.Tensor:
@@ -372,30 +486,27 @@ def encode_instance_prompts(
         )
         return backbone.encode_text_embeddings(clip, prompts, tokenized_prompts[class_index])
 
-    features, order, chunk_bytes = [], [], 0
-    for classes, length, k in zip(buckets, lengths, keys):
-        plan.buckets.append((length, len(classes)))
-        # Every (image, class) pair of the bucket, image-major.
-        image_index = torch.arange(batch, device=device).repeat_interleave(len(classes))
-        class_index = classes.to(device).repeat(batch)
-        per_token = token_bytes(clip, k, training)
-        if training and not plan.checkpointed:
-            rows = image_index.numel()  # everything fits: one call per bucket
-        else:
-            rows = max(1, int(budget // (per_token * length)))
-        if chunk_size is not None:
-            rows = min(rows, chunk_size)
-        for start in range(0, image_index.numel(), rows):
-            img, cls = image_index[start : start + rows], class_index[start : start + rows]
+    order = [img * num_classes + cls for img, cls, _, _ in chunks]
+    if packed:
+        with record_function("prompt_encoder.chunk"):
+            features = encode_packed(
+                clip,
+                [token_suffix[cls, :length] for _, cls, length, _ in chunks],
+                [eot[cls] - prefix_len for _, cls, _, _ in chunks],
+                [img for img, _, _, _ in chunks],
+                prefix=prefix,
+            )
+        plan.chunks, chunk_bytes = 1, pass_bytes
+    else:
+        features, chunk_bytes = [], 0
+        for img, cls, length, per_token in chunks:
             if plan.checkpointed:
                 out = checkpoint(encode_chunk, img, cls, length, use_reentrant=False, preserve_rng_state=False)
             else:
                 out = encode_chunk(img, cls, length)
             features.append(out)
-            order.append(img * num_classes + cls)
-            plan.chunks += 1
-            plan.positions += img.numel() * length
             chunk_bytes = max(chunk_bytes, img.numel() * length * per_token)
+        plan.chunks = len(chunks)
     features, order = torch.cat(features), torch.cat(order)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=device)

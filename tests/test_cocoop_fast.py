@@ -70,6 +70,7 @@ def test_fast_path_equals_per_image_path(tiny, batch):
     fast = build(tiny)
     assert_same_step(train_step(fast, feats, labels), reference)
     assert fast.last_plan is not None and not fast.last_plan.checkpointed
+    assert fast.last_plan.chunks == 1  # the prefix and all buckets in one packed pass
     # Classes of different lengths land in different buckets, each cut at its own EOT.
     assert len(fast.last_plan.buckets) > 1
     assert fast.last_plan.positions < batch * len(NAMES) * fast.prompt_learner.prompt_length()
@@ -222,8 +223,8 @@ def test_bench_correctness_check_on_tiny(tiny, monkeypatch):
     errors = check_fast_path(tiny, NAMES, batch=2)
     assert max(errors.values()) < 1e-4 and {"eval logits", "loss", "grad ctx"} <= set(errors)
     # A fast path that is off by a little must abort the benchmark.
-    original = prompt_encoder.encode_suffixes
-    monkeypatch.setattr(prompt_encoder, "encode_suffixes", lambda *a, **k: original(*a, **k) * 1.01 + 0.01)
+    original = prompt_encoder.encode_packed  # every prefix-cache path's layers (packed or chunk by chunk)
+    monkeypatch.setattr(prompt_encoder, "encode_packed", lambda *a, **k: [f * 1.01 + 0.01 for f in original(*a, **k)])
     with pytest.raises(FastPathMismatch, match="MISMATCH"):
         check_fast_path(tiny, NAMES, batch=2)
 

@@ -185,7 +185,7 @@ def test_cocoop_batched_equals_per_image(tiny_clip, classnames, batch):
     for logits, grads in results[1:]:
         torch.testing.assert_close(logits, reference_logits, rtol=1e-4, atol=1e-4)
         for g, ref in zip(grads, reference_grads):
-            torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
