@@ -489,8 +489,13 @@ class Bench:
             prefix, chunks = phases.get("prompt_encoder.prefix_cache", 0.0), phases.get("prompt_encoder.chunk", 0.0)
             plan = model.last_plan
             split = f"forward {forward_s:.2f} s" + (f" + backward {backward_s:.2f} s" if labels is not None else "")
+            passes = (
+                f"prefix pass {prefix:.2f} s, {plan.chunks} suffix chunks {chunks:.2f} s"
+                if "prompt_encoder.prefix_cache" in phases
+                else f"one packed pass of the prefix and all buckets {chunks:.2f} s"
+            )
             split += (
-                f" (profiled: prefix pass {prefix:.2f} s, {plan.chunks} suffix chunks {chunks:.2f} s"
+                f" (profiled: {passes}"
                 + (", recomputed in backward" if plan.checkpointed else "")
                 + f"; {plan.positions} positions in buckets {plan.buckets})"
             )
