@@ -313,6 +313,23 @@ def test_killed_job_is_finished_by_the_next_sweep_without_redoing_others(small_e
         assert {s["state"] for s in json.load(f)} == {"skipped", "done"}
 
 
+def test_progress_counts_the_ended_jobs_and_estimates_the_time_left():
+    from harness.launcher.progress import Progress, duration
+    from harness.launcher.state import JobState, JobStatus
+
+    now = [100.0]
+    states = [JobState(f"j{i}", "train", "") for i in range(4)]
+    progress = Progress(states, clock=lambda: now[0])
+    assert progress.text() == "0/4 ended, 0s"
+    now[0], states[0].state = 130.0, JobStatus.DONE
+    assert progress.text() == "1/4 ended, 30s so far, about 1m30s left"  # 30 s a job, three to go
+    now[0], states[1].state, states[2].state = 160.0, JobStatus.FAILED, JobStatus.BLOCKED
+    assert progress.text() == "3/4 ended, 1m00s so far, about 20s left"
+    states[3].state = JobStatus.DONE
+    assert progress.text() == "4/4 ended, 1m00s"
+    assert (duration(59.4), duration(3725)) == ("59s", "1h02m")
+
+
 @pytest.mark.slow
 def test_local_launcher_runs_jobs_in_subprocesses(small_experiment, data_root, tmp_path):
     out = str(tmp_path / "out")
@@ -325,9 +342,9 @@ def test_local_launcher_runs_jobs_in_subprocesses(small_experiment, data_root, t
     assert len(results.read_records(out)) == 6
     # The evaluation started only after its training finished.
     order = [line for line in lines if line.startswith("[")]
-    assert order.index("[done] mini/coop/synthetic/seed1/train") < next(
-        i for i, line in enumerate(order) if line.startswith("[start] mini/coop/synthetic/seed1/eval")
-    )
+    first = lambda prefix: next(i for i, line in enumerate(order) if line.startswith(prefix))  # noqa: E731
+    assert first("[done] mini/coop/synthetic/seed1/train  (") < first("[start] mini/coop/synthetic/seed1/eval")
+    assert "  (3/3 ended, " in [line for line in order if line.startswith("[done]")][-1]
     assert {s.name: s.state for s in load_state(out, "mini")} == {s.name: "done" for s in states}
 
 

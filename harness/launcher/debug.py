@@ -8,6 +8,7 @@ import sys
 import submitit
 
 from harness.launcher.jobs import HarnessJob
+from harness.launcher.progress import Progress
 from harness.launcher.state import JobStatus, block_dependents, save_state
 
 log = logging.getLogger(__name__)
@@ -18,10 +19,11 @@ def run_debug(todo, states, folder, out, experiment, printer, post_mortem: bool 
     otherwise it is recorded and the sweep goes on."""
     by_name = {s.name: s for s in states}
     executor = submitit.AutoExecutor(folder=folder, cluster="debug")
+    progress = Progress([state for _, state in todo])
     for job, state in todo:
         if state.state == JobStatus.BLOCKED:
             continue
-        printer(f"[debug] {job.name}")
+        printer(f"[debug] {job.name}  ({progress.text()})")
         sj = executor.submit(HarnessJob(), job.spec.to_dict())
         state.started(sj, JobStatus.RUNNING)
         try:

@@ -9,6 +9,7 @@ import time
 import submitit
 
 from harness.launcher.jobs import HarnessJob, collect_finished
+from harness.launcher.progress import Progress
 from harness.launcher.state import JobStatus, block_dependents, save_state
 
 
@@ -20,8 +21,9 @@ def run_local(todo, states, folder, cfg, out, experiment, poll_s, printer) -> No
     executor.update_parameters(timeout_min=int(cfg.get("timeout_min", 24 * 60)))
     queue = list(todo)
     active: dict[str, object] = {}
+    progress = Progress([state for _, state in todo])
     while queue or active:
-        for name in collect_finished(active, by_name, printer):
+        for name in collect_finished(active, by_name, printer, progress):
             block_dependents(name, by_name, printer)
         for job, state in list(queue):
             if state.state == JobStatus.BLOCKED:
