@@ -554,8 +554,13 @@ def authors_import_path(root: str, unused_imports: tuple = ()):
     """Import from ``root`` with Dassl stubbed, and each of ``unused_imports`` that is not installed as an
     empty module; afterwards sys.modules and sys.path are as before (the imported modules stay alive
     through the objects that refer to them)."""
-    stubbed = tuple(name for name in unused_imports if not _importable(name))
-    top_level = _TOP_LEVEL + stubbed
+    stubbed = {name: types.ModuleType(name) for name in unused_imports if not _importable(name)}
+    if not _importable("pkg_resources"):  # setuptools absent: OpenAI's clip.py imports only its packaging
+        import packaging.version
+
+        stubbed["pkg_resources"] = types.ModuleType("pkg_resources")
+        stubbed["pkg_resources"].packaging = packaging
+    top_level = _TOP_LEVEL + tuple(stubbed)
 
     def ours(name):
         return name.split(".")[0] in top_level
@@ -564,7 +569,7 @@ def authors_import_path(root: str, unused_imports: tuple = ()):
     for name in saved:
         del sys.modules[name]
     sys.modules.update(dassl_stub())
-    sys.modules.update({name: types.ModuleType(name) for name in stubbed})
+    sys.modules.update(stubbed)
     sys.path.insert(0, root)
     try:
         yield
@@ -650,7 +655,11 @@ class AuthorsModel:
             weights = os.path.join(tmp, "openai-format.pt")
             torch.save({k: v.detach().cpu() for k, v in clip.state_dict().items()}, weights)
             module = __import__(module_name, fromlist=[class_name])
-            module.clip._download = lambda url, root=None: weights  # where OpenAI's file would be
+            # where OpenAI's file would be, in every clip package of the checkout (TCP's trainers/clip_text,
+            # DePT's clip and clip_maple; a trainer may load CLIP through another module's, as DePT's does)
+            for loaded in [m for name, m in sys.modules.items() if name.split(".")[0] in _TOP_LEVEL]:
+                if hasattr(loaded, "_MODELS") and hasattr(loaded, "_download"):
+                    loaded._download = lambda url, root=None: weights
             for name, value in entry.module_globals.items():
                 setattr(module, name, value)
             trainer = object.__new__(getattr(module, class_name))
