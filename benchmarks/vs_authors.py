@@ -941,7 +941,8 @@ def render(
         f"forward + the published objective + backward (the authors' `forward_backward`, learning rate 0). "
         f"Eval: {settings.eval_images} images, including the image encoder. Median of up to {settings.runs} runs "
         f"after a warm-up (runs per cell below). Speed-up: the authors' time over ours. Both sides first gave "
-        f"the same eval logits and training loss (relative error < {settings.tolerance:g}) or the line says why not. "
+        f"the same eval logits and training loss, and the same update where the checks name one (relative error < "
+        f"{settings.tolerance:g}), or the line says why not. "
         f"Floor: the FLOPs no exact method avoids (the text positions up to each EOT, the image encoder's forward; "
         f"`benchmarks/bench.py`) at this machine's measured fp32 matmul rate ({flops_per_s / 1e9:.0f} GFLOP/s), where "
         f"the method has one.",
