@@ -313,6 +313,32 @@ def test_killed_job_is_finished_by_the_next_sweep_without_redoing_others(small_e
         assert {s["state"] for s in json.load(f)} == {"skipped", "done"}
 
 
+def test_debug_launcher_runs_its_jobs_at_the_threads_set_and_gives_them_back(
+    small_experiment, data_root, tmp_path, monkeypatch
+):
+    import torch
+
+    from harness.launcher.settings import launcher_settings
+
+    experiment = sweep.narrow(sweep.load_experiment(small_experiment), methods=["zsclip"])
+    experiment["launcher"] = {"name": "debug", "post_mortem": False, "threads": 1}
+    name, cfg = launcher_settings(experiment)
+    assert (name, cfg["threads"]) == ("debug", 1)
+    seen, before = [], torch.get_num_threads()
+    import harness.runner  # the job imports run from it when it starts: spy there
+
+    original = harness.runner.run
+    monkeypatch.setattr(harness.runner, "run", lambda spec: seen.append(torch.get_num_threads()) or original(spec))
+    torch.set_num_threads(2)
+    try:
+        out = str(tmp_path / "out")
+        states = launch(sweep.expand(experiment, data_root, out), "mini", out, name, cfg, printer=lambda *_: None)
+        assert [s.state for s in states] == ["done"] and seen == [1]
+        assert torch.get_num_threads() == 2  # the sweep's process has its threads back
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_progress_counts_the_ended_jobs_and_estimates_the_time_left():
     from harness.launcher.progress import Progress, duration
     from harness.launcher.state import JobState, JobStatus

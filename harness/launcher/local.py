@@ -16,7 +16,8 @@ from harness.launcher.state import JobStatus, block_dependents, save_state
 def run_local(todo, states, folder, cfg, out, experiment, poll_s, printer) -> None:
     by_name = {s.name: s for s in states}
     max_parallel = max(1, int(cfg.get("max_parallel", 1)))
-    threads = max(1, (os.cpu_count() or 1) // max_parallel)  # the machine's cores shared among the jobs
+    # The machine's cores shared among the jobs, unless the launcher settings say how many.
+    threads = int(cfg.get("threads") or max(1, (os.cpu_count() or 1) // max_parallel))
     executor = submitit.AutoExecutor(folder=folder, cluster="local")
     executor.update_parameters(timeout_min=int(cfg.get("timeout_min", 24 * 60)))
     queue = list(todo)
