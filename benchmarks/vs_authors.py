@@ -1,6 +1,7 @@
 """Benchmark: every method against its authors' own code, side by side (issue 28).
 
-    python -m benchmarks.vs_authors --authors cocoop=DIR coop=DIR kgcoop=DIR maple=DIR promptsrc=DIR
+    python -m benchmarks.vs_authors --authors cocoop=DIR coop=DIR kgcoop=DIR maple=DIR promptsrc=DIR \
+        prograd=DIR tcp=DIR coop_dept=DIR mmrl=DIR
     python -m benchmarks.vs_authors readme          copy the table of reports/bench-vs-authors.md into README.md
 
 For every method named with a checkout of its authors' repository (``git clone`` of the repository
@@ -15,23 +16,30 @@ pointed at it). Same images, same class names (K ImageNet names), the same learn
 from the authors' model into ours through the authors' checkpoint format).
 
 Before timing, both must give the same evaluation logits (relative error < 1e-4 in fp32) and the
-same training loss; a difference aborts that method's line with the error. Then, fp32 on the CPU:
+same training loss, and, where the entry names them, the same update left in the learned tensors'
+``.grad`` (ProGrad's projected gradient); a difference aborts that method's line with the error. Then, fp32 on the CPU:
 one training step (the authors' ``forward_backward``, forward + published objective + backward; its
 optimiser has learning rate 0 so every run sees the same weights, and its update of the few prompt
-parameters costs nothing measurable) against ours (``training_loss`` + backward), and one evaluation
+parameters costs nothing measurable) against ours (``training_loss`` + backward, or the method's own
+``backward`` where its update is not one loss's gradient, ``methods.base``), and one evaluation
 of ``--eval-images`` images, both including the image encoder. Each time is the median of the runs
 after a warm-up. The report goes to ``reports/bench-vs-authors.md`` with the machine and its load.
 
 Adding a method is one ``AuthorsCode`` entry in ``AUTHORS``: the repository, the folder of the
 checkout that holds ``trainers/`` and ``clip/``, the trainer class, the config keys it reads, our
 options that correspond, and, where the authors' model returns more than logits, how to read them.
+A trainer that calls a framework method beyond the stubbed ``TrainerX`` (ProGrad's
+``prograd_backward_and_update`` of its bundled Dassl.ProGrad) gets that method from the checkout's own
+framework file (``framework``), so the update compared is the authors' code too.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import datetime
+import importlib.util
 import io
 import os
 import re
@@ -60,7 +68,7 @@ from harness import backbone
 from methods.promptsrc import PROMPTSRC_TEMPLATES
 
 REPORT = "reports/bench-vs-authors.md"
-DOCS = ("docs/PROTOCOL.md", "docs/PROTOCOL-successors.md")
+DOCS = ("docs/PROTOCOL.md", "docs/PROTOCOL-successors.md", "docs/PROTOCOL-successors-2.md")
 README_BLOCK = "vs-authors:table"
 
 
@@ -72,6 +80,18 @@ README_BLOCK = "vs-authors:table"
 def _first(output):
     """The logits of a model that returns (logits, extra terms), as KgCoOp's ``CustomCLIP`` does."""
     return output[0] if isinstance(output, tuple) else output
+
+
+def _fusion(output):
+    """MMRL's scored logits on base classes of base-to-new (TASK B2N, SUBSAMPLE_CLASSES base): the third of
+    its ``CustomCLIP``'s (logits, logits_rep, logits_fusion, image features, text features), as its test() picks."""
+    return output[2]
+
+
+def _clear_mmrl_eval_cache(model) -> None:
+    """MMRL's eval forward caches the text features at its first call and keeps them (PROTOCOL-successors-2.md
+    "DePT (on CoOp) and MMRL" 9, quirk 1): cleared, each timed evaluation encodes the text once, as ours does."""
+    model.text_features_for_inference = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +111,14 @@ class AuthorsCode:
     module_globals: dict = field(default_factory=dict)  # set in the trainer's module before it builds
     note: str = ""  # what differs from the published run, for the report
     eval_loops_over_images: bool = False  # the authors' eval encodes the prompts once per image (CoCoOp)
+    loss_key: str = "loss"  # the entry of their forward_backward's summary that is our training loss
+    # trainer method -> "path/in/checkout.py:Class.method": taken from the checkout's own framework file
+    framework: dict = field(default_factory=dict)
+    # (their parameter's name in the registered module, ours in our model): the update left in .grad must agree
+    gradients: tuple = ()
+    unused_imports: tuple = ()  # modules their trainers import but never call, stubbed empty where missing
+    before_eval: Callable | None = None  # (their model) -> None, called before each of their evaluations
+    update_labels: tuple = ()  # the update also compared on the train batch relabelled with each of these classes
 
 
 def cocoop_floor(clip, classnames, batch, eval_images) -> dict[str, dict[str, float]]:
@@ -117,6 +145,7 @@ def coop_floor(clip, classnames, batch, eval_images) -> dict[str, dict[str, floa
 
 
 TEACHER_TEMPLATES = 4  # PromptSRC's teacher templates used here (of 60): see its note
+MMRL_REP_LAYERS = list(range(6, 13))  # configs/trainers/MMRL/vit_b16.yaml: 1-indexed blocks 6..12 of 12
 
 AUTHORS: dict[str, AuthorsCode] = {
     entry.method: entry
@@ -210,6 +239,153 @@ AUTHORS: dict[str, AuthorsCode] = {
                 "once, before any timed step, so the times do not depend on it)"
             ),
         ),
+        AuthorsCode(
+            "prograd",
+            "BeierZhu/Prompt-align",
+            "trainers.prograd:ProGrad",
+            {
+                "DATASET": {"NAME": "ImageNet"},
+                "TRAINER": {
+                    "COOP": {
+                        "N_CTX": 16,
+                        "CTX_INIT": True,  # the dataset's template words
+                        "CSC": False,
+                        "PREC": "fp32",
+                        "CLASS_TOKEN_POSITION": "end",
+                    }
+                },
+                "LOSS": {"NAME": "prograd", "T": 1.0, "LAMBDA": 1.0},
+            },
+            {"n_ctx": 16, "dataset": "imagenet", "prograd_lambda": 1.0, "kl_temperature": 1.0},
+            folder="ProGrad.public",
+            loss_key="xe_loss",
+            framework={
+                "prograd_backward_and_update": (
+                    "Dassl.ProGrad.pytorch/dassl/engine/trainer.py:TrainerBase.prograd_backward_and_update"
+                )
+            },
+            gradients=(("ctx", "prompt_learner.ctx"),),
+            # Whether the CE and KL gradients conflict (the projection applies) depends on the label: on this
+            # benchmark's CLIP and batch some of the first five classes give each branch, at K = 5 and K = 100.
+            update_labels=tuple(range(5)),
+            note=(
+                "published at RN50, 4 shots, timed here at ViT-B/16 as the study runs it; the loss compared is the CE "
+                "(their xe_loss), and the update left in ctx.grad by their bundled Dassl.ProGrad's "
+                "prograd_backward_and_update (taken from the checkout) against ours (ProGrad.backward), on the timed "
+                "batch and on it relabelled with each of the first five classes (untimed), so that both the "
+                "projected (conflicting gradients) and the plain branch are compared"
+            ),
+        ),
+        AuthorsCode(
+            "tcp",
+            "htyao89/Textual-based_Class-aware_prompt_tuning",
+            "trainers.tcp:TCP",
+            {
+                "DATASET": {"NAME": "ImageNet"},
+                "TRAINER": {
+                    "COOP": {
+                        "N_CTX": 4,
+                        "CTX_INIT": False,
+                        "CSC": False,
+                        "PREC": "fp32",
+                        "CLASS_TOKEN_POSITION": "end",
+                        "W": 1.0,
+                    },
+                    "COCOOP": {"PREC": "fp32"},
+                },
+            },
+            {"n_ctx": 4, "dataset": "imagenet"},
+            gradients=(
+                ("ctx", "prompt_learner.ctx"),
+                ("meta_net.linear1.weight", "prompt_learner.meta_net.linear1.weight"),
+            ),
+            note=(
+                "their optimiser is Adam with eps 1e-3 by a hand edit of Dassl's optimizer.py (their README); at "
+                "learning rate 0 the stubbed SGD stands in for it, its step costs nothing measurable either way; their "
+                "meta-net and frozen text teacher in fp32 (COCOOP.PREC fp32, their .half() kept fp32), as ours in fp32"
+            ),
+        ),
+        AuthorsCode(
+            "coop_dept",
+            "Koorye/DePT",
+            "trainers.elp_coop:ExtrasLinearProbeCoOp",
+            {
+                "DATASET": {"NAME": "ImageNet", "SUBSAMPLE_CLASSES": "base"},
+                "TRAINER": {
+                    "COOP": {"N_CTX": 16, "CTX_INIT": "", "CSC": False, "PREC": "fp32", "CLASS_TOKEN_POSITION": "end"},
+                    "LINEAR_PROBE": {"TYPE": "linear", "WEIGHT": 0.7, "TEST_TIME_FUSION": True},
+                    "FILM": {"LINEAR_PROBE": True},
+                    "NAMES_TO_UPDATE": ["prompt_learner", "linear_probe", "film"],
+                },
+                # their own build_optimizer (trainers/optim.py) reads these (train.py:71-75, Dassl's defaults)
+                "OPTIM": {
+                    "WEIGHT_DECAY": 5e-4,
+                    "MOMENTUM": 0.9,
+                    "SGD_DAMPNING": 0,
+                    "SGD_NESTEROV": False,
+                    "RMSPROP_ALPHA": 0.99,
+                    "ADAM_BETA1": 0.9,
+                    "ADAM_BETA2": 0.999,
+                    "STAGED_LR": True,
+                    "NEW_LAYERS": ["linear_probe", "film"],
+                    "BASE_LR_MULT": 1.0,
+                    "LR_EXP": 6.5,
+                },
+            },
+            {"n_ctx": 16, "ctx_init": "", "cat_weight": 0.7, "subsample": "base", "dataset": "imagenet"},
+            unused_imports=("plotnine",),
+            gradients=(
+                ("prompt_learner.ctx", "prompt_learner.ctx"),
+                ("film_lp_text.scale", "film_lp_text.scale"),
+                ("linear_probe_proj.weight", "linear_probe_proj.weight"),
+            ),
+            note=(
+                "base-to-new, base classes (SUBSAMPLE_CLASSES base: the CAT head trained and fused into the scored "
+                "logits); their own staged-lr SGD (trainers/optim.py) at learning rate 0; plotnine, imported by their "
+                "trainers and never called, stubbed where missing"
+            ),
+        ),
+        AuthorsCode(
+            "mmrl",
+            "yunncheng/MMRL",
+            "trainers.mmrl:MMRL",
+            {
+                "DATASET": {"NAME": "ImageNet", "SUBSAMPLE_CLASSES": "base"},
+                "TASK": "B2N",
+                "TRAINER": {
+                    "MMRL": {
+                        "ALPHA": 0.7,
+                        "REG_WEIGHT": 0.5,  # trainers/config.py: ImageNet
+                        "REP_LAYERS": MMRL_REP_LAYERS,
+                        "REP_DIM": 512,
+                        "N_REP_TOKENS": 5,
+                        "PREC": "fp32",
+                    }
+                },
+            },
+            {
+                "n_rep_tokens": 5,
+                "rep_dim": 512,
+                "rep_layers": MMRL_REP_LAYERS,
+                "alpha": 0.7,
+                "reg_weight": 0.5,
+                "task": "B2N",
+                "subsample": "base",
+                "dataset": "imagenet",
+            },
+            logits=_fusion,
+            before_eval=_clear_mmrl_eval_cache,
+            gradients=(
+                ("representation_learner.compound_rep_tokens", "prompt_learner.compound_rep_tokens"),
+                ("image_encoder.proj_rep", "prompt_learner.proj_rep"),
+            ),
+            note=(
+                "base-to-new, base classes (TASK B2N, SUBSAMPLE_CLASSES base: the fused logits scored); their eval "
+                "caches the text features at its first call (quirk 1): cleared before each of their evaluations, so "
+                "each encodes the text once, as ours does; their AdamW at learning rate 0 replaced by the stubbed SGD; "
+                "published in amp, which without CUDA runs fp32"
+            ),
+        ),
     )
 }
 
@@ -296,19 +472,36 @@ def _not_provided(name: str):
 
 
 class TrainerX:
-    """Dassl's ``TrainerX``, as far as the authors' ``build_model`` and ``forward_backward`` use it."""
+    """Dassl's ``TrainerX``, as far as the authors' ``build_model`` and ``forward_backward`` use it (and the
+    framework methods an entry takes from the checkout, such as ProGrad's update, call)."""
 
     def register_model(self, name, model=None, optim=None, sched=None):
         self._models = getattr(self, "_models", {})
-        self._models[name] = model
+        self._optims = getattr(self, "_optims", {})
+        self._models[name], self._optims[name] = model, optim
 
     def get_model_names(self, names=None):
-        return list(self._models)
+        return list(self._models) if names is None else ([names] if isinstance(names, str) else list(names))
+
+    def model_zero_grad(self, names=None):
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].zero_grad()
+
+    def detect_anomaly(self, loss):
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError("Loss is infinite or NaN!")
+
+    def model_update(self, names=None):
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].step()
 
     def model_backward_and_update(self, loss, names=None):
-        self.optim.zero_grad()
+        self.model_zero_grad(names)
+        self.detect_anomaly(loss)
         loss.backward()
-        self.optim.step()
+        self.model_update(names)
 
     def update_lr(self, names=None):
         pass
@@ -330,17 +523,20 @@ def _compute_accuracy(output, target, topk=(1,)):
 
 def dassl_stub() -> dict[str, types.ModuleType]:
     """The Dassl modules the authors' trainers import, stubbed."""
-    modules = {
-        name: types.ModuleType(name)
-        for name in ("dassl", "dassl.engine", "dassl.metrics", "dassl.utils", "dassl.optim")
-    }
+    names = ("dassl", "dassl.engine", "dassl.engine.trainer", "dassl.metrics", "dassl.utils", "dassl.utils.tools")
+    modules = {name: types.ModuleType(name) for name in (*names, "dassl.optim", "dassl.optim.radam")}
     modules["dassl.engine"].TRAINER_REGISTRY = _Registry()
-    modules["dassl.engine"].TrainerX = TrainerX
+    modules["dassl.engine"].TrainerX = modules["dassl.engine.trainer"].TrainerX = TrainerX
+    # DePT's trainers/base.py subclasses dassl.engine.trainer.TrainerX and imports its epoch loop's meters
+    for name in ("MetricMeter", "AverageMeter", "SummaryWriter"):
+        setattr(modules["dassl.engine.trainer"], name, _not_provided(f"engine.trainer.{name}"))
     modules["dassl.metrics"].compute_accuracy = _compute_accuracy
     modules["dassl.utils"].load_pretrained_weights = _not_provided("utils.load_pretrained_weights")
     modules["dassl.utils"].load_checkpoint = _not_provided("utils.load_checkpoint")
+    modules["dassl.utils.tools"].mkdir_if_missing = _not_provided("utils.tools.mkdir_if_missing")
     modules["dassl.optim"].build_optimizer = _build_optimizer
     modules["dassl.optim"].build_lr_scheduler = lambda optim, optim_cfg: None
+    modules["dassl.optim.radam"].RAdam = _not_provided("optim.radam.RAdam")
     for name, module in modules.items():
         if "." in name:
             parent, child = name.rsplit(".", 1)
@@ -348,21 +544,38 @@ def dassl_stub() -> dict[str, types.ModuleType]:
     return modules
 
 
-_TOP_LEVEL = ("dassl", "clip", "trainers")  # the authors' packages; each checkout has its own clip/trainers
+# the authors' packages (each checkout has its own clip/trainers; DePT's also clip_maple/ and utils/)
+_TOP_LEVEL = ("dassl", "clip", "trainers", "clip_maple", "utils")
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 @contextlib.contextmanager
-def authors_import_path(root: str):
-    """Import from ``root`` with Dassl stubbed; afterwards sys.modules and sys.path are as before
-    (the imported modules stay alive through the objects that refer to them)."""
+def authors_import_path(root: str, unused_imports: tuple = ()):
+    """Import from ``root`` with Dassl stubbed, and each of ``unused_imports`` that is not installed as an
+    empty module; afterwards sys.modules and sys.path are as before (the imported modules stay alive
+    through the objects that refer to them)."""
+    stubbed = {name: types.ModuleType(name) for name in unused_imports if not _importable(name)}
+    if not _importable("pkg_resources"):  # setuptools absent: OpenAI's clip.py imports only its packaging
+        import packaging.version
+
+        stubbed["pkg_resources"] = types.ModuleType("pkg_resources")
+        stubbed["pkg_resources"].packaging = packaging
+    top_level = _TOP_LEVEL + tuple(stubbed)
 
     def ours(name):
-        return name.split(".")[0] in _TOP_LEVEL
+        return name.split(".")[0] in top_level
 
     saved = {name: module for name, module in sys.modules.items() if ours(name)}
     for name in saved:
         del sys.modules[name]
     sys.modules.update(dassl_stub())
+    sys.modules.update(stubbed)
     sys.path.insert(0, root)
     try:
         yield
@@ -401,9 +614,33 @@ def round_through_fp16(clip) -> None:
             p.copy_(p.half().float())
 
 
+def framework_method(checkout: str, spec: str):
+    """The function ``Class.method`` of the framework file ``path`` in the checkout (``spec`` =
+    "path:Class.method"), compiled from that file's source alone (the framework's other imports are not
+    needed): the authors' code of a trainer method the stubbed ``TrainerX`` lacks."""
+    path, _, qualname = spec.partition(":")
+    class_name, _, method_name = qualname.partition(".")
+    filename = os.path.join(checkout, path)
+    with open(filename, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), filename)
+    found = [
+        item
+        for node in tree.body
+        if isinstance(node, ast.ClassDef) and node.name == class_name
+        for item in node.body
+        if isinstance(item, ast.FunctionDef) and item.name == method_name
+    ]
+    if not found:
+        raise StubNotProvided(f"{filename} has no {class_name}.{method_name}: not a checkout of the repository?")
+    namespace = {"torch": torch, "nn": nn}
+    exec(compile(ast.Module(body=found[:1], type_ignores=[]), filename, "exec"), namespace)
+    return namespace[method_name]
+
+
 class AuthorsModel:
     """The authors' trainer of one method built on ``clip``'s weights: ``logits(images)``,
-    ``step(images, labels)`` (their ``forward_backward``) and the state their checkpoint would hold."""
+    ``step(images, labels)`` (their ``forward_backward``), the update it leaves in the learned tensors'
+    ``.grad`` and the state their checkpoint would hold."""
 
     def __init__(self, entry: AuthorsCode, checkout: str, clip, classnames: list[str]):
         self.entry = entry
@@ -415,14 +652,25 @@ class AuthorsModel:
             )
         module_name, class_name = entry.trainer.split(":")
         cfg = Cfg.of(_merge(base_cfg(backbone.image_size(clip)), entry.cfg))
-        with tempfile.TemporaryDirectory() as tmp, authors_import_path(root), fp32_on_cpu():
+        methods_from_framework = {name: framework_method(checkout, spec) for name, spec in entry.framework.items()}
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            authors_import_path(root, entry.unused_imports),
+            fp32_on_cpu(),
+        ):
             weights = os.path.join(tmp, "openai-format.pt")
             torch.save({k: v.detach().cpu() for k, v in clip.state_dict().items()}, weights)
             module = __import__(module_name, fromlist=[class_name])
-            module.clip._download = lambda url, root=None: weights  # where OpenAI's file would be
+            # where OpenAI's file would be, in every clip package of the checkout (TCP's trainers/clip_text,
+            # DePT's clip and clip_maple; a trainer may load CLIP through another module's, as DePT's does)
+            for loaded in [m for name, m in sys.modules.items() if name.split(".")[0] in _TOP_LEVEL]:
+                if hasattr(loaded, "_MODELS") and hasattr(loaded, "_download"):
+                    loaded._download = lambda url, root=None: weights
             for name, value in entry.module_globals.items():
                 setattr(module, name, value)
             trainer = object.__new__(getattr(module, class_name))
+            for name, function in methods_from_framework.items():
+                setattr(trainer, name, types.MethodType(function, trainer))
             trainer.cfg, trainer.device = cfg, torch.device("cpu")
             trainer.dm = types.SimpleNamespace(dataset=types.SimpleNamespace(classnames=list(classnames)))
             trainer.batch_idx, trainer.num_batches, trainer.epoch = 0, 2, 0  # not an epoch's last batch
@@ -437,13 +685,22 @@ class AuthorsModel:
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         self.model.eval()
+        if self.entry.before_eval is not None:
+            self.entry.before_eval(self.model)
         with torch.no_grad(), fp32_on_cpu():
             return self.entry.logits(self.model(images))
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         self.model.train()
         with fp32_on_cpu():
-            return self.trainer.forward_backward({"img": images, "label": labels})["loss"]
+            return self.trainer.forward_backward({"img": images, "label": labels})[self.entry.loss_key]
+
+    def update(self) -> dict[str, torch.Tensor]:
+        """The ``.grad`` of the entry's parameters of the registered module after their last step (the
+        optimiser at learning rate 0 leaves it as the update it was handed)."""
+        (module,) = self.trainer._models.values()
+        params = dict(module.named_parameters())
+        return {name: params[name].grad for name, _ in self.entry.gradients}
 
 
 def build_ours(entry: AuthorsCode, clip, classnames: list[str], authors: AuthorsModel):
@@ -456,9 +713,16 @@ def our_step(model, images: torch.Tensor, labels: torch.Tensor) -> float:
     model.train()
     for p in model.trainable_parameters():
         p.grad = None
+    if callable(getattr(model, "backward", None)):  # an update that is not one loss's gradient (methods.base)
+        return model.backward(images, labels).item()
     loss = model.training_loss(images, labels)
     loss.backward()
     return loss.item()
+
+
+def our_update(model, entry: AuthorsCode) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    return {theirs: params[ours].grad for theirs, ours in entry.gradients}
 
 
 def our_logits(model, images: torch.Tensor) -> torch.Tensor:
@@ -528,6 +792,18 @@ class Settings:
     loop_eval_images: int = 0  # > 0: the authors' eval of a per-image loop timed on this many images, scaled
 
 
+def compare_updates(entry: AuthorsCode, authors: AuthorsModel, ours, tolerance: float, what: str = "") -> dict:
+    """Relative errors of the update each side left in the entry's learned tensors after its last step."""
+    theirs_update, ours_update = authors.update(), our_update(ours, entry)
+    errors = {}
+    for name, grad in theirs_update.items():
+        where = f"{entry.method} update of {name}" + (f", {what}" if what else "")
+        if grad is None or ours_update[name] is None:
+            raise AuthorsMismatch(f"{where}: no gradient on one side")
+        errors[f"update {name}"] = check_equal(where, ours_update[name], grad, tolerance)
+    return errors
+
+
 def compare_method(
     entry: AuthorsCode, checkout: str, clip, settings: Settings, log=print, docs=DOCS, flops_per_s: float = 0.0
 ) -> Line:
@@ -565,6 +841,22 @@ def compare_method(
             line.check["training loss"] = check_equal(
                 f"{entry.method} training loss", loss_ours, loss_theirs, settings.tolerance
             )
+            line.check.update(compare_updates(entry, authors, ours, settings.tolerance))
+            # the same batch under other labels, one untimed step each: another branch of the update (ProGrad's)
+            extra = [label % settings.k for label in entry.update_labels if label % settings.k != int(labels[0])]
+            for label in sorted(set(extra)):
+                relabelled = torch.full_like(labels, label)
+                what = f"label {label}"
+                theirs_loss, ours_loss = authors.step(batch, relabelled), our_step(ours, batch, relabelled)
+                errors = {
+                    "training loss": check_equal(
+                        f"{entry.method} training loss, {what}", ours_loss, theirs_loss, settings.tolerance
+                    )
+                }
+                errors.update(compare_updates(entry, authors, ours, settings.tolerance, what))
+                for key, error in errors.items():
+                    key = f"{key}, other labels"
+                    line.check[key] = max(line.check.get(key, 0.0), error)
             line.train, line.runs["train"] = (t_theirs, t_ours), (n_theirs, n_ours)
         # The authors' per-image loop costs the same for every image: time a few and scale when asked.
         few = settings.loop_eval_images if entry.eval_loops_over_images and settings.loop_eval_images else len(images)
@@ -649,7 +941,8 @@ def render(
         f"forward + the published objective + backward (the authors' `forward_backward`, learning rate 0). "
         f"Eval: {settings.eval_images} images, including the image encoder. Median of up to {settings.runs} runs "
         f"after a warm-up (runs per cell below). Speed-up: the authors' time over ours. Both sides first gave "
-        f"the same eval logits and training loss (relative error < {settings.tolerance:g}) or the line says why not. "
+        f"the same eval logits and training loss, and the same update where the checks name one (relative error < "
+        f"{settings.tolerance:g}), or the line says why not. "
         f"Floor: the FLOPs no exact method avoids (the text positions up to each EOT, the image encoder's forward; "
         f"`benchmarks/bench.py`) at this machine's measured fp32 matmul rate ({flops_per_s / 1e9:.0f} GFLOP/s), where "
         f"the method has one.",

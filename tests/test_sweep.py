@@ -313,6 +313,49 @@ def test_killed_job_is_finished_by_the_next_sweep_without_redoing_others(small_e
         assert {s["state"] for s in json.load(f)} == {"skipped", "done"}
 
 
+def test_debug_launcher_runs_its_jobs_at_the_threads_set_and_gives_them_back(
+    small_experiment, data_root, tmp_path, monkeypatch
+):
+    import torch
+
+    from harness.launcher.settings import launcher_settings
+
+    experiment = sweep.narrow(sweep.load_experiment(small_experiment), methods=["zsclip"])
+    experiment["launcher"] = {"name": "debug", "post_mortem": False, "threads": 1}
+    name, cfg = launcher_settings(experiment)
+    assert (name, cfg["threads"]) == ("debug", 1)
+    seen, before = [], torch.get_num_threads()
+    import harness.runner  # the job imports run from it when it starts: spy there
+
+    original = harness.runner.run
+    monkeypatch.setattr(harness.runner, "run", lambda spec: seen.append(torch.get_num_threads()) or original(spec))
+    torch.set_num_threads(2)
+    try:
+        out = str(tmp_path / "out")
+        states = launch(sweep.expand(experiment, data_root, out), "mini", out, name, cfg, printer=lambda *_: None)
+        assert [s.state for s in states] == ["done"] and seen == [1]
+        assert torch.get_num_threads() == 2  # the sweep's process has its threads back
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_progress_counts_the_ended_jobs_and_estimates_the_time_left():
+    from harness.launcher.progress import Progress, duration
+    from harness.launcher.state import JobState, JobStatus
+
+    now = [100.0]
+    states = [JobState(f"j{i}", "train", "") for i in range(4)]
+    progress = Progress(states, clock=lambda: now[0])
+    assert progress.text() == "0/4 ended, 0s"
+    now[0], states[0].state = 130.0, JobStatus.DONE
+    assert progress.text() == "1/4 ended, 30s so far, about 1m30s left"  # 30 s a job, three to go
+    now[0], states[1].state, states[2].state = 160.0, JobStatus.FAILED, JobStatus.BLOCKED
+    assert progress.text() == "3/4 ended, 1m00s so far, about 20s left"
+    states[3].state = JobStatus.DONE
+    assert progress.text() == "4/4 ended, 1m00s"
+    assert (duration(59.4), duration(3725)) == ("59s", "1h02m")
+
+
 @pytest.mark.slow
 def test_local_launcher_runs_jobs_in_subprocesses(small_experiment, data_root, tmp_path):
     out = str(tmp_path / "out")
@@ -325,9 +368,9 @@ def test_local_launcher_runs_jobs_in_subprocesses(small_experiment, data_root, t
     assert len(results.read_records(out)) == 6
     # The evaluation started only after its training finished.
     order = [line for line in lines if line.startswith("[")]
-    assert order.index("[done] mini/coop/synthetic/seed1/train") < next(
-        i for i, line in enumerate(order) if line.startswith("[start] mini/coop/synthetic/seed1/eval")
-    )
+    first = lambda prefix: next(i for i, line in enumerate(order) if line.startswith(prefix))  # noqa: E731
+    assert first("[done] mini/coop/synthetic/seed1/train  (") < first("[start] mini/coop/synthetic/seed1/eval")
+    assert "  (3/3 ended, " in [line for line in order if line.startswith("[done]")][-1]
     assert {s.name: s.state for s in load_state(out, "mini")} == {s.name: "done" for s in states}
 
 

@@ -1,11 +1,16 @@
 """The side-by-side benchmark's plumbing (benchmarks/vs_authors.py), without the network: a stand-in
 "authors' repository" written here (a Dassl-style CoOp trainer computing CoOp's logits by its own
 code on an OpenAI-layout CLIP loaded from the state dict the benchmark hands over), imported with
-Dassl stubbed, checked against our CoOp, timed, and written as a table."""
+Dassl stubbed, checked against our CoOp, timed, and written as a table. A second stand-in trainer
+computes ProGrad's two losses and hands them to an update method of a stand-in framework file
+(as ProGrad's bundled Dassl.ProGrad does), checked against our ProGrad's ``backward``; a variant of
+the first returns several outputs and caches its text side at evaluation (as MMRL's does)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,18 +102,32 @@ class CustomCLIP(nn.Module):
         self.clip = clip_model
         self.wrong_scale = cfg.TRAINER.FAKE.WRONG_SCALE
 
-    def forward(self, image, label=None):
+        self.several_outputs = cfg.TRAINER.FAKE.SEVERAL_OUTPUTS
+        self.cached_text, self.text_encodes = None, 0
+
+    def encode_text(self):
         m = self.clip
+        self.text_encodes += 1
         x = self.prompt_learner() + m.positional_embedding
         x = m.transformer(x, attn_mask=m.attn_mask)
         x = m.ln_final(x)
-        text = x[torch.arange(x.shape[0]), self.prompt_learner.tokenized.argmax(dim=-1)] @ m.text_projection
+        return x[torch.arange(x.shape[0]), self.prompt_learner.tokenized.argmax(dim=-1)] @ m.text_projection
+
+    def logits(self, image, text):
+        m = self.clip
         img = m.encode_image(image)
         img = img / img.norm(dim=-1, keepdim=True)
         text = text / text.norm(dim=-1, keepdim=True)
-        logits = self.wrong_scale * m.logit_scale.exp() * img @ text.t()
+        return self.wrong_scale * m.logit_scale.exp() * img @ text.t()
+
+    def forward(self, image, label=None):
         if self.prompt_learner.training:
-            return F.cross_entropy(logits, label)
+            return F.cross_entropy(self.logits(image, self.encode_text()), label)
+        if self.cached_text is None:  # a cache kept once made, as MMRL's eval forward keeps its text features
+            self.cached_text = self.encode_text()
+        logits = self.logits(image, self.cached_text)
+        if self.several_outputs:  # the scored logits second, between other terms
+            return logits + 1.0, logits, image
         return logits
 
 
@@ -127,6 +146,80 @@ class FakeCoOp(TrainerX):
         loss = self.model(batch["img"], batch["label"])
         self.model_backward_and_update(loss)
         return {"loss": loss.item()}
+"""
+
+FAKE_PROGRAD = """
+import torch
+import torch.nn.functional as F
+
+from dassl.engine import TRAINER_REGISTRY
+from dassl.engine.trainer import TrainerX
+from dassl.optim import build_optimizer, build_lr_scheduler
+from an_unused_plotting_library import *
+
+from .fakecoop import CustomCLIP, load_clip_to_cpu  # CLIP loaded through another module's clip
+
+
+class ZeroShot(torch.nn.Module):
+    def __init__(self, cfg, classnames, clip_model):
+        super().__init__()
+        from clip import clip
+
+        self.clip = clip_model
+        tokens = torch.cat([clip.tokenize(cfg.TRAINER.FAKE.TEMPLATE.format(name)) for name in classnames])
+        with torch.no_grad():
+            text = clip_model.encode_text(tokens)
+        self.text = text / text.norm(dim=-1, keepdim=True)
+
+    def forward(self, image):
+        img = self.clip.encode_image(image)
+        return self.clip.logit_scale.exp() * (img / img.norm(dim=-1, keepdim=True)) @ self.text.t()
+
+
+@TRAINER_REGISTRY.register()
+class FakeProGrad(TrainerX):
+    def build_model(self):
+        classnames = self.dm.dataset.classnames
+        self.model = CustomCLIP(self.cfg, classnames, load_clip_to_cpu(self.cfg))
+        self.zero_shot = ZeroShot(self.cfg, classnames, load_clip_to_cpu(self.cfg))
+        for name, p in self.model.named_parameters():
+            p.requires_grad_("prompt_learner" in name)
+        self.optim = build_optimizer(self.model.prompt_learner, self.cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
+        self.register_model("prompt_learner", self.model.prompt_learner, self.optim, self.sched)
+
+    def forward_backward(self, batch):
+        logits = self.model.logits(batch["img"], self.model.encode_text())
+        with torch.no_grad():
+            teacher = F.softmax(self.zero_shot(batch["img"]), dim=1)
+        xe = F.cross_entropy(logits, batch["label"])
+        kl = -(teacher * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        self.two_loss_update(xe, kl, self.cfg.TRAINER.FAKE.LAMBDA)
+        return {"xe_loss": xe.item(), "kl_loss": kl.item()}
+"""
+
+# The framework's update, as the benchmark lifts it from the checkout: only ``Base.two_loss_update`` is
+# compiled (this file's import of a module that does not exist is never run).
+FAKE_FRAMEWORK = """
+import a_framework_module_that_does_not_exist
+
+
+class Base:
+    def unrelated(self):
+        raise AssertionError("not this one")
+
+    def two_loss_update(self, main_loss, guide_loss, lambda_=1.0):
+        (name,) = self.get_model_names()
+        params = [p for p in self._models[name].parameters() if p.requires_grad]
+        guides = torch.autograd.grad(guide_loss, params, retain_graph=True)
+        self._optims[name].zero_grad()
+        main_loss.backward()
+        for p, guide in zip(params, guides):
+            unit = guide.flatten() / guide.norm()
+            along = torch.dot(p.grad.flatten(), unit)
+            if along < 0:  # the main gradient points against the guide: remove lambda_ of that component
+                p.grad = p.grad - lambda_ * along * unit.view_as(p.grad)
+        self._optims[name].step()
 """
 
 REPOSITORY = "someone/FakeCoOp"
@@ -150,6 +243,8 @@ def fake_repo(tmp_path_factory):
         "code/clip/clip.py": FAKE_CLIP,
         "code/trainers/__init__.py": "",
         "code/trainers/fakecoop.py": FAKE_TRAINER,
+        "code/trainers/fakeprograd.py": FAKE_PROGRAD,
+        "framework/engine.py": FAKE_FRAMEWORK,
     }.items():
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
         (repo / path).write_text(textwrap.dedent(text))
@@ -164,17 +259,39 @@ def tiny_clip():
     return backbone.freeze(backbone.build_random_clip("tiny", seed=0))
 
 
+def fake_cfg(**keys) -> dict:
+    return {"TRAINER": {"FAKE": {"CTX_INIT": "a photo of a", "WRONG_SCALE": 1.0, "SEVERAL_OUTPUTS": False, **keys}}}
+
+
 def adapter(wrong_scale: float = 1.0, loops: bool = False) -> dict:
     entry = vs_authors.AuthorsCode(
         "coop",
         REPOSITORY,
         "trainers.fakecoop:FakeCoOp",
-        {"TRAINER": {"FAKE": {"CTX_INIT": "a photo of a", "WRONG_SCALE": wrong_scale}}},
+        fake_cfg(WRONG_SCALE=wrong_scale),
         {"n_ctx": 4, "ctx_init": "a photo of a"},
         folder="code",
         eval_loops_over_images=loops,
     )
     return {"coop": entry}
+
+
+def prograd_adapter(theirs_lambda: float = 1.0, wrong_scale: float = 1.0) -> dict:
+    """The stand-in ProGrad against ours: their update from the stand-in framework file, their CE as the loss."""
+    entry = vs_authors.AuthorsCode(
+        "prograd",
+        REPOSITORY,
+        "trainers.fakeprograd:FakeProGrad",
+        fake_cfg(TEMPLATE="a photo of a {}.", LAMBDA=theirs_lambda, WRONG_SCALE=wrong_scale),
+        {"n_ctx": 4, "ctx_init": "a photo of a", "template": "a photo of a {}.", "prograd_lambda": 1.0},
+        folder="code",
+        loss_key="xe_loss",
+        framework={"two_loss_update": "framework/engine.py:Base.two_loss_update"},
+        gradients=(("ctx", "prompt_learner.ctx"),),
+        update_labels=tuple(range(5)),
+        unused_imports=("an_unused_plotting_library",),
+    )
+    return {"prograd": entry}
 
 
 def run(repo, tiny_clip, tmp_path, docs_text: str, wrong_scale: float = 1.0, *extra: str) -> tuple[int, str]:
@@ -225,6 +342,77 @@ def test_differing_logits_abort_the_line_and_another_commit_is_warned(fake_repo,
     assert f"WARNING: the checkout holds {commit[:7]}, docs/ was read at {other}" in report
 
 
+def run_adapters(repo, tiny_clip, tmp_path, adapters: dict) -> tuple[int, str]:
+    out = tmp_path / "report.md"
+    (method,) = adapters
+    argv = ["--authors", f"{method}={repo}", "--k", "5", "--eval-images", "3", "--runs", "2", "--out", str(out)]
+    rc = vs_authors.main(argv, adapters=adapters, clip=tiny_clip, docs=(str(tmp_path / "none.md"),))
+    return rc, out.read_text()
+
+
+def test_an_update_from_the_authors_framework_is_compared_with_our_backward(fake_repo, tiny_clip, tmp_path):
+    """ProGrad's plumbing: their trainer's update method comes from the checkout's framework file, their
+    summary's CE is the loss, ours runs ``backward``, and the two updates left in ``ctx.grad`` agree on the
+    timed batch and under the other labels; the stub of the never-called import is gone afterwards."""
+    repo, commit = fake_repo
+    rc, report = run_adapters(repo, tiny_clip, tmp_path, prograd_adapter())
+    assert rc == 0, report
+    assert table_row(report, "prograd")[10].startswith("yes (")
+    for check in ("training loss", "update ctx", "training loss, other labels", "update ctx, other labels"):
+        assert f"{check} " in report
+    assert not any(name.split(".")[0] == "an_unused_plotting_library" for name in sys.modules)
+
+
+def test_a_different_update_aborts_the_line(fake_repo, tiny_clip, tmp_path):
+    """Their projection at half strength: the same logits and CE, another update where the gradients
+    conflict (under some of the labels tried), so the line is aborted on the update."""
+    repo, commit = fake_repo
+    rc, report = run_adapters(repo, tiny_clip, tmp_path, prograd_adapter(theirs_lambda=0.5))
+    assert rc == 1
+    cells = table_row(report, "prograd")
+    assert cells[2:10] == ["—"] * 8
+    assert cells[10].startswith("MISMATCH: prograd update of ctx, label "), cells[10]
+
+
+def test_differing_logits_abort_the_prograd_line(fake_repo, tiny_clip, tmp_path):
+    repo, commit = fake_repo
+    rc, report = run_adapters(repo, tiny_clip, tmp_path, prograd_adapter(wrong_scale=1.01))
+    assert rc == 1
+    assert table_row(report, "prograd")[10].startswith("MISMATCH: prograd eval logits: relative error")
+
+
+def test_scored_logits_read_from_several_outputs_and_the_eval_cache_cleared(fake_repo, tiny_clip, tmp_path):
+    """MMRL's plumbing: the entry picks the scored logits among the model's outputs, and clears the cache the
+    authors' eval keeps, before each of their evaluations: each then encodes the text once, as ours does."""
+    repo, commit = fake_repo
+    cleared = []
+
+    def clear(model):
+        cleared.append(model)
+        model.cached_text = None
+
+    entry = vs_authors.AuthorsCode(
+        "coop",
+        REPOSITORY,
+        "trainers.fakecoop:FakeCoOp",
+        fake_cfg(SEVERAL_OUTPUTS=True),
+        {"n_ctx": 4, "ctx_init": "a photo of a"},
+        folder="code",
+        logits=lambda output: output[1],
+        before_eval=clear,
+    )
+    rc, report = run_adapters(repo, tiny_clip, tmp_path, {"coop": entry})
+    assert rc == 0, report
+    train_runs, eval_runs = (int(n) for n in re.search(r"train (\d+), \d+, eval (\d+), \d+", report).groups())
+    model = cleared[0]
+    assert all(m is model for m in cleared) and len(cleared) == 2 + eval_runs  # the check, the warm-up, the runs
+    assert model.text_encodes == len(cleared) + 1 + train_runs  # each eval and each training step (with warm-up)
+    # the first output is not the scored one: read it, and the line is aborted
+    wrong = dataclasses.replace(entry, logits=lambda output: output[0], before_eval=None)
+    rc, report = run_adapters(repo, tiny_clip, tmp_path, {"coop": wrong})
+    assert rc == 1 and table_row(report, "coop")[10].startswith("MISMATCH: coop eval logits")
+
+
 def test_commits_read_from_the_checkout_and_from_docs(fake_repo, tmp_path):
     repo, commit = fake_repo
     docs = tmp_path / "PROTOCOL.md"
@@ -239,6 +427,9 @@ def test_commits_read_from_the_checkout_and_from_docs(fake_repo, tmp_path):
     assert "not a git checkout" in vs_authors.commit_warning(REPOSITORY, None, commit[:7])
     # the real docs name the successors' commits
     assert vs_authors.documented_commit("htyao89/KgCoOp") == "c43ccc3"
+    second_wave = {"prograd": "1b76203", "tcp": "bd97bec", "coop_dept": "d4ff416", "mmrl": "27d8821"}
+    for method, documented in second_wave.items():  # docs/PROTOCOL-successors-2.md
+        assert vs_authors.documented_commit(vs_authors.AUTHORS[method].repository) == documented
 
 
 def test_same_weights_reach_both_sides_through_the_authors_format(tiny_clip):

@@ -8,21 +8,35 @@ import sys
 import submitit
 
 from harness.launcher.jobs import HarnessJob
+from harness.launcher.progress import Progress
 from harness.launcher.state import JobStatus, block_dependents, save_state
 
 log = logging.getLogger(__name__)
 
 
-def run_debug(todo, states, folder, out, experiment, printer, post_mortem: bool = True) -> None:
+def run_debug(
+    todo, states, folder, out, experiment, printer, post_mortem: bool = True, threads: int | None = None
+) -> None:
     """On a terminal a failure opens the debugger (post-mortem) unless ``post_mortem`` is false;
-    otherwise it is recorded and the sweep goes on."""
+    otherwise it is recorded and the sweep goes on. ``threads``: torch's threads (default: its own)."""
+    import torch
+
+    threads_before = torch.get_num_threads()  # the jobs run in this process: give its threads back after
+    try:
+        _in_turn(todo, states, folder, out, experiment, printer, post_mortem, threads)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _in_turn(todo, states, folder, out, experiment, printer, post_mortem, threads) -> None:
     by_name = {s.name: s for s in states}
     executor = submitit.AutoExecutor(folder=folder, cluster="debug")
+    progress = Progress([state for _, state in todo])
     for job, state in todo:
         if state.state == JobStatus.BLOCKED:
             continue
-        printer(f"[debug] {job.name}")
-        sj = executor.submit(HarnessJob(), job.spec.to_dict())
+        printer(f"[debug] {job.name}  ({progress.text()})")
+        sj = executor.submit(HarnessJob(threads), job.spec.to_dict())
         state.started(sj, JobStatus.RUNNING)
         try:
             sj.result() if post_mortem and sys.stdin.isatty() else sj.submission().result()

@@ -88,7 +88,8 @@ def launch(
         return states
     folder = os.path.join(out, experiment, "submitit", "%j")
     if launcher == "debug":
-        run_debug(todo, states, folder, out, experiment, printer, bool(cfg.get("post_mortem", True)))
+        post_mortem, threads = bool(cfg.get("post_mortem", True)), cfg.get("threads")
+        run_debug(todo, states, folder, out, experiment, printer, post_mortem, int(threads) if threads else None)
     elif launcher == "slurm":
         submitted = submit_slurm(todo, states, folder, cfg, printer)
         save_state(out, experiment, states)

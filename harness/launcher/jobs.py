@@ -39,16 +39,18 @@ def job_failure(job) -> str:
         return errors[-1] if errors else f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
-def collect_finished(active: dict, by_name: dict[str, JobState], printer) -> list[str]:
+def collect_finished(active: dict, by_name: dict[str, JobState], printer, progress=None) -> list[str]:
     """Move finished submitit jobs out of ``active``, recording done or failed (with the log);
-    return the names of those that failed."""
+    return the names of those that failed. ``progress`` (``launcher.progress.Progress``): how far the
+    sweep has come, after each job's line."""
     failed = []
     for name, sj in list(active.items()):
         if sj.done():
             state = by_name[name]
             error = job_failure(sj)
             state.state, state.error = (JobStatus.FAILED, error) if error else (JobStatus.DONE, None)
-            printer(f"[{state.state}] {name}" + (f": {error}\n  log: {state.stderr}" if error else ""))
+            where = f"  ({progress.text()})" if progress is not None else ""
+            printer(f"[{state.state}] {name}{where}" + (f": {error}\n  log: {state.stderr}" if error else ""))
             del active[name]
             if error:
                 failed.append(name)

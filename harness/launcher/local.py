@@ -9,19 +9,22 @@ import time
 import submitit
 
 from harness.launcher.jobs import HarnessJob, collect_finished
+from harness.launcher.progress import Progress
 from harness.launcher.state import JobStatus, block_dependents, save_state
 
 
 def run_local(todo, states, folder, cfg, out, experiment, poll_s, printer) -> None:
     by_name = {s.name: s for s in states}
     max_parallel = max(1, int(cfg.get("max_parallel", 1)))
-    threads = max(1, (os.cpu_count() or 1) // max_parallel)  # the machine's cores shared among the jobs
+    # The machine's cores shared among the jobs, unless the launcher settings say how many.
+    threads = int(cfg.get("threads") or max(1, (os.cpu_count() or 1) // max_parallel))
     executor = submitit.AutoExecutor(folder=folder, cluster="local")
     executor.update_parameters(timeout_min=int(cfg.get("timeout_min", 24 * 60)))
     queue = list(todo)
     active: dict[str, object] = {}
+    progress = Progress([state for _, state in todo])
     while queue or active:
-        for name in collect_finished(active, by_name, printer):
+        for name in collect_finished(active, by_name, printer, progress):
             block_dependents(name, by_name, printer)
         for job, state in list(queue):
             if state.state == JobStatus.BLOCKED:

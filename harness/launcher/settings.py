@@ -24,8 +24,11 @@ SLURM_KEYS = {
     "additional",
     "setup",
 }
-# local: max_parallel, timeout_min; debug: post_mortem (open the debugger on a failure at a terminal)
-LOCAL_KEYS = {"max_parallel", "timeout_min", "post_mortem"}
+# local: max_parallel, timeout_min; debug: post_mortem (open the debugger on a failure at a terminal);
+# both: threads (torch's threads per job; local's default the cores shared among its parallel jobs, debug's
+# torch's own). One thread suits tiny models: two threads of small ops on a busy 2-core machine wait on
+# each other and run many times slower than one.
+LOCAL_KEYS = {"max_parallel", "timeout_min", "post_mortem", "threads"}
 
 
 def check_launcher(name: str) -> None:

@@ -19,6 +19,7 @@ import time
 import submitit
 
 from harness.launcher.jobs import HarnessJob, collect_finished, job_failure
+from harness.launcher.progress import Progress
 from harness.launcher.settings import check_slurm_keys
 from harness.launcher.state import JobState, JobStatus, block_dependents, save_state
 from harness.sweep import Job
@@ -206,8 +207,9 @@ def wait_slurm(submitted: dict, states: list[JobState], out, experiment, poll_s,
     job Slurm will never start is cancelled and reported with Slurm's reason."""
     by_name = {s.name: s for s in states}
     pending = dict(submitted)
+    progress = Progress([by_name[name] for name in submitted])
     while pending:
-        for name in collect_finished(pending, by_name, printer):
+        for name in collect_finished(pending, by_name, printer, progress):
             for state in block_dependents(name, by_name, printer):
                 if state.name in pending:
                     _cancel([pending.pop(state.name).job_id])
