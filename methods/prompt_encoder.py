@@ -41,8 +41,8 @@ exact savings (no approximation; fp32 results agree to rounding):
    elementwise pass per layer over all T rows, and only attention runs per bucket (and for the
    prefix). Separate calls would repeat each layer's weight reads per bucket, run the prefix's
    P-row products at a fraction of the machine's rate, and multiply the operator count. Inside a
-   block, QuickGELU(h) = h sigmoid(1.702 h) is computed as silu(1.702 h) / 1.702 with both scales in
-   the neighbouring matrix products (`_mlp`), one fused pass instead of three.
+   block, QuickGELU(h) = h sigmoid(1.702 h) is computed as silu(1.702 h) / 1.702 (`_mlp`): three
+   passes in backward instead of five.
 
 Memory. Sequences are encoded in chunks sized from a memory budget (`memory_budget`; `chunk_size`
 caps the sequences per call). When every bucket is one chunk, and either the step's graph fits the
@@ -136,15 +136,15 @@ QUICK_GELU_SCALE = 1.702
 
 
 def _mlp(block, x: torch.Tensor) -> torch.Tensor:
-    """block.mlp(x) for rows x [T, D]: c_fc, QuickGELU, c_proj. With QuickGELU the two scales of
-    silu(1.702 h) / 1.702 ride in the two matrix products' alpha/beta, so the activation is one fused
-    silu pass (and one in backward) instead of QuickGELU's three elementwise ops (five in backward)."""
+    """block.mlp(x) for rows x [T, D]: c_fc, QuickGELU, c_proj, with QuickGELU as silu(1.702 h) / 1.702:
+    the same passes forward, and three in backward (scale, fused silu, scale) instead of five. The
+    scales stay out of the matrix products (their alpha/beta would save the two passes, but BLAS then
+    gives results that change with the thread count, and a resumed run must repeat a run bit for bit)."""
     mlp = block.mlp
     if QuickGELU is None or type(mlp.gelu) is not QuickGELU:
         return mlp(x)
-    fc, proj = mlp.c_fc, mlp.c_proj
-    scaled = torch.addmm(fc.bias, x, fc.weight.t(), beta=QUICK_GELU_SCALE, alpha=QUICK_GELU_SCALE)
-    return torch.addmm(proj.bias, F.silu(scaled), proj.weight.t(), alpha=1 / QUICK_GELU_SCALE)
+    hidden = torch.addmm(mlp.c_fc.bias, x, mlp.c_fc.weight.t())
+    return torch.addmm(mlp.c_proj.bias, F.silu(hidden * QUICK_GELU_SCALE) / QUICK_GELU_SCALE, mlp.c_proj.weight.t())
 
 
 def _finish_block(block, x: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
