@@ -123,9 +123,16 @@ def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
     averages = {(k.split("@")[0], int(k.split("@")[1])): v for k, v in facts["seed_averages"].items()}
     seconds = facts["sweep_and_report_seconds"]
     timing = "not timed (read from a finished run)" if seconds is None else f"{seconds:.0f} s"
+    load = facts.get("load_average")
+    beside = (
+        f" (1-minute load average {load['before']:.1f} before, {load['after']:.1f} after: other processes shared "
+        "the cores)"
+        if load and max(load["before"], load["after"]) >= 0.5
+        else (" on an otherwise idle machine" if load else "")
+    )
     run = (
         f"Reference run: {m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}: the sweep and the "
-        f"report {timing}, with the tiny CLIP cached."
+        f"report {timing}{beside}, with the tiny CLIP cached."
     )
     with open(os.path.join(reference_dir, "claims.md")) as f:
         claims = f.read()
@@ -176,9 +183,11 @@ def main(argv=None) -> int:
             [sys.executable, "-m", "harness.report", "--results", out, "--out", report, "--tracking", "none"],
             check=True,
         )
-        seconds = None
+        seconds, load = None, None
     else:
+        load_before = os.getloadavg()[0]
         seconds = run_demo(out, report)
+        load = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
         start = None
     os.makedirs(REFERENCE_DIR, exist_ok=True)
     for name in sorted(os.listdir(report)):
@@ -191,6 +200,7 @@ def main(argv=None) -> int:
     facts = {
         "machine": machine(),
         "sweep_and_report_seconds": round(seconds, 1) if seconds is not None else None,
+        "load_average": load,
         "seed_averages": {f"{m}@{k}": v for (m, k), v in sorted(averages.items())},
     }
     with open(os.path.join(REFERENCE_DIR, "run.json"), "w") as f:

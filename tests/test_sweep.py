@@ -219,7 +219,7 @@ def test_demo_profile_uses_generated_data_and_the_tiny_pretrained_clip():
     assert list(sweep.narrow(demo)["methods"]) == ["zsclip", "coop", "cocoop"]
     assert list(sweep.narrow(demo, methods=["maple"])["methods"]) == ["maple"]
     assert list(sweep.narrow(sweep.load_experiment("base2new"))["methods"]) == list(demo["methods"])
-    assert demo["launcher"] == {"name": "debug", "post_mortem": False}
+    assert demo["launcher"] == {"name": "debug", "post_mortem": False, "threads": 1}
     src = demo_train["promptsrc"]
     assert src.epochs == 8 and (src.options["gpa_mean"], src.options["gpa_std"]) == (6, 1)
     assert src.options["text_loss_weight"] == 25  # the rest of the published config stays
