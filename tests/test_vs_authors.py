@@ -480,3 +480,24 @@ def test_readme_table_is_the_report(tmp_path):
         assert copy.read_text() == f.read(), (
             "README.md's vs-authors block is stale: python -m benchmarks.vs_authors readme"
         )
+
+
+def test_the_floor_uses_the_fastest_matmul_rate_probed(fake_repo, tiny_clip, tmp_path, monkeypatch):
+    """A probe that catches a busy moment must not raise the floor above what the machine does: the rate is
+    probed before each method and the fastest seen serves every line."""
+    import dataclasses
+
+    repo, commit = fake_repo
+    flops = {"train": {"text": 8e9}, "eval": {"text": 4e9}}
+    entry = dataclasses.replace(adapter(1.0, False)["coop"], floor=lambda *_: flops)
+    rates = iter([1e9, 4e9])  # the first probe (before the run) slow, the one before the method fast
+    monkeypatch.setattr(vs_authors, "matmul_throughput", lambda device: next(rates))
+    docs = tmp_path / "PROTOCOL.md"
+    docs.write_text(f"| CoOp | {REPOSITORY} @ {commit[:7]} |\n")
+    out = tmp_path / "report.md"
+    argv = ["--authors", f"coop={repo}", "--k", "5", "--eval-images", "3", "--runs", "1", "--out", str(out)]
+    assert vs_authors.main(argv, adapters={"coop": entry}, clip=tiny_clip, docs=(str(docs),)) == 0
+    report = out.read_text()
+    cells = table_row(report, "coop")
+    assert (float(cells[5]), float(cells[9])) == (2.0, 1.0)  # 8 and 4 GFLOP at 4 GFLOP/s, not at 1
+    assert "(4 GFLOP/s, the fastest of a probe before each method)" in report
