@@ -47,8 +47,9 @@ exact savings (no approximation; fp32 results agree to rounding):
 Memory. Sequences are encoded in chunks sized from a memory budget (`memory_budget`; `chunk_size`
 caps the sequences per call). When every bucket is one chunk, and either the step's graph fits the
 budget (training) or all buckets' transient memory does and the positions are few
-(`PACKED_POSITIONS_WITHOUT_GRAD`, no gradients), they run as the one packed pass of 5; otherwise the prefix keys/values are computed first (`prefix_cache`) and each chunk is
-its own pass over them. Without gradients a chunk's memory is transient (one layer at a time).
+(`PACKED_POSITIONS_WITHOUT_GRAD`, no gradients), they run as the one packed pass of 5; otherwise
+the prefix keys/values are computed first (`prefix_cache`) and each chunk is its own pass over them.
+Without gradients a chunk's memory is transient (one layer at a time).
 With gradients every chunk's activations would be kept until backward: when the whole step's
 activations (`estimate_step_memory`) exceed the budget, each chunk runs under
 ``torch.utils.checkpoint`` (recomputed during backward), so activation memory is bounded by one
