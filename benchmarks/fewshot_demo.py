@@ -124,11 +124,15 @@ def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
     seconds = facts["sweep_and_report_seconds"]
     timing = "not timed (read from a finished run)" if seconds is None else f"{seconds:.0f} s"
     load = facts.get("load_average")
+    # The run itself adds about 1 to the load average (one busy thread): "after" says little of others.
     beside = (
-        f" (1-minute load average {load['before']:.1f} before, {load['after']:.1f} after: other processes shared "
-        "the cores)"
-        if load and max(load["before"], load["after"]) >= 0.5
-        else (" on an otherwise idle machine" if load else "")
+        f" (1-minute load average {load['before']:.1f} when it started: other processes shared the cores)"
+        if load and load["before"] >= 0.8
+        else (
+            f" on an otherwise idle machine (1-minute load average {load['before']:.1f} when it started)"
+            if load
+            else ""
+        )
     )
     run = (
         f"Reference run: {m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}: the sweep and the "
