@@ -313,9 +313,14 @@ def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
 
 
 def write_readme(path: str = "README.md", reference_dir: str = REFERENCE_DIR) -> None:
+    write_blocks(path, readme_blocks(reference_dir))
+
+
+def write_blocks(path: str, blocks: dict[str, str]) -> None:
+    """Replace each ``<!-- BEGIN demo:<name> -->`` ... ``<!-- END demo:<name> -->`` block of ``path``."""
     with open(path) as f:
         text = f.read()
-    for name, body in readme_blocks(reference_dir).items():
+    for name, body in blocks.items():
         begin, end = f"<!-- BEGIN demo:{name} -->\n", f"<!-- END demo:{name} -->"
         if begin not in text:
             raise SystemExit(f"{path} has no block {begin.strip()} ... {end}")

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.demo import checks_markdown, machine
+from benchmarks.demo import checks_markdown, machine, write_blocks
 from harness import sweep
 from harness.results import read_records
 
@@ -149,16 +149,7 @@ def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
 
 
 def write_readme(path: str = "README.md", reference_dir: str = REFERENCE_DIR) -> None:
-    with open(path) as f:
-        text = f.read()
-    for name, body in readme_blocks(reference_dir).items():
-        begin, end = f"<!-- BEGIN demo:{name} -->\n", f"<!-- END demo:{name} -->"
-        if begin not in text:
-            raise SystemExit(f"{path} has no block {begin.strip()} ... {end}")
-        head, rest = text.split(begin, 1)
-        text = head + begin + body + end + rest.split(end, 1)[1]
-    with open(path, "w") as f:
-        f.write(text)
+    write_blocks(path, readme_blocks(reference_dir))
 
 
 def main(argv=None) -> int:
