@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 
+from benchmarks.readme import write_blocks
 from harness import sweep
 from harness.report.tables import harmonic
 from harness.results import read_records
@@ -170,6 +171,21 @@ def machine() -> dict:
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def cpu_gflops(threads: int = 1) -> float:
+    """This CPU's speed now, in GFLOP/s on a text-encoder-shaped matmul at ``threads`` torch threads: a
+    timing's context, since a cloud VM's speed can move by a factor of two within a day."""
+    import torch
+
+    from benchmarks.bench import matmul_throughput
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return matmul_throughput(torch.device("cpu")) / 1e9
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_demo(out: str, report_dir: str, experiment: str = "base2new", methods: list[str] | None = None) -> float:
@@ -313,21 +329,7 @@ def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
 
 
 def write_readme(path: str = "README.md", reference_dir: str = REFERENCE_DIR) -> None:
-    write_blocks(path, readme_blocks(reference_dir))
-
-
-def write_blocks(path: str, blocks: dict[str, str]) -> None:
-    """Replace each ``<!-- BEGIN demo:<name> -->`` ... ``<!-- END demo:<name> -->`` block of ``path``."""
-    with open(path) as f:
-        text = f.read()
-    for name, body in blocks.items():
-        begin, end = f"<!-- BEGIN demo:{name} -->\n", f"<!-- END demo:{name} -->"
-        if begin not in text:
-            raise SystemExit(f"{path} has no block {begin.strip()} ... {end}")
-        head, rest = text.split(begin, 1)
-        text = head + begin + body + end + rest.split(end, 1)[1]
-    with open(path, "w") as f:
-        f.write(text)
+    write_blocks(path, {f"demo:{name}": body for name, body in readme_blocks(reference_dir).items()})
 
 
 def main(argv=None) -> int:

@@ -24,7 +24,8 @@ import sys
 import tempfile
 import time
 
-from benchmarks.demo import checks_markdown, machine, write_blocks
+from benchmarks.demo import checks_markdown, cpu_gflops, machine
+from benchmarks.readme import write_blocks
 from harness import sweep
 from harness.results import read_records
 
@@ -134,9 +135,13 @@ def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
             else ""
         )
     )
+    gflops = facts.get("cpu_gflops_1thread")
+    speed = ""
+    if gflops:
+        speed = f" CPU speed at the start: {gflops:.0f} GFLOP/s at one thread (`benchmarks.demo.cpu_gflops`)."
     run = (
         f"Reference run: {m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}: the sweep and the "
-        f"report {timing}{beside}, with the tiny CLIP cached."
+        f"report {timing}{beside}, with the tiny CLIP cached.{speed}"
     )
     with open(os.path.join(reference_dir, "claims.md")) as f:
         claims = f.read()
@@ -149,7 +154,7 @@ def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
 
 
 def write_readme(path: str = "README.md", reference_dir: str = REFERENCE_DIR) -> None:
-    write_blocks(path, readme_blocks(reference_dir))
+    write_blocks(path, {f"demo:{name}": body for name, body in readme_blocks(reference_dir).items()})
 
 
 def main(argv=None) -> int:
@@ -178,9 +183,10 @@ def main(argv=None) -> int:
             [sys.executable, "-m", "harness.report", "--results", out, "--out", report, "--tracking", "none"],
             check=True,
         )
-        seconds, load = None, None
+        seconds, load, speed = None, None, None
     else:
         load_before = os.getloadavg()[0]
+        speed = round(cpu_gflops(threads=1), 1)  # the demo runs at one thread
         seconds = run_demo(out, report)
         load = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
         start = None
@@ -196,6 +202,7 @@ def main(argv=None) -> int:
         "machine": machine(),
         "sweep_and_report_seconds": round(seconds, 1) if seconds is not None else None,
         "load_average": load,
+        "cpu_gflops_1thread": speed,
         "seed_averages": {f"{m}@{k}": v for (m, k), v in sorted(averages.items())},
     }
     with open(os.path.join(REFERENCE_DIR, "run.json"), "w") as f:

@@ -19,13 +19,14 @@ import os
 import torch
 
 import methods
+from benchmarks.readme import write_blocks
 from harness import backbone
 from harness.config import default_method_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLISHED = os.path.join(ROOT, "reports", "paper", "base2new.csv")
 DEMO_TABLE1 = os.path.join(ROOT, "reports", "demo-reference", "table1_base2new.csv")
-BEGIN, END = "<!-- BEGIN methods:table -->\n", "<!-- END methods:table -->"
+BLOCK = "methods:table"
 HEADER = (
     "| method | paper | code followed | trainable parameters, ViT-B/16 | published H (11-dataset average) "
     "| our demo H |\n| --- | --- | --- | ---: | ---: | ---: |\n"
@@ -88,14 +89,7 @@ def markdown() -> str:
 
 
 def write_readme(path: str = os.path.join(ROOT, "README.md")) -> None:
-    with open(path) as f:
-        text = f.read()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path} has no block {BEGIN.strip()} ... {END}: put the two markers where the table goes.")
-    head, rest = text.split(BEGIN, 1)
-    text = head + BEGIN + markdown() + END + rest.split(END, 1)[1]
-    with open(path, "w") as f:
-        f.write(text)
+    write_blocks(path, {BLOCK: markdown()})
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ from benchmarks.bench import (
     matmul_throughput,
 )
 from benchmarks.cocoop_check import FP32_TOLERANCE, relative_error
+from benchmarks.readme import write_blocks
 from harness import backbone
 from methods.promptsrc import PROMPTSRC_TEMPLATES
 
@@ -980,16 +981,7 @@ def write_readme(report: str = REPORT, readme: str = "README.md") -> None:
         text = f.read()
     machine = next(line for line in text.splitlines() if line.startswith("Machine:"))
     body = "\n".join(line for line in text.splitlines() if line.startswith("|"))
-    block = f"{body}\n\n{machine} (`{report}`)\n"
-    with open(readme, encoding="utf-8") as f:
-        current = f.read()
-    begin, end = f"<!-- BEGIN {README_BLOCK} -->\n", f"<!-- END {README_BLOCK} -->"
-    if begin not in current or end not in current:
-        raise ValueError(f"{readme} has no {begin.strip()} ... {end} block to write the table into.")
-    head, rest = current.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    with open(readme, "w", encoding="utf-8") as f:
-        f.write(head + begin + block + end + tail)
+    write_blocks(readme, {README_BLOCK: f"{body}\n\n{machine} (`{report}`)\n"})
 
 
 # ---------------------------------------------------------------------------------------------------

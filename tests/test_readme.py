@@ -41,11 +41,11 @@ def test_methods_table_is_what_the_code_counts_and_the_papers_publish():
 
     import methods
     from benchmarks import methods_table
+    from benchmarks.readme import read_block
     from harness import backbone
     from harness.config import default_method_options
 
-    with open(os.path.join(ROOT, "README.md")) as f:
-        block = f.read().split(methods_table.BEGIN, 1)[1].split(methods_table.END, 1)[0]
+    block = read_block(os.path.join(ROOT, "README.md"), methods_table.BLOCK)
     assert block.startswith(methods_table.HEADER)
     rows = [
         [c.strip() for c in line.strip().strip("|").split("|")]
