@@ -89,8 +89,9 @@ dashboard: $(STAMP) ## W&B workspace views and report from reports/ (after make 
 status: $(STAMP) ## progress of an experiment: make status EXPERIMENT=base2new
 	$(PY) -m harness status $(or $(EXPERIMENT),base2new) $(SWEEP_ARGS)
 
-bench: $(STAMP) ## CoCoOp/CoOp speed benchmark, published vs fast path (QUICK=1: ~3 min), writes reports/bench.md
+bench: $(STAMP) ## CoCoOp/CoOp speed benchmark, published vs fast path (QUICK=1: ~3 min), writes reports/bench.md and its README rows
 	$(PY) -m benchmarks.bench $(if $(QUICK),--quick) --out reports/bench.md
+	$(PY) -m benchmarks.bench readme --out reports/bench.md
 
 bench-authors: $(STAMP) ## every method against its authors' code: make bench-authors AUTHORS="cocoop=DIR coop=DIR ..." (reports/bench-vs-authors.md)
 	$(if $(AUTHORS),,$(error make bench-authors needs AUTHORS="cocoop=/path/to/CoOp maple=/path/to/multimodal-prompt-learning ..." (git clones of the authors' repositories)))
