@@ -167,6 +167,7 @@ class MMRL(CLIPMethod):
         rep_layers: list[int] | tuple[int, ...] | None = None,
         alpha: float = 0.7,
         reg_weight: float | None = None,
+        config_reg_weight: float = DEFAULT_REG_WEIGHT,
         template: str | None = None,
         task: str = "B2N",
         subsample: str = "all",
@@ -175,7 +176,8 @@ class MMRL(CLIPMethod):
         """n_rep_tokens: K; rep_dim: the representation space's width (None: the dataset's published
         value, 512, EuroSAT 2048); rep_layers: 1-indexed blocks receiving the tokens in both towers
         (None: the published 6..12 of 12 blocks, on a CLIP of L blocks L // 2 .. L); alpha: the
-        class-token branch's weight; reg_weight: w (None: the dataset's published value, else 1.0);
+        class-token branch's weight; reg_weight: w (None: the dataset's published value, else
+        ``config_reg_weight``, the config file's REG_WEIGHT: 1.0 in vit_b16.yaml, 0.5 in vit_b16_few_shot.yaml);
         template: the text prompt (default: the dataset's); task: B2N | FS | CD, with ``subsample``
         and ``dataset`` deciding which logits are scored."""
         super().__init__(clip_model, classnames)
@@ -195,7 +197,11 @@ class MMRL(CLIPMethod):
         if "{}" not in self.template:
             raise ValueError(f"Template {self.template!r} has no '{{}}' for the class name.")
         rep_dim = rep_dim if rep_dim is not None else REP_DIMS.get(dataset, DEFAULT_REP_DIM)
-        self.reg_weight = float(reg_weight if reg_weight is not None else REG_WEIGHTS.get(dataset, DEFAULT_REG_WEIGHT))
+        # trainers/config.py's per-dataset value is merged after the config file (train.py:132), so the
+        # file's REG_WEIGHT holds only on datasets it does not list.
+        if reg_weight is None:
+            reg_weight = REG_WEIGHTS.get(dataset, config_reg_weight)
+        self.reg_weight = float(reg_weight)
         self.alpha = float(alpha)
         self.prompt_learner = MultiModalRepresentationLearner(
             clip_model, classnames, self.template, n_rep_tokens, rep_dim, layers

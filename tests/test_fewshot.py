@@ -17,8 +17,8 @@ def test_the_study_expands_to_the_published_jobs():
     jobs = sweep.expand(sweep.load_experiment("fewshot"), "/data", "/out")
     by_name = {job.name: job for job in jobs}
     assert len(by_name) == len(jobs)
-    # zero-shot: once per dataset; linear probe, CoOp, CoCoOp, PromptSRC: per dataset, shot count and seed
-    assert len(jobs) == 11 + 4 * 11 * 5 * 3
+    # zero-shot: once per dataset; linear probe, CoOp, CoCoOp, PromptSRC, MMRL: per dataset, shot count and seed
+    assert len(jobs) == 11 + 5 * 11 * 5 * 3
     assert all(job.targets() == [(job.spec.dataset, "all")] for job in jobs)  # the whole test set
     assert all(job.spec.subsample == "all" for job in jobs)
     coop = {(j.spec.dataset, j.spec.shots): j.spec for j in jobs if j.spec.method == "coop" and j.spec.seed == 1}
@@ -34,6 +34,11 @@ def test_the_study_expands_to_the_published_jobs():
     src = {(j.spec.dataset, j.spec.shots): j.spec for j in jobs if j.spec.method == "promptsrc" and j.spec.seed == 1}
     assert src["eurosat", 1].options["gpa_mean"] == 45 and src["food101", 16].options["gpa_mean"] == 30
     assert src["food101", 16].epochs == 50 and src["food101", 16].lr == 0.0025
+    # MMRL's few_shot.sh: vit_b16_few_shot (50 epochs, batch 32), ImageNet's own config (5 epochs), TASK FS
+    mmrl = {(j.spec.dataset, j.spec.shots): j.spec for j in jobs if j.spec.method == "mmrl" and j.spec.seed == 1}
+    assert [mmrl["dtd", k].epochs for k in SHOTS] == [50] * 5 and mmrl["imagenet", 4].epochs == 5
+    assert {(s.batch_size, s.lr, s.optimizer, s.options["task"]) for s in mmrl.values()} == {(32, 0.001, "adamw", "FS")}
+    assert mmrl["dtd", 1].options["config_reg_weight"] == 0.5 and "reg_weight" not in mmrl["dtd", 1].options
     # Job names and training folders tell shot counts apart.
     assert "fewshot/coop/dtd/4shot/seed2/train" in by_name
     assert len({j.spec.output_dir for j in jobs}) == len(jobs)

@@ -181,6 +181,9 @@ def test_per_dataset_settings_and_the_template(clip):
     cd = build(clip, dataset="imagenet", reg_weight=0.2, rep_dim=512, task="CD", subsample="all")
     assert cd.reg_weight == 0.2 and cd.fusion
     assert build(clip, dataset="dtd").template == "{} texture."
+    # The few-shot config's REG_WEIGHT 0.5 holds only where trainers/config.py lists no value (train.py:132).
+    assert build(clip, dataset="miniworld_dusk", config_reg_weight=0.5, task="FS").reg_weight == 0.5
+    assert build(clip, dataset="eurosat", config_reg_weight=0.5, task="FS").reg_weight == 0.01
 
 
 def authors_state(model, clip):
