@@ -10,7 +10,8 @@ method variants, each pointing at a published method config:
     seeds: [1, 2, 3]
     methods:
       coop: {config: coop/vit_b16_ctxv1, per_dataset: {imagenet: coop/vit_b16_ep50_ctxv1}}
-      # fewshot: per_shots, K -> a config or {config, run} (per_dataset wins over per_shots over config)
+      # fewshot: per_shots, K -> a config or {config, run} (per_dataset wins over per_shots over config);
+      # a per_dataset entry may be {per_shots: {...}}: that dataset's own configs per K (ProGrad's lambda)
     run: {num_workers: 8}       # run keys for every job
     profiles: {demo: {...}}     # named sets of overrides (the demo profile runs on generated data)
     default_methods: [coop]     # what runs without --methods (a profile's quick subset; default: all)
@@ -158,6 +159,16 @@ PER_JOB_KEYS = {
 }
 
 
+def shots_entry(method_cfg: dict, shots: int, config_name: str | None, run: dict) -> tuple[str | None, dict]:
+    """(config, run keys) at ``shots`` from ``method_cfg``'s per_shots (K -> a config name, or
+    {config: ..., run: {...}}); what was given when it has no entry for K."""
+    entry = (method_cfg.get("per_shots") or {}).get(shots)
+    if entry is None:
+        return config_name, run
+    entry = entry if isinstance(entry, dict) else {"config": entry}
+    return entry.get("config", config_name), dict(entry.get("run") or {})
+
+
 def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = None) -> list[Job]:
     """All jobs of an experiment, in dependency order; ``overrides`` (the command line's run keys)
     win over everything the experiment and method configs say."""
@@ -215,11 +226,17 @@ def expand(experiment: dict, data_root: str, out: str, overrides: dict | None = 
         for dataset, train_subsample, train_evals, other_evals, shots in plan:
             config_name, shots_run = method_cfg.get("config"), {}
             if shots is not None:
-                # per_shots: K -> a config name, or {config: ..., run: {...}} (run keys for that K)
-                entry = (method_cfg.get("per_shots") or {}).get(shots, config_name)
-                entry = entry if isinstance(entry, dict) else {"config": entry}
-                config_name, shots_run = entry.get("config", config_name), dict(entry.get("run") or {})
-            config_name = (method_cfg.get("per_dataset") or {}).get(dataset, config_name)
+                config_name, shots_run = shots_entry(method_cfg, shots, config_name, shots_run)
+            dataset_entry = (method_cfg.get("per_dataset") or {}).get(dataset, config_name)
+            if isinstance(dataset_entry, dict):  # {per_shots: ...}: this dataset's own configs per shot count
+                if set(dataset_entry) != {"per_shots"} or shots is None:
+                    raise ConfigError(
+                        f"Experiment {name!r}, method {variant!r}: per_dataset.{dataset} must be a config name, "
+                        f"or {{per_shots: {{K: config}}}} in a few-shot study; got {dataset_entry!r}."
+                    )
+                config_name, shots_run = shots_entry(dataset_entry, shots, config_name, shots_run)
+            else:
+                config_name = dataset_entry
             values = {**common, **(method_cfg.get("run") or {}), **shots_run, "config": config_name or ""}
             if shots is not None:
                 values["shots"] = shots

@@ -17,8 +17,8 @@ def test_the_study_expands_to_the_published_jobs():
     jobs = sweep.expand(sweep.load_experiment("fewshot"), "/data", "/out")
     by_name = {job.name: job for job in jobs}
     assert len(by_name) == len(jobs)
-    # zero-shot: once per dataset; linear probe, CoOp, CoCoOp, PromptSRC, MMRL: per dataset, shot count and seed
-    assert len(jobs) == 11 + 5 * 11 * 5 * 3
+    # zero-shot: once per dataset; linear probe, CoOp, CoCoOp, PromptSRC, MMRL, ProGrad: per dataset, K and seed
+    assert len(jobs) == 11 + 6 * 11 * 5 * 3
     assert all(job.targets() == [(job.spec.dataset, "all")] for job in jobs)  # the whole test set
     assert all(job.spec.subsample == "all" for job in jobs)
     coop = {(j.spec.dataset, j.spec.shots): j.spec for j in jobs if j.spec.method == "coop" and j.spec.seed == 1}
@@ -39,9 +39,26 @@ def test_the_study_expands_to_the_published_jobs():
     assert [mmrl["dtd", k].epochs for k in SHOTS] == [50] * 5 and mmrl["imagenet", 4].epochs == 5
     assert {(s.batch_size, s.lr, s.optimizer, s.options["task"]) for s in mmrl.values()} == {(32, 0.001, "adamw", "FS")}
     assert mmrl["dtd", 1].options["config_reg_weight"] == 0.5 and "reg_weight" not in mmrl["dtd", 1].options
+    # ProGrad's README:54-58: CoOp's epochs per K, lambda 1.0, but 0.8 at 8 and 16 shots on three datasets (:52)
+    grad = {(j.spec.dataset, j.spec.shots): j.spec for j in jobs if j.spec.method == "prograd" and j.spec.seed == 1}
+    for dataset in ("dtd", "caltech101", "imagenet", "eurosat", "oxford_flowers"):
+        assert [grad[dataset, k].epochs for k in SHOTS] == [50, 100, 100, 200, 200]
+    lambdas = {d: [grad[d, k].options["prograd_lambda"] for k in SHOTS] for d in ("dtd", "eurosat", "caltech101")}
+    assert lambdas == {"dtd": [1.0] * 3 + [0.8] * 2, "eurosat": [1.0] * 3 + [0.8] * 2, "caltech101": [1.0] * 5}
+    assert grad["oxford_flowers", 16].options["prograd_lambda"] == 0.8
+    assert grad["oxford_pets", 16].options["prograd_lambda"] == 1.0
     # Job names and training folders tell shot counts apart.
     assert "fewshot/coop/dtd/4shot/seed2/train" in by_name
     assert len({j.spec.output_dir for j in jobs}) == len(jobs)
+
+
+def test_a_dataset_own_configs_per_shot_count_are_checked():
+    bad = {"methods": {"prograd": {"per_dataset": {"dtd": {"per_shot": {8: "prograd/vit_b16"}}}}}}
+    with pytest.raises(ConfigError, match=r"per_dataset.dtd must be a config name, or \{per_shots"):
+        sweep.expand(sweep.load_experiment("fewshot", overrides=bad), "/data", "/out")
+    in_base2new = {"methods": {"coop": {"per_dataset": {"dtd": {"per_shots": {8: "coop/vit_b16"}}}}}}
+    with pytest.raises(ConfigError, match="in a few-shot study"):
+        sweep.expand(sweep.load_experiment("base2new", overrides=in_base2new), "/data", "/out")
 
 
 def test_linear_probe_is_not_in_base_to_new_and_cannot_be_put_there():
