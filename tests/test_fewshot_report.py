@@ -157,3 +157,39 @@ def test_the_dashboard_view_of_the_study_shows_its_tables_and_accuracy_against_s
     shots = view.sections[names.index("accuracy against shots")].panels
     assert [(p.x.name, p.y.name) for p in shots] == [("shots", tracking.eval_key(d, "all")) for d in DATASETS]
     assert view.runset_settings.filters == "Config('experiment') = 'fewshot'"
+
+
+def test_a_rerun_at_other_settings_is_named_in_its_shot_count_table_only(tmp_path):
+    """CoOp on both datasets at 1 and 4 shots, 10 epochs; then mini_a at 4 shots re-run at 2 epochs. The
+    4-shot table shows the re-run's numbers, names the superseded run, marks its Average § (mini_b still at
+    10 epochs) and compares it with no paper value; the 1-shot table, untouched, says none of it."""
+    from harness.fingerprint import fingerprint_of
+
+    def settled(method, dataset, shots, seed, accuracy, epochs, timestamp):
+        r = record(method, dataset, shots, seed, accuracy)
+        r["settings"] = {"method": method, "dataset": dataset, "shots": shots, "epochs": epochs, "seed": seed}
+        r.update(fingerprint=fingerprint_of(r["settings"]), epochs=epochs, timestamp=timestamp)
+        return r
+
+    first = "2024-01-01T00:00:00"
+    recs = [
+        settled("coop", d, k, s, accuracy_of("coop", d, k, s), 10, first)
+        for d in DATASETS
+        for k in SHOTS
+        for s in SEEDS
+    ]
+    recs += [settled("coop", "mini_a", 4, s, 11.0 + s, 2, "2024-01-02T00:00:00") for s in SEEDS]
+    report = build_report(recs, out_dir=str(tmp_path / "report"), with_paper=False)
+    four, one = (report["tables"][f"fewshot_{k}shot"]["table"] for k in (4, 1))
+    (group,) = four.groups
+    assert four.cell("mini_a", group, "acc").mean == pytest.approx(13.0)  # the re-run's seeds only
+    assert "§(mixed settings)" in four.cell("average", group, "acc").note
+    (superseded,) = [n for n in four.notes if n.startswith("Superseded")]
+    assert "3 record(s) of coop" in superseded and "epochs 10" in superseded and "the newer epochs 2" in superseded
+    (mixed,) = [n for n in four.notes if n.startswith("§")]
+    assert "mini_a was re-run with epochs 2" in mixed and "mini_b still at epochs 10" in mixed
+    assert not [n for n in one.notes if n.startswith(("Superseded", "§"))]
+    assert "§" not in one.cell("average", one.groups[0], "acc").note
+    text = (tmp_path / "report" / "fewshot_4shot.md").read_text()
+    assert "| Dataset | CoOp Accuracy |" in text  # the method named, though it is the table's only one
+    assert "Superseded: 3 record(s) of coop" in text

@@ -178,7 +178,7 @@ def build_tables(
         if not table.empty:
             table.notes += variants.table_notes(table, records, superseded)
             table.notes += variants.mark_mixed_averages(table, records, superseded)
-    tables.update({table.key: table for table in fewshot_tables(ctx).values()})  # fewshot_<K>shot
+    tables.update({table.key: table for table in fewshot_tables(ctx, superseded).values()})  # fewshot_<K>shot
     return tables
 
 

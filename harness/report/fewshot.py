@@ -14,6 +14,7 @@ the configs that change with the shot count (CoOp's 50 / 100 / 200 epochs) are o
 
 from __future__ import annotations
 
+from harness.report import variants
 from harness.report.figures import _figure, _save, color
 from harness.report.tables import (
     AVERAGE,
@@ -81,8 +82,21 @@ def shot_counts(recs: list[dict]) -> list[int]:
     return sorted({int(r["shots"]) for r in recs if not is_zero_shot(r)})
 
 
-def fewshot_tables(ctx: Context) -> dict[int, Table]:
-    """{K: the K-shot table}: datasets and their average, a column per method (zero-shot CLIP too)."""
+def notes(table: Table, shots: int, recs: list[dict], superseded: list) -> list[str]:
+    """The K-shot table's notes, as the paper's tables have them (``variants``): the settings of its
+    records, the settings runs a re-run superseded and an Average mixing settings marked, all scoped to
+    K shots (and zero-shot CLIP, in every table): another shot count's re-run is not this table's."""
+    mine = [r for r in recs if is_zero_shot(r) or int(r["shots"]) == shots]
+    experiments = {r.get("experiment") for r in recs}
+    theirs = [s for s in superseded if s.family[0] in experiments and (s.family[3] is None or s.family[5] == shots)]
+    return variants.table_notes(table, mine, theirs) + variants.mark_mixed_averages(
+        table, mine, theirs, same_column=lambda g, s: _group_key({"method": s.method, "backbone": s.family[6]}) == g.key
+    )
+
+
+def fewshot_tables(ctx: Context, superseded: list | None = None) -> dict[int, Table]:
+    """{K: the K-shot table}: datasets and their average, a column per method (zero-shot CLIP too);
+    ``superseded``: the settings runs the report left out (``variants.select``), named in the notes."""
     recs = fewshot_records(ctx)
     tables = {}
     datasets = ordered_datasets({r["dataset"] for r in recs}, PAPER_DATASETS)
@@ -111,6 +125,7 @@ def fewshot_tables(ctx: Context) -> dict[int, Table]:
                 len(PAPER_DATASETS) if universe else None,
                 paper=paper if universe else None,
             )
+        table.notes += notes(table, shots, recs, superseded or [])
         tables[shots] = table
     return tables
 

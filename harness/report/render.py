@@ -28,10 +28,9 @@ def _text(table: Table, row, col) -> str:
     return {"ours": cell.text, "paper": cell.paper_text, "delta": cell.delta_text}[what]()
 
 
-def _header(col, single_group: bool) -> str:
-    g, _, label, what = col
-    head = label if single_group else f"{g.label} {label}"
-    return head + {"ours": "", "paper": " (paper)", "delta": " Δ"}[what]
+def _header(col) -> str:
+    g, _, label, what = col  # the method named even when it is the table's only one
+    return f"{g.label} {label}" + {"ours": "", "paper": " (paper)", "delta": " Δ"}[what]
 
 
 def display_frame(table: Table, with_paper: bool = True):
@@ -39,10 +38,9 @@ def display_frame(table: Table, with_paper: bool = True):
     import pandas as pd
 
     cols = columns(table, with_paper)
-    single = len(table.groups) == 1
     data = {table.row_header: [label for _, label in table.rows]}
     for col in cols:
-        data[_header(col, single)] = [_text(table, r, col) for r, _ in table.rows]
+        data[_header(col)] = [_text(table, r, col) for r, _ in table.rows]
     return pd.DataFrame(data)
 
 

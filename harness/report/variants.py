@@ -145,7 +145,7 @@ def table_notes(table, records: list[dict], superseded: list[Superseded]) -> lis
 
     epochs = {}
     for r in mine:
-        if r.get("train_dataset") is not None:
+        if r.get("train_dataset") is not None and r.get("epochs"):  # the linear probe fits, with no epochs
             epochs.setdefault(method_label(r["method"]), set()).add(r.get("epochs"))
     per_method = "; ".join(f"{m} {', '.join(map(str, sorted(e, key=str)))}" for m, e in epochs.items())
     notes = [
@@ -196,11 +196,19 @@ def mixed_reruns(records: list[dict], superseded: list[Superseded]) -> list[tupl
     return out
 
 
-def mark_mixed_averages(table, records: list[dict], superseded: list[Superseded]) -> list[str]:
+def _method_and_config(group, s: Superseded) -> bool:
+    v = group.key[1] if isinstance(group.key[1], tuple) else group.key  # (experiment, variant) or variant
+    return (group.method, v[1]) == s.family[1:3]
+
+
+def mark_mixed_averages(table, records: list[dict], superseded: list[Superseded], same_column=None) -> list[str]:
     """Mark ``§(mixed settings)`` on each Average of a column whose datasets come from settings runs a
-    re-run left apart (``mixed_reruns``); no paper value is compared with it. Returns the table's notes."""
+    re-run left apart (``mixed_reruns``); no paper value is compared with it. Returns the table's notes.
+    same_column(group, superseded): whether the run is one of that column group's (default: its method
+    and config, as the paper's tables group them)."""
     from harness.report.tables import AVERAGE
 
+    same_column = same_column or _method_and_config
     notes = []
     rows = {key for key, _ in table.rows}
     for s, changed, behind in mixed_reruns(records, superseded):
@@ -209,8 +217,7 @@ def mark_mixed_averages(table, records: list[dict], superseded: list[Superseded]
             continue
         marked = False
         for group in table.groups:
-            v = group.key[1] if isinstance(group.key[1], tuple) else group.key  # (experiment, variant) or variant
-            if (group.method, v[1]) != s.family[1:3]:
+            if not same_column(group, s):
                 continue
             for (row, gkey, _metric), cell in table.cells.items():
                 if row == AVERAGE and gkey == group.key and "§" not in cell.note:
