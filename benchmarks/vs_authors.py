@@ -445,15 +445,42 @@ def checkout_commit(directory: str) -> str | None:
     return out.stdout.strip() or None
 
 
-def commit_warning(repository: str, held: str | None, documented: str | None) -> str:
-    """'' when the checkout holds the commit docs/ was read at; else what differs."""
+DOCUMENTATION = (".md", ".rst", ".txt", ".bib", ".png", ".jpg", ".jpeg", ".gif", ".pdf")
+
+
+def changed_files(directory: str, old: str, new: str) -> list[str] | None:
+    """The files that differ between two commits of the checkout ``directory``; None when git cannot
+    tell (a commit the checkout does not hold)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", directory, "diff", "--name-only", old, new],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.split()
+
+
+def commit_warning(repository: str, held: str | None, documented: str | None, checkout: str | None = None) -> str:
+    """'' when the checkout holds the commit docs/ was read at; else what differs (with ``checkout``:
+    whether only documentation files do, so that the reader knows the code timed is the code read)."""
     if held is None:
         return f"the checkout of {repository} is not a git checkout: its commit is unknown"
     if documented is None:
         return f"docs/ names no commit for {repository}: the figures are for {held[:7]}"
-    if not held.startswith(documented):
-        return f"the checkout holds {held[:7]}, docs/ was read at {documented[:7]}"
-    return ""
+    if held.startswith(documented):
+        return ""
+    warning = f"the checkout holds {held[:7]}, docs/ was read at {documented[:7]}"
+    changed = changed_files(checkout, documented, held) if checkout else None
+    if changed is None:
+        return warning
+    if all(name.lower().endswith(DOCUMENTATION) for name in changed):
+        return f"{warning} (they differ only in documentation: {', '.join(changed) or 'nothing'}; the code is the same)"
+    code = [name for name in changed if not name.lower().endswith(DOCUMENTATION)]
+    return f"{warning} (code differs: {', '.join(code[:5])}{' ...' if len(code) > 5 else ''})"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -810,7 +837,7 @@ def compare_method(
 ) -> Line:
     line = Line(entry.method, entry.repository)
     line.commit, line.documented = checkout_commit(checkout), documented_commit(entry.repository, docs)
-    line.warning = commit_warning(entry.repository, line.commit, line.documented)
+    line.warning = commit_warning(entry.repository, line.commit, line.documented, checkout)
     if line.warning:
         log(f"WARNING ({entry.method}): {line.warning}")
     names = class_names(settings.k) if settings.k > 0 else []

@@ -413,6 +413,33 @@ def test_scored_logits_read_from_several_outputs_and_the_eval_cache_cleared(fake
     assert rc == 1 and table_row(report, "coop")[10].startswith("MISMATCH: coop eval logits")
 
 
+def test_a_commit_mismatch_says_whether_the_code_differs(tmp_path):
+    """The checkout at another commit than docs/ names: the warning says whether only documentation
+    changed in between (the code timed is the code read) or which code files did."""
+    repo = tmp_path / "repo"
+    (repo / "trainers").mkdir(parents=True)
+    (repo / "trainers" / "m.py").write_text("x = 1\n")
+    (repo / "README.md").write_text("v1\n")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "read")
+    read = git(repo, "rev-parse", "HEAD")
+    (repo / "README.md").write_text("v2\n")
+    git(repo, "commit", "-qam", "docs")
+    docs_only = git(repo, "rev-parse", "HEAD")
+    (repo / "trainers" / "m.py").write_text("x = 2\n")
+    git(repo, "commit", "-qam", "code")
+    code = git(repo, "rev-parse", "HEAD")
+    warning = vs_authors.commit_warning(REPOSITORY, docs_only, read[:7], str(repo))
+    assert warning.endswith("(they differ only in documentation: README.md; the code is the same)")
+    warning = vs_authors.commit_warning(REPOSITORY, code, read[:7], str(repo))
+    assert warning.endswith("(code differs: trainers/m.py)")
+    # a commit the checkout does not hold: the plain warning
+    assert vs_authors.commit_warning(REPOSITORY, code, "abcdef0", str(repo)) == (
+        f"the checkout holds {code[:7]}, docs/ was read at abcdef0"
+    )
+
+
 def test_commits_read_from_the_checkout_and_from_docs(fake_repo, tmp_path):
     repo, commit = fake_repo
     docs = tmp_path / "PROTOCOL.md"
