@@ -89,9 +89,9 @@ def notes(table: Table, shots: int, recs: list[dict], superseded: list) -> list[
     mine = [r for r in recs if is_zero_shot(r) or int(r["shots"]) == shots]
     experiments = {r.get("experiment") for r in recs}
     theirs = [s for s in superseded if s.family[0] in experiments and (s.family[3] is None or s.family[5] == shots)]
-    return variants.table_notes(table, mine, theirs) + variants.mark_mixed_averages(
-        table, mine, theirs, same_column=lambda g, s: _group_key({"method": s.method, "backbone": s.family[6]}) == g.key
-    )
+    # a few-shot column is (method, backbone), whatever config each shot count uses (see _group_key)
+    same_column = lambda group, run: group.key == (run.method, run.family[6])  # noqa: E731
+    return variants.table_notes(table, mine, theirs) + variants.mark_mixed_averages(table, mine, theirs, same_column)
 
 
 def fewshot_tables(ctx: Context, superseded: list | None = None) -> dict[int, Table]:
