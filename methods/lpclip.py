@@ -140,8 +140,8 @@ def linear_probe(
 ) -> dict:
     """The published linear probe for one (shots, seed): ``{"test_acc": percent, "C": float}``.
 
-    Arrays in split order: features [N, E] (float64 holding float32 values, as the authors' npz files),
-    integer labels [N].
+    Arrays in split order: features [N, E] (float64, as the authors' npz files, which hold fp16 values: their
+    extractor runs CLIP on CUDA, where it stays fp16, PROTOCOL.md 20.2), integer labels [N].
     """
     C, classifier, _ = fit_fewshot(
         train_features, train_labels, val_features, val_labels, shots=shots, seed=seed, steps=steps
