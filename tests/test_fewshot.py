@@ -11,14 +11,18 @@ from harness.config import ConfigError
 from harness.launcher import launch
 
 SHOTS = [1, 2, 4, 8, 16]
+DATASETS = [
+    "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
+    "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
+]  # fmt: skip
 
 
 def test_the_study_expands_to_the_published_jobs():
     jobs = sweep.expand(sweep.load_experiment("fewshot"), "/data", "/out")
     by_name = {job.name: job for job in jobs}
     assert len(by_name) == len(jobs)
-    # zero-shot: once per dataset; linear probe, CoOp, CoCoOp, PromptSRC, MMRL, ProGrad: per dataset, K and seed
-    assert len(jobs) == 11 + 6 * 11 * 5 * 3
+    # zero-shot: once per dataset; linear probe, CoOp, CoCoOp, KgCoOp, PromptSRC, MMRL, ProGrad: per dataset, K, seed
+    assert len(jobs) == 11 + 7 * 11 * 5 * 3
     assert all(job.targets() == [(job.spec.dataset, "all")] for job in jobs)  # the whole test set
     assert all(job.spec.subsample == "all" for job in jobs)
     coop = {(j.spec.dataset, j.spec.shots): j.spec for j in jobs if j.spec.method == "coop" and j.spec.seed == 1}
@@ -50,6 +54,22 @@ def test_the_study_expands_to_the_published_jobs():
     # Job names and training folders tell shot counts apart.
     assert "fewshot/coop/dtd/4shot/seed2/train" in by_name
     assert len({j.spec.output_dir for j in jobs}) == len(jobs)
+
+
+def test_kgcoop_runs_its_published_four_shot_setting_and_the_same_at_other_shot_counts():
+    """KgCoOp's scripts/xd_train.sh: 4 shots on all classes of the 11 datasets, seeds 1-3,
+    vit_b16_ep100_ctxv1 (100 epochs, batch 128, lr 0.002), 4 context tokens, W 8.0 (PROTOCOL.md 20.6);
+    the study's declared choice runs the same setting at the other shot counts."""
+    jobs = [j for j in sweep.expand(sweep.load_experiment("fewshot"), "/data", "/out") if j.spec.method == "kgcoop"]
+    at_four = [j.spec for j in jobs if j.spec.shots == 4]
+    assert sorted((s.dataset, s.seed) for s in at_four) == sorted((d, seed) for d in DATASETS for seed in (1, 2, 3))
+    for spec in at_four:
+        assert spec.config == "kgcoop/vit_b16_ep100_ctxv1" and spec.subsample == "all"
+        assert (spec.epochs, spec.batch_size, spec.lr, spec.backbone) == (100, 128, 0.002, "ViT-B/16")
+        assert spec.options == {"n_ctx": 4, "ctx_init": "a photo of a", "kg_weight": 8.0}
+        assert spec.evaluate == [{"dataset": spec.dataset, "subsample": "all"}]  # its own whole test set
+    settings = {(s.config, s.epochs, s.batch_size, tuple(sorted(s.options.items()))) for s in (j.spec for j in jobs)}
+    assert sorted({j.spec.shots for j in jobs}) == SHOTS and len(settings) == 1
 
 
 def test_prograd_trains_imagenet_for_fifty_epochs_at_every_shot_count():
@@ -116,6 +136,11 @@ def test_the_demo_profile_runs_on_generated_data_with_shortened_schedules():
     coop = {j.spec.shots: j.spec.epochs for j in jobs if j.spec.method == "coop"}
     assert coop == {1: 10, 2: 20, 4: 20, 8: 20, 16: 20}
     assert {j.spec.dataset for j in jobs} == {"miniworld_dusk_fs", "miniworld_stage_fs", "miniworld_sea_fs"}
+    # KgCoOp on the demo (METHODS=kgcoop): a fifth of its 100 epochs at every K, 3 datasets x 5 K x 3 seeds
+    demo_kgcoop = sweep.expand(
+        sweep.narrow(sweep.load_experiment("fewshot", profile="demo"), methods=["kgcoop"]), "/d", "/o"
+    )
+    assert len(demo_kgcoop) == 45 and {j.spec.epochs for j in demo_kgcoop} == {20}
 
 
 @pytest.mark.slow
