@@ -52,14 +52,14 @@ def _per_experiment_groups(recs: list[dict]) -> list[Group]:
     keys = list(dict.fromkeys((r.get("experiment"), variant(r)) for r in recs))
     keys.sort(key=lambda k: (_experiment_rank(k[0]), method_rank(k[1][0]), str(k[1])))
     labels = group_labels(keys, lambda k: k[1][0], lambda k: [str(k[0])] + variant_parts(k[1]))
-    return [Group(k, labels[k], k[1][0]) for k in keys]
+    return [Group(k, labels[k], k[1][0], k[1][2]) for k in keys]
 
 
 def _variant_groups(recs: list[dict]) -> list[Group]:
     keys = list(dict.fromkeys(variant(r) for r in recs))
     keys.sort(key=lambda k: (method_rank(k[0]), str(k)))
     labels = group_labels(keys, lambda k: k[0], variant_parts)
-    return [Group(k, labels[k], k[0]) for k in keys]
+    return [Group(k, labels[k], k[0], k[2]) for k in keys]
 
 
 def _unique_labels(variants: list[tuple], name) -> dict:
@@ -432,7 +432,7 @@ def _ablation(ctx: Gate, which: str) -> Table:
             f"{method_label(v[0])} " + ((f"“{v[5]}”" if v[5] else "random") if which == "fig4a" else f"ctx {v[4]}")
         ),
     )
-    t.groups = [Group(v, names[v], v[0]) for v in chosen]
+    t.groups = [Group(v, names[v], v[0], v[2]) for v in chosen]
     recs = [r for r in recs if variant(r) in set(chosen)]
     t.notes = ["Prompts learned on base classes, seeds averaged per dataset; the figure shows the Average row."]
     return _base_new_table(ctx, t, recs, False, None)

@@ -65,7 +65,7 @@ def _groups(recs: list[dict]) -> list[Group]:
         extra = ([str(key[1])] if len(backbones) > 1 else []) + ([key[2]] if key[2] else [])
         return method_label(key[0]) + (f" ({', '.join(extra)})" if extra else "")
 
-    return [Group(k, label(k), k[0]) for k in keys]
+    return [Group(k, label(k), k[0], k[1]) for k in keys]
 
 
 def _paper_ref(row, group, metric):

@@ -550,3 +550,20 @@ def same_datasets(points: list[tuple]) -> list[list[tuple]]:
         else:
             segments.append([(x, cell)])
     return segments
+
+
+def pair(groups: list[Group], first: str, second: str) -> tuple[Group | None, Group | None]:
+    """The first column groups of two methods on one backbone: a figure never subtracts across backbones."""
+    for a in (g for g in groups if g.method == first):
+        b = next((g for g in groups if g.method == second and g.backbone == a.backbone), None)
+        if b is not None:
+            return a, b
+    return None, None
+
+
+def comparable_averages(table: Table, groups: list[Group], metric: str) -> list[Group]:
+    """Of ``groups``, those whose Average is over the widest dataset set among them: a figure sets side by
+    side only Averages over the same datasets."""
+    sets = {g.key: (table.cell(AVERAGE, g, metric) or Cell(None)).datasets for g in groups}
+    widest = max(sets.values(), key=len, default=())
+    return [g for g in groups if sets[g.key] and sets[g.key] == widest]

@@ -164,6 +164,7 @@ class Group:
     key: tuple
     label: str
     method: str
+    backbone: str | None = None  # its records' (a figure compares two methods only on one backbone)
 
 
 @dataclass
