@@ -78,24 +78,13 @@ def _group_key(r: dict, per_experiment: bool) -> tuple:
     return (r.get("experiment"), variant(r)) if per_experiment else variant(r)
 
 
-def _no_records_for(table: Table, known: tuple, datasets: list[str], what: str = "") -> None:
-    """List the paper's datasets without records, when the records are of the paper's datasets at all
-    (a demo on generated data is not 'missing' ImageNet)."""
-    name = table.title.split(":")[0]
-    if not any(d in known for d in datasets):
-        return
-    for d in known:
-        if d not in datasets:
-            table.missing.append(f"{name}: no records for {d}{what}")
-
-
 def _base_new_table(ctx: Gate, table: Table, recs: list[dict], per_experiment: bool, paper) -> Table:
     groups = table.groups or (_per_experiment_groups(recs) if per_experiment else _variant_groups(recs))
     # Rows: the datasets with records and those the experiment expects (a short sweep is marked, not hidden).
     datasets = ctx.datasets(recs, PAPER_DATASETS)
     table.groups = groups
     table.rows = [(d, dataset_label(d)) for d in datasets] + [(AVERAGE, "Average")]
-    _no_records_for(table, PAPER_DATASETS, datasets)
+    ctx.absent(table, PAPER_DATASETS, datasets)
     for g in groups:
         mine = [r for r in recs if _group_key(r, per_experiment) == g.key]
         for d in datasets:
@@ -105,18 +94,7 @@ def _base_new_table(ctx: Gate, table: Table, recs: list[dict], per_experiment: b
                 table.missing.append(f"{table.title.split(':')[0]}: {g.label} has no records for {d}")
                 continue
             ctx.add_base_new(table, g, d, base, new, paper)
-        universe = [d for d in datasets if d in PAPER_DATASETS]
-        total = len(PAPER_DATASETS) if universe else None
-        # The paper's averages are over its datasets: no comparison for an average of other data.
-        ctx.average(
-            table,
-            g,
-            ["base", "new", "h"],
-            universe or datasets,
-            total,
-            derived_h=True,
-            paper=paper if universe else None,
-        )
+        ctx.average(table, g, ["base", "new", "h"], datasets, PAPER_DATASETS, derived_h=True, paper=paper)
     return table
 
 
@@ -180,23 +158,22 @@ def _transfer_table(ctx: Gate, t: Table, own: str, partner: str, known_targets: 
         t.missing.append(f"{name}: prompts learned on several sources ({', '.join(sources)}); showing {sources[0]}")
     source = sources[0] if sources else None
     recs = [r for r in recs if is_zero_shot(r) or r.get("train_dataset") == source]
+    targets = set(ctx.datasets(recs, known_targets)) - {source}  # those run and those the experiment expects
     recs += [r for r in shared if r["dataset"] == source and (is_zero_shot(r) or r.get("train_dataset") == source)]
     label = dataset_label(source) if source else "the source"
     t.title = t.title.format(source=label)
     t.notes = [note.format(source=label, shots=_shots(recs)) for note in t.notes]
     if not recs:
         return t
-    targets = ordered_datasets({r["dataset"] for r in recs} - {source}, known_targets)
+    targets = ordered_datasets(targets, known_targets)
     t.source = source
     t.groups = _variant_groups(recs)
     t.rows = ([(source, f"{label} (source)")] if source else []) + [(d, dataset_label(d)) for d in targets]
     t.rows.append((AVERAGE, "Average"))
-    _no_records_for(t, known_targets, targets)
+    ctx.absent(t, known_targets, targets)
     _single_metric(ctx, t, recs, [row for row, _ in t.rows[:-1]], False, paper)
-    paper_targets = [d for d in targets if d in known_targets]
-    for g in t.groups:  # the paper's average is over its targets: no comparison for an average of others
-        total = len(known_targets) if paper_targets else None
-        ctx.average(t, g, ["acc"], paper_targets or targets, total, paper=paper if paper_targets else None)
+    for g in t.groups:  # the Average is over the targets, the source excluded
+        ctx.average(t, g, ["acc"], targets, known_targets, paper=paper)
     return t
 
 
@@ -268,25 +245,17 @@ def table4(ctx: Gate) -> Table:
     if not recs:
         t.missing.append("Table 4: no class-incremental records")
         return t
-    datasets = ordered_datasets({r["dataset"] for r in recs}, PAPER_DATASETS)
+    datasets = ctx.datasets(recs, PAPER_DATASETS)
     t.groups = _per_experiment_groups(recs)
     t.rows = [(d, dataset_label(d)) for d in datasets] + [(AVERAGE, "Average")]
-    _no_records_for(t, PAPER_DATASETS, datasets)
+    ctx.absent(t, PAPER_DATASETS, datasets)
 
     def paper(row, g, metric):
         return ("class_incremental", {"method": g.method}, "accuracy") if row == AVERAGE else None
 
     _single_metric(ctx, t, recs, datasets, True, paper)
-    universe = [d for d in datasets if d in PAPER_DATASETS]
     for g in t.groups:
-        ctx.average(
-            t,
-            g,
-            ["acc"],
-            universe or datasets,
-            len(PAPER_DATASETS) if universe else None,
-            paper=paper if universe else None,
-        )
+        ctx.average(t, g, ["acc"], datasets, PAPER_DATASETS, paper=paper)
     return t
 
 

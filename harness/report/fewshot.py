@@ -83,7 +83,6 @@ def fewshot_tables(ctx: Gate) -> dict[int, Table]:
     recs = fewshot_records(ctx)
     tables = {}
     datasets = ctx.datasets(recs, PAPER_DATASETS)
-    universe = [d for d in datasets if d in PAPER_DATASETS]
     run = shot_counts(recs)
     never = [k for k in ctx.expected_shots(recs) if k not in run]
     for shots in run:
@@ -101,15 +100,7 @@ def fewshot_tables(ctx: Gate) -> dict[int, Table]:
                 cell_recs = [r for r in mine if _group_key(r) == g.key and r["dataset"] == d]
                 where = f"{table.title.split(':')[0]}: {g.label} {d}"
                 ctx.add_seed_cell(table, g, d, "acc", cell_recs, _paper_ref, where)
-            # The paper's averages are over its 11 datasets: no comparison for an average of other data.
-            ctx.average(
-                table,
-                g,
-                ["acc"],
-                universe or datasets,
-                len(PAPER_DATASETS) if universe else None,
-                paper=_paper_ref if universe else None,
-            )
+            ctx.average(table, g, ["acc"], datasets, PAPER_DATASETS, paper=_paper_ref)
         tables[shots] = table
     if tables and never:  # no table of its own to say so
         tables[run[0]].missing += [f"Few-shot classification: {k} shots expected, no records" for k in never]

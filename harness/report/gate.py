@@ -277,6 +277,13 @@ class Gate:
         """The shot counts the few-shot experiments of ``recs`` expect (``expected.json``)."""
         return sorted({int(k) for k in self._expected(recs, "shots")})
 
+    def absent(self, table: Table, known: tuple, datasets: list[str]) -> None:
+        """List the paper's datasets without records, when the records are of the paper's datasets at all
+        (a demo on generated data is not 'missing' ImageNet)."""
+        if any(d in known for d in datasets):
+            name = table.title.split(":")[0]
+            table.missing += [f"{name}: no records for {d}" for d in known if d not in datasets]
+
     def datasets(self, recs: list[dict], known: tuple) -> list[str]:
         """A table's dataset rows: those with records and those the experiments expect, so that a short
         sweep is marked (‡) and listed, not hidden."""
@@ -376,15 +383,20 @@ class Gate:
         table: Table,
         group: Group,
         metrics: list[str],
-        universe: list[str],
-        label_total: int | None = None,
+        rows: list[str],
+        published: tuple = (),
         derived_h: bool = False,
         paper: Callable | None = None,
     ) -> None:
         """Average row: mean of the per-row means over rows complete for the group (all metrics
-        present and unmarked), out of ``universe`` (``label_total`` when the study's datasets are more
-        than those shown); H (when derived_h) from the averaged base and new. Marked ‡ over fewer
-        datasets, † when no dataset has every seed, § when its datasets ran at different settings."""
+        present and unmarked); H (when derived_h) from the averaged base and new. Marked ‡ over fewer
+        datasets, † when no dataset has every seed, § when its datasets ran at different settings.
+        ``published``: the datasets the paper averages over; when the rows hold any of them the Average
+        is over those (out of all of them) and compared with the paper's, else over the rows, uncompared."""
+        universe = [d for d in rows if d in published]
+        label_total = len(published) if universe else None
+        paper = paper if universe else None
+        universe = universe or list(rows)
         base_metrics = [m for m in metrics if not (derived_h and m == "h")]
         present, complete = [], []
         for row in universe:
