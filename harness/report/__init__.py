@@ -9,7 +9,7 @@ Per table it writes ``<key>.md``, ``<key>.tex`` (booktabs) and ``<key>.csv`` (on
 column group x metric, with mean, std, seeds, paper value and difference); per figure ``<name>.png``
 and ``<name>.pdf``; and ``index.md`` listing what was produced and what is missing.
 
-Which records feed which table (``experiments`` changes it, see ``tables.Context.table_filter``):
+Which records feed which table (``experiments`` changes it, see ``gate.Gate.table_filter``):
 
 * Table 1 (base-to-new): every experiment except crossdataset, domaingen, ablations and fewshot (so
   "base2new" and "demo" both count); zero-shot CLIP on base/new classes and prompts learned on the
@@ -28,7 +28,9 @@ Which records feed which table (``experiments`` changes it, see ``tables.Context
 Seeds: ``expected_seeds=None`` expects, for each cell, every seed seen in its experiment(s) (the
 union over all learned-prompt records); a cell with fewer is shown with ``†(k/n seeds)`` and listed
 as missing, never silently averaged as if complete. Paper values are read from ``paper_dir``'s CSV
-files (``reports/paper``) at run time.
+files (``reports/paper``) at run time, and compared only with records of the backbone and shots they
+were published for. Every table and figure takes its cells from one gate (``harness.report.gate``):
+one settings run per cell, the marks (†, ‡, §) and the paper comparison are decided there.
 """
 
 from __future__ import annotations
