@@ -320,3 +320,46 @@ def test_no_cell_average_or_curve_mixes_settings_backbones_or_datasets(runs):
         widest = max((len(c.datasets) for c in averages), default=0)
         assert all("‡" in c.note for c in averages if len(c.datasets) < widest)
         assert len({c.datasets for c in averages if "‡" not in c.note}) <= 1
+
+
+# -- the figures of Table 1 ---------------------------------------------------------------------------
+
+
+def test_figure3_subtracts_coop_from_cocoop_only_on_one_backbone(tmp_path):
+    """CoOp on RN50 and on ViT-B/16, CoCoOp on ViT-B/16: Figure 3 is CoCoOp − CoOp of ViT-B/16; with CoOp
+    on RN50 alone there is no Figure 3."""
+    import csv
+
+    def records(coop_backbones):
+        recs = []
+        for d in ("dtd", "eurosat"):
+            for sub in ("base", "new"):
+                recs += [base_new_record("cocoop", d, sub, 70.0, s) for s in SEEDS]
+                for backbone in coop_backbones:
+                    value = 50.0 if backbone == "RN50" else 65.0
+                    recs += [base_new_record("coop", d, sub, value, s, backbone=backbone) for s in SEEDS]
+        return recs
+
+    report = build_report(records(["RN50", "ViT-B/16"]), out_dir=str(tmp_path / "both"), with_paper=False)
+    with open(report["figures"]["figure3"]["csv"], newline="") as f:
+        assert {float(r["cocoop_minus_coop"]) for r in csv.DictReader(f)} == {5.0}  # never 70 − 50
+    report = build_report(records(["RN50"]), out_dir=str(tmp_path / "rn50"), with_paper=False)
+    assert "figure3" not in report["figures"]
+    assert any("one experiment and backbone" in m for m in report["missing"])
+
+
+def test_methods_comparison_sets_side_by_side_only_averages_over_the_same_datasets(tmp_path):
+    """CoOp complete on dtd and eurosat, CoCoOp on dtd only: the comparison figure draws CoOp's Average
+    alone (CoCoOp's, over one dataset, would not compare), and Table 1 says which datasets each holds."""
+    import csv
+
+    recs = []
+    for sub in ("base", "new"):
+        recs += [base_new_record("coop", d, sub, 60.0, s) for d in ("dtd", "eurosat") for s in SEEDS]
+        recs += [base_new_record("cocoop", "dtd", sub, 70.0, s) for s in SEEDS]
+    report = build_report(recs, out_dir=str(tmp_path / "r"), with_paper=False)
+    with open(report["figures"]["methods"]["csv"], newline="") as f:
+        assert [r["method"] for r in csv.DictReader(f)] == ["coop"]
+    table = tables_of(report)["table1_base2new"]
+    (note,) = [n for n in table.notes if n.startswith("‡ The Averages")]
+    assert "CoOp over dtd, eurosat" in note and "CoCoOp over dtd" in note

@@ -234,7 +234,7 @@ def figure4(init: Table, length: Table, out_dir: str):
     plotted = []
     for ax, panel in zip(axes[0], panels):
         if panel == "init":
-            groups = [g for g in init.groups if init.cell(AVERAGE, g, "base")]
+            groups = comparable_averages(init, init.groups, "base")  # bars of Averages over the same datasets
             width = 0.8 / len(groups)
             for i, g in enumerate(groups):
                 values = [_value(init, AVERAGE, g, m) or 0.0 for m, _ in metrics]
@@ -259,9 +259,8 @@ def figure4(init: Table, length: Table, out_dir: str):
             ax.set_ylim(0, top * 1.35)  # head-room above the bars for the legend
         else:
             by_method = {}
-            for g in length.groups:
-                if length.cell(AVERAGE, g, "base"):
-                    by_method.setdefault(g.method, []).append(g)
+            for g in comparable_averages(length, length.groups, "base"):  # a line joins one dataset set
+                by_method.setdefault(g.method, []).append(g)
             for method, groups in by_method.items():
                 groups.sort(key=lambda g: g.key[4])
                 xs = [g.key[4] for g in groups]
