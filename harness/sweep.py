@@ -427,8 +427,9 @@ def expectation_path(out: str, experiment: str) -> str:
 
 def record_expectation(out: str, ran: dict, expected: dict) -> str:
     """Write ``<out>/<experiment>/expected.json`` beside the results store: the datasets, seeds and
-    methods the experiment (with its profile) expects, and what the sweeps run here so far narrowed it
-    to, so that the report marks every cell and Average that falls short of the experiment."""
+    methods (and a few-shot study's shot counts) the experiment (with its profile) expects, and what
+    the sweeps run here so far narrowed it to, so that the report marks every cell and Average that
+    falls short of the experiment."""
     from harness.atomic import atomic_write_text
 
     path = expectation_path(out, ran["name"])
@@ -450,6 +451,9 @@ def record_expectation(out: str, ran: dict, expected: dict) -> str:
             "methods": union("methods", list(ran.get("methods") or {})),
         },
     }
+    if expected["protocol"] == "fewshot":  # the report lists the shot counts expected and never run
+        entry["shots"] = fewshot_shots(expected)
+        entry["ran"]["shots"] = union("shots", fewshot_shots(ran))
     atomic_write_text(path, json.dumps(entry, indent=1) + "\n")
     return path
 

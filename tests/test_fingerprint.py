@@ -187,7 +187,8 @@ def test_report_shows_the_newest_settings_run_and_lists_the_superseded(tmp_path)
 def test_an_average_over_datasets_of_different_settings_is_marked(tmp_path):
     """CoOp on three datasets at 10 epochs, then dtd alone re-run at 2: each cell holds one settings run,
     but the Average would mix 2 and 10 epochs. It is marked § and not compared with the paper; a study
-    whose datasets differ by its own design (no re-run) is not marked, nor one re-run alike everywhere."""
+    whose datasets differ by its own design (a dataset's own config, as a sweep's per_dataset gives it) is
+    not marked, nor one re-run alike everywhere."""
     from harness.report import build_report
 
     def store(name, reruns):
@@ -196,7 +197,9 @@ def test_an_average_over_datasets_of_different_settings_is_marked(tmp_path):
             for seed in (1, 2, 3):
                 for sub in ("base", "new"):
                     epochs = 50 if d == "food101" else 10  # a per-dataset schedule of the study's own
-                    recs.append(settings_record("coop", d, sub, 70.0, seed, "2024-01-01T00:00:00", epochs=epochs))
+                    r = settings_record("coop", d, sub, 70.0, seed, "2024-01-01T00:00:00", epochs=epochs)
+                    r["config"] = "vit_b16_ep50_ctxv1" if d == "food101" else r["config"]
+                    recs.append(r)
         for d in reruns:
             for seed in (1, 2, 3):
                 for sub in ("base", "new"):
@@ -209,14 +212,14 @@ def test_an_average_over_datasets_of_different_settings_is_marked(tmp_path):
         return t, t.cell("average", t.groups[0], "h")
 
     t, h = average("one", ["dtd"])
-    assert h.note == "‡(3/11 datasets) §(mixed settings)" and h.paper is None  # 3 of the paper's 11 datasets
+    assert h.note == "‡(2/11 datasets) §(mixed settings)" and h.paper is None  # 2 of the paper's 11 datasets
     assert t.cell("dtd", t.groups[0], "base").mean == 40.0 and t.cell("dtd", t.groups[0], "base").note == ""
     (note,) = [n for n in t.notes if n.startswith("§")]
     assert "dtd was re-run with epochs 2" in note and "eurosat still at epochs 10" in note and "food101" not in note
     assert "§(mixed settings)" in (tmp_path / "r-one" / "table1_base2new.md").read_text()
     assert r"\S{}" in (tmp_path / "r-one" / "table1_base2new.tex").read_text()
-    assert average("none", [])[1].note == "‡(3/11 datasets)"  # food101's 50 epochs are the study's: no re-run
-    assert average("all", ["dtd", "eurosat", "food101"])[1].note == "‡(3/11 datasets)"  # re-run alike
+    assert average("none", [])[1].note == "‡(2/11 datasets)"  # food101's 50 epochs are its config's: no re-run
+    assert average("all", ["dtd", "eurosat"])[1].note == "‡(2/11 datasets)"  # re-run alike
 
 
 def test_within_one_second_the_later_written_settings_run_is_the_newest(tmp_path):

@@ -9,7 +9,7 @@ Per table it writes ``<key>.md``, ``<key>.tex`` (booktabs) and ``<key>.csv`` (on
 column group x metric, with mean, std, seeds, paper value and difference); per figure ``<name>.png``
 and ``<name>.pdf``; and ``index.md`` listing what was produced and what is missing.
 
-Which records feed which table (``experiments`` changes it, see ``tables.Context.table_filter``):
+Which records feed which table (``experiments`` changes it, see ``gate.Gate.table_filter``):
 
 * Table 1 (base-to-new): every experiment except crossdataset, domaingen, ablations and fewshot (so
   "base2new" and "demo" both count); zero-shot CLIP on base/new classes and prompts learned on the
@@ -28,7 +28,9 @@ Which records feed which table (``experiments`` changes it, see ``tables.Context
 Seeds: ``expected_seeds=None`` expects, for each cell, every seed seen in its experiment(s) (the
 union over all learned-prompt records); a cell with fewer is shown with ``†(k/n seeds)`` and listed
 as missing, never silently averaged as if complete. Paper values are read from ``paper_dir``'s CSV
-files (``reports/paper``) at run time.
+files (``reports/paper``) at run time, and compared only with records of the backbone and shots they
+were published for. Every table and figure takes its cells from one gate (``harness.report.gate``):
+one settings run per cell, the marks (†, ‡, §) and the paper comparison are decided there.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import logging
 import os
 from pathlib import Path
 
-from harness.report import variants
+from harness.report import gate
 from harness.report.builders import BUILDERS, trainable_parameters
 from harness.report.fewshot import fewshot_tables, figure_fewshot
 from harness.report.figures import color, figure3, figure4, methods_comparison, scatter, transfer_gap
@@ -50,7 +52,6 @@ from harness.report.tables import (
     MARKS,
     PAPER_DATASETS,
     Cell,
-    Context,
     Paper,
     Table,
     harmonic,
@@ -90,7 +91,7 @@ def default_paper_dir() -> str:
 def load_records(results) -> list[dict]:
     """Records from a store (``results.jsonl`` or its folder) or a list; a rerun's record (same
     ``harness.results.record_key`` and fingerprint) replaces the earlier one. Records of other
-    settings are all kept: ``variants.select`` decides which settings run a table shows."""
+    settings are all kept: ``gate.select`` decides which settings run a table shows."""
     from harness.results import read_records, record_key
 
     records = read_records(str(results)) if isinstance(results, (str, os.PathLike)) else list(results)
@@ -169,16 +170,13 @@ def build_tables(
     sweeps recorded beside the store."""
     records = load_records(results)
     expectations = read_expectations(results) if expectations is None else expectations
-    every = records
-    records, superseded = variants.select(records, all_variants)
+    shown, superseded = gate.select(records, all_variants)
     paper = Paper(paper_dir if paper_dir is not None else default_paper_dir()) if with_paper else None
-    ctx = Context(records, experiments, expected_seeds, paper, with_paper, expectations, seen=every)
+    ctx = gate.Gate(shown, experiments, expected_seeds, paper, with_paper, expectations, records, superseded)
     tables = {table.key: table for table in (build(ctx) for build in BUILDERS)}
+    tables.update({table.key: table for table in fewshot_tables(ctx).values()})  # fewshot_<K>shot
     for table in tables.values():
-        if not table.empty:
-            table.notes += variants.table_notes(table, records, superseded)
-            table.notes += variants.mark_mixed_averages(table, records, superseded)
-    tables.update({table.key: table for table in fewshot_tables(ctx, superseded).values()})  # fewshot_<K>shot
+        ctx.finish(table)
     return tables
 
 
@@ -245,7 +243,7 @@ def build_report(
     keys "table1".."table5", "fig4a", "fig4b". expected_seeds: None (the seeds seen per experiment)
     or e.g. (1, 2, 3); by default also the seeds and datasets the sweeps recorded beside the store
     (``<store folder>/<experiment>/expected.json``): every cell and Average short of them is marked.
-    all_variants: every settings run of a cell its own column group (``variants``). tracking: a
+    all_variants: every settings run of a cell its own column group (``gate``). tracking: a
     ``harness.tracking`` mode; not "none" logs every table and
     figure to one W&B run (job_type "report") and names it, with its figures' hashes, in
     ``<out_dir>/wandb/report_run.json`` (the dashboard's report shows the figures from that run).

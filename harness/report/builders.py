@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
+from harness.report.gate import Gate
 from harness.report.tables import (
     AVERAGE,
     CROSS_TARGETS,
     DG_DATASETS,
     PAPER_DATASETS,
     Cell,
-    Context,
     Group,
     Table,
-    add_base_new,
-    add_seed_cell,
     dataset_label,
     effective_n_ctx,
-    fill_average,
     group_labels,
     is_zero_shot,
     method_label,
@@ -55,14 +52,14 @@ def _per_experiment_groups(recs: list[dict]) -> list[Group]:
     keys = list(dict.fromkeys((r.get("experiment"), variant(r)) for r in recs))
     keys.sort(key=lambda k: (_experiment_rank(k[0]), method_rank(k[1][0]), str(k[1])))
     labels = group_labels(keys, lambda k: k[1][0], lambda k: [str(k[0])] + variant_parts(k[1]))
-    return [Group(k, labels[k], k[1][0]) for k in keys]
+    return [Group(k, labels[k], k[1][0], k[1][2]) for k in keys]
 
 
 def _variant_groups(recs: list[dict]) -> list[Group]:
     keys = list(dict.fromkeys(variant(r) for r in recs))
     keys.sort(key=lambda k: (method_rank(k[0]), str(k)))
     labels = group_labels(keys, lambda k: k[0], variant_parts)
-    return [Group(k, labels[k], k[0]) for k in keys]
+    return [Group(k, labels[k], k[0], k[2]) for k in keys]
 
 
 def _unique_labels(variants: list[tuple], name) -> dict:
@@ -81,25 +78,13 @@ def _group_key(r: dict, per_experiment: bool) -> tuple:
     return (r.get("experiment"), variant(r)) if per_experiment else variant(r)
 
 
-def _no_records_for(table: Table, known: tuple, datasets: list[str], what: str = "") -> None:
-    """List the paper's datasets without records, when the records are of the paper's datasets at all
-    (a demo on generated data is not 'missing' ImageNet)."""
-    name = table.title.split(":")[0]
-    if not any(d in known for d in datasets):
-        return
-    for d in known:
-        if d not in datasets:
-            table.missing.append(f"{name}: no records for {d}{what}")
-
-
-def _base_new_table(ctx: Context, table: Table, recs: list[dict], per_experiment: bool, paper) -> Table:
+def _base_new_table(ctx: Gate, table: Table, recs: list[dict], per_experiment: bool, paper) -> Table:
     groups = table.groups or (_per_experiment_groups(recs) if per_experiment else _variant_groups(recs))
     # Rows: the datasets with records and those the experiment expects (a short sweep is marked, not hidden).
-    expected = ctx.expected_datasets(recs) if recs else []
-    datasets = ordered_datasets({r["dataset"] for r in recs} | set(expected), PAPER_DATASETS)
+    datasets = ctx.datasets(recs, PAPER_DATASETS)
     table.groups = groups
     table.rows = [(d, dataset_label(d)) for d in datasets] + [(AVERAGE, "Average")]
-    _no_records_for(table, PAPER_DATASETS, datasets)
+    ctx.absent(table, PAPER_DATASETS, datasets)
     for g in groups:
         mine = [r for r in recs if _group_key(r, per_experiment) == g.key]
         for d in datasets:
@@ -108,23 +93,12 @@ def _base_new_table(ctx: Context, table: Table, recs: list[dict], per_experiment
             if not base and not new:
                 table.missing.append(f"{table.title.split(':')[0]}: {g.label} has no records for {d}")
                 continue
-            add_base_new(ctx, table, g, d, base, new, paper)
-        universe = [d for d in datasets if d in PAPER_DATASETS]
-        total = len(PAPER_DATASETS) if universe else None
-        # The paper's averages are over its datasets: no comparison for an average of other data.
-        fill_average(
-            table,
-            g,
-            ["base", "new", "h"],
-            universe or datasets,
-            total,
-            derived_h=True,
-            paper=paper if universe else None,
-        )
+            ctx.add_base_new(table, g, d, base, new, paper)
+        ctx.average(table, g, ["base", "new", "h"], datasets, PAPER_DATASETS, derived_h=True, paper=paper)
     return table
 
 
-def table1(ctx: Context) -> Table:
+def table1(ctx: Gate) -> Table:
     t = Table("table1_base2new", "Table 1: base-to-new generalisation (accuracy %)", "Dataset", [], [], BASE_NEW_H)
     recs = ctx.select(
         "table1", lambda r: r["subsample"] in ("base", "new") and (is_zero_shot(r) or trained_on_own_base(r))
@@ -145,20 +119,20 @@ def table1(ctx: Context) -> Table:
         return t
 
     def paper(row, g, metric):
-        if ctx.paper is None or not (row in PAPER_DATASETS or row == AVERAGE):
+        if not (row in PAPER_DATASETS or row == AVERAGE):
             return None
-        return ctx.paper.value("base2new", {"dataset": row, "method": g.method}, metric)
+        return "base2new", {"dataset": row, "method": g.method}, metric
 
     return _base_new_table(ctx, t, recs, True, paper)
 
 
-def _single_metric(ctx: Context, table: Table, recs: list[dict], rows: list[str], per_experiment: bool, paper) -> None:
+def _single_metric(ctx: Gate, table: Table, recs: list[dict], rows: list[str], per_experiment: bool, paper) -> None:
     name = table.title.split(":")[0]
     for g in table.groups:
         mine = [r for r in recs if _group_key(r, per_experiment) == g.key]
         for d in rows:
-            add_seed_cell(
-                ctx, table, g, d, "acc", [r for r in mine if r["dataset"] == d], paper, where=f"{name}: {g.label} {d}"
+            ctx.add_seed_cell(
+                table, g, d, "acc", [r for r in mine if r["dataset"] == d], paper, where=f"{name}: {g.label} {d}"
             )
 
 
@@ -168,7 +142,7 @@ def _is_transfer(r: dict) -> bool:
     return r["subsample"] == "all" and (is_zero_shot(r) or r.get("train_subsample") == "all")
 
 
-def _transfer_table(ctx: Context, t: Table, own: str, partner: str, known_targets: tuple, paper) -> Table:
+def _transfer_table(ctx: Gate, t: Table, own: str, partner: str, known_targets: tuple, paper) -> Table:
     """Rows: the source (the dataset the prompts were learned on) and the targets, both read from the
     records: the targets are what the table's own experiment evaluated; the source row may come from
     the other transfer experiment's records too, since the two share their trainings (the first to
@@ -184,23 +158,22 @@ def _transfer_table(ctx: Context, t: Table, own: str, partner: str, known_target
         t.missing.append(f"{name}: prompts learned on several sources ({', '.join(sources)}); showing {sources[0]}")
     source = sources[0] if sources else None
     recs = [r for r in recs if is_zero_shot(r) or r.get("train_dataset") == source]
+    targets = set(ctx.datasets(recs, known_targets)) - {source}  # those run and those the experiment expects
     recs += [r for r in shared if r["dataset"] == source and (is_zero_shot(r) or r.get("train_dataset") == source)]
     label = dataset_label(source) if source else "the source"
     t.title = t.title.format(source=label)
     t.notes = [note.format(source=label, shots=_shots(recs)) for note in t.notes]
     if not recs:
         return t
-    targets = ordered_datasets({r["dataset"] for r in recs} - {source}, known_targets)
+    targets = ordered_datasets(targets, known_targets)
     t.source = source
     t.groups = _variant_groups(recs)
     t.rows = ([(source, f"{label} (source)")] if source else []) + [(d, dataset_label(d)) for d in targets]
     t.rows.append((AVERAGE, "Average"))
-    _no_records_for(t, known_targets, targets)
+    ctx.absent(t, known_targets, targets)
     _single_metric(ctx, t, recs, [row for row, _ in t.rows[:-1]], False, paper)
-    paper_targets = [d for d in targets if d in known_targets]
-    for g in t.groups:  # the paper's average is over its targets: no comparison for an average of others
-        total = len(known_targets) if paper_targets else None
-        fill_average(t, g, ["acc"], paper_targets or targets, total, paper=paper if paper_targets else None)
+    for g in t.groups:  # the Average is over the targets, the source excluded
+        ctx.average(t, g, ["acc"], targets, known_targets, paper=paper)
     return t
 
 
@@ -215,7 +188,7 @@ _TRANSFER_PAPER_NOTE = (
 )
 
 
-def table2(ctx: Context) -> Table:
+def table2(ctx: Gate) -> Table:
     t = Table(
         "table2_crossdataset", "Table 2: cross-dataset transfer from {source} (accuracy %)", "Dataset", [], [], ACCURACY
     )
@@ -226,7 +199,7 @@ def table2(ctx: Context) -> Table:
     ]
 
     def paper(row, g, metric):
-        return None if ctx.paper is None else ctx.paper.value("crossdataset", {"method": g.method}, row)
+        return "crossdataset", {"method": g.method}, row
 
     _transfer_table(ctx, t, "table2", "table3", CROSS_TARGETS, paper)
     if t.empty:
@@ -234,7 +207,7 @@ def table2(ctx: Context) -> Table:
     return t
 
 
-def table3(ctx: Context) -> Table:
+def table3(ctx: Gate) -> Table:
     t = Table(
         "table3_domaingen", "Table 3: domain generalisation from {source} (accuracy %)", "Dataset", [], [], ACCURACY
     )
@@ -246,7 +219,7 @@ def table3(ctx: Context) -> Table:
     ]
 
     def paper(row, g, metric):
-        return None if ctx.paper is None else ctx.paper.value("domaingen", {"method": g.method}, row)
+        return "domaingen", {"method": g.method}, row
 
     _transfer_table(ctx, t, "table3", "table2", DG_DATASETS[1:], paper)
     if t.empty:
@@ -254,7 +227,7 @@ def table3(ctx: Context) -> Table:
     return t
 
 
-def table4(ctx: Context) -> Table:
+def table4(ctx: Gate) -> Table:
     t = Table(
         "table4_class_incremental",
         "Table 4: class-incremental test, base and new classes together (accuracy %)",
@@ -272,27 +245,17 @@ def table4(ctx: Context) -> Table:
     if not recs:
         t.missing.append("Table 4: no class-incremental records")
         return t
-    datasets = ordered_datasets({r["dataset"] for r in recs}, PAPER_DATASETS)
+    datasets = ctx.datasets(recs, PAPER_DATASETS)
     t.groups = _per_experiment_groups(recs)
     t.rows = [(d, dataset_label(d)) for d in datasets] + [(AVERAGE, "Average")]
-    _no_records_for(t, PAPER_DATASETS, datasets)
+    ctx.absent(t, PAPER_DATASETS, datasets)
 
     def paper(row, g, metric):
-        if ctx.paper is None or row != AVERAGE:
-            return None
-        return ctx.paper.value("class_incremental", {"method": g.method}, "accuracy")
+        return ("class_incremental", {"method": g.method}, "accuracy") if row == AVERAGE else None
 
     _single_metric(ctx, t, recs, datasets, True, paper)
-    universe = [d for d in datasets if d in PAPER_DATASETS]
     for g in t.groups:
-        fill_average(
-            t,
-            g,
-            ["acc"],
-            universe or datasets,
-            len(PAPER_DATASETS) if universe else None,
-            paper=paper if universe else None,
-        )
+        ctx.average(t, g, ["acc"], datasets, PAPER_DATASETS, paper=paper)
     return t
 
 
@@ -326,7 +289,7 @@ def _paper_model(v: tuple) -> str | None:
     return None
 
 
-def table5(ctx: Context) -> Table:
+def table5(ctx: Gate) -> Table:
     t = Table(
         "table5_bigger_coop",
         "Table 5: CoCoOp vs a bigger CoOp on ImageNet (accuracy %)",
@@ -368,13 +331,10 @@ def table5(ctx: Context) -> Table:
         model = _paper_model(v)
 
         def paper(row, g, metric, model=model):
-            return (
-                None if ctx.paper is None or model is None else ctx.paper.value("bigger_coop", {"model": model}, metric)
-            )
+            return None if model is None else ("bigger_coop", {"model": model}, metric)
 
         mine = [r for r in recs if variant(r) == v]
-        add_base_new(
-            ctx,
+        ctx.add_base_new(
             t,
             group,
             label,
@@ -384,13 +344,13 @@ def table5(ctx: Context) -> Table:
         )
         count = trainable_parameters(mine[-1])
         if count is not None:
-            t.cells[(label, group.key, "params")] = Cell(
-                float(count), None, 1, 1, "count", "", paper(label, group, "params")
-            )
+            params = Cell(float(count), None, 1, 1, "count", "")
+            params.paper = ctx.published(t, paper, label, group, "params", mine)
+            t.cells[(label, group.key, "params")] = params
     return t
 
 
-def _ablation(ctx: Context, which: str) -> Table:
+def _ablation(ctx: Gate, which: str) -> Table:
     if which == "fig4a":
         t = Table(
             "fig4a_init_ablation",
@@ -441,17 +401,17 @@ def _ablation(ctx: Context, which: str) -> Table:
             f"{method_label(v[0])} " + ((f"“{v[5]}”" if v[5] else "random") if which == "fig4a" else f"ctx {v[4]}")
         ),
     )
-    t.groups = [Group(v, names[v], v[0]) for v in chosen]
+    t.groups = [Group(v, names[v], v[0], v[2]) for v in chosen]
     recs = [r for r in recs if variant(r) in set(chosen)]
     t.notes = ["Prompts learned on base classes, seeds averaged per dataset; the figure shows the Average row."]
     return _base_new_table(ctx, t, recs, False, None)
 
 
-def fig4a(ctx: Context) -> Table:
+def fig4a(ctx: Gate) -> Table:
     return _ablation(ctx, "fig4a")
 
 
-def fig4b(ctx: Context) -> Table:
+def fig4b(ctx: Gate) -> Table:
     return _ablation(ctx, "fig4b")
 
 

@@ -1,8 +1,11 @@
 """The few-shot study's report: a table per shot count and the accuracy-vs-shots figure (CoOp's Figure 3).
 
-Records: the ``fewshot`` experiment's (``Context.table_filter("fewshot")``), evaluated on all classes of
+Records: the ``fewshot`` experiment's (``Gate.table_filter("fewshot")``), evaluated on all classes of
 the dataset they learned from, and zero-shot CLIP on all classes. A column group per (method, backbone):
 the configs that change with the shot count (CoOp's 50 / 100 / 200 epochs) are one method's curve.
+Cells, marks and notes come from ``harness.report.gate``, as for every table: one settings run per
+cell, the expected datasets (``expected.json``) as rows, and the shot counts expected but not run
+listed as missing.
 
 * ``fewshot_<K>shot.{md,tex,csv}``: per dataset and the average, mean ± std over seeds (a cell with
   fewer seeds than expected is marked, an average over fewer datasets too), zero-shot CLIP beside.
@@ -14,22 +17,19 @@ the configs that change with the shot count (CoOp's 50 / 100 / 200 epochs) are o
 
 from __future__ import annotations
 
-from harness.report import variants
 from harness.report.figures import _figure, _save, color
+from harness.report.gate import Gate, same_datasets
 from harness.report.tables import (
     AVERAGE,
+    LABEL_FIELD,
     PAPER_DATASETS,
-    Context,
     Group,
     Paper,
     Table,
-    add_seed_cell,
     dataset_label,
-    fill_average,
     is_zero_shot,
     method_label,
     method_rank,
-    ordered_datasets,
 )
 
 PAPER_TABLE = "fewshot"  # reports/paper/fewshot.csv
@@ -40,7 +40,7 @@ def _rank(method: str) -> tuple:
     return (ORDER.index(method), "") if method in ORDER else (len(ORDER), *method_rank(method))
 
 
-def fewshot_records(ctx: Context) -> list[dict]:
+def fewshot_records(ctx: Gate) -> list[dict]:
     """Zero-shot CLIP and few-shot learners, each evaluated on all classes of its own dataset."""
 
     def keep(r: dict) -> bool:
@@ -52,56 +52,40 @@ def fewshot_records(ctx: Context) -> list[dict]:
 
 
 def _group_key(r: dict) -> tuple:
-    return (r["method"], r.get("backbone"))
+    """A curve: a method on a backbone (its configs change with the shot count: CoOp's 50 / 100 / 200
+    epochs), and its settings run when the report shows each (``--all-variants``)."""
+    return (r["method"], r.get("backbone"), r.get(LABEL_FIELD, ""))
 
 
 def _groups(recs: list[dict]) -> list[Group]:
-    keys = sorted({_group_key(r) for r in recs}, key=lambda k: (_rank(k[0]), str(k[1])))
+    keys = sorted({_group_key(r) for r in recs}, key=lambda k: (_rank(k[0]), str(k[1:])))
     backbones = {k[1] for k in keys}
-    return [Group(k, method_label(k[0]) + (f" ({k[1]})" if len(backbones) > 1 else ""), k[0]) for k in keys]
+
+    def label(key):
+        extra = ([str(key[1])] if len(backbones) > 1 else []) + ([key[2]] if key[2] else [])
+        return method_label(key[0]) + (f" ({', '.join(extra)})" if extra else "")
+
+    return [Group(k, label(k), k[0], k[1]) for k in keys]
 
 
-def _paper_lookup(paper: Paper | None, shots: int):
-    if paper is None:
-        return None
-
-    def value(row, group, metric):
-        method, backbone = group.key
-        match = {
-            "dataset": row,
-            "method": method,
-            "backbone": str(backbone),
-            "shots": str(0 if method == "zsclip" else shots),
-        }
-        return paper.value(PAPER_TABLE, match, "accuracy")
-
-    return value
+def _paper_ref(row, group, metric):
+    """reports/paper/fewshot.csv's value for a cell (the gate matches its backbone and shots)."""
+    return PAPER_TABLE, {"dataset": row, "method": group.method}, "accuracy"
 
 
 def shot_counts(recs: list[dict]) -> list[int]:
     return sorted({int(r["shots"]) for r in recs if not is_zero_shot(r)})
 
 
-def notes(table: Table, shots: int, recs: list[dict], superseded: list) -> list[str]:
-    """The K-shot table's notes, as the paper's tables have them (``variants``): the settings of its
-    records, the settings runs a re-run superseded and an Average mixing settings marked, all scoped to
-    K shots (and zero-shot CLIP, in every table): another shot count's re-run is not this table's."""
-    mine = [r for r in recs if is_zero_shot(r) or int(r["shots"]) == shots]
-    experiments = {r.get("experiment") for r in recs}
-    theirs = [s for s in superseded if s.family[0] in experiments and (s.family[3] is None or s.family[5] == shots)]
-    # a few-shot column is (method, backbone), whatever config each shot count uses (see _group_key)
-    same_column = lambda group, run: group.key == (run.method, run.family[6])  # noqa: E731
-    return variants.table_notes(table, mine, theirs) + variants.mark_mixed_averages(table, mine, theirs, same_column)
-
-
-def fewshot_tables(ctx: Context, superseded: list | None = None) -> dict[int, Table]:
-    """{K: the K-shot table}: datasets and their average, a column per method (zero-shot CLIP too);
-    ``superseded``: the settings runs the report left out (``variants.select``), named in the notes."""
+def fewshot_tables(ctx: Gate) -> dict[int, Table]:
+    """{K: the K-shot table}: datasets (those run and those expected) and their average, a column per
+    method (zero-shot CLIP too); shot counts expected but not run are listed as missing."""
     recs = fewshot_records(ctx)
     tables = {}
-    datasets = ordered_datasets({r["dataset"] for r in recs}, PAPER_DATASETS)
-    universe = [d for d in datasets if d in PAPER_DATASETS]
-    for shots in shot_counts(recs):
+    datasets = ctx.datasets(recs, PAPER_DATASETS)
+    run = shot_counts(recs)
+    never = [k for k in ctx.expected_shots(recs) if k not in run]
+    for shots in run:
         mine = [r for r in recs if is_zero_shot(r) or int(r["shots"]) == shots]
         table = Table(
             f"fewshot_{shots}shot",
@@ -111,22 +95,15 @@ def fewshot_tables(ctx: Context, superseded: list | None = None) -> dict[int, Ta
             _groups(mine),
             [("acc", "Accuracy")],
         )
-        paper = _paper_lookup(ctx.paper, shots)
         for g in table.groups:
             for d in datasets:
                 cell_recs = [r for r in mine if _group_key(r) == g.key and r["dataset"] == d]
-                add_seed_cell(ctx, table, g, d, "acc", cell_recs, paper, f"{table.title.split(':')[0]}: {g.label} {d}")
-            # The paper's averages are over its 11 datasets: no comparison for an average of other data.
-            fill_average(
-                table,
-                g,
-                ["acc"],
-                universe or datasets,
-                len(PAPER_DATASETS) if universe else None,
-                paper=paper if universe else None,
-            )
-        table.notes += notes(table, shots, recs, superseded or [])
+                where = f"{table.title.split(':')[0]}: {g.label} {d}"
+                ctx.add_seed_cell(table, g, d, "acc", cell_recs, _paper_ref, where)
+            ctx.average(table, g, ["acc"], datasets, PAPER_DATASETS, paper=_paper_ref)
         tables[shots] = table
+    if tables and never:  # no table of its own to say so
+        tables[run[0]].missing += [f"Few-shot classification: {k} shots expected, no records" for k in never]
     return tables
 
 
@@ -135,10 +112,8 @@ def _published(paper: Paper | None, dataset: str, method: str, backbone) -> list
     if paper is None:
         return []
     out = []
-    for row in paper.frames.get(PAPER_TABLE, ()):
-        if (row.get("dataset"), row.get("method"), row.get("backbone")) == (dataset, method, str(backbone)):
-            if row.get("accuracy") not in (None, ""):
-                out.append((int(row["shots"]), float(row["accuracy"]), row.get("source", "")))
+    for row in paper.rows(PAPER_TABLE, {"dataset": dataset, "method": method, "backbone": str(backbone)}, "accuracy"):
+        out.append((int(row["shots"]), float(row["accuracy"]), row.get("source", "")))
     return sorted(out)
 
 
@@ -162,7 +137,7 @@ def figure_fewshot(tables: dict[int, Table], out_dir: str, paper: Paper | None =
     for i, row in enumerate(rows):
         ax = axes[i // columns][i % columns]
         for g in ordered:
-            method, backbone = g.key
+            method, backbone = g.key[:2]
             cells = [(k, tables[k].cell(row, g, "acc")) for k in shots]
             cells = [(k, c) for k, c in cells if c is not None and c.mean is not None]
             if not cells:
@@ -179,25 +154,25 @@ def figure_fewshot(tables: dict[int, Table], out_dir: str, paper: Paper | None =
                         "mean": cell.mean,
                         "std": None,
                         "n": cell.n,
+                        "datasets": " ".join(cell.datasets),
                         "source": "ours",
                     }
                 )
             else:
-                xs = [positions[k] for k, _ in cells]
-                means = [c.mean for _, c in cells]
-                stds = [c.std or 0.0 for _, c in cells]
                 style = "--" if method == "lpclip" else "-"
-                ax.errorbar(
-                    xs,
-                    means,
-                    yerr=stds,
-                    marker="o",
-                    markersize=4,
-                    linestyle=style,
-                    color=color(method),
-                    capsize=2,
-                    label=g.label,
-                )
+                # an Average joins only shot counts whose Averages hold the same datasets
+                for n, segment in enumerate(same_datasets(cells) if row == AVERAGE else [cells]):
+                    ax.errorbar(
+                        [positions[k] for k, _ in segment],
+                        [c.mean for _, c in segment],
+                        yerr=[c.std or 0.0 for _, c in segment],
+                        marker="o",
+                        markersize=4,
+                        linestyle=style,
+                        color=color(method),
+                        capsize=2,
+                        label=g.label if n == 0 else "_nolegend_",
+                    )
                 for k, c in cells:
                     plotted.append(
                         {
@@ -208,6 +183,7 @@ def figure_fewshot(tables: dict[int, Table], out_dir: str, paper: Paper | None =
                             "mean": c.mean,
                             "std": c.std,
                             "n": c.n,
+                            "datasets": " ".join(c.datasets),
                             "source": "ours",
                         }
                     )

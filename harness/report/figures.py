@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from harness.report.gate import comparable_averages, pair
 from harness.report.tables import AVERAGE, Table, dataset_label, method_info, method_rank
 
 # A method's colour is its own (``color`` in its file); a method without one gets the first of these not
@@ -100,13 +101,11 @@ def _value(table, row, group, metric):
 def figure3(table1: Table, out_dir: str):
     """CoCoOp minus CoOp per dataset, new (a) and base (b) accuracy, sorted bars."""
     for experiment in _experiments(table1):
-        groups = [g for g in table1.groups if g.key[0] == experiment]
-        coop = next((g for g in groups if g.method == "coop"), None)
-        cocoop = next((g for g in groups if g.method == "cocoop"), None)
+        cocoop, coop = pair([g for g in table1.groups if g.key[0] == experiment], "cocoop", "coop")
         if coop and cocoop:
             break
     else:
-        return None, "Figure 3: needs CoOp and CoCoOp base-to-new results of one experiment"
+        return None, "Figure 3: needs CoOp and CoCoOp base-to-new results of one experiment and backbone"
     fig, axes = _figure(1, 2, figsize=(12, 4.2))
     axes = axes[0]
     plotted = []
@@ -142,9 +141,9 @@ def figure3(table1: Table, out_dir: str):
 def transfer_gap(table: Table, out_dir: str, name: str):
     """CoCoOp minus CoOp on each target of Table 2 or 3 (its source and Average rows left out), sorted bars."""
     what = table.title.split(":")[0]
-    coop, cocoop = table.group_for("coop"), table.group_for("cocoop")
+    cocoop, coop = pair(table.groups, "cocoop", "coop")
     if not (coop and cocoop):
-        return None, f"{what}'s figure: needs CoOp and CoCoOp transfer results"
+        return None, f"{what}'s figure: needs CoOp and CoCoOp transfer results on one backbone"
     pairs = []
     for row, label in table.rows:
         a, b = _value(table, row, cocoop, "acc"), _value(table, row, coop, "acc")
@@ -181,13 +180,15 @@ def scatter(table1: Table, out_dir: str):
     ax = axes[0][0]
     plotted, points = [], 0
     seen_methods = {}
-    for g in (g for g in table1.groups if g.key[0] == experiment):
+    groups = [g for g in table1.groups if g.key[0] == experiment]
+    stars = {g.key for g in comparable_averages(table1, groups, "base")}  # Averages over the same datasets
+    for g in groups:
         marker = MARKERS[seen_methods.setdefault(g.method, []).__len__() % len(MARKERS)]
         seen_methods[g.method].append(g)
         xs, ys, names = [], [], []
         for row, label in table1.rows:
             b, n = _value(table1, row, g, "base"), _value(table1, row, g, "new")
-            if b is None or n is None:
+            if b is None or n is None or (row == AVERAGE and g.key not in stars):
                 continue
             plotted.append({"method": g.label, "dataset": label, "base": b, "new": n})
             if row == AVERAGE:
@@ -233,7 +234,7 @@ def figure4(init: Table, length: Table, out_dir: str):
     plotted = []
     for ax, panel in zip(axes[0], panels):
         if panel == "init":
-            groups = [g for g in init.groups if init.cell(AVERAGE, g, "base")]
+            groups = comparable_averages(init, init.groups, "base")  # bars of Averages over the same datasets
             width = 0.8 / len(groups)
             for i, g in enumerate(groups):
                 values = [_value(init, AVERAGE, g, m) or 0.0 for m, _ in metrics]
@@ -258,9 +259,8 @@ def figure4(init: Table, length: Table, out_dir: str):
             ax.set_ylim(0, top * 1.35)  # head-room above the bars for the legend
         else:
             by_method = {}
-            for g in length.groups:
-                if length.cell(AVERAGE, g, "base"):
-                    by_method.setdefault(g.method, []).append(g)
+            for g in comparable_averages(length, length.groups, "base"):  # a line joins one dataset set
+                by_method.setdefault(g.method, []).append(g)
             for method, groups in by_method.items():
                 groups.sort(key=lambda g: g.key[4])
                 xs = [g.key[4] for g in groups]
@@ -289,15 +289,16 @@ def figure4(init: Table, length: Table, out_dir: str):
 
 def method_averages(table1: Table) -> tuple[str | None, list[dict]]:
     """(experiment, rows): for each column group of Table 1's first experiment ("base2new" when it has
-    results) whose Average row has base, new and H, {"method", "label", "base", "new", "h"} and the
-    paper's values as "paper_base", "paper_new", "paper_h" (None where the paper has none), and the
-    method's colour as "color"."""
+        results) whose Average row has base, new and H over the same datasets as the widest of them
+    (``gate.comparable_averages``), {"method", "label", "base", "new", "h"} and the
+        paper's values as "paper_base", "paper_new", "paper_h" (None where the paper has none), and the
+        method's colour as "color"."""
     experiments = _experiments(table1)
     if not experiments:
         return None, []
     experiment = experiments[0]
     rows = []
-    for g in (g for g in table1.groups if g.key[0] == experiment):
+    for g in comparable_averages(table1, [g for g in table1.groups if g.key[0] == experiment], "h"):
         cells = {m: table1.cell(AVERAGE, g, m) for m in ("base", "new", "h")}
         if any(c is None or c.mean is None for c in cells.values()):
             continue

@@ -1,13 +1,9 @@
-"""From result records to the paper's tables: selection, seed aggregation, averages, paper values.
+"""The report's vocabulary: cells, tables, labels, records' fields and the published values.
 
 A table is rows x column groups x metrics of :class:`Cell`s. A seed cell holds the mean and the
-population standard deviation (ddof=0, PROTOCOL.md 14) over the expected seeds; a cell with fewer
-seeds than expected keeps its mean but is marked ``†(k/n seeds)`` and listed as missing. H is
-computed from the seed-averaged base and new (PROTOCOL.md 12.1); an "Average" cell averages the
-per-dataset means of the datasets complete for that column group only, and is marked
-``‡(k/n datasets)`` when that is fewer than all of them; when no dataset has all its expected seeds (a
-study narrowed to fewer seeds), it averages the datasets it has, marked ``†``
-(and ``‡`` when those are fewer than all).
+population standard deviation (ddof=0, PROTOCOL.md 14) over the expected seeds; H is computed from the
+seed-averaged base and new (PROTOCOL.md 12.1). What goes into a cell, and how a cell or Average that
+falls short is marked, is decided in one place: ``harness.report.gate``.
 """
 
 from __future__ import annotations
@@ -16,8 +12,6 @@ import csv
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-
-import numpy as np
 
 PAPER_DATASETS = (
     "imagenet",
@@ -57,7 +51,7 @@ MARKS = (
     "± population std over seeds (ddof=0); † fewer seeds than expected; ‡ average over fewer datasets than "
     "expected; § average over datasets run at different settings (no paper comparison for a marked average)"
 )
-# A record's settings run label, set when the report shows several of one family (harness.report.variants).
+# A record's settings run label, set when the report shows several of one family (harness.report.gate).
 LABEL_FIELD = "_settings_label"
 
 # Experiments that feed a table unless the caller says otherwise (see ``table_filter``).
@@ -128,6 +122,7 @@ class Cell:
     kind: str = "seeds"  # "seeds" | "derived" (H) | "average" | "count"
     note: str = ""  # the marker shown after the number, e.g. "†(2/3 seeds)"
     paper: float | None = None
+    datasets: tuple = ()  # an Average's: the datasets it is over
 
     @property
     def incomplete(self) -> bool:
@@ -169,6 +164,7 @@ class Group:
     key: tuple
     label: str
     method: str
+    backbone: str | None = None  # its records' (a figure compares two methods only on one backbone)
 
 
 @dataclass
@@ -224,7 +220,7 @@ def is_zero_shot(record: dict) -> bool:
 
 def variant(record: dict) -> tuple:
     """What tells two methods apart in a table: method, config, backbone, shots, context, and the
-    settings run when the report shows several of one family (``variants.LABEL_FIELD``)."""
+    settings run when the report shows several of one family (``LABEL_FIELD``)."""
     init = (record.get("options") or {}).get("ctx_init")
     settings = record.get(LABEL_FIELD, "")
     if is_zero_shot(record):
@@ -249,6 +245,12 @@ def trained_on_own_base(record: dict) -> bool:
 
 
 class Paper:
+    """The published values of ``paper_dir``'s CSV files, each for the backbone and shot count it was
+    published at: a row's own ``backbone`` / ``shots`` columns where the file has them (fewshot.csv),
+    else its file's line in ``protocol.csv`` (table, backbone, shots)."""
+
+    PROTOCOL = "protocol"  # protocol.csv
+
     def __init__(self, paper_dir: str | None):
         self.dir = paper_dir
         self.frames = {}
@@ -257,110 +259,44 @@ class Paper:
                 if name.endswith(".csv"):
                     with open(os.path.join(paper_dir, name), newline="") as f:
                         self.frames[name[:-4]] = list(csv.DictReader(f))
+        self.protocols = {row["table"]: row for row in self.frames.get(self.PROTOCOL, ())}
 
-    def value(self, table: str, match: dict, column: str) -> float | None:
-        for row in self.frames.get(table, ()):
-            if all(row.get(k) == v for k, v in match.items()) and row.get(column) not in (None, ""):
-                return float(row[column])
+    def _of(self, table: str, row: dict, key: str) -> str | None:
+        return row.get(key) or (self.protocols.get(table) or {}).get(key) or None
+
+    def rows(self, table: str, match: dict, column: str) -> list[dict]:
+        return [
+            row
+            for row in self.frames.get(table, ())
+            if all(row.get(k) == v for k, v in match.items()) and row.get(column) not in (None, "")
+        ]
+
+    def value(self, table: str, match: dict, column: str, backbone=None, shots=None) -> float | None:
+        """The published value; given a backbone, only one published for it (and, for a learned prompt,
+        ``shots``; for zero-shot CLIP, None: a row that has its own shots must say 0)."""
+        for row in self.rows(table, match, column):
+            if backbone is not None:
+                if self._of(table, row, "backbone") != str(backbone):
+                    continue
+                published = self._of(table, row, "shots")
+                if shots is None and row.get("shots") not in (None, "", "0"):
+                    continue
+                if shots is not None and published != str(shots):
+                    continue
+            return float(row[column])
         return None
+
+    def protocol_text(self, table: str, match: dict, column: str) -> str:
+        """'ViT-B/16, 16 shots': what the published values of a cell are for."""
+        found = []
+        for row in self.rows(table, match, column):
+            backbone, shots = self._of(table, row, "backbone"), self._of(table, row, "shots")
+            found.append(f"{backbone or 'an unnamed backbone'}" + (f", {shots} shots" if shots else ""))
+        return " or ".join(dict.fromkeys(found)) or "another backbone"
 
 
 # ----------------------------------------------------------------------------------------------
-# Aggregation helpers
-
-
-class Context:
-    """Everything a table builder needs: records, the experiment filter, seeds, paper values."""
-
-    def __init__(
-        self,
-        records: list[dict],
-        experiments=None,
-        expected_seeds=None,
-        paper: Paper | None = None,
-        with_paper=True,
-        expectations: dict | None = None,
-        seen: list[dict] | None = None,
-    ):
-        self.records = records
-        self.experiments = experiments
-        self.expected_seeds = None if expected_seeds is None else set(expected_seeds)
-        self.paper = paper if with_paper else None
-        # {experiment: {"datasets", "seeds", "ran"...}} recorded by the sweeps (harness.sweep.record_expectation)
-        self.expectations = expectations or {}
-        self.seeds_by_experiment: dict = {}
-        for name, expected in self.expectations.items():
-            self.seeds_by_experiment[name] = set(expected.get("seeds") or [])
-        for r in records if seen is None else seen:  # seen: every settings run's records, not only those shown
-            if not is_zero_shot(r) and r.get("seed") is not None:
-                self.seeds_by_experiment.setdefault(r.get("experiment"), set()).add(r["seed"])
-
-    def expected_datasets(self, recs: list[dict]) -> list[str]:
-        """The datasets the experiments of ``recs`` expect (from their sweeps' records)."""
-        out = []
-        for name in dict.fromkeys(r.get("experiment") for r in recs):
-            out += (self.expectations.get(name) or {}).get("datasets") or []
-        return list(dict.fromkeys(out))
-
-    def table_filter(self, table: str) -> Callable[[str], bool]:
-        """Default: Tables 1 and 4 read every experiment but crossdataset/domaingen/ablations;
-        Table 2 reads crossdataset and Table 3 domaingen (each one's source row also the other's:
-        their trainings are shared); Table 5 and the Figure 4 ablations read every experiment but
-        crossdataset/domaingen. A list of names narrows every table to those; a dict
-        {table: [names]} replaces a table's default."""
-        if table == "table2":
-            default = lambda e: e == "crossdataset"  # noqa: E731
-        elif table == "table3":
-            default = lambda e: e == "domaingen"  # noqa: E731
-        elif table in ("table5", "fig4a", "fig4b"):
-            default = lambda e: e not in ("crossdataset", "domaingen", "fewshot")  # noqa: E731
-        elif table == "fewshot":
-            default = lambda e: e == "fewshot"  # noqa: E731
-        else:
-            default = lambda e: e not in OWN_EXPERIMENTS  # noqa: E731
-        chosen = self.experiments
-        if chosen is None:
-            return default
-        if isinstance(chosen, dict):
-            names = chosen.get(table, chosen.get(TABLE_KEYS.get(table, table)))
-            return default if names is None else (lambda e: e in set(names))
-        names = {chosen} if isinstance(chosen, str) else set(chosen)
-        return lambda e: default(e) and e in names
-
-    def select(self, table: str, predicate: Callable[[dict], bool]) -> list[dict]:
-        keep = self.table_filter(table)
-        return [r for r in self.records if keep(r.get("experiment")) and predicate(r)]
-
-    def seed_cell(self, recs: list[dict]) -> tuple[Cell | None, str]:
-        """Mean ± population std over the expected seeds; (cell, note for the missing list)."""
-        if not recs:
-            return None, ""
-        by_seed = {}
-        for r in recs:  # later records win (a rerun of the same job)
-            by_seed[r.get("seed")] = accuracy(r)
-        if is_zero_shot(recs[0]):
-            value = list(by_seed.values())[-1]
-            return Cell(value, None, 1, 1, "seeds"), ""
-        if self.expected_seeds is not None:
-            expected = set(self.expected_seeds)
-        else:
-            expected = set()
-            for e in {r.get("experiment") for r in recs}:
-                expected |= self.seeds_by_experiment.get(e, set())
-        used = sorted((s for s in by_seed if s in expected), key=str)
-        if not used:
-            return None, f"none of the expected seeds {sorted(expected, key=str)} (has {sorted(by_seed, key=str)})"
-        values = np.array([by_seed[s] for s in used], dtype=float)
-        cell = Cell(float(values.mean()), float(values.std(ddof=0)), len(used), len(expected), "seeds")
-        if len(used) < len(expected):
-            lacking = sorted(expected - set(used), key=str)
-            cell.note = f"†({len(used)}/{len(expected)} seeds)"
-            return (
-                cell,
-                f"seed{'s' if len(lacking) > 1 else ''} {', '.join(map(str, lacking))} missing "
-                f"({len(used)}/{len(expected)})",
-            )
-        return cell, ""
+# Labels
 
 
 def group_labels(keys: list[tuple], method_of: Callable, parts: Callable) -> dict:
@@ -388,95 +324,3 @@ def variant_parts(v: tuple) -> list[str]:
 def ordered_datasets(datasets: Iterable[str], known: tuple) -> list[str]:
     present = set(datasets)
     return [d for d in known if d in present] + sorted(present - set(known))
-
-
-def fill_average(
-    table: Table,
-    group: Group,
-    metrics: list[str],
-    universe: list[str],
-    label_total: int | None = None,
-    derived_h: bool = False,
-    paper: Callable | None = None,
-) -> None:
-    """Average row: mean of the per-row means over rows complete for the group (all metrics
-    present and unmarked); H (when derived_h) from the averaged base and new."""
-    base_metrics = [m for m in metrics if not (derived_h and m == "h")]
-    present, complete = [], []
-    for row in universe:
-        cells = [table.cell(row, group, m) for m in base_metrics]
-        if all(c is not None and c.mean is not None for c in cells):
-            present.append(row)
-            if not any(c.incomplete for c in cells):
-                complete.append(row)
-    total = label_total or len(universe)
-    note = f"‡({len(complete)}/{total} datasets)" if len(complete) < total else ""
-    if not complete and present:
-        # No dataset has every expected seed (a study narrowed to fewer seeds, SEEDS=1): average what there is
-        # rather than show nothing, marked as such (never compared with the paper).
-        complete = present
-        marks = "†‡" if len(present) < total else "†"
-        note = f"{marks}({len(present)}/{total} datasets, fewer seeds than expected)"
-    if not complete:
-        return
-    left_out = [r for r in universe if r not in complete]
-    if left_out:
-        table.missing.append(
-            f"{table.title.split(':')[0]}: {group.label} Average over {len(complete)}/{total} datasets "
-            f"(incomplete: {', '.join(left_out)})"
-        )
-    for m in base_metrics:
-        mean = float(np.mean([table.cell(r, group, m).mean for r in complete]))
-        table.cells[(AVERAGE, group.key, m)] = Cell(mean, None, len(complete), total, "average", note)
-    if derived_h:
-        h = harmonic(table.cell(AVERAGE, group, "base").mean, table.cell(AVERAGE, group, "new").mean)
-        table.cells[(AVERAGE, group.key, "h")] = Cell(h, None, len(complete), total, "average", note)
-    if paper is not None and not note:
-        for m in metrics:
-            table.cells[(AVERAGE, group.key, m)].paper = paper(AVERAGE, group, m)
-
-
-def add_seed_cell(
-    ctx: Context,
-    table: Table,
-    group: Group,
-    row: str,
-    metric: str,
-    recs: list,
-    paper: Callable | None,
-    where: str | None = None,
-) -> Cell | None:
-    """One seed-averaged cell with its paper value; an absent or incomplete cell goes to the missing list."""
-    cell, why = ctx.seed_cell(recs)
-    where = where or f"{table.title.split(':')[0]}: {group.label} {row} {metric}"
-    if cell is None:
-        table.missing.append(f"{where}: no records" + (f" ({why})" if why else ""))
-        return None
-    if why:
-        table.missing.append(f"{where}: {why}")
-    if paper is not None:
-        cell.paper = paper(row, group, metric)
-    table.cells[(row, group.key, metric)] = cell
-    return cell
-
-
-def add_base_new(
-    ctx: Context, table: Table, group: Group, row: str, base_recs: list, new_recs: list, paper: Callable | None
-) -> None:
-    """Seed-averaged base and new cells and their H for one row; gaps go to the missing list."""
-    for metric, recs in (("base", base_recs), ("new", new_recs)):
-        add_seed_cell(ctx, table, group, row, metric, recs, paper)
-    base, new = table.cell(row, group, "base"), table.cell(row, group, "new")
-    if base is not None and new is not None:
-        marked = base.incomplete or new.incomplete
-        h = Cell(
-            harmonic(base.mean, new.mean),
-            None,
-            min(base.n, new.n),
-            max(base.expected, new.expected),
-            "derived",
-            "†(from incomplete seeds)" if marked else "",
-        )
-        if paper is not None:
-            h.paper = paper(row, group, "h")
-        table.cells[(row, group.key, "h")] = h
