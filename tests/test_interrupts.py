@@ -87,14 +87,14 @@ def groups():
             pass
 
 
-def start_paused(tmp_path, groups, job, command):
+def start_paused(tmp_path, groups, job, command, moment="mid-epoch:2"):
     """The command line (tests/interrupt_child.py) in a session of its own, as a terminal runs a
-    command, with ``job`` paused in the second step of its second epoch: (process, job's pid, log)."""
+    command, with ``job`` paused at ``moment`` (tests/crash_child.py): (process, job's pid, log)."""
     marker, log = tmp_path / "paused", tmp_path / "command.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, TESTS]), "OMP_NUM_THREADS": "1"}
     with open(log, "w") as f:  # a file, not a pipe: a full pipe would block the command
         child = subprocess.Popen(
-            [sys.executable, CHILD, job, "mid-epoch:2", str(marker), *command],
+            [sys.executable, CHILD, job, moment, str(marker), *command],
             cwd=ROOT,
             env=env,
             stdout=f,
@@ -147,13 +147,23 @@ def ended_with_one_line(child, log, exit_status: int) -> str:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds a job's processes in /proc")
-@pytest.mark.parametrize("to", ["the terminal's process group", "the sweep alone"])
-def test_sigint_stops_a_local_sweep_and_a_rerun_finishes_it(experiment_file, data_root, straight, tmp_path, to):
+@pytest.mark.parametrize(
+    "to, moment, processes",
+    [
+        # in the middle of epoch 2: submitit's controller, the training process and its data-loader worker
+        ("the terminal's process group", "mid-epoch:2", 3),
+        # while the checkpoint of epoch 2 is half written (the loader's worker gone with its epoch)
+        ("the sweep alone", "checkpoint-write:2", 2),
+    ],
+)
+def test_sigint_stops_a_local_sweep_and_a_rerun_finishes_it(
+    experiment_file, data_root, straight, tmp_path, groups, to, moment, processes
+):
     out = str(tmp_path / "out")
     command = ["sweep", experiment_file, "--data-root", data_root, "--out", out, "--launcher", "local"]
-    sweep_process, job_pid, log = start_paused(tmp_path, groups, TRAIN, command)
-    job_processes = group_members(job_pid)  # submitit's controller, the training process, its loader worker
-    assert len(job_processes) >= 3 and os.getpgid(job_pid) != os.getpgid(sweep_process.pid)
+    sweep_process, job_pid, log = start_paused(tmp_path, groups, TRAIN, command, moment)
+    job_processes = group_members(job_pid)
+    assert len(job_processes) >= processes and os.getpgid(job_pid) != os.getpgid(sweep_process.pid)
     if to == "the sweep alone":  # as a scheduler or `timeout` does: the job gets no signal of its own
         os.kill(sweep_process.pid, signal.SIGINT)
     else:
@@ -169,8 +179,11 @@ def test_sigint_stops_a_local_sweep_and_a_rerun_finishes_it(experiment_file, dat
     rows = {r["job"]: r for r in status(jobs, out, "stop")}
     assert rows[TRAIN]["state"] == "interrupted" and "epoch 1/2 checkpointed" in rows[TRAIN]["detail"]
     assert results.read_records(out) == []
+    if moment.startswith("checkpoint-write"):
+        half_written = os.listdir(os.path.join(jobs[0].spec.output_dir, "prompt_learner"))
+        assert any(name.endswith(".tmp") for name in half_written), half_written
     # The re-run resumes the training from its checkpoint of epoch 1 (the killed job's run-folder lock
-    # and half-written files in its way) and ends with the numbers of the uninterrupted sweep.
+    # and the half-written file it left) and ends with the numbers of the uninterrupted sweep.
     states = launch(jobs, "stop", out, "debug", EXPERIMENT["launcher"], printer=lambda *_: None)
     assert [s.state for s in states] == ["done", "done"]
     assert numbers(out) == straight
