@@ -191,13 +191,17 @@ def test_sigint_stops_a_local_sweep_and_a_rerun_finishes_it(
     assert sum(name.startswith("log.txt") for name in log_files) == 2  # the killed run's, the resumed run's
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the sweep's processes in /proc")
 def test_sigterm_stops_a_debug_sweep_with_its_own_status(experiment_file, data_root, tmp_path, groups):
     out = str(tmp_path / "out")
     command = ["sweep", experiment_file, "--data-root", data_root, "--out", out, "--launcher", "debug"]
     sweep_process, job_pid, log = start_paused(tmp_path, groups, TRAIN, command)
     assert job_pid == sweep_process.pid  # the debug launcher runs its jobs in the sweep's process
+    processes = group_members(job_pid)  # the sweep and its job's data-loader worker
+    assert len(processes) >= 2
     sweep_process.terminate()
     line = ended_with_one_line(sweep_process, log, 143)
+    assert [pid for pid in processes if alive(pid)] == []
     assert line.startswith("Interrupted (SIGTERM): stopped 1 running job; 0 done, 1 not started.")
     assert {s.name: (s.state, s.error) for s in load_state(out, "stop")} == {
         TRAIN: ("interrupted", "stopped by SIGTERM"),
