@@ -12,8 +12,9 @@
 
 Bad input (a config key, a data folder, a split file, an image, a checkpoint, a YAML file, a
 cluster's refusal...) ends with one line saying what is wrong, where, and what to do, and a non-zero
-exit status: 2 for bad input, 1 for a run that failed. ``--debug`` (or ``HARNESS_DEBUG=1``) shows
-the traceback instead.
+exit status: 2 for bad input, 1 for a run that failed. So does a signal: Ctrl-C (SIGINT) 130, SIGTERM
+143, SIGHUP 129, after ``run`` and ``sweep`` have stopped their jobs (``harness.launcher.interrupts``).
+``--debug`` (or ``HARNESS_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from harness.config import (
 )
 
 BAD_INPUT, FAILED = 2, 1
+INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as the shell reports a process the signal ended
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +76,16 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _interrupted_run(spec: RunSpec, stop) -> str:
+    from harness.checkpoint import latest_checkpoint
+
+    found = latest_checkpoint(spec.output_dir) if spec.trains and not spec.force else None
+    again = f"resumes it from its checkpoint of epoch {found[1]}/{spec.epochs}" if found else "runs it again"
+    return f"Interrupted ({stop.signal_name}): stopped {spec.job_name}; the same command {again}."
+
+
 def _cmd_run(args) -> int:
+    from harness.launcher.interrupts import Interrupted, stop_on_signals
     from harness.runner import run
 
     explicit = {}
@@ -86,7 +97,12 @@ def _cmd_run(args) -> int:
     if args.method_options:
         overrides.setdefault("options", {}).update(parse_overrides(args.method_options))
     spec = load_spec_file(args.spec_file, overrides) if args.spec_file else build_spec({}, overrides)
-    records = run(spec)
+    with stop_on_signals():
+        try:
+            records = run(spec)
+        except Interrupted as stop:
+            stop.message = _interrupted_run(spec, stop)
+            raise
     if not records:
         from harness import results
 
@@ -316,6 +332,11 @@ def main(argv=None) -> int:
             return 0
         print("\n".join(method_config_names()))
         return 0
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a signal a command stops on (harness.launcher.interrupts)
+        if debug:
+            raise
+        print(str(exc) or "Interrupted.", file=sys.stderr)
+        return getattr(exc, "exit_status", INTERRUPTED)
     except Exception as exc:
         for kind, code in _error_types():
             if isinstance(exc, kind) and not debug:

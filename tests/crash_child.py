@@ -61,6 +61,12 @@ def main() -> None:
     spec_path, moment, marker = sys.argv[1:4]
     with open(spec_path) as f:
         spec = build_spec(json.load(f))
+    arm(spec, moment, marker)
+    harness.runner.run(spec)
+
+
+def arm(spec, moment: str, marker: str) -> None:
+    """Make this process pause at ``moment`` of a run of ``spec`` (see the module's docstring)."""
     name, _, arg = moment.partition(":")
     epoch = int(arg) if arg else None
 
@@ -114,7 +120,6 @@ def main() -> None:
         harness.runner.Run.evaluate = evaluate
     else:
         raise SystemExit(f"unknown moment {moment!r}")
-    harness.runner.run(spec)
 
 
 if __name__ == "__main__":

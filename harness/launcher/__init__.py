@@ -12,15 +12,21 @@ or blocked, and nothing left queued that can never start.
 The sweep's state (job ids, logs, states, reasons) is kept in ``<out>/<experiment>/sweep.json`` so
 ``status`` can report on it later. Cluster defaults are in ``experiments/launcher.yaml``.
 
+Ctrl-C, SIGTERM or SIGHUP stops a sweep cleanly: its running local jobs killed with all their processes
+(debug: the job unwound), marked interrupted, one line, exit 130 / 143 / 129; Slurm jobs are left to the
+cluster, the line naming their ``scancel``. A re-run resumes each interrupted job from its checkpoint.
+
     settings.py   which launcher, with which options
     state.py      a job's status (``JobStatus``) and record (``JobState``); the state file
-    driver.py     plan, launch (hands the jobs to an executor), the closing summary
+    driver.py     plan, launch (hands the jobs to an executor), the closing summary or the interrupted line
+    interrupts.py a signal as ``Interrupted``, raised where the executors can stop their jobs
     jobs.py       the submitit job (``HarnessJob``) and what a finished one reports
     debug.py, local.py, slurm.py   the executors; slurm.py also preflight, arrays, asking the cluster
     status.py     where each job stands
 """
 
 from harness.launcher.driver import launch, plan, print_plan
+from harness.launcher.interrupts import Interrupted
 from harness.launcher.jobs import HarnessJob
 from harness.launcher.settings import LAUNCHERS, launcher_settings
 from harness.launcher.slurm import SubmissionError, preflight, sbatch_flags, slurm_parameters
@@ -30,6 +36,7 @@ from harness.launcher.status import status
 __all__ = [
     "LAUNCHERS",
     "HarnessJob",
+    "Interrupted",
     "JobState",
     "JobStatus",
     "SubmissionError",

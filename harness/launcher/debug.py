@@ -1,4 +1,5 @@
-"""submitit's debug executor: each job in this process, one after the other."""
+"""submitit's debug executor: each job in this process, one after the other. A signal that stops the sweep
+(``launcher.interrupts``) unwinds the job it runs, as Ctrl-C does ``harness run``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 
 import submitit
 
+from harness.launcher.interrupts import Interrupted
 from harness.launcher.jobs import HarnessJob
 from harness.launcher.progress import Progress
 from harness.launcher.state import JobStatus, block_dependents, save_state
@@ -41,6 +43,9 @@ def _in_turn(todo, states, folder, out, experiment, printer, post_mortem, thread
         try:
             sj.result() if post_mortem and sys.stdin.isatty() else sj.submission().result()
             state.state = JobStatus.DONE
+        except Interrupted as stop:
+            state.state, state.error = JobStatus.INTERRUPTED, f"stopped by {stop.signal_name}"
+            raise
         except Exception as exc:
             state.state, state.error = JobStatus.FAILED, f"{type(exc).__name__}: {exc}".splitlines()[0]
             log.exception("%s failed", job.name)

@@ -1,4 +1,5 @@
-"""What a sweep must run (its plan), handing it to the chosen executor, and the closing summary."""
+"""What a sweep must run (its plan), handing it to the chosen executor, and the closing summary (or, when a
+signal stops the sweep, its one line: ``interrupted_line``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from harness import fingerprint as fingerprints
 from harness import results
 from harness.launcher.debug import run_debug
+from harness.launcher.interrupts import Interrupted, stop_on_signals
 from harness.launcher.local import run_local
 from harness.launcher.settings import check_launcher
 from harness.launcher.slurm import submit_slurm, wait_slurm
@@ -87,19 +89,50 @@ def launch(
         printer("Nothing to do: every job's results exist.")
         return states
     folder = os.path.join(out, experiment, "submitit", "%j")
-    if launcher == "debug":
-        post_mortem, threads = bool(cfg.get("post_mortem", True)), cfg.get("threads")
-        run_debug(todo, states, folder, out, experiment, printer, post_mortem, int(threads) if threads else None)
-    elif launcher == "slurm":
-        submitted = submit_slurm(todo, states, folder, cfg, printer)
-        save_state(out, experiment, states)
-        if not wait:
-            printer(f"Follow them with: python -m harness status {experiment} --out {out}")
-            return states
-        wait_slurm(submitted, states, out, experiment, poll_s, printer)
-    else:
-        run_local(todo, states, folder, cfg, out, experiment, poll_s, printer)
+    with stop_on_signals():
+        try:
+            if launcher == "debug":
+                post_mortem, threads = bool(cfg.get("post_mortem", True)), cfg.get("threads")
+                run_debug(
+                    todo, states, folder, out, experiment, printer, post_mortem, int(threads) if threads else None
+                )
+            elif launcher == "slurm":
+                submitted = submit_slurm(todo, states, folder, cfg, printer)
+                save_state(out, experiment, states)
+                if not wait:
+                    printer(f"Follow them with: python -m harness status {experiment} --out {out}")
+                    return states
+                wait_slurm(submitted, states, out, experiment, poll_s, printer)
+            else:
+                run_local(todo, states, folder, cfg, out, experiment, poll_s, printer)
+        except Interrupted as stop:
+            save_state(out, experiment, states)
+            stop.message = interrupted_line(stop, states, out, experiment)
+            raise
     return _finish(states, out, experiment, printer)
+
+
+def interrupted_line(stop: Interrupted, states: list[JobState], out: str, experiment: str) -> str:
+    """The one line of a sweep a signal stopped: the jobs it stopped, those done, failed, blocked or not
+    started, and, on Slurm, the jobs left to the cluster (still queued or running: the sweep only stops
+    waiting for them, as a lost login session must not cancel a study) with their ``scancel``."""
+    count = lambda status: sum(s.state == status for s in states)
+    plural = lambda n, what: f"{n} {what}{'' if n == 1 else 's'}"
+    tally = ", ".join(
+        [f"{count(JobStatus.DONE)} done"]
+        + [f"{count(status)} {status}" for status in (JobStatus.FAILED, JobStatus.BLOCKED) if count(status)]
+        + [f"{count(JobStatus.PENDING)} not started"]
+    )
+    left = [s for s in states if s.state in (JobStatus.QUEUED, JobStatus.RUNNING) and s.job_id]
+    if left:
+        arrays = " ".join(sorted({s.job_id.split("_")[0] for s in left}))
+        return (
+            f"Interrupted ({stop.signal_name}): stopped waiting; {tally}; {plural(len(left), 'Slurm job')} left to "
+            f"the cluster (follow: python -m harness status {experiment} --out {out}; cancel: scancel {arrays}). "
+            "Re-run the same command once they have ended to finish the rest."
+        )
+    stopped = plural(count(JobStatus.INTERRUPTED), "running job")
+    return f"Interrupted ({stop.signal_name}): stopped {stopped}; {tally}. Re-run the same command to finish the rest."
 
 
 def _finish(states, out, experiment, printer) -> list[JobState]:

@@ -5,7 +5,8 @@ array holds the jobs that can start now (trainings first); the second their eval
 waiting for task i of the first (``aftercorr``). Before anything is submitted the request is checked
 with ``sbatch --test-only``; a refusal names the option to change, and a submission refused half-way
 cancels what this launch queued. A job whose dependency failed is cancelled (``--kill-on-invalid-dep``
-and by the driver), as is one Slurm says it will never start.
+and by the driver), as is one Slurm says it will never start. A signal that stops the sweep stops its
+waiting only: the jobs queued are left to the cluster (``launcher.driver`` prints their ``scancel``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 
 import submitit
 
+from harness.launcher.interrupts import deferred
 from harness.launcher.jobs import HarnessJob, collect_finished, job_failure
 from harness.launcher.progress import Progress
 from harness.launcher.settings import check_slurm_keys
@@ -158,24 +160,27 @@ def submit_slurm(todo, states, folder, cfg, printer) -> dict:
             state.started(sj, JobStatus.QUEUED)
         return handles
 
-    try:
-        experiment = todo[0][0].name.split("/")[0]
-        handles = submit(first, None, f"{experiment}.jobs")
-        if second and aligned and len(first) > 1 and len(second) > 1:  # two arrays, task i after task i
-            array = handles[0].job_id.split("_")[0]
-            submit(second, f"aftercorr:{array}", f"{experiment}.evals")
-        else:
-            for job, state in second:
-                ids = [submitted[d].job_id for d in state.depends_on]
-                submit([(job, state)], "afterok:" + ":".join(ids), job.name.replace("/", "."))
-    except Exception as exc:
-        _cancel([sj.job_id for sj in submitted.values()])
-        for _, state in todo:
-            state.state, state.job_id = JobStatus.PENDING, None
-        message = str(exc.__cause__ or exc) if not isinstance(exc, SubmissionError) else str(exc)
-        raise SubmissionError(
-            _refusal(message, cfg) + f"\nCancelled the {len(submitted)} job(s) this launch had queued."
-        ) from exc
+    # A signal waits for the submission to end: every job queued is then in the states, whose ids the
+    # sweep's last line names (the jobs are left to the cluster, see launcher.driver).
+    with deferred():
+        try:
+            experiment = todo[0][0].name.split("/")[0]
+            handles = submit(first, None, f"{experiment}.jobs")
+            if second and aligned and len(first) > 1 and len(second) > 1:  # two arrays, task i after task i
+                array = handles[0].job_id.split("_")[0]
+                submit(second, f"aftercorr:{array}", f"{experiment}.evals")
+            else:
+                for job, state in second:
+                    ids = [submitted[d].job_id for d in state.depends_on]
+                    submit([(job, state)], "afterok:" + ":".join(ids), job.name.replace("/", "."))
+        except Exception as exc:
+            _cancel([sj.job_id for sj in submitted.values()])
+            for _, state in todo:
+                state.state, state.job_id = JobStatus.PENDING, None
+            message = str(exc.__cause__ or exc) if not isinstance(exc, SubmissionError) else str(exc)
+            raise SubmissionError(
+                _refusal(message, cfg) + f"\nCancelled the {len(submitted)} job(s) this launch had queued."
+            ) from exc
     ids = sorted({sj.job_id.split("_")[0] for sj in submitted.values()})
     printer(f"Submitted {len(submitted)} Slurm jobs as array(s) {', '.join(ids)}.")
     return submitted

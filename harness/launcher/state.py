@@ -1,7 +1,9 @@
 """A sweep's jobs as the launcher tracks them, and the file that keeps them (``<out>/<experiment>/sweep.json``).
 
 A job's status moves pending -> queued (Slurm) -> running -> done | failed, or to blocked when a job it
-waits for failed; skipped jobs already had all their results. The statuses are strings in the file, so
+waits for failed, or to interrupted when a signal stopped its sweep while it ran (``launcher.interrupts``;
+the next sweep runs it again, resuming from its last checkpoint); skipped jobs already had all their
+results. The statuses are strings in the file, so
 it stays readable and files written before ``JobStatus`` existed still load.
 """
 
@@ -21,6 +23,7 @@ class JobStatus(str, enum.Enum):
     DONE = "done"
     FAILED = "failed"
     BLOCKED = "blocked"  # never ran: a job it waits for failed, or Slurm will never start it
+    INTERRUPTED = "interrupted"  # stopped, running, by a signal to its sweep: the next sweep runs it again
 
     # Compared, hashed, formatted and written as the plain string, on every Python version.
     __str__ = str.__str__
@@ -38,7 +41,7 @@ class JobState:
     job_id: str | None = None
     stdout: str | None = None
     stderr: str | None = None
-    error: str | None = None  # failed: the job's own error line; blocked: why it never ran
+    error: str | None = None  # failed: the job's own error line; blocked: why it never ran; interrupted: by what
     fingerprint: str | None = None  # of the job's settings (harness.fingerprint)
     changed: str | None = None  # why it runs again: "epochs: 100 -> 2" (its earlier records stay)
 

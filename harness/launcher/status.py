@@ -11,8 +11,8 @@ from harness.sweep import Job
 
 
 def status(jobs: list[Job], out: str, experiment: str) -> list[dict]:
-    """One row per job: job, kind, results (found/expected), state (done, failed, blocked, queued,
-    running, partial or not started), detail and job_id when known."""
+    """One row per job: job, kind, results (found/expected), state (done, failed, blocked, interrupted,
+    queued, running, partial or not started), detail and job_id when known."""
     from harness.checkpoint import latest_checkpoint
 
     done = fingerprints.finished(results.read_records(jobs[0].spec.results)) if jobs else set()
@@ -34,6 +34,10 @@ def status(jobs: list[Job], out: str, experiment: str) -> list[dict]:
             row["state"], row["detail"] = "failed", f"{last.error}; log: {last.stderr}"
         elif last and last.state == JobStatus.BLOCKED:
             row["state"], row["detail"] = "blocked", last.error
+        elif last and last.state == JobStatus.INTERRUPTED:
+            found = latest_checkpoint(job.spec.output_dir) if job.kind == "train" else None
+            after = f"epoch {found[1]}/{job.spec.epochs} checkpointed: the next sweep resumes it" if found else ""
+            row["state"], row["detail"] = "interrupted", f"{last.error}; {after or 'the next sweep runs it again'}"
         else:
             found = latest_checkpoint(job.spec.output_dir) if job.kind == "train" else None
             live = last and last.state in (JobStatus.QUEUED, JobStatus.RUNNING)
