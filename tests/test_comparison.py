@@ -3,6 +3,7 @@ here from scipy / numpy / scikit-posthocs directly, on hand-made frames whose di
 
 import math
 import os
+import time
 
 import numpy as np
 import pandas as pd
@@ -96,6 +97,7 @@ def test_noise_is_within_noise():
     assert set(table["verdict"]) == {"within noise"}
 
 
+@pytest.mark.filterwarnings("error")  # scipy's tests on zero differences warn; a tie is answered without them
 def test_tie_is_within_noise_with_p_one():
     frame = frame_with({"a": (0.0, 0.0, 0.0), "b": (0.0, 0.0, 0.0), "c": (0.0, 0.0, 0.0)})
     table = cmp.comparison(frame, "base", "H")
@@ -106,8 +108,9 @@ def test_tie_is_within_noise_with_p_one():
 
 
 def test_constant_nonzero_difference_is_a_consistent_win():
-    # 70.1 + 0.3 - 70.1 is not 0.3 in floats: the same difference on every seed must still count as constant
-    values = {("a", s): 70.1 + s / 10 for s in SEEDS}
+    # (30.2 + 0.3) - 30.2 and (70.2 + 0.3) - 70.2 differ in floats: the same measured difference on every
+    # seed must still count as constant
+    values = {("a", s): v for s, v in zip(SEEDS, (30.2, 50.2, 70.2))}
     table = cmp.comparison(frame_with({"a": (0.3, 0.3, 0.3)}, values), "base", "H")
     got = row(table, "ours", "a")
     assert got["p_value"] == 0.0
@@ -194,8 +197,6 @@ def test_average_ci_comes_from_the_bootstrap_of_the_datasets_deltas():
 def test_comparison_is_fast_enough_for_a_full_study():
     rng = np.random.default_rng(0)
     rows = [(f"m{m}", f"d{d}", s, 60 + m + rng.normal()) for m in range(11) for d in range(11) for s in SEEDS]
-    import time
-
     start = time.perf_counter()
     table = cmp.comparison(tidy(rows), "m0", "H")
     assert len(table) == 10 * 12
@@ -305,11 +306,29 @@ def test_leaderboard_groups_are_the_diagrams_bars():
 
 
 def test_leaderboard_without_friedman_rejection_is_one_group():
-    scores = {"x": [1.0, 2.0, 3.0, 1.0], "y": [2.0, 1.0, 1.0, 3.0], "z": [3.0, 3.0, 2.0, 2.0]}
+    from scikit_posthocs import posthoc_nemenyi_friedman
+
+    # Friedman p = 0.0503, while Nemenyi alone would set w apart from z: the post-hoc is not read
+    scores = {
+        "w": [4.0, 4.0, 4.0, 3.0],
+        "x": [3.0, 2.0, 2.0, 4.0],
+        "y": [2.0, 3.0, 3.0, 1.0],
+        "z": [1.0, 1.0, 1.0, 2.0],
+    }
+    assert posthoc_nemenyi_friedman(np.array(list(scores.values())).T).to_numpy().min() < 0.05
     board = cmp.leaderboard(board_frame(scores, ("a", "b", "c", "d")))
+    assert board.friedman_p == pytest.approx(stats.friedmanchisquare(*scores.values()).pvalue)
     assert board.friedman_p >= 0.05
     assert board.groups == (tuple(board.table.sort_values("mean_rank")["method"]),)
     assert set(board.table["groups"]) == {"a"}
+    assert (board.p_values.to_numpy() == 1.0).all()  # what the diagram draws: one bar
+
+
+def test_critical_difference_against_demsars_table():
+    # Demšar (2006), Table 5(a): q_0.05 = 2.949 for seven classifiers; CD = q sqrt(k (k + 1) / (6 N))
+    scores = {f"m{i}": [60 + i + j % 3 for j in range(12)] for i in range(7)}
+    board = cmp.leaderboard(board_frame(scores, tuple(f"d{j}" for j in range(12))))
+    assert board.critical_difference == pytest.approx(2.949 * np.sqrt(7 * 8 / (6 * 12)), rel=1e-3)
 
 
 def test_leaderboard_leaves_out_a_method_missing_a_dataset():
@@ -340,3 +359,16 @@ def test_no_figure_with_two_datasets_or_one_method(tmp_path):
     paths, reason = cmp.figure_critical_difference(board_frame(one), str(tmp_path))
     assert paths is None and "at least 2 methods" in reason and "has 1" in reason
     assert os.listdir(tmp_path) == []
+
+
+def test_two_methods_are_decided_by_the_post_hoc_alone(tmp_path):
+    scores = {"coop": SCORES["coop"], "maple": SCORES["maple"]}
+    board = cmp.leaderboard(board_frame(scores))
+    assert math.isnan(board.friedman_statistic) and math.isnan(board.friedman_p)
+    assert any("Nemenyi post-hoc alone" in note for note in board.notes)
+    # maple wins on all five datasets: mean ranks 1 and 2, apart by more than Demšar's CD (q_0.05 = 1.960, N = 5)
+    assert board.critical_difference == pytest.approx(1.960 * np.sqrt(2 * 3 / (6 * 5)), rel=1e-3)
+    assert board.groups == (("maple",), ("coop",))
+    assert list(board.table["groups"]) == ["a", "b"]
+    paths, reason = cmp.figure_critical_difference(board_frame(scores), str(tmp_path))
+    assert reason is None and os.path.exists(paths["png"])
