@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 import submitit
@@ -20,12 +21,16 @@ class HarnessJob(submitit.helpers.Checkpointable):
     def __call__(self, spec_values: dict) -> list[dict]:
         import torch
 
-        from harness.runner import run
+        from harness.runner import resolve_device, run
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         if self.threads:
             torch.set_num_threads(self.threads)
-        return run(build_spec(spec_values))
+        spec = build_spec(spec_values)
+        # The job's log says where it ran: the local launcher gives each job its GPUs by this variable.
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        logging.getLogger(__name__).info("Device %s (CUDA_VISIBLE_DEVICES=%r)", resolve_device(spec.device), visible)
+        return run(spec)
 
 
 def job_failure(job) -> str:

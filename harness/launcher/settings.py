@@ -24,11 +24,13 @@ SLURM_KEYS = {
     "additional",
     "setup",
 }
-# local: max_parallel, timeout_min; debug: post_mortem (open the debugger on a failure at a terminal);
+# local: max_parallel, timeout_min, gpus_per_job and gpu_ids (``gpu_settings``; debug's jobs run in the
+# sweep's process, on the GPUs it sees); debug: post_mortem (open the debugger on a failure at a terminal);
 # both: threads (torch's threads per job; local's default the cores shared among its parallel jobs, debug's
 # torch's own). One thread suits tiny models: two threads of small ops on a busy 2-core machine wait on
 # each other and run many times slower than one.
-LOCAL_KEYS = {"max_parallel", "timeout_min", "post_mortem", "threads"}
+LOCAL_KEYS = {"max_parallel", "timeout_min", "post_mortem", "threads", "gpus_per_job", "gpu_ids"}
+WHERE_LOCAL = "experiments/launcher.yaml's local section or the experiment's launcher section"
 
 
 def check_launcher(name: str) -> None:
@@ -40,6 +42,26 @@ def check_slurm_keys(cfg: dict) -> None:
     unknown = sorted(set(cfg) - SLURM_KEYS)
     if unknown:
         raise ConfigError(f"Unknown slurm launcher key(s) {unknown}. Keys: {', '.join(sorted(SLURM_KEYS))}.")
+
+
+def gpu_settings(cfg: dict) -> tuple[int, list[int] | None]:
+    """(GPUs each local job gets, the GPU ids to take them from or None for every GPU the sweep sees)."""
+    per_job = cfg.get("gpus_per_job", 1)
+    if isinstance(per_job, bool) or not isinstance(per_job, int) or per_job < 0:
+        raise ConfigError(
+            f"Launcher option gpus_per_job={per_job!r}: expected a whole number >= 0 (0: the jobs on the CPU); "
+            f"set e.g. gpus_per_job: 1 in {WHERE_LOCAL}."
+        )
+    ids = cfg.get("gpu_ids")
+    if ids is None:
+        return per_job, None
+    whole = lambda i: isinstance(i, int) and not isinstance(i, bool) and i >= 0  # noqa: E731
+    if not isinstance(ids, (list, tuple)) or not ids or not all(map(whole, ids)) or len(set(ids)) < len(ids):
+        raise ConfigError(
+            f"Launcher option gpu_ids={ids!r}: expected a list of distinct GPU indices as CUDA_VISIBLE_DEVICES "
+            f"numbers them, e.g. gpu_ids: [0, 1], or null for every GPU the sweep sees; set it in {WHERE_LOCAL}."
+        )
+    return per_job, list(ids)
 
 
 def launcher_settings(experiment: dict, name: str = "", slurm: dict | None = None, max_parallel: int = 0):
