@@ -66,7 +66,14 @@ def test_gpu_settings_choose_the_pool_and_refuse_bad_values(monkeypatch):
     assert gpu_pool({}, 2, lines.append).jobs_on == {2: 0, 3: 0}
     assert gpu_pool({"gpu_ids": [3]}, 1, lines.append).jobs_on == {3: 0}
     assert gpu_pool({"gpus_per_job": 0}, 1, lines.append) is None
-    assert lines == ["[gpus] each job on 1 of GPU(s) 2,3", "[gpus] each job on 1 of GPU(s) 3"]
+    assert gpu_pool({"gpus_per_job": 2}, 1, lines.append).jobs_on == {2: 0, 3: 0}
+    assert lines == [
+        "[gpus] each job on 1 of GPU(s) 2,3",
+        "[gpus] each job on 1 of GPU(s) 3",
+        "[gpus] each job on 2 of GPU(s) 2,3",
+    ]
+    gpu_pool({}, 1, lines.append)
+    assert lines[-1] == "[gpus] each job on 1 of GPU(s) 2,3; max_parallel 2 would use them all"
     gpu_pool({}, 3, lines.append)
     assert lines[-1] == (
         "[gpus] each job on 1 of GPU(s) 2,3; 3 jobs at once share them, the least busy first "

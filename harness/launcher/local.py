@@ -113,9 +113,11 @@ def gpu_pool(cfg: dict, max_parallel: int, printer) -> GpuPool | None:
             f"set gpus_per_job to at most {len(ids)} (0: the CPU) in {WHERE_LOCAL}."
         )
     line = f"[gpus] each job on {per_job} of GPU(s) {','.join(map(str, ids))}"
-    if max_parallel * per_job > len(ids):
-        own = len(ids) // per_job
+    own = len(ids) // per_job  # the jobs at once that each have GPUs of their own
+    if max_parallel > own:
         line += f"; {max_parallel} jobs at once share them, the least busy first (max_parallel {own}: each its own)"
+    elif max_parallel < own:
+        line += f"; max_parallel {own} would use them all"
     printer(line)
     return GpuPool(ids, per_job)
 
