@@ -34,14 +34,16 @@ Checkpoints: the whole CustomCLIP under the registered name ``PromptLearner`` (e
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bounds import Range
 from harness import backbone
 from methods import whole_model_checkpoint
-from methods.base import CheckpointError, load_checkpoint_file, load_learned_tensors
+from methods.base import CheckpointError, ContextLength, Fraction, load_checkpoint_file, load_learned_tensors
 from methods.coop import CoOp
 from methods.registry import register_method
 
@@ -85,10 +87,10 @@ class CoOpDePT(CoOp):
         clip_model,
         classnames,
         *,
-        n_ctx: int = 16,
+        n_ctx: ContextLength = 16,
         ctx_init: str = "",
-        cat_weight: float = 0.7,
-        cat_lr_mult: float = 6.5,
+        cat_weight: Fraction = 0.7,
+        cat_lr_mult: Annotated[float, Range(0, low_open=True)] = 6.5,
         subsample: str = "all",
         dataset: str | None = None,
     ):
