@@ -84,11 +84,7 @@ class CoCoOp(CLIPMethod):
         )
         self.prompt_learner = pl
         self.batched = batched
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError("chunk_size must be a positive number of sequences or None.")
         self.chunk_size = chunk_size
-        if memory_budget_mb is not None and memory_budget_mb <= 0:
-            raise ValueError("memory_budget_mb must be positive or None.")
         self.memory_budget_mb = memory_budget_mb
         self.prefix_cache = prefix_cache
         self.last_plan: prompt_encoder.EncodePlan | None = None  # what the last batched forward did

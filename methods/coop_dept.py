@@ -101,8 +101,6 @@ class CoOpDePT(CoOp):
         super().__init__(clip_model, classnames, n_ctx=n_ctx, ctx_init=ctx_init)
         self.subsample, self.dataset = subsample, dataset
         self.cat_weight, self.cat_lr_mult = float(cat_weight), float(cat_lr_mult)
-        if not 0.0 <= self.cat_weight <= 1.0:
-            raise ValueError(f"cat_weight (lambda) must be in [0, 1], got {cat_weight}.")
         dim, device = backbone.embed_dim(clip_model), self.prompt_learner.ctx.device
         # In the authors' order: the FiLMs, then the head (elp_coop.py:31-46).
         self.film_lp_img = FiLM(dim, device)

@@ -86,8 +86,6 @@ class KgCoOp(CoOp):
         nn.init.normal_(bias, std=0.02)
         pl.bias_vectors = nn.Parameter(bias, requires_grad=False)
         self.template = template if template is not None else KGCOOP_TEMPLATES.get(dataset, DEFAULT_TEMPLATE)
-        if "{}" not in self.template:
-            raise ValueError(f"Template {self.template!r} has no '{{}}' for the class name.")
         self._teacher_text: torch.Tensor | None = None
         pl.meta_net = nn.Sequential(
             OrderedDict(linear1=nn.Linear(UNUSED_WIDTH, UNUSED_WIDTH), relu=nn.ReLU(inplace=True))

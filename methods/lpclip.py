@@ -177,8 +177,6 @@ class LinearProbeCLIP(CLIPMethod):
         """steps: bisection steps of the C search after the seven-decade grid (``--num_step``, published 8);
         dataset: the dataset's key, for the error when it has fewer images per class than the shots."""
         super().__init__(clip_model, classnames)
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}.")
         self.steps = int(steps)
         self.dataset = dataset
         dim = backbone.embed_dim(clip_model)

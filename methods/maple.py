@@ -93,8 +93,6 @@ class MaPLe(CLIPMethod):
         blocks for, as the authors' per-tower counters do)."""
         super().__init__(clip_model, classnames)
         layers = max(len(deep_prompts.text_blocks(clip_model)), len(deep_prompts.vision_blocks(clip_model)))
-        if prompt_depth < 1:
-            raise deep_prompts.DeepPromptError(f"prompt_depth must be at least 1 for MaPLe, got {prompt_depth}.")
         depth = deep_prompts.effective_depth(prompt_depth, layers, "prompt_depth")
         self.prompt_learner = MultiModalPromptLearner(clip_model, classnames, n_ctx, ctx_init, depth)
 

@@ -195,11 +195,7 @@ class MMRL(CLIPMethod):
             raise deep_prompts.DeepPromptError(
                 f"rep_layers must be increasing 1-indexed blocks in 1..{depth} of this CLIP, got {list(rep_layers)}."
             )
-        if n_rep_tokens < 1:
-            raise ValueError(f"n_rep_tokens must be at least 1, got {n_rep_tokens}.")
         self.template = template if template is not None else DATASET_TEMPLATES.get(dataset, DEFAULT_TEMPLATE)
-        if "{}" not in self.template:
-            raise ValueError(f"Template {self.template!r} has no '{{}}' for the class name.")
         rep_dim = rep_dim if rep_dim is not None else REP_DIMS.get(dataset, DEFAULT_REP_DIM)
         # trainers/config.py's per-dataset value is merged after the config file (train.py:132), so the
         # file's REG_WEIGHT holds only on datasets it does not list.

@@ -169,8 +169,6 @@ class ProGrad(CoOp):
         self.ctx_init = words
         self.prograd_lambda = float(prograd_lambda)
         self.kl_temperature = float(kl_temperature)
-        if self.kl_temperature <= 0:
-            raise ValueError(f"kl_temperature must be positive, got {kl_temperature}.")
 
     # -- options -------------------------------------------------------------------------------------
 
@@ -182,7 +180,7 @@ class ProGrad(CoOp):
         if "{}" in words:
             raise OutOfBounds(
                 f"The context starts from the template's words without its final ' {{}}.' (prograd.py:80-82), but "
-                f"template {template!r} does not end that way: give the init words with options.ctx_init."
+                f"template {template!r} does not end that way: give the init words with ctx_init."
             )
         return template, words
 

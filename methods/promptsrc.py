@@ -187,16 +187,12 @@ class PromptSRC(CLIPMethod):
         image_loss_weight: the L1 consistency weights; templates: the teacher's text ensemble (the
         authors' 60 by default); gpa_mean / gpa_std: the Gaussian over epochs 1..E for GPA."""
         super().__init__(clip_model, classnames)
-        if prompt_depth_text < 1:
-            raise deep_prompts.DeepPromptError(f"prompt_depth_text must be at least 1, got {prompt_depth_text}.")
         depth_text = deep_prompts.effective_depth(
             prompt_depth_text, len(deep_prompts.text_blocks(clip_model)), "prompt_depth_text"
         )
         depth_vision = deep_prompts.effective_depth(
             prompt_depth_vision, len(deep_prompts.vision_blocks(clip_model)), "prompt_depth_vision"
         )
-        if gpa_std <= 0:
-            raise ValueError(f"gpa_std must be positive, got {gpa_std}.")
         self.prompt_learner = VLPromptLearner(
             clip_model, classnames, n_ctx_text, n_ctx_vision, ctx_init, depth_text, depth_vision
         )

@@ -214,17 +214,10 @@ class TCP(CLIPMethod):
         self.prompt_template = (
             prompt_template if prompt_template is not None else PROMPT_TEMPLATES.get(dataset, DEFAULT_PROMPT_TEMPLATE)
         )
-        for key, value in (("template", self.template), ("prompt_template", self.prompt_template)):
-            if "{}" not in value:
-                raise ValueError(f"{key} {value!r} has no '{{}}' for the class name.")
-        if n_class_tokens < 1:
-            raise ValueError(f"n_class_tokens must be at least 1, got {n_class_tokens}.")
         self.prompt_learner = TCPPromptLearner(
             clip_model, classnames, n_ctx, init, self.prompt_template, n_class_tokens
         )
         layers = len(deep_prompts.text_blocks(clip_model))
-        if injection_layer < 0:
-            raise deep_prompts.DeepPromptError(f"injection_layer must be at least 0, got {injection_layer}.")
         if injection_layer >= layers:
             # The authors' counter would never reach it and the meta-net would learn nothing; a smaller
             # tower (the tests', the demo's) gets the tokens at its last block instead.

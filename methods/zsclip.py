@@ -104,9 +104,6 @@ class ZeroShotCLIP(CLIPMethod):
             templates = [template]
         else:
             templates = list(template)
-        for t in templates:
-            if "{}" not in t:
-                raise ValueError(f"Template {t!r} has no '{{}}' for the class name.")
         self.templates = templates
         self.register_buffer(
             "text_features", class_text_features(clip_model, self.classnames, templates), persistent=False
