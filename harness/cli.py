@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import sys
+import typing
 
 import yaml
 
@@ -75,6 +76,13 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _is_text(annotation) -> bool:
+    """A string key, declared or not: its value is taken as typed (``off`` is not YAML's false)."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation is str
+
+
 def _cmd_run(args) -> int:
     from harness.runner import run
 
@@ -82,7 +90,7 @@ def _cmd_run(args) -> int:
     for f in dataclasses.fields(RunSpec):
         raw = getattr(args, f"field_{f.name}")
         if raw is not None:
-            explicit[f.name] = raw if run_key_types()[f.name] is str else parse_value(raw)
+            explicit[f.name] = raw if _is_text(run_key_types()[f.name]) else parse_value(raw)
     overrides = {**explicit, **parse_overrides(args.overrides)}
     if args.method_options:
         overrides.setdefault("options", {}).update(parse_overrides(args.method_options))
