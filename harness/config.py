@@ -44,14 +44,15 @@ class ConfigError(ValueError):
 def _known_device(device: str) -> bool:
     if device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", device):
         return True
-    if device == "mps":  # only where this torch has Apple's backend
+    if device == "mps":  # only where this torch is built with Apple's backend
         import torch
 
-        return hasattr(torch.backends, "mps")
+        mps = getattr(torch.backends, "mps", None)
+        return bool(mps and mps.is_built())
     return False
 
 
-DEVICE = Satisfies(_known_device, "auto | cpu | cuda | cuda:N (N a GPU index) | mps (torch with Apple's backend)")
+DEVICE = Satisfies(_known_device, "auto | cpu | cuda | cuda:N (N a GPU index) | mps (torch built for Apple)")
 CROP_SCALE_RANGE = Satisfies(
     lambda s: len(s) == 2 and 0 < s[0] <= s[1] <= 1,
     "[min, max] with 0 < min <= max <= 1 (the fraction of the image a training crop covers), e.g. [0.5, 1]",

@@ -124,7 +124,10 @@ def option_types(name: str) -> dict:
 
 @functools.cache
 def _annotations(cls: type) -> dict:
-    return typing.get_type_hints(cls.__init__, include_extras=True)
+    try:
+        return typing.get_type_hints(cls.__init__, include_extras=True)
+    except (NameError, TypeError):  # a plugin's annotation that does not resolve: its options go unchecked
+        return {}
 
 
 def check_options(name: str, options: dict) -> None:

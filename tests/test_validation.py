@@ -7,6 +7,7 @@ import os
 import tempfile
 import types
 import typing
+from typing import Annotated
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import methods
-from bounds import OutOfBounds
+from bounds import OutOfBounds, Range
 from harness import checkpoint, cli, results
 from harness.config import ConfigError, RunSpec, build_spec, parse_overrides, validate
 from harness.runner import Run, RunFailedError, run
@@ -145,6 +146,22 @@ def test_every_number_option_refuses_nan_and_infinity(data_root, tmp_path, metho
     for bad in (NAN, INF, -INF):
         with pytest.raises(ConfigError, match=rf"Option '{key}' of method '{method}' must be .*got {bad}"):
             build_spec(values(data_root, tmp_path, method=method, options={key: bad}))
+
+
+def test_a_new_methods_declared_options_are_checked_without_editing_the_checker(data_root, tmp_path):
+    @registry.register_method("_test_declared")
+    class Declared(methods.CLIPMethod):
+        def __init__(self, clip_model, classnames, *, mix: Annotated[float, Range(0, 1)] = 0.5, note: str = ""):
+            super().__init__(clip_model, classnames)
+
+    try:
+        with pytest.raises(ConfigError, match=r"Option 'mix' of method '_test_declared' must be .* in \[0, 1\], got 2"):
+            build_spec(values(data_root, tmp_path, method="_test_declared", options={"mix": 2}))
+        with pytest.raises(ConfigError, match=r"Option 'note' .* must be a string, got 3"):
+            build_spec(values(data_root, tmp_path, method="_test_declared", options={"note": 3}))
+        build_spec(values(data_root, tmp_path, method="_test_declared", options={"mix": 1, "note": "x"}))
+    finally:
+        del registry.METHODS["_test_declared"]
 
 
 # -- n_ctx and ctx_init --------------------------------------------------------------------------
