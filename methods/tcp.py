@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bounds import Range
+from bounds import OutOfBounds, Range
 from harness import backbone
 from methods import deep_prompts, prompt_text, teachers
 from methods.base import CLIPMethod, ContextLength, Fraction, Template, Weight
@@ -122,8 +122,8 @@ class TCPPromptLearner(nn.Module):
         names = [name.replace("_", " ") for name in classnames]
         token_ids = backbone.tokenize([prompt_template.format(name) for name in names]).to(device)
         eot = backbone.eot_positions(token_ids)
-        if int(eot.min()) <= n_ctx:
-            raise ValueError(
+        if int(eot.min()) <= n_ctx:  # known only with the class names
+            raise OutOfBounds(
                 f"prompt_template {prompt_template!r} has fewer than n_ctx = {n_ctx} tokens before its end: the "
                 "context replaces its first n_ctx tokens. Give a template with n_ctx leading words "
                 "(e.g. 'X X X X {}.')."
