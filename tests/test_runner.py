@@ -575,8 +575,8 @@ def test_json_that_is_not_a_record_is_skipped_with_its_line(tmp_path, caplog):
         ({"backbone": "ViT-H/14"}, "Unknown backbone 'ViT-H/14'. Choices: RN50"),
         ({"options": {"n_ctxx": 2}}, r"no option\(s\) \['n_ctxx'\]. Options: n_ctx"),
         ({"dataset": "imagenet21k"}, "Unknown dataset 'imagenet21k'. Datasets: caltech101"),
-        ({"precision": "fp8"}, "precision must be one of"),
-        ({"subsample": "half"}, "subsample must be one of"),
+        ({"precision": "fp8"}, r"'precision' must be a string one of fp16 \| bf16 \| fp32 \| amp, got 'fp8'"),
+        ({"subsample": "half"}, r"'subsample' must be a string one of all \| base \| new, got 'half'"),
         ({"config": "coop/nope"}, r"Unknown method config 'coop/nope'.*coop/vit_b16_ctxv1"),
     ],
 )
