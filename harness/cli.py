@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import sys
+import typing
 
 import yaml
 
@@ -38,6 +39,7 @@ from harness.config import (
     method_configs,
     parse_overrides,
     parse_value,
+    run_key_types,
 )
 
 BAD_INPUT, FAILED = 2, 1
@@ -55,7 +57,7 @@ def _run_parser(sub) -> argparse.ArgumentParser:
         help="train and/or evaluate one job",
         description="Train and/or evaluate one job. Every run key can be given as --key VALUE (VALUE parsed as "
         "YAML), in a --config YAML file, or as --set key=value; later sources win. Method options: "
-        "-o n_ctx=8 or --set options.n_ctx=8.",
+        "-o NAME=VALUE or --set options.NAME=VALUE (e.g. -o n_ctx=8 -o ctx_init= : 8 random context tokens).",
     )
     p.add_argument("--config", dest="spec_file", metavar="YAML", help="run spec file (a mapping of the keys below)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any key")
@@ -84,6 +86,13 @@ def _interrupted_run(spec: RunSpec, stop) -> str:
     return f"Interrupted ({stop.signal_name}): stopped {spec.job_name}; the same command {again}."
 
 
+def _is_text(annotation) -> bool:
+    """A string key, declared or not: its value is taken as typed (``off`` is not YAML's false)."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation is str
+
+
 def _cmd_run(args) -> int:
     from harness.launcher.interrupts import Interrupted, stop_on_signals
     from harness.runner import run
@@ -92,7 +101,7 @@ def _cmd_run(args) -> int:
     for f in dataclasses.fields(RunSpec):
         raw = getattr(args, f"field_{f.name}")
         if raw is not None:
-            explicit[f.name] = raw if f.type in ("str", str) else parse_value(raw)
+            explicit[f.name] = raw if _is_text(run_key_types()[f.name]) else parse_value(raw)
     overrides = {**explicit, **parse_overrides(args.overrides)}
     if args.method_options:
         overrides.setdefault("options", {}).update(parse_overrides(args.method_options))
@@ -142,7 +151,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="run key for every job, winning over the experiment and method configs (e.g. epochs=2, "
-        "precision=fp32, options.n_ctx=8, tracking=none)",
+        "precision=fp32, tracking=none)",
     )
 
 
@@ -241,6 +250,7 @@ def _error_types() -> tuple[tuple[type, int], ...]:
     already imported are asked: an exception of a module never imported cannot have been raised."""
     wanted = (
         ("harness.config", "ConfigError", BAD_INPUT),
+        ("bounds", "OutOfBounds", BAD_INPUT),
         ("harness.data.errors", "DatasetError", BAD_INPUT),
         ("harness.backbone", "BackboneError", BAD_INPUT),
         ("methods.registry", "UnknownMethodError", BAD_INPUT),

@@ -5,33 +5,58 @@ them), as in the authors' framework (PROTOCOL.md 1): the defaults of ``RunSpec``
 (``experiments/methods/<method>/<name>.yaml``, holding only what differs from the defaults) < the
 experiment's values (its ``run`` section, its top-level keys, the method variant's ``run`` and
 ``options``) < the command line (``--set``), which always wins. Every key is checked before any work
-starts: an unknown key, a wrong type, an unknown method, method option, precision or backbone is an
-error that names the key and the choices.
+starts (``validate``, which ``harness.runner.Run`` calls too): an unknown key, method, method option,
+dataset or backbone, or a value outside the type and range declared beside its default (``RunSpec``'s
+annotations; a method's options: its constructor's, ``methods.registry.check_options``) is a one-line
+error naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import os
 import re
-import types
 import typing
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import yaml
 
+from bounds import OneOf, OutOfBounds, Range, Satisfies, check, shorten
 from harness.data.constants import CROP_SCALE
+from harness.tracking import MODES as TRACKING_MODES
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHOD_CONFIG_DIR = os.path.join(PROJECT_ROOT, "experiments", "methods")
 RUN_PRECISIONS = ("fp16", "bf16", "fp32", "amp")
 SUBSAMPLES = ("all", "base", "new")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+EVALUATION_KEYS = ("dataset", "subsample")
 
 
 class ConfigError(ValueError):
     pass
+
+
+def _known_device(device: str) -> bool:
+    if device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", device):
+        return True
+    if device == "mps":  # only where this torch is built with Apple's backend
+        import torch
+
+        mps = getattr(torch.backends, "mps", None)
+        return bool(mps and mps.is_built())
+    return False
+
+
+DEVICE = Satisfies(_known_device, "auto | cpu | cuda | cuda:N (N a GPU index) | mps (torch built for Apple)")
+CROP_SCALE_RANGE = Satisfies(
+    lambda s: len(s) == 2 and 0 < s[0] <= s[1] <= 1,
+    "[min, max] with 0 < min <= max <= 1 (the fraction of the image a training crop covers), e.g. [0.5, 1]",
+)
 
 
 @dataclass
@@ -44,41 +69,60 @@ class RunSpec:
     options: dict = field(default_factory=dict)
     config: str = ""
     experiment: str = "adhoc"
-    shots: int = 16
-    seed: int | None = 1
-    subsample: str = "all"
+    shots: Annotated[int, Range(0)] = 16
+    seed: Annotated[int, Range(0, MAX_SEED)] | None = 1
+    subsample: Annotated[str, OneOf(SUBSAMPLES)] = "all"
     evaluate: list = field(default_factory=list)
     backbone: str = "ViT-B/16"
-    precision: str = "fp16"
-    epochs: int = 10
-    batch_size: int = 1
-    test_batch_size: int = 100
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    optimizer: str = "sgd"
-    adam_eps: float = 1e-8
-    crop_scale: list = field(default_factory=lambda: list(CROP_SCALE))
-    num_workers: int | None = None
-    device: str = "auto"
+    precision: Annotated[str, OneOf(RUN_PRECISIONS)] = "fp16"
+    epochs: Annotated[int, Range(0)] = 10
+    batch_size: Annotated[int, Range(1)] = 1
+    test_batch_size: Annotated[int, Range(1)] = 100
+    # Both rates > 0: the warm-up's start factor is warmup_lr / lr, and a frozen epoch is no warm-up
+    # (epochs=0 evaluates the initial prompt; warmup_epochs=0 skips the warm-up).
+    lr: Annotated[float, Range(0, low_open=True)] = 0.002
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+    weight_decay: Annotated[float, Range(0)] = 5e-4
+    warmup_epochs: Annotated[int, Range(0)] = 1
+    warmup_lr: Annotated[float, Range(0, low_open=True)] = 1e-5
+    optimizer: Annotated[str, OneOf(OPTIMIZERS)] = "sgd"
+    adam_eps: Annotated[float, Range(0, low_open=True)] = 1e-8
+    crop_scale: Annotated[list[float], CROP_SCALE_RANGE] = field(default_factory=lambda: list(CROP_SCALE))
+    num_workers: Annotated[int, Range(0)] | None = None
+    device: Annotated[str, DEVICE] = "auto"
     output_dir: str = ""
     results: str = ""
     feature_cache: str = ""
     load_from: str = ""
-    tracking: str = "auto"
+    tracking: Annotated[str, OneOf(TRACKING_MODES)] = "auto"
     force: bool = False
     reevaluate: bool = False
     job: str = ""
 
     def eval_targets(self) -> list[tuple[str, str]]:
-        """[(dataset, subsample)]; by default the training dataset and classes."""
+        """[(dataset, subsample)]; by default the training dataset and classes. An entry is a dataset key
+        or {dataset, subsample} (dataset default: the training dataset, subsample default: all); any other
+        key, or a key without a value, is an error: it would score another target than the one meant."""
         targets = self.evaluate or [{"dataset": self.dataset, "subsample": self.subsample}]
         out = []
         for t in targets:
-            if isinstance(t, str):
+            if isinstance(t, str) and t:
                 t = {"dataset": t}
+            if not isinstance(t, dict):
+                raise ConfigError(
+                    f"evaluate entry {t!r} must be a dataset key or {{dataset: KEY, subsample: all|base|new}}."
+                )
+            unknown = sorted(str(k) for k in set(t) - set(EVALUATION_KEYS))
+            empty = [k for k in EVALUATION_KEYS if k in t and (t[k] is None or t[k] == "")]
+            if unknown or empty:
+                colon = any(":" in k for k in unknown)
+                raise ConfigError(
+                    f"evaluate entry {t!r} has "
+                    + (f"unknown key(s) {unknown}" if unknown else f"no value for {empty}")
+                    + f"; its keys are {', '.join(EVALUATION_KEYS)}"
+                    + (" (YAML needs a space after the colon: {dataset: oxford_pets, subsample: new})" if colon else "")
+                    + "."
+                )
             out.append((t.get("dataset", self.dataset), t.get("subsample", "all")))
         return out
 
@@ -196,20 +240,6 @@ FIELD_HELP = {
 assert set(FIELD_HELP) == {f.name for f in dataclasses.fields(RunSpec)}
 
 
-def _type_ok(value, annotation) -> bool:
-    hint = annotation
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
 def method_config_names() -> list[str]:
     names = []
     for method in sorted(os.listdir(METHOD_CONFIG_DIR)) if os.path.isdir(METHOD_CONFIG_DIR) else []:
@@ -290,24 +320,35 @@ def layer(values: dict | None = None, overrides: dict | None = None) -> dict:
 def build_spec(values: dict | None = None, overrides: dict | None = None) -> RunSpec:
     """A validated RunSpec from plain data (a YAML mapping) and overrides, layered by ``layer``."""
     merged = layer(values, overrides)
-    known = typing.get_type_hints(RunSpec)
+    known = [f.name for f in dataclasses.fields(RunSpec)]
     unknown = sorted(set(merged) - set(known))
     if unknown:
         raise ConfigError(f"Unknown run key(s) {unknown}. Valid keys: {', '.join(known)}.")
-    for key, value in merged.items():
-        if not _type_ok(value, known[key]):
-            expected = getattr(known[key], "__name__", str(known[key]).replace("typing.", ""))
-            raise ConfigError(f"Run key {key!r} must be {expected}, got {value!r} ({type(value).__name__}).")
     spec = RunSpec(**merged)
     validate(spec)
     return spec
 
 
+@functools.cache
+def run_key_types() -> dict:
+    """Each run key's type with its declared range (``bounds``), as written on ``RunSpec``."""
+    return typing.get_type_hints(RunSpec, include_extras=True)
+
+
 def validate(spec: RunSpec) -> None:
-    """Everything that can be checked before any data is read or model built."""
+    """Everything that can be checked before any data is read or model built: every run key against its
+    declared type and range, and every method option against the method's own declarations
+    (``methods.registry.check_options``). Every way to run a job passes here: ``build_spec`` (the
+    command line, YAML files, the sweep) and ``harness.runner.Run`` (a RunSpec built in Python)."""
     import methods
     from harness import backbone, data
 
+    defaults = RunSpec()
+    for key, annotation in run_key_types().items():
+        try:
+            check(f"Run key {key!r}", getattr(spec, key), annotation, f" (default {shorten(getattr(defaults, key))})")
+        except OutOfBounds as error:
+            raise ConfigError(str(error)) from None
     if not spec.method:
         raise ConfigError("No method given. Choose one of: " + ", ".join(methods.list_methods()))
     methods.method_class(spec.method)  # unknown method -> ValueError listing the registered ones
@@ -315,8 +356,6 @@ def validate(spec: RunSpec) -> None:
     unknown = sorted(set(spec.options) - set(accepted))
     if unknown:
         raise ConfigError(f"Method {spec.method!r} has no option(s) {unknown}. Options: {', '.join(accepted)}.")
-    if spec.precision not in RUN_PRECISIONS:
-        raise ConfigError(f"precision must be one of {RUN_PRECISIONS}, got {spec.precision!r}.")
     try:
         backbone.get_backbone(spec.backbone)
     except backbone.BackboneError:
@@ -325,13 +364,20 @@ def validate(spec: RunSpec) -> None:
     known_datasets = set(data.list_datasets())
     if spec.dataset not in known_datasets:
         raise ConfigError(f"Unknown dataset {spec.dataset!r}. Datasets: {', '.join(sorted(known_datasets))}.")
-    if spec.subsample not in SUBSAMPLES:
-        raise ConfigError(f"subsample must be one of {SUBSAMPLES}, got {spec.subsample!r}.")
     for dataset, subsample in spec.eval_targets():
         if dataset not in known_datasets:
             raise ConfigError(f"Unknown evaluation dataset {dataset!r}. Datasets: {', '.join(sorted(known_datasets))}.")
         if subsample not in SUBSAMPLES:
             raise ConfigError(f"Evaluation subsample must be one of {SUBSAMPLES}, got {subsample!r}.")
+    # The options as each model of the job is built: a method that takes ``dataset`` gets each one's key.
+    for dataset in dict.fromkeys([spec.dataset, *(d for d, _ in spec.eval_targets())]):
+        options = dict(spec.options)
+        if "dataset" in accepted:
+            options.setdefault("dataset", dataset)
+        try:
+            methods.registry.check_options(spec.method, options)
+        except OutOfBounds as error:
+            raise ConfigError(str(error)) from None
     method_cls = methods.method_class(spec.method)
     if not method_cls.transfers_to_other_classes:
         foreign = [(d, s) for d, s in spec.eval_targets() if (d, s) != (spec.dataset, spec.subsample)]
@@ -344,31 +390,10 @@ def validate(spec: RunSpec) -> None:
             )
     if method_cls.fits_features and spec.shots < 1:
         raise ConfigError(f"Method {spec.method!r} draws its own few-shot training set: shots must be >= 1.")
-    if spec.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {spec.optimizer!r}.")
-    if not spec.adam_eps > 0:
-        raise ConfigError(f"adam_eps must be positive, got {spec.adam_eps!r}.")
-    scale = spec.crop_scale
-    if not (
-        len(scale) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
-        and 0 < scale[0] <= scale[1] <= 1
-    ):
-        raise ConfigError(
-            f"crop_scale must be [min, max] with 0 < min <= max <= 1 (the fraction of the image a training crop "
-            f"covers), got {scale!r}; e.g. crop_scale=[0.5,1]."
-        )
-    for key in ("epochs", "batch_size", "test_batch_size", "shots"):
-        if getattr(spec, key) < (0 if key in ("epochs", "shots") else 1):
-            raise ConfigError(f"{key} must not be {getattr(spec, key)}.")
     if not spec.data_root:
         raise ConfigError("data_root is empty: give the folder that holds the datasets (PROTOCOL.md 3.2).")
     if not spec.output_dir:
         raise ConfigError("output_dir is empty: give this run's folder.")
-    from harness.tracking import MODES
-
-    if spec.tracking not in MODES:
-        raise ConfigError(f"tracking must be one of {MODES}, got {spec.tracking!r}.")
 
 
 def load_spec_file(path: str, overrides: dict | None = None) -> RunSpec:

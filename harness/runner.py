@@ -47,7 +47,7 @@ import methods
 from harness import backbone, checkpoint, data, results, tracking
 from harness import fingerprint as fingerprints
 from harness.checkpoint import TrainingState
-from harness.config import RunSpec
+from harness.config import RunSpec, validate
 from harness.features import FeatureCache, cache_namespace, compute_features
 from harness.logs import run_logging
 from harness.metrics import classification_metrics
@@ -73,6 +73,7 @@ class Run:
     """State of one job while it runs; ``run(spec)`` is the entry point."""
 
     def __init__(self, spec: RunSpec):
+        validate(spec)  # a RunSpec built in Python is checked as one built from YAML or the command line
         self.spec = spec
         self.run_dir = os.path.abspath(spec.output_dir)
         self.results = spec.results or os.path.dirname(self.run_dir)

@@ -67,6 +67,12 @@ and ``python -m harness methods``):
                                file in ``experiments/methods/<name>/``)
 =============================  =================================================================
 
+Its options are its constructor's keyword arguments, each annotated with its type and allowed values
+(``bounds``: ``Annotated[float, Range(0, 1)]``, or the shared ``ContextLength``, ``Weight``, ``Fraction``,
+``Template`` below); the classmethod ``check_options(options)`` refuses options that contradict each
+other (n_ctx and the ``ctx_init`` that sets it). The registry checks both before a model is built, and
+every run before anything is written.
+
 Two facts about its options and objective, read by the report and the bench (inherited, as behaviour):
 ``ctx_init_sets_n_ctx`` (the init words fix the context length, one token per word, PROTOCOL.md
 7.1) and ``frozen_image_teacher`` (the objective also runs the frozen, un-prompted image tower on
@@ -83,13 +89,23 @@ from __future__ import annotations
 import io
 import os
 import pickle
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bounds import OutOfBounds, Range, Satisfies
 from harness import backbone
 from harness.atomic import atomic_torch_save
+
+# Option types shared by the methods' constructors (``bounds``: the registry checks every option against
+# its annotation before a model is built). A context fits CLIP's 77 positions with its SOS and EOT.
+ContextLength = Annotated[int, Range(1, 75)]
+Weight = Annotated[float, Range(0)]  # a loss term's weight: 0 turns the term off
+Fraction = Annotated[float, Range(0, 1)]  # a convex combination's weight
+Template = Annotated[str, Satisfies(lambda t: "{}" in t, "with '{}' where the class name goes")]
+Templates = Annotated[list[Template], Satisfies(len, "(at least one)")]
 
 
 class CheckpointError(ValueError):
@@ -134,6 +150,33 @@ class CLIPMethod(nn.Module):
     @property
     def num_classes(self) -> int:
         return len(self.classnames)
+
+    # -- options ----------------------------------------------------------------------------------
+
+    @classmethod
+    def context_words(cls, ctx_init: str | None) -> str:
+        """The words a ``ctx_init`` option starts the context from ("" : a random context)."""
+        return (ctx_init or "").replace("_", " ")
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """Raise ``bounds.OutOfBounds`` (one line, with the fix) where options contradict each other.
+        ``options`` holds every option, defaults filled in, each already of its declared type and range.
+        Here: where the init words fix the context length (``ctx_init_sets_n_ctx``), n_ctx must be it."""
+        words = cls.context_words(options.get("ctx_init"))
+        if not (cls.ctx_init_sets_n_ctx and words and "n_ctx" in options):
+            return
+        length = len(words.split(" "))
+        if options["n_ctx"] != length:
+            init, n = options["ctx_init"], options["n_ctx"]
+            start = "whose" if words == init.replace("_", " ") else f"which starts the context from {words!r}:"
+            n_words = " ".join(["X"] * n)
+            other_words = cls.context_words(n_words) == n_words  # not KgCoOp, TCP: their words are fixed
+            raise OutOfBounds(
+                f"Options of method {cls.method_name!r}: n_ctx {n} contradicts ctx_init {init!r}, {start} "
+                f"{length} words set the context length to {length}. Set both: options.ctx_init='' for {n} "
+                f"randomly initialised tokens{f', a ctx_init of {n} words' if other_words else ''}, or n_ctx={length}."
+            )
 
     @property
     def dtype(self) -> torch.dtype:

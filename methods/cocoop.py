@@ -20,14 +20,16 @@ memory budget, checkpointed when a training step would exceed it. Same numbers, 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bounds import Range
 from harness import backbone
 from methods import prompt_encoder
-from methods.base import CLIPMethod
+from methods.base import CLIPMethod, ContextLength
 from methods.coop import PromptLearner
 from methods.registry import register_method
 
@@ -60,11 +62,11 @@ class CoCoOp(CLIPMethod):
         clip_model,
         classnames,
         *,
-        n_ctx: int = 4,
+        n_ctx: ContextLength = 4,
         ctx_init: str = "a photo of a",
         batched: bool = True,
-        chunk_size: int | None = None,
-        memory_budget_mb: float | None = None,
+        chunk_size: Annotated[int, Range(1)] | None = None,
+        memory_budget_mb: Annotated[float, Range(0, low_open=True)] | None = None,
         prefix_cache: bool = True,
     ):
         """n_ctx / ctx_init: as CoOp (end position, shared context only); batched: encode all
@@ -82,11 +84,7 @@ class CoCoOp(CLIPMethod):
         )
         self.prompt_learner = pl
         self.batched = batched
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError("chunk_size must be a positive number of sequences or None.")
         self.chunk_size = chunk_size
-        if memory_budget_mb is not None and memory_budget_mb <= 0:
-            raise ValueError("memory_budget_mb must be positive or None.")
         self.memory_budget_mb = memory_budget_mb
         self.prefix_cache = prefix_cache
         self.last_plan: prompt_encoder.EncodePlan | None = None  # what the last batched forward did

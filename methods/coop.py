@@ -13,13 +13,15 @@ Only v gets gradients. ``PromptLearner`` is shared with CoCoOp, whose context is
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 import torch
 from torch import nn
 
+from bounds import OneOf
 from harness import backbone
 from methods import prompt_encoder
-from methods.base import CLIPMethod
+from methods.base import CLIPMethod, ContextLength
 from methods.registry import register_method
 
 log = logging.getLogger(__name__)
@@ -122,10 +124,10 @@ class CoOp(CLIPMethod):
         clip_model,
         classnames,
         *,
-        n_ctx: int = 4,
+        n_ctx: ContextLength = 4,
         ctx_init: str = "a photo of a",
         csc: bool = False,
-        class_token_position: str = "end",
+        class_token_position: Annotated[str, OneOf(POSITIONS)] = "end",
         truncate: bool = True,
     ):
         """n_ctx: context length (overridden by the number of words in ``ctx_init``);

@@ -34,14 +34,16 @@ Checkpoints: the whole CustomCLIP under the registered name ``PromptLearner`` (e
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bounds import Range
 from harness import backbone
 from methods import whole_model_checkpoint
-from methods.base import CheckpointError, load_checkpoint_file, load_learned_tensors
+from methods.base import CheckpointError, ContextLength, Fraction, load_checkpoint_file, load_learned_tensors
 from methods.coop import CoOp
 from methods.registry import register_method
 
@@ -85,10 +87,10 @@ class CoOpDePT(CoOp):
         clip_model,
         classnames,
         *,
-        n_ctx: int = 16,
+        n_ctx: ContextLength = 16,
         ctx_init: str = "",
-        cat_weight: float = 0.7,
-        cat_lr_mult: float = 6.5,
+        cat_weight: Fraction = 0.7,
+        cat_lr_mult: Annotated[float, Range(0, low_open=True)] = 6.5,
         subsample: str = "all",
         dataset: str | None = None,
     ):
@@ -99,8 +101,6 @@ class CoOpDePT(CoOp):
         super().__init__(clip_model, classnames, n_ctx=n_ctx, ctx_init=ctx_init)
         self.subsample, self.dataset = subsample, dataset
         self.cat_weight, self.cat_lr_mult = float(cat_weight), float(cat_lr_mult)
-        if not 0.0 <= self.cat_weight <= 1.0:
-            raise ValueError(f"cat_weight (lambda) must be in [0, 1], got {cat_weight}.")
         dim, device = backbone.embed_dim(clip_model), self.prompt_learner.ctx.device
         # In the authors' order: the FiLMs, then the head (elp_coop.py:31-46).
         self.film_lp_img = FiLM(dim, device)

@@ -42,14 +42,15 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from bounds import OutOfBounds
 from harness import backbone
 from methods import prompt_encoder
 
 log = logging.getLogger(__name__)
 
 
-class DeepPromptError(ValueError):
-    """A backbone or option that deep prompts cannot be put into."""
+class DeepPromptError(OutOfBounds):
+    """A backbone or option that deep prompts cannot be put into (known once the backbone is loaded)."""
 
 
 # ---------------------------------------------------------------------------------------------------

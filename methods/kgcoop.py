@@ -33,6 +33,7 @@ from torch import nn
 
 from harness import backbone
 from methods import teachers
+from methods.base import ContextLength, Template, Weight
 from methods.coop import CoOp
 from methods.registry import register_method
 from methods.zsclip import DATASET_TEMPLATES, DEFAULT_TEMPLATE
@@ -55,15 +56,20 @@ class KgCoOp(CoOp):
     writes_val_result = False  # Dassl.ProGrad, the framework of its repository (PROTOCOL-successors.md 5)
 
     # default_config: the only file in experiments/methods/kgcoop/
+
+    @classmethod
+    def context_words(cls, ctx_init: str | None) -> str:
+        return INIT_WORDS if ctx_init else ""  # kgcoop.py:96, whatever the words
+
     def __init__(
         self,
         clip_model,
         classnames,
         *,
-        n_ctx: int = 4,
+        n_ctx: ContextLength = 4,
         ctx_init: str = INIT_WORDS,
-        template: str | None = None,
-        kg_weight: float = 8.0,
+        template: Template | None = None,
+        kg_weight: Weight = 8.0,
         dataset: str | None = None,
     ):
         """n_ctx: context length for a random init (``ctx_init`` = ""); any non-empty ``ctx_init`` means
@@ -80,8 +86,6 @@ class KgCoOp(CoOp):
         nn.init.normal_(bias, std=0.02)
         pl.bias_vectors = nn.Parameter(bias, requires_grad=False)
         self.template = template if template is not None else KGCOOP_TEMPLATES.get(dataset, DEFAULT_TEMPLATE)
-        if "{}" not in self.template:
-            raise ValueError(f"Template {self.template!r} has no '{{}}' for the class name.")
         self._teacher_text: torch.Tensor | None = None
         pl.meta_net = nn.Sequential(
             OrderedDict(linear1=nn.Linear(UNUSED_WIDTH, UNUSED_WIDTH), relu=nn.ReLU(inplace=True))

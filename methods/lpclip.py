@@ -22,12 +22,14 @@ scikit-learn predicts, so its test accuracy is the published one.
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import Annotated
 
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
+from bounds import OutOfBounds, Range
 from harness import backbone
 from methods.base import CheckpointError, CLIPMethod
 from methods.registry import register_method
@@ -50,15 +52,18 @@ def draw_fewshot(
     labels: np.ndarray, classes: np.ndarray, shots: int, rng: np.random.RandomState, split: str = "train"
 ) -> np.ndarray:
     """Indices of ``shots`` items of each label in ``classes`` (in that order), drawn without replacement."""
+    members = [np.where(labels == label)[0] for label in classes]
+    fewest = min(range(len(classes)), key=lambda i: len(members[i]), default=None)
+    if fewest is not None and len(members[fewest]) < shots:
+        raise OutOfBounds(
+            f"the {split} split has {len(members[fewest])} image(s) of class {classes[fewest]} (its fewest), fewer "
+            f"than the {shots} per class the linear probe draws: give shots <= {len(members[fewest])}"
+            + (" (it draws min(shots, 4) validation images)" if split == "val" else "")
+            + ", or a dataset with more images per class."
+        )
     chosen = []
-    for label in classes:
-        members = np.where(labels == label)[0]
-        if len(members) < shots:
-            raise ValueError(
-                f"The {split} split has {len(members)} item(s) of label {label}, fewer than the {shots} the "
-                "linear probe draws: use fewer shots, or a dataset with more pictures per class."
-            )
-        chosen.extend(rng.choice(members, size=shots, replace=False))
+    for found in members:
+        chosen.extend(rng.choice(found, size=shots, replace=False))
     return np.asarray(chosen, dtype=np.int64)
 
 
@@ -167,12 +172,13 @@ class LinearProbeCLIP(CLIPMethod):
     fits_features = True
     transfers_to_other_classes = False
 
-    def __init__(self, clip_model, classnames, *, steps: int = 8):
-        """steps: bisection steps of the C search after the seven-decade grid (``--num_step``, published 8)."""
+    # Past ~60 halvings the bisection of a float64 C changes nothing; 8 is published.
+    def __init__(self, clip_model, classnames, *, steps: Annotated[int, Range(0, 64)] = 8, dataset: str | None = None):
+        """steps: bisection steps of the C search after the seven-decade grid (``--num_step``, published 8);
+        dataset: the dataset's key, for the error when it has fewer images per class than the shots."""
         super().__init__(clip_model, classnames)
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}.")
         self.steps = int(steps)
+        self.dataset = dataset
         dim = backbone.embed_dim(clip_model)
         learner = self.prompt_learner
         learner.register_buffer("weight", torch.zeros(self.num_classes, dim, dtype=torch.float64))
@@ -182,15 +188,18 @@ class LinearProbeCLIP(CLIPMethod):
 
     def fit(self, train_features, train_labels, val_features, val_labels, seed: int, shots: int) -> None:
         """The published draw and C search on features of the full train and val splits."""
-        C, classifier, val_acc = fit_fewshot(
-            as_float64(train_features),
-            np.asarray(train_labels),
-            as_float64(val_features),
-            np.asarray(val_labels),
-            shots=shots,
-            seed=seed,
-            steps=self.steps,
-        )
+        try:
+            C, classifier, val_acc = fit_fewshot(
+                as_float64(train_features),
+                np.asarray(train_labels),
+                as_float64(val_features),
+                np.asarray(val_labels),
+                shots=shots,
+                seed=seed,
+                steps=self.steps,
+            )
+        except OutOfBounds as error:  # too few images for the shots: known only now, with the data
+            raise OutOfBounds(f"{self.dataset or 'This dataset'}: {error}") from None
         coef, intercept = classifier.coef_, classifier.intercept_
         if len(classifier.classes_) == 2:  # scikit-learn keeps one row, for the second class: d > 0 -> class 1
             coef, intercept = np.concatenate([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])

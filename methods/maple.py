@@ -26,13 +26,15 @@ classes are encoded once. Checkpoints hold the whole model as the authors' train
 from __future__ import annotations
 
 import copy
+from typing import Annotated
 
 import torch
 from torch import nn
 
+from bounds import Range
 from harness import backbone
 from methods import deep_prompts, prompt_text, whole_model_checkpoint
-from methods.base import CLIPMethod, load_learned_tensors
+from methods.base import CLIPMethod, ContextLength, load_learned_tensors
 from methods.registry import register_method
 
 
@@ -77,7 +79,13 @@ class MaPLe(CLIPMethod):
     features_cacheable = False  # the image encoder is prompted
 
     def __init__(
-        self, clip_model, classnames, *, n_ctx: int = 2, ctx_init: str = "a photo of a", prompt_depth: int = 9
+        self,
+        clip_model,
+        classnames,
+        *,
+        n_ctx: ContextLength = 2,
+        ctx_init: str = "a photo of a",
+        prompt_depth: Annotated[int, Range(1)] = 9,
     ):
         """n_ctx: learnable tokens per prompt (the first n_ctx words of ``ctx_init`` when n_ctx <= 4,
         else random); prompt_depth: D, the input prompts plus D - 1 deep blocks in each tower (at most
@@ -85,10 +93,12 @@ class MaPLe(CLIPMethod):
         blocks for, as the authors' per-tower counters do)."""
         super().__init__(clip_model, classnames)
         layers = max(len(deep_prompts.text_blocks(clip_model)), len(deep_prompts.vision_blocks(clip_model)))
-        if prompt_depth < 1:
-            raise deep_prompts.DeepPromptError(f"prompt_depth must be at least 1 for MaPLe, got {prompt_depth}.")
         depth = deep_prompts.effective_depth(prompt_depth, layers, "prompt_depth")
         self.prompt_learner = MultiModalPromptLearner(clip_model, classnames, n_ctx, ctx_init, depth)
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        prompt_text.check_context(cls.method_name, options["n_ctx"], options["ctx_init"], "n_ctx")
 
     def _deep(self, prompts: list[torch.Tensor], blocks: int) -> list[torch.Tensor]:
         return prompts[: blocks - 1]  # a tower with fewer blocks than the depth uses the first ones

@@ -34,14 +34,16 @@ name ``MultiModalRepresentationLearner`` (trainers/mmrl.py:324).
 from __future__ import annotations
 
 import copy
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bounds import OneOf, Range, Satisfies
 from harness import backbone
 from methods import deep_prompts, teachers, whole_model_checkpoint
-from methods.base import CheckpointError, CLIPMethod, load_learned_tensors
+from methods.base import CheckpointError, CLIPMethod, Fraction, Template, Weight, load_learned_tensors
 from methods.registry import register_method
 from methods.zsclip import DATASET_TEMPLATES, DEFAULT_TEMPLATE
 
@@ -66,6 +68,8 @@ REG_WEIGHTS = {
 }
 REP_DIMS = {"eurosat": 2048}
 AUTHOR_FROZEN_PREFIXES = ("image_encoder.", "text_encoder.")
+# rep_layers: blocks in increasing order (the last one is known with the backbone: checked when built).
+INCREASING = Satisfies(lambda v: len(v) > 0 and list(v) == sorted(set(v)), "non-empty, increasing, 1-indexed blocks")
 
 
 def uses_fusion(task: str, subsample: str, dataset: str | None) -> bool:
@@ -162,14 +166,14 @@ class MMRL(CLIPMethod):
         clip_model,
         classnames,
         *,
-        n_rep_tokens: int = 5,
-        rep_dim: int | None = None,
-        rep_layers: list[int] | tuple[int, ...] | None = None,
-        alpha: float = 0.7,
-        reg_weight: float | None = None,
-        config_reg_weight: float = DEFAULT_REG_WEIGHT,
-        template: str | None = None,
-        task: str = "B2N",
+        n_rep_tokens: Annotated[int, Range(1)] = 5,
+        rep_dim: Annotated[int, Range(1)] | None = None,
+        rep_layers: Annotated[list[Annotated[int, Range(1)]], INCREASING] | None = None,
+        alpha: Fraction = 0.7,
+        reg_weight: Weight | None = None,
+        config_reg_weight: Weight = DEFAULT_REG_WEIGHT,
+        template: Template | None = None,
+        task: Annotated[str, OneOf(TASKS)] = "B2N",
         subsample: str = "all",
         dataset: str | None = None,
     ):
@@ -191,11 +195,7 @@ class MMRL(CLIPMethod):
             raise deep_prompts.DeepPromptError(
                 f"rep_layers must be increasing 1-indexed blocks in 1..{depth} of this CLIP, got {list(rep_layers)}."
             )
-        if n_rep_tokens < 1:
-            raise ValueError(f"n_rep_tokens must be at least 1, got {n_rep_tokens}.")
         self.template = template if template is not None else DATASET_TEMPLATES.get(dataset, DEFAULT_TEMPLATE)
-        if "{}" not in self.template:
-            raise ValueError(f"Template {self.template!r} has no '{{}}' for the class name.")
         rep_dim = rep_dim if rep_dim is not None else REP_DIMS.get(dataset, DEFAULT_REP_DIM)
         # trainers/config.py's per-dataset value is merged after the config file (train.py:132), so the
         # file's REG_WEIGHT holds only on datasets it does not list.

@@ -34,14 +34,16 @@ from __future__ import annotations
 
 import copy
 import weakref
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bounds import OutOfBounds, Range
 from harness import backbone
 from methods import teachers
-from methods.base import CLIPMethod
+from methods.base import CLIPMethod, ContextLength, Fraction, Template
 from methods.coop import CoOp, PromptLearner
 from methods.registry import register_method
 from methods.zsclip import DEFAULT_TEMPLATE
@@ -139,32 +141,25 @@ class ProGrad(CoOp):
     # The study's ViT-B/16, 16-shot run of the authors' RN50 settings (the project's choice).
     default_config = "prograd/vit_b16_ep100"
     writes_val_result = False  # Dassl.ProGrad's save_model (trainer.py:119-143)
+    ctx_init_sets_n_ctx = False  # the init words fill the last rows of a context of n_ctx tokens
 
     def __init__(
         self,
         clip_model,
         classnames,
         *,
-        n_ctx: int = 16,
+        n_ctx: ContextLength = 16,
         ctx_init: str | None = None,
-        template: str | None = None,
-        prograd_lambda: float = 1.0,
-        kl_temperature: float = 1.0,
+        template: Template | None = None,
+        prograd_lambda: Fraction = 1.0,
+        kl_temperature: Annotated[float, Range(0, low_open=True)] = 1.0,
         dataset: str | None = None,
     ):
         """n_ctx: context length; ctx_init: None = the template's words (the authors' CTX_INIT True), "" =
         random N(0, 0.02^2), other words = those words; template: the zero-shot teacher's prompt (default: the
         dataset's ProGrad template); prograd_lambda: lambda of the projection (LOSS.LAMBDA); kl_temperature:
         T (LOSS.T)."""
-        self.template = template if template is not None else PROGRAD_TEMPLATES.get(dataset, DEFAULT_TEMPLATE)
-        if "{}" not in self.template:
-            raise ValueError(f"Template {self.template!r} has no '{{}}' for the class name.")
-        words = self.template.replace(" {}.", "").replace("_", " ") if ctx_init is None else ctx_init
-        if "{}" in words:
-            raise ValueError(
-                f"The context starts from the template's words without its final ' {{}}.' (prograd.py:80-82), but "
-                f"template {self.template!r} does not end that way: give the init words with ctx_init."
-            )
+        self.template, words = self.init_words(template, ctx_init, dataset)
         if words:  # no random draw, as the authors' init
             CLIPMethod.__init__(self, clip_model, classnames)
             self.prompt_learner = TemplatePromptLearner(clip_model, classnames, n_ctx, words.replace("_", " "))
@@ -174,8 +169,31 @@ class ProGrad(CoOp):
         self.ctx_init = words
         self.prograd_lambda = float(prograd_lambda)
         self.kl_temperature = float(kl_temperature)
-        if self.kl_temperature <= 0:
-            raise ValueError(f"kl_temperature must be positive, got {kl_temperature}.")
+
+    # -- options -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def init_words(template: str | None, ctx_init: str | None, dataset: str | None) -> tuple[str, str]:
+        """(the teacher's template, the words the context starts from: "" for a random context)."""
+        template = template if template is not None else PROGRAD_TEMPLATES.get(dataset, DEFAULT_TEMPLATE)
+        words = template.replace(" {}.", "").replace("_", " ") if ctx_init is None else ctx_init
+        if "{}" in words:
+            raise OutOfBounds(
+                f"The context starts from the template's words without its final ' {{}}.' (prograd.py:80-82), but "
+                f"template {template!r} does not end that way: give the init words with ctx_init."
+            )
+        return template, words
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        _, words = cls.init_words(options["template"], options["ctx_init"], options.get("dataset"))
+        n_words = len(words.replace("_", " ").split(" ")) if words else 0
+        if n_words > options["n_ctx"]:
+            raise OutOfBounds(
+                f"Options of method 'prograd': the init words {words!r} are {n_words} words but n_ctx is "
+                f"{options['n_ctx']}: give n_ctx >= {n_words} (the authors assert it), or options.ctx_init='' "
+                "for a random context."
+            )
 
     # -- the teacher ---------------------------------------------------------------------------------
 

@@ -8,7 +8,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from bounds import OutOfBounds
 from harness import backbone
+
+# The authors' rule: init words start the context only when it has at most this many tokens.
+MAX_INIT_CONTEXT = 4
 
 
 def context_init(clip, n_ctx: int, ctx_init: str) -> tuple[torch.Tensor, str]:
@@ -23,16 +27,37 @@ def context_init(clip, n_ctx: int, ctx_init: str) -> tuple[torch.Tensor, str]:
     device = clip.token_embedding.weight.device
     if n_ctx < 1:
         raise ValueError(f"n_ctx must be at least 1, got {n_ctx}.")
-    if ctx_init and n_ctx <= 4:
+    if ctx_init and n_ctx <= MAX_INIT_CONTEXT:
         init = ctx_init.replace("_", " ")
         ids = backbone.tokenize(init).to(device)
-        words = int(backbone.eot_positions(ids)[0]) - 1
-        if n_ctx > words:  # the authors' code would take the EOT and padding as context
-            raise ValueError(f"n_ctx = {n_ctx} but ctx_init {init!r} has only {words} tokens.")
         return backbone.token_embeddings(clip, ids)[0, 1 : 1 + n_ctx].clone(), init
     ctx = torch.empty(n_ctx, backbone.text_width(clip), dtype=dtype, device=device)
     nn.init.normal_(ctx, std=0.02)
     return ctx, " ".join(["X"] * n_ctx)
+
+
+def init_tokens(ctx_init: str) -> int:
+    """How many tokens the init words are (between SOS and EOT)."""
+    return int(backbone.eot_positions(backbone.tokenize(ctx_init.replace("_", " ")))[0]) - 1
+
+
+def check_context(method: str, n_ctx: int, ctx_init: str, key: str) -> None:
+    """``context_init``'s options agree: init words that start the context (n_ctx <= 4) have at least
+    n_ctx tokens (the authors' code would take the EOT and padding as context), and init words are not
+    given where they would be ignored (n_ctx > 4: a random context). Raises ``bounds.OutOfBounds``."""
+    if not ctx_init:
+        return
+    init = ctx_init.replace("_", " ")
+    where = f"Options of method {method!r}: {key} {n_ctx} with ctx_init {init!r}"
+    if n_ctx > MAX_INIT_CONTEXT:
+        raise OutOfBounds(
+            f"{where}: init words start the context only when {key} <= {MAX_INIT_CONTEXT} (the authors' rule), "
+            f"so they would be ignored. Set both: options.ctx_init='' for {n_ctx} randomly initialised tokens, "
+            f"or {key} <= {MAX_INIT_CONTEXT} with these words."
+        )
+    tokens = init_tokens(init)
+    if n_ctx > tokens:
+        raise OutOfBounds(f"{where}: the words are only {tokens} tokens. Give {key} <= {tokens}, or more words.")
 
 
 def register_prompt_tokens(module: nn.Module, clip, classnames: Sequence[str], prefix_text: str, n_ctx: int) -> None:

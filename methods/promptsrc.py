@@ -34,14 +34,17 @@ fp32 mode computes everything, teachers included, in fp32.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bounds import Range
 from harness import backbone
 from methods import deep_prompts, prompt_text, teachers, whole_model_checkpoint
-from methods.base import CheckpointError, CLIPMethod, load_learned_tensors
+from methods.base import CheckpointError, CLIPMethod, ContextLength, Templates, Weight, load_learned_tensors
 from methods.registry import register_method
 
 # PromptSRC's teacher templates (trainers/imagenet_templates.py, IMAGENET_TEMPLATES), in order.
@@ -167,16 +170,16 @@ class PromptSRC(CLIPMethod):
         clip_model,
         classnames,
         *,
-        n_ctx_text: int = 4,
-        n_ctx_vision: int = 4,
+        n_ctx_text: ContextLength = 4,
+        n_ctx_vision: Annotated[int, Range(1)] = 4,
         ctx_init: str = "a photo of a",
-        prompt_depth_text: int = 9,
-        prompt_depth_vision: int = 9,
-        text_loss_weight: float = 25.0,
-        image_loss_weight: float = 10.0,
-        templates: list[str] | tuple[str, ...] = PROMPTSRC_TEMPLATES,
+        prompt_depth_text: Annotated[int, Range(1)] = 9,
+        prompt_depth_vision: Annotated[int, Range(0)] = 9,
+        text_loss_weight: Weight = 25.0,
+        image_loss_weight: Weight = 10.0,
+        templates: Templates = PROMPTSRC_TEMPLATES,
         gpa_mean: float = 15.0,
-        gpa_std: float = 1.0,
+        gpa_std: Annotated[float, Range(0, low_open=True)] = 1.0,
     ):
         """n_ctx_text / n_ctx_vision: prompt tokens per tower (text from the first words of ``ctx_init``
         when n_ctx_text <= 4); prompt_depth_text / _vision: input prompts plus depth - 1 deep blocks
@@ -184,16 +187,12 @@ class PromptSRC(CLIPMethod):
         image_loss_weight: the L1 consistency weights; templates: the teacher's text ensemble (the
         authors' 60 by default); gpa_mean / gpa_std: the Gaussian over epochs 1..E for GPA."""
         super().__init__(clip_model, classnames)
-        if prompt_depth_text < 1:
-            raise deep_prompts.DeepPromptError(f"prompt_depth_text must be at least 1, got {prompt_depth_text}.")
         depth_text = deep_prompts.effective_depth(
             prompt_depth_text, len(deep_prompts.text_blocks(clip_model)), "prompt_depth_text"
         )
         depth_vision = deep_prompts.effective_depth(
             prompt_depth_vision, len(deep_prompts.vision_blocks(clip_model)), "prompt_depth_vision"
         )
-        if gpa_std <= 0:
-            raise ValueError(f"gpa_std must be positive, got {gpa_std}.")
         self.prompt_learner = VLPromptLearner(
             clip_model, classnames, n_ctx_text, n_ctx_vision, ctx_init, depth_text, depth_vision
         )
@@ -202,6 +201,10 @@ class PromptSRC(CLIPMethod):
         self.gpa_mean, self.gpa_std = float(gpa_mean), float(gpa_std)
         self._teacher_text: torch.Tensor | None = None
         self._gpa: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        prompt_text.check_context(cls.method_name, options["n_ctx_text"], options["ctx_init"], "n_ctx_text")
 
     @property
     def teacher_text(self) -> torch.Tensor:

@@ -9,11 +9,14 @@ them for the report, the README, the bench and ``python -m harness methods``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import pkgutil
+import typing
 from dataclasses import dataclass
 
+from bounds import check, shorten
 from harness.plugins import load_plugins
 
 METHODS: dict[str, type] = {}
@@ -112,6 +115,32 @@ def method_options(name: str) -> dict:
     return {k: v for k, v in _constructor_parameters(name).items() if k not in BUILD_ARGUMENTS}
 
 
+def option_types(name: str) -> dict:
+    """Each option's type with its declared range (``bounds``), as annotated on the constructor
+    (``typing.Any`` where a plugin's constructor says nothing)."""
+    hints = _annotations(method_class(name))
+    return {k: hints.get(k, typing.Any) for k in method_options(name)}
+
+
+@functools.cache
+def _annotations(cls: type) -> dict:
+    try:
+        return typing.get_type_hints(cls.__init__, include_extras=True)
+    except (NameError, TypeError):  # a plugin's annotation that does not resolve: its options go unchecked
+        return {}
+
+
+def check_options(name: str, options: dict) -> None:
+    """Raise ``bounds.OutOfBounds`` (one line) unless every option has its declared type and range and the
+    options, defaults filled in, agree with each other (the method's ``check_options``). Unknown options
+    are the caller's to refuse (``build_method``, ``harness.config.validate``)."""
+    defaults, types = method_options(name), option_types(name)
+    for key, value in options.items():
+        if key in types:
+            check(f"Option {key!r} of method {name!r}", value, types[key], f" (default {shorten(defaults[key])})")
+    method_class(name).check_options({**defaults, **options})
+
+
 def _constructor_parameters(name: str) -> dict:
     sig = inspect.signature(method_class(name).__init__)
     return {
@@ -128,7 +157,8 @@ def build_method(name: str, clip_model, classnames, subsample: str = "all", **op
     (training and the base test of base-to-new), "new" (the new-class test, a model built on the new
     names that loads the base-trained checkpoint) or "all" (Dassl's default). It is passed to methods
     whose constructor takes it (a method that switches its head or logits on it); the others ignore it.
-    Unknown options are an error that lists the accepted ones, before any work is done.
+    Unknown options, and options outside their declared types and ranges (``check_options``), are an
+    error before any work is done.
     """
     cls = method_class(name)
     if subsample not in SUBSAMPLES:
@@ -140,6 +170,7 @@ def build_method(name: str, clip_model, classnames, subsample: str = "all", **op
             f"Method {name!r} got unknown option(s) {unknown}. Accepted options: "
             + ", ".join(f"{k}={v!r}" for k, v in accepted.items())
         )
+    check_options(name, options)
     if not classnames:
         raise ValueError(f"Method {name!r} needs at least one class name.")
     if "subsample" in _constructor_parameters(name):

@@ -31,14 +31,16 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from contextlib import contextmanager
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bounds import OutOfBounds, Range
 from harness import backbone
 from methods import deep_prompts, prompt_text, teachers
-from methods.base import CLIPMethod
+from methods.base import CLIPMethod, ContextLength, Fraction, Template, Weight
 from methods.registry import register_method
 
 log = logging.getLogger(__name__)
@@ -120,8 +122,8 @@ class TCPPromptLearner(nn.Module):
         names = [name.replace("_", " ") for name in classnames]
         token_ids = backbone.tokenize([prompt_template.format(name) for name in names]).to(device)
         eot = backbone.eot_positions(token_ids)
-        if int(eot.min()) <= n_ctx:
-            raise ValueError(
+        if int(eot.min()) <= n_ctx:  # known only with the class names
+            raise OutOfBounds(
                 f"prompt_template {prompt_template!r} has fewer than n_ctx = {n_ctx} tokens before its end: the "
                 "context replaces its first n_ctx tokens. Give a template with n_ctx leading words "
                 "(e.g. 'X X X X {}.')."
@@ -176,20 +178,25 @@ class TCP(CLIPMethod):
     color = "#e377c2"
     default_config = "tcp/vit_b16_ep100_ctxv1"
     writes_val_result = False  # the Dassl.ProGrad framework of the authors' train.py (no val_result)
+    ctx_init_sets_n_ctx = True  # init words: "a photo of a", 4 tokens
+
+    @classmethod
+    def context_words(cls, ctx_init: str | None) -> str:
+        return INIT_WORDS if ctx_init else ""  # whatever the words, as the authors' code
 
     def __init__(
         self,
         clip_model,
         classnames,
         *,
-        n_ctx: int = 4,
+        n_ctx: ContextLength = 4,
         ctx_init: str | None = None,
-        template: str | None = None,
-        prompt_template: str | None = None,
-        kg_weight: float = 8.0,
-        injection_layer: int = 8,
-        injection_weight: float = 1.0,
-        n_class_tokens: int = 4,
+        template: Template | None = None,
+        prompt_template: Template | None = None,
+        kg_weight: Weight = 8.0,
+        injection_layer: Annotated[int, Range(0)] = 8,
+        injection_weight: Fraction = 1.0,
+        n_class_tokens: Annotated[int, Range(1)] = 4,
         dataset: str | None = None,
     ):
         """n_ctx: context length (random N(0, 0.02^2) init); ctx_init: None or "" = random, any words = "a
@@ -207,17 +214,10 @@ class TCP(CLIPMethod):
         self.prompt_template = (
             prompt_template if prompt_template is not None else PROMPT_TEMPLATES.get(dataset, DEFAULT_PROMPT_TEMPLATE)
         )
-        for key, value in (("template", self.template), ("prompt_template", self.prompt_template)):
-            if "{}" not in value:
-                raise ValueError(f"{key} {value!r} has no '{{}}' for the class name.")
-        if n_class_tokens < 1:
-            raise ValueError(f"n_class_tokens must be at least 1, got {n_class_tokens}.")
         self.prompt_learner = TCPPromptLearner(
             clip_model, classnames, n_ctx, init, self.prompt_template, n_class_tokens
         )
         layers = len(deep_prompts.text_blocks(clip_model))
-        if injection_layer < 0:
-            raise deep_prompts.DeepPromptError(f"injection_layer must be at least 0, got {injection_layer}.")
         if injection_layer >= layers:
             # The authors' counter would never reach it and the meta-net would learn nothing; a smaller
             # tower (the tests', the demo's) gets the tokens at its last block instead.

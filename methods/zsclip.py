@@ -10,12 +10,14 @@ averaged over templates, and normalised again.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
+from bounds import Satisfies
 from harness import backbone
-from methods.base import CLIPMethod
+from methods.base import CLIPMethod, Template, Templates
 from methods.registry import register_method
 
 # PROTOCOL.md 6.1, keyed by the harness's dataset keys. The paper's CLIP rows use these.
@@ -70,6 +72,9 @@ def class_text_features(clip, classnames: Sequence[str], templates: Sequence[str
     return F.normalize(total / len(templates), dim=-1)
 
 
+ENSEMBLE = Satisfies(lambda t: t == "ensemble", "'ensemble' (the published ensemble of the dataset)")
+
+
 @register_method("zsclip")
 class ZeroShotCLIP(CLIPMethod):
     label = "CLIP"
@@ -80,7 +85,14 @@ class ZeroShotCLIP(CLIPMethod):
     # default_config: the only file in experiments/methods/zsclip/
     trainable = False
 
-    def __init__(self, clip_model, classnames, *, template: str | list[str] | None = None, dataset: str | None = None):
+    def __init__(
+        self,
+        clip_model,
+        classnames,
+        *,
+        template: Template | Annotated[str, ENSEMBLE] | Templates | None = None,
+        dataset: str | None = None,
+    ):
         """template: a format string, a list of them (ensemble), or "ensemble" for the published
         ensemble of ``dataset``; default: the dataset's hand-crafted template (PROTOCOL.md 6.1)."""
         super().__init__(clip_model, classnames)
@@ -92,9 +104,6 @@ class ZeroShotCLIP(CLIPMethod):
             templates = [template]
         else:
             templates = list(template)
-        for t in templates:
-            if "{}" not in t:
-                raise ValueError(f"Template {t!r} has no '{{}}' for the class name.")
         self.templates = templates
         self.register_buffer(
             "text_features", class_text_features(clip_model, self.classnames, templates), persistent=False

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("harness", "methods", "miniworld")
+PACKAGES = ("bounds", "harness", "methods", "miniworld")
 
 
 def project_modules() -> dict[str, str]:
@@ -110,11 +110,20 @@ def test_no_import_cycles(graph):
 
 
 def test_methods_depend_only_on_the_backbone_layer(graph):
-    allowed = {"harness.backbone", "harness.atomic", "harness.plugins"}
+    allowed = {"harness.backbone", "harness.atomic", "harness.plugins", "bounds"}
     for module, deps in graph.items():
         if module.split(".")[0] == "methods":
             outside = {d for d in deps if d.split(".")[0] != "methods"} - allowed
             assert not outside, f"{module} imports {sorted(outside)}"
+
+
+def test_the_declarations_of_allowed_values_stand_alone(graph):
+    # The harness and the methods both read them: they import nothing of either (nor anything heavy).
+    assert "bounds" in graph["harness.config"] and "bounds" in graph["methods.base"]
+    assert graph["bounds"] == set()
+    code = "import sys, bounds; print(sorted({'torch', 'numpy', 'yaml'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]
 
 
 def test_harness_never_imports_the_miniature_world(graph):

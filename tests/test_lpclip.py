@@ -94,7 +94,7 @@ def test_the_search_moves_C_and_the_draw_depends_on_the_seed():
 
 def test_a_class_with_too_few_pictures_is_a_clear_error():
     train, val, test = make_features(train=3)
-    with pytest.raises(ValueError, match="train split has 3 item"):
+    with pytest.raises(ValueError, match="train split has 3 image"):
         linear_probe(*train, *val, *test, shots=4, seed=1)
 
 

@@ -81,7 +81,7 @@ def test_depth_is_limited_by_the_deeper_tower(small_images):
     assert model.prompt_learner.depth == 3 and len(model.prompt_learner.compound_prompts_text) == 2
     model.encode_image(small_images).sum().backward()  # both deep prompts serve the 3-block vision tower
     assert all(p.grad is not None for p in model.prompt_learner.compound_prompts_text)
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="'prompt_depth' of method 'maple' must be an integer >= 1, got 0"):
         build(clip, prompt_depth=0)
 
 

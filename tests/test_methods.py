@@ -50,11 +50,13 @@ def test_zeroshot_dataset_template_and_ensemble(tiny_clip, classnames):
 
 
 def test_ctx_init_equals_word_embeddings(tiny_clip, classnames):
-    model = build("coop", tiny_clip, classnames, ctx_init="a photo of a", n_ctx=16)
+    model = build("coop", tiny_clip, classnames, ctx_init="a photo of a", n_ctx=4)
     ids = backbone.tokenize("a photo of a")[0]
     assert ids[1:5].tolist() == [320, 1125, 539, 320]  # PROTOCOL.md 2.4 / 7.1
     expected = tiny_clip.token_embedding.weight[ids[1:5]]
-    assert model.prompt_learner.n_ctx == 4  # the init words override n_ctx
+    assert model.prompt_learner.n_ctx == 4
+    with pytest.raises(ValueError, match="n_ctx 16 contradicts ctx_init 'a photo of a'"):  # the words set 4
+        build("coop", tiny_clip, classnames, ctx_init="a photo of a", n_ctx=16)
     torch.testing.assert_close(model.prompt_learner.ctx.detach(), expected)
     torch.testing.assert_close(model.prompt_learner.ctx[0], model.prompt_learner.ctx[3])
 

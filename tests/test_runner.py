@@ -365,13 +365,12 @@ def test_nonfinite_advice_fits_the_precision(data_root, tmp_path):
     assert "Try a lower learning rate (lr)." in str(error.value) and "try precision fp32" not in str(error.value)
 
 
-def test_nan_lr_with_amp_is_a_failure_not_a_result(data_root, tmp_path):
-    # On a CPU amp has no gradient scaler; on CUDA the scaler would skip every step: either way a run
-    # that learned nothing but NaN must not write a result.
-    s = spec(data_root, tmp_path, epochs=2, warmup_epochs=0, lr=float("nan"), precision="amp")
-    with pytest.raises(RunFailedError, match="Loss is nan|not finite"):
-        run(s)
-    assert results.read_records(str(tmp_path)) == []
+def test_nan_lr_with_amp_is_refused_not_a_result(data_root, tmp_path):
+    # On a CPU amp has no gradient scaler; on CUDA the scaler would skip every step: a NaN rate is refused
+    # before anything is written.
+    with pytest.raises(ConfigError, match="'lr' must be a finite number > 0, got nan"):
+        spec(data_root, tmp_path, epochs=2, warmup_epochs=0, lr=float("nan"), precision="amp")
+    assert results.read_records(str(tmp_path)) == [] and not os.path.exists(tmp_path / "run")
 
 
 def test_epochs_zero_evaluates_the_initial_prompt(data_root, tmp_path):
@@ -571,13 +570,13 @@ def test_json_that_is_not_a_record_is_skipped_with_its_line(tmp_path, caplog):
     "change, message",
     [
         ({"epochz": 3}, r"Unknown run key\(s\) \['epochz'\]. Valid keys: method"),
-        ({"epochs": "ten"}, r"'epochs' must be int, got 'ten'"),
+        ({"epochs": "ten"}, r"'epochs' must be an integer >= 0, got 'ten' \(str\)"),
         ({"method": "no_such_method"}, "Registered methods: cocoop, coop, .*kgcoop, .*maple, .*zsclip"),
         ({"backbone": "ViT-H/14"}, "Unknown backbone 'ViT-H/14'. Choices: RN50"),
         ({"options": {"n_ctxx": 2}}, r"no option\(s\) \['n_ctxx'\]. Options: n_ctx"),
         ({"dataset": "imagenet21k"}, "Unknown dataset 'imagenet21k'. Datasets: caltech101"),
-        ({"precision": "fp8"}, "precision must be one of"),
-        ({"subsample": "half"}, "subsample must be one of"),
+        ({"precision": "fp8"}, r"'precision' must be a string one of fp16 \| bf16 \| fp32 \| amp, got 'fp8'"),
+        ({"subsample": "half"}, r"'subsample' must be a string one of all \| base \| new, got 'half'"),
         ({"config": "coop/nope"}, r"Unknown method config 'coop/nope'.*coop/vit_b16_ctxv1"),
     ],
 )

@@ -146,7 +146,7 @@ def test_context_init_random_or_a_photo_of_a(tiny_clip, classnames, caplog):
 def test_injection_layer_beyond_the_tower_uses_its_last_block(tiny_clip, classnames, caplog):
     assert build(tiny_clip, classnames).injection_layer == 1  # the tiny CLIP has 2 text blocks
     assert "using block 1" in caplog.text
-    with pytest.raises(ValueError, match="injection_layer must be at least 0"):
+    with pytest.raises(ValueError, match="'injection_layer' of method 'tcp' must be an integer >= 0, got -1"):
         build(tiny_clip, classnames, injection_layer=-1)
 
 

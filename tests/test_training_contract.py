@@ -98,10 +98,10 @@ def test_new_keys_are_in_a_fingerprint_only_when_set_and_only_for_what_trains():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"optimizer": "rmsprop"}, "optimizer must be one of"),
-        ({"adam_eps": 0.0}, "adam_eps must be positive"),
-        ({"crop_scale": [0.5]}, r"crop_scale must be \[min, max\]"),
-        ({"crop_scale": [0.9, 0.5]}, r"crop_scale must be \[min, max\]"),
+        ({"optimizer": "rmsprop"}, r"'optimizer' must be a string one of sgd \| adam \| adamw, got 'rmsprop'"),
+        ({"adam_eps": 0.0}, r"'adam_eps' must be a finite number > 0, got 0.0"),
+        ({"crop_scale": [0.5]}, r"'crop_scale' must be .* \[min, max\] with 0 < min <= max <= 1"),
+        ({"crop_scale": [0.9, 0.5]}, r"'crop_scale' must be .* \[min, max\]"),
         ({"crop_scale": "0.5"}, "crop_scale"),
     ],
 )
