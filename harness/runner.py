@@ -238,8 +238,8 @@ class Run:
             # With a gradient scaler a non-finite step is skipped by design (and counted); otherwise it ends the run.
             if not scaler.is_enabled() and not torch.isfinite(loss):
                 raise NonFiniteLossError(
-                    f"Loss is {loss.item()} at epoch {epoch}, step {step + 1} of {self.job}. "
-                    f"{self.last_good()} {non_finite_advice(spec.precision)}"
+                    f"Loss is {loss.item()} at epoch {epoch}, step {step + 1} of {self.job} (lr {lr:.3g}). "
+                    f"{loss_cause(details, spec)} {self.last_good()}"
                 )
             if not own_backward:
                 scaler.scale(loss).backward()
@@ -262,14 +262,24 @@ class Run:
                 f"gradients are not finite, so nothing was learned. {self.last_good()} "
                 f"{non_finite_advice(spec.precision)}"
             )
-        bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        bad = non_finite_tensors(model)
         if bad:
             raise RunFailedError(
-                f"After epoch {epoch} of {self.job} the parameters {bad} are not finite. {self.last_good()} "
-                f"{non_finite_advice(spec.precision)}"
+                f"After epoch {epoch} of {self.job} (lr {lr:.3g}) the learned {', '.join(bad)} are not finite. "
+                f"{self.last_good()} {non_finite_advice(spec.precision)}"
             )
         state.scheduler.step()
         model.on_epoch_end(epoch, spec.epochs)
+        # The hook may rewrite the learned tensors (PromptSRC's aggregate replaces them at the last
+        # epoch) and keeps state that a resumed run carries on: a NaN there is caught here, not recorded.
+        bad = non_finite_tensors(model)
+        if bad:
+            raise RunFailedError(
+                f"After epoch {epoch} of {self.job} the method's end-of-epoch hook ({spec.method}'s "
+                f"on_epoch_end) left {', '.join(bad)} not finite (they were finite after the epoch's last step): "
+                f"the hook's options ({fingerprints.show(spec.options)}) are the likely cause, not the learning rate. "
+                f"{self.last_good()}"
+            )
         epoch_loss = float(np.mean(losses)) if losses else math.nan
         epoch_acc = 100.0 * correct / max(1, seen)
         log.info("epoch %d/%d  loss %.4f  train acc %.2f%%  lr %.3e", epoch, spec.epochs, epoch_loss, epoch_acc, lr)
@@ -565,6 +575,50 @@ def learning_rates(spec: RunSpec) -> list[float]:
         optimizer.step()
         scheduler.step()
     return rates
+
+
+def non_finite_tensors(model) -> list[str]:
+    """Names of the learned parameters and of the tensors in the method's ``training_state()`` (e.g. the
+    running aggregate of PromptSRC) that hold a NaN or an infinity."""
+    bad = [f"parameter {n}" for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+
+    def walk(value, name):
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                bad.append(f"training state {name}")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{name}.{key}" if name else str(key))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{name}[{i}]")
+
+    walk(model.training_state(), "")
+    return bad
+
+
+def loss_cause(details: dict, spec: RunSpec) -> str:
+    """What a non-finite loss says about its cause: the loss terms that are not finite, and the advice
+    that fits them (a weighted term gone bad beside a finite cross-entropy points at its weight, not at
+    the learning rate)."""
+    terms = {k: float(v) for k, v in details.items() if k != "logits" and torch.as_tensor(v).numel() == 1}
+    bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
+    if not terms:
+        return non_finite_advice(spec.precision)
+    if not bad:
+        return (
+            f"Every loss term is finite ({', '.join(f'{k} {v:.4g}' for k, v in terms.items())}), so their sum "
+            f"overflowed: lower the method's loss weights in options ({fingerprints.show(spec.options)}) or the "
+            "learning rate (lr)."
+        )
+    named = ", ".join(f"{k} {v}" for k, v in bad.items())
+    if "ce" in terms and math.isfinite(terms["ce"]):
+        return (
+            f"Not finite: {named}, while the cross-entropy is finite ({terms['ce']:.4g}): the weight of "
+            f"{'that term' if len(bad) == 1 else 'those terms'} in the method's options "
+            f"({fingerprints.show(spec.options)}) is the likely cause, not the learning rate."
+        )
+    return f"Not finite: {named}. {non_finite_advice(spec.precision)}"
 
 
 def non_finite_advice(precision: str) -> str:
