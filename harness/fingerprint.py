@@ -2,20 +2,35 @@
 
 A job's *settings* are its run keys that can change the learned prompt or its evaluation (method,
 options, training dataset and classes, shots, seed, backbone, precision, schedule, optimiser,
-transforms: every ``RunSpec`` field but the bookkeeping below), plus ``data``, the digest of the
-training dataset's split (``harness.data.digest``; the few-shot draw is determined by it, the shots
-and the seed, and its cache is checked against it). Not in them: where things are (``data_root``,
-``output_dir``, ``results``, ``feature_cache``, ``load_from``), names (``job``, ``experiment``,
-``config``: its values are in the settings), what is evaluated (``evaluate``: a train job's base
-record and its eval job's new record share one fingerprint, so H pairs them), and what cannot change
-a number (``tracking``, ``num_workers``, ``test_batch_size``, ``device``, ``force``, ``reevaluate``).
-A key at its ``RunSpec`` default is left out, so adding a run key later does not change the
-fingerprints of finished studies. A method that learns nothing (zero-shot CLIP) has no training
-settings (shots, seed, epochs, optimiser...).
+transforms: every ``RunSpec`` field but the bookkeeping below), plus what the run keys do not say:
+``data``, the digest of the training dataset's split (``harness.data.digest``; the few-shot draw is
+determined by it, the shots and the seed, and its cache is checked against it); ``images``, for a
+method that learns, a stamp of the training images it reads (``digest.training_images``: each
+image's relative path and size, so a moved data root keeps its results and a resized copy does not);
+``weights``, the backbone's file by content (``backbone.weights_identity``: left out for a backbone
+built by code, ``tiny``, and for the very file a name promises, OpenAI's published one). Not in them:
+where things are (``data_root``, ``output_dir``, ``results``, ``feature_cache``, ``load_from``), names
+(``job``, ``experiment``, ``config``: its values are in the settings), what is evaluated
+(``evaluate``: a train job's base record and its eval job's new record share one fingerprint, so H
+pairs them, as do a cross-dataset training job and its evaluation jobs), and what cannot change a
+number (``tracking``, ``num_workers``, ``test_batch_size``, ``device``, ``force``, ``reevaluate``,
+``load_any``: a loaded prompt that needs it carries the training run's settings and a ``load_any``
+note instead, ``runner.Run.loaded_checkpoint``). A key at its ``RunSpec`` default is left out, so
+adding a run key later does not change the fingerprints of finished studies. A method that learns
+nothing (zero-shot CLIP) has no training settings (shots, seed, epochs, optimiser, images...).
 
-Each record carries ``fingerprint`` and ``settings``; each run folder a ``fingerprint.json``. A job
-is finished when the results store holds a record of its identity (``results.record_key``) and its
-fingerprint; a record written before fingerprints existed counts when its identity matches.
+What is evaluated is stamped per record instead: ``images``, the ``digest.evaluated_images`` of the
+evaluated test split, so another dataset's or classes' images, changed, make that record's target
+pending again without parting the fingerprint its job shares with its training job.
+
+Each record carries ``fingerprint``, ``settings`` and ``images``; each run folder a
+``fingerprint.json``. A job's target is finished when the results store holds a record of its identity
+(``results.record_key``), its fingerprint and its images stamp (``pending``). Older records still read
+(the report shows them): one written before fingerprints existed counts when its identity matches;
+one written before the images stamps counts when its fingerprint matches, but a learning method's
+fingerprints now hold the training images (and a backbone file's its weights), so a re-run of a store
+written before then trains those jobs again, in new run folders (named by the new fingerprints), and
+the report then shows the new settings run and notes the old one as superseded.
 """
 
 from __future__ import annotations
@@ -26,6 +41,7 @@ import json
 import os
 import typing
 
+import methods
 from harness.atomic import atomic_write_text
 from harness.config import LATER_TRAINING_KEYS, TRAINING_KEYS, RunSpec
 
@@ -43,6 +59,7 @@ BOOKKEEPING = frozenset(
         "results",
         "feature_cache",
         "load_from",
+        "load_any",
         "tracking",
         "num_workers",
         "test_batch_size",
@@ -77,12 +94,37 @@ def settings_of(spec: RunSpec, data: str | None = None) -> dict:
         value = _normal(name, getattr(spec, name), hints)
         if value != _normal(name, getattr(defaults, name), hints):
             out[name] = value
-    if data is None:
-        from harness.data.digest import data_fingerprint
+    from harness.backbone import weights_identity
+    from harness.data import digest
 
-        data = data_fingerprint(spec.dataset, spec.data_root)
-    out["data"] = data
+    weights = weights_identity(spec.backbone)
+    if weights is not None:
+        out["weights"] = weights
+    out["data"] = data if data is not None else digest.data_fingerprint(spec.dataset, spec.data_root)
+    if trains:
+        fitted = methods.method_class(spec.method).fits_features
+        out["images"] = digest.training_images(
+            spec.dataset, spec.data_root, spec.shots, spec.seed, spec.subsample, full=fitted
+        )
     return out
+
+
+def images_of(spec: RunSpec, dataset: str, subsample: str) -> str:
+    """The stamp of the test images a record of ``spec``'s target (``dataset``, ``subsample``) scores."""
+    from harness.data.digest import evaluated_images
+
+    return evaluated_images(dataset, spec.data_root, subsample)
+
+
+def pending(spec: RunSpec, done: set, fingerprint: str) -> list[tuple[str, str]]:
+    """``spec``'s targets without a record of its identity, ``fingerprint`` and the target's images stamp
+    among ``done`` (``finished``): the one test of "is this finished?" of the runner and the sweep."""
+    identity = spec.identity()
+    return [
+        (d, s)
+        for d, s in spec.eval_targets()
+        if not is_finished(done, {**identity, "dataset": d, "subsample": s}, fingerprint, images_of(spec, d, s))
+    ]
 
 
 def fingerprint_of(settings: dict) -> str:
@@ -125,17 +167,20 @@ def show(value) -> str:
 
 
 def finished(records: list[dict]) -> set[tuple]:
-    """{(record key, fingerprint or None)} of the records of a store (None: written before fingerprints)."""
+    """{(record key, fingerprint, images stamp)} of the records of a store (None: written before
+    fingerprints, or before images stamps)."""
     from harness.results import record_key
 
-    return {(record_key(r), r.get("fingerprint")) for r in records}
+    return {(record_key(r), r.get("fingerprint"), r.get("images")) for r in records}
 
 
-def is_finished(done: set[tuple], record: dict, fingerprint: str) -> bool:
+def is_finished(done: set[tuple], record: dict, fingerprint: str, images: str | None = None) -> bool:
+    """A record of ``record``'s key with ``fingerprint`` and the ``images`` stamp is among ``done``; one
+    without a stamp, or without a fingerprint, counts (see the module's docstring)."""
     from harness.results import record_key
 
     key = record_key(record)
-    return (key, fingerprint) in done or (key, None) in done
+    return (key, fingerprint, images) in done or (key, fingerprint, None) in done or (key, None, None) in done
 
 
 def superseded(records: list[dict], identity: dict, targets, fingerprint: str) -> dict | None:

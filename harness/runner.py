@@ -29,6 +29,7 @@ scores its finished checkpoint again.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import fcntl
 import logging
@@ -54,6 +55,9 @@ from harness.metrics import classification_metrics
 from methods.base import load_checkpoint_file
 
 log = logging.getLogger(__name__)
+
+
+_RUN_KEYS = frozenset(f.name for f in dataclasses.fields(RunSpec))
 
 
 class RunFailedError(RuntimeError):
@@ -85,6 +89,8 @@ class Run:
         self.clip = None
         self.settings = fingerprints.settings_of(spec)  # what the numbers depend on (harness.fingerprint)
         self.fingerprint = fingerprints.fingerprint_of(self.settings)
+        self.loaded: tuple[str, int] | None = None  # (checkpoint, epoch) of load_from, once checked
+        self.load_note: str | None = None  # load_any: what the loaded prompt's training differs in
 
     def __call__(self) -> list[dict]:
         if self.spec.force:
@@ -96,6 +102,8 @@ class Run:
         """The job: train (or load a trained prompt, or nothing for zero-shot), evaluate each pending
         target, record each result."""
         spec = self.spec
+        if spec.learns and not spec.trains and os.path.exists(spec.load_from):
+            self.loaded_checkpoint()  # checked first: load_any records the training run's fingerprint
         pending = self.pending_targets()
         if not pending:
             log.info(
@@ -335,11 +343,23 @@ class Run:
 
     def loaded_checkpoint(self) -> tuple[str | None, int]:
         """For a job that does not train: (checkpoint to evaluate, epochs it was trained), from
-        ``load_from`` (a run folder or a checkpoint file), or (None, 0) for a method that learns nothing."""
+        ``load_from`` (a run folder or a checkpoint file), or (None, 0) for a method that learns nothing.
+
+        The prompt must be the finished training of this job's settings: the checkpoint's own training
+        spec and epoch, and its run folder's ``fingerprint.json`` (the data, the backbone's weights, the
+        training images), are compared with this job's. A partial or differently trained prompt is an
+        error naming the differences, unless ``load_any``: then this job's settings and fingerprint
+        become the training run's plus a ``load_any`` note of what differs (a settings run of its own in
+        the report), and its records carry the note. A checkpoint without a stored spec (the authors'
+        code or an early harness wrote it) is accepted with a warning when its epoch is the job's:
+        its other settings cannot be checked."""
         spec = self.spec
         if not spec.learns:
             return None, 0
+        if self.loaded is not None:
+            return self.loaded
         path = spec.load_from
+        folder = path if os.path.isdir(path) else os.path.dirname(os.path.dirname(os.path.abspath(path)))
         if os.path.isdir(path):
             found = checkpoint.latest_checkpoint(path)
             if not found:
@@ -347,7 +367,60 @@ class Run:
                     f"No prompt checkpoint ({checkpoint.CHECKPOINT_PREFIX}<epoch>) under {path} to evaluate."
                 )
             path = found[0]
-        return path, int(load_checkpoint_file(path).get("epoch", 0))
+        contents = load_checkpoint_file(path)
+        contents = contents if isinstance(contents, dict) else {}
+        epoch, saved = int(contents.get("epoch", 0)), contents.get("spec")
+        held = fingerprints.read_folder(folder)
+        changes = {}
+        if held and held.get("fingerprint") != self.fingerprint:
+            changes.update(fingerprints.differences(held.get("settings"), self.settings) or {"data": ("?", "?")})
+        for key, change in checkpoint.spec_differences(saved, spec.training_identity()).items():
+            if not (key == "options" and any(k.startswith("options.") for k in changes)):
+                changes.setdefault(key, change)
+        fitted = methods.method_class(spec.method).fits_features
+        trained_for = 0 if fitted else int(saved.get("epochs", spec.epochs)) if saved else spec.epochs
+        problems = []
+        if epoch != trained_for and saved:
+            problems.append(f"it holds epoch {epoch} of a {trained_for}-epoch training that did not finish")
+        elif epoch != trained_for:
+            changes.setdefault("epochs", (epoch, spec.epochs))
+        if changes:
+            problems.append(f"it was trained at other settings than this job's ({fingerprints.describe(changes)})")
+        if not saved:
+            log.warning(
+                "%s holds no training spec (the authors' code or an early harness wrote it): its training "
+                "settings cannot be checked against this job's; its epoch (%d) is.",
+                path,
+                epoch,
+            )
+        if problems and not spec.load_any:
+            settable = [f"{k}={fingerprints.show(a)}" for k, (a, _) in changes.items() if k.split(".")[0] in _RUN_KEYS]
+            ways = ["finish its training (run its training job again)"] if "did not finish" in problems[0] else []
+            ways += [f"evaluate it at its own settings (--set {' '.join(settable)})"] if settable else []
+            ways += ["retrain it on this data and backbone"] if len(settable) < len(changes) else []
+            raise RunFailedError(
+                f"--load-from {path}: {'; and '.join(problems)}, so its score would be recorded under settings "
+                f"it was not trained with. To fix: {'; or '.join(ways)}; or set load_any=true to score it anyway "
+                "(its records are marked load_any and form a settings run of their own)."
+            )
+        if problems:
+            self.load_note = "; ".join(
+                ([f"epoch {epoch} of {trained_for}"] if "did not finish" in problems[0] else [])
+                + ([fingerprints.describe(changes)] if changes else [])
+            )
+            if held and held.get("settings"):
+                trained = held["settings"]
+            elif saved:
+                fields = {f.name for f in dataclasses.fields(RunSpec)}
+                overlay = {k: v for k, v in saved.items() if k in fields}
+                trained = fingerprints.settings_of(dataclasses.replace(spec, **overlay), data=self.settings["data"])
+            else:
+                trained = self.settings
+            self.settings = {**trained, "load_any": self.load_note}
+            self.fingerprint = fingerprints.fingerprint_of(self.settings)
+            log.warning("load_any: scoring %s although %s", path, "; and ".join(problems))
+        self.loaded = (path, epoch)
+        return self.loaded
 
     # -- evaluation --------------------------------------------------------------------------
 
@@ -419,7 +492,13 @@ class Run:
         record = results.make_record(
             self.spec.identity(), dataset, subsample, evaluation, epochs, started, self.run_dir
         )
-        record.update(fingerprint=self.fingerprint, settings=self.settings, reevaluated=bool(self.spec.reevaluate))
+        record.update(
+            fingerprint=self.fingerprint,
+            settings=self.settings,
+            reevaluated=bool(self.spec.reevaluate),
+            load_any=self.load_note,
+            images=fingerprints.images_of(self.spec, dataset, subsample),
+        )
         results.append_record(self.results, record)
         self.tracker.log(tracking.eval_metrics(dataset, subsample, record["metrics"]))
         self.tracker.summary(tracking.summary_metrics(record, self.spec.dataset))
@@ -429,17 +508,11 @@ class Run:
     # -- helpers -----------------------------------------------------------------------------
 
     def pending_targets(self) -> list[tuple[str, str]]:
-        """Targets without a record of this job's identity and fingerprint (all with force or reevaluate)."""
-        targets = self.spec.eval_targets()
+        """Targets without a record of this job's identity, fingerprint and images (all with force or reevaluate)."""
         if self.spec.force or self.spec.reevaluate:
-            return targets
+            return self.spec.eval_targets()
         done = fingerprints.finished(results.read_records(self.results))
-        identity = self.spec.identity()
-        return [
-            t
-            for t in targets
-            if not fingerprints.is_finished(done, {**identity, "dataset": t[0], "subsample": t[1]}, self.fingerprint)
-        ]
+        return fingerprints.pending(self.spec, done, self.fingerprint)
 
     def forced_run_dir(self) -> str:
         """``force``: a fresh folder beside the old one; the same folder when it is a forced run of
