@@ -148,3 +148,98 @@ def test_a_checkpoint_without_a_spec_is_accepted_with_a_warning_if_its_epoch_fit
     assert record["load_any"] is None and "holds no training spec" in caplog.text
     with pytest.raises(RunFailedError, match="epochs: 3 -> 10"):
         run(evaluation(data_root, tmp_path / "b", trained[0], load_from=authors, epochs=10))
+
+
+# -- the backbone's weights and the images are part of a result ------------------------------------
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """A cache folder of this test's own (the file digests the backbone remembers)."""
+    from harness import backbone
+
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(backbone, "_digests", {})
+
+
+def zero_shot(data_root, out, **values):
+    return spec(data_root, out, method="zsclip", options={"template": "a photo of a {}."}, **values)
+
+
+def test_an_overwritten_backbone_file_is_a_new_result(data_root, tmp_path, own_cache):
+    from harness.backbone import build_random_clip, save_openai_state_dict
+
+    weights = str(tmp_path / "clip.pt")
+    save_openai_state_dict(build_random_clip("tiny", seed=0), weights)
+    first = run(zero_shot(data_root, tmp_path, backbone=weights))
+    assert run(zero_shot(data_root, tmp_path, backbone=weights)) == []  # unchanged: nothing to do
+    save_openai_state_dict(build_random_clip("tiny", seed=1), weights)
+    second = run(zero_shot(data_root, tmp_path, backbone=weights, output_dir=str(tmp_path / "run2")))
+    assert len(second) == len(first) == 2
+    assert second[0]["settings"]["weights"] != first[0]["settings"]["weights"]
+    assert second[0]["fingerprint"] != first[0]["fingerprint"]
+
+
+def test_a_named_backbone_names_its_file_only_when_it_is_not_the_promised_one(tmp_path, own_cache):
+    from harness import backbone
+
+    path = tmp_path / "named.pt"
+    path.write_bytes(b"published weights")
+    promised = backbone.file_sha256(str(path))
+    backbone.register_backbone("promised-file", build=None, file=lambda: str(path), published=lambda: promised)
+    try:
+        assert backbone.weights_identity("promised-file") is None
+        path.write_bytes(b"other weights, same place")
+        assert backbone.weights_identity("promised-file") == backbone.file_sha256(str(path))[:16] != promised[:16]
+        path.unlink()  # not fetched yet: the name's promise stands
+        assert backbone.weights_identity("promised-file") is None
+    finally:
+        del backbone.BACKBONES["promised-file"]
+    assert backbone.weights_identity("tiny") is None  # built by code from a fixed seed
+
+
+def resize(paths, size=40):
+    from PIL import Image
+
+    for path in paths:
+        Image.open(path).resize((size, size)).save(path, quality=90)
+
+
+def test_a_moved_data_root_keeps_its_results_and_resized_images_do_not(data_root, tmp_path):
+    import shutil
+
+    from harness import data
+
+    def copy(name):  # shutil.copy: new modification times, as a plain cp gives
+        return shutil.copytree(data_root, tmp_path / name, copy_function=shutil.copy)
+
+    out = tmp_path / "out"
+    trained = run(spec(data_root, out))
+    assert run(spec(str(copy("moved")), out)) == []  # the data root may move
+
+    # Other test images, the same split file: each record's images stamp changes, the fingerprint not.
+    root = str(copy("resized_test"))
+    resize(d.impath for d in data.build_dataset("synthetic", root, num_shots=0).test)
+    again = run(spec(root, out))
+    assert [r["fingerprint"] for r in again] == [r["fingerprint"] for r in trained]
+    assert [r["images"] for r in again] != [r["images"] for r in trained]
+
+    # Other training images: another prompt, another fingerprint.
+    root = str(copy("resized_train"))
+    resize(d.impath for d in data.build_dataset("synthetic", root, num_shots=0).train)
+    retrained = run(spec(root, out, output_dir=str(out / "retrained")))
+    assert retrained and retrained[0]["fingerprint"] != trained[0]["fingerprint"]
+    assert retrained[0]["settings"]["images"] != trained[0]["settings"]["images"]
+    assert retrained[0]["settings"]["data"] == trained[0]["settings"]["data"]  # the split is the same
+
+
+def test_an_evaluation_job_shares_its_training_jobs_fingerprint_and_stamps_its_own_images(data_root, tmp_path):
+    from harness import fingerprint
+
+    train = spec(data_root, tmp_path, evaluate=[{"dataset": "synthetic", "subsample": "base"}])
+    evaluation = spec(
+        data_root, tmp_path, load_from=train.output_dir, evaluate=[{"dataset": "synthetic", "subsample": "new"}]
+    )
+    assert fingerprint.settings_of(train) == fingerprint.settings_of(evaluation)
+    base, new = (fingerprint.images_of(train, "synthetic", s) for s in ("base", "new"))
+    assert base != new
