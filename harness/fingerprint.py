@@ -6,7 +6,11 @@ transforms: every ``RunSpec`` field but the bookkeeping below), plus what the ru
 ``data``, the digest of the training dataset's split (``harness.data.digest``; the few-shot draw is
 determined by it, the shots and the seed, and its cache is checked against it); ``images``, for a
 method that learns, a stamp of the training images it reads (``digest.training_images``: each
-image's relative path and size, so a moved data root keeps its results and a resized copy does not);
+image's relative path and size, so a moved data root keeps its results and a resized copy does not),
+and ``images_seed1``, the same of seed 1's draw: the seeds of one settings run draw other images, and
+this is what they share (``variant_of``; a whole training split, ImageNet's 1.3M images, is not
+stamped, see ``harness.data.digest``), so a study re-run on changed images is a settings run of its own
+in the report, not averaged with the old one;
 ``weights``, the backbone's file by content (``backbone.weights_identity``: left out for a backbone
 built by code, ``tiny``, and for the very file a name promises, OpenAI's published one). Not in them:
 where things are (``data_root``, ``output_dir``, ``results``, ``feature_cache``, ``load_from``), names
@@ -69,6 +73,8 @@ BOOKKEEPING = frozenset(
         "job",
     }
 )
+# The settings that stamp inputs rather than name run keys (a run folder older than them lacks them).
+INPUT_STAMPS = frozenset({"images", "weights"})
 # What a method that learns nothing still depends on, of the training keys.
 EVALUATION_KEYS = frozenset({"method", "options", "dataset", "backbone", "precision"})
 
@@ -103,9 +109,8 @@ def settings_of(spec: RunSpec, data: str | None = None) -> dict:
     out["data"] = data if data is not None else digest.data_fingerprint(spec.dataset, spec.data_root)
     if trains:
         fitted = methods.method_class(spec.method).fits_features
-        out["images"] = digest.training_images(
-            spec.dataset, spec.data_root, spec.shots, spec.seed, spec.subsample, full=fitted
-        )
+        for key, seed in (("images", spec.seed), ("images_seed1", 1)):
+            out[key] = digest.training_images(spec.dataset, spec.data_root, spec.shots, seed, spec.subsample, fitted)
     return out
 
 
@@ -132,9 +137,15 @@ def fingerprint_of(settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:FINGERPRINT_CHARS]
 
 
+# Settings that follow from the seed: the seeds of one settings run differ in them.
+SEEDED = frozenset({"seed", "images"})
+
+
 def variant_of(settings: dict) -> str:
-    """The fingerprint without the seed: what the seeds of one table cell must share."""
-    return fingerprint_of({k: v for k, v in settings.items() if k != "seed"})
+    """The fingerprint without the seed and what follows from it (the stamp of its draw's images; the
+    stamp of seed 1's draw, ``images_seed1``, stands for the images every seed draws from): what the
+    seeds of one table cell must share."""
+    return fingerprint_of({k: v for k, v in settings.items() if k not in SEEDED})
 
 
 def differences(old: dict | None, new: dict) -> dict:

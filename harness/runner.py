@@ -347,7 +347,8 @@ class Run:
 
         The prompt must be the finished training of this job's settings: the checkpoint's own training
         spec and epoch, and its run folder's ``fingerprint.json`` (the data, the backbone's weights, the
-        training images), are compared with this job's. A partial or differently trained prompt is an
+        training images; a folder written before those were stamped, on the rest), are compared with
+        this job's. A partial or differently trained prompt is an
         error naming the differences, unless ``load_any``: then this job's settings and fingerprint
         become the training run's plus a ``load_any`` note of what differs (a settings run of its own in
         the report), and its records carry the note. A checkpoint without a stored spec (the authors'
@@ -374,6 +375,8 @@ class Run:
         changes = {}
         if held and held.get("fingerprint") != self.fingerprint:
             changes.update(fingerprints.differences(held.get("settings"), self.settings) or {"data": ("?", "?")})
+            if "images" not in (held.get("settings") or {}):  # written before the inputs were stamped: unknown
+                changes = {k: v for k, v in changes.items() if k not in fingerprints.INPUT_STAMPS}
         for key, change in checkpoint.spec_differences(saved, spec.training_identity()).items():
             if not (key == "options" and any(k.startswith("options.") for k in changes)):
                 changes.setdefault(key, change)

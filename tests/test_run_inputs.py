@@ -243,3 +243,17 @@ def test_an_evaluation_job_shares_its_training_jobs_fingerprint_and_stamps_its_o
     assert fingerprint.settings_of(train) == fingerprint.settings_of(evaluation)
     base, new = (fingerprint.images_of(train, "synthetic", s) for s in ("base", "new"))
     assert base != new
+
+
+def test_the_seeds_of_a_settings_run_share_its_variant_and_changed_images_part_it(data_root, tmp_path):
+    import shutil
+
+    from harness import data
+    from harness.fingerprint import settings_of, variant_of
+
+    one, two = (settings_of(spec(data_root, tmp_path, seed=seed)) for seed in (1, 2))
+    assert one["images"] != two["images"]  # each seed draws its own images
+    assert variant_of(one) == variant_of(two)  # one settings run: one table cell
+    root = str(shutil.copytree(data_root, tmp_path / "resized"))
+    resize(d.impath for d in data.build_dataset("synthetic", root, num_shots=0).train)
+    assert variant_of(settings_of(spec(root, tmp_path, seed=2))) != variant_of(two)

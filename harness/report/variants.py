@@ -64,7 +64,7 @@ def settings_run(record: dict) -> str:
 
 
 def _unseeded(settings: dict | None) -> dict:
-    return {k: v for k, v in (settings or {}).items() if k != "seed"}
+    return {k: v for k, v in (settings or {}).items() if k not in fingerprints.SEEDED}
 
 
 def _labels(runs: dict) -> dict:
