@@ -74,7 +74,7 @@ BOOKKEEPING = frozenset(
     }
 )
 # The settings that stamp inputs rather than name run keys (a run folder older than them lacks them).
-INPUT_STAMPS = frozenset({"images", "weights"})
+INPUT_STAMPS = frozenset({"images", "images_seed1", "weights"})
 # What a method that learns nothing still depends on, of the training keys.
 EVALUATION_KEYS = frozenset({"method", "options", "dataset", "backbone", "precision"})
 

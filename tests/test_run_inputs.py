@@ -257,3 +257,25 @@ def test_the_seeds_of_a_settings_run_share_its_variant_and_changed_images_part_i
     root = str(shutil.copytree(data_root, tmp_path / "resized"))
     resize(d.impath for d in data.build_dataset("synthetic", root, num_shots=0).train)
     assert variant_of(settings_of(spec(root, tmp_path, seed=2))) != variant_of(two)
+
+
+def test_a_training_folder_written_before_the_inputs_were_stamped_still_loads(data_root, tmp_path, trained):
+    import json
+    import shutil
+
+    from harness.fingerprint import FOLDER_FILE, fingerprint_of
+
+    old = tmp_path / "old"
+    shutil.copytree(trained[0].output_dir, old)
+    with open(old / FOLDER_FILE) as f:
+        held = json.load(f)
+    held["settings"] = {k: v for k, v in held["settings"].items() if k not in ("images", "images_seed1", "weights")}
+    held["fingerprint"] = fingerprint_of(held["settings"])
+    (old / FOLDER_FILE).write_text(json.dumps(held))
+    (record,) = run(evaluation(data_root, tmp_path, trained[0], load_from=str(old)))
+    assert record["load_any"] is None and record["fingerprint"] == trained[1][0]["fingerprint"]
+    held["settings"]["lr"] = 0.5  # a run key still counts
+    held["fingerprint"] = fingerprint_of(held["settings"])
+    (old / FOLDER_FILE).write_text(json.dumps(held))
+    with pytest.raises(RunFailedError, match="lr: 0.5 -> 0.01"):
+        run(evaluation(data_root, tmp_path / "again", trained[0], load_from=str(old)))
