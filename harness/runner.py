@@ -15,16 +15,19 @@ the shared cache.
 Training (PROTOCOL.md 9, 10): SGD (or a method's published Adam / AdamW: run key ``optimizer``) over the
 method's parameter groups only (``build_optimizer``), one
 constant warm-up epoch then cosine (``build_scheduler``), stepped once per epoch; each step is taken in
-``Run.train_epoch``. Everything carried from one epoch to the next is one ``TrainingState``, saved
-after each epoch (``harness.checkpoint``), so that a killed run restarts from its last finished epoch
-and ends exactly where an uninterrupted one would.
+``Run.train_epoch``, which stops the run on a non-finite loss, and on a non-finite learned tensor
+after the optimiser's steps or after the method's end-of-epoch hook. Everything carried from one
+epoch to the next is one ``TrainingState``, saved after each epoch (``harness.checkpoint``), so that
+a killed run restarts from its last finished epoch and ends exactly where an uninterrupted one would.
 
 Evaluation (PROTOCOL.md 13): accuracy, error, macro-F1 and per-class accuracy on the test split of
 each target. Each finished evaluation appends one record (``harness.results.make_record``) to the
-results store with the job's fingerprint (``harness.fingerprint``); a run whose records all exist
-with it is skipped. The run folder's ``fingerprint.json`` says which settings run it holds: a folder
-of other settings is refused, ``force`` trains anew in a fresh folder beside it, ``reevaluate``
-scores its finished checkpoint again.
+results store with the job's fingerprint and the stamp of the images it scored
+(``harness.fingerprint``); a run whose records all exist with them is skipped. A job that loads a
+trained prompt (``load_from``) scores it only under the settings it was trained with
+(``Run.loaded_checkpoint``). The run folder's ``fingerprint.json`` says which settings run it
+holds: a folder of other settings is refused, ``force`` trains anew in a fresh folder beside it,
+``reevaluate`` scores its finished checkpoint again.
 """
 
 from __future__ import annotations
