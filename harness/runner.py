@@ -404,7 +404,7 @@ class Run:
             ways = ["finish its training (run its training job again)"] if "did not finish" in problems[0] else []
             ways += [f"evaluate it at its own settings (--set {' '.join(settable)})"] if settable else []
             ways += ["retrain it on this data and backbone"] if len(settable) < len(changes) else []
-            raise RunFailedError(
+            raise checkpoint.LoadMismatchError(
                 f"--load-from {path}: {'; and '.join(problems)}, so its score would be recorded under settings "
                 f"it was not trained with. To fix: {'; or '.join(ways)}; or set load_any=true to score it anyway "
                 "(its records are marked load_any and form a settings run of their own)."

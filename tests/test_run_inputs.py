@@ -7,6 +7,7 @@ import pytest
 from fake_data import make_synthetic_dataset
 
 from harness import results
+from harness.checkpoint import LoadMismatchError
 from harness.config import build_spec
 from harness.runner import NonFiniteLossError, RunFailedError, run
 
@@ -95,7 +96,7 @@ def test_an_evaluation_at_the_training_settings_shares_its_fingerprint(data_root
 
 
 def test_a_prompt_trained_at_other_settings_is_refused_naming_them(data_root, tmp_path, trained):
-    with pytest.raises(RunFailedError) as error:
+    with pytest.raises(LoadMismatchError) as error:
         run(evaluation(data_root, tmp_path, trained[0], epochs=10, lr=0.5))
     message = str(error.value)
     assert "epochs: 3 -> 10" in message and "lr: 0.01 -> 0.5" in message
@@ -128,7 +129,9 @@ def test_a_partial_training_is_refused(data_root, tmp_path, trained):
     last, epoch = checkpoint.latest_checkpoint(str(partial))
     os.unlink(last)
     assert checkpoint.latest_checkpoint(str(partial))[1] == epoch - 1
-    with pytest.raises(RunFailedError, match=r"epoch 2 of a 3-epoch training that did not finish.*finish its training"):
+    with pytest.raises(
+        LoadMismatchError, match=r"epoch 2 of a 3-epoch training that did not finish.*finish its training"
+    ):
         run(evaluation(data_root, tmp_path, trained[0], load_from=str(partial)))
     (record,) = run(evaluation(data_root, tmp_path, trained[0], load_from=str(partial), load_any=True))
     assert record["load_any"] == "epoch 2 of 3" and record["epochs"] == 2
@@ -146,7 +149,7 @@ def test_a_checkpoint_without_a_spec_is_accepted_with_a_warning_if_its_epoch_fit
     torch.save(contents, authors)
     (record,) = run(evaluation(data_root, tmp_path / "a", trained[0], load_from=authors))
     assert record["load_any"] is None and "holds no training spec" in caplog.text
-    with pytest.raises(RunFailedError, match="epochs: 3 -> 10"):
+    with pytest.raises(LoadMismatchError, match="epochs: 3 -> 10"):
         run(evaluation(data_root, tmp_path / "b", trained[0], load_from=authors, epochs=10))
 
 
@@ -277,5 +280,5 @@ def test_a_training_folder_written_before_the_inputs_were_stamped_still_loads(da
     held["settings"]["lr"] = 0.5  # a run key still counts
     held["fingerprint"] = fingerprint_of(held["settings"])
     (old / FOLDER_FILE).write_text(json.dumps(held))
-    with pytest.raises(RunFailedError, match="lr: 0.5 -> 0.01"):
+    with pytest.raises(LoadMismatchError, match="lr: 0.5 -> 0.01"):
         run(evaluation(data_root, tmp_path / "again", trained[0], load_from=str(old)))
