@@ -34,7 +34,8 @@ Each record carries ``fingerprint``, ``settings`` and ``images``; each run folde
 one written before the images stamps counts when its fingerprint matches, but a learning method's
 fingerprints now hold the training images (and a backbone file's its weights), so a re-run of a store
 written before then trains those jobs again, in new run folders (named by the new fingerprints), and
-the report then shows the new settings run and notes the old one as superseded.
+the report then shows the new settings run and notes the old one as superseded (a single ``run`` into
+its old folder is refused as a folder of other settings: ``force`` or another ``output_dir``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ import json
 import os
 import typing
 
-import methods
 from harness.atomic import atomic_write_text
 from harness.config import LATER_TRAINING_KEYS, TRAINING_KEYS, RunSpec
 
@@ -108,6 +108,8 @@ def settings_of(spec: RunSpec, data: str | None = None) -> dict:
         out["weights"] = weights
     out["data"] = data if data is not None else digest.data_fingerprint(spec.dataset, spec.data_root)
     if trains:
+        import methods
+
         fitted = methods.method_class(spec.method).fits_features
         for key, seed in (("images", spec.seed), ("images_seed1", 1)):
             out[key] = digest.training_images(spec.dataset, spec.data_root, spec.shots, seed, spec.subsample, fitted)

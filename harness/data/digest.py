@@ -12,7 +12,8 @@ in order. Not its modification time: a moved or copied data root (``cp`` without
 download) must not by itself change a result, and a resized or re-encoded image changes its size. An
 edit that keeps the byte count exactly is not seen (the feature cache, keyed by modification time,
 does see it). Only the images a result reads are stamped (``training_images``: the few-shot draw a
-prompt learns from, or the full train and val splits a feature-fitted method draws from itself;
+prompt learns from, and seed 1's draw, which the seeds of a settings run share, or the full train
+and val splits a feature-fitted method draws from itself;
 ``evaluated_images``: an evaluated test split), never a whole ImageNet training split: one stat per image,
 about 16,000 for ImageNet at 16 shots and 50,000 for its test split. The stamps of one folder are
 computed once per process while its split file is unchanged (a sweep's driver derives the settings
