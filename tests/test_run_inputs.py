@@ -282,3 +282,29 @@ def test_a_training_folder_written_before_the_inputs_were_stamped_still_loads(da
     (old / FOLDER_FILE).write_text(json.dumps(held))
     with pytest.raises(LoadMismatchError, match="lr: 0.5 -> 0.01"):
         run(evaluation(data_root, tmp_path / "again", trained[0], load_from=str(old)))
+
+
+def test_a_transfer_studys_evaluation_jobs_share_their_training_jobs_settings(data_root, tmp_path):
+    import yaml
+
+    from harness import sweep
+
+    experiment = tmp_path / "xd.yaml"
+    experiment.write_text(
+        yaml.safe_dump(
+            {
+                "name": "xd",
+                "protocol": "transfer",
+                "source": "synthetic",
+                "targets": ["synthetic"],
+                "seeds": [1, 2],
+                "shots": 2,
+                "backbone": "tiny",
+                "precision": "fp32",
+                "methods": {"coop": {"config": "coop/vit_b16_ctxv1"}},
+            }
+        )
+    )
+    jobs = {j.name: j for j in sweep.expand(sweep.load_experiment(str(experiment)), data_root, str(tmp_path / "o"))}
+    evals = [j for j in jobs.values() if j.kind == "eval"]
+    assert evals and all(j.settings == jobs[j.depends_on[0]].settings and "images" in j.settings for j in evals)
