@@ -79,11 +79,11 @@ def _remembered(key: tuple, name: str, root: str, compute) -> str:
     ..." when the data cannot be read (the job itself then fails, naming the problem)."""
     from .errors import DatasetError
 
-    ddir, stamp = _watch(name, root)
-    key = (*key, ddir)
-    if stamp is not None and _memo.get(key, (None,))[0] == stamp:
-        return _memo[key][1]
     try:
+        ddir, stamp = _watch(name, root)
+        key = (*key, ddir)
+        if stamp is not None and _memo.get(key, (None,))[0] == stamp:
+            return _memo[key][1]
         value = compute(ddir)
     except (DatasetError, OSError) as exc:
         return f"unreadable: {type(exc).__name__}"
