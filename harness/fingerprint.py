@@ -5,16 +5,16 @@ options, training dataset and classes, shots, seed, backbone, precision, schedul
 transforms: every ``RunSpec`` field but the bookkeeping below), plus what the run keys do not say:
 ``data``, the digest of the training dataset's split (``harness.data.digest``; the few-shot draw is
 determined by it, the shots and the seed, and its cache is checked against it); ``images``, for a
-method that learns, a stamp of the training images it reads (``digest.training_images``: each
-image's relative path and size, so a moved data root keeps its results and a resized copy does not),
-and ``images_seed1``, the same of seed 1's draw: the seeds of one settings run draw other images, and
+method that learns, a stamp of the training images it reads (``harness.data.stamps``: each image's
+relative path and size, so a moved data root keeps its results and a resized copy does not), and
+``images_seed1``, the same of seed 1's draw: the seeds of one settings run draw other images, and
 this is what they share (``variant_of``; a whole training split, ImageNet's 1.3M images, is not
-stamped, see ``harness.data.digest``), so a study re-run on changed images is a settings run of its own
-in the report, not averaged with the old one;
-``weights``, the backbone's file by content (``backbone.weights_identity``: left out for a backbone
-built by code, ``tiny``, and for the very file a name promises, OpenAI's published one). Not in them:
-where things are (``data_root``, ``output_dir``, ``results``, ``feature_cache``, ``load_from``), names
-(``job``, ``experiment``, ``config``: its values are in the settings), what is evaluated
+stamped), so a study re-run on changed images is a settings run of its own in the report, not
+averaged with the old one; ``weights``, the backbone's file by content (``backbone.weights_identity``:
+left out for a backbone built by code, ``tiny``, and for the very file a name promises, OpenAI's
+published one). Not in them: where things are (``data_root``, ``output_dir``, ``results``,
+``feature_cache``, ``load_from``), names (``job``, ``experiment``, ``config``: its values are in the
+settings), what is evaluated
 (``evaluate``: a train job's base record and its eval job's new record share one fingerprint, so H
 pairs them, as do a cross-dataset training job and its evaluation jobs), and what cannot change a
 number (``tracking``, ``num_workers``, ``test_batch_size``, ``device``, ``force``, ``reevaluate``,
@@ -23,7 +23,7 @@ note instead, ``runner.Run.loaded_checkpoint``). A key at its ``RunSpec`` defaul
 adding a run key later does not change the fingerprints of finished studies. A method that learns
 nothing (zero-shot CLIP) has no training settings (shots, seed, epochs, optimiser, images...).
 
-What is evaluated is stamped per record instead: ``images``, the ``digest.evaluated_images`` of the
+What is evaluated is stamped per record instead: ``images``, the ``stamps.evaluated_images`` of the
 evaluated test split, so another dataset's or classes' images, changed, make that record's target
 pending again without parting the fingerprint its job shares with its training job.
 
@@ -101,7 +101,7 @@ def settings_of(spec: RunSpec, data: str | None = None) -> dict:
         if value != _normal(name, getattr(defaults, name), hints):
             out[name] = value
     from harness.backbone import weights_identity
-    from harness.data import digest
+    from harness.data import digest, stamps
 
     weights = weights_identity(spec.backbone)
     if weights is not None:
@@ -112,13 +112,13 @@ def settings_of(spec: RunSpec, data: str | None = None) -> dict:
 
         fitted = methods.method_class(spec.method).fits_features
         for key, seed in (("images", spec.seed), ("images_seed1", 1)):
-            out[key] = digest.training_images(spec.dataset, spec.data_root, spec.shots, seed, spec.subsample, fitted)
+            out[key] = stamps.training_images(spec.dataset, spec.data_root, spec.shots, seed, spec.subsample, fitted)
     return out
 
 
 def images_of(spec: RunSpec, dataset: str, subsample: str) -> str:
     """The stamp of the test images a record of ``spec``'s target (``dataset``, ``subsample``) scores."""
-    from harness.data.digest import evaluated_images
+    from harness.data.stamps import evaluated_images
 
     return evaluated_images(dataset, spec.data_root, subsample)
 
