@@ -15,10 +15,21 @@ config validation and sweep preparation all read it. Built in:
     state dict), whose architecture is read from the file.
 
 Plugins add more with ``register_backbone`` (the miniature world's ``"tiny-pretrained"``).
+
+What a result depends on in the backbone is its weights (``weights_identity``, part of a result's
+fingerprint): a backbone read from a file is identified by the file's content (its sha256, computed
+once per path, size and modification time and kept in the user's cache folder, so a job does not
+read 350 MB to hash it again), a backbone built by code (``tiny``, from a fixed seed) by its name and
+the harness's code (each record's ``git_commit``). A registered name says which file it promises
+(``published``: OpenAI's sha256, which open_clip checks on download and which names its URL; the
+miniature world's sidecar records its file's): that file is the name's default and is not named in
+the fingerprint; another file at that place (``~/.cache/clip/ViT-B-16.pt`` overwritten) is.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -32,7 +43,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, build_model_from_o
 from open_clip.pretrained import download_pretrained_from_url, get_pretrained_url
 from open_clip.tokenizer import SimpleTokenizer
 
-from harness.atomic import atomic_torch_save
+from harness.atomic import atomic_torch_save, atomic_write_text
 from harness.plugins import load_plugins
 
 log = logging.getLogger(__name__)
@@ -147,6 +158,8 @@ class Backbone:
     build: Callable[[str], CLIP]
     prepare: Callable[[], object] | None = None
     description: str = ""
+    file: Callable[[], str] | None = None  # where the weights file lies (absent until ``prepare``); None: built by code
+    published: Callable[[], str | None] | None = None  # the sha256 the name promises for that file, if known
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -154,11 +167,16 @@ FILE_CHOICE = "<path to an OpenAI-format .pt file>"
 
 
 def register_backbone(
-    name: str, build: Callable[[str], CLIP], prepare: Callable[[], object] | None = None, description: str = ""
+    name: str,
+    build: Callable[[str], CLIP],
+    prepare: Callable[[], object] | None = None,
+    description: str = "",
+    file: Callable[[], str] | None = None,
+    published: Callable[[], str | None] | None = None,
 ) -> Backbone:
     if name in BACKBONES:
         raise BackboneError(f"Backbone {name!r} is registered twice.")
-    BACKBONES[name] = Backbone(name, build, prepare, description)
+    BACKBONES[name] = Backbone(name, build, prepare, description, file, published)
     return BACKBONES[name]
 
 
@@ -175,7 +193,7 @@ def get_backbone(spec: str) -> Backbone:
         return BACKBONES[spec]
     path = os.path.expanduser(str(spec))
     if os.path.isfile(path):
-        return Backbone(path, partial(load_openai_file, path), description="OpenAI-format file")
+        return Backbone(path, partial(load_openai_file, path), description="OpenAI-format file", file=lambda: path)
     openai_name = {v: k for k, v in OPENAI_MODELS.items()}.get(spec)
     hint = f" (did you mean {openai_name!r}? OpenAI's names use a slash)" if openai_name else ""
     raise BackboneError(
@@ -189,6 +207,54 @@ def prepare_backbone(spec: str) -> None:
     entry = get_backbone(spec)
     if entry.prepare is not None:
         entry.prepare()
+
+
+def weights_identity(spec: str) -> str | None:
+    """What a result knows of ``spec``'s weights (see the module's docstring): the first 16 hex digits
+    of its file's sha256, or None where the name says it all (built by code; the file the name promises;
+    no file yet, which ``prepare`` fetches as the name promises)."""
+    entry = get_backbone(spec)
+    if entry.file is None:
+        return None
+    path = entry.file()
+    if not os.path.isfile(path):
+        return None
+    digest = file_sha256(path)
+    return None if entry.published and digest == entry.published() else digest[:16]
+
+
+DIGESTS_FILE = "file-digests.json"
+_digests: dict = {}
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 of a file, computed once per (path, size, modification time): remembered in this
+    process and in the user's cache folder (``harness.paths.cache_dir``), shared by every job."""
+    from harness.paths import cache_dir
+
+    path = os.path.abspath(path)
+    st = os.stat(path)
+    stamp = [st.st_size, st.st_mtime_ns]
+    store = cache_dir(DIGESTS_FILE)
+    if path not in _digests:
+        try:
+            with open(store) as f:
+                _digests.update({k: v for k, v in json.load(f).items() if k not in _digests})
+        except (OSError, ValueError, AttributeError):
+            pass
+    known = _digests.get(path)
+    if isinstance(known, list) and known[:2] == stamp:
+        return known[2]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    _digests[path] = stamp + [h.hexdigest()]
+    try:  # a lost race with another job's write costs a later job one more hash, nothing else
+        atomic_write_text(store, json.dumps(_digests, indent=0, sort_keys=True) + "\n")
+    except OSError as exc:
+        log.warning("Could not remember the digest of %s in %s (%s); it is computed again next time.", path, store, exc)
+    return h.hexdigest()
 
 
 def load_clip(spec: str = "ViT-B/16", device: str | torch.device = "cpu", precision: str = "fp32") -> CLIP:
@@ -249,11 +315,24 @@ def _model_from_state_dict(state_dict: dict, precision: str) -> CLIP:
     return model
 
 
+def openai_local_file(name: str, cache_dir: str | None = None) -> str:
+    """Where OpenAI's weights for ``name`` lie once fetched: ``~/.cache/clip``, as the authors' code keeps them."""
+    url = get_pretrained_url(OPENAI_MODELS[name], "openai")
+    return os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+
+
+def openai_published_sha256(name: str) -> str | None:
+    """The sha256 of OpenAI's file for ``name``: the folder of its URL names it."""
+    url = get_pretrained_url(OPENAI_MODELS[name], "openai")
+    folder = url.rstrip("/").split("/")[-2] if url.count("/") > 3 else ""
+    return folder if len(folder) == 64 else None
+
+
 def resolve_openai_file(name: str, cache_dir: str | None = None) -> str:
     """Local path of OpenAI's weights for ``name``: ~/.cache/clip first, else open_clip downloads."""
     url = get_pretrained_url(OPENAI_MODELS[name], "openai")
     cache_dir = cache_dir or os.path.expanduser("~/.cache/clip")
-    local = os.path.join(cache_dir, os.path.basename(url))
+    local = openai_local_file(name, cache_dir)
     if os.path.isfile(local):
         return local
     try:
@@ -282,6 +361,8 @@ for _name in OPENAI_MODELS:
         build=lambda precision, name=_name: load_openai_file(resolve_openai_file(name), precision),
         prepare=lambda name=_name: resolve_openai_file(name),
         description="OpenAI's weights (~/.cache/clip, or downloaded)",
+        file=lambda name=_name: openai_local_file(name),
+        published=lambda name=_name: openai_published_sha256(name),
     )
 register_backbone(
     "tiny",

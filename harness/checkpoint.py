@@ -44,6 +44,11 @@ class ResumeError(RuntimeError):
     """A run folder's checkpoint belongs to another training spec, or none of its files loads."""
 
 
+class LoadMismatchError(ResumeError):
+    """A checkpoint to evaluate (``load_from``) was trained at other settings than the job's, or is
+    not its training's last (the message names the differences and the ways out)."""
+
+
 def checkpoint_path(run_dir: str, epoch: int, folder: str = CHECKPOINT_DIR) -> str:
     return os.path.join(run_dir, folder, f"{CHECKPOINT_PREFIX}{epoch}")
 

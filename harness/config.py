@@ -94,6 +94,7 @@ class RunSpec:
     results: str = ""
     feature_cache: str = ""
     load_from: str = ""
+    load_any: bool = False
     tracking: Annotated[str, OneOf(TRACKING_MODES)] = "auto"
     force: bool = False
     reevaluate: bool = False
@@ -232,6 +233,7 @@ FIELD_HELP = {
     "results": "results store (folder or .jsonl); default the parent of output_dir",
     "feature_cache": "folder of cached test-image features; default <results folder>/feature_cache",
     "load_from": "evaluate a trained prompt: a run folder or a prompt checkpoint file (no training)",
+    "load_any": "load_from: score a partial or differently trained prompt anyway (its records are marked)",
     "tracking": "W&B: auto | online | offline | disabled | none",
     "force": "redo the job from scratch, training included, in a fresh run folder beside the old one",
     "reevaluate": "score the run folder's finished checkpoint again (no training); its records say so",

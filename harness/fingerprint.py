@@ -2,20 +2,40 @@
 
 A job's *settings* are its run keys that can change the learned prompt or its evaluation (method,
 options, training dataset and classes, shots, seed, backbone, precision, schedule, optimiser,
-transforms: every ``RunSpec`` field but the bookkeeping below), plus ``data``, the digest of the
-training dataset's split (``harness.data.digest``; the few-shot draw is determined by it, the shots
-and the seed, and its cache is checked against it). Not in them: where things are (``data_root``,
-``output_dir``, ``results``, ``feature_cache``, ``load_from``), names (``job``, ``experiment``,
-``config``: its values are in the settings), what is evaluated (``evaluate``: a train job's base
-record and its eval job's new record share one fingerprint, so H pairs them), and what cannot change
-a number (``tracking``, ``num_workers``, ``test_batch_size``, ``device``, ``force``, ``reevaluate``).
-A key at its ``RunSpec`` default is left out, so adding a run key later does not change the
-fingerprints of finished studies. A method that learns nothing (zero-shot CLIP) has no training
-settings (shots, seed, epochs, optimiser...).
+transforms: every ``RunSpec`` field but the bookkeeping below), plus what the run keys do not say:
+``data``, the digest of the training dataset's split (``harness.data.digest``; the few-shot draw is
+determined by it, the shots and the seed, and its cache is checked against it); ``images``, for a
+method that learns, a stamp of the training images it reads (``harness.data.stamps``: each image's
+relative path and size, so a moved data root keeps its results and a resized copy does not), and
+``images_seed1``, the same of seed 1's draw: the seeds of one settings run draw other images, and
+this is what they share (``variant_of``; a whole training split, ImageNet's 1.3M images, is not
+stamped), so a study re-run on changed images is a settings run of its own in the report, not
+averaged with the old one; ``weights``, the backbone's file by content (``backbone.weights_identity``:
+left out for a backbone built by code, ``tiny``, and for the very file a name promises, OpenAI's
+published one). Not in them: where things are (``data_root``, ``output_dir``, ``results``,
+``feature_cache``, ``load_from``), names (``job``, ``experiment``, ``config``: its values are in the
+settings), what is evaluated
+(``evaluate``: a train job's base record and its eval job's new record share one fingerprint, so H
+pairs them, as do a cross-dataset training job and its evaluation jobs), and what cannot change a
+number (``tracking``, ``num_workers``, ``test_batch_size``, ``device``, ``force``, ``reevaluate``,
+``load_any``: a loaded prompt that needs it carries the training run's settings and a ``load_any``
+note instead, ``runner.Run.loaded_checkpoint``). A key at its ``RunSpec`` default is left out, so
+adding a run key later does not change the fingerprints of finished studies. A method that learns
+nothing (zero-shot CLIP) has no training settings (shots, seed, epochs, optimiser, images...).
 
-Each record carries ``fingerprint`` and ``settings``; each run folder a ``fingerprint.json``. A job
-is finished when the results store holds a record of its identity (``results.record_key``) and its
-fingerprint; a record written before fingerprints existed counts when its identity matches.
+What is evaluated is stamped per record instead: ``images``, the ``stamps.evaluated_images`` of the
+evaluated test split, so another dataset's or classes' images, changed, make that record's target
+pending again without parting the fingerprint its job shares with its training job.
+
+Each record carries ``fingerprint``, ``settings`` and ``images``; each run folder a
+``fingerprint.json``. A job's target is finished when the results store holds a record of its identity
+(``results.record_key``), its fingerprint and its images stamp (``pending``). Older records still read
+(the report shows them): one written before fingerprints existed counts when its identity matches;
+one written before the images stamps counts when its fingerprint matches, but a learning method's
+fingerprints now hold the training images (and a backbone file's its weights), so a re-run of a store
+written before then trains those jobs again, in new run folders (named by the new fingerprints), and
+the report then shows the new settings run and notes the old one as superseded (a single ``run`` into
+its old folder is refused as a folder of other settings: ``force`` or another ``output_dir``).
 """
 
 from __future__ import annotations
@@ -43,6 +63,7 @@ BOOKKEEPING = frozenset(
         "results",
         "feature_cache",
         "load_from",
+        "load_any",
         "tracking",
         "num_workers",
         "test_batch_size",
@@ -52,6 +73,8 @@ BOOKKEEPING = frozenset(
         "job",
     }
 )
+# The settings that stamp inputs rather than name run keys (a run folder older than them lacks them).
+INPUT_STAMPS = frozenset({"images", "images_seed1", "weights"})
 # What a method that learns nothing still depends on, of the training keys.
 EVALUATION_KEYS = frozenset({"method", "options", "dataset", "backbone", "precision"})
 
@@ -77,12 +100,38 @@ def settings_of(spec: RunSpec, data: str | None = None) -> dict:
         value = _normal(name, getattr(spec, name), hints)
         if value != _normal(name, getattr(defaults, name), hints):
             out[name] = value
-    if data is None:
-        from harness.data.digest import data_fingerprint
+    from harness.backbone import weights_identity
+    from harness.data import digest, stamps
 
-        data = data_fingerprint(spec.dataset, spec.data_root)
-    out["data"] = data
+    weights = weights_identity(spec.backbone)
+    if weights is not None:
+        out["weights"] = weights
+    out["data"] = data if data is not None else digest.data_fingerprint(spec.dataset, spec.data_root)
+    if trains:
+        import methods
+
+        fitted = methods.method_class(spec.method).fits_features
+        for key, seed in (("images", spec.seed), ("images_seed1", 1)):
+            out[key] = stamps.training_images(spec.dataset, spec.data_root, spec.shots, seed, spec.subsample, fitted)
     return out
+
+
+def images_of(spec: RunSpec, dataset: str, subsample: str) -> str:
+    """The stamp of the test images a record of ``spec``'s target (``dataset``, ``subsample``) scores."""
+    from harness.data.stamps import evaluated_images
+
+    return evaluated_images(dataset, spec.data_root, subsample)
+
+
+def pending(spec: RunSpec, done: set, fingerprint: str) -> list[tuple[str, str]]:
+    """``spec``'s targets without a record of its identity, ``fingerprint`` and the target's images stamp
+    among ``done`` (``finished``): the one test of "is this finished?" of the runner and the sweep."""
+    identity = spec.identity()
+    return [
+        (d, s)
+        for d, s in spec.eval_targets()
+        if not is_finished(done, {**identity, "dataset": d, "subsample": s}, fingerprint, images_of(spec, d, s))
+    ]
 
 
 def fingerprint_of(settings: dict) -> str:
@@ -90,9 +139,18 @@ def fingerprint_of(settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:FINGERPRINT_CHARS]
 
 
+# Settings that follow from the seed: the seeds of one settings run differ in them.
+SEEDED = frozenset({"seed", "images"})
+# Settings that are each training dataset's own (its name, its split's digest, its images' stamps): the
+# datasets of one settings run differ in them.
+PER_DATASET = frozenset({"dataset", "data", "images", "images_seed1"})
+
+
 def variant_of(settings: dict) -> str:
-    """The fingerprint without the seed: what the seeds of one table cell must share."""
-    return fingerprint_of({k: v for k, v in settings.items() if k != "seed"})
+    """The fingerprint without the seed and what follows from it (the stamp of its draw's images; the
+    stamp of seed 1's draw, ``images_seed1``, stands for the images every seed draws from): what the
+    seeds of one table cell must share."""
+    return fingerprint_of({k: v for k, v in settings.items() if k not in SEEDED})
 
 
 def differences(old: dict | None, new: dict) -> dict:
@@ -125,17 +183,20 @@ def show(value) -> str:
 
 
 def finished(records: list[dict]) -> set[tuple]:
-    """{(record key, fingerprint or None)} of the records of a store (None: written before fingerprints)."""
+    """{(record key, fingerprint, images stamp)} of the records of a store (None: written before
+    fingerprints, or before images stamps)."""
     from harness.results import record_key
 
-    return {(record_key(r), r.get("fingerprint")) for r in records}
+    return {(record_key(r), r.get("fingerprint"), r.get("images")) for r in records}
 
 
-def is_finished(done: set[tuple], record: dict, fingerprint: str) -> bool:
+def is_finished(done: set[tuple], record: dict, fingerprint: str, images: str | None = None) -> bool:
+    """A record of ``record``'s key with ``fingerprint`` and the ``images`` stamp is among ``done``; one
+    without a stamp, or without a fingerprint, counts (see the module's docstring)."""
     from harness.results import record_key
 
     key = record_key(record)
-    return (key, fingerprint) in done or (key, None) in done
+    return (key, fingerprint, images) in done or (key, fingerprint, None) in done or (key, None, None) in done
 
 
 def superseded(records: list[dict], identity: dict, targets, fingerprint: str) -> dict | None:

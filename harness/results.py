@@ -21,8 +21,13 @@ The report reads this file, not W&B and not logs. A record (all keys always pres
                      training job's records and its evaluation job's
     settings         the run keys (not at their defaults) and the split digest it hashes
     reevaluated      true when an existing checkpoint was scored again (``reevaluate``), not trained
+    images           a stamp of the evaluated test images (``harness.fingerprint.images_stamp``)
+    load_any         None; or, for a prompt loaded with ``load_any`` that is partial or was trained at
+                     other settings than the job's, what differs ("epochs: 3 -> 10, ..."): its
+                     ``settings`` are the training run's plus this note, a settings run of its own
 
-A record of an earlier harness lacks the last three; it counts as finished when its key matches.
+A record of an earlier harness lacks the last five (a writer of that layout may still append it); it
+counts as finished when its key matches (``harness.fingerprint``).
 
 Appends are atomic: one ``write`` of a whole line on an O_APPEND descriptor under an exclusive
 ``flock``, then fsync, so parallel jobs (also on several nodes sharing the folder) lose nothing and
@@ -84,7 +89,11 @@ RECORD_FIELDS = KEY_FIELDS + (
     "fingerprint",
     "settings",
     "reevaluated",
+    "images",
+    "load_any",
 )
+# Fields added after records were first written: an older record, or a writer of the older layout, lacks them.
+LATER_FIELDS = ("images", "load_any")
 
 
 def results_path(out: str) -> str:
@@ -97,7 +106,7 @@ def record_key(record: dict) -> tuple:
 
 
 def append_record(out: str, record: dict) -> None:
-    missing = [k for k in RECORD_FIELDS if k not in record]
+    missing = [k for k in RECORD_FIELDS if k not in record and k not in LATER_FIELDS]
     if missing:
         raise ValueError(f"Result record lacks {missing}; every record carries {list(RECORD_FIELDS)}.")
     line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()

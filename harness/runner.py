@@ -15,20 +15,24 @@ the shared cache.
 Training (PROTOCOL.md 9, 10): SGD (or a method's published Adam / AdamW: run key ``optimizer``) over the
 method's parameter groups only (``build_optimizer``), one
 constant warm-up epoch then cosine (``build_scheduler``), stepped once per epoch; each step is taken in
-``Run.train_epoch``. Everything carried from one epoch to the next is one ``TrainingState``, saved
-after each epoch (``harness.checkpoint``), so that a killed run restarts from its last finished epoch
-and ends exactly where an uninterrupted one would.
+``Run.train_epoch``, which stops the run on a non-finite loss, and on a non-finite learned tensor
+after the optimiser's steps or after the method's end-of-epoch hook. Everything carried from one
+epoch to the next is one ``TrainingState``, saved after each epoch (``harness.checkpoint``), so that
+a killed run restarts from its last finished epoch and ends exactly where an uninterrupted one would.
 
 Evaluation (PROTOCOL.md 13): accuracy, error, macro-F1 and per-class accuracy on the test split of
 each target. Each finished evaluation appends one record (``harness.results.make_record``) to the
-results store with the job's fingerprint (``harness.fingerprint``); a run whose records all exist
-with it is skipped. The run folder's ``fingerprint.json`` says which settings run it holds: a folder
-of other settings is refused, ``force`` trains anew in a fresh folder beside it, ``reevaluate``
-scores its finished checkpoint again.
+results store with the job's fingerprint and the stamp of the images it scored
+(``harness.fingerprint``); a run whose records all exist with them is skipped. A job that loads a
+trained prompt (``load_from``) scores it only under the settings it was trained with
+(``Run.loaded_checkpoint``). The run folder's ``fingerprint.json`` says which settings run it
+holds: a folder of other settings is refused, ``force`` trains anew in a fresh folder beside it,
+``reevaluate`` scores its finished checkpoint again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import fcntl
 import logging
@@ -54,6 +58,9 @@ from harness.metrics import classification_metrics
 from methods.base import load_checkpoint_file
 
 log = logging.getLogger(__name__)
+
+
+_RUN_KEYS = frozenset(f.name for f in dataclasses.fields(RunSpec))
 
 
 class RunFailedError(RuntimeError):
@@ -86,6 +93,8 @@ class Run:
         self.clip = None
         self.settings = fingerprints.settings_of(spec)  # what the numbers depend on (harness.fingerprint)
         self.fingerprint = fingerprints.fingerprint_of(self.settings)
+        self.loaded: tuple[str, int] | None = None  # (checkpoint, epoch) of load_from, once checked
+        self.load_note: str | None = None  # load_any: what the loaded prompt's training differs in
 
     def __call__(self) -> list[dict]:
         if self.spec.force:
@@ -97,6 +106,8 @@ class Run:
         """The job: train (or load a trained prompt, or nothing for zero-shot), evaluate each pending
         target, record each result."""
         spec = self.spec
+        if spec.learns and not spec.trains and os.path.exists(spec.load_from):
+            self.loaded_checkpoint()  # checked first: load_any records the training run's fingerprint
         pending = self.pending_targets()
         if not pending:
             log.info(
@@ -239,8 +250,8 @@ class Run:
             # With a gradient scaler a non-finite step is skipped by design (and counted); otherwise it ends the run.
             if not scaler.is_enabled() and not torch.isfinite(loss):
                 raise NonFiniteLossError(
-                    f"Loss is {loss.item()} at epoch {epoch}, step {step + 1} of {self.job}. "
-                    f"{self.last_good()} {non_finite_advice(spec.precision)}"
+                    f"Loss is {loss.item()} at epoch {epoch}, step {step + 1} of {self.job} (lr {lr:.3g}). "
+                    f"{loss_cause(details, spec)} {self.last_good()}"
                 )
             if not own_backward:
                 scaler.scale(loss).backward()
@@ -263,14 +274,24 @@ class Run:
                 f"gradients are not finite, so nothing was learned. {self.last_good()} "
                 f"{non_finite_advice(spec.precision)}"
             )
-        bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        bad = non_finite_tensors(model)
         if bad:
             raise RunFailedError(
-                f"After epoch {epoch} of {self.job} the parameters {bad} are not finite. {self.last_good()} "
-                f"{non_finite_advice(spec.precision)}"
+                f"After epoch {epoch} of {self.job} (lr {lr:.3g}) the learned {', '.join(bad)} are not finite. "
+                f"{self.last_good()} {non_finite_advice(spec.precision)}"
             )
         state.scheduler.step()
         model.on_epoch_end(epoch, spec.epochs)
+        # The hook may rewrite the learned tensors (PromptSRC's aggregate replaces them at the last
+        # epoch) and keeps state that a resumed run carries on: a NaN there is caught here, not recorded.
+        bad = non_finite_tensors(model)
+        if bad:
+            raise RunFailedError(
+                f"After epoch {epoch} of {self.job} the method's end-of-epoch hook ({spec.method}'s "
+                f"on_epoch_end) left {', '.join(bad)} not finite (they were finite after the epoch's last step): "
+                f"the hook's options ({fingerprints.show(spec.options)}) are the likely cause, not the learning rate. "
+                f"{self.last_good()}"
+            )
         epoch_loss = float(np.mean(losses)) if losses else math.nan
         epoch_acc = 100.0 * correct / max(1, seen)
         log.info("epoch %d/%d  loss %.4f  train acc %.2f%%  lr %.3e", epoch, spec.epochs, epoch_loss, epoch_acc, lr)
@@ -326,11 +347,24 @@ class Run:
 
     def loaded_checkpoint(self) -> tuple[str | None, int]:
         """For a job that does not train: (checkpoint to evaluate, epochs it was trained), from
-        ``load_from`` (a run folder or a checkpoint file), or (None, 0) for a method that learns nothing."""
+        ``load_from`` (a run folder or a checkpoint file), or (None, 0) for a method that learns nothing.
+
+        The prompt must be the finished training of this job's settings: the checkpoint's own training
+        spec and epoch, and its run folder's ``fingerprint.json`` (the data, the backbone's weights, the
+        training images; a folder written before those were stamped, on the rest), are compared with
+        this job's. A partial or differently trained prompt is an
+        error naming the differences, unless ``load_any``: then this job's settings and fingerprint
+        become the training run's plus a ``load_any`` note of what differs (a settings run of its own in
+        the report), and its records carry the note. A checkpoint without a stored spec (the authors'
+        code or an early harness wrote it) is accepted with a warning when its epoch is the job's:
+        its other settings cannot be checked."""
         spec = self.spec
         if not spec.learns:
             return None, 0
+        if self.loaded is not None:
+            return self.loaded
         path = spec.load_from
+        folder = path if os.path.isdir(path) else os.path.dirname(os.path.dirname(os.path.abspath(path)))
         if os.path.isdir(path):
             found = checkpoint.latest_checkpoint(path)
             if not found:
@@ -338,7 +372,62 @@ class Run:
                     f"No prompt checkpoint ({checkpoint.CHECKPOINT_PREFIX}<epoch>) under {path} to evaluate."
                 )
             path = found[0]
-        return path, int(load_checkpoint_file(path).get("epoch", 0))
+        contents = load_checkpoint_file(path)
+        contents = contents if isinstance(contents, dict) else {}
+        epoch, saved = int(contents.get("epoch", 0)), contents.get("spec")
+        held = fingerprints.read_folder(folder)
+        changes = {}
+        if held and held.get("fingerprint") != self.fingerprint:
+            changes.update(fingerprints.differences(held.get("settings"), self.settings) or {"data": ("?", "?")})
+            if "images" not in (held.get("settings") or {}):  # written before the inputs were stamped: unknown
+                changes = {k: v for k, v in changes.items() if k not in fingerprints.INPUT_STAMPS}
+        for key, change in checkpoint.spec_differences(saved, spec.training_identity()).items():
+            if not (key == "options" and any(k.startswith("options.") for k in changes)):
+                changes.setdefault(key, change)
+        fitted = methods.method_class(spec.method).fits_features
+        trained_for = 0 if fitted else int(saved.get("epochs", spec.epochs)) if saved else spec.epochs
+        problems = []
+        if epoch != trained_for and saved:
+            problems.append(f"it holds epoch {epoch} of a {trained_for}-epoch training that did not finish")
+        elif epoch != trained_for:
+            changes.setdefault("epochs", (epoch, spec.epochs))
+        if changes:
+            problems.append(f"it was trained at other settings than this job's ({fingerprints.describe(changes)})")
+        if not saved:
+            log.warning(
+                "%s holds no training spec (the authors' code or an early harness wrote it): its training "
+                "settings cannot be checked against this job's; its epoch (%d) is.",
+                path,
+                epoch,
+            )
+        if problems and not spec.load_any:
+            settable = [f"{k}={fingerprints.show(a)}" for k, (a, _) in changes.items() if k.split(".")[0] in _RUN_KEYS]
+            ways = ["finish its training (run its training job again)"] if "did not finish" in problems[0] else []
+            ways += [f"evaluate it at its own settings (--set {' '.join(settable)})"] if settable else []
+            ways += ["retrain it on this data and backbone"] if len(settable) < len(changes) else []
+            raise checkpoint.LoadMismatchError(
+                f"--load-from {path}: {'; and '.join(problems)}, so its score would be recorded under settings "
+                f"it was not trained with. To fix: {'; or '.join(ways)}; or set load_any=true to score it anyway "
+                "(its records are marked load_any and form a settings run of their own)."
+            )
+        if problems:
+            self.load_note = "; ".join(
+                ([f"epoch {epoch} of {trained_for}"] if "did not finish" in problems[0] else [])
+                + ([fingerprints.describe(changes)] if changes else [])
+            )
+            if held and held.get("settings"):
+                trained = held["settings"]
+            elif saved:
+                fields = {f.name for f in dataclasses.fields(RunSpec)}
+                overlay = {k: v for k, v in saved.items() if k in fields}
+                trained = fingerprints.settings_of(dataclasses.replace(spec, **overlay), data=self.settings["data"])
+            else:
+                trained = self.settings
+            self.settings = {**trained, "load_any": self.load_note}
+            self.fingerprint = fingerprints.fingerprint_of(self.settings)
+            log.warning("load_any: scoring %s although %s", path, "; and ".join(problems))
+        self.loaded = (path, epoch)
+        return self.loaded
 
     # -- evaluation --------------------------------------------------------------------------
 
@@ -410,7 +499,13 @@ class Run:
         record = results.make_record(
             self.spec.identity(), dataset, subsample, evaluation, epochs, started, self.run_dir
         )
-        record.update(fingerprint=self.fingerprint, settings=self.settings, reevaluated=bool(self.spec.reevaluate))
+        record.update(
+            fingerprint=self.fingerprint,
+            settings=self.settings,
+            reevaluated=bool(self.spec.reevaluate),
+            load_any=self.load_note,
+            images=fingerprints.images_of(self.spec, dataset, subsample),
+        )
         results.append_record(self.results, record)
         self.tracker.log(tracking.eval_metrics(dataset, subsample, record["metrics"]))
         self.tracker.summary(tracking.summary_metrics(record, self.spec.dataset))
@@ -420,17 +515,11 @@ class Run:
     # -- helpers -----------------------------------------------------------------------------
 
     def pending_targets(self) -> list[tuple[str, str]]:
-        """Targets without a record of this job's identity and fingerprint (all with force or reevaluate)."""
-        targets = self.spec.eval_targets()
+        """Targets without a record of this job's identity, fingerprint and images (all with force or reevaluate)."""
         if self.spec.force or self.spec.reevaluate:
-            return targets
+            return self.spec.eval_targets()
         done = fingerprints.finished(results.read_records(self.results))
-        identity = self.spec.identity()
-        return [
-            t
-            for t in targets
-            if not fingerprints.is_finished(done, {**identity, "dataset": t[0], "subsample": t[1]}, self.fingerprint)
-        ]
+        return fingerprints.pending(self.spec, done, self.fingerprint)
 
     def forced_run_dir(self) -> str:
         """``force``: a fresh folder beside the old one; the same folder when it is a forced run of
@@ -566,6 +655,50 @@ def learning_rates(spec: RunSpec) -> list[float]:
         optimizer.step()
         scheduler.step()
     return rates
+
+
+def non_finite_tensors(model) -> list[str]:
+    """Names of the learned parameters and of the tensors in the method's ``training_state()`` (e.g. the
+    running aggregate of PromptSRC) that hold a NaN or an infinity."""
+    bad = [f"parameter {n}" for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+
+    def walk(value, name):
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                bad.append(f"training state {name}")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{name}.{key}" if name else str(key))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{name}[{i}]")
+
+    walk(model.training_state(), "")
+    return bad
+
+
+def loss_cause(details: dict, spec: RunSpec) -> str:
+    """What a non-finite loss says about its cause: the loss terms that are not finite, and the advice
+    that fits them (a weighted term gone bad beside a finite cross-entropy points at its weight, not at
+    the learning rate)."""
+    terms = {k: float(v) for k, v in details.items() if k != "logits" and torch.as_tensor(v).numel() == 1}
+    bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
+    if not terms:
+        return non_finite_advice(spec.precision)
+    if not bad:
+        return (
+            f"Every loss term is finite ({', '.join(f'{k} {v:.4g}' for k, v in terms.items())}), so their sum "
+            f"overflowed: lower the method's loss weights in options ({fingerprints.show(spec.options)}) or the "
+            "learning rate (lr)."
+        )
+    named = ", ".join(f"{k} {v}" for k, v in bad.items())
+    if "ce" in terms and math.isfinite(terms["ce"]):
+        return (
+            f"Not finite: {named}, while the cross-entropy is finite ({terms['ce']:.4g}): the weight of "
+            f"{'that term' if len(bad) == 1 else 'those terms'} in the method's options "
+            f"({fingerprints.show(spec.options)}) is the likely cause, not the learning rate."
+        )
+    return f"Not finite: {named}. {non_finite_advice(spec.precision)}"
 
 
 def non_finite_advice(precision: str) -> str:

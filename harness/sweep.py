@@ -92,13 +92,8 @@ class Job:
         return fingerprints.fingerprint_of(self.settings)
 
     def pending_targets(self, done: set) -> list[tuple[str, str]]:
-        """Targets without a record of this job's identity and fingerprint (``fingerprints.finished``)."""
-        identity, fingerprint = self.spec.identity(), self.fingerprint
-        return [
-            (d, s)
-            for d, s in self.targets()
-            if not fingerprints.is_finished(done, {**identity, "dataset": d, "subsample": s}, fingerprint)
-        ]
+        """Targets without a record of this job's identity, fingerprint and images (``fingerprints.pending``)."""
+        return fingerprints.pending(self.spec, done, self.fingerprint)
 
 
 def experiment_path(name_or_path: str) -> str:

@@ -13,6 +13,8 @@ register_backbone(
     build=pretrain.load_pretrained_tiny_for,
     prepare=pretrain.prepare_pretrained,
     description="the miniature world's tiny CLIP (pre-trained here on first use, then cached)",
+    file=pretrain.cache_path,
+    published=pretrain.published_sha256,
 )
 for ds in DEMO_DATASETS:
     register_dataset(

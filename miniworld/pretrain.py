@@ -206,6 +206,16 @@ def cache_path(config: PretrainConfig = DEFAULT_PRETRAIN) -> str:
     return os.path.join(cache_dir(), f"tiny-pretrained-v{WORLD_VERSION}-{config.fingerprint()}.pt")
 
 
+def published_sha256(config: PretrainConfig = DEFAULT_PRETRAIN) -> str | None:
+    """The sha256 of the weights file its pre-training wrote (its sidecar says; None for a sidecar of an
+    earlier harness, which did not record it)."""
+    try:
+        with open(cache_path(config) + ".json") as f:
+            return json.load(f).get("file_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def train_and_save(config: PretrainConfig, path: str) -> dict:
     """Pre-train in this process and write the weights (atomically) and a JSON sidecar of facts."""
     start = time.time()
@@ -221,6 +231,7 @@ def train_and_save(config: PretrainConfig, path: str) -> dict:
         "torch": torch.__version__,
     }
     backbone.save_openai_state_dict(model, path)
+    facts["file_sha256"] = backbone.file_sha256(path)  # the file this cache promises (backbone.weights_identity)
     from harness.atomic import atomic_write_text
 
     atomic_write_text(path + ".json", json.dumps(facts, indent=2) + "\n")

@@ -135,7 +135,8 @@ def test_checkpoint_of_another_method(setup, tmp_path):
     trained = harness(*[a if a != "coop" else "cocoop" for a in base])
     assert trained.returncode == 0, trained.stderr[-3000:]
     out = harness(*base[:-1], str(tmp_path / "eval"), "--load-from", tmp_path / "out" / "run")
-    assert_clean(out, "model.pth.tar-1", "meta_net", "checkpoint of another method")
+    # Refused before any weight is copied: the checkpoint says which method it was trained with.
+    assert_clean(out, "model.pth.tar-1", "method: cocoop -> coop", "--set method=cocoop")
 
 
 def test_nonfinite_loss_is_a_failed_run(setup):

@@ -269,6 +269,8 @@ def test_cache_round_trip(tmp_path, monkeypatch):
     with open(path + ".json") as f:
         facts = json.load(f)
     assert facts["weights_sha256"] == pretrain.weights_sha256(first)
+    # The file the cache promises (what a result's fingerprint leaves out, backbone.weights_identity).
+    assert facts["file_sha256"] == backbone.file_sha256(path) == pretrain.published_sha256(config)
     for a, b in zip(first.state_dict().values(), second.state_dict().values()):
         assert torch.equal(a, b)
     assert torch.equal(backbone.load_clip(path).visual.conv1.weight, first.visual.conv1.weight)

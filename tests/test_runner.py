@@ -280,7 +280,12 @@ def test_eval_only_from_a_trained_run_and_feature_cache_reuse(data_root, tmp_pat
     assert zero_shot.cache.hits == 1 and zero_shot.cache.misses == 1  # base cached, new computed
     evaluation = Run(
         spec(
-            data_root, tmp_path, load_from=trained.output_dir, output_dir=str(tmp_path / "eval"), evaluate=["synthetic"]
+            data_root,
+            tmp_path,
+            epochs=2,  # the trained run's: a prompt is scored only under the settings it was trained with
+            load_from=trained.output_dir,
+            output_dir=str(tmp_path / "eval"),
+            evaluate=["synthetic"],
         )
     )
     records = evaluation()
@@ -290,6 +295,7 @@ def test_eval_only_from_a_trained_run_and_feature_cache_reuse(data_root, tmp_pat
         spec(
             data_root,
             tmp_path,
+            epochs=2,
             load_from=trained.output_dir,
             output_dir=str(tmp_path / "eval2"),
             experiment="again",

@@ -51,9 +51,9 @@ from harness.report.tables import (
 )
 
 LEGACY = "no fingerprint"
-# Settings that are each dataset's own (its name, its split's digest) or each seed's: never a sign that
-# a column's datasets were run at different settings.
-OWN_SETTINGS = frozenset({"dataset", "data", "seed"})
+# Settings that are each dataset's own (its name, its split's digest, its images) or each seed's: never a
+# sign that a column's datasets were run at different settings.
+OWN_SETTINGS = fingerprints.PER_DATASET | fingerprints.SEEDED
 MIXED = "§(mixed settings)"
 
 
@@ -104,7 +104,7 @@ def settings_run(record: dict) -> str:
 
 
 def _unseeded(settings: dict | None) -> dict:
-    return {k: v for k, v in (settings or {}).items() if k != "seed"}
+    return {k: v for k, v in (settings or {}).items() if k not in fingerprints.SEEDED}
 
 
 def _default(key: str):
