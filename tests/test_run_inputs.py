@@ -57,7 +57,8 @@ def test_a_hook_that_writes_nan_stops_the_run_naming_the_epoch_and_the_tensors(d
 
 
 def test_a_nan_loss_names_its_terms_and_blames_the_weight_not_the_lr(data_root, tmp_path):
-    s = spec(data_root, tmp_path, method="promptsrc", warmup_epochs=0, options={"text_loss_weight": float("inf")})
+    # A finite weight (an infinite one is refused before the run) whose product overflows float32.
+    s = spec(data_root, tmp_path, method="promptsrc", warmup_epochs=0, options={"text_loss_weight": 1e300})
     with pytest.raises(NonFiniteLossError) as error:
         run(s)
     message = str(error.value)
@@ -105,7 +106,7 @@ def test_a_prompt_trained_at_other_settings_is_refused_naming_them(data_root, tm
 
 
 def test_load_any_records_the_training_settings_marked_as_a_settings_run_of_their_own(data_root, tmp_path, trained):
-    from harness.report.variants import settings_run
+    from harness.report.gate import settings_run
 
     train_spec, train_records = trained
     records = run(evaluation(data_root, tmp_path, train_spec, epochs=10, lr=0.5, load_any=True))
