@@ -78,7 +78,7 @@ def superseded_coop():
 
 
 def test_base2new_frame_is_per_seed_h_of_the_shown_run_with_zero_shot_paired(tmp_path):
-    recs = superseded_coop() + base2new_records()
+    recs = base2new_records() + superseded_coop()  # written later, yet older settings: the newer run is shown
     tables, found = build_study(recs, with_paper=False, expectations=expectation(tmp_path, "base2new", "cocoop"))
     assert any(n.startswith("Superseded") for n in tables["table1_base2new"].notes)  # the gate saw both runs
     study = found["base2new"]
