@@ -201,7 +201,8 @@ def fewshot_records():
         for shots in (1, 4):
             for seed in SEEDS:
                 noise = ((seed * 3 + d + shots) % 5) / 2
-                recs.append(fewshot("coop", dataset, shots, seed, 50.0 + shots + noise))
+                config = f"coop/ep{50 if shots == 1 else 100}"  # a config per shot count, as CoOp's
+                recs.append(fewshot("coop", dataset, shots, seed, 50.0 + shots + noise, config=config))
                 recs.append(fewshot("lpclip", dataset, shots, seed, 45.0 + shots + noise + (0.3 if seed % 2 else -0.3)))
     return recs
 
@@ -216,12 +217,13 @@ def test_fewshot_one_comparison_per_shot_count(tmp_path):
     assert four.loc[("lpclip", AVERAGE), "verdict"] == "worse"
     assert four.loc[("zsclip", "mini_a"), "n_pairs"] == 3
     assert set(study.table()["metric"]) == {"accuracy@1", "accuracy@4"}
+    assert set(study.table()["method"]) == {"zsclip", "lpclip"}  # coop is the baseline at every K
 
 
-def test_fewshot_paper_values_from_the_shared_csv_for_their_backbone_only():
+def test_fewshot_paper_values_from_the_shared_csv_for_their_backbone_only(tmp_path):
     """reports/paper/fewshot.csv (copied from the shared paper-results): PromptSRC's ViT-B/16 averages and CoOp's
     RN50 per-dataset sheet. A ViT-B/16 average gets the average, an RN50 dataset cell its row, nothing crosses."""
-    from harness.report import PAPER_DATASETS, build_tables
+    from harness.report import PAPER_DATASETS
 
     def recs(backbone, value):
         out = []
@@ -231,8 +233,8 @@ def test_fewshot_paper_values_from_the_shared_csv_for_their_backbone_only():
                 out += [fewshot(m, dataset, 16, seed, value, backbone=backbone) for m in ("coop", "lpclip")]
         return out
 
-    tables = build_tables(recs("ViT-B/16", 80.0) + recs("RN50", 70.0))
-    table = tables["fewshot_16shot"]
+    report = build_report(recs("ViT-B/16", 80.0) + recs("RN50", 70.0), out_dir=str(tmp_path))
+    table = report["tables"]["fewshot_16shot"]["table"]
     groups = {(g.method, g.backbone): g for g in table.groups}
     vit, rn50 = groups["coop", "ViT-B/16"], groups["coop", "RN50"]
     assert table.cell(AVERAGE, vit, "acc").paper == 79.89  # PromptSRC's few-shot table
@@ -242,6 +244,16 @@ def test_fewshot_paper_values_from_the_shared_csv_for_their_backbone_only():
     assert table.cell("imagenet", groups["zsclip", "RN50"], "acc").paper == 58.18
     assert table.cell("imagenet", groups["zsclip", "ViT-B/16"], "acc").paper is None
     assert any("copy" in n and "RN50" in n for n in table.notes)
+    # the figure's published curves: ViT-B/16 averages beside the ViT-B/16 curves, RN50 datasets beside RN50's
+    with open(report["figures"]["fewshot"]["csv"], newline="") as f:
+        published = [r for r in csv.DictReader(f) if r["source"] != "ours"]
+    vit_rows = [r for r in published if "ViT-B/16" in r["label"]]
+    rn50_rows = [r for r in published if "RN50" in r["label"]]
+    assert vit_rows and {r["dataset"] for r in vit_rows} == {AVERAGE}
+    assert {r["method"] for r in vit_rows} == {"coop", "lpclip"}
+    assert rn50_rows and AVERAGE not in {r["dataset"] for r in rn50_rows}
+    assert any(r["method"] == "zsclip" and r["shots"] == "0" and r["mean"] == "58.18" for r in rn50_rows)
+    assert all("copy" in r["source"] for r in rn50_rows)
 
 
 def test_report_yaml_section_is_checked(tmp_path):

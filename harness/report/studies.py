@@ -14,7 +14,7 @@ A study is an experiment: its records in those tables are compared with its base
 YAML names (``report: {baseline: ...}``, recorded by the sweep in ``expected.json`` beside the store),
 or the one ``--baseline`` names for every study. A study with no baseline (e.g. bigger_coop) gets no
 comparison. Methods are named as the records name them (``coop``), or ``<method>/<config>`` where the
-study ran several configs of one method on one dataset (the ablations' CoCoOp arms).
+study ran several configs of one method on one dataset at one shot count (the ablations' CoCoOp arms).
 
 Files, per study: ``comparison_<experiment>.{md,csv}`` (``comparison.COLUMNS``, the Average row
 labelled ``Average``, NaN empty), ``leaderboard_<experiment>.md`` (a section per metric) and
@@ -90,13 +90,13 @@ def _sources(ctx: Gate, table: Table) -> list[tuple]:
 
 def method_names(records: list[dict]) -> dict:
     """{id(record): its method's name in a comparison}: the method, or its config where the study ran
-    several configs of the method on one dataset; the backbone and the settings run (``--all-variants``)
-    added where they, too, tell two of its columns apart."""
+    several configs of the method on one dataset at one shot count; the backbone and the settings run
+    (``--all-variants``) added where they, too, tell two of its columns apart."""
     seen: dict = {}
-    for r in records:
-        seen.setdefault((r["method"], r.get("dataset")), []).append(r)
+    for r in records:  # a config per shot count (CoOp's 50 / 100 / 200 epochs) is still one method
+        seen.setdefault((r["method"], r.get("dataset"), None if is_zero_shot(r) else r.get("shots")), []).append(r)
     several: dict = {}
-    for (method, _), recs in seen.items():
+    for (method, *_), recs in seen.items():
         for part in ("config", "backbone", LABEL_FIELD):
             if len({str(r.get(part)) for r in recs}) > 1:
                 several.setdefault(method, set()).add(part)
