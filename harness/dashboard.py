@@ -21,7 +21,8 @@ What it builds (with ``wandb_workspaces``, W&B's library for workspaces and repo
   tables (Markdown, rewritten on every ``make dashboard``), the same text as ``reports/*.md``.
 * **A W&B Report** of the study: Tables 1-5 and the Figure 4 tables where they have numbers (ours
   ± std, the paper's value and the difference, as in ``reports/``), what is missing, the figures
-  (a media panel of the report stage's W&B run, which logged them), and per experiment a panel
+  (a media panel of the report stage's W&B run, which logged them), each study's comparison with its
+  baseline (``comparison_<experiment>.csv``, ``harness.report.studies``), and per experiment a panel
   grid with its own run set filtered to that experiment.
 
 Numbers are never recomputed differently: the tables come from ``harness.report.build_tables``
@@ -433,8 +434,8 @@ def build_report(study: Study, entity: str = "", project: str = ""):
         wr.P(
             f"Results store {study.results} ({len(study.records)} records), tables and figures of the report stage "
             f"({study.report_dir}). ± population std over seeds; † fewer seeds than expected; ‡ average over fewer "
-            "datasets than expected; paper: each method's own paper or its authors' README (reports/paper); "
-            "Δ = ours − paper."
+            "datasets than expected; ≈ average within noise of the study's baseline (see Which differences are "
+            "real); paper: each method's own paper or its authors' README (reports/paper); Δ = ours − paper."
         ),
         wr.TableOfContents(),
         wr.H1("Tables"),

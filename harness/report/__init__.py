@@ -31,6 +31,8 @@ as missing, never silently averaged as if complete. Paper values are read from `
 files (``reports/paper``) at run time, and compared only with records of the backbone and shots they
 were published for. Every table and figure takes its cells from one gate (``harness.report.gate``):
 one settings run per cell, the marks (†, ‡, §) and the paper comparison are decided there.
+Which differences are real (``harness.report.studies``): each study's methods against its baseline,
+from the records those cells show; ≈ marks an Average within noise of it.
 """
 
 from __future__ import annotations

@@ -254,6 +254,8 @@ def leaderboard_markdown(study: Study) -> str:
                 f"α = {stats.ALPHA}. Methods sharing a letter in groups are not distinguishable."
             )
         lines += [f"* {note}" for note in board.notes] + [""]
+        if metric == "H":  # what the pairs are, so not Table 1's H of the averaged base and new
+            lines += ["The average is of the per-seed H (the comparison's pairs), not Table 1's H of the averages.", ""]
     lines.append(
         "Ranked by the average over datasets of each dataset's mean over seeds; mean rank over datasets (1 = best)."
     )
