@@ -21,7 +21,8 @@ What it builds (with ``wandb_workspaces``, W&B's library for workspaces and repo
   tables (Markdown, rewritten on every ``make dashboard``), the same text as ``reports/*.md``.
 * **A W&B Report** of the study: Tables 1-5 and the Figure 4 tables where they have numbers (ours
   ± std, the paper's value and the difference, as in ``reports/``), what is missing, the figures
-  (a media panel of the report stage's W&B run, which logged them), and per experiment a panel
+  (a media panel of the report stage's W&B run, which logged them), each study's comparison with its
+  baseline (``comparison_<experiment>.csv``, ``harness.report.studies``), and per experiment a panel
   grid with its own run set filtered to that experiment.
 
 Numbers are never recomputed differently: the tables come from ``harness.report.build_tables``
@@ -103,6 +104,8 @@ class Study:
     figures: dict  # name -> png path (those in the report folder)
     report_run: dict | None  # the report stage's W&B run, when its figures are the report folder's
     missing: list
+    # experiment -> harness.report.studies.Study: each study's comparison with its baseline
+    comparisons: dict = dataclasses.field(default_factory=dict)
 
     def records_of(self, experiment: str) -> list:
         return [r for r in self.records if str(r.get("experiment")) == experiment]
@@ -125,9 +128,22 @@ def _sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def check_report_dir(tables: dict, report_dir: str) -> None:
-    """Every table with numbers must be in the report folder, as the same CSV text."""
+def check_report_dir(tables: dict, report_dir: str, comparisons: dict | None = None) -> None:
+    """Every table with numbers, and every study's comparison, must be in the report folder, as the same
+    CSV text."""
     from harness.report import long_frame
+    from harness.report.studies import comparison_csv_frame
+
+    for experiment, compared in (comparisons or {}).items():
+        if not compared.comparisons:
+            continue
+        path = os.path.join(report_dir, f"comparison_{experiment}.csv")
+        written = open(path).read() if os.path.isfile(path) else None
+        if written != comparison_csv_frame(compared).to_csv(index=False, na_rep=""):
+            raise DashboardError(
+                f"{path} is missing or differs from the comparison of the results store: run `make report` again "
+                "(with the same --baseline / --experiment / --seeds as here) before the dashboard."
+            )
 
     for key, table in tables.items():
         if table.empty:
@@ -155,16 +171,24 @@ def load_study(
     expected_seeds=None,
     paper_dir=None,
     with_paper: bool = True,
+    baseline: str | None = None,
 ) -> Study:
-    from harness.report import build_tables, default_paper_dir, load_records, read_expectations
+    from harness.report import build_study, default_paper_dir, load_records, read_expectations
 
     records = load_records(results)
     if not records:
         raise DashboardError(f"no records in {results}: nothing to show")
     paper_dir = paper_dir if paper_dir is not None else default_paper_dir()
     expectations = read_expectations(results)  # as the report stage read them, so the tables are its tables
-    tables = build_tables(records, experiments, expected_seeds, paper_dir, with_paper, expectations=expectations)
-    check_report_dir(tables, report_dir)
+    from harness.report import ReportError
+
+    try:
+        tables, comparisons = build_study(
+            records, experiments, expected_seeds, paper_dir, with_paper, expectations=expectations, baseline=baseline
+        )
+    except ReportError as exc:  # an unknown --baseline
+        raise DashboardError(str(exc)) from None
+    check_report_dir(tables, report_dir, comparisons)
     figures = {}  # the report stage's W&B run logged these images (name -> png in the report folder)
     report_run = None
     run_file = os.path.join(report_dir, SPEC_DIR, REPORT_RUN_FILE)
@@ -189,6 +213,7 @@ def load_study(
         figures=figures,
         report_run=report_run,
         missing=missing,
+        comparisons=comparisons,
     )
 
 
@@ -409,8 +434,8 @@ def build_report(study: Study, entity: str = "", project: str = ""):
         wr.P(
             f"Results store {study.results} ({len(study.records)} records), tables and figures of the report stage "
             f"({study.report_dir}). ± population std over seeds; † fewer seeds than expected; ‡ average over fewer "
-            "datasets than expected; paper: each method's own paper or its authors' README (reports/paper); "
-            "Δ = ours − paper."
+            "datasets than expected; ≈ average within noise of the study's baseline (see Which differences are "
+            "real); paper: each method's own paper or its authors' README (reports/paper); Δ = ours − paper."
         ),
         wr.TableOfContents(),
         wr.H1("Tables"),
@@ -420,6 +445,14 @@ def build_report(study: Study, entity: str = "", project: str = ""):
         if table.empty:
             continue
         blocks += [wr.H2(table.title), wr.MarkdownBlock(text=table_markdown(table, study.with_paper))]
+    compared = [c for c in study.comparisons.values() if c.comparisons]
+    if compared:
+        from harness.report.studies import comparison_markdown
+
+        blocks.append(wr.H1("Which differences are real"))
+        for c in compared:
+            title, body = comparison_markdown(c).split("\n", 1)
+            blocks += [wr.H2(title.lstrip("# ")), wr.MarkdownBlock(text=body.lstrip("\n"))]
     blocks += [wr.H1("Missing")]
     if study.missing:
         blocks.append(wr.MarkdownBlock(text="\n".join(f"* {m}" for m in study.missing) + "\n"))
@@ -638,12 +671,13 @@ def build(
     expected_seeds=None,
     paper_dir=None,
     with_paper: bool = True,
+    baseline: str | None = None,
 ) -> dict:
     """Build the views and the report, write their specifications, publish them when online.
 
     Returns {"mode", "paths", "urls", "manifest", "study"}."""
     resolved = resolve_mode(mode)
-    study = load_study(results, report_dir, experiments, expected_seeds, paper_dir, with_paper)
+    study = load_study(results, report_dir, experiments, expected_seeds, paper_dir, with_paper, baseline)
     project = tracking.project_name(project)
     entity = entity or os.environ.get("WANDB_ENTITY") or ""
     # Run sets stay without entity/project in the specifications (W&B resolves those online);
@@ -704,6 +738,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="as for harness.report")
     parser.add_argument("--paper-dir", default=None, help="as for harness.report")
     parser.add_argument("--no-paper", action="store_true", help="as for harness.report")
+    parser.add_argument("--baseline", default=None, metavar="METHOD", help="as for harness.report")
     parser.add_argument(
         "--publish", default=None, metavar="DIR", help="publish the specifications in DIR (e.g. reports/wandb)"
     )
@@ -743,6 +778,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seeds,
             args.paper_dir,
             not args.no_paper,
+            args.baseline,
         )
     except DashboardError as e:
         print(f"error: {e}", file=sys.stderr)

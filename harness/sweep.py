@@ -65,7 +65,10 @@ EXPERIMENT_KEYS = {
     "backbone",
     "precision",
     "tracking",
+    "report",
 }
+#: What an experiment's ``report:`` section may say: the method every other is compared with.
+REPORT_KEYS = {"baseline"}
 PROTOCOLS = ("base2new", "transfer", "fewshot")
 
 
@@ -125,7 +128,27 @@ def load_experiment(name_or_path: str, profile: str | None = None, overrides: di
         experiment = merge(experiment, overrides)
     if experiment.get("protocol") not in PROTOCOLS:
         raise ConfigError(f"{path}: protocol must be one of {PROTOCOLS}, got {experiment.get('protocol')!r}.")
+    check_report_section(path, experiment)
     return experiment
+
+
+def check_report_section(path: str, experiment: dict) -> None:
+    """``report: {baseline: METHOD}``: METHOD one of the experiment's methods (the report compares every
+    other method with it)."""
+    report = experiment.get("report")
+    if report is None:
+        return
+    if not isinstance(report, dict) or set(report) - REPORT_KEYS:
+        raise ConfigError(
+            f"{path}: report must be a mapping with the key(s) {sorted(REPORT_KEYS)}, got {report!r}; "
+            "e.g. report: {baseline: cocoop}."
+        )
+    baseline, methods = report.get("baseline"), list(experiment.get("methods") or {})
+    if baseline is not None and baseline not in methods:
+        raise ConfigError(
+            f"{path}: report.baseline {baseline!r} is not one of the experiment's methods ({', '.join(methods)}); "
+            "name the method every other is compared with."
+        )
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -446,6 +469,9 @@ def record_expectation(out: str, ran: dict, expected: dict) -> str:
             "methods": union("methods", list(ran.get("methods") or {})),
         },
     }
+    baseline = (expected.get("report") or {}).get("baseline")
+    if baseline:  # the report runs without the YAML: it learns the study's baseline here
+        entry["baseline"] = baseline
     if expected["protocol"] == "fewshot":  # the report lists the shot counts expected and never run
         entry["shots"] = fewshot_shots(expected)
         entry["ran"]["shots"] = union("shots", fewshot_shots(ran))

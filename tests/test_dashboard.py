@@ -528,3 +528,30 @@ def test_readme_documents_every_stable_key():
     ]
     for name in names:
         assert f"`{name}`" in readme, name
+
+
+def test_report_shows_each_studys_comparison_as_the_report_folder_wrote_it(tmp_path):
+    """The W&B report's comparison is the report folder's comparison_<experiment>.csv, row for row."""
+    from test_report import write
+    from test_studies import base2new_records, expectation
+
+    out = write(tmp_path / "out", base2new_records())
+    expectation(out, "base2new", "cocoop")
+    reports = str(tmp_path / "reports")
+    build_report(out, out_dir=reports)
+    report = dashboard.build_report(dashboard.load_study(out, reports))
+    i = next(i for i, b in enumerate(report.blocks) if isinstance(b, wr.H2) and b.text.startswith("Comparison with"))
+    assert report.blocks[i].text == "Comparison with cocoop: base2new"
+    shown = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in report.blocks[i + 1].text.split("\n")
+        if line.startswith("| ")
+    ]
+    written = pd.read_csv(os.path.join(reports, "comparison_base2new.csv"), keep_default_na=False)
+    assert shown[0] == list(written.columns)
+    assert [r[:5] for r in shown[1:]] == [[str(v) for v in row[:5]] for row in written.itertuples(index=False)]
+    assert [r[9] for r in shown[1:]] == list(written["verdict"])
+    assert [float(r[5]) for r in shown[1:]] == pytest.approx(list(written["mean_delta"]), abs=0.005)
+    # a report folder made with another baseline is refused, not shown beside other numbers
+    with pytest.raises(dashboard.DashboardError, match="comparison_base2new.csv"):
+        dashboard.load_study(out, reports, baseline="coop")

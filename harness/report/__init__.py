@@ -31,6 +31,8 @@ as missing, never silently averaged as if complete. Paper values are read from `
 files (``reports/paper``) at run time, and compared only with records of the backbone and shots they
 were published for. Every table and figure takes its cells from one gate (``harness.report.gate``):
 one settings run per cell, the marks (†, ‡, §) and the paper comparison are decided there.
+Which differences are real (``harness.report.studies``): each study's methods against its baseline,
+from the records those cells show; ≈ marks an Average within noise of it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import logging
 import os
 from pathlib import Path
 
-from harness.report import gate
+from harness.report import gate, studies
 from harness.report.builders import BUILDERS, trainable_parameters
 from harness.report.fewshot import fewshot_tables, figure_fewshot
 from harness.report.figures import color, figure3, figure4, methods_comparison, scatter, transfer_gap
@@ -162,12 +164,30 @@ def build_tables(
     with_paper=True,
     all_variants: bool = False,
     expectations: dict | None = None,
+    baseline: str | None = None,
 ) -> dict:
     """{table key: Table} for every table, empty ones included (their ``missing`` says why).
 
     all_variants: each settings run of a cell its own column group (default: the newest, the others
     listed in the notes). expectations: {experiment: expected datasets and seeds}; default those the
-    sweeps recorded beside the store."""
+    sweeps recorded beside the store. baseline: the method every study compares with (default: each
+    study's own, ``expected.json``); it decides the ≈ marks."""
+    args = (experiments, expected_seeds, paper_dir, with_paper, all_variants, expectations, baseline)
+    return build_study(results, *args)[0]
+
+
+def build_study(
+    results,
+    experiments=None,
+    expected_seeds=None,
+    paper_dir=None,
+    with_paper=True,
+    all_variants: bool = False,
+    expectations: dict | None = None,
+    baseline: str | None = None,
+) -> tuple[dict, dict]:
+    """({table key: Table}, {experiment: studies.Study}): the tables (``build_tables``) and each study's
+    comparison with its baseline, both from the one gate."""
     records = load_records(results)
     expectations = read_expectations(results) if expectations is None else expectations
     shown, superseded = gate.select(records, all_variants)
@@ -175,12 +195,16 @@ def build_tables(
     ctx = gate.Gate(shown, experiments, expected_seeds, paper, with_paper, expectations, records, superseded)
     tables = {table.key: table for table in (build(ctx) for build in BUILDERS)}
     tables.update({table.key: table for table in fewshot_tables(ctx).values()})  # fewshot_<K>shot
+    try:
+        found = studies.build_studies(ctx, tables, baseline)
+    except studies.BaselineError as exc:
+        raise ReportError(str(exc)) from None
     for table in tables.values():
         ctx.finish(table)
-    return tables
+    return tables, found
 
 
-def _index(out_dir, source, records, tables, figures, missing, with_paper, paper_dir) -> str:
+def _index(out_dir, source, records, tables, figures, missing, with_paper, paper_dir, comparisons=None) -> str:
     experiments = sorted({str(r.get("experiment")) for r in records})
     lines = [
         "# Report",
@@ -204,6 +228,10 @@ def _index(out_dir, source, records, tables, figures, missing, with_paper, paper
         lines.append(f"* {t['table'].title}: {files}")
     if not produced:
         lines.append("* none")
+    if comparisons:
+        lines += ["", "## Which differences are real", ""]
+        for name, paths in comparisons.items():
+            lines.append(f"* {name}: " + ", ".join(f"[{ext}]({os.path.basename(p)})" for ext, p in paths.items()))
     lines += ["", "## Figures", ""]
     for name, paths in figures.items():
         lines.append(f"* {name}: " + ", ".join(f"[{ext}]({os.path.basename(p)})" for ext, p in paths.items()))
@@ -235,6 +263,7 @@ def build_report(
     expected_seeds=None,
     with_paper: bool = True,
     all_variants: bool = False,
+    baseline: str | None = None,
 ) -> dict:
     """Write every table (md, tex, csv) and figure (png, pdf) under ``out_dir`` plus ``index.md``.
 
@@ -243,21 +272,27 @@ def build_report(
     keys "table1".."table5", "fig4a", "fig4b". expected_seeds: None (the seeds seen per experiment)
     or e.g. (1, 2, 3); by default also the seeds and datasets the sweeps recorded beside the store
     (``<store folder>/<experiment>/expected.json``): every cell and Average short of them is marked.
-    all_variants: every settings run of a cell its own column group (``gate``). tracking: a
+    all_variants: every settings run of a cell its own column group (``gate``). baseline: the method
+    every study is compared with (default: the one each study's YAML names, recorded in expected.json;
+    ``harness.report.studies`` writes ``comparison_*``, ``leaderboard_*`` and the critical-difference
+    diagrams). tracking: a
     ``harness.tracking`` mode; not "none" logs every table and
     figure to one W&B run (job_type "report") and names it, with its figures' hashes, in
     ``<out_dir>/wandb/report_run.json`` (the dashboard's report shows the figures from that run).
     ``index.md`` ends with a link to the W&B dashboard when ``make dashboard`` has built one.
 
     Returns {"out_dir", "index", "records", "tables": {key: {"table", "frame", "paths"}},
-    "figures": {name: {"png", "pdf"}}, "missing": [...]}."""
+    "figures": {name: {"png", "pdf"}}, "comparisons": {name: {ext: path}}, "studies": {experiment:
+    studies.Study}, "missing": [...]}."""
     records = load_records(results)
     check_experiments(experiments, records)
     paper_dir = paper_dir if paper_dir is not None else default_paper_dir()
     if with_paper and not os.path.isdir(paper_dir):
         log.warning("no paper values at %s; tables without the paper's columns", paper_dir)
     expectations = read_expectations(results)
-    tables = build_tables(records, experiments, expected_seeds, paper_dir, with_paper, all_variants, expectations)
+    tables, found = build_study(
+        records, experiments, expected_seeds, paper_dir, with_paper, all_variants, expectations, baseline
+    )
     os.makedirs(out_dir, exist_ok=True)
     missing, written = expectation_notes(expectations, records), {}
     for key, table in tables.items():
@@ -284,6 +319,12 @@ def build_report(
             figures[name] = paths
         if why:
             missing += why if isinstance(why, list) else [why]
+    comparisons = {}
+    for study in found.values():
+        files, drawn, why = studies.write_study(study, out_dir)
+        comparisons.update(files)
+        figures.update(drawn)
+        missing += why
     reproductions = os.path.join(out_dir, "reproductions.md")
     text = reproductions_markdown(paper_dir) if with_paper else None
     if text:  # others' runs of a method: a page of their own, never a "(paper)" column
@@ -298,10 +339,11 @@ def build_report(
         os.unlink(run_file)
     if tracking != "none":
         _track(tracking, out_dir, source, written, figures)
-    index = _index(out_dir, source, records, written, figures, missing, with_paper, paper_dir)
+    index = _index(out_dir, source, records, written, figures, missing, with_paper, paper_dir, comparisons)
     files = (
         [index] + ([reproductions] if text else []) + [p for entry in written.values() for p in entry["paths"].values()]
     )
+    files += [p for paths in comparisons.values() for p in paths.values()]
     files += [p for paths in figures.values() for p in paths.values()]
     if os.path.exists(run_file):
         files.append(run_file)
@@ -312,6 +354,8 @@ def build_report(
         "records": len(records),
         "tables": {k: {"table": v["table"], "frame": v["frame"], "paths": v["paths"]} for k, v in written.items()},
         "figures": figures,
+        "comparisons": comparisons,
+        "studies": found,
         "missing": missing,
     }
 

@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         help="each settings run of a cell as its own column group, labelled by what differs "
         "(default: the newest, the others listed as superseded in the table notes)",
     )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="METHOD",
+        help="the method every study is compared with, as the records name it (default: each study's own, "
+        "the report: {baseline: ...} of its YAML)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -55,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             expected_seeds=args.seeds,
             with_paper=not args.no_paper,
             all_variants=args.all_variants,
+            baseline=args.baseline,
         )
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -369,10 +369,10 @@ def leaderboard(frame: pd.DataFrame) -> Leaderboard:
     )
 
 
-def figure_critical_difference(frame: pd.DataFrame, out_dir: str):
+def figure_critical_difference(frame: pd.DataFrame, out_dir: str, name: str = FIGURE_NAME):
     """The critical-difference diagram (scikit-posthocs' drawing): methods at their mean rank, a bar
-    joining those not distinguishable. ``(paths, None)``, or ``(None, reason)`` where no test can be run,
-    as the report's other figures."""
+    joining those not distinguishable, written as ``<name>.{png,pdf,csv}``. ``(paths, None)``, or
+    ``(None, reason)`` where no test can be run, as the report's other figures."""
     import scikit_posthocs
 
     from harness.report.figures import _figure, _save, color
@@ -402,4 +402,4 @@ def figure_critical_difference(frame: pd.DataFrame, out_dir: str):
         {"method": m, "mean_rank": float(r), "groups": g}
         for m, r, g in board.table[["method", "mean_rank", "groups"]].itertuples(index=False)
     ]
-    return _save(fig, out_dir, FIGURE_NAME, plotted), None
+    return _save(fig, out_dir, name, plotted), None

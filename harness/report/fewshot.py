@@ -101,10 +101,28 @@ def fewshot_tables(ctx: Gate) -> dict[int, Table]:
                 where = f"{table.title.split(':')[0]}: {g.label} {d}"
                 ctx.add_seed_cell(table, g, d, "acc", cell_recs, _paper_ref, where)
             ctx.average(table, g, ["acc"], datasets, PAPER_DATASETS, paper=_paper_ref)
+        table.notes += _paper_notes(ctx.paper, table, shots)
         tables[shots] = table
     if tables and never:  # no table of its own to say so
         tables[run[0]].missing += [f"Few-shot classification: {k} shots expected, no records" for k in never]
     return tables
+
+
+def _paper_notes(paper: Paper | None, table: Table, shots: int) -> list[str]:
+    """Where the published values shown beside ours come from: each source once, as fewshot.csv names it (a
+    value read from a copy of the authors' sheet says so there)."""
+    if paper is None:
+        return []
+    sources = []
+    for g in table.groups:
+        for row, _ in table.rows:
+            cell = table.cell(row, g, "acc")
+            if cell is None or cell.paper is None:
+                continue
+            published = "0" if g.method == "zsclip" else str(shots)
+            match = {"dataset": row, "method": g.method, "backbone": str(g.backbone), "shots": published}
+            sources += [f"{r.get('source')} ({g.backbone})" for r in paper.rows(PAPER_TABLE, match, "accuracy")]
+    return [f"Paper values (reports/paper/fewshot.csv): {source}." for source in dict.fromkeys(sources)]
 
 
 def _published(paper: Paper | None, dataset: str, method: str, backbone) -> list[tuple[int, float, str]]:

@@ -376,6 +376,11 @@ class Gate:
             h.paper = self.published(table, paper, row, group, "h", base_recs + new_recs)
             table.cells[(row, group.key, "h")] = h
 
+    def cell_sources(self, table: Table) -> dict:
+        """{(row, group key): the records of the settings run each of a table's cells shows}: what the
+        statistics of a study (``harness.report.studies``) read, so that they compare what the table shows."""
+        return self._cells.get(table.key, {})
+
     # -- averages --------------------------------------------------------------------------------
 
     def average(

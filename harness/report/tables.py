@@ -123,6 +123,9 @@ class Cell:
     note: str = ""  # the marker shown after the number, e.g. "†(2/3 seeds)"
     paper: float | None = None
     datasets: tuple = ()  # an Average's: the datasets it is over
+    # A mark on what the number means beside others, not on what went into it (e.g. ≈ within the baseline's
+    # noise): unlike ``note`` it neither makes the cell incomplete nor stops the paper comparison.
+    flag: str = ""
 
     @property
     def incomplete(self) -> bool:
@@ -143,7 +146,7 @@ class Cell:
             body = f"{self.mean:.2f} ± {self.std or 0.0:.2f}"
         else:
             body = f"{self.mean:.2f}"
-        return f"{body} {self.note}" if self.note else body
+        return " ".join(part for part in (body, self.note, self.flag) if part)
 
     def paper_text(self) -> str:
         if self.paper is None:

@@ -1,0 +1,294 @@
+"""Which differences are real, per study: the frames of ``harness.report.comparison`` fed from the report's
+one gate, the comparison and leaderboard files, and the mark on the tables' Averages.
+
+The frames read what each table cell shows (``Gate.cell_sources``): the settings run the gate chose,
+never a superseded record, so a comparison can never disagree with the table beside it.
+
+* Base-to-new (Table 1): per (method, dataset, seed) the H of that seed's base and new accuracy
+  (``comparison.harmonic_frame``); metric ``H``.
+* Few-shot (``fewshot_<K>shot``): the accuracy at each shot count, one comparison per K; metric
+  ``accuracy@K``.
+* Transfer (Tables 2 and 3): the target accuracy (the source row left out); metric ``accuracy``.
+
+A study is an experiment: its records in those tables are compared with its baseline, the method its
+YAML names (``report: {baseline: ...}``, recorded by the sweep in ``expected.json`` beside the store),
+or the one ``--baseline`` names for every study. A study with no baseline (e.g. bigger_coop) gets no
+comparison. Methods are named as the records name them (``coop``), or ``<method>/<config>`` where the
+study ran several configs of one method on one dataset at one shot count (the ablations' CoCoOp arms).
+
+Files, per study: ``comparison_<experiment>.{md,csv}`` (``comparison.COLUMNS``, the Average row
+labelled ``Average``, NaN empty), ``leaderboard_<experiment>.md`` (a section per metric) and
+``figure_critical_difference_<experiment>[_<K>shot].{png,pdf,csv}``: always named after the study (and
+the shot count), so that several studies in one store never overwrite each other's diagram.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from harness.report import comparison as stats
+from harness.report.gate import Gate
+from harness.report.tables import AVERAGE, LABEL_FIELD, Table, accuracy, is_zero_shot
+
+#: The mark after an Average within noise of the study's baseline (†, ‡, § say what went into a number).
+WITHIN_NOISE_MARK = "≈"
+AVERAGE_LABEL = "Average"
+FEWSHOT_PREFIX = "fewshot_"
+
+
+class BaselineError(ValueError):
+    """A baseline that no study has (names the methods present)."""
+
+
+@dataclass
+class Study:
+    """One experiment's comparisons: {metric: tidy frame} and {metric: comparison table}."""
+
+    experiment: str
+    baseline: str | None
+    frames: dict
+    comparisons: dict
+
+    def table(self) -> pd.DataFrame:
+        """Every metric's comparison, one after another (``comparison.COLUMNS``)."""
+        if not self.comparisons:
+            return pd.DataFrame(columns=list(stats.COLUMNS))
+        return pd.concat(list(self.comparisons.values()), ignore_index=True)
+
+    def verdict(self, method: str, metric: str) -> str | None:
+        table = self.comparisons.get(metric)
+        if table is None:
+            return None
+        rows = table[(table["method"] == method) & (table["dataset"] == AVERAGE)]
+        return rows["verdict"].iloc[0] if len(rows) else None
+
+
+def _metric_of(table: Table) -> tuple[str, str] | None:
+    """(comparison metric, the table's headline metric key) of a study table, None for the others."""
+    if table.key == "table1_base2new":
+        return "H", "h"
+    if table.key in ("table2_crossdataset", "table3_domaingen"):
+        return "accuracy", "acc"
+    if table.key.startswith(FEWSHOT_PREFIX):
+        return f"accuracy@{table.key[len(FEWSHOT_PREFIX) : -len('shot')]}", "acc"
+    return None
+
+
+def _sources(ctx: Gate, table: Table) -> list[tuple]:
+    """[(row, group key, record)] of the table's cells, the transfer tables' source row left out."""
+    return [
+        (row, gkey, r)
+        for (row, gkey), recs in ctx.cell_sources(table).items()
+        if row != AVERAGE and row != table.source
+        for r in recs
+    ]
+
+
+def method_names(records: list[dict]) -> dict:
+    """{id(record): its method's name in a comparison}: the method, or its config where the study ran
+    several configs of the method on one dataset at one shot count; the backbone and the settings run
+    (``--all-variants``) added where they, too, tell two of its columns apart."""
+    seen: dict = {}
+    for r in records:  # a config per shot count (CoOp's 50 / 100 / 200 epochs) is still one method
+        seen.setdefault((r["method"], r.get("dataset"), None if is_zero_shot(r) else r.get("shots")), []).append(r)
+    several: dict = {}
+    for (method, *_), recs in seen.items():
+        for part in ("config", "backbone", LABEL_FIELD):
+            if len({str(r.get(part)) for r in recs}) > 1:
+                several.setdefault(method, set()).add(part)
+    names = {}
+    for r in records:
+        method, parts = r["method"], several.get(r["method"], set())
+        name = method
+        if "config" in parts:
+            config = str(r.get("config") or method)
+            name = config if config.startswith(f"{method}/") else f"{method}/{config}"
+        extra = [str(r.get(p)) for p in ("backbone", LABEL_FIELD) if p in parts and r.get(p)]
+        names[id(r)] = name + (f" ({', '.join(extra)})" if extra else "")
+    return names
+
+
+def _frame(metric: str, sources: list[tuple], names: dict) -> pd.DataFrame:
+    """The tidy frame (``comparison.FRAME_COLUMNS``) of one study's records in one table."""
+    if metric == "H":
+        by_seed: dict = {}
+        for row, _, r in sources:
+            seed = None if is_zero_shot(r) else r.get("seed")
+            by_seed.setdefault((names[id(r)], row, seed), {})[r.get("subsample")] = accuracy(r)
+        rows = [(m, d, s, v.get("base", np.nan), v.get("new", np.nan)) for (m, d, s), v in by_seed.items()]
+        return stats.harmonic_frame(pd.DataFrame(rows, columns=["method", "dataset", "seed", "base", "new"]))
+    values: dict = {}
+    for row, _, r in sources:  # later records win, as in the cell (a rerun of the same job)
+        values[(names[id(r)], row, None if is_zero_shot(r) else r.get("seed"))] = accuracy(r)
+    return pd.DataFrame([(*k, v) for k, v in values.items()], columns=list(stats.FRAME_COLUMNS))
+
+
+def study_baselines(expectations: dict) -> dict:
+    """{experiment: baseline} that the sweeps recorded beside the store (``expected.json``)."""
+    return {name: e["baseline"] for name, e in (expectations or {}).items() if e.get("baseline")}
+
+
+def build_studies(ctx: Gate, tables: dict, baseline: str | None = None) -> dict:
+    """{experiment: Study} of every study with a baseline, and the ≈ mark on the Averages of the tables'
+    columns within noise of it. ``baseline`` (``--baseline``) replaces every study's own; a name no study
+    has is a ``BaselineError`` listing the methods present."""
+    recorded = study_baselines(ctx.expectations)
+    per_study: dict = {}  # experiment -> [(table, metric, headline, sources)]
+    for table in tables.values():
+        found = _metric_of(table)
+        if found is None or table.empty:
+            continue
+        by_experiment: dict = {}
+        for source in _sources(ctx, table):
+            by_experiment.setdefault(source[2].get("experiment"), []).append(source)
+        for experiment, sources in by_experiment.items():
+            per_study.setdefault(experiment, []).append((table, *found, sources))
+    studies, present = {}, {}
+    for experiment, parts in per_study.items():
+        names = method_names([r for *_, sources in parts for _, _, r in sources])
+        frames = {metric: _frame(metric, sources, names) for _, metric, _, sources in parts}
+        present[experiment] = sorted({m for f in frames.values() for m in f["method"]})
+        chosen = baseline or recorded.get(experiment)
+        comparisons = {}
+        if chosen:
+            for metric, frame in frames.items():
+                if chosen in set(frame["method"]) and len(set(frame["method"])) > 1:
+                    comparisons[metric] = stats.comparison(frame, chosen, metric)
+        studies[experiment] = Study(experiment, chosen, frames, comparisons)
+        for table, metric, headline, sources in parts:
+            _mark(table, studies[experiment], metric, headline, sources, names)
+    if baseline and not any(s.comparisons for s in studies.values()):
+        listing = "; ".join(f"{e}: {', '.join(m)}" for e, m in present.items()) or "no study has records"
+        raise BaselineError(f"--baseline {baseline!r}: no study has records of it. Methods present: {listing}.")
+    return studies
+
+
+def _mark(table: Table, study: Study, metric: str, headline: str, sources: list, names: dict) -> None:
+    """≈ after the headline Average of each column whose method is within noise of the baseline."""
+    by_group: dict = {}
+    for _, gkey, r in sources:
+        by_group.setdefault(gkey, set()).add(names[id(r)])
+    marked = False
+    for group in table.groups:
+        methods = by_group.get(group.key, set())
+        cell = table.cell(AVERAGE, group, headline)
+        if len(methods) != 1 or cell is None:
+            continue
+        if study.verdict(next(iter(methods)), metric) == stats.WITHIN_NOISE:
+            cell.flag = WITHIN_NOISE_MARK
+            marked = True
+    note = (
+        f"{WITHIN_NOISE_MARK} within noise of {study.baseline} in {study.experiment}: the 95 % bootstrap interval "
+        f"of its Average difference ({metric}, over datasets and seeds) includes 0 "
+        f"(comparison_{study.experiment}.csv)."
+    )
+    if marked and note not in table.notes:
+        table.notes.append(note)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "" if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+
+def comparison_csv_frame(study: Study) -> pd.DataFrame:
+    """The comparison as written: the Average rows labelled ``Average``."""
+    table = study.table().copy()
+    table["dataset"] = table["dataset"].replace({AVERAGE: AVERAGE_LABEL})
+    return table
+
+
+def comparison_markdown(study: Study) -> str:
+    table = comparison_csv_frame(study)
+    lines = [
+        f"## Comparison with {study.baseline}: {study.experiment}",
+        "",
+        "| " + " | ".join(stats.COLUMNS) + " |",
+        "|" + "|".join(["---"] * 4 + ["---:"] * 5 + ["---"]) + "|",
+    ]
+    for row in table.itertuples(index=False):
+        cells = [row.method, row.baseline, row.metric, row.dataset, str(row.n_pairs)]
+        cells += [_fmt(row.mean_delta), _fmt(row.ci_low), _fmt(row.ci_high), _fmt(row.p_value, 3), row.verdict]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Pairs are (dataset, seed): the same seed gives both methods the same few-shot draw; a method without seeds "
+        "(zero-shot CLIP) pairs with every seed. Per dataset: mean difference over seeds (method − baseline), its 95 % "
+        "Student-t interval and the paired t-test (none with one seed). Average: mean over datasets, the Wilcoxon "
+        "signed-rank test over datasets and a 95 % bootstrap interval resampling datasets and seeds. Verdict: better / "
+        "worse when the whole interval is above / below 0, else within noise.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def leaderboard_markdown(study: Study) -> str:
+    lines = [f"# Leaderboard: {study.experiment}", ""]
+    for metric, frame in study.frames.items():
+        board = stats.leaderboard(frame)
+        lines += [
+            f"## {metric}",
+            "",
+            "| rank | method | average | mean rank | groups |",
+            "|---:|---|---:|---:|---|",
+        ]
+        for row in board.table.itertuples(index=False):
+            lines.append(f"| {row.rank} | {row.method} | {row.average:.2f} | {row.mean_rank:.2f} | {row.groups} |")
+        lines.append("")
+        if board.untested is None:
+            friedman = (
+                f"Friedman test over {len(board.datasets)} datasets: χ² = {board.friedman_statistic:.2f}, "
+                f"p = {board.friedman_p:.3g}"
+                if not np.isnan(board.friedman_p)
+                else f"Over {len(board.datasets)} datasets"
+            )
+            lines.append(
+                f"{friedman}; Nemenyi critical difference of mean ranks {board.critical_difference:.2f} at "
+                f"α = {stats.ALPHA}. Methods sharing a letter in groups are not distinguishable."
+            )
+        lines += [f"* {note}" for note in board.notes] + [""]
+        if metric == "H":  # what the pairs are, so not Table 1's H of the averaged base and new
+            lines += ["The average is of the per-seed H (the comparison's pairs), not Table 1's H of the averages.", ""]
+    lines.append(
+        "Ranked by the average over datasets of each dataset's mean over seeds; mean rank over datasets (1 = best)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def figure_name(experiment: str, metric: str) -> str:
+    shots = metric.split("@")[1] + "shot" if "@" in metric else ""
+    return "_".join(p for p in (stats.FIGURE_NAME, experiment, shots) if p)
+
+
+def write_study(study: Study, out_dir: str) -> tuple[dict, dict, list[str]]:
+    """({name: path} of the comparison and leaderboard files, {figure: paths}, [why no diagram])."""
+    files, figures, missing = {}, {}, []
+    if study.comparisons:
+        stem = os.path.join(out_dir, f"comparison_{study.experiment}")
+        comparison_csv_frame(study).to_csv(f"{stem}.csv", index=False, na_rep="")
+        with open(f"{stem}.md", "w") as f:
+            f.write(comparison_markdown(study))
+        files[f"comparison_{study.experiment}"] = {"csv": f"{stem}.csv", "md": f"{stem}.md"}
+    elif study.baseline:
+        missing.append(f"{study.experiment}: no comparison: the baseline {study.baseline} has no records to pair with")
+    if not study.baseline:
+        return files, figures, missing
+    path = os.path.join(out_dir, f"leaderboard_{study.experiment}.md")
+    with open(path, "w") as f:
+        f.write(leaderboard_markdown(study))
+    files[f"leaderboard_{study.experiment}"] = {"md": path}
+    for metric, frame in study.frames.items():
+        name = figure_name(study.experiment, metric)
+        paths, why = stats.figure_critical_difference(frame, out_dir, name)
+        if paths:
+            figures[name] = paths
+        if why:
+            missing.append(f"{name}: {why}")
+    return files, figures, missing
