@@ -20,7 +20,8 @@ What it builds (with ``wandb_workspaces``, W&B's library for workspaces and repo
   report stage's number: the view's first section shows that experiment's rows of the report's
   tables (Markdown, rewritten on every ``make dashboard``), the same text as ``reports/*.md``.
 * **A W&B Report** of the study: Tables 1-5 and the Figure 4 tables where they have numbers (ours
-  ± std, the paper's value and the difference, as in ``reports/``), what is missing, the figures
+  ± std, the paper's value and the difference, as in ``reports/``), each study's efficiency table
+  (``efficiency_<experiment>``: what each method costs), what is missing, the figures
   (a media panel of the report stage's W&B run, which logged them), and per experiment a panel
   grid with its own run set filtered to that experiment.
 
@@ -103,6 +104,7 @@ class Study:
     figures: dict  # name -> png path (those in the report folder)
     report_run: dict | None  # the report stage's W&B run, when its figures are the report folder's
     missing: list
+    efficiency: dict = dataclasses.field(default_factory=dict)  # experiment -> harness.report.efficiency.Efficiency
 
     def records_of(self, experiment: str) -> list:
         return [r for r in self.records if str(r.get("experiment")) == experiment]
@@ -156,7 +158,8 @@ def load_study(
     paper_dir=None,
     with_paper: bool = True,
 ) -> Study:
-    from harness.report import build_tables, default_paper_dir, load_records, read_expectations
+    from harness.report import build_tables, default_paper_dir, gate, load_records, read_expectations
+    from harness.report.efficiency import efficiency_tables
 
     records = load_records(results)
     if not records:
@@ -179,6 +182,7 @@ def load_study(
             else:
                 log.warning("%s: the W&B run's %s is not %s; left out", run_file, name, path)
     missing = [m for t in tables.values() for m in t.missing]
+    efficiency = {e: t for e, t in efficiency_tables(gate.select(records)[0], experiments).items() if t.measured}
     return Study(
         results=str(results),
         report_dir=report_dir,
@@ -189,6 +193,7 @@ def load_study(
         figures=figures,
         report_run=report_run,
         missing=missing,
+        efficiency=efficiency,
     )
 
 
@@ -420,6 +425,13 @@ def build_report(study: Study, entity: str = "", project: str = ""):
         if table.empty:
             continue
         blocks += [wr.H2(table.title), wr.MarkdownBlock(text=table_markdown(table, study.with_paper))]
+    if study.efficiency:
+        from harness.report.efficiency import markdown as efficiency_markdown
+
+        blocks.append(wr.H1("Efficiency"))
+        for experiment in ordered_experiments(study.efficiency):
+            table = study.efficiency[experiment]
+            blocks += [wr.H2(table.title), wr.MarkdownBlock(text=_body(efficiency_markdown(table)))]
     blocks += [wr.H1("Missing")]
     if study.missing:
         blocks.append(wr.MarkdownBlock(text="\n".join(f"* {m}" for m in study.missing) + "\n"))

@@ -24,6 +24,9 @@ Which records feed which table (``experiments`` changes it, see ``gate.Gate.tabl
   the ctx-4 "a photo of a" CoCoOp of base2new can serve as the initialised arm of the ablation.
 * The few-shot tables ``fewshot_<K>shot`` and ``figure_fewshot``: experiment fewshot
   (``harness.report.fewshot``).
+* ``efficiency_<experiment>`` and ``figure_cost_vs_<metric>``: what each method of a study costs, from
+  the ``cost`` blocks of the records the gate shows (``harness.report.efficiency``); a study none of
+  whose records carries a cost (written before costs were recorded) has none.
 
 Seeds: ``expected_seeds=None`` expects, for each cell, every seed seen in its experiment(s) (the
 union over all learned-prompt records); a cell with fewer is shown with ``†(k/n seeds)`` and listed
@@ -41,6 +44,7 @@ from pathlib import Path
 
 from harness.report import gate
 from harness.report.builders import BUILDERS, trainable_parameters
+from harness.report.efficiency import efficiency_tables, figure_cost, write_efficiency
 from harness.report.fewshot import fewshot_tables, figure_fewshot
 from harness.report.figures import color, figure3, figure4, methods_comparison, scatter, transfer_gap
 from harness.report.manifest import replace_manifest
@@ -180,7 +184,7 @@ def build_tables(
     return tables
 
 
-def _index(out_dir, source, records, tables, figures, missing, with_paper, paper_dir) -> str:
+def _index(out_dir, source, records, tables, figures, missing, with_paper, paper_dir, efficiency) -> str:
     experiments = sorted({str(r.get("experiment")) for r in records})
     lines = [
         "# Report",
@@ -202,7 +206,10 @@ def _index(out_dir, source, records, tables, figures, missing, with_paper, paper
     for t in produced:
         files = ", ".join(f"[{ext}]({os.path.basename(p)})" for ext, p in t["paths"].items())
         lines.append(f"* {t['table'].title}: {files}")
-    if not produced:
+    for entry in efficiency.values():
+        files = ", ".join(f"[{ext}]({os.path.basename(p)})" for ext, p in entry["paths"].items())
+        lines.append(f"* {entry['table'].title}: {files}")
+    if not produced and not efficiency:
         lines.append("* none")
     lines += ["", "## Figures", ""]
     for name, paths in figures.items():
@@ -250,7 +257,7 @@ def build_report(
     ``index.md`` ends with a link to the W&B dashboard when ``make dashboard`` has built one.
 
     Returns {"out_dir", "index", "records", "tables": {key: {"table", "frame", "paths"}},
-    "figures": {name: {"png", "pdf"}}, "missing": [...]}."""
+    "efficiency": {experiment: {"table", "frame", "paths"}}, "figures": {name: {"png", "pdf"}}, "missing": [...]}."""
     records = load_records(results)
     check_experiments(experiments, records)
     paper_dir = paper_dir if paper_dir is not None else default_paper_dir()
@@ -284,6 +291,15 @@ def build_report(
             figures[name] = paths
         if why:
             missing += why if isinstance(why, list) else [why]
+    efficiency = {}
+    for experiment, table in efficiency_tables(gate.select(records)[0], experiments).items():
+        if table.measured:
+            efficiency[experiment] = {"table": table, "frame": table.frame(), "paths": write_efficiency(table, out_dir)}
+        else:
+            missing.append(f"Efficiency: no record of {experiment} carries a cost (written before costs were recorded)")
+    cost_figures, why = figure_cost({e: entry["table"] for e, entry in efficiency.items()}, tables, out_dir)
+    figures.update(cost_figures)
+    missing += why
     reproductions = os.path.join(out_dir, "reproductions.md")
     text = reproductions_markdown(paper_dir) if with_paper else None
     if text:  # others' runs of a method: a page of their own, never a "(paper)" column
@@ -297,11 +313,12 @@ def build_report(
     if os.path.exists(run_file):
         os.unlink(run_file)
     if tracking != "none":
-        _track(tracking, out_dir, source, written, figures)
-    index = _index(out_dir, source, records, written, figures, missing, with_paper, paper_dir)
+        _track(tracking, out_dir, source, {**written, **{e["table"].key: e for e in efficiency.values()}}, figures)
+    index = _index(out_dir, source, records, written, figures, missing, with_paper, paper_dir, efficiency)
     files = (
         [index] + ([reproductions] if text else []) + [p for entry in written.values() for p in entry["paths"].values()]
     )
+    files += [p for entry in efficiency.values() for p in entry["paths"].values()]
     files += [p for paths in figures.values() for p in paths.values()]
     if os.path.exists(run_file):
         files.append(run_file)
@@ -311,6 +328,7 @@ def build_report(
         "index": index,
         "records": len(records),
         "tables": {k: {"table": v["table"], "frame": v["frame"], "paths": v["paths"]} for k, v in written.items()},
+        "efficiency": efficiency,
         "figures": figures,
         "missing": missing,
     }
