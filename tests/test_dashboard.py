@@ -407,7 +407,7 @@ def test_report_stage_logs_its_tables_and_figures_to_wandb(study):
         info = json.load(f)
     assert info["run_id"] == run_.run_id
     grid = next(b for b in study["report"].blocks if isinstance(b, wr.PanelGrid))
-    assert [p.media_keys for p in grid.panels] == [["figure4"], ["methods"], ["scatter"], ["figure_cost_vs_h"]]
+    assert [p.media_keys for p in grid.panels] == [["figure4"], ["figure_cost_vs_h"], ["methods"], ["scatter"]]
 
 
 # -- offline path: specifications, note, index ----------------------------------------------------
