@@ -175,3 +175,24 @@ def test_records_without_a_cost_still_give_a_report(tmp_path):
     cocoop = next(row for row in table.rows if row["method"] == "cocoop")
     assert cocoop["train_s_median"] is None and cocoop["jobs"] == 6
     assert any("12 record(s) of cocoop carry no cost" in note for note in table.notes)
+
+
+def test_few_shot_methods_are_plotted_at_their_own_shot_count(tmp_path):
+    from test_fewshot_report import record as fewshot_record
+
+    recs = []
+    for dataset, accuracy in (("mini_a", 30.0), ("mini_b", 40.0)):
+        recs.append(costed(fewshot_record("zsclip", dataset, 0, None, accuracy), None, params=0))
+        for shots, t in ((1, 5.0), (4, 20.0)):
+            for seed in (1, 2):
+                rec = fewshot_record("coop", dataset, shots, seed, accuracy + 10 * shots + seed)
+                recs.append(costed({**rec, "config": f"ep{shots}"}, t + seed))
+    summary = build_report(recs, out_dir=str(tmp_path / "reports"))  # records as the few-shot tests write them
+    drawn = {row["method"]: row for row in read_csv(summary["figures"]["figure_cost_vs_accuracy"]["csv"])}
+    assert sorted(drawn) == ["coop/ep1", "coop/ep4", "zsclip"]
+    for name, shots in (("coop/ep1", 1), ("coop/ep4", 4), ("zsclip", 4)):
+        table = summary["tables"][f"fewshot_{shots}shot"]["table"]
+        method = name.split("/")[0]
+        expected = table.cell("average", table.group_for(method), "acc").mean
+        assert float(drawn[name]["accuracy"]) == pytest.approx(expected)
+    assert float(drawn["coop/ep4"]["train_s_median"]) == pytest.approx(21.5)

@@ -54,6 +54,7 @@ class Efficiency:
     notes: list = field(default_factory=list)
     methods: dict = field(default_factory=dict)  # row name -> (method, config)
     trains: dict = field(default_factory=dict)  # row name -> whether any of its records learned a prompt
+    shots: dict = field(default_factory=dict)  # row name -> the shot counts its prompts were learned with
     devices: list = field(default_factory=list)  # where the study's records were measured
 
     @property
@@ -183,6 +184,9 @@ def efficiency_tables(shown: list[dict], experiments=None) -> dict[str, Efficien
             table.notes += notes
             table.methods[name] = (groups[name][0].get("method"), groups[name][0].get("config"))
             table.trains[name] = not all(is_zero_shot(r) for r in groups[name])
+            table.shots[name] = sorted(
+                {int(r["shots"]) for r in groups[name] if not is_zero_shot(r) and r.get("shots")}
+            )
         devices = sorted({str(c["device"]) for r in recs if isinstance(c := r.get("cost"), dict) and c.get("device")})
         table.devices = devices
         where = f"on {devices[0]}" if len(devices) == 1 else f"on several devices ({'; '.join(devices)})"
@@ -263,11 +267,11 @@ def pareto_front(points: list[tuple]) -> list[tuple]:
     return sorted(front, key=lambda p: (p[1], -p[2]))
 
 
-def headline(experiment: str, names: dict, tables: dict) -> tuple[str | None, dict]:
+def headline(experiment: str, study: Efficiency, tables: dict) -> tuple[str | None, dict]:
     """(metric, {row name: Average Cell}) of a study: H of Table 1's column groups of this experiment;
     otherwise accuracy, from the table that holds the experiment (cross-dataset, domain generalisation,
     the few-shot table at each method's shot count, Table 4)."""
-    by_variant = {v: n for n, v in names.items()}
+    by_variant = {v: n for n, v in study.methods.items()}
 
     def name_of(method, config):
         return by_variant.get((method, config))
@@ -294,16 +298,16 @@ def headline(experiment: str, names: dict, tables: dict) -> tuple[str | None, di
         if name and cell is not None and cell.mean is not None:
             found.setdefault(name, cell)
     if experiment == "fewshot":
-        shots = sorted(
-            (int(k[len("fewshot_") : -len("shot")]), t) for k, t in tables.items() if k.startswith("fewshot_")
-        )
-        for name, (method, _config) in names.items():
-            # A learner's config is its shot count's (CoOp's epochs change with it); zero-shot: the widest table.
-            for _, t in reversed(shots):
-                g = t.group_for(method)
-                cell = t.cell(AVERAGE, g, "acc") if g else None
-                if cell is not None and cell.mean is not None and name not in found:
-                    found[name] = cell
+        shots = {int(k[len("fewshot_") : -len("shot")]): t for k, t in tables.items() if k.startswith("fewshot_")}
+        for name, (method, _config) in study.methods.items():
+            # A learner at its own shot count (its config is that count's: CoOp's epochs change with it),
+            # at the most shots where one config ran several; zero-shot CLIP beside the most shots.
+            k = (study.shots.get(name) or [max(shots, default=None)])[-1]
+            t = shots.get(k)
+            g = t.group_for(method) if t else None
+            cell = t.cell(AVERAGE, g, "acc") if g else None
+            if cell is not None and cell.mean is not None:
+                found.setdefault(name, cell)
     return ("accuracy", found) if found else (None, {})
 
 
@@ -313,7 +317,7 @@ def figure_cost(efficiency: dict[str, Efficiency], tables: dict, out_dir: str):
     panels: dict = {}
     why = []
     for experiment, table in efficiency.items():
-        metric, cells = headline(experiment, table.methods, tables)
+        metric, cells = headline(experiment, table, tables)
         rows = {row["method"]: row for row in table.rows}
         points, lines = [], []
         for name, cell in cells.items():
