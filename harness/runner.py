@@ -19,11 +19,14 @@ constant warm-up epoch then cosine (``build_scheduler``), stepped once per epoch
 after the optimiser's steps or after the method's end-of-epoch hook. Everything carried from one
 epoch to the next is one ``TrainingState``, saved after each epoch (``harness.checkpoint``), so that
 a killed run restarts from its last finished epoch and ends exactly where an uninterrupted one would.
+The time of each epoch is kept there too, so a resumed job's training time sums its starts.
 
 Evaluation (PROTOCOL.md 13): accuracy, error, macro-F1 and per-class accuracy on the test split of
 each target. Each finished evaluation appends one record (``harness.results.make_record``) to the
 results store with the job's fingerprint and the stamp of the images it scored
-(``harness.fingerprint``); a run whose records all exist with them is skipped. A job that loads a
+(``harness.fingerprint``) and what the job cost (``harness.cost``: training and evaluation time,
+peak memory, GFLOPs per image, device; no setting, outside the fingerprint); a run whose records
+all exist with them is skipped. A job that loads a
 trained prompt (``load_from``) scores it only under the settings it was trained with
 (``Run.loaded_checkpoint``). The run folder's ``fingerprint.json`` says which settings run it
 holds: a folder of other settings is refused, ``force`` trains anew in a fresh folder beside it,
@@ -478,22 +481,27 @@ class Run:
             metrics["macro_f1"],
         )
         options = {**spec.options, **model.record_options()}
+        costs = self.evaluation_cost(model, options, seconds, len(labels), cached=self.cache.hits > hits)
+        return {"metrics": metrics, "options": options, "cost": costs}
+
+    def evaluation_cost(self, model, options: dict, seconds: float, images: int, cached: bool) -> dict:
+        """The evaluation half of the record's cost (``harness.cost``): its time and throughput, and the
+        GFLOPs of one image for this model (counted outside the timed evaluation, once per model)."""
         size = backbone.image_size(self.clip)
-        flops_key = {
-            "method": spec.method,
+        key = {
+            "method": self.spec.method,
             "options": options,
-            "backbone": spec.backbone,
-            "precision": spec.precision,
-            "classes": len(splits.classnames),
+            "backbone": self.spec.backbone,
+            "precision": self.spec.precision,
+            "classes": len(model.classnames),
             "image_size": size,
         }
-        costs = {
+        return {
             "eval_s": round(seconds, 3),
-            "eval_images_per_s": round(len(labels) / seconds, 2) if seconds > 0 else None,
-            "eval_features_cached": self.cache.hits > hits,
-            "gflops_per_image": cost.gflops_per_image(model, size, self.device, self.cache.folder, flops_key),
+            "eval_images_per_s": round(images / seconds, 2) if seconds > 0 else None,
+            "eval_features_cached": cached,
+            "gflops_per_image": cost.gflops_per_image(model, size, self.device, self.cache.folder, key),
         }
-        return {"metrics": metrics, "options": options, "cost": costs}
 
     def test_features(self, model, splits, dataset: str, subsample: str) -> torch.Tensor:
         """``model.encode_image`` of the test images (``image_features`` of the test split)."""
