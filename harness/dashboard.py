@@ -150,6 +150,25 @@ def check_report_dir(tables: dict, report_dir: str) -> None:
             )
 
 
+def check_efficiency(efficiency: dict, report_dir: str) -> None:
+    """Every study's efficiency table must be in the report folder, as the same CSV text."""
+    from harness.report.efficiency import csv_text
+
+    for table in efficiency.values():
+        path = os.path.join(report_dir, f"{table.key}.csv")
+        written = None
+        if os.path.isfile(path):
+            with open(path, newline="") as f:
+                written = f.read()
+        if written != csv_text(table):
+            state = "missing" if written is None else "not the results store's"
+            raise DashboardError(
+                f"{path} is {state}: the dashboard shows the "
+                "report stage's efficiency tables, so run `make report` again (with the same --experiment as here) "
+                "before the dashboard."
+            )
+
+
 def load_study(
     results,
     report_dir: str = "reports",
@@ -183,6 +202,7 @@ def load_study(
                 log.warning("%s: the W&B run's %s is not %s; left out", run_file, name, path)
     missing = [m for t in tables.values() for m in t.missing]
     efficiency = {e: t for e, t in efficiency_tables(gate.select(records)[0], experiments).items() if t.measured}
+    check_efficiency(efficiency, report_dir)
     return Study(
         results=str(results),
         report_dir=report_dir,

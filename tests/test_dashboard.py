@@ -556,3 +556,11 @@ def test_report_shows_each_studys_efficiency_table_as_the_report_folder_does(tmp
         assert [shown] == parse_markdown_tables(f.read())
     median = sorted(times["coop"])[2:4]
     assert shown[("coop", "train_s_median")] == f"{sum(median) / 2:.1f}"
+    # A report folder whose efficiency table is not the results store's is refused.
+    path = summary["efficiency"]["base2new"]["paths"]["csv"]
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace(f"{sum(median) / 2}", "1.0"))
+    with pytest.raises(dashboard.DashboardError, match="efficiency_base2new.csv is not the results store's"):
+        dashboard.load_study(out, reports)

@@ -24,6 +24,7 @@ Pareto front (less time, higher metric); a method that trains nothing (zero-shot
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import statistics
@@ -240,6 +241,15 @@ def latex(table: Efficiency) -> str:
     )
 
 
+def csv_text(table: Efficiency) -> str:
+    """The numbers, one line per method (empty where there are none)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: "" if row[c] is None else row[c] for c in COLUMNS} for row in table.rows)
+    return out.getvalue()
+
+
 def write_efficiency(table: Efficiency, out_dir: str) -> dict:
     """Write the table as md, csv (the numbers, one line per method) and tex; {ext: path}."""
     os.makedirs(out_dir, exist_ok=True)
@@ -247,9 +257,7 @@ def write_efficiency(table: Efficiency, out_dir: str) -> dict:
     with open(paths["md"], "w") as f:
         f.write(markdown(table))
     with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
-        writer.writeheader()
-        writer.writerows({c: "" if row[c] is None else row[c] for c in COLUMNS} for row in table.rows)
+        f.write(csv_text(table))
     with open(paths["tex"], "w") as f:
         f.write(latex(table))
     return paths
