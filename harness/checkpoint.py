@@ -5,6 +5,7 @@ authors' trainer registers: ``prompt_learner`` for CoOp and CoCoOp, PROTOCOL.md 
 method so their tools load ours) plus what an exact resume needs, all held by one ``TrainingState``:
 the optimiser, scheduler and gradient-scaler states, every random generator (Python, NumPy, torch CPU
 and CUDA, the data loader's shuffling), the method's own between-epoch state (``training_state``),
+the wall time of each epoch so far (a resumed job's training time sums its starts: ``harness.cost``),
 and the run spec.
 A text file ``checkpoint`` beside it names the newest, as the authors' framework writes it. Only the
 last epoch's file holds what the authors' trainer saves in full (the whole model, frozen CLIP copies
@@ -23,7 +24,7 @@ import logging
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,10 @@ class TrainingState:
     scaler: torch.amp.GradScaler  # enabled only for amp on CUDA; a disabled one saves nothing
     loader_generator: torch.Generator  # the training loader's shuffling
     epoch: int = 0  # epochs finished
+    # The wall time of each finished epoch, over every start of the job (None: a resumed checkpoint
+    # written before times were kept), and how many starts trained: a resumed job's cost is their sum.
+    epoch_seconds: list[float] | None = field(default_factory=list)
+    starts: int = 0
 
     def resume_entries(self) -> dict:
         """The checkpoint's entries besides the authors' (``state_dict``, ``epoch``, ...), in file order."""
@@ -96,6 +101,7 @@ class TrainingState:
             "rng": capture_rng(self.loader_generator),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "method_state": self.model.training_state(),
+            "cost": {"epoch_seconds": self.epoch_seconds, "starts": self.starts},
         }
 
     def load_resume_entries(self, contents: dict, path: str) -> None:
@@ -107,6 +113,9 @@ class TrainingState:
         restore_rng(contents["rng"], self.loader_generator)
         if self.scaler.is_enabled() and contents.get("scaler"):
             self.scaler.load_state_dict(contents["scaler"])
+        cost = contents.get("cost") or {}
+        self.epoch_seconds = list(cost["epoch_seconds"]) if cost.get("epoch_seconds") is not None else None
+        self.starts = int(cost.get("starts", 1))  # a checkpoint exists, so at least one start trained
 
 
 def capture_rng(loader_generator: torch.Generator) -> dict:

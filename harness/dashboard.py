@@ -20,7 +20,8 @@ What it builds (with ``wandb_workspaces``, W&B's library for workspaces and repo
   report stage's number: the view's first section shows that experiment's rows of the report's
   tables (Markdown, rewritten on every ``make dashboard``), the same text as ``reports/*.md``.
 * **A W&B Report** of the study: Tables 1-5 and the Figure 4 tables where they have numbers (ours
-  ± std, the paper's value and the difference, as in ``reports/``), what is missing, the figures
+  ± std, the paper's value and the difference, as in ``reports/``), each study's efficiency table
+  (``efficiency_<experiment>``: what each method costs), what is missing, the figures
   (a media panel of the report stage's W&B run, which logged them), each study's comparison with its
   baseline (``comparison_<experiment>.csv``, ``harness.report.studies``), and per experiment a panel
   grid with its own run set filtered to that experiment.
@@ -106,6 +107,7 @@ class Study:
     missing: list
     # experiment -> harness.report.studies.Study: each study's comparison with its baseline
     comparisons: dict = dataclasses.field(default_factory=dict)
+    efficiency: dict = dataclasses.field(default_factory=dict)  # experiment -> harness.report.efficiency.Efficiency
 
     def records_of(self, experiment: str) -> list:
         return [r for r in self.records if str(r.get("experiment")) == experiment]
@@ -164,6 +166,25 @@ def check_report_dir(tables: dict, report_dir: str, comparisons: dict | None = N
             )
 
 
+def check_efficiency(efficiency: dict, report_dir: str) -> None:
+    """Every study's efficiency table must be in the report folder, as the same CSV text."""
+    from harness.report.efficiency import csv_text
+
+    for table in efficiency.values():
+        path = os.path.join(report_dir, f"{table.key}.csv")
+        written = None
+        if os.path.isfile(path):
+            with open(path, newline="") as f:
+                written = f.read()
+        if written != csv_text(table):
+            state = "missing" if written is None else "not the results store's"
+            raise DashboardError(
+                f"{path} is {state}: the dashboard shows the "
+                "report stage's efficiency tables, so run `make report` again (with the same --experiment as here) "
+                "before the dashboard."
+            )
+
+
 def load_study(
     results,
     report_dir: str = "reports",
@@ -173,7 +194,8 @@ def load_study(
     with_paper: bool = True,
     baseline: str | None = None,
 ) -> Study:
-    from harness.report import build_study, default_paper_dir, load_records, read_expectations
+    from harness.report import build_study, default_paper_dir, gate, load_records, read_expectations
+    from harness.report.efficiency import efficiency_tables
 
     records = load_records(results)
     if not records:
@@ -203,6 +225,8 @@ def load_study(
             else:
                 log.warning("%s: the W&B run's %s is not %s; left out", run_file, name, path)
     missing = [m for t in tables.values() for m in t.missing]
+    efficiency = {e: t for e, t in efficiency_tables(gate.select(records)[0], experiments).items() if t.measured}
+    check_efficiency(efficiency, report_dir)
     return Study(
         results=str(results),
         report_dir=report_dir,
@@ -214,6 +238,7 @@ def load_study(
         report_run=report_run,
         missing=missing,
         comparisons=comparisons,
+        efficiency=efficiency,
     )
 
 
@@ -453,6 +478,13 @@ def build_report(study: Study, entity: str = "", project: str = ""):
         for c in compared:
             title, body = comparison_markdown(c).split("\n", 1)
             blocks += [wr.H2(title.lstrip("# ")), wr.MarkdownBlock(text=body.lstrip("\n"))]
+    if study.efficiency:
+        from harness.report.efficiency import markdown as efficiency_markdown
+
+        blocks.append(wr.H1("Efficiency"))
+        for experiment in ordered_experiments(study.efficiency):
+            table = study.efficiency[experiment]
+            blocks += [wr.H2(table.title), wr.MarkdownBlock(text=_body(efficiency_markdown(table)))]
     blocks += [wr.H1("Missing")]
     if study.missing:
         blocks.append(wr.MarkdownBlock(text="\n".join(f"* {m}" for m in study.missing) + "\n"))

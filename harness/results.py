@@ -22,11 +22,13 @@ The report reads this file, not W&B and not logs. A record (all keys always pres
     settings         the run keys (not at their defaults) and the split digest it hashes
     reevaluated      true when an existing checkpoint was scored again (``reevaluate``), not trained
     images           a stamp of the evaluated test images (``harness.fingerprint.images_stamp``)
+    cost             what the job cost, measured while it ran (``harness.cost``): training and evaluation
+                     time, throughput, peak memory, GFLOPs per image, device; outside the fingerprint
     load_any         None; or, for a prompt loaded with ``load_any`` that is partial or was trained at
                      other settings than the job's, what differs ("epochs: 3 -> 10, ..."): its
                      ``settings`` are the training run's plus this note, a settings run of its own
 
-A record of an earlier harness lacks the last five (a writer of that layout may still append it); it
+A record of an earlier harness lacks the last six (a writer of that layout may still append it); it
 counts as finished when its key matches (``harness.fingerprint``).
 
 Appends are atomic: one ``write`` of a whole line on an O_APPEND descriptor under an exclusive
@@ -91,9 +93,10 @@ RECORD_FIELDS = KEY_FIELDS + (
     "reevaluated",
     "images",
     "load_any",
+    "cost",
 )
 # Fields added after records were first written: an older record, or a writer of the older layout, lacks them.
-LATER_FIELDS = ("images", "load_any")
+LATER_FIELDS = ("images", "load_any", "cost")
 
 
 def results_path(out: str) -> str:
@@ -176,11 +179,18 @@ def pending_targets(identity: dict, targets: list[tuple[str, str]], done_keys: s
 
 
 def make_record(
-    identity: dict, dataset: str, subsample: str, evaluation: dict, epochs: int, started: float, run_dir: str
+    identity: dict,
+    dataset: str,
+    subsample: str,
+    evaluation: dict,
+    epochs: int,
+    started: float,
+    run_dir: str,
+    cost: dict | None = None,
 ) -> dict:
     """The record of one evaluation of a job: its ``identity`` (``RunSpec.identity()``), the evaluated
     dataset and classes, the evaluation's ``options`` and ``metrics``, the epochs trained, the wall time
-    since ``started`` (``time.time()``) and where it ran."""
+    since ``started`` (``time.time()``), where it ran and what it cost (``harness.cost``)."""
     return {
         **identity,
         "dataset": dataset,
@@ -193,16 +203,18 @@ def make_record(
         "versions": package_versions(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "run_dir": run_dir,
+        "cost": cost,
     }
 
 
 def records_frame(records: Iterable[dict]):
-    """A flat pandas DataFrame: record fields plus ``accuracy``, ``error``, ``macro_f1`` columns."""
+    """A flat pandas DataFrame: record fields plus ``accuracy``, ``error``, ``macro_f1``, ``cost_<field>``."""
     import pandas as pd
 
     rows = []
     for r in records:
-        row = {k: v for k, v in r.items() if k not in ("metrics", "options", "versions")}
+        row = {k: v for k, v in r.items() if k not in ("metrics", "options", "versions", "cost")}
+        row.update({f"cost_{name}": value for name, value in (r.get("cost") or {}).items()})
         for metric in ("accuracy", "error", "macro_f1", "perclass_accuracy"):
             row[metric] = (r.get("metrics") or {}).get(metric)
         for name, value in (r.get("options") or {}).items():

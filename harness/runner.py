@@ -19,11 +19,14 @@ constant warm-up epoch then cosine (``build_scheduler``), stepped once per epoch
 after the optimiser's steps or after the method's end-of-epoch hook. Everything carried from one
 epoch to the next is one ``TrainingState``, saved after each epoch (``harness.checkpoint``), so that
 a killed run restarts from its last finished epoch and ends exactly where an uninterrupted one would.
+The time of each epoch is kept there too, so a resumed job's training time sums its starts.
 
 Evaluation (PROTOCOL.md 13): accuracy, error, macro-F1 and per-class accuracy on the test split of
 each target. Each finished evaluation appends one record (``harness.results.make_record``) to the
 results store with the job's fingerprint and the stamp of the images it scored
-(``harness.fingerprint``); a run whose records all exist with them is skipped. A job that loads a
+(``harness.fingerprint``) and what the job cost (``harness.cost``: training and evaluation time,
+peak memory, GFLOPs per image, device; no setting, outside the fingerprint); a run whose records
+all exist with them is skipped. A job that loads a
 trained prompt (``load_from``) scores it only under the settings it was trained with
 (``Run.loaded_checkpoint``). The run folder's ``fingerprint.json`` says which settings run it
 holds: a folder of other settings is refused, ``force`` trains anew in a fresh folder beside it,
@@ -48,7 +51,7 @@ import torch
 from tqdm import tqdm
 
 import methods
-from harness import backbone, checkpoint, data, results, tracking
+from harness import backbone, checkpoint, cost, data, results, tracking
 from harness import fingerprint as fingerprints
 from harness.checkpoint import TrainingState
 from harness.config import RunSpec, validate
@@ -95,6 +98,7 @@ class Run:
         self.fingerprint = fingerprints.fingerprint_of(self.settings)
         self.loaded: tuple[str, int] | None = None  # (checkpoint, epoch) of load_from, once checked
         self.load_note: str | None = None  # load_any: what the loaded prompt's training differs in
+        self.training_cost = dict(cost.NOT_TRAINED)  # harness.cost: set by train / fit
 
     def __call__(self) -> list[dict]:
         if self.spec.force:
@@ -119,6 +123,7 @@ class Run:
             return []
         self.claim_folder()
         started = time.time()
+        cost.reset_peak_memory(self.device)
         seed_everything(spec.seed if spec.learns else None)
         records = []
         with run_logging(self.run_dir) as log_path:
@@ -175,7 +180,9 @@ class Run:
         final = checkpoint.checkpoint_path(self.run_dir, spec.epochs, state.model.checkpoint_folder)
         if start_epoch >= spec.epochs and os.path.isfile(final):
             log.info("Training already finished: %s", final)
+            self.training_cost = cost.training(state.epoch_seconds, state.starts)
             return final
+        state.starts += 1
 
         loader = data.build_loader(
             splits.train,
@@ -206,13 +213,17 @@ class Run:
         ) as progress:
             state.model.train()
             for epoch in range(start_epoch + 1, spec.epochs + 1):
+                began = time.perf_counter()
                 self.train_epoch(state, loader, epoch, progress)
+                if state.epoch_seconds is not None:
+                    state.epoch_seconds.append(time.perf_counter() - began)
                 state.epoch = epoch
                 checkpoint.save(self.run_dir, state, spec.training_identity(), final=epoch == spec.epochs)
         if spec.epochs == 0:  # on purpose: evaluate the initial prompt (CoOp's is the hand-made one's)
             log.info("epochs = 0: no training; the initial prompt is saved and evaluated")
             checkpoint.save(self.run_dir, state, spec.training_identity(), final=True)
-        log.info("Finish training")
+        self.training_cost = cost.training(state.epoch_seconds, state.starts)
+        log.info("Finish training (%s s)", self.training_cost["train_s"])
         return final
 
     def start_training(self, classnames: list[str]) -> TrainingState:
@@ -313,6 +324,7 @@ class Run:
                 log.info("Fit already done: %s", final)
                 return final
             log.warning("%s was fitted for another spec: fitting again", final)
+        began = time.perf_counter()
         model.eval()
         features = {
             name: self.image_features(model, getattr(splits, name), spec.dataset, f"{spec.dataset}/{name}")
@@ -332,6 +344,7 @@ class Run:
         model.fit(features["train"], labels["train"], features["val"], labels["val"], seed=seed, shots=spec.shots)
         log.info("Fitted: %s", model.record_options())
         model.save_prompt_checkpoint(final, 0, spec=spec.training_identity())
+        self.training_cost = cost.fitted(time.perf_counter() - began)
         return final
 
     def finished_checkpoint(self) -> tuple[str, int]:
@@ -442,6 +455,7 @@ class Run:
         if checkpoint_file:
             model.load_prompt_checkpoint(checkpoint_file)
         model.eval()
+        began, hits = time.perf_counter(), self.cache.hits
         features = self.test_features(model, splits, dataset, subsample)
         labels = np.array([item.label for item in splits.test])
         # Methods whose class text does not depend on the image score the whole test set at once
@@ -455,6 +469,7 @@ class Run:
                     batch = features[start : start + step].to(self.device)
                     predictions.append(model.logits_from_features(batch).argmax(-1).cpu())
         predictions = torch.cat(predictions).numpy() if predictions else np.array([], dtype=int)
+        seconds = time.perf_counter() - began
         metrics = classification_metrics(labels, predictions, len(splits.classnames))
         metrics["num_trainable_parameters"] = model.num_trainable_parameters()
         log.info(
@@ -465,7 +480,28 @@ class Run:
             metrics["error"],
             metrics["macro_f1"],
         )
-        return {"metrics": metrics, "options": {**spec.options, **model.record_options()}}
+        options = {**spec.options, **model.record_options()}
+        costs = self.evaluation_cost(model, options, seconds, len(labels), cached=self.cache.hits > hits)
+        return {"metrics": metrics, "options": options, "cost": costs}
+
+    def evaluation_cost(self, model, options: dict, seconds: float, images: int, cached: bool) -> dict:
+        """The evaluation half of the record's cost (``harness.cost``): its time and throughput, and the
+        GFLOPs of one image for this model (counted outside the timed evaluation, once per model)."""
+        size = backbone.image_size(self.clip)
+        key = {
+            "method": self.spec.method,
+            "options": options,
+            "backbone": self.spec.backbone,
+            "precision": self.spec.precision,
+            "classes": len(model.classnames),
+            "image_size": size,
+        }
+        return {
+            "eval_s": round(seconds, 3),
+            "eval_images_per_s": round(images / seconds, 2) if seconds > 0 else None,
+            "eval_features_cached": cached,
+            "gflops_per_image": cost.gflops_per_image(model, size, self.device, self.cache.folder, key),
+        }
 
     def test_features(self, model, splits, dataset: str, subsample: str) -> torch.Tensor:
         """``model.encode_image`` of the test images (``image_features`` of the test split)."""
@@ -496,8 +532,14 @@ class Run:
 
     def record(self, dataset: str, subsample: str, evaluation: dict, epochs: int, started: float) -> dict:
         """Append one evaluation's record to the results store and report it to the tracker."""
+        costs = {
+            **self.training_cost,
+            **evaluation["cost"],
+            **cost.peak_memory(self.device),
+            "device": cost.device_name(self.device),
+        }
         record = results.make_record(
-            self.spec.identity(), dataset, subsample, evaluation, epochs, started, self.run_dir
+            self.spec.identity(), dataset, subsample, evaluation, epochs, started, self.run_dir, costs
         )
         record.update(
             fingerprint=self.fingerprint,

@@ -308,10 +308,18 @@ def test_report_tables_hold_the_report_folders_numbers(study):
             (cells,) = parse_markdown_tables(blocks[i + 1].text)
             shown[block.text] = cells
     # the tables' CSVs (each figure's CSV holds the numbers it draws)
-    written = sorted(f[:-4] for f in os.listdir(reports) if f.endswith(".csv") and not f.startswith("figure"))
+    # (the efficiency tables have a test of their own)
+    efficiency = {v["table"].title for v in study["summary"]["efficiency"].values()}
+    assert sorted(efficiency) == [
+        "Efficiency of ablations: what each method costs",
+        "Efficiency of base2new: what each method costs",
+    ]
+    written = sorted(
+        f[:-4] for f in os.listdir(reports) if f.endswith(".csv") and not f.startswith(("figure", "efficiency_"))
+    )
     assert written == ["fig4a_init_ablation", "table1_base2new", "table4_class_incremental"]
     titles = {k: v["table"].title for k, v in study["summary"]["tables"].items()}
-    assert sorted(shown) == sorted(titles[k] for k in written)
+    assert sorted(set(shown) - efficiency) == sorted(titles[k] for k in written)
     for key in written:
         expected = expected_cells(os.path.join(reports, f"{key}.csv"))
         assert shown[titles[key]] == expected, key
@@ -370,7 +378,9 @@ def test_report_stage_logs_its_tables_and_figures_to_wandb(study):
     summary = study["summary"]
     assert run_.config == {"results": study["out"], "out_dir": study["reports"]} and run_.exit_code == 0
     logged_tables = [k for k, v in run_.summary.items() if isinstance(v, dict) and v.get("_type") == "table-file"]
-    assert sorted(logged_tables) == sorted(k for k, v in summary["tables"].items() if v["paths"])
+    frames = {k: display_frame(v["table"]) for k, v in summary["tables"].items() if v["paths"]}
+    frames.update({v["table"].key: v["frame"] for v in summary["efficiency"].values()})
+    assert sorted(logged_tables) == sorted(frames) and any(k.startswith("efficiency_") for k in frames)
     for key in logged_tables:
         entry = run_.summary[key]
         path = os.path.join(run_.files_dir, entry["path"])
@@ -378,12 +388,12 @@ def test_report_stage_logs_its_tables_and_figures_to_wandb(study):
             blob = f.read()
         assert hashlib.sha256(blob).hexdigest() == entry["sha256"]
         table = json.loads(blob)
-        frame = display_frame(summary["tables"][key]["table"])
+        frame = frames[key]
         assert table["columns"] == list(frame.columns)
         assert table["data"] == frame.values.tolist()
         assert (entry["nrows"], entry["ncols"]) == frame.shape
     images = {k: v for k, v in run_.summary.items() if isinstance(v, dict) and v.get("_type") == "image-file"}
-    assert sorted(images) == sorted(summary["figures"]) == ["figure4", "methods", "scatter"]
+    assert sorted(images) == sorted(summary["figures"]) == ["figure4", "figure_cost_vs_h", "methods", "scatter"]
     for name, entry in images.items():
         png = summary["figures"][name]["png"]
         stored = os.path.join(run_.files_dir, entry["path"])
@@ -397,7 +407,7 @@ def test_report_stage_logs_its_tables_and_figures_to_wandb(study):
         info = json.load(f)
     assert info["run_id"] == run_.run_id
     grid = next(b for b in study["report"].blocks if isinstance(b, wr.PanelGrid))
-    assert [p.media_keys for p in grid.panels] == [["figure4"], ["methods"], ["scatter"]]
+    assert [p.media_keys for p in grid.panels] == [["figure4"], ["figure_cost_vs_h"], ["methods"], ["scatter"]]
 
 
 # -- offline path: specifications, note, index ----------------------------------------------------
@@ -555,3 +565,29 @@ def test_report_shows_each_studys_comparison_as_the_report_folder_wrote_it(tmp_p
     # a report folder made with another baseline is refused, not shown beside other numbers
     with pytest.raises(dashboard.DashboardError, match="comparison_base2new.csv"):
         dashboard.load_study(out, reports, baseline="coop")
+
+
+def test_report_shows_each_studys_efficiency_table_as_the_report_folder_does(tmp_path):
+    from test_efficiency import study
+    from test_report import write
+
+    recs, times = study()
+    out, reports = write(tmp_path / "out", recs), str(tmp_path / "reports")
+    summary = build_report(out, out_dir=reports)
+    report = dashboard.build_report(dashboard.load_study(out, reports))
+    title = summary["efficiency"]["base2new"]["table"].title
+    i = next(i for i, b in enumerate(report.blocks) if isinstance(b, wr.H2) and b.text == title)
+    assert isinstance(report.blocks[i - 1], wr.H1) and report.blocks[i - 1].text == "Efficiency"
+    (shown,) = parse_markdown_tables(report.blocks[i + 1].text)
+    with open(summary["efficiency"]["base2new"]["paths"]["md"]) as f:
+        assert [shown] == parse_markdown_tables(f.read())
+    median = sorted(times["coop"])[2:4]
+    assert shown[("coop", "train_s_median")] == f"{sum(median) / 2:.1f}"
+    # A report folder whose efficiency table is not the results store's is refused.
+    path = summary["efficiency"]["base2new"]["paths"]["csv"]
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace(f"{sum(median) / 2}", "1.0"))
+    with pytest.raises(dashboard.DashboardError, match="efficiency_base2new.csv is not the results store's"):
+        dashboard.load_study(out, reports)

@@ -24,6 +24,9 @@ Which records feed which table (``experiments`` changes it, see ``gate.Gate.tabl
   the ctx-4 "a photo of a" CoCoOp of base2new can serve as the initialised arm of the ablation.
 * The few-shot tables ``fewshot_<K>shot`` and ``figure_fewshot``: experiment fewshot
   (``harness.report.fewshot``).
+* ``efficiency_<experiment>`` and ``figure_cost_vs_<metric>``: what each method of a study costs, from
+  the ``cost`` blocks of the records the gate shows (``harness.report.efficiency``); a study none of
+  whose records carries a cost (written before costs were recorded) has none.
 
 Seeds: ``expected_seeds=None`` expects, for each cell, every seed seen in its experiment(s) (the
 union over all learned-prompt records); a cell with fewer is shown with ``†(k/n seeds)`` and listed
@@ -43,6 +46,7 @@ from pathlib import Path
 
 from harness.report import gate, studies
 from harness.report.builders import BUILDERS, trainable_parameters
+from harness.report.efficiency import efficiency_tables, figure_cost, write_efficiency
 from harness.report.fewshot import fewshot_tables, figure_fewshot
 from harness.report.figures import color, figure3, figure4, methods_comparison, scatter, transfer_gap
 from harness.report.manifest import replace_manifest
@@ -204,7 +208,9 @@ def build_study(
     return tables, found
 
 
-def _index(out_dir, source, records, tables, figures, missing, with_paper, paper_dir, comparisons=None) -> str:
+def _index(
+    out_dir, source, records, tables, figures, missing, with_paper, paper_dir, efficiency, comparisons=None
+) -> str:
     experiments = sorted({str(r.get("experiment")) for r in records})
     lines = [
         "# Report",
@@ -226,7 +232,10 @@ def _index(out_dir, source, records, tables, figures, missing, with_paper, paper
     for t in produced:
         files = ", ".join(f"[{ext}]({os.path.basename(p)})" for ext, p in t["paths"].items())
         lines.append(f"* {t['table'].title}: {files}")
-    if not produced:
+    for entry in efficiency.values():
+        files = ", ".join(f"[{ext}]({os.path.basename(p)})" for ext, p in entry["paths"].items())
+        lines.append(f"* {entry['table'].title}: {files}")
+    if not produced and not efficiency:
         lines.append("* none")
     if comparisons:
         lines += ["", "## Which differences are real", ""]
@@ -282,8 +291,8 @@ def build_report(
     ``index.md`` ends with a link to the W&B dashboard when ``make dashboard`` has built one.
 
     Returns {"out_dir", "index", "records", "tables": {key: {"table", "frame", "paths"}},
-    "figures": {name: {"png", "pdf"}}, "comparisons": {name: {ext: path}}, "studies": {experiment:
-    studies.Study}, "missing": [...]}."""
+    "efficiency": {experiment: {"table", "frame", "paths"}}, "figures": {name: {"png", "pdf"}}, "comparisons":
+    {name: {ext: path}}, "studies": {experiment: studies.Study}, "missing": [...]}."""
     records = load_records(results)
     check_experiments(experiments, records)
     paper_dir = paper_dir if paper_dir is not None else default_paper_dir()
@@ -325,6 +334,15 @@ def build_report(
         comparisons.update(files)
         figures.update(drawn)
         missing += why
+    efficiency = {}
+    for experiment, table in efficiency_tables(gate.select(records)[0], experiments).items():
+        if table.measured:
+            efficiency[experiment] = {"table": table, "frame": table.frame(), "paths": write_efficiency(table, out_dir)}
+        else:
+            missing.append(f"Efficiency: no record of {experiment} carries a cost (written before costs were recorded)")
+    cost_figures, why = figure_cost({e: entry["table"] for e, entry in efficiency.items()}, tables, out_dir)
+    figures.update(cost_figures)
+    missing += why
     reproductions = os.path.join(out_dir, "reproductions.md")
     text = reproductions_markdown(paper_dir) if with_paper else None
     if text:  # others' runs of a method: a page of their own, never a "(paper)" column
@@ -338,11 +356,12 @@ def build_report(
     if os.path.exists(run_file):
         os.unlink(run_file)
     if tracking != "none":
-        _track(tracking, out_dir, source, written, figures)
-    index = _index(out_dir, source, records, written, figures, missing, with_paper, paper_dir, comparisons)
+        _track(tracking, out_dir, source, {**written, **{e["table"].key: e for e in efficiency.values()}}, figures)
+    index = _index(out_dir, source, records, written, figures, missing, with_paper, paper_dir, efficiency, comparisons)
     files = (
         [index] + ([reproductions] if text else []) + [p for entry in written.values() for p in entry["paths"].values()]
     )
+    files += [p for entry in efficiency.values() for p in entry["paths"].values()]
     files += [p for paths in comparisons.values() for p in paths.values()]
     files += [p for paths in figures.values() for p in paths.values()]
     if os.path.exists(run_file):
@@ -353,6 +372,7 @@ def build_report(
         "index": index,
         "records": len(records),
         "tables": {k: {"table": v["table"], "frame": v["frame"], "paths": v["paths"]} for k, v in written.items()},
+        "efficiency": efficiency,
         "figures": figures,
         "comparisons": comparisons,
         "studies": found,

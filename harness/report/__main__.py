@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    tables = [k for k, v in summary["tables"].items() if v["paths"]]
+    tables = [k for k, v in summary["tables"].items() if v["paths"]] + list(summary["efficiency"])
     print(
         f"{summary['records']} records -> {len(tables)} tables, {len(summary['figures'])} figures "
         f"in {summary['out_dir']}"

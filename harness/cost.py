@@ -1,0 +1,123 @@
+"""What a job costs, measured by the runner itself while it runs (not by a separate benchmark).
+
+Every record carries a ``cost`` block (``harness.results``), outside the settings fingerprint: the
+same settings measured on another machine are the same result at another cost.
+
+    train_s             wall time of the training epochs (evaluation and checkpoint writes excluded);
+                        a resumed job sums the epochs of each of its starts. None: the job trained
+                        nothing (zero-shot, ``load_from``, ``reevaluate``) or resumed a checkpoint
+                        written before times were kept
+    epoch_s             median time of one epoch (None without epochs: a fitted linear probe)
+    train_starts        how many starts of the job trained (2 or more: it was resumed)
+    resumed             train_starts > 1
+    eval_s              wall time of this evaluation (image features and scoring)
+    eval_images_per_s   test images / eval_s
+    eval_features_cached  the image features came from the feature cache (the image tower did not
+                        run, so the throughput is the scoring's alone)
+    peak_mem_mb         CUDA: the device's peak allocated memory during the job; CPU: the process's
+                        peak resident memory (a whole-process figure: ``peak_mem_kind`` says which)
+    peak_mem_kind       "cuda_max_allocated" | "cpu_max_rss"
+    gflops_per_image    inference GFLOPs for one image at the evaluated class count (image tower plus
+                        the class-text side that scores it), counted once with torch's
+                        ``FlopCounterMode`` and cached per method, options, backbone and class count
+    device              the GPU's name, or the CPU's model name
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import sys
+
+import torch
+
+from harness.atomic import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+FLOPS_FOLDER = "flops"  # beside the feature cache's entries
+
+
+def training(epoch_seconds: list[float] | None, starts: int) -> dict:
+    """The training half of a cost block from the time of each epoch trained (over all starts)."""
+    known = epoch_seconds is not None
+    return {
+        "train_s": round(sum(epoch_seconds), 3) if known else None,
+        "epoch_s": round(statistics.median(epoch_seconds), 3) if known and epoch_seconds else None,
+        "train_starts": starts,
+        "resumed": starts > 1,
+    }
+
+
+def fitted(seconds: float | None) -> dict:
+    """The training half for a method fitted on frozen features in one go (no epochs)."""
+    return {
+        "train_s": None if seconds is None else round(seconds, 3),
+        "epoch_s": None,
+        "train_starts": 1,
+        "resumed": False,
+    }
+
+
+NOT_TRAINED = {"train_s": None, "epoch_s": None, "train_starts": 0, "resumed": False}
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {
+            "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+            "peak_mem_kind": "cuda_max_allocated",
+        }
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    mb = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+    return {"peak_mem_mb": round(mb, 1), "peak_mem_kind": "cpu_max_rss"}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def count_gflops(model, image_size: int, device: torch.device) -> float:
+    """GFLOPs of scoring one image (``encode_image`` then ``logits_from_features``, as evaluation does)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    image = torch.zeros(1, 3, image_size, image_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.logits_from_features(model.encode_image(image))
+    return counter.get_total_flops() / 1e9
+
+
+def gflops_per_image(model, image_size: int, device: torch.device, folder: str, key: dict) -> float:
+    """``count_gflops``, read from ``folder/flops/`` when this ``key`` (method, options, backbone,
+    class count, ...) was counted before: the count is a property of the model, not of the run."""
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = os.path.join(folder, FLOPS_FOLDER, f"{key.get('method', 'model')}-{digest}.json")
+    try:
+        with open(path) as f:
+            return float(json.load(f)["gflops_per_image"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    value = count_gflops(model, image_size, device)
+    atomic_write_text(path, json.dumps({"gflops_per_image": value, "key": key}, sort_keys=True, default=str))
+    log.info("Counted %.3f GFLOPs per image for %s (cached in %s)", value, key.get("method"), path)
+    return value

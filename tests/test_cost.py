@@ -1,0 +1,131 @@
+"""The cost block every record carries, measured by the runner on the tiny CLIP and synthetic data."""
+
+import math
+import os
+
+import pytest
+import torch
+from crash_child import kill_at
+from fake_data import make_synthetic_dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+import methods
+from harness import backbone, cost, results
+from harness.checkpoint import latest_checkpoint
+from harness.config import build_spec
+from harness.fingerprint import fingerprint_of
+from harness.runner import run
+from methods.base import load_checkpoint_file
+
+FIELDS = {
+    "train_s",
+    "epoch_s",
+    "train_starts",
+    "resumed",
+    "eval_s",
+    "eval_images_per_s",
+    "eval_features_cached",
+    "peak_mem_mb",
+    "peak_mem_kind",
+    "gflops_per_image",
+    "device",
+}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_synthetic_dataset(
+        str(root), num_classes=6, train_per_class=8, val_per_class=2, test_per_class=6, image_size=32
+    )
+    return str(root)
+
+
+def spec(data_root, out, **values):
+    base = {
+        "method": "coop",
+        "dataset": "synthetic",
+        "data_root": data_root,
+        "backbone": "tiny",
+        "precision": "fp32",
+        "shots": 4,
+        "seed": 1,
+        "subsample": "base",
+        "evaluate": [{"dataset": "synthetic", "subsample": "base"}, {"dataset": "synthetic", "subsample": "new"}],
+        "epochs": 2,
+        "batch_size": 4,
+        "lr": 0.01,
+        "num_workers": 0,
+        "tracking": "none",
+        "experiment": "test",
+        "output_dir": os.path.join(str(out), "run"),
+    }
+    base.update(values)
+    return build_spec(base)
+
+
+def test_a_training_and_a_zero_shot_job_record_every_cost_field(data_root, tmp_path):
+    trained = run(spec(data_root, tmp_path))
+    zero_shot = run(spec(data_root, tmp_path, method="zsclip", output_dir=str(tmp_path / "zs")))
+    assert results.read_records(str(tmp_path)) == trained + zero_shot
+    for record in trained + zero_shot:
+        c = record["cost"]
+        assert set(c) == FIELDS
+        for name in ("eval_s", "eval_images_per_s", "peak_mem_mb", "gflops_per_image"):
+            assert math.isfinite(c[name]) and c[name] > 0, name
+        total, seconds = record["metrics"]["total"], c["eval_s"]  # eval_s is rounded to the millisecond
+        assert total / (seconds + 5e-4) - 0.01 <= c["eval_images_per_s"] <= total / (seconds - 5e-4) + 0.01
+        assert c["peak_mem_kind"] == "cpu_max_rss" and c["device"] == cost.device_name(torch.device("cpu"))
+        assert c["device"]
+        # The cost is no setting: the fingerprint hashes the settings alone, and none of them is a cost.
+        assert not set(record["settings"]) & (FIELDS | {"cost"})
+        assert record["fingerprint"] == fingerprint_of(record["settings"])
+    for record in trained:
+        c = record["cost"]
+        assert (c["train_starts"], c["resumed"]) == (1, False)
+        assert math.isfinite(c["train_s"]) and 0 < c["epoch_s"] <= c["train_s"] < record["wall_time_s"]
+    # Both evaluations of one training job carry its one training time.
+    assert trained[0]["cost"]["train_s"] == trained[1]["cost"]["train_s"]
+    for record in zero_shot:  # evaluation only: no training time
+        assert (record["cost"]["train_s"], record["cost"]["epoch_s"], record["cost"]["train_starts"]) == (None, None, 0)
+    # CoOp's test features come from CLIP's frozen image tower: zero-shot CLIP's evaluation read them
+    # from the cache the CoOp job filled, and says so.
+    assert [r["cost"]["eval_features_cached"] for r in trained + zero_shot] == [False, False, True, True]
+
+
+def test_a_resumed_job_sums_the_training_time_of_its_starts(data_root, tmp_path):
+    killed = spec(data_root, tmp_path, evaluate=[{"dataset": "synthetic", "subsample": "base"}])
+    kill_at(killed.to_dict(), "mid-epoch:2", tmp_path)
+    path, epoch = latest_checkpoint(killed.output_dir)
+    first = load_checkpoint_file(path)["cost"]
+    assert epoch == 1 and first["starts"] == 1 and len(first["epoch_seconds"]) == 1
+    (record,) = run(killed)
+    final = load_checkpoint_file(latest_checkpoint(killed.output_dir)[0])["cost"]
+    # The first start's epoch is kept as it was measured; the second start adds its own.
+    assert final["epoch_seconds"][0] == first["epoch_seconds"][0] and len(final["epoch_seconds"]) == 2
+    c = record["cost"]
+    assert (c["train_starts"], c["resumed"]) == (2, True)
+    assert c["train_s"] == pytest.approx(sum(final["epoch_seconds"]), abs=1e-3)
+    assert c["train_s"] > first["epoch_seconds"][0] > 0
+
+
+def test_gflops_are_counted_once_and_read_from_the_cache(tmp_path, tiny_clip, classnames, monkeypatch):
+    model = methods.build_method("coop", tiny_clip, classnames).eval()
+    size = backbone.image_size(tiny_clip)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.logits_from_features(model.encode_image(torch.zeros(1, 3, size, size)))
+    expected = counter.get_total_flops() / 1e9
+
+    calls = []
+    count = cost.count_gflops
+    monkeypatch.setattr(cost, "count_gflops", lambda *a: calls.append(a) or count(*a))
+    key = {"method": "coop", "backbone": "tiny", "classes": len(classnames)}
+    first = cost.gflops_per_image(model, size, torch.device("cpu"), str(tmp_path), key)
+    second = cost.gflops_per_image(model, size, torch.device("cpu"), str(tmp_path), key)
+    assert first == second == pytest.approx(expected) and expected > 0
+    assert len(calls) == 1 and len(os.listdir(tmp_path / cost.FLOPS_FOLDER)) == 1
+    # Another class count is another model: counted anew, and its text side costs more.
+    more = methods.build_method("coop", tiny_clip, classnames + ["dog", "tree"]).eval()
+    wider = cost.gflops_per_image(more, size, torch.device("cpu"), str(tmp_path), {**key, "classes": 7})
+    assert len(calls) == 2 and wider > first
