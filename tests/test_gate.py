@@ -12,6 +12,7 @@ from test_report import write
 
 from harness.fingerprint import fingerprint_of
 from harness.report import AVERAGE, build_report, build_tables
+from harness.report.tables import Cell, dataset_label
 
 SEEDS = (1, 2, 3)
 
@@ -170,6 +171,95 @@ def test_fewshot_figure_never_joins_averages_over_different_datasets(tmp_path, m
     for line in lines:
         assert len({datasets_at[int(x)] for x in line.get_xdata()}) == 1, line.get_xdata()
     assert {int(x) for line in lines for x in line.get_xdata()} == {1, 2}
+
+
+def figure_of(store, tmp_path, monkeypatch):
+    """(the few-shot figure, its CSV rows, the report) built from ``store``."""
+    import csv
+
+    from harness.report import fewshot as fewshot_module
+
+    figures = []
+    save = fewshot_module._save
+    monkeypatch.setattr(fewshot_module, "_save", lambda fig, *a: figures.append(fig) or save(fig, *a))
+    report = build_report(store, out_dir=str(tmp_path / "r"), with_paper=False)
+    (fig,) = figures
+    with open(report["figures"]["fewshot"]["csv"], newline="") as f:
+        return fig, list(csv.DictReader(f)), report
+
+
+def panel(fig, title):
+    return next(ax for ax in fig.axes if ax.get_title() == title)
+
+
+def test_comparable_points_is_the_widest_dataset_set_then_the_one_most_points_hold():
+    from harness.report.gate import comparable_points
+    from harness.report.tables import Cell
+
+    cells = {"a": Cell(1.0, datasets=("x",)), "b": Cell(2.0, datasets=("y",)), "c": Cell(3.0, datasets=("y",))}
+    assert comparable_points(cells) == (("y",), {"a": ("x",)})
+    cells["d"] = Cell(4.0, datasets=("x", "z"))
+    assert comparable_points(cells) == (("x", "z"), {"a": ("x",), "b": ("y",), "c": ("y",)})
+
+
+def test_fewshot_figure_average_panel_draws_only_averages_over_one_dataset_set(tmp_path, monkeypatch):
+    """CoOp at 1 and 2 shots on mini_a, at 4 on mini_b, zero-shot CLIP on mini_c alone: the Average panel
+    draws CoOp's 1- and 2-shot Averages (the set most of its points hold), neither CLIP's star nor CoOp's
+    4-shot point; the figure and its CSV say what was left out, over which datasets."""
+    recs = [fewshot("coop", "mini_a", k, s, 40.0 + 5 * k + s) for k in (1, 2) for s in SEEDS]
+    recs += [fewshot("coop", "mini_b", 4, s, 80.0 + s) for s in SEEDS]
+    recs.append(fewshot("zsclip", "mini_c", 0, None, 30.0))
+    fig, rows, _ = figure_of(recs, tmp_path, monkeypatch)
+    average = panel(fig, "Average")
+    drawn = [(line.get_marker(), float(x)) for line in average.get_lines() for x in line.get_xdata()]
+    assert {x for _, x in drawn} == {1.0, 2.0} and "*" not in {m for m, _ in drawn}  # errorbar caps: lines too
+    assert panel(fig, dataset_label("mini_c")).get_lines()  # CLIP's star stays on its own dataset's panel
+    (line,) = [t.get_text() for t in fig.texts if t.get_text().startswith("Average panel")]
+    assert "CLIP (over mini_c)" in line and "CoOp 4 shots (over mini_b)" in line and "over mini_a only" in line
+    notes = {(r["method"], r["shots"]): r["note"] for r in rows if r["dataset"] == AVERAGE}
+    assert notes["coop", "1"] == notes["coop", "2"] == ""
+    assert notes["zsclip", "0"].startswith("left out") and "over mini_c" in notes["zsclip", "0"]
+    assert notes["coop", "4"].startswith("left out") and "over mini_b" in notes["coop", "4"]
+
+
+def test_fewshot_figure_marks_points_rerun_at_other_settings(tmp_path, monkeypatch):
+    """CoOp on mini_a, mini_b and mini_c at 1, 2 and 4 shots, 10 epochs, but mini_c at 4 shots run with
+    --set epochs=2; then mini_a at 1 shot re-run at 2 epochs. Marked (a ringed point, a legend
+    entry, a CSV note): mini_a's 1-shot point, the 1-shot Average, mini_c's 4-shot point and the 4-shot
+    Average (§); unmarked: the 2-shot points, the 4-shot points at the study's settings."""
+    from harness.report.fewshot import RERUN_LABEL
+
+    recs = [
+        fewshot("coop", d, k, s, 50.0 + k + s, epochs=10)
+        for d in ("mini_a", "mini_b", "mini_c")
+        for k in (1, 2, 4)
+        for s in SEEDS
+        if (d, k) != ("mini_c", 4)
+    ]
+    recs += [fewshot("coop", "mini_a", 1, s, 20.0 + s, "2024-01-02T00:00:00", epochs=2) for s in SEEDS]
+    recs += [fewshot("coop", "mini_c", 4, s, 70.0 + s, epochs=2) for s in SEEDS]
+    fig, rows, report = figure_of(recs, tmp_path, monkeypatch)
+    tables = tables_of(report)
+    marked = {
+        (row, k)
+        for k in (1, 2, 4)
+        for row, _ in tables[f"fewshot_{k}shot"].rows
+        if (tables[f"fewshot_{k}shot"].cell(row, tables[f"fewshot_{k}shot"].groups[0], "acc") or Cell(None)).rerun
+    }
+    assert marked == {("mini_a", 1), (AVERAGE, 1), ("mini_c", 4), (AVERAGE, 4)}
+    ringed = {
+        (ax.get_title(), float(x))
+        for ax in fig.axes
+        for line in ax.get_lines()
+        if line.get_marker() == "D"
+        for x in line.get_xdata()
+    }
+    positions = {1: 1.0, 2: 2.0, 4: 3.0}
+    assert ringed == {(dataset_label(row), positions[k]) for row, k in marked}
+    assert RERUN_LABEL in [t.get_text() for t in fig.legends[0].get_texts()]
+    notes = {(r["dataset"], int(r["shots"])): r["note"] for r in rows if r["method"] == "coop"}
+    assert "re-run at epochs 2, superseding epochs 10" in notes["mini_a", 1] and not notes["mini_a", 2]
+    assert "§" in notes["mini_c", 4] and not notes["mini_b", 4] and not notes["mini_b", 1]
 
 
 # -- published values only for the backbone and protocol they were published for ----------------------

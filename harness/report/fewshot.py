@@ -12,13 +12,15 @@ listed as missing.
 * ``figure_fewshot.{png,pdf,csv}``: accuracy against shots, one panel per dataset and the average;
   zero-shot CLIP at 0 shots, each method a curve with its std over seeds, the linear probe dashed;
   published values (``reports/paper/fewshot.csv``: dataset, method, backbone, shots, accuracy, source)
-  as hollow markers beside ours, each with its source in the figure's CSV.
+  as hollow markers beside ours, each with its source in the figure's CSV. The Average panel draws only
+  Averages over the dataset set the gate chooses (``comparable_points``), saying what it left out; a
+  point the gate marks as at other settings than the rest of its study (``Cell.rerun``) is ringed.
 """
 
 from __future__ import annotations
 
 from harness.report.figures import _figure, _save, color
-from harness.report.gate import Gate, same_datasets
+from harness.report.gate import Gate, comparable_points, same_datasets
 from harness.report.tables import (
     AVERAGE,
     LABEL_FIELD,
@@ -135,6 +137,82 @@ def _published(paper: Paper | None, dataset: str, method: str, backbone) -> list
     return sorted(out)
 
 
+RERUN_LABEL = "re-run at other settings than the rest of the study (see that shot count's table notes)"
+
+
+def _x(method: str, shots: int) -> int:
+    """A point's shots on the figure: zero-shot CLIP's is 0 whatever table it is read from."""
+    return 0 if method == "zsclip" else shots
+
+
+def _average_points(tables: dict[int, Table], groups: list[Group]) -> tuple[tuple, dict]:
+    """The Average panel's (dataset set, {(group key, shots): datasets} left out), as the gate chooses among
+    every method's Average at every shot count and zero-shot CLIP's."""
+    points = {}
+    for g in groups:
+        for k in sorted(tables):
+            cell = tables[k].cell(AVERAGE, g, "acc")
+            if cell is not None and cell.mean is not None:
+                points.setdefault((g.key, _x(g.method, k)), cell)
+    return comparable_points(points)
+
+
+def _names(datasets) -> str:
+    return ", ".join(dataset_label(d) for d in datasets)
+
+
+def _left_out_text(cell, chosen: tuple) -> str:
+    return (
+        f"left out of the Average panel: over {_names(cell.datasets)}, the panel's Averages are over {_names(chosen)}"
+    )
+
+
+def _left_out_line(left_out: dict, chosen: tuple, groups: dict) -> str:
+    """The figure's line on the Average panel's points left out: whose, over which datasets, and why."""
+    parts = []
+    for (key, shots), datasets in left_out.items():
+        g = groups[key]
+        at = "" if g.method == "zsclip" else f" {shots} shot{'s' if shots > 1 else ''}"
+        parts.append(f"{g.label}{at} (over {_names(datasets)})")
+    return (
+        f"Average panel: over {_names(chosen)} only; left out, as Averages over other datasets: "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+def _mark_reruns(ax, points: list[tuple]) -> None:
+    """Ring the points [(x, Cell)] whose cell the gate marks as at other settings than the rest of the study."""
+    marked = [(x, c) for x, c in points if c.rerun]
+    if marked:
+        ax.plot(
+            [x for x, _ in marked],
+            [c.mean for _, c in marked],
+            marker="D",
+            markersize=9,
+            markerfacecolor="none",
+            markeredgecolor="black",
+            linestyle="",
+            label=RERUN_LABEL,
+        )
+
+
+def _point(row: str, g: Group, shots: int, cell, note: str = "") -> dict:
+    """A CSV row of ours: ``note`` says why a point is left out or marked."""
+    return {
+        "dataset": row,
+        "method": g.method,
+        "label": g.label,
+        "shots": shots,
+        "mean": cell.mean,
+        "std": cell.std,
+        "n": cell.n,
+        "datasets": " ".join(cell.datasets),
+        "source": "ours",
+        "note": note or cell.rerun,
+    }
+
+
 def figure_fewshot(tables: dict[int, Table], out_dir: str, paper: Paper | None = None):
     """Accuracy against shots, a panel per dataset and the average; (paths, None) or (None, why)."""
     if not tables:
@@ -152,30 +230,27 @@ def figure_fewshot(tables: dict[int, Table], out_dir: str, paper: Paper | None =
     lines = -(-len(rows) // columns)
     fig, axes = _figure(lines, columns, figsize=(3.4 * columns, 2.8 * lines))
     plotted = []
+    chosen, left_out = _average_points(tables, ordered)
     for i, row in enumerate(rows):
         ax = axes[i // columns][i % columns]
         for g in ordered:
             method, backbone = g.key[:2]
             cells = [(k, tables[k].cell(row, g, "acc")) for k in shots]
             cells = [(k, c) for k, c in cells if c is not None and c.mean is not None]
+            if method == "zsclip":
+                cells = cells[:1]  # no shots: the 0-shot point, the same in every table
+            if row == AVERAGE:
+                for k, c in cells:
+                    if (g.key, _x(method, k)) in left_out:
+                        plotted.append(_point(row, g, _x(method, k), c, _left_out_text(c, chosen)))
+                cells = [(k, c) for k, c in cells if (g.key, _x(method, k)) not in left_out]
             if not cells:
                 continue
-            if method == "zsclip":  # no shots: the 0-shot point
+            if method == "zsclip":
                 cell = cells[0][1]
                 ax.plot([0], [cell.mean], marker="*", markersize=11, color=color(method), linestyle="", label=g.label)
-                plotted.append(
-                    {
-                        "dataset": row,
-                        "method": method,
-                        "label": g.label,
-                        "shots": 0,
-                        "mean": cell.mean,
-                        "std": None,
-                        "n": cell.n,
-                        "datasets": " ".join(cell.datasets),
-                        "source": "ours",
-                    }
-                )
+                _mark_reruns(ax, [(0, cell)])
+                plotted.append(_point(row, g, 0, cell))
             else:
                 style = "--" if method == "lpclip" else "-"
                 # an Average joins only shot counts whose Averages hold the same datasets
@@ -191,20 +266,8 @@ def figure_fewshot(tables: dict[int, Table], out_dir: str, paper: Paper | None =
                         capsize=2,
                         label=g.label if n == 0 else "_nolegend_",
                     )
-                for k, c in cells:
-                    plotted.append(
-                        {
-                            "dataset": row,
-                            "method": method,
-                            "label": g.label,
-                            "shots": k,
-                            "mean": c.mean,
-                            "std": c.std,
-                            "n": c.n,
-                            "datasets": " ".join(c.datasets),
-                            "source": "ours",
-                        }
-                    )
+                _mark_reruns(ax, [(positions[k], c) for k, c in cells])
+                plotted += [_point(row, g, k, c) for k, c in cells]
             published = _published(paper, row, method, backbone)
             if published:
                 xs = [0 if k == 0 else positions.get(k) for k, _, _ in published]
@@ -247,6 +310,12 @@ def figure_fewshot(tables: dict[int, Table], out_dir: str, paper: Paper | None =
                 if lab not in labels:
                     handles.append(h)
                     labels.append(lab)
+    if RERUN_LABEL in labels:  # the mark's entry after the curves it marks
+        at = labels.index(RERUN_LABEL)
+        handles.append(handles.pop(at))
+        labels.append(labels.pop(at))
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
+    if left_out:
+        fig.text(0.5, 0.0, _left_out_line(left_out, chosen, groups), ha="center", va="top", fontsize=8, wrap=True)
     return _save(fig, out_dir, "figure_fewshot", plotted), None

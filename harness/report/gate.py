@@ -18,7 +18,10 @@ is compared with; the gate decides what goes into each cell, and marks what fall
   curve joins only points over the same datasets (``same_datasets``).
 * **Settings across datasets (§).** A study runs one config at the same settings on every dataset;
   datasets of one config at different settings (a re-run of one, a ``--set`` on another) make the
-  Average ``§(mixed settings)``, named in a note.
+  Average ``§(mixed settings)``, named in a note. A cell the notes name so (a superseded run's
+  family, the dataset of a § Average off its config's settings, such an Average) carries the reason in
+  ``Cell.rerun``, for a figure to mark the point; a figure draws only Averages over the dataset set
+  ``comparable_points`` chooses.
 * **Published values** are compared only for the backbone and protocol they were published for
   (``Paper.protocol``); a record of another backbone or shot count gets no paper value and no Δ, and
   the table's notes say why. A marked Average (†, ‡, §) is never compared.
@@ -231,6 +234,8 @@ class Gate:
         self._cells: dict = {}
         self._cell_superseded: dict = {}
         self._notes: dict = {}
+        # {table key: [(group key, {row: its settings that differ})]}: one config's datasets in a § Average
+        self._mixed_rows: dict = {}
 
     # -- which records feed a table ------------------------------------------------------------
 
@@ -457,6 +462,8 @@ class Gate:
             if not differing:
                 continue
             found = True
+            shown = {row: _show_settings(settings, differing) for row, settings in rows.items()}
+            self._mixed_rows.setdefault(table.key, []).append((group.key, shown))
             self._notes.setdefault(table.key, []).append(
                 f"§ The Average of {group.label} mixes settings: {self._mixed_text(rows, differing)}. "
                 "Re-run them alike (or see --all-variants)."
@@ -518,6 +525,7 @@ class Gate:
         superseded += self._cell_superseded.get(table.key, [])
         table.notes += settings_notes(used) + list(dict.fromkeys(s.text() for s in superseded))
         table.notes += list(dict.fromkeys(self._notes.get(table.key, [])))
+        self._mark_reruns(table, superseded)
         averages = {}
         for g in table.groups:
             cell = next((table.cell(AVERAGE, g, m) for m, _ in table.metrics if table.cell(AVERAGE, g, m)), None)
@@ -528,6 +536,45 @@ class Gate:
                 "‡ The Averages of this table are over different datasets and are not comparable across "
                 "columns: " + "; ".join(f"{label} over {', '.join(ds)}" for label, ds in averages.items()) + "."
             )
+
+    def _mark_reruns(self, table: Table, superseded: list[Superseded]) -> None:
+        """``Cell.rerun`` on the cells the table's notes name as at other settings than the rest of their
+        config's: a cell of a family with a superseded run, a dataset of a § Average off its config's
+        settings, and an Average that is § or holds such a cell."""
+        name = table.title.split(":")[0]
+        sources = self._cells.get(table.key, {})
+        by_family = {}
+        for s in superseded:
+            by_family.setdefault(s.family, s)
+        for (row, group_key, _), cell in table.cells.items():
+            if row == AVERAGE:
+                continue
+            old = next(
+                (by_family[f] for f in {family(r) for r in sources.get((row, group_key), [])} if f in by_family), None
+            )
+            if old is not None:
+                cell.rerun = f"re-run at {old.shown}, superseding {old.label} (see the notes of {name})"
+        for group_key, shown in self._mixed_rows.get(table.key, []):
+            cells = {row: [c for (r, g, _), c in table.cells.items() if (r, g) == (row, group_key)] for row in shown}
+            if any(c.rerun for cs in cells.values() for c in cs):
+                continue  # a re-run explains the § (the other datasets are still at the study's settings)
+            # a --set on part of the study: the datasets off the settings most of them share (no majority: all)
+            counts = {text: list(shown.values()).count(text) for text in shown.values()}
+            top = max(counts.values())
+            tied = sum(1 for c in counts.values() if c == top) > 1
+            for row, text in shown.items():
+                if tied or counts[text] < top:
+                    for c in cells[row]:
+                        c.rerun = f"at other settings than its config's other datasets (§, see the notes of {name})"
+        for (row, group_key, metric), cell in table.cells.items():
+            if row != AVERAGE:
+                continue
+            held = [table.cells.get((d, group_key, metric)) for d in cell.datasets]
+            rerun = [d for d, c in zip(cell.datasets, held) if c is not None and c.rerun]
+            if MIXED in cell.note:
+                cell.rerun = f"its datasets ran at different settings (§, see the notes of {name})"
+            elif rerun:
+                cell.rerun = f"holds {', '.join(rerun)} re-run at other settings (see the notes of {name})"
 
 
 def settings_notes(records: list[dict]) -> list[str]:
@@ -578,9 +625,19 @@ def pair(groups: list[Group], first: str, second: str) -> tuple[Group | None, Gr
     return None, None
 
 
+def comparable_points(cells: dict) -> tuple[tuple, dict]:
+    """Of a figure's Averages {point: Cell} (a method's column, a method at a shot count), (the dataset set
+    it draws them over, {point: its datasets} for those it leaves out): a figure sets side by side only
+    Averages over the same datasets. The set is the widest; of equally wide ones, the one most points hold
+    (the first among ties). A point with no Average is neither drawn nor listed."""
+    sets = {point: cell.datasets for point, cell in cells.items() if cell is not None and cell.datasets}
+    held = list(sets.values())
+    chosen = max(held, key=lambda s: (len(s), held.count(s)), default=())
+    return chosen, {point: s for point, s in sets.items() if s != chosen}
+
+
 def comparable_averages(table: Table, groups: list[Group], metric: str) -> list[Group]:
-    """Of ``groups``, those whose Average is over the widest dataset set among them: a figure sets side by
-    side only Averages over the same datasets."""
-    sets = {g.key: (table.cell(AVERAGE, g, metric) or Cell(None)).datasets for g in groups}
-    widest = max(sets.values(), key=len, default=())
-    return [g for g in groups if sets[g.key] and sets[g.key] == widest]
+    """Of ``groups``, those whose Average is over the dataset set ``comparable_points`` chooses."""
+    cells = {g.key: table.cell(AVERAGE, g, metric) for g in groups}
+    chosen, _ = comparable_points(cells)
+    return [g for g in groups if cells[g.key] is not None and cells[g.key].datasets == chosen and chosen]

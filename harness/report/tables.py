@@ -126,6 +126,9 @@ class Cell:
     # A mark on what the number means beside others, not on what went into it (e.g. ≈ within the baseline's
     # noise): unlike ``note`` it neither makes the cell incomplete nor stops the paper comparison.
     flag: str = ""
+    # Set by the gate when the cell shows a settings run other than the rest of its config's in the study (a
+    # re-run, a ``--set`` on part of it): why, for a figure to mark the point; the table says it in its notes.
+    rerun: str = ""
 
     @property
     def incomplete(self) -> bool:
