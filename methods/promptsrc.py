@@ -130,7 +130,7 @@ class VLPromptLearner(nn.Module):
         text_width, vision_width = backbone.text_width(clip), deep_prompts.vision_width(clip)
         ctx, prefix_text = prompt_text.context_init(clip, n_ctx_text, ctx_init)
         self.ctx = nn.Parameter(ctx)
-        prompt_text.register_prompt_tokens(self, clip, classnames, prefix_text, n_ctx_text)
+        prompt_text.register_prompt_tokens(self, clip, classnames, prefix_text, n_ctx_text, "n_ctx_text")
         # fp32 like the authors' VPT parameters (never converted to half: clip/model.py:216-221, 376-379)
         self.deep_text = deep_prompts.normal_prompts(depth_text - 1, n_ctx_text, text_width, device)
         if depth_vision > 0:
