@@ -284,6 +284,10 @@ def test_a_sweep_on_this_machine_refuses_a_gpu_it_lacks_and_a_slurm_sweep_does_n
     [
         (["-o", "n_ctx=75", "-o", "ctx_init="], ["n_ctx = 75", "longest class name", "n_ctx <= 7"]),
         (["--method", "prograd", "-o", "n_ctx=75", "-o", "ctx_init="], ["n_ctx = 75", "n_ctx <= 7"]),
+        (["--method", "maple", "-o", "prompt_depth=100"], ["prompt_depth 100", "2 blocks", "prompt_depth <= 2"]),
+        (["--method", "promptsrc", "-o", "prompt_depth_text=100"], ["prompt_depth_text 100", "<= 2"]),
+        (["--method", "promptsrc", "-o", "prompt_depth_vision=100"], ["prompt_depth_vision 100", "<= 2"]),
+        (["--method", "tcp", "-o", "injection_layer=100"], ["injection_layer 100", "(0..1)", "injection_layer <= 1"]),
         (["--method", "mmrl", "-o", "rep_layers=[1, 100]"], ["rep_layers"]),
         (["--load-from", "/nonexistent/run"], ["/nonexistent/run"]),
     ],
