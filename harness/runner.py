@@ -608,7 +608,21 @@ def optimizer_groups(param_groups, spec: RunSpec) -> list[dict]:
                 raise ValueError("A parameter group gives both 'lr' and 'lr_scale'; give one of them.")
             group["lr"] = spec.lr * group.pop("lr_scale")
         groups.append(group)
+        _check_rate_fits(group, spec)
     return groups
+
+
+def _check_rate_fits(group: dict, spec: RunSpec) -> None:
+    """torch's optimisers turn a rate into the learned tensors' dtype and crash where it does not fit (fp16
+    holds up to 65504): a ``ConfigError`` before the first step instead."""
+    for key, rate in (("lr", group.get("lr", spec.lr)), ("warmup_lr", spec.warmup_lr if spec.warmup_epochs else 0)):
+        for dtype in {p.dtype for p in group["params"] if p.is_floating_point()}:
+            largest = torch.finfo(dtype).max
+            if rate > largest:
+                raise ConfigError(
+                    f"Run key {key!r} gives a parameter group the rate {rate:g}, more than the {dtype} of its "
+                    f"learned tensors holds ({largest:g}): give a smaller {key}, or precision fp32 or amp."
+                )
 
 
 def build_optimizer(param_groups, spec: RunSpec) -> torch.optim.Optimizer:

@@ -290,6 +290,7 @@ def test_a_sweep_on_this_machine_refuses_a_gpu_it_lacks_and_a_slurm_sweep_does_n
         (["--method", "tcp", "-o", "injection_layer=100"], ["injection_layer 100", "(0..1)", "injection_layer <= 1"]),
         (["--method", "mmrl", "-o", "rep_layers=[1, 100]"], ["rep_layers"]),
         (["--load-from", "/nonexistent/run"], ["/nonexistent/run"]),
+        (["--precision", "fp16", "--lr", "1e5"], ["'lr'", "100000", "torch.float16", "65504"]),  # SGD's crash
     ],
 )
 def test_a_value_the_model_cannot_take_is_one_line_and_does_not_block_the_corrected_run(
