@@ -190,6 +190,7 @@ def _cmd_sweep(args) -> int:
         return 0
     todo = [j for j, s in zip(jobs, launcher.plan(jobs, args.force, args.reevaluate)) if s.state != "skipped"]
     if todo:
+        launcher.check_devices(todo, name)  # launch checks it too: here before the expectation is written
         check_data_folders(todo)
         prepare_backbones(todo)
     record_expectation(out, experiment, expected)

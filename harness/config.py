@@ -35,6 +35,9 @@ SUBSAMPLES = ("all", "base", "new")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 EVALUATION_KEYS = ("dataset", "subsample")
+# torch's optimisers turn a rate into a float32 (largest ~3.4e38) and crash past it; a rate this large
+# already makes the first step non-finite, which the runner stops with advice (the tests train at 1e30).
+MAX_RATE = 1e30
 
 
 class ConfigError(ValueError):
@@ -80,11 +83,13 @@ class RunSpec:
     test_batch_size: Annotated[int, Range(1)] = 100
     # Both rates > 0: the warm-up's start factor is warmup_lr / lr, and a frozen epoch is no warm-up
     # (epochs=0 evaluates the initial prompt; warmup_epochs=0 skips the warm-up).
-    lr: Annotated[float, Range(0, low_open=True)] = 0.002
+    lr: Annotated[float, Range(0, MAX_RATE, low_open=True)] = 0.002
     momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
-    weight_decay: Annotated[float, Range(0)] = 5e-4
+    # Published: 5e-4 (Dassl's SGD) and 1e-2 (AdamW); a decay of 1 already erases a step's weights, and a
+    # huge one makes torch's optimiser crash converting it to float32.
+    weight_decay: Annotated[float, Range(0, 1)] = 5e-4
     warmup_epochs: Annotated[int, Range(0)] = 1
-    warmup_lr: Annotated[float, Range(0, low_open=True)] = 1e-5
+    warmup_lr: Annotated[float, Range(0, MAX_RATE, low_open=True)] = 1e-5
     optimizer: Annotated[str, OneOf(OPTIMIZERS)] = "sgd"
     adam_eps: Annotated[float, Range(0, low_open=True)] = 1e-8
     crop_scale: Annotated[list[float], CROP_SCALE_RANGE] = field(default_factory=lambda: list(CROP_SCALE))
@@ -109,7 +114,7 @@ class RunSpec:
         for t in targets:
             if isinstance(t, str) and t:
                 t = {"dataset": t}
-            if not isinstance(t, dict):
+            if not isinstance(t, dict) or not t:
                 raise ConfigError(
                     f"evaluate entry {t!r} must be a dataset key or {{dataset: KEY, subsample: all|base|new}}."
                 )
@@ -413,9 +418,9 @@ _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 def parse_value(raw: str):
     """A command-line value, read as YAML, except that numbers such as ``1e-3`` are numbers (YAML 1.1
-    reads them as strings), so ``--lr 1e-3`` means what it says."""
+    reads them as strings), so ``--lr 1e-3`` means what it says; a quoted ``"'1e-3'"`` stays a string."""
     value = yaml.safe_load(raw) if raw != "" else ""
-    if isinstance(value, str) and _NUMBER.match(value):
+    if isinstance(value, str) and value == raw.strip() and _NUMBER.match(value):  # quoted: a string, as asked
         return float(value)
     return value
 

@@ -54,7 +54,7 @@ import methods
 from harness import backbone, checkpoint, cost, data, results, tracking
 from harness import fingerprint as fingerprints
 from harness.checkpoint import TrainingState
-from harness.config import RunSpec, validate
+from harness.config import ConfigError, RunSpec, validate
 from harness.features import FeatureCache, cache_namespace, compute_features
 from harness.logs import run_logging
 from harness.metrics import classification_metrics
@@ -110,8 +110,9 @@ class Run:
         """The job: train (or load a trained prompt, or nothing for zero-shot), evaluate each pending
         target, record each result."""
         spec = self.spec
-        if spec.learns and not spec.trains and os.path.exists(spec.load_from):
-            self.loaded_checkpoint()  # checked first: load_any records the training run's fingerprint
+        if spec.learns and not spec.trains:
+            # Checked first: a refused prompt claims no folder, and load_any records its training fingerprint.
+            self.loaded_checkpoint()
         pending = self.pending_targets()
         if not pending:
             log.info(
@@ -572,9 +573,15 @@ class Run:
         return fingerprints.fresh_run_dir(self.run_dir)
 
     def claim_folder(self) -> None:
-        """The run folder holds this settings run (or nothing yet): say so in its ``fingerprint.json``."""
-        fingerprints.check_folder(self.run_dir, self.settings, self.fingerprint)
-        if fingerprints.read_folder(self.run_dir) is None:
+        """The run folder holds this settings run (or nothing yet): say so in its ``fingerprint.json``.
+        A claim that never finished and left no checkpoint (a refused, crashed or killed run) holds nothing
+        to protect: it passes to this run, whatever its settings."""
+        held = fingerprints.read_folder(self.run_dir)
+        if held is not None and not held.get("finished") and not checkpoint.latest_checkpoint(self.run_dir):
+            held = None
+        else:
+            fingerprints.check_folder(self.run_dir, self.settings, self.fingerprint)
+        if held is None or held.get("fingerprint") != self.fingerprint:
             fingerprints.write_folder(
                 self.run_dir, self.settings, self.fingerprint, forced=self.spec.force, finished=False
             )
@@ -643,7 +650,21 @@ def optimizer_groups(param_groups, spec: RunSpec) -> list[dict]:
                 raise ValueError("A parameter group gives both 'lr' and 'lr_scale'; give one of them.")
             group["lr"] = spec.lr * group.pop("lr_scale")
         groups.append(group)
+        _check_rate_fits(group, spec)
     return groups
+
+
+def _check_rate_fits(group: dict, spec: RunSpec) -> None:
+    """torch's optimisers turn a rate into the learned tensors' dtype and crash where it does not fit (fp16
+    holds up to 65504): a ``ConfigError`` before the first step instead."""
+    for key, rate in (("lr", group.get("lr", spec.lr)), ("warmup_lr", spec.warmup_lr if spec.warmup_epochs else 0)):
+        for dtype in {p.dtype for p in group["params"] if p.is_floating_point()}:
+            largest = torch.finfo(dtype).max
+            if rate > largest:
+                raise ConfigError(
+                    f"Run key {key!r} gives a parameter group the rate {rate:g}, more than the {dtype} of its "
+                    f"learned tensors holds ({largest:g}): give a smaller {key}, or precision fp32 or amp."
+                )
 
 
 def build_optimizer(param_groups, spec: RunSpec) -> torch.optim.Optimizer:
@@ -762,9 +783,17 @@ def seed_everything(seed: int | None) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
+    """The torch device of run key ``device``; a GPU this machine does not have is a ``ConfigError``
+    (raised before the run folder is written)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (resolved.index or 0) >= count:
+            seen = f"{count} GPU(s), cuda:0..cuda:{count - 1}" if count else "no CUDA GPU"
+            raise ConfigError(f"Run key 'device' is {device!r}, but torch sees {seen} here. Use device=auto or cpu.")
+    return resolved
 
 
 def clip_precision(run_precision: str) -> str:

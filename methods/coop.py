@@ -20,7 +20,7 @@ from torch import nn
 
 from bounds import OneOf
 from harness import backbone
-from methods import prompt_encoder
+from methods import prompt_encoder, prompt_text
 from methods.base import CLIPMethod, ContextLength
 from methods.registry import register_method
 
@@ -67,7 +67,7 @@ class PromptLearner(nn.Module):
         self.n_ctx, self.csc, self.position = n_ctx, csc, position
 
         device = clip.token_embedding.weight.device
-        token_ids = backbone.tokenize([f"{prefix_text} {name}." for name in names]).to(device)
+        token_ids = prompt_text.prompt_token_ids(prefix_text, names, n_ctx).to(device)
         embedding = backbone.token_embeddings(clip, token_ids)
         self.register_buffer("token_prefix", embedding[:, :1].clone())  # SOS
         self.register_buffer("token_suffix", embedding[:, 1 + n_ctx :].clone())  # name . EOT padding

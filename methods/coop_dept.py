@@ -90,7 +90,7 @@ class CoOpDePT(CoOp):
         n_ctx: ContextLength = 16,
         ctx_init: str = "",
         cat_weight: Fraction = 0.7,
-        cat_lr_mult: Annotated[float, Range(0, low_open=True)] = 6.5,
+        cat_lr_mult: Annotated[float, Range(0, 1000, low_open=True)] = 6.5,  # x lr (<= 1e30) stays a float32
         subsample: str = "all",
         dataset: str | None = None,
     ):

@@ -84,14 +84,19 @@ def vision_blocks(clip) -> nn.ModuleList:
     return visual.transformer.resblocks
 
 
-def effective_depth(depth: int, layers: int, what: str) -> int:
-    """``depth`` checked (>= 0) and clamped to the tower's ``layers`` (deeper prompts would have no block
-    to enter: the authors' code would create them and never use them)."""
+def effective_depth(depth: int | None, layers: int, what: str, published: int) -> int:
+    """``depth`` checked against the tower's ``layers``: a deeper one is an error (its prompts would have
+    no block to enter, and the run's options would name a depth it did not use). None: the ``published``
+    depth, or every block of a tower with fewer (the tests' and the demo's CLIP)."""
+    if depth is None:
+        return min(published, layers)
     if depth < 0:
         raise DeepPromptError(f"{what} must be at least 0, got {depth}.")
     if depth > layers:
-        log.warning("%s %d is more than the %d blocks of this CLIP: using %d", what, depth, layers, layers)
-        return layers
+        raise DeepPromptError(
+            f"{what} {depth} is more than the {layers} blocks of this CLIP: give {what} <= {layers}, or null "
+            f"(the published {published}, or every block of a smaller CLIP)."
+        )
     return depth
 
 

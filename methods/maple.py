@@ -85,15 +85,15 @@ class MaPLe(CLIPMethod):
         *,
         n_ctx: ContextLength = 2,
         ctx_init: str = "a photo of a",
-        prompt_depth: Annotated[int, Range(1)] = 9,
+        prompt_depth: Annotated[int, Range(1)] | None = None,
     ):
         """n_ctx: learnable tokens per prompt (the first n_ctx words of ``ctx_init`` when n_ctx <= 4,
         else random); prompt_depth: D, the input prompts plus D - 1 deep blocks in each tower (at most
-        the number of blocks of the deeper tower; a tower with fewer blocks uses the prompts it has
-        blocks for, as the authors' per-tower counters do)."""
+        the number of blocks of the deeper tower; None: the published 9, or all of a smaller CLIP's; a
+        tower with fewer blocks uses the prompts it has blocks for, as the authors' per-tower counters do)."""
         super().__init__(clip_model, classnames)
         layers = max(len(deep_prompts.text_blocks(clip_model)), len(deep_prompts.vision_blocks(clip_model)))
-        depth = deep_prompts.effective_depth(prompt_depth, layers, "prompt_depth")
+        depth = deep_prompts.effective_depth(prompt_depth, layers, "prompt_depth", published=9)
         self.prompt_learner = MultiModalPromptLearner(clip_model, classnames, n_ctx, ctx_init, depth)
 
     @classmethod

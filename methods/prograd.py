@@ -42,7 +42,7 @@ from torch import nn
 
 from bounds import OutOfBounds, Range
 from harness import backbone
-from methods import teachers
+from methods import prompt_text, teachers
 from methods.base import CLIPMethod, ContextLength, Fraction, Template
 from methods.coop import CoOp, PromptLearner
 from methods.registry import register_method
@@ -113,7 +113,7 @@ class TemplatePromptLearner(PromptLearner):
         self.n_ctx, self.csc, self.position = n_ctx, False, "end"
         prefix_text = " ".join(["X"] * (n_ctx - n_words) + [words])
         names = [name.replace("_", " ") for name in classnames]
-        token_ids = backbone.tokenize([f"{prefix_text} {name}." for name in names]).to(device)
+        token_ids = prompt_text.prompt_token_ids(prefix_text, names, n_ctx).to(device)
         embedding = backbone.token_embeddings(clip, token_ids)
         self.register_buffer("token_prefix", embedding[:, :1].clone())
         self.register_buffer("token_suffix", embedding[:, 1 + n_ctx :].clone())

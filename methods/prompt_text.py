@@ -60,13 +60,33 @@ def check_context(method: str, n_ctx: int, ctx_init: str, key: str) -> None:
         raise OutOfBounds(f"{where}: the words are only {tokens} tokens. Give {key} <= {tokens}, or more words.")
 
 
-def register_prompt_tokens(module: nn.Module, clip, classnames: Sequence[str], prefix_text: str, n_ctx: int) -> None:
+def prompt_token_ids(prefix_text: str, names: Sequence[str], n_ctx: int, key: str = "n_ctx") -> torch.Tensor:
+    """The ids of the prompts "<prefix_text> <name>." [K, 77]; a prompt longer than CLIP's context is a
+    one-line ``OutOfBounds`` naming ``key`` and the largest value that fits (known only with the names)."""
+    texts = [f"{prefix_text} {name}." for name in names]
+    tok, limit = backbone.tokenizer(), 77
+    lengths = [len(tok.encode(text)) + 2 for text in texts]  # + SOS, EOT
+    longest = max(range(len(texts)), key=lengths.__getitem__, default=None)
+    if longest is not None and lengths[longest] > limit:
+        name = names[longest]
+        fits = n_ctx - (lengths[longest] - limit)
+        raise OutOfBounds(
+            f"{key} = {n_ctx} does not fit CLIP's {limit}-token context: the longest class name {name!r} is "
+            f"{len(tok.encode(name + '.'))} tokens with its '.', making its prompt {lengths[longest]} tokens. "
+            + (f"Give {key} <= {fits}." if fits >= 1 else "Shorten the class names or the context words.")
+        )
+    return backbone.tokenize(texts)
+
+
+def register_prompt_tokens(
+    module: nn.Module, clip, classnames: Sequence[str], prefix_text: str, n_ctx: int, key: str = "n_ctx"
+) -> None:
     """Buffers of the prompts "<prefix_text> <name>." as in CoOp (PROTOCOL.md 7.1): ``token_prefix``
     (SOS) and ``token_suffix`` (positions 1 + n_ctx .. 76: fixed words, name, ".", EOT, padding), saved
     in checkpoints and dropped on load; ``tokenized_prompts`` (not saved) locates the EOTs."""
     device = clip.token_embedding.weight.device
     names = [name.replace("_", " ") for name in classnames]
-    ids = backbone.tokenize([f"{prefix_text} {name}." for name in names]).to(device)
+    ids = prompt_token_ids(prefix_text, names, n_ctx, key).to(device)
     embedding = backbone.token_embeddings(clip, ids)
     module.register_buffer("token_prefix", embedding[:, :1].clone())
     module.register_buffer("token_suffix", embedding[:, 1 + n_ctx :].clone())

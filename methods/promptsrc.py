@@ -130,7 +130,7 @@ class VLPromptLearner(nn.Module):
         text_width, vision_width = backbone.text_width(clip), deep_prompts.vision_width(clip)
         ctx, prefix_text = prompt_text.context_init(clip, n_ctx_text, ctx_init)
         self.ctx = nn.Parameter(ctx)
-        prompt_text.register_prompt_tokens(self, clip, classnames, prefix_text, n_ctx_text)
+        prompt_text.register_prompt_tokens(self, clip, classnames, prefix_text, n_ctx_text, "n_ctx_text")
         # fp32 like the authors' VPT parameters (never converted to half: clip/model.py:216-221, 376-379)
         self.deep_text = deep_prompts.normal_prompts(depth_text - 1, n_ctx_text, text_width, device)
         if depth_vision > 0:
@@ -173,8 +173,8 @@ class PromptSRC(CLIPMethod):
         n_ctx_text: ContextLength = 4,
         n_ctx_vision: Annotated[int, Range(1)] = 4,
         ctx_init: str = "a photo of a",
-        prompt_depth_text: Annotated[int, Range(1)] = 9,
-        prompt_depth_vision: Annotated[int, Range(0)] = 9,
+        prompt_depth_text: Annotated[int, Range(1)] | None = None,
+        prompt_depth_vision: Annotated[int, Range(0)] | None = None,
         text_loss_weight: Weight = 25.0,
         image_loss_weight: Weight = 10.0,
         templates: Templates = PROMPTSRC_TEMPLATES,
@@ -183,15 +183,16 @@ class PromptSRC(CLIPMethod):
     ):
         """n_ctx_text / n_ctx_vision: prompt tokens per tower (text from the first words of ``ctx_init``
         when n_ctx_text <= 4); prompt_depth_text / _vision: input prompts plus depth - 1 deep blocks
-        (at most the tower's blocks; vision 0 = no vision prompts); text_loss_weight /
+        (at most the tower's blocks; None: the published 9, or all of a smaller tower's; vision 0 = no
+        vision prompts); text_loss_weight /
         image_loss_weight: the L1 consistency weights; templates: the teacher's text ensemble (the
         authors' 60 by default); gpa_mean / gpa_std: the Gaussian over epochs 1..E for GPA."""
         super().__init__(clip_model, classnames)
         depth_text = deep_prompts.effective_depth(
-            prompt_depth_text, len(deep_prompts.text_blocks(clip_model)), "prompt_depth_text"
+            prompt_depth_text, len(deep_prompts.text_blocks(clip_model)), "prompt_depth_text", published=9
         )
         depth_vision = deep_prompts.effective_depth(
-            prompt_depth_vision, len(deep_prompts.vision_blocks(clip_model)), "prompt_depth_vision"
+            prompt_depth_vision, len(deep_prompts.vision_blocks(clip_model)), "prompt_depth_vision", published=9
         )
         self.prompt_learner = VLPromptLearner(
             clip_model, classnames, n_ctx_text, n_ctx_vision, ctx_init, depth_text, depth_vision

@@ -16,7 +16,7 @@ import pkgutil
 import typing
 from dataclasses import dataclass
 
-from bounds import check, shorten
+from bounds import Satisfies, check, shorten
 from harness.plugins import load_plugins
 
 METHODS: dict[str, type] = {}
@@ -115,10 +115,24 @@ def method_options(name: str) -> dict:
     return {k: v for k, v in _constructor_parameters(name).items() if k not in BUILD_ARGUMENTS}
 
 
+def _registered_dataset(key: str) -> bool:
+    from harness import data
+
+    return key in data.list_datasets()
+
+
+# An option named ``dataset``, whatever the method, picks the dataset's template or head: an unknown key
+# would silently pick the default one.
+DATASET_OPTION = (
+    typing.Annotated[str, Satisfies(_registered_dataset, "registered as a dataset (`prompt-harness data` lists them)")]
+    | None
+)
+
+
 def option_types(name: str) -> dict:
     """Each option's type with its declared range (``bounds``), as annotated on the constructor
-    (``typing.Any`` where a plugin's constructor says nothing)."""
-    hints = _annotations(method_class(name))
+    (``typing.Any`` where a plugin's constructor says nothing); ``dataset``: ``DATASET_OPTION``."""
+    hints = {**_annotations(method_class(name)), "dataset": DATASET_OPTION}
     return {k: hints.get(k, typing.Any) for k in method_options(name)}
 
 

@@ -45,6 +45,8 @@ from methods.registry import register_method
 
 log = logging.getLogger(__name__)
 
+PUBLISHED_INJECTION_LAYER = 8  # of ViT-B/16's 12 text blocks
+
 # tcp.py:60-76 CUSTOM_TEMPLATES (the learnable sentence: positions 1..n_ctx become the context) and
 # tcp.py:42-58 CUSTOM_TEMPLATES_ori (the teacher), keyed by the harness's dataset keys.
 PROMPT_TEMPLATES = {
@@ -194,7 +196,7 @@ class TCP(CLIPMethod):
         template: Template | None = None,
         prompt_template: Template | None = None,
         kg_weight: Weight = 8.0,
-        injection_layer: Annotated[int, Range(0)] = 8,
+        injection_layer: Annotated[int, Range(0)] | None = None,
         injection_weight: Fraction = 1.0,
         n_class_tokens: Annotated[int, Range(1)] = 4,
         dataset: str | None = None,
@@ -203,8 +205,8 @@ class TCP(CLIPMethod):
         photo of a" (4 tokens), as the authors' code does; template: the teacher's prompt (default: the
         dataset's TCP teacher template); prompt_template: the learnable sentence, its first n_ctx tokens
         replaced by the context (default: the dataset's); kg_weight: the 8.0 of the loss; injection_layer:
-        0-based text block at whose input the class-aware tokens replace positions 1..n (the last block of a
-        tower with fewer blocks); injection_weight:
+        0-based text block at whose input the class-aware tokens replace positions 1..n (None: the published
+        8, or the last block of a tower with fewer); injection_weight:
         their weight w (1.0: full replacement); n_class_tokens: n."""
         super().__init__(clip_model, classnames)
         if ctx_init and ctx_init.replace("_", " ") != INIT_WORDS:
@@ -218,13 +220,14 @@ class TCP(CLIPMethod):
             clip_model, classnames, n_ctx, init, self.prompt_template, n_class_tokens
         )
         layers = len(deep_prompts.text_blocks(clip_model))
-        if injection_layer >= layers:
-            # The authors' counter would never reach it and the meta-net would learn nothing; a smaller
-            # tower (the tests', the demo's) gets the tokens at its last block instead.
-            log.warning(
-                "injection_layer %d: this CLIP has %d text blocks, using block %d", injection_layer, layers, layers - 1
+        if injection_layer is None:  # a smaller tower (the tests', the demo's) gets the tokens at its last block
+            injection_layer = min(PUBLISHED_INJECTION_LAYER, layers - 1)
+        if injection_layer >= layers:  # the authors' counter would never reach it: the meta-net would learn nothing
+            raise deep_prompts.DeepPromptError(
+                f"injection_layer {injection_layer} is not a text block of this CLIP (0..{layers - 1}): give "
+                f"injection_layer <= {layers - 1}, or null (the published {PUBLISHED_INJECTION_LAYER}, or the "
+                "last block of a smaller CLIP)."
             )
-            injection_layer = layers - 1
         self.kg_weight = float(kg_weight)
         self.injection_layer, self.injection_weight = int(injection_layer), float(injection_weight)
 

@@ -77,11 +77,16 @@ def test_everything_in_the_learner_trains_and_vision_gradients_reach_the_text_pr
 
 def test_depth_is_limited_by_the_deeper_tower(small_images):
     clip = backbone.freeze(backbone.build_random_clip("tiny", text_layers=2, vision_layers=3, image_size=64))
-    model = build(clip, prompt_depth=9)
+    refused = "prompt_depth 9 is more than the 3 blocks of this CLIP: give prompt_depth <= 3"
+    with pytest.raises(ValueError, match=refused):
+        build(clip, prompt_depth=9)  # run at 3, its options would say 9
+    model = build(clip, prompt_depth=None)  # the published 9, or every block of a smaller CLIP
     assert model.prompt_learner.depth == 3 and len(model.prompt_learner.compound_prompts_text) == 2
     model.encode_image(small_images).sum().backward()  # both deep prompts serve the 3-block vision tower
     assert all(p.grad is not None for p in model.prompt_learner.compound_prompts_text)
-    with pytest.raises(ValueError, match="'prompt_depth' of method 'maple' must be an integer >= 1, got 0"):
+    with pytest.raises(
+        ValueError, match=r"'prompt_depth' of method 'maple' must be an integer >= 1 or None \(null\), got 0"
+    ):
         build(clip, prompt_depth=0)
 
 

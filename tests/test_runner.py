@@ -374,7 +374,7 @@ def test_nonfinite_advice_fits_the_precision(data_root, tmp_path):
 def test_nan_lr_with_amp_is_refused_not_a_result(data_root, tmp_path):
     # On a CPU amp has no gradient scaler; on CUDA the scaler would skip every step: a NaN rate is refused
     # before anything is written.
-    with pytest.raises(ConfigError, match="'lr' must be a finite number > 0, got nan"):
+    with pytest.raises(ConfigError, match=r"'lr' must be a finite number in \(0, 1e\+30\], got nan"):
         spec(data_root, tmp_path, epochs=2, warmup_epochs=0, lr=float("nan"), precision="amp")
     assert results.read_records(str(tmp_path)) == [] and not os.path.exists(tmp_path / "run")
 
@@ -427,6 +427,25 @@ def test_resume_refuses_a_checkpoint_of_another_spec(data_root, tmp_path):
     with pytest.raises(ResumeError, match=r"different spec \(epochs: 3 -> 1\).*Use another output folder"):
         run(fewer)
     assert len(results.read_records(str(tmp_path))) == 1
+
+
+def test_a_claim_that_left_no_checkpoint_does_not_block_other_settings(data_root, tmp_path):
+    from harness import fingerprint as fingerprints
+
+    base = [{"dataset": "synthetic", "subsample": "base"}]
+    one = spec(data_root, tmp_path, epochs=1, evaluate=base)
+    # A run killed (SIGKILL: no cleanup) before its first epoch ended: its claim and log, no checkpoint.
+    fingerprints.write_folder(one.output_dir, {"epochs": 7}, "0123456789ab", forced=False, finished=False)
+    with open(os.path.join(one.output_dir, "log.txt"), "w") as f:
+        f.write("killed\n")
+    assert len(run(one)) == 1
+    assert fingerprints.read_folder(one.output_dir)["finished"]
+    # A claim that holds a checkpoint is another settings run's work: refused.
+    held = fingerprints.read_folder(one.output_dir)
+    fingerprints.write_folder(one.output_dir, held["settings"], held["fingerprint"], forced=False, finished=False)
+    two = spec(data_root, tmp_path, epochs=2, experiment="again", evaluate=base)
+    with pytest.raises(FolderMismatchError, match=r"epochs: 1 -> 2"):
+        run(two)
 
 
 @pytest.mark.slow

@@ -143,10 +143,13 @@ def test_context_init_random_or_a_photo_of_a(tiny_clip, classnames, caplog):
     assert "whatever ctx_init says" in caplog.text
 
 
-def test_injection_layer_beyond_the_tower_uses_its_last_block(tiny_clip, classnames, caplog):
+def test_injection_layer_beyond_the_tower_is_refused_and_the_default_uses_its_last_block(tiny_clip, classnames):
     assert build(tiny_clip, classnames).injection_layer == 1  # the tiny CLIP has 2 text blocks
-    assert "using block 1" in caplog.text
-    with pytest.raises(ValueError, match="'injection_layer' of method 'tcp' must be an integer >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"injection_layer 8 is not a text block of this CLIP \(0..1\)"):
+        build(tiny_clip, classnames, injection_layer=8)  # run at block 1, its options would say 8
+    with pytest.raises(
+        ValueError, match=r"'injection_layer' of method 'tcp' must be an integer >= 0 or None \(null\), got -1"
+    ):
         build(tiny_clip, classnames, injection_layer=-1)
 
 

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import pytest
 import torch
+import yaml
 from fake_data import make_synthetic_dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -84,13 +85,23 @@ def nothing_written(out) -> bool:
 @pytest.mark.parametrize(
     "extra, expected",
     [
-        (["--lr", ".nan"], ["'lr'", "nan", "> 0"]),
+        (["--lr", ".nan"], ["'lr'", "nan", "(0, 1e+30]"]),
         (["--lr", ".nan", "--precision", "amp"], ["'lr'", "nan"]),
         (["--lr", ".inf"], ["'lr'", "inf", "finite"]),
-        (["--lr", "-0.5"], ["'lr'", "-0.5", "> 0"]),
+        (["--lr", "-0.5"], ["'lr'", "-0.5", "(0, 1e+30]"]),
         (["--momentum", "5"], ["'momentum'", "5", "[0, 1)"]),
         (["--warmup-epochs", "-3"], ["'warmup_epochs'", "-3", ">= 0"]),
-        (["--weight-decay", "-100"], ["'weight_decay'", "-100", ">= 0"]),
+        (["--weight-decay", "-100"], ["'weight_decay'", "-100", "[0, 1]"]),
+        # huge but finite: torch's optimisers crash converting them to float32
+        (["--weight-decay", "1e300"], ["'weight_decay'", "1e+300", "[0, 1]"]),
+        (["--lr", "1e300"], ["'lr'", "1e+300", "(0, 1e+30]"]),
+        (["--warmup-lr", "1e300"], ["'warmup_lr'", "1e+300", "(0, 1e+30]"]),
+        (["--method", "coop_dept", "-o", "cat_lr_mult=1e300"], ["'cat_lr_mult'", "1e+300", "1000"]),
+        (["--device", "cuda:99"], ["'device'", "'cuda:99'", "torch sees"]),
+        (["--evaluate", "[{}]"], ["evaluate entry {}"]),
+        (["--method", "zsclip", "-o", "dataset=banana"], ["'dataset'", "zsclip", "'banana'", "a dataset"]),
+        (["--lr", "'0.01'"], ["'lr'", "'0.01' (str)"]),
+        (["--set", "lr='0.01'"], ["'lr'", "'0.01' (str)"]),
         (["--num-workers", "-4"], ["'num_workers'", "-4", ">= 0"]),
         (["--optimizer", "adam", "--adam-eps", ".inf"], ["'adam_eps'", "inf", "> 0"]),
         (["--seed", "-5"], ["'seed'", "-5", "[0, 4294967295]"]),
@@ -212,6 +223,10 @@ def test_the_sweep_refuses_before_launching_anything(capsys, data_root, tmp_path
         ({"epochs": "3"}, r"'epochs' must be an integer >= 0, got '3' \(str\)"),
         ({"options": {"n_ctx": 8}}, "n_ctx 8 contradicts"),
         ({"evaluate": [{"dataset": "synthetic", "split": "new"}]}, r"\['split'\]"),
+        ({"evaluate": [{}]}, "evaluate entry {}"),
+        ({"lr": "0.01"}, r"'lr' .* got '0.01' \(str\)"),
+        ({"device": "cuda:99"}, "'device' is 'cuda:99', but torch sees"),
+        ({"options": {"dataset": "banana"}, "method": "kgcoop"}, "'dataset' of method 'kgcoop'"),
     ],
 )
 def test_a_runspec_built_in_python_is_validated_before_anything_is_written(data_root, tmp_path, change, message):
@@ -221,6 +236,70 @@ def test_a_runspec_built_in_python_is_validated_before_anything_is_written(data_
     with pytest.raises(ConfigError, match=message):
         Run(spec)
     assert nothing_written(tmp_path)
+
+
+def test_only_an_unquoted_number_on_the_command_line_becomes_a_number():
+    assert parse_overrides(["lr=0.01", "epochs=2", "seed=1e3"]) == {"lr": 0.01, "epochs": 2, "seed": 1000.0}
+    assert parse_overrides(["lr='0.01'", 'options.ctx_init="1e-3"']) == {"lr": "0.01", "options": {"ctx_init": "1e-3"}}
+
+
+def test_a_sweep_on_this_machine_refuses_a_gpu_it_lacks_and_a_slurm_sweep_does_not(
+    capsys, data_root, tmp_path, monkeypatch
+):
+    from harness import sweep
+    from harness.launcher import driver
+
+    experiment = {
+        "name": "mini",
+        "protocol": "base2new",
+        "datasets": ["synthetic"],
+        "seeds": [1],
+        "shots": 2,
+        "backbone": "tiny",
+        "precision": "fp32",
+        "tracking": "none",
+        "methods": {"coop": {"config": "coop/vit_b16_ctxv1", "run": {"epochs": 1}}},
+    }
+    path, out = tmp_path / "mini.yaml", tmp_path / "out"
+    path.write_text(yaml.safe_dump(experiment))
+    argv = ["sweep", str(path), "--data-root", data_root, "--out", str(out), "--set", "device=cuda:99"]
+    refused(capsys, [*argv, "--launcher", "local"], "'device' is 'cuda:99'", "torch sees")
+    assert not os.path.exists(out / "mini")
+    # Submitted from a login node without GPUs, a Slurm sweep's jobs run on GPU nodes: not refused here.
+    jobs = sweep.expand(sweep.load_experiment(str(path)), data_root, str(out), {"device": "cuda:99"})
+    submitted = []
+    monkeypatch.setattr(driver, "submit_slurm", lambda todo, *args: submitted.extend(todo) or {})
+    launch = driver.launch(jobs, "mini", str(out), "slurm", wait=False, printer=lambda line: None)
+    assert submitted and {s.state for s in launch} == {"pending"}
+    with pytest.raises(ConfigError, match="cuda:99"):
+        driver.launch(jobs, "mini", str(tmp_path / "out2"), "debug", printer=lambda line: None)
+
+
+# -- refused once the model is built (the class names or the backbone are needed): one line, and the
+# corrected command runs in the same folder
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["-o", "n_ctx=75", "-o", "ctx_init="], ["n_ctx = 75", "longest class name", "n_ctx <= 7"]),
+        (["--method", "prograd", "-o", "n_ctx=75", "-o", "ctx_init="], ["n_ctx = 75", "n_ctx <= 7"]),
+        (["--method", "maple", "-o", "prompt_depth=100"], ["prompt_depth 100", "2 blocks", "prompt_depth <= 2"]),
+        (["--method", "promptsrc", "-o", "prompt_depth_text=100"], ["prompt_depth_text 100", "<= 2"]),
+        (["--method", "promptsrc", "-o", "prompt_depth_vision=100"], ["prompt_depth_vision 100", "<= 2"]),
+        (["--method", "tcp", "-o", "injection_layer=100"], ["injection_layer 100", "(0..1)", "injection_layer <= 1"]),
+        (["--method", "mmrl", "-o", "rep_layers=[1, 100]"], ["rep_layers"]),
+        (["--load-from", "/nonexistent/run"], ["/nonexistent/run"]),
+        (["--precision", "fp16", "--lr", "1e5"], ["'lr'", "100000", "torch.float16", "65504"]),  # SGD's crash
+    ],
+)
+def test_a_value_the_model_cannot_take_is_one_line_and_does_not_block_the_corrected_run(
+    capsys, data_root, tmp_path, extra, expected
+):
+    refused(capsys, command(data_root, tmp_path, *extra), *expected)
+    assert results.read_records(str(tmp_path)) == []
+    assert cli.main(command(data_root, tmp_path, "--epochs", "2")) == 0, capsys.readouterr().err
+    assert [r["method"] for r in results.read_records(str(tmp_path))] == ["coop"]
 
 
 def test_too_few_images_for_the_linear_probes_shots_is_one_line_naming_them(capsys, data_root, tmp_path):

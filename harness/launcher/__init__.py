@@ -25,7 +25,7 @@ cluster, the line naming their ``scancel``. A re-run resumes each interrupted jo
     status.py     where each job stands
 """
 
-from harness.launcher.driver import launch, plan, print_plan
+from harness.launcher.driver import check_devices, launch, plan, print_plan
 from harness.launcher.interrupts import Interrupted
 from harness.launcher.jobs import HarnessJob
 from harness.launcher.settings import LAUNCHERS, launcher_settings
@@ -40,6 +40,7 @@ __all__ = [
     "JobState",
     "JobStatus",
     "SubmissionError",
+    "check_devices",
     "launch",
     "launcher_settings",
     "load_state",

@@ -62,6 +62,17 @@ def fresh_folders(todo: list[tuple[Job, JobState]]) -> None:
             job.spec.load_from = moved[job.spec.load_from]
 
 
+def check_devices(jobs: list[Job], launcher: str) -> None:
+    """A job's device that this machine lacks is a ``ConfigError`` before anything is written, for the
+    launchers whose jobs run here (local, debug); a Slurm job runs on a GPU node, whatever the login node has."""
+    if launcher not in ("local", "debug"):
+        return
+    from harness.runner import resolve_device
+
+    for device in sorted({job.spec.device for job in jobs}):
+        resolve_device(device)
+
+
 def launch(
     jobs: list[Job],
     experiment: str,
@@ -78,6 +89,7 @@ def launch(
     cfg = dict(launcher_cfg or {})
     states = plan(jobs, force, reevaluate)
     todo = [(j, s) for j, s in zip(jobs, states) if s.state == JobStatus.PENDING]
+    check_devices([job for job, _ in todo], launcher)
     if force:
         fresh_folders(todo)
     for job, state in todo:
