@@ -164,6 +164,13 @@ class CLIPMethod(nn.Module):
         ``options`` holds every option, defaults filled in, each already of its declared type and range.
         Here: where the init words fix the context length (``ctx_init_sets_n_ctx``), n_ctx must be it."""
         words = cls.context_words(options.get("ctx_init"))
+        given = (options.get("ctx_init") or "").replace("_", " ")
+        if words and given and words != given:  # a record must not name words the run did not use
+            raise OutOfBounds(
+                f"Options of method {cls.method_name!r}: ctx_init {options['ctx_init']!r} would not be used: its "
+                f"authors' code starts the context from {words!r} whatever words are given. Set "
+                f"options.ctx_init={words!r} (or '' for a random context)."
+            )
         if not (cls.ctx_init_sets_n_ctx and words and "n_ctx" in options):
             return
         length = len(words.split(" "))

@@ -191,8 +191,13 @@ def test_n_ctx_that_the_init_words_would_override_is_an_error_naming_both_fixes(
 
 def test_a_ctx_init_of_n_ctx_words_is_consistent_where_the_words_are_the_init(data_root, tmp_path):
     build_spec(values(data_root, tmp_path, options={"n_ctx": 5, "ctx_init": "a good photo of a"}))
-    with pytest.raises(ConfigError, match="n_ctx=4"):  # KgCoOp starts from "a photo of a" whatever the words
-        build_spec(values(data_root, tmp_path, method="kgcoop", options={"n_ctx": 5, "ctx_init": "a good photo of a"}))
+    # KgCoOp and TCP start from "a photo of a" whatever the words: other words would be recorded, not used.
+    for method in ("kgcoop", "tcp"):
+        for n_ctx in (4, 5):
+            with pytest.raises(ConfigError, match="would not be used.*options.ctx_init='a photo of a'"):
+                options = {"n_ctx": n_ctx, "ctx_init": "a good photo of a"}
+                build_spec(values(data_root, tmp_path, method=method, options=options))
+        build_spec(values(data_root, tmp_path, method=method, options={"n_ctx": 4, "ctx_init": "a_photo_of_a"}))
 
 
 def test_maple_and_promptsrc_learn_the_first_words_of_their_init(data_root, tmp_path):
