@@ -376,6 +376,12 @@ def validate(spec: RunSpec) -> None:
             raise ConfigError(f"Unknown evaluation dataset {dataset!r}. Datasets: {', '.join(sorted(known_datasets))}.")
         if subsample not in SUBSAMPLES:
             raise ConfigError(f"Evaluation subsample must be one of {SUBSAMPLES}, got {subsample!r}.")
+    if "dataset" in accepted and spec.options.get("dataset") not in (None, *known_datasets):
+        # An unknown key would silently pick the method's default template or head.
+        raise ConfigError(
+            f"Option 'dataset' of method {spec.method!r} must be a registered dataset (it picks the dataset's "
+            f"template or head), got {spec.options['dataset']!r}. Datasets: {', '.join(sorted(known_datasets))}."
+        )
     # The options as each model of the job is built: a method that takes ``dataset`` gets each one's key.
     for dataset in dict.fromkeys([spec.dataset, *(d for d, _ in spec.eval_targets())]):
         options = dict(spec.options)

@@ -40,7 +40,7 @@ from harness.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-FLOPS_FOLDER = "flops"  # beside the feature cache's entries
+FLOPS_FOLDER = "flops"  # in the user's cache folder (harness.paths): a property of the model, not of a run
 
 
 def training(epoch_seconds: list[float] | None, starts: int) -> dict:

@@ -51,7 +51,7 @@ import torch
 from tqdm import tqdm
 
 import methods
-from harness import backbone, checkpoint, cost, data, results, tracking
+from harness import backbone, checkpoint, cost, data, paths, results, tracking
 from harness import fingerprint as fingerprints
 from harness.checkpoint import TrainingState
 from harness.config import ConfigError, RunSpec, validate
@@ -501,7 +501,7 @@ class Run:
             "eval_s": round(seconds, 3),
             "eval_images_per_s": round(images / seconds, 2) if seconds > 0 else None,
             "eval_features_cached": cached,
-            "gflops_per_image": cost.gflops_per_image(model, size, self.device, self.cache.folder, key),
+            "gflops_per_image": cost.gflops_per_image(model, size, self.device, paths.cache_dir(), key),
         }
 
     def test_features(self, model, splits, dataset: str, subsample: str) -> torch.Tensor:

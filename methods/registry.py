@@ -16,7 +16,7 @@ import pkgutil
 import typing
 from dataclasses import dataclass
 
-from bounds import Satisfies, check, shorten
+from bounds import check, shorten
 from harness.plugins import load_plugins
 
 METHODS: dict[str, type] = {}
@@ -115,18 +115,10 @@ def method_options(name: str) -> dict:
     return {k: v for k, v in _constructor_parameters(name).items() if k not in BUILD_ARGUMENTS}
 
 
-def _registered_dataset(key: str) -> bool:
-    from harness import data
-
-    return key in data.list_datasets()
-
-
-# An option named ``dataset``, whatever the method, picks the dataset's template or head: an unknown key
-# would silently pick the default one.
-DATASET_OPTION = (
-    typing.Annotated[str, Satisfies(_registered_dataset, "registered as a dataset (`prompt-harness data` lists them)")]
-    | None
-)
+# An option named ``dataset``, whatever the method, picks the dataset's template or head. Its type is
+# declared here; that it names a registered dataset is checked by the harness, which holds the dataset
+# registry (``harness.config.validate``: methods import nothing of the harness).
+DATASET_OPTION = str | None
 
 
 def option_types(name: str) -> dict:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import methods
+from bounds import OutOfBounds
 from harness import backbone
 
 PETS = "a photo of a {}, a type of pet."
@@ -63,10 +64,15 @@ def test_at_its_init_with_the_same_words_the_knowledge_term_is_zero(tiny_clip, c
 def test_context_always_starts_from_a_photo_of_a(tiny_clip, classnames, caplog):
     words = tiny_clip.token_embedding.weight[backbone.tokenize("a photo of a")[0, 1:5]]
     for init in ("a photo of a", "a_cute_photo", "X"):
-        model = build(tiny_clip, classnames, ctx_init=init)
+        # The authors' computation, kept in the class: any words start the context from "a photo of a".
+        torch.manual_seed(0)
+        model = methods.method_class("kgcoop")(tiny_clip, classnames, ctx_init=init)
         torch.testing.assert_close(model.prompt_learner.ctx.detach(), words)
         assert model.prompt_learner.tokenized_prompts[0, 1:5].tolist() == [320, 1125, 539, 320]
     assert "whatever ctx_init says" in caplog.text
+    # Through the registry (every run), other words are refused: the record would name words not used.
+    with pytest.raises(OutOfBounds, match="ctx_init 'a_cute_photo' would not be used"):
+        build(tiny_clip, classnames, ctx_init="a_cute_photo")
     random = build(tiny_clip, classnames, ctx_init="", n_ctx=8)
     assert random.prompt_learner.ctx.shape == (8, backbone.text_width(tiny_clip))
     assert abs(random.prompt_learner.ctx.std().item() - 0.02) < 0.004

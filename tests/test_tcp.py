@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import methods
+from bounds import OutOfBounds
 from harness import backbone
 from harness.config import build_spec
 
@@ -139,8 +140,13 @@ def test_context_init_random_or_a_photo_of_a(tiny_clip, classnames, caplog):
     assert abs(random.prompt_learner.ctx.std().item() - 0.02) < 0.004
     words = tiny_clip.token_embedding.weight[backbone.tokenize("a photo of a")[0, 1:5]]
     for init in ("a photo of a", "something else"):
-        torch.testing.assert_close(build(tiny_clip, classnames, ctx_init=init).prompt_learner.ctx.detach(), words)
+        # The authors' computation, kept in the class: any words start the context from "a photo of a".
+        model = methods.method_class("tcp")(tiny_clip, classnames, ctx_init=init)
+        torch.testing.assert_close(model.prompt_learner.ctx.detach(), words)
     assert "whatever ctx_init says" in caplog.text
+    # Through the registry (every run), other words are refused: the record would name words not used.
+    with pytest.raises(OutOfBounds, match="ctx_init 'something else' would not be used"):
+        build(tiny_clip, classnames, ctx_init="something else")
 
 
 def test_injection_layer_beyond_the_tower_is_refused_and_the_default_uses_its_last_block(tiny_clip, classnames):

@@ -99,7 +99,7 @@ def nothing_written(out) -> bool:
         (["--method", "coop_dept", "-o", "cat_lr_mult=1e300"], ["'cat_lr_mult'", "1e+300", "1000"]),
         (["--device", "cuda:99"], ["'device'", "'cuda:99'", "torch sees"]),
         (["--evaluate", "[{}]"], ["evaluate entry {}"]),
-        (["--method", "zsclip", "-o", "dataset=banana"], ["'dataset'", "zsclip", "'banana'", "a dataset"]),
+        (["--method", "zsclip", "-o", "dataset=banana"], ["'dataset'", "zsclip", "'banana'", "a registered dataset"]),
         (["--lr", "'0.01'"], ["'lr'", "'0.01' (str)"]),
         (["--set", "lr='0.01'"], ["'lr'", "'0.01' (str)"]),
         (["--num-workers", "-4"], ["'num_workers'", "-4", ">= 0"]),
