@@ -33,6 +33,30 @@ COLOURS: list[tuple[str, tuple[int, int, int]]] = [
 SHAPES = ["circle", "square", "triangle", "cross", "ring", "diamond"]
 
 
+def tiny_run(data_root: str, out, **values) -> dict:
+    """The run keys of a small CoOp job on the synthetic dataset and the tiny CLIP (base classes, scored on
+    base and new), into ``<out>/run``; ``values`` override them. Tests build their specs from it."""
+    return {
+        "method": "coop",
+        "dataset": "synthetic",
+        "data_root": data_root,
+        "backbone": "tiny",
+        "precision": "fp32",
+        "shots": 4,
+        "seed": 1,
+        "subsample": "base",
+        "evaluate": [{"dataset": "synthetic", "subsample": "base"}, {"dataset": "synthetic", "subsample": "new"}],
+        "epochs": 2,
+        "batch_size": 4,
+        "lr": 0.01,
+        "num_workers": 0,
+        "tracking": "none",
+        "experiment": "test",
+        "output_dir": os.path.join(str(out), "run"),
+        **values,
+    }
+
+
 def synthetic_classes(num_classes: int) -> list[tuple[str, tuple[int, int, int], str]]:
     """(class name, RGB colour, shape) for each class; the first 10 differ in colour *and* shape."""
     nc, ns = len(COLOURS), len(SHAPES)

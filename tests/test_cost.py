@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 from crash_child import kill_at
-from fake_data import make_synthetic_dataset
+from fake_data import make_synthetic_dataset, tiny_run
 from torch.utils.flop_counter import FlopCounterMode
 
 import methods
@@ -42,26 +42,7 @@ def data_root(tmp_path_factory):
 
 
 def spec(data_root, out, **values):
-    base = {
-        "method": "coop",
-        "dataset": "synthetic",
-        "data_root": data_root,
-        "backbone": "tiny",
-        "precision": "fp32",
-        "shots": 4,
-        "seed": 1,
-        "subsample": "base",
-        "evaluate": [{"dataset": "synthetic", "subsample": "base"}, {"dataset": "synthetic", "subsample": "new"}],
-        "epochs": 2,
-        "batch_size": 4,
-        "lr": 0.01,
-        "num_workers": 0,
-        "tracking": "none",
-        "experiment": "test",
-        "output_dir": os.path.join(str(out), "run"),
-    }
-    base.update(values)
-    return build_spec(base)
+    return build_spec(tiny_run(data_root, out, **values))
 
 
 def test_a_training_and_a_zero_shot_job_record_every_cost_field(data_root, tmp_path):

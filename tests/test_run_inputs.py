@@ -4,7 +4,7 @@ a method's hook writes, a loaded prompt's own training settings, the backbone's 
 import os
 
 import pytest
-from fake_data import make_synthetic_dataset
+from fake_data import make_synthetic_dataset, tiny_run
 
 from harness import results
 from harness.checkpoint import LoadMismatchError
@@ -22,26 +22,7 @@ def data_root(tmp_path_factory):
 
 
 def spec(data_root, out, **values):
-    base = {
-        "method": "coop",
-        "dataset": "synthetic",
-        "data_root": data_root,
-        "backbone": "tiny",
-        "precision": "fp32",
-        "shots": 2,
-        "seed": 1,
-        "subsample": "base",
-        "evaluate": [{"dataset": "synthetic", "subsample": "base"}, {"dataset": "synthetic", "subsample": "new"}],
-        "epochs": 2,
-        "batch_size": 4,
-        "lr": 0.01,
-        "num_workers": 0,
-        "tracking": "none",
-        "experiment": "test",
-        "output_dir": os.path.join(str(out), "run"),
-    }
-    base.update(values)
-    return build_spec(base)
+    return build_spec(tiny_run(data_root, out, **{"shots": 2, **values}))
 
 
 # -- a non-finite number is never recorded ---------------------------------------------------------

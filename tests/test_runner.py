@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from crash_child import kill_at
-from fake_data import make_synthetic_dataset
+from fake_data import make_synthetic_dataset, tiny_run
 
 import methods
 from harness import checkpoint, data, load_clip, results, tracking
@@ -38,26 +38,7 @@ def data_root(tmp_path_factory):
 
 
 def spec(data_root, out, **values):
-    base = {
-        "method": "coop",
-        "dataset": "synthetic",
-        "data_root": data_root,
-        "backbone": "tiny",
-        "precision": "fp32",
-        "shots": 4,
-        "seed": 1,
-        "subsample": "base",
-        "evaluate": [{"dataset": "synthetic", "subsample": "base"}, {"dataset": "synthetic", "subsample": "new"}],
-        "epochs": 3,
-        "batch_size": 4,
-        "lr": 0.01,
-        "num_workers": 0,
-        "tracking": "none",
-        "experiment": "test",
-        "output_dir": os.path.join(str(out), "run"),
-    }
-    base.update(values)
-    return build_spec(base)
+    return build_spec(tiny_run(data_root, out, **{"epochs": 3, **values}))
 
 
 # -- schedule and metrics ------------------------------------------------------------------------
