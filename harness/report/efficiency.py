@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from harness.report.figures import _figure, _save, color
 from harness.report.render import latex_escape
-from harness.report.tables import AVERAGE, Table, is_zero_shot, method_rank
+from harness.report.tables import AVERAGE, Table, config_name, is_zero_shot, method_rank
 
 COLUMNS = (
     "method",
@@ -86,7 +86,7 @@ def method_names(records: list[dict]) -> dict:
         configs.setdefault(r.get("method"), set()).add(r.get("config") or "")
     return {
         (r.get("method"), r.get("config")): (
-            f"{r.get('method')}/{r.get('config')}" if len(configs[r.get("method")]) > 1 else str(r.get("method"))
+            config_name(r.get("method"), r.get("config")) if len(configs[r.get("method")]) > 1 else str(r.get("method"))
         )
         for r in records
     }

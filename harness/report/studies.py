@@ -32,7 +32,7 @@ import pandas as pd
 
 from harness.report import comparison as stats
 from harness.report.gate import Gate
-from harness.report.tables import AVERAGE, LABEL_FIELD, Table, accuracy, is_zero_shot
+from harness.report.tables import AVERAGE, LABEL_FIELD, Table, accuracy, config_name, is_zero_shot
 
 #: The mark after an Average within noise of the study's baseline (†, ‡, § say what went into a number).
 WITHIN_NOISE_MARK = "≈"
@@ -105,8 +105,7 @@ def method_names(records: list[dict]) -> dict:
         method, parts = r["method"], several.get(r["method"], set())
         name = method
         if "config" in parts:
-            config = str(r.get("config") or method)
-            name = config if config.startswith(f"{method}/") else f"{method}/{config}"
+            name = config_name(method, r.get("config"))
         extra = [str(r.get(p)) for p in ("backbone", LABEL_FIELD) if p in parts and r.get(p)]
         names[id(r)] = name + (f" ({', '.join(extra)})" if extra else "")
     return names

@@ -90,6 +90,13 @@ def _ctx_init_sets_n_ctx(method: str) -> bool:
     return method_info(method) is not None and methods.method_class(method).ctx_init_sets_n_ctx
 
 
+def config_name(method: str, config) -> str:
+    """A method config's name where a study runs several configs of one method: ``coop/vit_b16_ep50``
+    (records name configs with or without their method's folder; either gives the same name)."""
+    config = str(config or method)
+    return config if config.startswith(f"{method}/") else f"{method}/{config}"
+
+
 def method_label(method: str) -> str:
     info = method_info(method)
     return info.label if info else method
