@@ -271,3 +271,29 @@ def test_report_yaml_section_is_checked(tmp_path):
         ("fewshot", "coop"),
     ):
         assert sweep.load_experiment(name)["report"] == {"baseline": baseline}
+
+
+def test_an_average_of_mixed_settings_is_named_in_the_comparison_and_the_leaderboard(tmp_path):
+    """CoOp re-run at other epochs on one dataset only: Table 1 marks its Average §, and the comparison and the
+    leaderboard built from those cells say so instead of passing for like-for-like numbers."""
+    recs = base2new_records()
+    for r in recs:
+        if r["method"] == "coop" and r["dataset"] == DATASETS[0]:
+            r["settings"] = {**r["settings"], "epochs": 2}
+            r["fingerprint"] = fingerprint_of(r["settings"])
+    store = tmp_path / "store"
+    write(store, recs)
+    expectation(store, "base2new", "cocoop")
+    out = tmp_path / "out"
+    report = build_report(str(store), out_dir=str(out), with_paper=False)
+    table1 = report["tables"]["table1_base2new"]["table"]
+    assert "§" in table1.cell(AVERAGE, table1.group_for("coop"), "h").note
+    for name in ("comparison_base2new.md", "leaderboard_base2new.md"):
+        text = (out / name).read_text()
+        assert "§ The Average of coop mixes settings" in text, name
+        assert "The Average of cocoop" not in text and "The Average of kgcoop" not in text, name
+    # Alike settings: no such note.
+    write(tmp_path / "alike", base2new_records())
+    expectation(tmp_path / "alike", "base2new", "cocoop")
+    build_report(str(tmp_path / "alike"), out_dir=str(tmp_path / "out2"), with_paper=False)
+    assert "mixes settings" not in (tmp_path / "out2" / "comparison_base2new.md").read_text()

@@ -205,6 +205,7 @@ def build_study(
         raise ReportError(str(exc)) from None
     for table in tables.values():
         ctx.finish(table)
+    studies.note_mixed(found)  # after the gate's § marks
     return tables, found
 
 

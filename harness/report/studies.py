@@ -24,6 +24,7 @@ the shot count), so that several studies in one store never overwrite each other
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from harness.report import comparison as stats
-from harness.report.gate import Gate
+from harness.report.gate import MIXED, Gate
 from harness.report.tables import AVERAGE, LABEL_FIELD, Table, accuracy, config_name, is_zero_shot
 
 #: The mark after an Average within noise of the study's baseline (†, ‡, § say what went into a number).
@@ -52,6 +53,10 @@ class Study:
     baseline: str | None
     frames: dict
     comparisons: dict
+    # [(table, headline metric, {column group key: method name})]: where each method's Average stands
+    columns: list = dataclasses.field(default_factory=list)
+    # {method name: [table titles]} whose Average there mixes settings (§): set by ``note_mixed``
+    mixed: dict = dataclasses.field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
         """Every metric's comparison, one after another (``comparison.COLUMNS``)."""
@@ -160,6 +165,8 @@ def build_studies(ctx: Gate, tables: dict, baseline: str | None = None) -> dict:
         studies[experiment] = Study(experiment, chosen, frames, comparisons)
         for table, metric, headline, sources in parts:
             _mark(table, studies[experiment], metric, headline, sources, names)
+            by_group = {gkey: names[id(r)] for _, gkey, r in sources}
+            studies[experiment].columns.append((table, headline, by_group))
     if baseline and not any(s.comparisons for s in studies.values()):
         listing = "; ".join(f"{e}: {', '.join(m)}" for e, m in present.items()) or "no study has records"
         raise BaselineError(f"--baseline {baseline!r}: no study has records of it. Methods present: {listing}.")
@@ -187,6 +194,26 @@ def _mark(table: Table, study: Study, metric: str, headline: str, sources: list,
     )
     if marked and note not in table.notes:
         table.notes.append(note)
+
+
+def note_mixed(studies: dict) -> None:
+    """Once the gate has finished the tables (its § marks): each study's methods whose Average mixes
+    settings, so that their comparison and rank say so instead of passing for like-for-like numbers."""
+    for study in studies.values():
+        study.mixed = {}
+        for table, headline, by_group in study.columns:
+            for group in table.groups:
+                cell = table.cell(AVERAGE, group, headline)
+                if cell is not None and MIXED in cell.note and group.key in by_group:
+                    study.mixed.setdefault(by_group[group.key], []).append(table.title)
+
+
+def _mixed_notes(study: Study) -> list[str]:
+    return [
+        f"§ The Average of {method} mixes settings across datasets ({'; '.join(dict.fromkeys(titles))}: see its "
+        "notes): its comparison and rank are not like-for-like. Re-run its datasets alike (or see --all-variants)."
+        for method, titles in sorted(study.mixed.items())
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,6 +252,7 @@ def comparison_markdown(study: Study) -> str:
         "worse when the whole interval is above / below 0, else within noise.",
         "",
     ]
+    lines += [*_mixed_notes(study), ""] if study.mixed else []
     return "\n".join(lines)
 
 
@@ -258,6 +286,7 @@ def leaderboard_markdown(study: Study) -> str:
     lines.append(
         "Ranked by the average over datasets of each dataset's mean over seeds; mean rank over datasets (1 = best)."
     )
+    lines += ["", *_mixed_notes(study)] if study.mixed else []
     return "\n".join(lines) + "\n"
 
 
