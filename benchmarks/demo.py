@@ -264,6 +264,16 @@ def _table_lines(path: str) -> str:
         return "".join(line for line in f if line.startswith("|"))
 
 
+def _section_lines(path: str, heading: str) -> str:
+    """One ``## heading`` section of a report file: its table and the lines that say how to read it."""
+    with open(path) as f:
+        text = f.read()
+    marker = f"## {heading}\n"
+    if marker not in text:
+        raise ValueError(f"{path} has no section {marker.strip()!r}: re-run python -m benchmarks.demo reference")
+    return text.split(marker, 1)[1].split("\n## ", 1)[0].strip("\n") + "\n"
+
+
 def _averages_by_group(path: str) -> dict[tuple[str, str], float]:
     with open(path, newline="") as f:
         return {
@@ -312,6 +322,12 @@ def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
         "pattern": _table_lines(os.path.join(reference_dir, "pattern.md")),
         "run": run + "\n",
     }
+    leaderboard = os.path.join(reference_dir, "leaderboard_base2new.md")
+    if os.path.isfile(leaderboard):  # which differences are real, and what each method costs
+        blocks["leaderboard"] = _section_lines(leaderboard, "H")
+        efficiency = os.path.join(reference_dir, "efficiency_base2new.md")
+        with open(efficiency) as f:
+            blocks["efficiency"] = _section_lines(efficiency, f.readline()[3:].strip())
     if os.path.isfile(os.path.join(reference_dir, "fig4a_init_ablation.csv")):
         blocks["ablations"] = ablation_sentence(reference_dir) + "\n"
     if "transfer_seconds" in facts:

@@ -90,7 +90,7 @@ def test_demo_blocks_are_the_reference_run():
         text = f.read()
     blocks = demo.readme_blocks(reference)
     transfer = {"table2", "table3", "pattern_crossdataset", "pattern_domaingen", "transfer_run"}
-    assert {"table1", "run", "pattern", "ablations"} | transfer <= set(blocks)
+    assert {"table1", "run", "pattern", "ablations", "leaderboard", "efficiency"} | transfer <= set(blocks)
     for name, body in blocks.items():
         written = text.split(f"<!-- BEGIN demo:{name} -->\n", 1)[1].split(f"<!-- END demo:{name} -->", 1)[0]
         assert written == body, name

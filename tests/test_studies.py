@@ -163,6 +163,11 @@ def test_comparison_csv_columns_average_label_and_files(tmp_path):
     assert all(r[4] == "3" for r in rows if r[3] != "Average")
     board = (out / "leaderboard_base2new.md").read_text()
     assert "| 1 | coop |" in board and "Friedman test over 3 datasets" in board
+    # each method's line carries its Average comparison with the baseline, as the csv writes it
+    lines = {line.split(" | ")[1]: line for line in board.splitlines() if line.startswith("| ") and "---" not in line}
+    for method, _, _, _, _, delta, low, high, _, verdict in averages:
+        assert lines[method].endswith(f"| {float(delta):+.2f} [{float(low):.2f}, {float(high):.2f}] {verdict} |")
+    assert lines["cocoop"].endswith("| baseline |") and "| vs cocoop |" in board
     assert os.path.getsize(out / "figure_critical_difference_base2new.png") > 0
     assert "figure_critical_difference_base2new" in report["figures"]
     assert report["comparisons"]["comparison_base2new"]["csv"] == str(out / "comparison_base2new.csv")

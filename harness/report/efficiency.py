@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from harness.report.figures import _figure, _save, color
 from harness.report.render import latex_escape
-from harness.report.tables import AVERAGE, Table, config_name, is_zero_shot, method_rank
+from harness.report.tables import AVERAGE, Table, is_zero_shot, method_names, method_rank
 
 COLUMNS = (
     "method",
@@ -53,9 +53,10 @@ class Efficiency:
     experiment: str
     rows: list  # [{column: value}] in COLUMNS order, methods in the report's order
     notes: list = field(default_factory=list)
-    methods: dict = field(default_factory=dict)  # row name -> (method, config)
+    methods: dict = field(default_factory=dict)  # row name -> {(method, config)} of its records
     trains: dict = field(default_factory=dict)  # row name -> whether any of its records learned a prompt
     shots: dict = field(default_factory=dict)  # row name -> the shot counts its prompts were learned with
+    train_s_at: dict = field(default_factory=dict)  # row name -> {shot count: median training time there}
     devices: list = field(default_factory=list)  # where the study's records were measured
 
     @property
@@ -76,20 +77,6 @@ class Efficiency:
         import pandas as pd
 
         return pd.DataFrame([{c: _text(row[c]) for c in COLUMNS} for row in self.rows], columns=list(COLUMNS))
-
-
-def method_names(records: list[dict]) -> dict:
-    """{(method, config): its name in the study}: ``method``, or ``method/config`` where the study's
-    records hold several configs of that method."""
-    configs: dict = {}
-    for r in records:
-        configs.setdefault(r.get("method"), set()).add(r.get("config") or "")
-    return {
-        (r.get("method"), r.get("config")): (
-            config_name(r.get("method"), r.get("config")) if len(configs[r.get("method")]) > 1 else str(r.get("method"))
-        )
-        for r in records
-    }
 
 
 def _median(values: list) -> float | None:
@@ -115,19 +102,24 @@ def _params(records: list[dict]):
     return found[0] if len(found) == 1 else f"{found[0]}–{found[-1]}"
 
 
-def method_row(name: str, records: list[dict]) -> tuple[dict, list[str]]:
-    """(the efficiency row of one method's records, notes about it)."""
-    notes = []
-    costs = [r["cost"] for r in records if isinstance(r.get("cost"), dict)]
+def train_times(records: list[dict]) -> list[float]:
+    """The training time of each training job among ``records``, counted once per job (a job's records,
+    one per evaluation, all carry it)."""
     jobs: dict = {}
     for r in records:
         jobs.setdefault(_job(r), []).append(r)
-    # A training job's records all carry its training time: count it once per job.
     trained = [
         next((r["cost"]["train_s"] for r in recs if (r.get("cost") or {}).get("train_s") is not None), None)
         for recs in jobs.values()
     ]
-    trained = [t for t in trained if t is not None]
+    return [t for t in trained if t is not None]
+
+
+def method_row(name: str, records: list[dict]) -> tuple[dict, list[str]]:
+    """(the efficiency row of one method's records, notes about it)."""
+    notes = []
+    costs = [r["cost"] for r in records if isinstance(r.get("cost"), dict)]
+    trained = train_times(records)
     uncached = [c.get("eval_images_per_s") for c in costs if not c.get("eval_features_cached")]
     throughput = _median(uncached)
     cached = throughput is None and _median([c.get("eval_images_per_s") for c in costs]) is not None
@@ -156,7 +148,7 @@ def method_row(name: str, records: list[dict]) -> tuple[dict, list[str]]:
         "eval_images_per_s": throughput,
         "peak_mem_mb": max(peaks) if peaks else None,
         "device": " + ".join(devices) or None,
-        "jobs": len(jobs),
+        "jobs": len({_job(r) for r in records}),
     }
     if cached:
         row["eval_images_per_s"] = f"{throughput:.1f}{CACHED_MARK}"
@@ -178,16 +170,20 @@ def efficiency_tables(shown: list[dict], experiments=None) -> dict[str, Efficien
         table = Efficiency(experiment, [])
         groups: dict = {}
         for r in recs:
-            groups.setdefault(names[(r.get("method"), r.get("config"))], []).append(r)
+            groups.setdefault(names[id(r)], []).append(r)
         for name in sorted(groups, key=lambda n: (method_rank(groups[n][0]["method"]), n)):
             row, notes = method_row(name, groups[name])
             table.rows.append(row)
             table.notes += notes
-            table.methods[name] = (groups[name][0].get("method"), groups[name][0].get("config"))
+            table.methods[name] = {(r.get("method"), r.get("config")) for r in groups[name]}
             table.trains[name] = not all(is_zero_shot(r) for r in groups[name])
             table.shots[name] = sorted(
                 {int(r["shots"]) for r in groups[name] if not is_zero_shot(r) and r.get("shots")}
             )
+            table.train_s_at[name] = {
+                k: _median(train_times([r for r in groups[name] if not is_zero_shot(r) and r.get("shots") == k]))
+                for k in table.shots[name]
+            }
         devices = sorted({str(c["device"]) for r in recs if isinstance(c := r.get("cost"), dict) and c.get("device")})
         table.devices = devices
         where = f"on {devices[0]}" if len(devices) == 1 else f"on several devices ({'; '.join(devices)})"
@@ -279,7 +275,7 @@ def headline(experiment: str, study: Efficiency, tables: dict) -> tuple[str | No
     """(metric, {row name: Average Cell}) of a study: H of Table 1's column groups of this experiment;
     otherwise accuracy, from the table that holds the experiment (cross-dataset, domain generalisation,
     the few-shot table at each method's shot count, Table 4)."""
-    by_variant = {v: n for n, v in study.methods.items()}
+    by_variant = {v: n for n, variants in study.methods.items() for v in variants}
 
     def name_of(method, config):
         return by_variant.get((method, config))
@@ -307,9 +303,10 @@ def headline(experiment: str, study: Efficiency, tables: dict) -> tuple[str | No
             found.setdefault(name, cell)
     if experiment == "fewshot":
         shots = {int(k[len("fewshot_") : -len("shot")]): t for k, t in tables.items() if k.startswith("fewshot_")}
-        for name, (method, _config) in study.methods.items():
-            # A learner at its own shot count (its config is that count's: CoOp's epochs change with it),
-            # at the most shots where one config ran several; zero-shot CLIP beside the most shots.
+        for name, variants in study.methods.items():
+            (method,) = {m for m, _ in variants}
+            # A learner at the most shots it learned with (the figure takes its training time there);
+            # zero-shot CLIP beside the most shots of the study.
             k = (study.shots.get(name) or [max(shots, default=None)])[-1]
             t = shots.get(k)
             g = t.group_for(method) if t else None
@@ -330,7 +327,9 @@ def figure_cost(efficiency: dict[str, Efficiency], tables: dict, out_dir: str):
         points, lines = [], []
         for name, cell in cells.items():
             time_s = rows[name]["train_s_median"] if name in rows else None
-            method = table.methods[name][0]
+            if experiment == "fewshot" and table.shots.get(name):  # the time at the shot count plotted
+                time_s = table.train_s_at[name].get(table.shots[name][-1])
+            (method,) = {m for m, _ in table.methods[name]}
             if time_s is not None and time_s > 0:
                 points.append((name, time_s, cell.mean, method, cell.note))
             elif not table.trains[name]:

@@ -33,7 +33,7 @@ import pandas as pd
 
 from harness.report import comparison as stats
 from harness.report.gate import MIXED, Gate
-from harness.report.tables import AVERAGE, LABEL_FIELD, Table, accuracy, config_name, is_zero_shot
+from harness.report.tables import AVERAGE, Table, accuracy, is_zero_shot, method_names
 
 #: The mark after an Average within noise of the study's baseline (†, ‡, § say what went into a number).
 WITHIN_NOISE_MARK = "≈"
@@ -71,6 +71,18 @@ class Study:
         rows = table[(table["method"] == method) & (table["dataset"] == AVERAGE)]
         return rows["verdict"].iloc[0] if len(rows) else None
 
+    def versus_baseline(self, method: str, metric: str) -> str:
+        """The Average comparison with the baseline in one cell: Δ [95 % interval] and the verdict."""
+        if method == self.baseline:
+            return "baseline"
+        table = self.comparisons.get(metric)
+        rows = table[(table["method"] == method) & (table["dataset"] == AVERAGE)] if table is not None else []
+        if not len(rows):
+            return ""
+        row = rows.iloc[0]
+        interval = f" [{_fmt(row.ci_low)}, {_fmt(row.ci_high)}]" if not pd.isna(row.ci_low) else ""
+        return f"{row.mean_delta:+.2f}{interval} {row.verdict}"
+
 
 def _metric_of(table: Table) -> tuple[str, str] | None:
     """(comparison metric, the table's headline metric key) of a study table, None for the others."""
@@ -91,29 +103,6 @@ def _sources(ctx: Gate, table: Table) -> list[tuple]:
         if row != AVERAGE and row != table.source
         for r in recs
     ]
-
-
-def method_names(records: list[dict]) -> dict:
-    """{id(record): its method's name in a comparison}: the method, or its config where the study ran
-    several configs of the method on one dataset at one shot count; the backbone and the settings run
-    (``--all-variants``) added where they, too, tell two of its columns apart."""
-    seen: dict = {}
-    for r in records:  # a config per shot count (CoOp's 50 / 100 / 200 epochs) is still one method
-        seen.setdefault((r["method"], r.get("dataset"), None if is_zero_shot(r) else r.get("shots")), []).append(r)
-    several: dict = {}
-    for (method, *_), recs in seen.items():
-        for part in ("config", "backbone", LABEL_FIELD):
-            if len({str(r.get(part)) for r in recs}) > 1:
-                several.setdefault(method, set()).add(part)
-    names = {}
-    for r in records:
-        method, parts = r["method"], several.get(r["method"], set())
-        name = method
-        if "config" in parts:
-            name = config_name(method, r.get("config"))
-        extra = [str(r.get(p)) for p in ("backbone", LABEL_FIELD) if p in parts and r.get(p)]
-        names[id(r)] = name + (f" ({', '.join(extra)})" if extra else "")
-    return names
 
 
 def _frame(metric: str, sources: list[tuple], names: dict) -> pd.DataFrame:
@@ -263,11 +252,14 @@ def leaderboard_markdown(study: Study) -> str:
         lines += [
             f"## {metric}",
             "",
-            "| rank | method | average | mean rank | groups |",
-            "|---:|---|---:|---:|---|",
+            f"| rank | method | average | mean rank | groups | vs {study.baseline or 'baseline'} |",
+            "|---:|---|---:|---:|---|---|",
         ]
         for row in board.table.itertuples(index=False):
-            lines.append(f"| {row.rank} | {row.method} | {row.average:.2f} | {row.mean_rank:.2f} | {row.groups} |")
+            versus = study.versus_baseline(row.method, metric)
+            lines.append(
+                f"| {row.rank} | {row.method} | {row.average:.2f} | {row.mean_rank:.2f} | {row.groups} | {versus} |"
+            )
         lines.append("")
         if board.untested is None:
             friedman = (
@@ -284,7 +276,10 @@ def leaderboard_markdown(study: Study) -> str:
         if metric == "H":  # what the pairs are, so not Table 1's H of the averaged base and new
             lines += ["The average is of the per-seed H (the comparison's pairs), not Table 1's H of the averages.", ""]
     lines.append(
-        "Ranked by the average over datasets of each dataset's mean over seeds; mean rank over datasets (1 = best)."
+        "Ranked by the average over datasets of each dataset's mean over seeds; mean rank over datasets (1 = best). "
+        f"vs {study.baseline or 'baseline'}: the comparison's Average row (mean difference in points, its 95 % "
+        "bootstrap interval over datasets and seeds, and the verdict: better / worse when the whole interval is "
+        "above / below 0, else within noise)."
     )
     lines += ["", *_mixed_notes(study)] if study.mixed else []
     return "\n".join(lines) + "\n"

@@ -97,6 +97,30 @@ def config_name(method: str, config) -> str:
     return config if config.startswith(f"{method}/") else f"{method}/{config}"
 
 
+def method_names(records: list[dict]) -> dict:
+    """{id(record): its method's name in a study's comparison and efficiency table}: the method, or its
+    config where the study ran several configs of the method on one dataset at one shot count (a config
+    per shot count, CoOp's epochs, is still one method); the backbone and the settings run
+    (``--all-variants``) added where they, too, tell two of its columns apart."""
+    seen: dict = {}
+    for r in records:
+        seen.setdefault((r["method"], r.get("dataset"), None if is_zero_shot(r) else r.get("shots")), []).append(r)
+    several: dict = {}
+    for (method, *_), recs in seen.items():
+        for part in ("config", "backbone", LABEL_FIELD):
+            if len({str(r.get(part)) for r in recs}) > 1:
+                several.setdefault(method, set()).add(part)
+    names = {}
+    for r in records:
+        method, parts = r["method"], several.get(r["method"], set())
+        name = method
+        if "config" in parts:
+            name = config_name(method, r.get("config"))
+        extra = [str(r.get(p)) for p in ("backbone", LABEL_FIELD) if p in parts and r.get(p)]
+        names[id(r)] = name + (f" ({', '.join(extra)})" if extra else "")
+    return names
+
+
 def method_label(method: str) -> str:
     info = method_info(method)
     return info.label if info else method
