@@ -4,9 +4,9 @@ Every record carries a ``cost`` block (``harness.results``), outside the setting
 same settings measured on another machine are the same result at another cost.
 
     train_s             wall time of the training epochs (evaluation and checkpoint writes excluded);
-                        a resumed job sums the epochs of each of its starts. None: the job trained
-                        nothing (zero-shot, ``load_from``, ``reevaluate``) or resumed a checkpoint
-                        written before times were kept
+                        a resumed job sums the epochs of each of its starts; ``reevaluate`` repeats
+                        the training time its checkpoint kept. None: the job trained nothing
+                        (zero-shot, ``load_from``) or its checkpoint was written before times were kept
     epoch_s             median time of one epoch (None without epochs: a fitted linear probe)
     train_starts        how many starts of the job trained (2 or more: it was resumed)
     resumed             train_starts > 1

@@ -350,14 +350,18 @@ class Run:
 
     def finished_checkpoint(self) -> tuple[str, int]:
         """``reevaluate``: the run folder's final checkpoint, scored again without training."""
-        found = checkpoint.latest_checkpoint(self.run_dir)
+        found = checkpoint.load_latest(self.run_dir)
         if not found or found[1] != self.spec.epochs:
             raise RunFailedError(
                 f"Nothing to re-evaluate in {self.run_dir}: no finished training of {self.spec.epochs} epochs "
                 f"(last checkpoint: {found[0] if found else 'none'}). Run it without reevaluate to train."
             )
-        log.info("Re-evaluating %s (no training)", found[0])
-        return found
+        path, epochs, contents = found
+        stored = contents.get("cost") or {}
+        if stored.get("epoch_seconds") is not None:  # the new records still say what the prompt cost to learn
+            self.training_cost = cost.training(stored["epoch_seconds"], int(stored.get("starts", 1)))
+        log.info("Re-evaluating %s (no training)", path)
+        return path, epochs
 
     def loaded_checkpoint(self) -> tuple[str | None, int]:
         """For a job that does not train: (checkpoint to evaluate, epochs it was trained), from

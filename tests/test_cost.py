@@ -1,5 +1,6 @@
 """The cost block every record carries, measured by the runner on the tiny CLIP and synthetic data."""
 
+import dataclasses
 import math
 import os
 
@@ -88,6 +89,11 @@ def test_a_resumed_job_sums_the_training_time_of_its_starts(data_root, tmp_path)
     assert (c["train_starts"], c["resumed"]) == (2, True)
     assert c["train_s"] == pytest.approx(sum(final["epoch_seconds"]), abs=1e-3)
     assert c["train_s"] > first["epoch_seconds"][0] > 0
+    # Scored again later (reevaluate), its records still say what the prompt cost to learn.
+    (again,) = run(dataclasses.replace(killed, reevaluate=True))
+    assert {k: again["cost"][k] for k in ("train_s", "epoch_s", "train_starts", "resumed")} == {
+        k: c[k] for k in ("train_s", "epoch_s", "train_starts", "resumed")
+    }
 
 
 def test_gflops_are_counted_once_and_read_from_the_cache(tmp_path, tiny_clip, classnames, monkeypatch):
