@@ -380,6 +380,9 @@ def test_report_stage_logs_its_tables_and_figures_to_wandb(study):
     logged_tables = [k for k, v in run_.summary.items() if isinstance(v, dict) and v.get("_type") == "table-file"]
     frames = {k: display_frame(v["table"]) for k, v in summary["tables"].items() if v["paths"]}
     frames.update({v["table"].key: v["frame"] for v in summary["efficiency"].values()})
+    from harness.report.studies import comparison_csv_frame
+
+    frames.update({f"comparison_{e}": comparison_csv_frame(s) for e, s in summary["studies"].items() if s.comparisons})
     assert sorted(logged_tables) == sorted(frames) and any(k.startswith("efficiency_") for k in frames)
     for key in logged_tables:
         entry = run_.summary[key]

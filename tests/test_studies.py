@@ -302,3 +302,25 @@ def test_an_average_of_mixed_settings_is_named_in_the_comparison_and_the_leaderb
     expectation(tmp_path / "alike", "base2new", "cocoop")
     build_report(str(tmp_path / "alike"), out_dir=str(tmp_path / "out2"), with_paper=False)
     assert "mixes settings" not in (tmp_path / "out2" / "comparison_base2new.md").read_text()
+
+
+def test_the_report_run_logs_each_comparison_as_its_csv(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from harness import tracking
+
+    logged = {}
+
+    class Recorder(tracking.Tracker):
+        def log_table(self, name, frame):
+            logged[name] = frame
+
+    monkeypatch.setattr(tracking, "start_run", lambda mode, **kwargs: Recorder())
+    store = tmp_path / "store"
+    write(store, base2new_records())
+    expectation(store, "base2new", "cocoop")
+    build_report(str(store), out_dir=str(tmp_path / "out"), with_paper=False, tracking="offline")
+    written = pd.read_csv(tmp_path / "out" / "comparison_base2new.csv", keep_default_na=False)
+    frame = logged["comparison_base2new"]
+    assert list(frame.columns) == list(written.columns) and len(frame) == len(written)
+    assert list(frame["verdict"]) == list(written["verdict"]) and list(frame["dataset"]) == list(written["dataset"])

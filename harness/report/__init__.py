@@ -357,7 +357,12 @@ def build_report(
     if os.path.exists(run_file):
         os.unlink(run_file)
     if tracking != "none":
-        _track(tracking, out_dir, source, {**written, **{e["table"].key: e for e in efficiency.values()}}, figures)
+        logged = {**written, **{e["table"].key: e for e in efficiency.values()}}
+        for experiment, study in found.items():  # each comparison with its baseline, as its csv holds it
+            if study.comparisons:
+                frame = studies.comparison_csv_frame(study)
+                logged[f"comparison_{experiment}"] = {"frame": frame, "paths": comparisons[f"comparison_{experiment}"]}
+        _track(tracking, out_dir, source, logged, figures)
     index = _index(out_dir, source, records, written, figures, missing, with_paper, paper_dir, efficiency, comparisons)
     files = (
         [index] + ([reproductions] if text else []) + [p for entry in written.values() for p in entry["paths"].values()]
