@@ -116,3 +116,15 @@ def test_gflops_are_counted_once_and_read_from_the_cache(tmp_path, tiny_clip, cl
     more = methods.build_method("coop", tiny_clip, classnames + ["dog", "tree"]).eval()
     wider = cost.gflops_per_image(more, size, torch.device("cpu"), str(tmp_path), {**key, "classes": 7})
     assert len(calls) == 2 and wider > first
+
+
+def test_on_cuda_the_peak_is_the_devices_allocated_memory_and_the_device_its_name(monkeypatch):
+    """The CUDA branches, with torch.cuda's answers stood in (no GPU here): the peak is the device's
+    allocated memory in MiB, not the process's resident memory, and the device is the GPU's name."""
+    gpu = torch.device("cuda", 1)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: asked.append(d) or 3 * 2**30 + 2**19)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: asked.append(d) or "NVIDIA H100 80GB HBM3")
+    assert cost.peak_memory(gpu) == {"peak_mem_mb": 3072.5, "peak_mem_kind": "cuda_max_allocated"}
+    assert cost.device_name(gpu) == "NVIDIA H100 80GB HBM3"
+    assert asked == [gpu, gpu]  # the job's own device, not device 0
