@@ -208,3 +208,13 @@ def test_few_shot_methods_are_plotted_at_their_own_shot_count(tmp_path):
         expected = table.cell("average", table.group_for(name), "acc").mean
         assert float(drawn[name]["accuracy"]) == pytest.approx(expected)
     assert float(drawn["coop"]["train_s_median"]) == pytest.approx(21.5)
+
+
+def test_a_parameter_range_and_a_cached_throughput_read_the_same_in_markdown_and_csv():
+    from harness.report.efficiency import Efficiency, csv_text, markdown
+
+    row = dict.fromkeys(COLUMNS)
+    row.update(method="coop_dept", learnable_params=(2304, 2954), eval_images_per_s="29525.0*", jobs=18)
+    table = Efficiency("base2new", [row])
+    assert "| coop_dept | 2,304–2,954 | – | – | – | 29,525.0* | – | – | 18 |" in markdown(table)
+    assert "coop_dept,2304–2954,,,,29525.0*,,,18" in csv_text(table)

@@ -99,7 +99,7 @@ def _params(records: list[dict]):
     )
     if not found:
         return None
-    return found[0] if len(found) == 1 else f"{found[0]}–{found[-1]}"
+    return found[0] if len(found) == 1 else (found[0], found[-1])  # a range: DePT's grows with the class count
 
 
 def train_times(records: list[dict]) -> list[float]:
@@ -200,7 +200,7 @@ def efficiency_tables(shown: list[dict], experiments=None) -> dict[str, Efficien
         )
         if any(isinstance(row["eval_images_per_s"], str) for row in table.rows):
             table.notes.append(
-                f"{CACHED_MARK} Every evaluation of this method read its image features from the feature cache: the "
+                f"{CACHED_MARK}: every evaluation of this method read its image features from the feature cache: the "
                 "throughput is the scoring's alone."
             )
         out[experiment] = table
@@ -213,6 +213,10 @@ def efficiency_tables(shown: list[dict], experiments=None) -> dict[str, Efficien
 def _text(value) -> str:
     if value is None:
         return "–"
+    if isinstance(value, tuple):
+        return "–".join(_text(v) for v in value)
+    if isinstance(value, str) and value.endswith(CACHED_MARK):
+        return _text(float(value[: -len(CACHED_MARK)])) + CACHED_MARK
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 10 else f"{value:,.1f}"
     if isinstance(value, int):
@@ -237,12 +241,18 @@ def latex(table: Efficiency) -> str:
     )
 
 
+def _csv_value(value):
+    if value is None:
+        return ""
+    return "–".join(map(str, value)) if isinstance(value, tuple) else value
+
+
 def csv_text(table: Efficiency) -> str:
     """The numbers, one line per method (empty where there are none)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(COLUMNS), lineterminator="\n")
     writer.writeheader()
-    writer.writerows({c: "" if row[c] is None else row[c] for c in COLUMNS} for row in table.rows)
+    writer.writerows({c: _csv_value(row[c]) for c in COLUMNS} for row in table.rows)
     return out.getvalue()
 
 
