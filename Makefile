@@ -8,6 +8,7 @@
 #   make report                        tables and figures from the results store
 #   make dashboard                     W&B workspace views and report (after make report)
 #   make test                          the test suite
+#   make docs                          the documentation site (site/), built strictly
 PYTHON    ?= python3
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
@@ -46,7 +47,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: venv base2new demo crossdataset domaingen ablations fewshot bigger_coop report dashboard status bench bench-authors demo-drift test lint help
+.PHONY: venv base2new demo crossdataset domaingen ablations fewshot bigger_coop report dashboard status bench bench-authors demo-drift test lint docs help
 
 venv: $(STAMP) ## create the virtual environment and install the project
 
@@ -107,6 +108,9 @@ test: $(STAMP) ## run the test suite (Slurm tests run when a cluster is up: tool
 lint: $(STAMP) ## ruff: lint and formatting check (what CI runs)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+docs: $(STAMP) ## build the documentation site into site/ (strict: a broken link or an unlisted page fails)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict  # not --quiet: it hides the warnings strict mode counts
 
 help: ## list the targets
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
