@@ -372,3 +372,13 @@ def test_two_methods_are_decided_by_the_post_hoc_alone(tmp_path):
     assert list(board.table["groups"]) == ["a", "b"]
     paths, reason = cmp.figure_critical_difference(board_frame(scores), str(tmp_path))
     assert reason is None and os.path.exists(paths["png"])
+
+
+def test_a_method_with_no_pair_has_no_row_and_is_named_unpaired():
+    """Seeds disjoint from the baseline's: no Average of nothing passing for "within noise"."""
+    frame = frame_with({"a": (1.0, 2.0, 4.0)})
+    stray = frame[frame["method"] == "ours"].assign(method="stray", seed=lambda f: f["seed"] + 10)
+    frame = pd.concat([frame, stray], ignore_index=True)
+    table = cmp.comparison(frame, "base", "accuracy")
+    assert set(table["method"]) == {"ours"}
+    assert cmp.unpaired(frame, table, "base") == ["stray"]

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 from test_gate import fewshot
 from test_report import record, write
 
@@ -324,3 +325,77 @@ def test_the_report_run_logs_each_comparison_as_its_csv(tmp_path, monkeypatch):
     frame = logged["comparison_base2new"]
     assert list(frame.columns) == list(written.columns) and len(frame) == len(written)
     assert list(frame["verdict"]) == list(written["verdict"]) and list(frame["dataset"]) == list(written["dataset"])
+
+
+def _h(method, dataset, seed, shift=0.0):
+    return harmonic(*(base_new_accuracy(method, dataset, sub, seed) + shift for sub in ("base", "new")))
+
+
+def test_two_shot_counts_of_one_method_are_two_methods_each_paired_with_the_baseline_alike(tmp_path):
+    """CoOp at 16 shots (as the baseline) and again at 4 shots, far below, in one base-to-new study: two columns
+    of Table 1, so two methods, never one whose seeds mix both; the 4-shot one is not paired with a 16-shot
+    baseline."""
+    recs = base2new_records(("coop", "cocoop"))
+    for r in [r for r in recs if r["method"] == "coop"]:
+        four = {**r, "shots": 4, "settings": {**r["settings"], "shots": 4}, "job": r["job"] + "/4shot"}
+        four["metrics"] = {**r["metrics"], "accuracy": r["metrics"]["accuracy"] - 30.0}
+        recs.append(four)
+    _, found = build_study(recs, with_paper=False, expectations=expectation(tmp_path, "base2new", "cocoop"))
+    study = found["base2new"]
+    table = study.comparisons["H"].set_index(["method", "dataset"])
+    assert set(table.index.get_level_values("method")) == {"coop (16 shots)"}
+    for dataset in DATASETS:
+        deltas = [_h("coop", dataset, s) - _h("cocoop", dataset, s) for s in SEEDS]
+        assert table.loc[("coop (16 shots)", dataset), "mean_delta"] == pytest.approx(np.mean(deltas))
+        low, high = scipy_stats.t.interval(0.95, 2, loc=np.mean(deltas), scale=scipy_stats.sem(deltas))
+        assert (
+            table.loc[("coop (16 shots)", dataset), "ci_low"],
+            table.loc[("coop (16 shots)", dataset), "ci_high"],
+        ) == (
+            pytest.approx(low),
+            pytest.approx(high),
+        )
+    assert any(
+        "coop (4 shots) is not compared with cocoop" in n and "4 shots" in n and "16 shots" in n for n in study.notes
+    )
+
+
+def test_a_method_on_another_backbone_than_the_baseline_is_not_paired_with_it(tmp_path):
+    """CoOp on RN50 only, CoCoOp (the baseline) on ViT-B/16: their difference is the backbones'."""
+    recs = base2new_records(("zsclip", "coop", "cocoop"))
+    for r in recs:
+        if r["method"] == "coop":
+            r["backbone"] = "RN50"
+            r["settings"] = {**r["settings"], "backbone": "RN50"}
+    _, found = build_study(recs, with_paper=False, expectations=expectation(tmp_path, "base2new", "cocoop"))
+    study = found["base2new"]
+    table = study.comparisons["H"]
+    assert set(table["method"]) == {"zsclip"}  # zero-shot CLIP on the baseline's backbone is still paired
+    zs = table[(table["method"] == "zsclip") & (table["dataset"] == "mini_a")].iloc[0]
+    assert zs["mean_delta"] == pytest.approx(
+        np.mean([_h("zsclip", "mini_a", None) - _h("cocoop", "mini_a", s) for s in SEEDS])
+    )
+    assert any("coop is not compared with cocoop" in n and "RN50" in n and "ViT-B/16" in n for n in study.notes)
+
+
+def test_seeds_disjoint_from_the_baselines_are_no_comparison_and_no_within_noise_mark(tmp_path):
+    """CoOp ran seeds 4-6, the baseline 1-3: not one pair. No Average row claims "within noise" (and no ≈ on
+    Table 1): there is nothing to compare, and the notes say so."""
+    recs = base2new_records(("coop", "cocoop"))
+    for r in recs:
+        if r["method"] == "coop":
+            r["seed"] += 3
+            r["settings"] = {**r["settings"], "seed": r["seed"]}
+    store = tmp_path / "store"
+    write(store, recs)
+    expectation(store, "base2new", "cocoop", methods=("coop", "cocoop"))
+    out = tmp_path / "out"
+    report = build_report(
+        str(store), out_dir=str(out), with_paper=False, baseline="cocoop", expected_seeds=(1, 2, 3, 4, 5, 6)
+    )
+    study = report["studies"]["base2new"]
+    assert "coop" not in set(study.table()["method"])
+    table1 = report["tables"]["table1_base2new"]["table"]
+    assert "≈" not in table1.cell(AVERAGE, table1.group_for("coop"), "h").text()
+    assert any("coop is not compared with cocoop: no (dataset, seed) pair" in m for m in report["missing"])
+    assert "no (dataset, seed) pair" in (out / "comparison_base2new.md").read_text()
