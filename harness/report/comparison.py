@@ -160,12 +160,18 @@ def verdict(ci_low: float, ci_high: float) -> str:
     return WITHIN_NOISE
 
 
+def _mean(deltas: np.ndarray) -> float:
+    """A dataset's mean difference, rounded as the differences are: the mean of a tie (0.1, 0.2, -0.3) is
+    0, not 2e-17, which the Wilcoxon test would count as a win instead of dropping as a zero."""
+    return float(np.round(deltas.mean(), DIGITS))
+
+
 def _paired_test(method: np.ndarray, baseline: np.ndarray) -> tuple[float, float, float, float]:
     """(mean_delta, ci_low, ci_high, p_value) of one dataset's pairs: the Student-t interval of the mean
     difference and the paired t-test (see the module's docstring for n < 2 and zero variance)."""
     deltas = np.round(method - baseline, DIGITS)
     n = len(deltas)
-    mean = float(deltas.mean())
+    mean = _mean(deltas)
     if n < 2:
         return mean, np.nan, np.nan, np.nan
     if np.all(deltas == deltas[0]):
@@ -242,7 +248,7 @@ def comparison(frame: pd.DataFrame, baseline: str, metric: str) -> pd.DataFrame:
             rows.append((method, baseline, metric, dataset, len(ours), mean, low, high, p_value, verdict(low, high)))
         if not deltas:  # nothing measured against the baseline: no row could say "within noise" of it
             continue
-        means = np.array([d.mean() for d in deltas])
+        means = np.array([_mean(d) for d in deltas])
         low, high = bootstrap_interval(deltas)
         mean, p_value = float(means.mean()), _wilcoxon(means)
         rows.append((method, baseline, metric, AVERAGE, len(deltas), mean, low, high, p_value, verdict(low, high)))
