@@ -399,3 +399,24 @@ def test_seeds_disjoint_from_the_baselines_are_no_comparison_and_no_within_noise
     assert "≈" not in table1.cell(AVERAGE, table1.group_for("coop"), "h").text()
     assert any("coop is not compared with cocoop: no (dataset, seed) pair" in m for m in report["missing"])
     assert "no (dataset, seed) pair" in (out / "comparison_base2new.md").read_text()
+
+
+def test_the_comparison_pairs_only_the_seeds_the_table_shows(tmp_path):
+    """The report narrowed to seeds 1 and 2 (--seeds): the tables average those, and the comparison beside them
+    pairs those, not every seed the store holds."""
+    _, found = build_study(
+        base2new_records(("coop", "cocoop")),
+        with_paper=False,
+        expected_seeds=(1, 2),
+        expectations=expectation(tmp_path, "base2new", "cocoop", methods=("coop", "cocoop")),
+    )
+    table = found["base2new"].comparisons["H"].set_index(["method", "dataset"])
+    for dataset in DATASETS:
+        deltas = [_h("coop", dataset, s) - _h("cocoop", dataset, s) for s in (1, 2)]
+        assert table.loc[("coop", dataset), "n_pairs"] == 2
+        assert table.loc[("coop", dataset), "mean_delta"] == pytest.approx(np.mean(deltas))
+        assert table.loc[("coop", dataset), "p_value"] == pytest.approx(
+            scipy_stats.ttest_rel(
+                [_h("coop", dataset, s) for s in (1, 2)], [_h("cocoop", dataset, s) for s in (1, 2)]
+            ).pvalue
+        )

@@ -302,6 +302,15 @@ class Gate:
         self._cell_superseded.setdefault(table.key, []).extend(old)
         return kept
 
+    def seeds_expected(self, recs: list[dict]) -> set:
+        """The seeds a cell of ``recs`` averages over: those asked for, else its experiments' seeds."""
+        if self.expected_seeds is not None:
+            return set(self.expected_seeds)
+        expected = set()
+        for e in {r.get("experiment") for r in recs}:
+            expected |= self.seeds_by_experiment.get(e, set())
+        return expected
+
     def seed_cell(self, recs: list[dict]) -> tuple[Cell | None, str]:
         """Mean ± population std over the expected seeds; (cell, note for the missing list)."""
         if not recs:
@@ -312,12 +321,7 @@ class Gate:
         if is_zero_shot(recs[0]):
             value = list(by_seed.values())[-1]
             return Cell(value, None, 1, 1, "seeds"), ""
-        if self.expected_seeds is not None:
-            expected = set(self.expected_seeds)
-        else:
-            expected = set()
-            for e in {r.get("experiment") for r in recs}:
-                expected |= self.seeds_by_experiment.get(e, set())
+        expected = self.seeds_expected(recs)
         used = sorted((s for s in by_seed if s in expected), key=str)
         if not used:
             return None, f"none of the expected seeds {sorted(expected, key=str)} (has {sorted(by_seed, key=str)})"
@@ -353,6 +357,9 @@ class Gate:
             return None
         if why:
             table.missing.append(f"{where}: {why}")
+        if not is_zero_shot(recs[0]):  # what the cell shows, for the statistics beside it: its seeds only
+            expected = self.seeds_expected(recs)
+            recs = [r for r in recs if r.get("seed") in expected]
         self._cells.setdefault(table.key, {}).setdefault((row, group.key), []).extend(recs)
         cell.paper = self.published(table, paper, row, group, metric, recs)
         table.cells[(row, group.key, metric)] = cell
