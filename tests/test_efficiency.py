@@ -263,3 +263,19 @@ def test_all_variants_gives_each_settings_run_its_row_and_its_own_point(tmp_path
     assert float(rows[by_time[0]]["train_s_median"]) == pytest.approx(statistics.median(times["coop"]))
     assert float(points[by_time[0]]["H"]) == pytest.approx(h(80.0, 60.0), abs=1e-3)
     assert float(points[by_time[1]]["H"]) == pytest.approx(h(40.0, 20.0), abs=1e-3)
+
+
+def test_no_pareto_front_across_devices(tmp_path):
+    """CoOp timed on a CPU, CoCoOp on the GPU: the figure would put CoOp's CPU time beside CoCoOp's GPU time and
+    draw a front ranking the machines. No panel is drawn, and the report says why."""
+    recs, _ = study()
+    for r in recs:
+        if r["method"] == "coop":
+            r["cost"]["device"] = "AMD EPYC 7763"
+    summary = build_report(write(tmp_path / "out", recs), out_dir=str(tmp_path / "reports"))
+    assert "figure_cost_vs_h" not in summary["figures"]
+    assert any("several devices" in m and "AMD EPYC 7763" in m and GPU in m for m in summary["missing"])
+    # one device: drawn
+    recs, _ = study()
+    summary = build_report(write(tmp_path / "one", recs), out_dir=str(tmp_path / "reports1"))
+    assert "figure_cost_vs_h" in summary["figures"]

@@ -18,7 +18,9 @@ method measured on several says so in its row. Records written before costs were
 
 The figure puts the study's headline metric (the gate's Average cells: H for base-to-new, accuracy
 otherwise) against the median training time per job (log axis), one point per method, and draws the
-Pareto front (less time, higher metric); a method that trains nothing (zero-shot) is a dashed line.
+Pareto front (less time, higher metric); a method that trains nothing (zero-shot) is a dashed line. A
+study whose plotted training times come from several devices gets no panel (the report says why): its
+front would rank the machines.
 """
 
 from __future__ import annotations
@@ -350,6 +352,13 @@ def figure_cost(efficiency: dict[str, Efficiency], tables: dict, out_dir: str):
                 lines.append((name, cell.mean, method, cell.note))
         if not points:
             why.append(f"Cost figure: no method of {experiment} has both a training time and a headline Average")
+            continue
+        devices = sorted({d for name, *_ in points for d in str(rows[name]["device"]).split(" + ")})
+        if len(devices) > 1:  # a Pareto front across devices would rank the machines, not the methods
+            why.append(
+                f"Cost figure: the training times of {experiment} were measured on several devices "
+                f"({'; '.join(devices)}) and are not set side by side; re-run its methods on one device"
+            )
             continue
         panels.setdefault(metric, []).append((experiment, points, lines))
     figures = {}
