@@ -420,3 +420,22 @@ def test_the_comparison_pairs_only_the_seeds_the_table_shows(tmp_path):
                 [_h("coop", dataset, s) for s in (1, 2)], [_h("cocoop", dataset, s) for s in (1, 2)]
             ).pvalue
         )
+
+
+def test_a_dataset_without_the_baseline_is_named_and_left_out_of_the_average(tmp_path):
+    """CoCoOp (the baseline) never ran on mini_c: CoOp's Average difference is over mini_a and mini_b, which the
+    comparison and the leaderboard say, while Table 1's CoOp Average holds mini_c too."""
+    recs = [
+        r for r in base2new_records(("coop", "cocoop")) if not (r["method"] == "cocoop" and r["dataset"] == "mini_c")
+    ]
+    store = tmp_path / "store"
+    write(store, recs)
+    expectation(store, "base2new", "cocoop", methods=("coop", "cocoop"))
+    out = tmp_path / "out"
+    report = build_report(str(store), out_dir=str(out), with_paper=False)
+    table = report["studies"]["base2new"].comparisons["H"].set_index(["method", "dataset"])
+    means = [np.mean([_h("coop", d, s) - _h("cocoop", d, s) for s in SEEDS]) for d in ("mini_a", "mini_b")]
+    assert table.loc[("coop", AVERAGE), "n_pairs"] == 2
+    assert table.loc[("coop", AVERAGE), "mean_delta"] == pytest.approx(np.mean(means))
+    for name in ("comparison_base2new.md", "leaderboard_base2new.md"):
+        assert "cocoop has no records on mini_c" in (out / name).read_text(), name

@@ -136,7 +136,7 @@ def _like_the_baseline(frame: pd.DataFrame, sources: list[tuple], names: dict, b
     settings: dict = {}
     for row, _, r in sources:
         settings.setdefault((names[id(r)], row), set()).add(_setting(r))
-    keep, apart = [], {}
+    keep, apart, absent = [], {}, {}
     for method, dataset in zip(frame["method"], frame["dataset"]):
         ours, theirs = settings.get((method, dataset), set()), settings.get((baseline, dataset), set())
         like = method == baseline or _alike(ours, theirs)
@@ -144,7 +144,14 @@ def _like_the_baseline(frame: pd.DataFrame, sources: list[tuple], names: dict, b
         if not like and theirs:
             shown = tuple("; ".join(map(_show_setting, sorted(s, key=str))) for s in (ours, theirs))
             apart.setdefault((method, shown), []).append(dataset)
+        elif not theirs and method != baseline:
+            absent.setdefault(method, []).append(dataset)
     notes = [
+        f"{metric}: {baseline} has no records on {', '.join(dict.fromkeys(datasets))}: {method}'s comparison "
+        "(its Average too) is over its other datasets only, not over those of its Average in the tables."
+        for method, datasets in absent.items()
+    ]
+    notes += [
         f"{metric}: {method} is not compared with {baseline} on {', '.join(dict.fromkeys(datasets))}: it ran at "
         f"{ours} there, the baseline at {theirs} (a difference across backbones or shot counts is not the method's)."
         for (method, (ours, theirs)), datasets in apart.items()
@@ -339,6 +346,7 @@ def leaderboard_markdown(study: Study) -> str:
         "above / below 0, else within noise)."
     )
     lines += ["", *_mixed_notes(study)] if study.mixed else []
+    lines += ["", *study.notes] if study.notes else []
     return "\n".join(lines) + "\n"
 
 
