@@ -439,3 +439,27 @@ def test_a_dataset_without_the_baseline_is_named_and_left_out_of_the_average(tmp
     assert table.loc[("coop", AVERAGE), "mean_delta"] == pytest.approx(np.mean(means))
     for name in ("comparison_base2new.md", "leaderboard_base2new.md"):
         assert "cocoop has no records on mini_c" in (out / name).read_text(), name
+
+
+def test_a_non_finite_accuracy_is_a_missing_seed_in_the_table_and_the_comparison(tmp_path):
+    """One few-shot record with a nan accuracy: the report still builds; the cell is over the other seeds (†, the
+    record listed), and the comparison pairs those same seeds instead of failing the whole report."""
+    recs = fewshot_records()
+    bad = next(r for r in recs if r["method"] == "lpclip" and r["shots"] == 4 and r["dataset"] == "mini_a")
+    bad["metrics"]["accuracy"] = float("nan")
+    tables, found = build_study(
+        recs, with_paper=False, expectations=expectation(tmp_path, "fewshot", "coop", "fewshot")
+    )
+    table = tables["fewshot_4shot"]
+    cell = table.cell("mini_a", table.group_for("lpclip"), "acc")
+    assert cell.n == 2 and cell.note.startswith("†") and np.isfinite(cell.mean)
+    assert any("not a finite number" in m and f"seed {bad['seed']}" in m for m in table.missing)
+    four = found["fewshot"].comparisons["accuracy@4"].set_index(["method", "dataset"])
+    value = {
+        (r["method"], r["seed"]): r["metrics"]["accuracy"] for r in recs if r["shots"] == 4 and r["dataset"] == "mini_a"
+    }
+    seeds = [s for s in SEEDS if s != bad["seed"]]
+    assert four.loc[("lpclip", "mini_a"), "n_pairs"] == 2
+    assert four.loc[("lpclip", "mini_a"), "mean_delta"] == pytest.approx(
+        np.mean([value["lpclip", s] - value["coop", s] for s in seeds])
+    )
