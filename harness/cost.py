@@ -15,8 +15,10 @@ same settings measured on another machine are the same result at another cost.
     eval_features_cached  the image features came from the feature cache (the image tower did not
                         run, so the throughput is the scoring's alone)
     peak_mem_mb         CUDA: the device's peak allocated memory during the job; CPU: the process's
-                        peak resident memory (a whole-process figure: ``peak_mem_kind`` says which)
-    peak_mem_kind       "cuda_max_allocated" | "cpu_max_rss"
+                        peak resident memory since the job began (Linux resets the high-water mark;
+                        elsewhere it is the process's lifetime peak: ``peak_mem_kind`` says which)
+    peak_mem_kind       "cuda_max_allocated" | "cpu_max_rss" (since the job began) |
+                        "cpu_max_rss_process" (since the process began: the jobs it ran before count)
     gflops_per_image    inference GFLOPs for one image at the evaluated class count (image tower plus
                         the class-text side that scores it), counted once with torch's
                         ``FlopCounterMode`` and cached per method, options, backbone and class count
@@ -67,9 +69,36 @@ def fitted(seconds: float | None) -> dict:
 NOT_TRAINED = {"train_s": None, "epoch_s": None, "train_starts": 0, "resumed": False}
 
 
+# Linux keeps a process's resident high-water mark in /proc/self/status (VmHWM) and resets it when "5" is
+# written to /proc/self/clear_refs: without the reset, a job run after others in one process (the debug
+# executor, a notebook) would report the largest of them all.
+_CLEAR_REFS = "/proc/self/clear_refs"
+_STATUS = "/proc/self/status"
+_cpu_peak_reset = False  # did the last reset_peak_memory on the CPU take effect?
+
+
 def reset_peak_memory(device: torch.device) -> None:
+    global _cpu_peak_reset
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")
+        _cpu_peak_reset = _resident_high_water_kib() is not None
+    except OSError:
+        _cpu_peak_reset = False  # not Linux, or not allowed: peak_memory reads the lifetime peak and says so
+
+
+def _resident_high_water_kib() -> int | None:
+    try:
+        with open(_STATUS) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def peak_memory(device: torch.device) -> dict:
@@ -78,9 +107,11 @@ def peak_memory(device: torch.device) -> dict:
             "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
             "peak_mem_kind": "cuda_max_allocated",
         }
+    if _cpu_peak_reset and (kib := _resident_high_water_kib()) is not None:
+        return {"peak_mem_mb": round(kib / 2**10, 1), "peak_mem_kind": "cpu_max_rss"}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     mb = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
-    return {"peak_mem_mb": round(mb, 1), "peak_mem_kind": "cpu_max_rss"}
+    return {"peak_mem_mb": round(mb, 1), "peak_mem_kind": "cpu_max_rss_process"}
 
 
 def device_name(device: torch.device) -> str:

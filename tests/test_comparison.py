@@ -372,3 +372,30 @@ def test_two_methods_are_decided_by_the_post_hoc_alone(tmp_path):
     assert list(board.table["groups"]) == ["a", "b"]
     paths, reason = cmp.figure_critical_difference(board_frame(scores), str(tmp_path))
     assert reason is None and os.path.exists(paths["png"])
+
+
+def test_a_method_with_no_pair_has_no_row_and_is_named_unpaired():
+    """Seeds disjoint from the baseline's: no Average of nothing passing for "within noise"."""
+    frame = frame_with({"a": (1.0, 2.0, 4.0)})
+    stray = frame[frame["method"] == "ours"].assign(method="stray", seed=lambda f: f["seed"] + 10)
+    frame = pd.concat([frame, stray], ignore_index=True)
+    table = cmp.comparison(frame, "base", "accuracy")
+    assert set(table["method"]) == {"ours"}
+    assert cmp.unpaired(frame, table, "base") == ["stray"]
+
+
+def test_a_tied_dataset_is_a_zero_in_the_wilcoxon_test_not_float_noise():
+    """Differences 0.1, 0.2, -0.3 average to exactly 0 (float arithmetic: 2e-17): the Wilcoxon test over the
+    datasets' means must drop it as a zero (scipy's default), as it does given the exact means."""
+    deltas = {
+        "a": (0.1, 0.2, -0.3),
+        "b": (1.0, 1.5, 2.0),
+        "c": (2.0, 2.5, 3.0),
+        "d": (-0.5, -0.4, -0.6),
+        "e": (0.7, 0.9, 0.8),
+    }
+    table = cmp.comparison(frame_with(deltas), "base", "accuracy")
+    assert row(table, "ours", "a")["mean_delta"] == 0.0
+    exact = [0.0, 1.5, 2.5, -0.5, 0.8]
+    assert row(table, "ours", AVERAGE)["p_value"] == pytest.approx(stats.wilcoxon(exact).pvalue)
+    assert row(table, "ours", AVERAGE)["mean_delta"] == pytest.approx(np.mean(exact))

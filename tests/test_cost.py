@@ -128,3 +128,32 @@ def test_on_cuda_the_peak_is_the_devices_allocated_memory_and_the_device_its_nam
     assert cost.peak_memory(gpu) == {"peak_mem_mb": 3072.5, "peak_mem_kind": "cuda_max_allocated"}
     assert cost.device_name(gpu) == "NVIDIA H100 80GB HBM3"
     assert asked == [gpu, gpu]  # the job's own device, not device 0
+
+
+def _process_high_water_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**10
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux's resident high-water mark")
+def test_on_cpu_a_jobs_peak_is_its_own_not_the_peak_of_what_ran_before_in_the_process(data_root, tmp_path):
+    """Jobs run one after another in one process (the debug executor): a job must not report the resident
+    peak an earlier one (here a 600 MiB buffer, freed) left in the process."""
+    buffer = bytearray(600 * 2**20)
+    buffer[:: 2**12] = b"x" * len(buffer[:: 2**12])  # touch every page: resident
+    del buffer
+    before = _process_high_water_mb()
+    (record, *_) = run(spec(data_root, tmp_path))
+    c = record["cost"]
+    assert c["peak_mem_kind"] == "cpu_max_rss"
+    assert 0 < c["peak_mem_mb"] < before - 300, (c["peak_mem_mb"], before)
+
+
+def test_where_the_peak_cannot_be_reset_the_record_says_it_is_the_processs(monkeypatch, tmp_path):
+    import resource
+
+    monkeypatch.setattr(cost, "_CLEAR_REFS", str(tmp_path / "absent" / "clear_refs"))
+    cost.reset_peak_memory(torch.device("cpu"))
+    peak = cost.peak_memory(torch.device("cpu"))
+    assert peak["peak_mem_kind"] == "cpu_max_rss_process"
+    assert peak["peak_mem_mb"] == pytest.approx(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, abs=0.1)

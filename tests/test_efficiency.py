@@ -218,3 +218,64 @@ def test_a_parameter_range_and_a_cached_throughput_read_the_same_in_markdown_and
     table = Efficiency("base2new", [row])
     assert "| coop_dept | 2,304–2,954 | – | – | – | 29,525.0* | – | – | 18 |" in markdown(table)
     assert "coop_dept,2304–2954,,,,29525.0*,,,18" in csv_text(table)
+
+
+def test_cost_figure_plots_each_row_at_its_own_columns_headline(tmp_path):
+    """CoOp of one config on two backbones: two rows of the efficiency table and two columns of Table 1. Each
+    point is its own column's H beside its own training time, never the other backbone's H."""
+    recs, times = study()
+    rn50 = []
+    for r in [r for r in recs if r["method"] == "coop"]:
+        other = {**r, "backbone": "RN50", "settings": {**r["settings"], "backbone": "RN50"}}
+        other["metrics"] = {**r["metrics"], "accuracy": r["metrics"]["accuracy"] - 40.0}
+        other["cost"] = {**r["cost"], "train_s": r["cost"]["train_s"] * 5}
+        other.update(job=r["job"] + "/rn50", run_dir=r["run_dir"] + "/rn50")
+        rn50.append(other)
+    summary = build_report(write(tmp_path / "out", recs + rn50), out_dir=str(tmp_path / "reports"))
+    points = {row["method"]: row for row in read_csv(summary["figures"]["figure_cost_vs_h"]["csv"])}
+    h = lambda base, new: 2 * base * new / (base + new)  # noqa: E731
+    assert float(points["coop (ViT-B/16)"]["H"]) == pytest.approx(h(80.0, 60.0), abs=1e-3)
+    assert float(points["coop (RN50)"]["H"]) == pytest.approx(h(40.0, 20.0), abs=1e-3)
+    assert float(points["coop (ViT-B/16)"]["train_s_median"]) == pytest.approx(statistics.median(times["coop"]))
+    assert float(points["coop (RN50)"]["train_s_median"]) == pytest.approx(5 * statistics.median(times["coop"]))
+
+
+def test_all_variants_gives_each_settings_run_its_row_and_its_own_point(tmp_path):
+    """--all-variants shows an older settings run of CoOp (other epochs, far below, ten times slower) as its own
+    column: the efficiency table and the cost figure show it as its own row and point, never its H beside the
+    newer run's time or the other way round."""
+    recs, times = study()
+    old = []
+    for r in [r for r in recs if r["method"] == "coop"]:
+        o = {**r, "settings": {**r["settings"], "epochs": 50}, "timestamp": "2023-01-01T00:00:00"}
+        o["fingerprint"] = fingerprint_of(o["settings"])
+        o["metrics"] = {**r["metrics"], "accuracy": r["metrics"]["accuracy"] - 40.0}
+        o["cost"] = {**r["cost"], "train_s": r["cost"]["train_s"] * 10}
+        o.update(job=r["job"] + "/old", run_dir=r["run_dir"] + "/old")
+        old.append(o)
+    summary = build_report(write(tmp_path / "out", old + recs), out_dir=str(tmp_path / "reports"), all_variants=True)
+    rows = {row["method"]: row for row in read_csv(summary["efficiency"]["base2new"]["paths"]["csv"])}
+    points = {row["method"]: row for row in read_csv(summary["figures"]["figure_cost_vs_h"]["csv"])}
+    coop = sorted(name for name in rows if name.startswith("coop"))
+    assert len(coop) == 2 and set(coop) <= set(points), (rows, points)
+    h = lambda base, new: 2 * base * new / (base + new)  # noqa: E731
+    by_time = sorted(coop, key=lambda name: float(rows[name]["train_s_median"]))
+    assert float(rows[by_time[0]]["train_s_median"]) == pytest.approx(statistics.median(times["coop"]))
+    assert float(points[by_time[0]]["H"]) == pytest.approx(h(80.0, 60.0), abs=1e-3)
+    assert float(points[by_time[1]]["H"]) == pytest.approx(h(40.0, 20.0), abs=1e-3)
+
+
+def test_no_pareto_front_across_devices(tmp_path):
+    """CoOp timed on a CPU, CoCoOp on the GPU: the figure would put CoOp's CPU time beside CoCoOp's GPU time and
+    draw a front ranking the machines. No panel is drawn, and the report says why."""
+    recs, _ = study()
+    for r in recs:
+        if r["method"] == "coop":
+            r["cost"]["device"] = "AMD EPYC 7763"
+    summary = build_report(write(tmp_path / "out", recs), out_dir=str(tmp_path / "reports"))
+    assert "figure_cost_vs_h" not in summary["figures"]
+    assert any("several devices" in m and "AMD EPYC 7763" in m and GPU in m for m in summary["missing"])
+    # one device: drawn
+    recs, _ = study()
+    summary = build_report(write(tmp_path / "one", recs), out_dir=str(tmp_path / "reports1"))
+    assert "figure_cost_vs_h" in summary["figures"]

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 from test_gate import fewshot
 from test_report import record, write
 
@@ -324,3 +325,141 @@ def test_the_report_run_logs_each_comparison_as_its_csv(tmp_path, monkeypatch):
     frame = logged["comparison_base2new"]
     assert list(frame.columns) == list(written.columns) and len(frame) == len(written)
     assert list(frame["verdict"]) == list(written["verdict"]) and list(frame["dataset"]) == list(written["dataset"])
+
+
+def _h(method, dataset, seed, shift=0.0):
+    return harmonic(*(base_new_accuracy(method, dataset, sub, seed) + shift for sub in ("base", "new")))
+
+
+def test_two_shot_counts_of_one_method_are_two_methods_each_paired_with_the_baseline_alike(tmp_path):
+    """CoOp at 16 shots (as the baseline) and again at 4 shots, far below, in one base-to-new study: two columns
+    of Table 1, so two methods, never one whose seeds mix both; the 4-shot one is not paired with a 16-shot
+    baseline."""
+    recs = base2new_records(("coop", "cocoop"))
+    for r in [r for r in recs if r["method"] == "coop"]:
+        four = {**r, "shots": 4, "settings": {**r["settings"], "shots": 4}, "job": r["job"] + "/4shot"}
+        four["metrics"] = {**r["metrics"], "accuracy": r["metrics"]["accuracy"] - 30.0}
+        recs.append(four)
+    _, found = build_study(recs, with_paper=False, expectations=expectation(tmp_path, "base2new", "cocoop"))
+    study = found["base2new"]
+    table = study.comparisons["H"].set_index(["method", "dataset"])
+    assert set(table.index.get_level_values("method")) == {"coop (16 shots)"}
+    for dataset in DATASETS:
+        deltas = [_h("coop", dataset, s) - _h("cocoop", dataset, s) for s in SEEDS]
+        assert table.loc[("coop (16 shots)", dataset), "mean_delta"] == pytest.approx(np.mean(deltas))
+        low, high = scipy_stats.t.interval(0.95, 2, loc=np.mean(deltas), scale=scipy_stats.sem(deltas))
+        assert (
+            table.loc[("coop (16 shots)", dataset), "ci_low"],
+            table.loc[("coop (16 shots)", dataset), "ci_high"],
+        ) == (
+            pytest.approx(low),
+            pytest.approx(high),
+        )
+    assert any(
+        "coop (4 shots) is not compared with cocoop" in n and "4 shots" in n and "16 shots" in n for n in study.notes
+    )
+
+
+def test_a_method_on_another_backbone_than_the_baseline_is_not_paired_with_it(tmp_path):
+    """CoOp on RN50 only, CoCoOp (the baseline) on ViT-B/16: their difference is the backbones'."""
+    recs = base2new_records(("zsclip", "coop", "cocoop"))
+    for r in recs:
+        if r["method"] == "coop":
+            r["backbone"] = "RN50"
+            r["settings"] = {**r["settings"], "backbone": "RN50"}
+    _, found = build_study(recs, with_paper=False, expectations=expectation(tmp_path, "base2new", "cocoop"))
+    study = found["base2new"]
+    table = study.comparisons["H"]
+    assert set(table["method"]) == {"zsclip"}  # zero-shot CLIP on the baseline's backbone is still paired
+    zs = table[(table["method"] == "zsclip") & (table["dataset"] == "mini_a")].iloc[0]
+    assert zs["mean_delta"] == pytest.approx(
+        np.mean([_h("zsclip", "mini_a", None) - _h("cocoop", "mini_a", s) for s in SEEDS])
+    )
+    assert any("coop is not compared with cocoop" in n and "RN50" in n and "ViT-B/16" in n for n in study.notes)
+
+
+def test_seeds_disjoint_from_the_baselines_are_no_comparison_and_no_within_noise_mark(tmp_path):
+    """CoOp ran seeds 4-6, the baseline 1-3: not one pair. No Average row claims "within noise" (and no ≈ on
+    Table 1): there is nothing to compare, and the notes say so."""
+    recs = base2new_records(("coop", "cocoop"))
+    for r in recs:
+        if r["method"] == "coop":
+            r["seed"] += 3
+            r["settings"] = {**r["settings"], "seed": r["seed"]}
+    store = tmp_path / "store"
+    write(store, recs)
+    expectation(store, "base2new", "cocoop", methods=("coop", "cocoop"))
+    out = tmp_path / "out"
+    report = build_report(
+        str(store), out_dir=str(out), with_paper=False, baseline="cocoop", expected_seeds=(1, 2, 3, 4, 5, 6)
+    )
+    study = report["studies"]["base2new"]
+    assert "coop" not in set(study.table()["method"])
+    table1 = report["tables"]["table1_base2new"]["table"]
+    assert "≈" not in table1.cell(AVERAGE, table1.group_for("coop"), "h").text()
+    assert any("coop is not compared with cocoop: no (dataset, seed) pair" in m for m in report["missing"])
+    assert "no (dataset, seed) pair" in (out / "comparison_base2new.md").read_text()
+
+
+def test_the_comparison_pairs_only_the_seeds_the_table_shows(tmp_path):
+    """The report narrowed to seeds 1 and 2 (--seeds): the tables average those, and the comparison beside them
+    pairs those, not every seed the store holds."""
+    _, found = build_study(
+        base2new_records(("coop", "cocoop")),
+        with_paper=False,
+        expected_seeds=(1, 2),
+        expectations=expectation(tmp_path, "base2new", "cocoop", methods=("coop", "cocoop")),
+    )
+    table = found["base2new"].comparisons["H"].set_index(["method", "dataset"])
+    for dataset in DATASETS:
+        deltas = [_h("coop", dataset, s) - _h("cocoop", dataset, s) for s in (1, 2)]
+        assert table.loc[("coop", dataset), "n_pairs"] == 2
+        assert table.loc[("coop", dataset), "mean_delta"] == pytest.approx(np.mean(deltas))
+        assert table.loc[("coop", dataset), "p_value"] == pytest.approx(
+            scipy_stats.ttest_rel(
+                [_h("coop", dataset, s) for s in (1, 2)], [_h("cocoop", dataset, s) for s in (1, 2)]
+            ).pvalue
+        )
+
+
+def test_a_dataset_without_the_baseline_is_named_and_left_out_of_the_average(tmp_path):
+    """CoCoOp (the baseline) never ran on mini_c: CoOp's Average difference is over mini_a and mini_b, which the
+    comparison and the leaderboard say, while Table 1's CoOp Average holds mini_c too."""
+    recs = [
+        r for r in base2new_records(("coop", "cocoop")) if not (r["method"] == "cocoop" and r["dataset"] == "mini_c")
+    ]
+    store = tmp_path / "store"
+    write(store, recs)
+    expectation(store, "base2new", "cocoop", methods=("coop", "cocoop"))
+    out = tmp_path / "out"
+    report = build_report(str(store), out_dir=str(out), with_paper=False)
+    table = report["studies"]["base2new"].comparisons["H"].set_index(["method", "dataset"])
+    means = [np.mean([_h("coop", d, s) - _h("cocoop", d, s) for s in SEEDS]) for d in ("mini_a", "mini_b")]
+    assert table.loc[("coop", AVERAGE), "n_pairs"] == 2
+    assert table.loc[("coop", AVERAGE), "mean_delta"] == pytest.approx(np.mean(means))
+    for name in ("comparison_base2new.md", "leaderboard_base2new.md"):
+        assert "cocoop has no records on mini_c" in (out / name).read_text(), name
+
+
+def test_a_non_finite_accuracy_is_a_missing_seed_in_the_table_and_the_comparison(tmp_path):
+    """One few-shot record with a nan accuracy: the report still builds; the cell is over the other seeds (†, the
+    record listed), and the comparison pairs those same seeds instead of failing the whole report."""
+    recs = fewshot_records()
+    bad = next(r for r in recs if r["method"] == "lpclip" and r["shots"] == 4 and r["dataset"] == "mini_a")
+    bad["metrics"]["accuracy"] = float("nan")
+    tables, found = build_study(
+        recs, with_paper=False, expectations=expectation(tmp_path, "fewshot", "coop", "fewshot")
+    )
+    table = tables["fewshot_4shot"]
+    cell = table.cell("mini_a", table.group_for("lpclip"), "acc")
+    assert cell.n == 2 and cell.note.startswith("†") and np.isfinite(cell.mean)
+    assert any("not a finite number" in m and f"seed {bad['seed']}" in m for m in table.missing)
+    four = found["fewshot"].comparisons["accuracy@4"].set_index(["method", "dataset"])
+    value = {
+        (r["method"], r["seed"]): r["metrics"]["accuracy"] for r in recs if r["shots"] == 4 and r["dataset"] == "mini_a"
+    }
+    seeds = [s for s in SEEDS if s != bad["seed"]]
+    assert four.loc[("lpclip", "mini_a"), "n_pairs"] == 2
+    assert four.loc[("lpclip", "mini_a"), "mean_delta"] == pytest.approx(
+        np.mean([value["lpclip", s] - value["coop", s] for s in seeds])
+    )

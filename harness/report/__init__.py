@@ -336,7 +336,8 @@ def build_report(
         figures.update(drawn)
         missing += why
     efficiency = {}
-    for experiment, table in efficiency_tables(gate.select(records)[0], experiments).items():
+    # the records the tables show: with --all-variants each settings run is its own row, as it is a column
+    for experiment, table in efficiency_tables(gate.select(records, all_variants)[0], experiments).items():
         if table.measured:
             efficiency[experiment] = {"table": table, "frame": table.frame(), "paths": write_efficiency(table, out_dir)}
         else:

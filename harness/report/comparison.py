@@ -18,6 +18,8 @@ Choices the specification leaves open, made here once:
   a constant non-zero difference is a perfectly consistent win or loss, so its p-value is 0 and its
   interval the single point; a constant zero difference is a tie, p-value 1 (as the Wilcoxon rule of the
   Average row). The interval is what decides the verdict either way.
+* A method with no pair on any dataset (its seeds and the baseline's disjoint, or no common dataset) has
+  no row at all: an Average of nothing is neither a difference nor "within noise" (``unpaired`` names it).
 * The Average row's bootstrap needs at least two values to resample: one dataset with one pair gets no
   interval (``within noise``).
 * The leaderboard ranks only methods with a value on every dataset of the frame: a mean rank over other
@@ -158,12 +160,18 @@ def verdict(ci_low: float, ci_high: float) -> str:
     return WITHIN_NOISE
 
 
+def _mean(deltas: np.ndarray) -> float:
+    """A dataset's mean difference, rounded as the differences are: the mean of a tie (0.1, 0.2, -0.3) is
+    0, not 2e-17, which the Wilcoxon test would count as a win instead of dropping as a zero."""
+    return float(np.round(deltas.mean(), DIGITS))
+
+
 def _paired_test(method: np.ndarray, baseline: np.ndarray) -> tuple[float, float, float, float]:
     """(mean_delta, ci_low, ci_high, p_value) of one dataset's pairs: the Student-t interval of the mean
     difference and the paired t-test (see the module's docstring for n < 2 and zero variance)."""
     deltas = np.round(method - baseline, DIGITS)
     n = len(deltas)
-    mean = float(deltas.mean())
+    mean = _mean(deltas)
     if n < 2:
         return mean, np.nan, np.nan, np.nan
     if np.all(deltas == deltas[0]):
@@ -211,6 +219,7 @@ def _wilcoxon(dataset_means: np.ndarray) -> float:
 def comparison(frame: pd.DataFrame, baseline: str, metric: str) -> pd.DataFrame:
     """Every method against ``baseline``: one row per method and dataset with pairs, then the method's
     ``AVERAGE`` row over those datasets; the columns ``COLUMNS``, methods and datasets in the frame's order.
+    A method with no pair at all has no row (``unpaired``).
 
     Per dataset the Student-t interval and the paired t-test over seeds; on the Average the Wilcoxon
     signed-rank test over datasets (few datasets, no normality to assume) and a bootstrap interval that
@@ -237,15 +246,21 @@ def comparison(frame: pd.DataFrame, baseline: str, metric: str) -> pd.DataFrame:
             mean, low, high, p_value = _paired_test(ours, theirs)
             deltas.append(np.round(ours - theirs, DIGITS))
             rows.append((method, baseline, metric, dataset, len(ours), mean, low, high, p_value, verdict(low, high)))
-        means = np.array([d.mean() for d in deltas])
-        if len(deltas):
-            low, high = bootstrap_interval(deltas)
-            mean, p_value = float(means.mean()), _wilcoxon(means)
-        else:
-            mean = low = high = p_value = np.nan
+        if not deltas:  # nothing measured against the baseline: no row could say "within noise" of it
+            continue
+        means = np.array([_mean(d) for d in deltas])
+        low, high = bootstrap_interval(deltas)
+        mean, p_value = float(means.mean()), _wilcoxon(means)
         rows.append((method, baseline, metric, AVERAGE, len(deltas), mean, low, high, p_value, verdict(low, high)))
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     return table.astype({"n_pairs": int, **{c: float for c in ("mean_delta", "ci_low", "ci_high", "p_value")}})
+
+
+def unpaired(frame: pd.DataFrame, table: pd.DataFrame, baseline: str) -> list:
+    """The methods of ``frame`` that its ``comparison`` with ``baseline`` left out: not one (dataset, seed)
+    pair with the baseline."""
+    compared = set(table["method"]) | {baseline}
+    return [m for m in dict.fromkeys(frame["method"]) if m not in compared]
 
 
 def harmonic_frame(frame: pd.DataFrame) -> pd.DataFrame:

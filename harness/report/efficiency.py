@@ -18,7 +18,9 @@ method measured on several says so in its row. Records written before costs were
 
 The figure puts the study's headline metric (the gate's Average cells: H for base-to-new, accuracy
 otherwise) against the median training time per job (log axis), one point per method, and draws the
-Pareto front (less time, higher metric); a method that trains nothing (zero-shot) is a dashed line.
+Pareto front (less time, higher metric); a method that trains nothing (zero-shot) is a dashed line. A
+study whose plotted training times come from several devices gets no panel (the report says why): its
+front would rank the machines.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 
 from harness.report.figures import _figure, _save, color
 from harness.report.render import latex_escape
-from harness.report.tables import AVERAGE, Table, is_zero_shot, method_names, method_rank
+from harness.report.tables import AVERAGE, Table, is_zero_shot, method_names, method_rank, variant
 
 COLUMNS = (
     "method",
@@ -54,6 +56,7 @@ class Efficiency:
     rows: list  # [{column: value}] in COLUMNS order, methods in the report's order
     notes: list = field(default_factory=list)
     methods: dict = field(default_factory=dict)  # row name -> {(method, config)} of its records
+    variants: dict = field(default_factory=dict)  # row name -> {tables.variant} of its records: its columns
     trains: dict = field(default_factory=dict)  # row name -> whether any of its records learned a prompt
     shots: dict = field(default_factory=dict)  # row name -> the shot counts its prompts were learned with
     train_s_at: dict = field(default_factory=dict)  # row name -> {shot count: median training time there}
@@ -176,6 +179,7 @@ def efficiency_tables(shown: list[dict], experiments=None) -> dict[str, Efficien
             table.rows.append(row)
             table.notes += notes
             table.methods[name] = {(r.get("method"), r.get("config")) for r in groups[name]}
+            table.variants[name] = {variant(r) for r in groups[name]}
             table.trains[name] = not all(is_zero_shot(r) for r in groups[name])
             table.shots[name] = sorted(
                 {int(r["shots"]) for r in groups[name] if not is_zero_shot(r) and r.get("shots")}
@@ -284,17 +288,19 @@ def pareto_front(points: list[tuple]) -> list[tuple]:
 def headline(experiment: str, study: Efficiency, tables: dict) -> tuple[str | None, dict]:
     """(metric, {row name: Average Cell}) of a study: H of Table 1's column groups of this experiment;
     otherwise accuracy, from the table that holds the experiment (cross-dataset, domain generalisation,
-    the few-shot table at each method's shot count, Table 4)."""
-    by_variant = {v: n for n, variants in study.methods.items() for v in variants}
+    the few-shot table at each method's shot count, Table 4). A row is matched to the column of its own
+    variant (method, config, backbone, shots, context, settings run): two rows of one method and config
+    (on two backbones, at two shot counts) each get their own column's Average."""
+    by_variant = {v: n for n, variants in study.variants.items() for v in variants}
 
-    def name_of(method, config):
-        return by_variant.get((method, config))
+    def name_of(key):
+        return by_variant.get(key)
 
     found: dict = {}
     table1 = tables.get("table1_base2new")
     for g in table1.groups if table1 else []:
         cell = table1.cell(AVERAGE, g, "h")
-        name = name_of(g.method, g.key[1][1]) if g.key[0] == experiment else None
+        name = name_of(g.key[1]) if g.key[0] == experiment else None
         if name and cell is not None and cell.mean is not None:
             found.setdefault(name, cell)
     if found:
@@ -306,20 +312,20 @@ def headline(experiment: str, study: Efficiency, tables: dict) -> tuple[str | No
     table4 = tables.get("table4_class_incremental")
     candidates += [(table4, g) for g in (table4.groups if table4 else []) if g.key[0] == experiment]
     for table, g in candidates:
-        variant = g.key[1] if g.key and isinstance(g.key[0], str) and isinstance(g.key[1], tuple) else g.key
-        name = name_of(variant[0], variant[1])
+        key = g.key[1] if g.key and isinstance(g.key[0], str) and isinstance(g.key[1], tuple) else g.key
+        name = name_of(key)
         cell = table.cell(AVERAGE, g, "acc")
         if name and cell is not None and cell.mean is not None:
             found.setdefault(name, cell)
     if experiment == "fewshot":
         shots = {int(k[len("fewshot_") : -len("shot")]): t for k, t in tables.items() if k.startswith("fewshot_")}
-        for name, variants in study.methods.items():
-            (method,) = {m for m, _ in variants}
+        for name, variants in study.variants.items():
+            curves = {(v[0], v[2], v[6]) for v in variants}  # a few-shot column: method, backbone, settings run
             # A learner at the most shots it learned with (the figure takes its training time there);
             # zero-shot CLIP beside the most shots of the study.
             k = (study.shots.get(name) or [max(shots, default=None)])[-1]
             t = shots.get(k)
-            g = t.group_for(method) if t else None
+            g = next((g for g in t.groups if g.key in curves), None) if t else None
             cell = t.cell(AVERAGE, g, "acc") if g else None
             if cell is not None and cell.mean is not None:
                 found.setdefault(name, cell)
@@ -346,6 +352,13 @@ def figure_cost(efficiency: dict[str, Efficiency], tables: dict, out_dir: str):
                 lines.append((name, cell.mean, method, cell.note))
         if not points:
             why.append(f"Cost figure: no method of {experiment} has both a training time and a headline Average")
+            continue
+        devices = sorted({d for name, *_ in points for d in str(rows[name]["device"]).split(" + ")})
+        if len(devices) > 1:  # a Pareto front across devices would rank the machines, not the methods
+            why.append(
+                f"Cost figure: the training times of {experiment} were measured on several devices "
+                f"({'; '.join(devices)}) and are not set side by side; re-run its methods on one device"
+            )
             continue
         panels.setdefault(metric, []).append((experiment, points, lines))
     figures = {}

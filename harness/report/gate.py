@@ -11,7 +11,8 @@ is compared with; the gate decides what goes into each cell, and marks what fall
   is its own column group. A cell whose column spans families (the few-shot columns span configs) is
   narrowed again to its newest run (``cell_records``): no cell ever averages two settings runs.
 * **Seeds (†).** Mean ± population std over the expected seeds (``expected.json`` beside the store,
-  else every seed of the experiment); fewer is marked ``†(k/n seeds)`` and listed as missing.
+  else every seed of the experiment); fewer is marked ``†(k/n seeds)`` and listed as missing. A record
+  whose accuracy is not a finite number measured nothing: its seed counts as missing (and is listed).
 * **Datasets (‡).** An Average is over the datasets complete for its column, out of those the
   experiment expects (``expected.json``) or, without one, those with records; fewer is ``‡(k/n)``. The
   Averages of one row are over one dataset set or say which datasets each holds (a table note), and a
@@ -30,6 +31,7 @@ is compared with; the gate decides what goes into each cell, and marks what fall
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -302,6 +304,15 @@ class Gate:
         self._cell_superseded.setdefault(table.key, []).extend(old)
         return kept
 
+    def seeds_expected(self, recs: list[dict]) -> set:
+        """The seeds a cell of ``recs`` averages over: those asked for, else its experiments' seeds."""
+        if self.expected_seeds is not None:
+            return set(self.expected_seeds)
+        expected = set()
+        for e in {r.get("experiment") for r in recs}:
+            expected |= self.seeds_by_experiment.get(e, set())
+        return expected
+
     def seed_cell(self, recs: list[dict]) -> tuple[Cell | None, str]:
         """Mean ± population std over the expected seeds; (cell, note for the missing list)."""
         if not recs:
@@ -312,12 +323,7 @@ class Gate:
         if is_zero_shot(recs[0]):
             value = list(by_seed.values())[-1]
             return Cell(value, None, 1, 1, "seeds"), ""
-        if self.expected_seeds is not None:
-            expected = set(self.expected_seeds)
-        else:
-            expected = set()
-            for e in {r.get("experiment") for r in recs}:
-                expected |= self.seeds_by_experiment.get(e, set())
+        expected = self.seeds_expected(recs)
         used = sorted((s for s in by_seed if s in expected), key=str)
         if not used:
             return None, f"none of the expected seeds {sorted(expected, key=str)} (has {sorted(by_seed, key=str)})"
@@ -346,13 +352,23 @@ class Gate:
         """One seed-averaged cell of one settings run, with its published value where the backbone and
         protocol are the published ones; an absent or incomplete cell goes to the missing list."""
         recs = self.cell_records(table, recs)
-        cell, why = self.seed_cell(recs)
         where = where or f"{table.title.split(':')[0]}: {group.label} {row} {metric}"
+        # A non-finite accuracy measured nothing: left out as a missing seed (†, listed), never averaged
+        # into a nan cell or paired by the statistics beside the table.
+        broken = [r for r in recs if not math.isfinite(accuracy(r))]
+        if broken:
+            recs = [r for r in recs if math.isfinite(accuracy(r))]
+            seeds = ", ".join(str(r.get("seed")) for r in broken)
+            table.missing.append(f"{where}: accuracy not a finite number in {len(broken)} record(s) (seed {seeds})")
+        cell, why = self.seed_cell(recs)
         if cell is None:
             table.missing.append(f"{where}: no records" + (f" ({why})" if why else ""))
             return None
         if why:
             table.missing.append(f"{where}: {why}")
+        if not is_zero_shot(recs[0]):  # what the cell shows, for the statistics beside it: its seeds only
+            expected = self.seeds_expected(recs)
+            recs = [r for r in recs if r.get("seed") in expected]
         self._cells.setdefault(table.key, {}).setdefault((row, group.key), []).extend(recs)
         cell.paper = self.published(table, paper, row, group, metric, recs)
         table.cells[(row, group.key, metric)] = cell

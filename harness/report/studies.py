@@ -10,6 +10,10 @@ never a superseded record, so a comparison can never disagree with the table bes
   ``accuracy@K``.
 * Transfer (Tables 2 and 3): the target accuracy (the source row left out); metric ``accuracy``.
 
+Pairs are like with like: a method is compared on a dataset only where it ran at the baseline's backbone
+and shot count (zero-shot CLIP at any shot count), and a method with no (dataset, seed) pair with the
+baseline gets no row; ``Study.notes`` says what was left out and why.
+
 A study is an experiment: its records in those tables are compared with its baseline, the method its
 YAML names (``report: {baseline: ...}``, recorded by the sweep in ``expected.json`` beside the store),
 or the one ``--baseline`` names for every study. A study with no baseline (e.g. bigger_coop) gets no
@@ -57,6 +61,8 @@ class Study:
     columns: list = dataclasses.field(default_factory=list)
     # {method name: [table titles]} whose Average there mixes settings (§): set by ``note_mixed``
     mixed: dict = dataclasses.field(default_factory=dict)
+    # what the comparison left out and why (another backbone or shot count than the baseline's, no pair)
+    notes: list = dataclasses.field(default_factory=list)
 
     def table(self) -> pd.DataFrame:
         """Every metric's comparison, one after another (``comparison.COLUMNS``)."""
@@ -105,6 +111,54 @@ def _sources(ctx: Gate, table: Table) -> list[tuple]:
     ]
 
 
+def _setting(record: dict) -> tuple:
+    """What a pair must share besides the dataset and seed: the backbone, and the shot count of a learned
+    prompt (zero-shot CLIP learns nothing: any shot count pairs with it)."""
+    return record.get("backbone"), None if is_zero_shot(record) else record.get("shots")
+
+
+def _show_setting(setting: tuple) -> str:
+    backbone, shots = setting
+    return f"{backbone}" + ("" if shots is None else f", {shots} shots")
+
+
+def _alike(ours: set, theirs: set) -> bool:
+    if len(ours) != 1 or len(theirs) != 1:
+        return False
+    (backbone, shots), (their_backbone, their_shots) = next(iter(ours)), next(iter(theirs))
+    return backbone == their_backbone and (shots is None or their_shots is None or shots == their_shots)
+
+
+def _like_the_baseline(frame: pd.DataFrame, sources: list[tuple], names: dict, baseline: str, metric: str):
+    """(the frame's rows of the baseline and of each method on the datasets where it ran at the baseline's
+    backbone and shot count, [why the others are left out]): a pair across backbones or shot counts
+    measures them, not the method."""
+    settings: dict = {}
+    for row, _, r in sources:
+        settings.setdefault((names[id(r)], row), set()).add(_setting(r))
+    keep, apart, absent = [], {}, {}
+    for method, dataset in zip(frame["method"], frame["dataset"]):
+        ours, theirs = settings.get((method, dataset), set()), settings.get((baseline, dataset), set())
+        like = method == baseline or _alike(ours, theirs)
+        keep.append(like)
+        if not like and theirs:
+            shown = tuple("; ".join(map(_show_setting, sorted(s, key=str))) for s in (ours, theirs))
+            apart.setdefault((method, shown), []).append(dataset)
+        elif not theirs and method != baseline:
+            absent.setdefault(method, []).append(dataset)
+    notes = [
+        f"{metric}: {baseline} has no records on {', '.join(dict.fromkeys(datasets))}: {method}'s comparison "
+        "(its Average too) is over its other datasets only, not over those of its Average in the tables."
+        for method, datasets in absent.items()
+    ]
+    notes += [
+        f"{metric}: {method} is not compared with {baseline} on {', '.join(dict.fromkeys(datasets))}: it ran at "
+        f"{ours} there, the baseline at {theirs} (a difference across backbones or shot counts is not the method's)."
+        for (method, (ours, theirs)), datasets in apart.items()
+    ]
+    return frame[keep].reset_index(drop=True), notes
+
+
 def _frame(metric: str, sources: list[tuple], names: dict) -> pd.DataFrame:
     """The tidy frame (``comparison.FRAME_COLUMNS``) of one study's records in one table."""
     if metric == "H":
@@ -146,12 +200,21 @@ def build_studies(ctx: Gate, tables: dict, baseline: str | None = None) -> dict:
         frames = {metric: _frame(metric, sources, names) for _, metric, _, sources in parts}
         present[experiment] = sorted({m for f in frames.values() for m in f["method"]})
         chosen = baseline or recorded.get(experiment)
-        comparisons = {}
+        comparisons, notes = {}, []
         if chosen:
-            for metric, frame in frames.items():
+            for _, metric, _, sources in parts:
+                frame = frames[metric]
                 if chosen in set(frame["method"]) and len(set(frame["method"])) > 1:
-                    comparisons[metric] = stats.comparison(frame, chosen, metric)
-        studies[experiment] = Study(experiment, chosen, frames, comparisons)
+                    paired, apart = _like_the_baseline(frame, sources, names, chosen, metric)
+                    comparisons[metric] = stats.comparison(paired, chosen, metric)
+                    notes += apart
+                    notes += [
+                        f"{metric}: {m} is not compared with {chosen}: no (dataset, seed) pair with it "
+                        "(other seeds or other datasets)."
+                        for m in stats.unpaired(paired, comparisons[metric], chosen)
+                        if m in set(paired["method"])
+                    ]
+        studies[experiment] = Study(experiment, chosen, frames, comparisons, notes=notes)
         for table, metric, headline, sources in parts:
             _mark(table, studies[experiment], metric, headline, sources, names)
             by_group = {gkey: names[id(r)] for _, gkey, r in sources}
@@ -242,6 +305,7 @@ def comparison_markdown(study: Study) -> str:
         "",
     ]
     lines += [*_mixed_notes(study), ""] if study.mixed else []
+    lines += [*study.notes, ""] if study.notes else []
     return "\n".join(lines)
 
 
@@ -282,6 +346,7 @@ def leaderboard_markdown(study: Study) -> str:
         "above / below 0, else within noise)."
     )
     lines += ["", *_mixed_notes(study)] if study.mixed else []
+    lines += ["", *study.notes] if study.notes else []
     return "\n".join(lines) + "\n"
 
 
@@ -301,6 +366,7 @@ def write_study(study: Study, out_dir: str) -> tuple[dict, dict, list[str]]:
         files[f"comparison_{study.experiment}"] = {"csv": f"{stem}.csv", "md": f"{stem}.md"}
     elif study.baseline:
         missing.append(f"{study.experiment}: no comparison: the baseline {study.baseline} has no records to pair with")
+    missing += [f"comparison_{study.experiment}: {note}" for note in study.notes]
     if not study.baseline:
         return files, figures, missing
     path = os.path.join(out_dir, f"leaderboard_{study.experiment}.md")

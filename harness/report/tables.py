@@ -55,7 +55,8 @@ MARKS = (
 LABEL_FIELD = "_settings_label"
 
 # Experiments that feed a table unless the caller says otherwise (see ``table_filter``).
-OWN_EXPERIMENTS = ("crossdataset", "domaingen", "ablations", "fewshot")
+FEWSHOT_EXPERIMENT = "fewshot"
+OWN_EXPERIMENTS = ("crossdataset", "domaingen", "ablations", FEWSHOT_EXPERIMENT)
 TABLE_KEYS = {
     "table1": "table1_base2new",
     "table2": "table2_crossdataset",
@@ -101,7 +102,9 @@ def method_names(records: list[dict]) -> dict:
     """{id(record): its method's name in a study's comparison and efficiency table}: the method, or its
     config where the study ran several configs of the method on one dataset at one shot count (a config
     per shot count, CoOp's epochs, is still one method); the backbone and the settings run
-    (``--all-variants``) added where they, too, tell two of its columns apart."""
+    (``--all-variants``) added where they, too, tell two of its columns apart. Outside the few-shot study
+    (whose shot counts are each their own table and comparison) the shot count is added where a method
+    learned on one dataset at several: its 4-shot and 16-shot columns are two methods, never one."""
     seen: dict = {}
     for r in records:
         seen.setdefault((r["method"], r.get("dataset"), None if is_zero_shot(r) else r.get("shots")), []).append(r)
@@ -110,6 +113,13 @@ def method_names(records: list[dict]) -> dict:
         for part in ("config", "backbone", LABEL_FIELD):
             if len({str(r.get(part)) for r in recs}) > 1:
                 several.setdefault(method, set()).add(part)
+    shot_counts: dict = {}
+    for r in records:
+        if not is_zero_shot(r) and r.get("experiment") != FEWSHOT_EXPERIMENT:
+            shot_counts.setdefault((r["method"], r.get("dataset")), set()).add(r.get("shots"))
+    for (method, _), counts in shot_counts.items():
+        if len(counts) > 1:
+            several.setdefault(method, set()).add("shots")
     names = {}
     for r in records:
         method, parts = r["method"], several.get(r["method"], set())
@@ -117,6 +127,8 @@ def method_names(records: list[dict]) -> dict:
         if "config" in parts:
             name = config_name(method, r.get("config"))
         extra = [str(r.get(p)) for p in ("backbone", LABEL_FIELD) if p in parts and r.get(p)]
+        if "shots" in parts and not is_zero_shot(r):
+            extra.insert(0, f"{r.get('shots')} shots")
         names[id(r)] = name + (f" ({', '.join(extra)})" if extra else "")
     return names
 
