@@ -314,6 +314,17 @@ def test_a_corrupted_archive_is_refused_and_nothing_is_kept(tmp_path, server, mo
     assert os.listdir(os.path.join(root, DOWNLOADS, "dtd")) == []  # the bad download is gone, no .part left
 
 
+def test_an_archive_of_another_shape_leaves_nothing_behind(tmp_path, monkeypatch):
+    archive, split = fabricate_dtd(str(tmp_path / "made"))
+    ddir = make_layout(str(tmp_path / "other"), "dtd")
+    _tar(archive, ddir, "textures")  # the published name and checksum of the table, but no dtd/ inside
+    point_sources_at(monkeypatch, tmp_path, "dtd", [archive, split], "http://127.0.0.1:9")
+    root = str(tmp_path / "data")
+    with pytest.raises(PrepareError, match="holds no dtd .found: textures."):
+        prepare_dataset("dtd", root, from_dir=os.path.dirname(archive))
+    assert os.listdir(root) == []  # no dataset folder, no staging folder
+
+
 def test_from_a_folder_without_network(tmp_path, monkeypatch):
     archives = fabricate_dtd(str(tmp_path / "by-hand"))
     point_sources_at(monkeypatch, tmp_path, "dtd", archives, "http://127.0.0.1:9")  # nothing listens there
@@ -363,10 +374,15 @@ def test_imagenet_from_its_archives(tmp_path, monkeypatch):
 
 def test_check_decodes_every_image_unless_quick(tmp_path, capsys):
     ddir = make_layout(tmp_path, "dtd")
+    from PIL import Image
+
     image = os.path.join(ddir, "images", "bumpy", "bumpy_0003.jpg")
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(image, "JPEG")
     data = open(image, "rb").read()
     with open(image, "wb") as f:
-        f.write(data[: len(data) // 2])  # a truncated JPEG: it opens, and fails when decoded
+        f.write(data[: len(data) * 3 // 4])
+    Image.open(image).close()  # a truncated JPEG opens, and fails only when decoded
     assert data_main(["check", "--root", str(tmp_path), "--dataset", "dtd"]) == 1
     out = capsys.readouterr().out
     assert "1 of 60 do not decode" in out and image in out and "BROKEN" in out and "all 60 decode" not in out

@@ -105,14 +105,20 @@ def _obtain(key: str, ds: DatasetSources, root: str, from_dir: str | None, retri
 
     missing = [s for s in ds.files if not os.path.isfile(local(s)) and (from_dir is not None or s.url is None)]
     if missing:
-        listed = "; ".join(
-            f"{s.name} ({human_size(s.size)}{', MD5 ' + s.md5 if s.md5 else ''}) from {s.url or 'the site'}"
-            for s in missing
-        )
+        # with --from no network is used, so the folder must hold the downloadable files too
+        also = [s for s in ds.files if s not in missing and not (from_dir and os.path.isfile(local(s)))]
+
+        def listed(files):
+            return "; ".join(
+                f"{s.name} ({human_size(s.size)}{', MD5 ' + s.md5 if s.md5 else ''}) from {s.url or ds.page}"
+                for s in files
+            )
+
         how = f" ({ds.manual})" if any(s.url is None for s in missing) and ds.manual else ""
         raise PrepareError(
-            f"{key}: missing {listed}. Fetch them{how} into {from_dir or 'a folder DIR'}, then run: "
-            f"python -m harness.data prepare --root {root} --dataset {key} --from {from_dir or 'DIR'}"
+            f"missing {listed(missing)}. Fetch them{how} into {from_dir or 'a folder DIR'}"
+            + (f", with {listed(also)}" if also else "")
+            + f", then run: python -m harness.data prepare --root {root} --dataset {key} --from {from_dir or 'DIR'}"
         )
     paths = {}
     for src in ds.files:
