@@ -102,6 +102,11 @@ bench-authors: $(STAMP) ## every method against its authors' code: make bench-au
 demo-drift: $(STAMP) ## re-run the demo and compare it with reports/demo-reference (a benchmark, not a test)
 	$(PY) -m benchmarks.demo drift
 
+.PHONY: data
+data: $(STAMP) ## fetch, verify and arrange the datasets: make data DATA_ROOT=/data [DATASETS=dtd,eurosat] [FROM=/archives]
+	$(if $(DATA_ROOT),,$(error make data needs DATA_ROOT=/path/to/data (FROM=DIR: the files fetched by hand, no network)))
+	$(PY) -m harness.data prepare --root $(DATA_ROOT) $(if $(DATASETS),--dataset $(DATASETS)) $(if $(FROM),--from $(FROM))
+
 test: $(STAMP) ## run the test suite (Slurm tests run when a cluster is up: tools/slurm-cluster.sh start)
 	$(PY) -m pytest $(PYTEST_ARGS)
 

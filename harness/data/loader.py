@@ -6,30 +6,10 @@ import os
 from collections.abc import Callable, Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import ImageDecodeError
+from .images import load_image
 from .types import Datum
-
-
-def load_image(path: str) -> Image.Image:
-    """Open and fully decode an image as RGB; raises :class:`ImageDecodeError` naming the file."""
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError as e:
-        raise ImageDecodeError(
-            f"image file not found: {path}; re-download/extract the dataset "
-            f"(python -m harness.data check --root DATA_ROOT lists what is "
-            f"missing)"
-        ) from e
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise ImageDecodeError(
-            f"cannot decode image {path} ({type(e).__name__}: {e}); the file is "
-            f"truncated or corrupt: re-download it (or remove it from the "
-            f"split)"
-        ) from e
 
 
 class ImageDataset(Dataset):

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from .cache import dir_writable, fallback_dir, lock_for
 from .errors import DatasetError, DatasetNotFoundError, SplitFileError
 from .registry import DatasetInfo
+from .sources import CLASSNAMES
 from .splitfile import listdir_nohidden, read_split_json, split_three_way, split_trainval, write_split_json
 from .types import Datum
 
@@ -322,8 +323,7 @@ def read_classnames(path: str) -> OrderedDict[str, str]:
     if not os.path.isfile(path):
         raise DatasetNotFoundError(
             f"class-name file {path} not found; it holds 1,000 lines '<wnid> <class name>' "
-            f"(CLIP's ImageNet names): get it from https://drive.google.com/file/d/"
-            f"1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF and put a copy at {path}"
+            f"(CLIP's ImageNet names): get it from {CLASSNAMES.url} and put a copy at {path}"
         )
     out: OrderedDict[str, str] = OrderedDict()
     for i, ln in enumerate(_read_lines(path)):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from harness.plugins import load_plugins
 
 from .errors import UnknownDatasetError
+from .sources import SOURCES, where_from
 
 
 @dataclass(frozen=True)
@@ -21,132 +22,30 @@ class DatasetInfo:
     sizes: tuple[int | None, int | None, int | None]  # expected train / val / test sizes
     test_only: bool = False
     source: str = "json"  # json | fgvc_txt | imagenet | imagenetv2 | wnid_folders
-    download: str = ""  # where to get the data (human readable)
+    download: str = ""  # where to get the data (human readable; the benchmark's: harness.data.sources.where_from)
     # For generated datasets: writes the dataset folder under a data root (generate(root) -> folder).
     generate: Callable[[str], str] | None = field(default=None, compare=False, repr=False)
 
 
-def _json(key, paper, folder, image_dir, ncls, sizes, download):
-    return DatasetInfo(key, paper, folder, image_dir, f"split_zhou_{paper}.json", ncls, sizes, download=download)
+def _json(key, paper, folder, image_dir, ncls, sizes):
+    return DatasetInfo(key, paper, folder, image_dir, f"split_zhou_{paper}.json", ncls, sizes)
 
 
-_GD = "https://drive.google.com/file/d/{}"
-
+# Where each dataset comes from is harness.data.sources' table; ``download`` is its one-line summary.
 _ENTRIES = [
+    DatasetInfo("imagenet", "ImageNet", "imagenet", "images", None, 1000, (1281167, 50000, 50000), source="imagenet"),
+    _json("caltech101", "Caltech101", "caltech-101", "101_ObjectCategories", 100, (4128, 1649, 2465)),
+    _json("oxford_pets", "OxfordPets", "oxford_pets", "images", 37, (2944, 736, 3669)),
+    _json("stanford_cars", "StanfordCars", "stanford_cars", "", 196, (6509, 1635, 8041)),
+    _json("oxford_flowers", "OxfordFlowers", "oxford_flowers", "jpg", 102, (4093, 1633, 2463)),
+    _json("food101", "Food101", "food-101", "images", 101, (50500, 20200, 30300)),
     DatasetInfo(
-        "imagenet",
-        "ImageNet",
-        "imagenet",
-        "images",
-        None,
-        1000,
-        (1281167, 50000, 50000),
-        source="imagenet",
-        download="ILSVRC2012 train + val from image-net.org (val images arranged into the "
-        "1,000 wnid folders); classnames.txt from " + _GD.format("1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF"),
+        "fgvc_aircraft", "FGVCAircraft", "fgvc_aircraft", "images", None, 100, (3334, 3333, 3333), source="fgvc_txt"
     ),
-    _json(
-        "caltech101",
-        "Caltech101",
-        "caltech-101",
-        "101_ObjectCategories",
-        100,
-        (4128, 1649, 2465),
-        "101_ObjectCategories.tar.gz from the Caltech-101 site; split JSON "
-        + _GD.format("1hyarUivQE36mY6jSomru6Fjd-JzwcCzN"),
-    ),
-    _json(
-        "oxford_pets",
-        "OxfordPets",
-        "oxford_pets",
-        "images",
-        37,
-        (2944, 736, 3669),
-        "images.tar.gz + annotations.tar.gz from the Oxford-IIIT Pet site; split JSON "
-        + _GD.format("1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs"),
-    ),
-    _json(
-        "stanford_cars",
-        "StanfordCars",
-        "stanford_cars",
-        "",
-        196,
-        (6509, 1635, 8041),
-        "cars_train, cars_test, devkit and cars_test_annos_withlabels.mat; split JSON "
-        + _GD.format("1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT"),
-    ),
-    _json(
-        "oxford_flowers",
-        "OxfordFlowers",
-        "oxford_flowers",
-        "jpg",
-        102,
-        (4093, 1633, 2463),
-        "102flowers.tgz + imagelabels.mat from the VGG Flowers-102 site; cat_to_name.json "
-        + _GD.format("1AkcxCXeK_RCGCEC_GvmWxjcjaNhu-at0")
-        + "; split JSON "
-        + _GD.format("1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT"),
-    ),
-    _json(
-        "food101",
-        "Food101",
-        "food-101",
-        "images",
-        101,
-        (50500, 20200, 30300),
-        "food-101.tar.gz from the ETH Food-101 site; split JSON " + _GD.format("1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl"),
-    ),
-    DatasetInfo(
-        "fgvc_aircraft",
-        "FGVCAircraft",
-        "fgvc_aircraft",
-        "images",
-        None,
-        100,
-        (3334, 3333, 3333),
-        source="fgvc_txt",
-        download="fgvc-aircraft-2013b.tar.gz; move its data/ folder to fgvc_aircraft/",
-    ),
-    _json(
-        "sun397",
-        "SUN397",
-        "sun397",
-        "SUN397",
-        397,
-        (15880, 3970, 19850),
-        "SUN397.tar.gz + Partitions.zip from the SUN database site; split JSON "
-        + _GD.format("1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq"),
-    ),
-    _json(
-        "dtd",
-        "DescribableTextures",
-        "dtd",
-        "images",
-        47,
-        (2820, 1128, 1692),
-        "dtd-r1.0.1.tar.gz from the DTD site; split JSON " + _GD.format("1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x"),
-    ),
-    _json(
-        "eurosat",
-        "EuroSAT",
-        "eurosat",
-        "2750",
-        10,
-        (13500, 5400, 8100),
-        "EuroSAT.zip (RGB) extracted to eurosat/2750/; split JSON " + _GD.format("1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o"),
-    ),
-    _json(
-        "ucf101",
-        "UCF101",
-        "ucf101",
-        "UCF-101-midframes",
-        101,
-        (7639, 1898, 3783),
-        "UCF-101-midframes.zip "
-        + _GD.format("10Jqome3vtUA2keJkNanAiFpgbyC9Hc2O")
-        + "; split JSON "
-        + _GD.format("1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y"),
-    ),
+    _json("sun397", "SUN397", "sun397", "SUN397", 397, (15880, 3970, 19850)),
+    _json("dtd", "DescribableTextures", "dtd", "images", 47, (2820, 1128, 1692)),
+    _json("eurosat", "EuroSAT", "eurosat", "2750", 10, (13500, 5400, 8100)),
+    _json("ucf101", "UCF101", "ucf101", "UCF-101-midframes", 101, (7639, 1898, 3783)),
     DatasetInfo(
         "imagenetv2",
         "ImageNetV2",
@@ -157,8 +56,6 @@ _ENTRIES = [
         (None, None, 10000),
         test_only=True,
         source="imagenetv2",
-        download="imagenetv2-matched-frequency.tar.gz from the ImageNetV2 release; copy "
-        "imagenet/classnames.txt next to it",
     ),
     DatasetInfo(
         "imagenet_sketch",
@@ -170,7 +67,6 @@ _ENTRIES = [
         (None, None, 50889),
         test_only=True,
         source="wnid_folders",
-        download="ImageNet-Sketch (images/<wnid>/...); copy imagenet/classnames.txt",
     ),
     DatasetInfo(
         "imagenet_a",
@@ -182,7 +78,6 @@ _ENTRIES = [
         (None, None, 7500),
         test_only=True,
         source="wnid_folders",
-        download="imagenet-a.tar from the natural-adv-examples release; copy imagenet/classnames.txt",
     ),
     DatasetInfo(
         "imagenet_r",
@@ -194,7 +89,6 @@ _ENTRIES = [
         (None, None, 30000),
         test_only=True,
         source="wnid_folders",
-        download="imagenet-r.tar from the imagenet-r release; copy imagenet/classnames.txt",
     ),
     # A small dataset in the authors' split-file layout, any number of classes: what the tests
     # generate (tests/fake_data.py), and a layout anyone can fill with their own images.
@@ -210,6 +104,7 @@ _ENTRIES = [
         'holding {"train", "val", "test"} lists of [path relative to images/, label, class name]',
     ),
 ]
+_ENTRIES = [replace(e, download=where_from(e.key)) if e.key in SOURCES else e for e in _ENTRIES]
 
 DATASETS: dict[str, DatasetInfo] = {e.key: e for e in _ENTRIES}
 
