@@ -47,7 +47,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: venv base2new demo crossdataset domaingen ablations fewshot bigger_coop report dashboard status bench bench-authors demo-drift test lint docs help
+.PHONY: venv base2new demo crossdataset domaingen ablations fewshot bigger_coop report dashboard status bench bench-authors demo-drift readme test lint docs help
 
 venv: $(STAMP) ## create the virtual environment and install the project
 
@@ -90,17 +90,18 @@ dashboard: $(STAMP) ## W&B workspace views and report from reports/ (after make 
 status: $(STAMP) ## progress of an experiment: make status EXPERIMENT=base2new
 	$(PY) -m harness status $(or $(EXPERIMENT),base2new) $(SWEEP_ARGS)
 
-bench: $(STAMP) ## CoCoOp/CoOp speed benchmark, published vs fast path (QUICK=1: ~3 min), writes reports/bench.md and its README rows
+bench: $(STAMP) ## CoCoOp/CoOp speed benchmark, published vs fast path (QUICK=1: ~3 min), writes reports/bench.md only
 	$(PY) -m benchmarks.bench $(if $(QUICK),--quick) --out reports/bench.md
-	$(PY) -m benchmarks.bench readme --out reports/bench.md
 
 bench-authors: $(STAMP) ## every method against its authors' code: make bench-authors AUTHORS="cocoop=DIR coop=DIR ..." (reports/bench-vs-authors.md)
 	$(if $(AUTHORS),,$(error make bench-authors needs AUTHORS="cocoop=/path/to/CoOp maple=/path/to/multimodal-prompt-learning ..." (git clones of the authors' repositories)))
 	$(PY) -m benchmarks.vs_authors --authors $(AUTHORS) --out reports/bench-vs-authors.md
-	$(PY) -m benchmarks.vs_authors readme --out reports/bench-vs-authors.md
 
-demo-drift: $(STAMP) ## re-run the demo and compare it with reports/demo-reference (a benchmark, not a test)
-	$(PY) -m benchmarks.demo drift
+demo-drift: $(STAMP) ## compare the demos' results in output/demo (make base2new, crossdataset, ...) with reports/demo-reference; RERUN=1: re-run every demo study first (~12 min)
+	$(PY) -m benchmarks.demo drift $(if $(RERUN),,--results $(OUT)/demo)
+
+readme: $(STAMP) ## refresh README.md's generated blocks from the reports in reports/ (one: python -m benchmarks.readme bench --from FILE)
+	$(PY) -m benchmarks.readme
 
 .PHONY: data
 data: $(STAMP) ## fetch, verify and arrange the datasets: make data DATA_ROOT=/data [DATASETS=dtd,eurosat] [FROM=/archives]
@@ -121,3 +122,4 @@ help: ## list the targets
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "  variables: DATA_ROOT= LAUNCHER=local|slurm|debug BACKBONE= OUT=$(OUT) DATASETS=a,b SEEDS=1,2 METHODS=coop,cocoop SHOTS=1,16"
 	@echo "             SET='epochs=2 precision=fp32' (any run key)  TRACKING=auto|online|offline|none  EXPERIMENT=base2new"
+	@echo "             QUICK=1 (make bench)  RERUN=1 (make demo-drift)"

@@ -1,7 +1,9 @@
 """Benchmark: CoCoOp's published per-image path against the fast exact path (issue 7).
 
     python -m benchmarks.bench [--quick] [--out reports/bench.md]
-    python -m benchmarks.bench readme           copy the report's main rows into README.md
+
+It writes its report (``--out``); ``python -m benchmarks.readme bench [--from REPORT]`` copies the report's
+main rows into README.md.
 
 On one random CLIP with OpenAI's ViT-B/16 dimensions (open_clip ``CLIP``, QuickGELU, fp32, no
 download) it times, in one process:
@@ -53,7 +55,6 @@ import torch.nn.functional as F
 
 import methods
 from benchmarks.cocoop_check import FP32_TOLERANCE, check_fast_path, compare, train_step
-from benchmarks.readme import write_blocks
 from harness import backbone
 from harness.config import default_method_options
 from methods import prompt_encoder
@@ -781,19 +782,8 @@ def readme_block(report: str = REPORT) -> str:
     return "\n".join(out) + f"\n\n{generated} {machine} {rate} (`{report}`)\n"
 
 
-def write_readme(report: str = REPORT, readme: str = "README.md") -> None:
-    write_blocks(readme, {README_BLOCK: readme_block(report)})
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "command",
-        nargs="?",
-        choices=["run", "readme"],
-        default="run",
-        help="run: time and write --out (default); readme: copy --out's table into README.md",
-    )
     parser.add_argument(
         "--quick", action="store_true", help="K = 10 and 100 only, fewer repeats (~3 minutes on 2 cores)"
     )
@@ -801,10 +791,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", default="auto", help="CPU threads, or auto (the faster of 1 and the default)")
     args = parser.parse_args(argv)
-    if args.command == "readme":
-        write_readme(args.out)
-        print(f"wrote the table of {args.out} into README.md")
-        return 0
     device = torch.device(args.device)
     if device.type == "cuda":  # fp32 correctness checks without TF32
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -908,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
         f.write(text)
     print("\n" + text)
     log(f"Written to {args.out} ({wall / 60:.1f} min).")
+    log(f"README.md's rows from it (the benchmark writes none): python -m benchmarks.readme bench --from {args.out}")
     return 0
 
 

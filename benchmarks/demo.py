@@ -4,10 +4,12 @@
     python -m benchmarks.demo reference                         run the demos (base-to-new: every method of the
                                                                 study) and keep them in reports/demo-reference/
     python -m benchmarks.demo transfer                          run only the crossdataset and domaingen demos
-    python -m benchmarks.demo drift [--results DIR]             re-run the demos (or read DIR) and compare
+    python -m benchmarks.demo drift [--results DIR]             re-run the demos (or read DIR: make demo-drift
+                                                                reads output/demo) and compare
     python -m benchmarks.demo ablations                         run the demo ablations; keep Figure 4's tables
-    python -m benchmarks.demo readme                            write the reference into README.md's demo blocks
-                                                                and the methods table (benchmarks.methods_table)
+
+The README's demo blocks are written from the reference by ``python -m benchmarks.readme demo``
+(``readme_blocks`` here makes them).
 
 The pattern checked per seed: for base-to-new (CoCoOp paper, Table 1's Average row) each seed's
 average over the demo's datasets; for cross-dataset transfer and domain generalisation (Tables 2
@@ -31,7 +33,6 @@ import sys
 import tempfile
 import time
 
-from benchmarks.readme import write_blocks
 from harness import sweep
 from harness.report.tables import harmonic
 from harness.results import read_records
@@ -151,7 +152,8 @@ def checks_markdown(checks: list[dict], what: str = "Average row") -> str:
     for c in checks:
         gap = "—" if c["gap"] is None else f"{c['gap']:+.2f}"
         std = "—" if c["std"] is None else f"{c['std']:.2f}"
-        lines.append(f"| {c['claim']} | {gap} | {std} | {'yes' if c['holds'] else 'NO'} |")
+        holds = "not run" if c["gap"] is None else "yes" if c["holds"] else "NO"  # no gap: its runs were never made
+        lines.append(f"| {c['claim']} | {gap} | {std} | {holds} |")
     return "\n".join(lines) + "\n"
 
 
@@ -344,10 +346,6 @@ def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
     return blocks
 
 
-def write_readme(path: str = "README.md", reference_dir: str = REFERENCE_DIR) -> None:
-    write_blocks(path, {f"demo:{name}": body for name, body in readme_blocks(reference_dir).items()})
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.demo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -358,15 +356,7 @@ def main(argv=None) -> int:
     d = sub.add_parser("drift", help="re-run the demo (or read --results) and compare with the reference")
     d.add_argument("--results", help="a finished demo's output folder (default: run the demo now)")
     sub.add_parser("ablations", help="run the demo ablations and keep Figure 4's tables with the reference")
-    sub.add_parser("readme", help="write the reference run and the methods table into README.md")
     args = parser.parse_args(argv)
-
-    if args.cmd == "readme":
-        from benchmarks import methods_table
-
-        write_readme()
-        methods_table.write_readme()
-        return 0
 
     if args.cmd == "ablations":
         out = tempfile.mkdtemp(prefix="demo-ablations-")
@@ -447,6 +437,13 @@ def main(argv=None) -> int:
     if results is None:
         results = tempfile.mkdtemp(prefix="demo-drift-")
         run_reference_demo(results, os.path.join(results, "report"))
+    elif not read_records(results):
+        print(
+            f"error: no demo results in {results}: run `make base2new` (no DATA_ROOT) first, or re-run every demo "
+            "study and compare: make demo-drift RERUN=1",
+            file=sys.stderr,
+        )
+        return 2
     report_csv = os.path.join(results, "report", "table1_base2new.csv")
     if not os.path.isfile(report_csv):
         subprocess.run(

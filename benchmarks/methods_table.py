@@ -1,8 +1,8 @@
 """The README's methods table, made from the registry: one row per registered method that has a
 base-to-new result (not the linear probe, a classifier of its training classes: see the few-shot study).
 
-    python -m benchmarks.methods_table        write it into README.md's methods block
-                                              (``python -m benchmarks.demo readme`` writes it too)
+    python -m benchmarks.methods_table        print it (``python -m benchmarks.readme methods`` writes it
+                                              into README.md's methods block)
 
 Each row: the method's name, its label and paper (``methods.method_info``), the code it follows,
 its trainable parameters counted by the code on a random ViT-B/16-shaped CLIP with the options of its
@@ -19,7 +19,6 @@ import os
 import torch
 
 import methods
-from benchmarks.readme import write_blocks
 from harness import backbone
 from harness.config import default_method_options
 
@@ -88,9 +87,5 @@ def markdown() -> str:
     return HEADER + "".join("| " + " | ".join(row) + " |\n" for row in rows())
 
 
-def write_readme(path: str = os.path.join(ROOT, "README.md")) -> None:
-    write_blocks(path, {BLOCK: markdown()})
-
-
 if __name__ == "__main__":
-    write_readme()
+    print(markdown(), end="")

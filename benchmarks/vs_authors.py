@@ -2,7 +2,9 @@
 
     python -m benchmarks.vs_authors --authors cocoop=DIR coop=DIR kgcoop=DIR maple=DIR promptsrc=DIR \
         prograd=DIR tcp=DIR coop_dept=DIR mmrl=DIR
-    python -m benchmarks.vs_authors readme          copy the table of reports/bench-vs-authors.md into README.md
+
+It writes its report (``--out``, default reports/bench-vs-authors.md); ``python -m benchmarks.readme vs-authors
+[--from REPORT]`` copies its table into README.md.
 
 For every method named with a checkout of its authors' repository (``git clone`` of the repository
 in ``AUTHORS``; the commit it holds is read and written beside the figures, with a warning when it is
@@ -64,7 +66,6 @@ from benchmarks.bench import (
     matmul_throughput,
 )
 from benchmarks.cocoop_check import FP32_TOLERANCE, relative_error
-from benchmarks.readme import write_blocks
 from harness import backbone
 from methods.promptsrc import PROMPTSRC_TEMPLATES
 
@@ -1002,13 +1003,13 @@ def render(
     return "\n".join(out) + "\n"
 
 
-def write_readme(report: str = REPORT, readme: str = "README.md") -> None:
-    """Copy the table (and the line naming machine and load) of ``report`` into README.md's block."""
+def readme_block(report: str = REPORT) -> str:
+    """README.md's block: the table (and the line naming machine and load) of ``report``."""
     with open(report, encoding="utf-8") as f:
         text = f.read()
     machine = next(line for line in text.splitlines() if line.startswith("Machine:"))
     body = "\n".join(line for line in text.splitlines() if line.startswith("|"))
-    write_blocks(readme, {README_BLOCK: f"{body}\n\n{machine} (`{report}`)\n"})
+    return f"{body}\n\n{machine} (`{report}`)\n"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1035,7 +1036,6 @@ def parse_authors(items: list[str], known: dict[str, AuthorsCode]) -> dict[str, 
 
 def main(argv: list[str] | None = None, adapters: dict[str, AuthorsCode] = AUTHORS, clip=None, docs=DOCS) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.vs_authors", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", nargs="?", choices=["run", "readme"], default="run")
     parser.add_argument("--authors", nargs="*", default=[], metavar="METHOD=DIR")
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--batch", type=int, default=1)
@@ -1051,12 +1051,7 @@ def main(argv: list[str] | None = None, adapters: dict[str, AuthorsCode] = AUTHO
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--note", default="", help="a sentence for the report, e.g. about other load")
     parser.add_argument("--out", default=REPORT)
-    parser.add_argument("--readme", default="README.md")
     args = parser.parse_args(argv)
-    if args.command == "readme":
-        write_readme(args.out, args.readme)
-        print(f"wrote the table of {args.out} into {args.readme}")
-        return 0
     checkouts = parse_authors(args.authors, adapters)
     if not checkouts:
         parser.error("name at least one METHOD=DIR with --authors")

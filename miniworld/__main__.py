@@ -1,6 +1,6 @@
 """python -m miniworld: pre-train the tiny CLIP, write the demo datasets.
 
-    python -m miniworld pretrain [--force]     train (or find) the cached weights; prints their sha256
+    python -m miniworld pretrain [--force]     train (or find) the cached weights; prints their path and sha256
     python -m miniworld dataset --root DIR     write the demo datasets under DIR
 
 Zero-shot accuracy of the cached model goes through the harness like any run, e.g.
@@ -42,6 +42,7 @@ def main(argv=None) -> int:
         else:
             path = pretrain.ensure_pretrained(config, force=args.force)
             print(path)
+            print(f"weights sha256 {pretrain.cached_weights_sha256(config)}")  # cached or just trained alike
     elif args.cmd == "dataset":
         for key in args.datasets:
             print(datasets.write_dataset(args.root, key))

@@ -4,14 +4,14 @@ The loss is CLIP's symmetric InfoNCE over a batch of (picture, caption) pairs; A
 warm-up and cosine decay; the project's tiny open_clip architecture with CLIP's real tokenizer.
 A second process renders the next batches while this one trains.
 
-Bit-identical weights on any x86 machine: the arithmetic runs on one thread (the order of
-floating-point sums then does not depend on the core count), oneDNN is off, and when the weights
-are made for the cache the training runs in a fresh process with MKL's conditional numerical
-reproducibility on its AVX2 code path (``MKL_CBWR=AVX2,STRICT``) and ATen's AVX2 kernels
-(``ATEN_CPU_CAPABILITY=avx2``), so that neither picks code paths by the machine's instruction set:
-the same weights on every x86-64 CPU with AVX2 (Intel since 2013, AMD since 2015), whatever its
-core count or AVX-512. ``weights_sha256`` is printed after training; the tests check it under other
-thread counts and instruction sets.
+Pinned weights: the arithmetic runs on one thread (the order of floating-point sums then does not
+depend on the core count), oneDNN is off, and when the weights are made for the cache the training
+runs in a fresh process with MKL's conditional numerical reproducibility on its AVX2 code path
+(``MKL_CBWR=AVX2,STRICT``) and ATen's AVX2 kernels (``ATEN_CPU_CAPABILITY=avx2``). On one CPU the
+weights are then bit-identical whatever the thread count or the AVX2/AVX-512 choice (the tests check
+it). Across CPU models they are not: a user's AMD EPYC (AVX-512), with the same torch, made other
+weights than the reference Intel Xeon (README, "The miniature world"). ``weights_sha256`` is printed
+after training and by ``python -m miniworld pretrain`` for cached weights.
 """
 
 from __future__ import annotations
@@ -214,6 +214,17 @@ def published_sha256(config: PretrainConfig = DEFAULT_PRETRAIN) -> str | None:
             return json.load(f).get("file_sha256")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def cached_weights_sha256(config: PretrainConfig = DEFAULT_PRETRAIN) -> str:
+    """``weights_sha256`` of the cached weights: as their pre-training recorded it in the sidecar, else (a
+    sidecar of an earlier harness) computed from the file."""
+    try:
+        with open(cache_path(config) + ".json") as f:
+            recorded = json.load(f).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return recorded or weights_sha256(backbone.load_openai_file(cache_path(config), precision="fp32"))
 
 
 def train_and_save(config: PretrainConfig, path: str) -> dict:

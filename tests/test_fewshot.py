@@ -217,3 +217,23 @@ def test_readme_few_shot_demo_blocks_are_the_reference_run():
         for method, mean in rows.items():
             key = (method, 0 if method == "zsclip" else shots)
             assert abs(statistics.fmean(averages[key]) - mean) < 1e-6, key
+
+
+def test_a_claim_whose_runs_were_never_made_says_not_run():
+    """CoOp and zero-shot CLIP run without the linear probe (METHODS=zsclip,coop): the claims against the probe
+    were not run, which is not the same as not holding."""
+    from benchmarks import demo, fewshot_demo
+
+    averages = {("coop", 1): [70.0, 71.0], ("coop", 2): [75.0, 76.0], ("coop", 16): [90.0, 91.0], ("zsclip", 0): [72.0]}
+    checks = fewshot_demo.claim_checks(averages)
+    rows = {c["claim"]: line for c, line in zip(checks, demo.checks_markdown(checks).splitlines()[2:])}
+    assert rows["CoOp > linear probe at 1 shot"].endswith("| not run |")
+    assert rows["CoOp > linear probe at 2 shots"].endswith("| not run |")
+    assert rows["CoOp > zero-shot CLIP at 2 shots"].endswith("| yes |")
+    averages[("coop", 16)] = [72.0, 73.0]  # now one that was run and does not hold
+    checks = fewshot_demo.claim_checks(averages)
+    rows = {c["claim"]: line for c, line in zip(checks, demo.checks_markdown(checks).splitlines()[2:])}
+    assert rows["CoOp ≥ zero-shot CLIP + 5 at 16 shots"].endswith("| NO |")
+    sentence = fewshot_demo.verdict(checks)
+    assert sentence.startswith("1 of 4 hold") and "not: CoOp ≥ zero-shot CLIP + 5 at 16 shots" in sentence
+    assert "not run: CoOp > linear probe at 1 shot; CoOp > linear probe at 2 shots" in sentence

@@ -94,7 +94,18 @@ def test_a_missing_seed_is_marked_not_averaged_silently(records, tmp_path):
         for r in records
         if not (r["method"] == "coop" and r["shots"] == 1 and r["seed"] == 3 and r["dataset"] == "mini_a")
     ]
-    report = build_report(records, out_dir=str(tmp_path), with_paper=False)
+    import json
+
+    from harness import sweep
+
+    store = tmp_path / "store"  # the records as a sweep's store, with what the sweep asked for beside them
+    store.mkdir()
+    (store / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    store = str(store)
+    study = {"name": "fewshot", "protocol": "fewshot", "datasets": list(DATASETS), "shots": list(SHOTS)}
+    study.update(seeds=list(SEEDS), methods={"zsclip": {}, "lpclip": {}, "coop": {}})
+    sweep.record_expectation(store, study, study)  # its missing seed is listed
+    report = build_report(store, out_dir=str(tmp_path / "report"), with_paper=False)
     table = report["tables"]["fewshot_1shot"]["table"]
     cell = table.cell("mini_a", table.group_for("coop"), "acc")
     assert cell.note == "†(2/3 seeds)" and cell.n == 2

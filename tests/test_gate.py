@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_report import expect as expect_base2new
 from test_report import record as base_new_record
 from test_report import write
 
@@ -433,7 +434,9 @@ def test_figure3_subtracts_coop_from_cocoop_only_on_one_backbone(tmp_path):
     report = build_report(records(["RN50", "ViT-B/16"]), out_dir=str(tmp_path / "both"), with_paper=False)
     with open(report["figures"]["figure3"]["csv"], newline="") as f:
         assert {float(r["cocoop_minus_coop"]) for r in csv.DictReader(f)} == {5.0}  # never 70 − 50
-    report = build_report(records(["RN50"]), out_dir=str(tmp_path / "rn50"), with_paper=False)
+    store = write(tmp_path / "rn50_store", records(["RN50"]))
+    expect_base2new(store, datasets=("dtd", "eurosat"))  # a base-to-new sweep asked for Table 1 and its figures
+    report = build_report(store, out_dir=str(tmp_path / "rn50"), with_paper=False)
     assert "figure3" not in report["figures"]
     assert any("one experiment and backbone" in m for m in report["missing"])
 

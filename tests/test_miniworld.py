@@ -287,3 +287,31 @@ def test_progress_logs_every_few_percent_when_not_a_terminal(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "harness.logs"]
     assert len(lines) == 20 and stream.getvalue() == ""
     assert "200/200" in lines[-1] and "ETA" in lines[0] and "loss 1.000" in lines[0]
+
+
+def test_pretrain_prints_the_hash_of_cached_weights(tmp_path, monkeypatch, capsys):
+    """``python -m miniworld pretrain`` with the weights already cached trains nothing and still prints the
+    hash to compare with the README's reference; from a sidecar without it (an earlier harness's), the file's."""
+    from miniworld.__main__ import main
+
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    config = dataclasses.replace(SMALL, steps=2)
+    path = pretrain.cache_path(config)
+    os.makedirs(os.path.dirname(path))
+    facts = pretrain.train_and_save(config, path)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the weights are cached: nothing to train")
+
+    monkeypatch.setattr(pretrain, "pretrain_in_subprocess", no_training)
+    capsys.readouterr()
+    argv = ["pretrain", "--config", json.dumps(dataclasses.asdict(config))]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines() == [path, f"weights sha256 {facts['weights_sha256']}"]
+    with open(path + ".json") as f:
+        sidecar = json.load(f)
+    del sidecar["weights_sha256"]
+    with open(path + ".json", "w") as f:
+        json.dump(sidecar, f)
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"weights sha256 {facts['weights_sha256']}"

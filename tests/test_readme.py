@@ -10,7 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     with open(os.path.join(ROOT, "README.md")) as f:
-        blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+        api = f.read().split("\n## Python API\n", 1)[1]
+    blocks = re.findall(r"```python\n(.*?)```", api, flags=re.S)
     assert blocks, "README.md has no python example"
     code = blocks[0].replace("/tmp/", f"{tmp_path}/")
     monkeypatch.chdir(tmp_path)
@@ -127,13 +128,13 @@ def test_demo_blocks_are_the_reference_run():
 
 
 def test_bench_table_is_the_report(monkeypatch):
-    """README.md's benchmark rows are what ``python -m benchmarks.bench readme`` writes from reports/bench.md."""
+    """README.md's benchmark rows are what ``python -m benchmarks.readme bench`` writes from reports/bench.md."""
     from benchmarks import bench
     from benchmarks.readme import read_block
 
     monkeypatch.chdir(ROOT)
     assert read_block("README.md", bench.README_BLOCK) == bench.readme_block(bench.REPORT), (
-        "README.md's bench block is stale: python -m benchmarks.bench readme"
+        "README.md's bench block is stale: python -m benchmarks.readme bench"
     )
 
 
@@ -165,8 +166,189 @@ def test_bench_readme_rows_are_read_from_the_report(tmp_path):
     assert "2026-12-06T04:40" in block and "Machine: a CPU" in block and "200 GFLOP/s" in block
     readme = tmp_path / "README.md"
     readme.write_text("top\n<!-- BEGIN bench:table -->\nold\n<!-- END bench:table -->\nbottom\n")
-    bench.write_readme(str(report), str(readme))
+    from benchmarks.readme import refresh
+
+    refresh(str(readme), ("bench",), str(report))
     assert readme.read_text() == f"top\n<!-- BEGIN bench:table -->\n{block}<!-- END bench:table -->\nbottom\n"
     readme.write_text("no block\n")
     with pytest.raises(ValueError, match=r"README.md has no <!-- BEGIN bench:table -->"):
-        bench.write_readme(str(report), str(readme))
+        refresh(str(readme), ("bench",), str(report))
+
+
+# -- who writes the README ------------------------------------------------------------------------
+
+
+def _stale_blocks(text: str) -> str:
+    """Every generated block's body replaced by 'stale', so that any write shows."""
+    return re.sub(r"(<!-- BEGIN (\S+) -->\n).*?(<!-- END \2 -->)", r"\1stale\n\3", text, flags=re.S)
+
+
+def test_only_the_refresh_command_writes_readme_blocks():
+    """``benchmarks.readme`` is the one module that writes the README's blocks; every other module of
+    benchmarks/ (the benchmarks, the reference runs, the methods table) only makes them."""
+    import ast
+    import glob
+
+    writers = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "benchmarks", "*.py"))):
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+        if "write_blocks" in names and os.path.basename(path) != "readme.py":
+            writers.append(os.path.basename(path))
+    assert writers == []
+
+
+def test_benchmark_commands_leave_the_readme_as_it_is(tmp_path, monkeypatch):
+    """The benchmarks' and reference runs' command lines, their former ``readme`` commands included, run in a
+    folder holding a README copy with stale blocks: not a byte of it changes."""
+    import contextlib
+
+    from benchmarks import bench, demo, fewshot_demo, vs_authors
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        stale = _stale_blocks(f.read())
+    copy = tmp_path / "README.md"
+    copy.write_text(stale, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    commands = [
+        (bench.main, ["readme", "--out", os.path.join(ROOT, bench.REPORT)]),
+        (vs_authors.main, ["readme", "--out", os.path.join(ROOT, vs_authors.REPORT), "--readme", str(copy)]),
+        (demo.main, ["readme"]),
+        (fewshot_demo.main, ["readme"]),
+    ]
+    for main, argv in commands:
+        with contextlib.suppress(SystemExit):  # argparse refuses a command that does not exist
+            main(argv)
+    assert copy.read_text(encoding="utf-8") == stale
+
+
+def test_the_refresh_command_writes_the_blocks_from_the_reports(tmp_path, monkeypatch, capsys):
+    """``python -m benchmarks.readme SOURCE ...`` writes those sources' blocks from the reports kept in reports/,
+    as README.md has them; ``--from`` reads a report of the user's choice; the other blocks stay as they were."""
+    from benchmarks import bench
+    from benchmarks import readme as refresh_command
+
+    readme = os.path.join(ROOT, "README.md")
+    with open(readme, encoding="utf-8") as f:
+        current = f.read()
+    copy = tmp_path / "README.md"
+    copy.write_text(_stale_blocks(current), encoding="utf-8")
+    monkeypatch.chdir(ROOT)
+    sources = ["bench", "vs-authors", "demo", "fewshot"]  # methods: its own test (slow: it builds every method)
+    assert refresh_command.main([*sources, "--readme", str(copy)]) == 0
+    names = re.findall(r"<!-- BEGIN (\S+) -->", current)
+    assert names and "bench:table" in names
+    for name in names:
+        expected = "stale\n" if name == "methods:table" else refresh_command.read_block(readme, name)
+        assert refresh_command.read_block(str(copy), name) == expected, name
+    # One source from a chosen report: a user's own benchmark run.
+    mine = tmp_path / "mine.md"
+    with open(bench.REPORT, encoding="utf-8") as f:
+        mine.write_text(f.read().replace("Generated by `python -m benchmarks.bench`", "Generated by `mine`"))
+    assert refresh_command.main(["bench", "--from", str(mine), "--readme", str(copy)]) == 0
+    assert "Generated by `mine`" in refresh_command.read_block(str(copy), "bench:table")
+    assert refresh_command.main(["bench", "demo", "--from", str(mine), "--readme", str(copy)]) == 2
+    assert "--from names one report" in capsys.readouterr().err
+    assert refresh_command.main(["bench", "--from", str(tmp_path / "none.md"), "--readme", str(copy)]) == 2
+    assert "none.md: no such report" in capsys.readouterr().err
+
+
+# -- make demo-drift ------------------------------------------------------------------------------
+
+
+def test_make_demo_drift_compares_the_demo_results_and_reruns_only_when_asked(tmp_path, capsys):
+    """``make demo-drift`` reads the demos' results in output/demo (seconds); ``RERUN=1`` re-runs every demo
+    study (minutes). Without results in the folder, one line says what to run."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    from benchmarks import demo
+
+    if shutil.which("make") is None:
+        pytest.skip("no make on this machine")
+
+    def recipe(*variables):
+        done = subprocess.run(["make", "-n", "demo-drift", *variables], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1].split()
+
+    assert recipe()[-4:] == ["benchmarks.demo", "drift", "--results", "output/demo"]
+    assert recipe("OUT=elsewhere")[-2:] == ["--results", "elsewhere/demo"]
+    assert recipe("RERUN=1")[-2:] == ["benchmarks.demo", "drift"]
+    assert demo.main(["drift", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"no demo results in {tmp_path}" in err and "make demo-drift RERUN=1" in err
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    assert "`make demo-drift RERUN=1`" in text and "`output/demo`" in text
+
+
+# -- adding a dataset -----------------------------------------------------------------------------
+
+
+def test_adding_a_dataset_as_the_readme_says(tmp_path, monkeypatch):
+    """The README's walkthrough, step by step: its plugin module and entry point (installed as a package's
+    metadata would be), a folder and split file laid out as its DatasetInfo says, then its two commands:
+    the check passes and a one-epoch job on the tiny CLIP writes its record."""
+    import shlex
+    import textwrap
+
+    import tomllib
+    from PIL import Image
+
+    from harness import cli, plugins
+    from harness.data import check, registry
+    from harness.data.splitfile import write_split_json
+    from harness.data.types import Datum
+    from harness.results import read_records
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        section = f.read().split("\n### Adding a dataset\n", 1)[1].split("\n## ", 1)[0]
+
+    def fenced(language):
+        return textwrap.dedent(re.search(rf"```{language}\n(.*?)```", section, flags=re.S).group(1))
+
+    plugin, entry_points = fenced("python"), tomllib.loads(fenced("toml"))
+    ((name, module),) = entry_points["project"]["entry-points"][plugins.GROUP].items()
+    site = tmp_path / "site"
+    (site / module.replace(".", "/")).parent.mkdir(parents=True)
+    (site / module.replace(".", "/")).with_suffix(".py").write_text(plugin)
+    (site / module.split(".")[0] / "__init__.py").write_text("")
+    dist = site / "my_package-0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-package\nVersion: 0\n")
+    (dist / "entry_points.txt").write_text(f"[{plugins.GROUP}]\n{name} = {module}\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(plugins, "_loaded", False)  # this process loaded the plugins before the package existed
+    key = re.search(r'key="(\w+)"', plugin).group(1)
+    paper_name = re.search(r'paper_name="(\w+)"', plugin).group(1)
+    try:
+        info = registry.get_info(key)  # not built in: the registry loads the plugins, ours registers it
+        root = tmp_path / "data"
+        image_dir = root / info.folder / info.image_dir
+        splits = ([], [], [])
+        for label, (cls, colour) in enumerate((("rose", (200, 30, 40)), ("tulip", (240, 200, 20)))):
+            (image_dir / cls).mkdir(parents=True)
+            for n in range(8):
+                path = image_dir / cls / f"{n:04d}.jpg"
+                Image.new("RGB", (32, 32), tuple(min(255, c + 3 * n) for c in colour)).save(path)
+                splits[0 if n < 4 else 1 if n < 6 else 2].append(Datum(str(path), label, cls))
+        write_split_json(str(root / info.folder / info.split_file), *splits, str(image_dir))
+
+        monkeypatch.chdir(tmp_path)
+        commands = [shlex.split(line.replace("/path/to/data", str(root))) for line in fenced("bash").splitlines()]
+        (check_command, run_command) = [c for c in commands if c]
+        assert check_command[:3] == [".venv/bin/python", "-m", "harness.data"]
+        assert check.main(check_command[3:]) == 0
+        assert run_command[:3] == [".venv/bin/python", "-m", "harness"]
+        assert cli.main(run_command[3:]) == 0
+        records = read_records(str(tmp_path / "output" / "runs"))  # the store the walkthrough names
+        assert [(r["dataset"], r["method"]) for r in records] == [(key, "coop")]
+    finally:
+        registry.DATASETS.pop(key, None)  # the registries are the process's: leave them as other tests expect
+        registry._ALIASES.pop(paper_name.lower(), None)

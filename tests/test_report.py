@@ -11,7 +11,15 @@ import sys
 import pytest
 
 from harness.fingerprint import fingerprint_of
-from harness.report import AVERAGE, PAPER_DATASETS, build_report, build_tables, default_paper_dir, trainable_parameters
+from harness.report import (
+    AVERAGE,
+    NOTHING_EXPECTED,
+    PAPER_DATASETS,
+    build_report,
+    build_tables,
+    default_paper_dir,
+    trainable_parameters,
+)
 from harness.report.__main__ import main as report_main
 from harness.results import append_record
 
@@ -125,7 +133,9 @@ def test_seed_mean_population_std_and_h(small_store):
 
 
 def test_missing_seed_is_marked_and_listed(small_store):
-    t = build_tables(small_store)["table1_base2new"]
+    # The sweep asked for the paper's 11 datasets and seeds 1-3 (its expected.json): what it lacks is listed.
+    asked = {"base2new": {"datasets": list(PAPER_DATASETS), "seeds": [1, 2, 3]}}
+    t = build_tables(small_store, expectations=asked)["table1_base2new"]
     cocoop = t.group_for("cocoop")
     new = t.cell("dtd", cocoop, "new")
     assert new.mean == pytest.approx(41.0) and new.std == pytest.approx(1.0)
@@ -254,7 +264,8 @@ def test_files_and_figures_are_written(tmp_path):
         for ext in ("png", "pdf"):
             assert (out / f"{name}.{ext}").stat().st_size > 1000, (name, ext)
     index = (out / "index.md").read_text()
-    assert "table1_base2new.md" in index and "## Missing" in index and "no records for imagenet" in index
+    # No sweep wrote an expected.json beside these records: what is missing is not known, and nothing is listed.
+    assert "table1_base2new.md" in index and "## Missing" in index and NOTHING_EXPECTED in index
     t1 = summary["tables"]["table1_base2new"]["table"]
     assert [r for r, _ in t1.rows] == ["dtd", "eurosat", "synthetic", AVERAGE]
     # The average covers the two paper datasets only (synthetic is not one of the 11).
@@ -334,6 +345,8 @@ def test_files_and_figures_are_written(tmp_path):
 
 def test_absent_figure_data_is_listed_not_drawn(tmp_path):
     store = write(tmp_path / "o", [record("zsclip", "dtd", "base", 50.0), record("zsclip", "dtd", "new", 60.0)])
+    expect(store, datasets=("dtd",))  # asks for Figure 3 (Table 1's)
+    expect(store, name="ablations", datasets=("dtd",))  # asks for Figure 4
     summary = build_report(store, out_dir=str(tmp_path / "r"))
     assert set(summary["figures"]) == {"scatter", "methods"}  # what the data allow: CLIP's base/new
     assert any(m.startswith("Figure 3") for m in summary["missing"]) and any(
@@ -368,6 +381,7 @@ def test_cli_small_store(small_store, tmp_path):
     assert report_main(["--results", small_store, "--out", str(out), "--tracking", "none"]) == 0
     assert (out / "table1_base2new.md").exists() and (out / "index.md").exists()
     assert report_main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "e")]) == 1
+    expect(small_store, datasets=("eurosat", "dtd"))
     done = subprocess.run(
         [
             sys.executable,
@@ -488,7 +502,9 @@ def test_comparison_figure_on_demo_data_has_no_paper_ticks(tmp_path):
 
     _, rows = method_averages(summary["tables"]["table1_base2new"]["table"])
     assert [(r["method"], r["base"], r["paper_base"]) for r in rows] == [("zsclip", 60.0, None), ("maple", 81.5, None)]
-    empty = build_report(write(tmp_path / "e", [record("zsclip", "dtd", "base", 50.0)]), out_dir=str(tmp_path / "re"))
+    empty_store = write(tmp_path / "e", [record("zsclip", "dtd", "base", 50.0)])
+    expect(empty_store, datasets=("dtd",))
+    empty = build_report(empty_store, out_dir=str(tmp_path / "re"))
     assert "methods" not in empty["figures"] and any("Methods comparison" in m for m in empty["missing"])
 
 
@@ -563,3 +579,51 @@ def test_methods_are_labelled_ordered_and_coloured_from_the_registry(monkeypatch
     monkeypatch.setattr(figures, "_assigned", {})
     again = {m: figures.color(m) for m in ("not_registered", "plain_a", "plain_b")}
     assert (again["plain_a"], again["plain_b"]) == (first["plain_a"], first["plain_b"])  # asked in another order
+
+
+def expect(store, name="base2new", datasets=("eurosat",), ran=None, protocol="base2new"):
+    """The expected.json a sweep of ``name`` writes beside the store (``ran``: what it narrowed to)."""
+    from harness import sweep
+
+    full = {"name": name, "protocol": protocol, "datasets": list(datasets), "seeds": [1, 2, 3]}
+    full["methods"] = {m: {} for m in ("zsclip", "coop", "cocoop")}
+    sweep.record_expectation(str(store), {**full, **(ran or {})}, full)
+
+
+def one_dataset_base2new(store) -> str:
+    recs = [record("zsclip", "eurosat", sub, 50.0) for sub in ("base", "new", "all")]
+    for seed in (1, 2, 3):
+        for method in ("coop", "cocoop"):
+            recs += [record(method, "eurosat", sub, 60.0 + seed, seed) for sub in ("base", "new", "all")]
+    return write(store, recs)
+
+
+def test_missing_lists_only_what_the_sweeps_asked_for(tmp_path):
+    """A base-to-new sweep narrowed to one of its two datasets: the report lists the dataset it left out, and
+    nothing of what no sweep asked for (Tables 2, 3, 5, Figure 4, the paper's other datasets)."""
+    store = one_dataset_base2new(tmp_path / "o")
+    expect(store, datasets=("eurosat", "dtd"), ran={"datasets": ["eurosat"]})
+    summary = build_report(store, out_dir=str(tmp_path / "r"))
+    missing = summary["missing"]
+    assert summary["expected"] and missing
+    assert not [m for m in missing if m.startswith(("Table 2", "Table 3", "Table 5", "Figure 4"))], missing
+    assert not [m for m in missing if "imagenet" in m], missing
+    assert any("not run: dtd" in m for m in missing)  # the sweep's own narrowing
+    assert any(m.startswith("Table 1") and "dtd" in m for m in missing)
+    assert any(m.startswith("Table 4") and "dtd" in m for m in missing)
+    # The same tables reach the dashboard through build_study, scoped alike.
+    assert not build_tables(store)["table5_bigger_coop"].missing
+    # An ablations sweep beside it asks for Figure 4: now what Figure 4 lacks is missing.
+    expect(store, name="ablations", datasets=("eurosat",))
+    again = build_report(store, out_dir=str(tmp_path / "r2"))
+    assert any(m.startswith("Figure 4a") for m in again["missing"])
+    assert not [m for m in again["missing"] if m.startswith(("Table 2", "Table 3", "Table 5"))]
+
+
+def test_without_expected_json_nothing_is_listed_and_the_index_says_why(tmp_path, capsys):
+    store = one_dataset_base2new(tmp_path / "o")
+    summary = build_report(store, out_dir=str(tmp_path / "r"))
+    assert summary["missing"] == [] and not summary["expected"]
+    assert f"* {NOTHING_EXPECTED}" in (tmp_path / "r" / "index.md").read_text()
+    assert report_main(["--results", store, "--out", str(tmp_path / "r2"), "--tracking", "none"]) == 0
+    assert f"missing: {NOTHING_EXPECTED}" in capsys.readouterr().out

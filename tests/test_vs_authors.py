@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from benchmarks import vs_authors
+from benchmarks.readme import refresh
 from harness import backbone
 
 FAKE_CLIP = '''
@@ -474,13 +475,13 @@ def test_readme_block_comes_from_the_report(tmp_path):
     report, readme = tmp_path / "r.md", tmp_path / "README.md"
     report.write_text("# x\n\nMachine: a CPU.\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n\n* notes\n")
     readme.write_text("top\n<!-- BEGIN vs-authors:table -->\nold\n<!-- END vs-authors:table -->\nbottom\n")
-    vs_authors.write_readme(str(report), str(readme))
+    refresh(str(readme), ("vs-authors",), str(report))
     text = readme.read_text()
     assert "old" not in text and "| 1 | 2 |" in text and "Machine: a CPU." in text
     assert text.startswith("top\n") and text.endswith("bottom\n")
     readme.write_text("no block\n")
     with pytest.raises(ValueError, match="no <!-- BEGIN vs-authors:table -->"):
-        vs_authors.write_readme(str(report), str(readme))
+        refresh(str(readme), ("vs-authors",), str(report))
 
 
 @pytest.mark.parametrize(
@@ -497,15 +498,15 @@ def test_bad_authors_argument(item, message):
 
 
 def test_readme_table_is_the_report(tmp_path):
-    """README.md's vs-authors block is what ``python -m benchmarks.vs_authors readme`` writes from the report."""
+    """README.md's vs-authors block is what ``python -m benchmarks.readme vs-authors`` writes from the report."""
     if not os.path.exists(vs_authors.REPORT):
         pytest.skip(f"{vs_authors.REPORT} not made yet (make bench-authors)")
     copy = tmp_path / "README.md"
     shutil.copy("README.md", copy)
-    vs_authors.write_readme(vs_authors.REPORT, str(copy))
+    refresh(str(copy), ("vs-authors",))
     with open("README.md", encoding="utf-8") as f:
         assert copy.read_text() == f.read(), (
-            "README.md's vs-authors block is stale: python -m benchmarks.vs_authors readme"
+            "README.md's vs-authors block is stale: python -m benchmarks.readme vs-authors"
         )
 
 

@@ -7,7 +7,9 @@ or ``python -m harness.report --results output [--out reports] [--tracking auto|
 
 Per table it writes ``<key>.md``, ``<key>.tex`` (booktabs) and ``<key>.csv`` (one line per row x
 column group x metric, with mean, std, seeds, paper value and difference); per figure ``<name>.png``
-and ``<name>.pdf``; and ``index.md`` listing what was produced and what is missing.
+and ``<name>.pdf``; and ``index.md`` listing what was produced and what is missing: only what the
+sweeps asked for, in the ``expected.json`` each wrote beside the store (a study's tables:
+``tables.STUDY_TABLES``); without one, nothing is listed, and ``index.md`` says why.
 
 Which records feed which table (``experiments`` changes it, see ``gate.Gate.table_filter``):
 
@@ -205,12 +207,21 @@ def build_study(
         raise ReportError(str(exc)) from None
     for table in tables.values():
         ctx.finish(table)
+        if not ctx.asks_for(table.key):  # no sweep asked for it: nothing of it is missing
+            table.missing = []
     studies.note_mixed(found)  # after the gate's § marks
     return tables, found
 
 
+#: The Missing section when no sweep wrote what it expects beside the store.
+NOTHING_EXPECTED = (
+    "not known: no expected.json beside the results (each sweep writes <results>/<experiment>/expected.json), "
+    "so nothing is listed as missing"
+)
+
+
 def _index(
-    out_dir, source, records, tables, figures, missing, with_paper, paper_dir, efficiency, comparisons=None
+    out_dir, source, records, tables, figures, missing, with_paper, paper_dir, efficiency, comparisons, expected
 ) -> str:
     experiments = sorted({str(r.get("experiment")) for r in records})
     lines = [
@@ -247,7 +258,8 @@ def _index(
         lines.append(f"* {name}: " + ", ".join(f"[{ext}]({os.path.basename(p)})" for ext, p in paths.items()))
     if not figures:
         lines.append("* none")
-    lines += ["", "## Missing", ""] + ([f"* {m}" for m in missing] or ["* nothing"])
+    nothing = "nothing" if expected else NOTHING_EXPECTED
+    lines += ["", "## Missing", ""] + ([f"* {m}" for m in missing] or [f"* {nothing}"])
     lines += [
         "",
         MARKS + ".",
@@ -293,7 +305,9 @@ def build_report(
 
     Returns {"out_dir", "index", "records", "tables": {key: {"table", "frame", "paths"}},
     "efficiency": {experiment: {"table", "frame", "paths"}}, "figures": {name: {"png", "pdf"}}, "comparisons":
-    {name: {ext: path}}, "studies": {experiment: studies.Study}, "missing": [...]}."""
+    {name: {ext: path}}, "studies": {experiment: studies.Study}, "missing": [...], "expected": bool}: missing lists
+    only what the sweeps' expected.json files asked for ("expected": False when there is none, and nothing is
+    listed)."""
     records = load_records(results)
     check_experiments(experiments, records)
     paper_dir = paper_dir if paper_dir is not None else default_paper_dir()
@@ -311,40 +325,50 @@ def build_report(
         if not table.empty:
             entry["paths"] = write_table(table, out_dir, with_paper)
         written[key] = entry
+    # What no sweep asked for is not missing (build_study scoped the tables' lists the same way).
+    asks = gate.Gate([], experiments, expectations=expectations).asks_for
     figures = {}
-    for name, (paths, why) in {
-        "figure3": figure3(tables["table1_base2new"], out_dir),
-        "figure4": figure4(tables["fig4a_init_ablation"], tables["fig4b_length_ablation"], out_dir),
-        "scatter": scatter(tables["table1_base2new"], out_dir),
-        "methods": methods_comparison(tables["table1_base2new"], out_dir),
-        "crossdataset": transfer_gap(tables["table2_crossdataset"], out_dir, "figure_crossdataset_cocoop_vs_coop"),
-        "domaingen": transfer_gap(tables["table3_domaingen"], out_dir, "figure_domaingen_cocoop_vs_coop"),
-        "fewshot": figure_fewshot(
-            {int(k[len("fewshot_") : -len("shot")]): t for k, t in tables.items() if k.startswith("fewshot_")},
-            out_dir,
-            Paper(paper_dir) if with_paper else None,
+    for name, (paths, why), table in (
+        ("figure3", figure3(tables["table1_base2new"], out_dir), "table1"),
+        ("figure4", figure4(tables["fig4a_init_ablation"], tables["fig4b_length_ablation"], out_dir), "fig4a"),
+        ("scatter", scatter(tables["table1_base2new"], out_dir), "table1"),
+        ("methods", methods_comparison(tables["table1_base2new"], out_dir), "table1"),
+        (
+            "crossdataset",
+            transfer_gap(tables["table2_crossdataset"], out_dir, "figure_crossdataset_cocoop_vs_coop"),
+            "table2",
         ),
-    }.items():
+        ("domaingen", transfer_gap(tables["table3_domaingen"], out_dir, "figure_domaingen_cocoop_vs_coop"), "table3"),
+        (
+            "fewshot",
+            figure_fewshot(
+                {int(k[len("fewshot_") : -len("shot")]): t for k, t in tables.items() if k.startswith("fewshot_")},
+                out_dir,
+                Paper(paper_dir) if with_paper else None,
+            ),
+            "fewshot",
+        ),
+    ):
         if paths:
             figures[name] = paths
-        if why:
+        if why and asks(table):
             missing += why if isinstance(why, list) else [why]
     comparisons = {}
     for study in found.values():
         files, drawn, why = studies.write_study(study, out_dir)
         comparisons.update(files)
         figures.update(drawn)
-        missing += why
+        missing += why if study.experiment in expectations else []
     efficiency = {}
     # the records the tables show: with --all-variants each settings run is its own row, as it is a column
     for experiment, table in efficiency_tables(gate.select(records, all_variants)[0], experiments).items():
         if table.measured:
             efficiency[experiment] = {"table": table, "frame": table.frame(), "paths": write_efficiency(table, out_dir)}
-        else:
+        elif experiment in expectations:
             missing.append(f"Efficiency: no record of {experiment} carries a cost (written before costs were recorded)")
     cost_figures, why = figure_cost({e: entry["table"] for e, entry in efficiency.items()}, tables, out_dir)
     figures.update(cost_figures)
-    missing += why
+    missing += why if expectations else []
     reproductions = os.path.join(out_dir, "reproductions.md")
     text = reproductions_markdown(paper_dir) if with_paper else None
     if text:  # others' runs of a method: a page of their own, never a "(paper)" column
@@ -364,7 +388,19 @@ def build_report(
                 frame = studies.comparison_csv_frame(study)
                 logged[f"comparison_{experiment}"] = {"frame": frame, "paths": comparisons[f"comparison_{experiment}"]}
         _track(tracking, out_dir, source, logged, figures)
-    index = _index(out_dir, source, records, written, figures, missing, with_paper, paper_dir, efficiency, comparisons)
+    index = _index(
+        out_dir,
+        source,
+        records,
+        written,
+        figures,
+        missing,
+        with_paper,
+        paper_dir,
+        efficiency,
+        comparisons,
+        expected=bool(expectations),
+    )
     files = (
         [index] + ([reproductions] if text else []) + [p for entry in written.values() for p in entry["paths"].values()]
     )
@@ -384,6 +420,7 @@ def build_report(
         "comparisons": comparisons,
         "studies": found,
         "missing": missing,
+        "expected": bool(expectations),
     }
 
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from harness.report import ReportError, build_report
+from harness.report import NOTHING_EXPECTED, ReportError, build_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         f"in {summary['out_dir']}"
     )
     print(f"index: {summary['index']}")
-    if summary["missing"]:
+    if not summary["expected"]:
+        print(f"missing: {NOTHING_EXPECTED}")
+    elif summary["missing"]:
         print(f"missing ({len(summary['missing'])}):")
         for line in summary["missing"]:
             print(f"  {line}")

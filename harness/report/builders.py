@@ -84,7 +84,6 @@ def _base_new_table(ctx: Gate, table: Table, recs: list[dict], per_experiment: b
     datasets = ctx.datasets(recs, PAPER_DATASETS)
     table.groups = groups
     table.rows = [(d, dataset_label(d)) for d in datasets] + [(AVERAGE, "Average")]
-    ctx.absent(table, PAPER_DATASETS, datasets)
     for g in groups:
         mine = [r for r in recs if _group_key(r, per_experiment) == g.key]
         for d in datasets:
@@ -170,7 +169,6 @@ def _transfer_table(ctx: Gate, t: Table, own: str, partner: str, known_targets: 
     t.groups = _variant_groups(recs)
     t.rows = ([(source, f"{label} (source)")] if source else []) + [(d, dataset_label(d)) for d in targets]
     t.rows.append((AVERAGE, "Average"))
-    ctx.absent(t, known_targets, targets)
     _single_metric(ctx, t, recs, [row for row, _ in t.rows[:-1]], False, paper)
     for g in t.groups:  # the Average is over the targets, the source excluded
         ctx.average(t, g, ["acc"], targets, known_targets, paper=paper)
@@ -248,7 +246,6 @@ def table4(ctx: Gate) -> Table:
     datasets = ctx.datasets(recs, PAPER_DATASETS)
     t.groups = _per_experiment_groups(recs)
     t.rows = [(d, dataset_label(d)) for d in datasets] + [(AVERAGE, "Average")]
-    ctx.absent(t, PAPER_DATASETS, datasets)
 
     def paper(row, g, metric):
         return ("class_incremental", {"method": g.method}, "accuracy") if row == AVERAGE else None

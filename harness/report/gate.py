@@ -41,8 +41,10 @@ from harness import fingerprint as fingerprints
 from harness import results
 from harness.report.tables import (
     AVERAGE,
+    BASE2NEW_TABLES,
     LABEL_FIELD,
     OWN_EXPERIMENTS,
+    STUDY_TABLES,
     TABLE_KEYS,
     Cell,
     Group,
@@ -53,6 +55,7 @@ from harness.report.tables import (
     is_zero_shot,
     method_label,
     ordered_datasets,
+    short_key,
 )
 
 LEGACY = "no fingerprint"
@@ -284,12 +287,12 @@ class Gate:
         """The shot counts the few-shot experiments of ``recs`` expect (``expected.json``)."""
         return sorted({int(k) for k in self._expected(recs, "shots")})
 
-    def absent(self, table: Table, known: tuple, datasets: list[str]) -> None:
-        """List the paper's datasets without records, when the records are of the paper's datasets at all
-        (a demo on generated data is not 'missing' ImageNet)."""
-        if any(d in known for d in datasets):
-            name = table.title.split(":")[0]
-            table.missing += [f"{name}: no records for {d}" for d in known if d not in datasets]
+    def asks_for(self, table_key: str) -> bool:
+        """Whether a sweep beside the store asked for this table (its study's ``STUDY_TABLES``, named by
+        its ``expected.json``) and the report reads that study into it: only then is what it lacks missing."""
+        short = short_key(table_key)
+        reads = self.table_filter(short)
+        return any(short in STUDY_TABLES.get(name, BASE2NEW_TABLES) and reads(name) for name in self.expectations)
 
     def datasets(self, recs: list[dict], known: tuple) -> list[str]:
         """A table's dataset rows: those with records and those the experiments expect, so that a short

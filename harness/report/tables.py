@@ -66,6 +66,22 @@ TABLE_KEYS = {
     "fig4a": "fig4a_init_ablation",
     "fig4b": "fig4b_length_ablation",
 }
+#: The tables (short keys; "fewshot" for every ``fewshot_<K>shot``) each study asks the report for, by the
+#: experiment name its sweep writes into ``expected.json``: what the report may call missing.
+STUDY_TABLES = {
+    "crossdataset": ("table2",),
+    "domaingen": ("table3",),
+    "ablations": ("fig4a", "fig4b"),
+    "bigger_coop": ("table5",),
+    "fewshot": ("fewshot",),
+}
+#: A study of any other name is a base-to-new one (base2new.yaml's): Table 1 and its class-incremental Table 4.
+BASE2NEW_TABLES = ("table1", "table4")
+
+
+def short_key(table_key: str) -> str:
+    """``table1_base2new`` -> ``table1``, ``fewshot_4shot`` -> ``fewshot``: the key ``STUDY_TABLES`` uses."""
+    return table_key.split("_")[0]
 
 
 def dataset_label(key: str) -> str:
