@@ -7,9 +7,9 @@
 Each ``<!-- BEGIN <name> -->`` ... ``<!-- END <name> -->`` holds what a report or a reference run says
 (``SOURCES``: the speed benchmark's ``reports/bench.md``, the authors' comparison's
 ``reports/bench-vs-authors.md``, the demos' ``reports/demo-reference/``, the methods table from the
-registry), so no number in it is typed by hand; the tests compare each block with what its source makes
-now. Benchmarks and reference runs write their reports only: a benchmark on your machine never edits the
-README, this command does, from the report you choose.
+registry, the datasets table from their sources), so no number in it is typed by hand; the tests compare
+each block with what its source makes now. Benchmarks and reference runs write their reports only: a
+benchmark on your machine never edits the README, this command does, from the report you choose.
 """
 
 from __future__ import annotations
@@ -57,8 +57,21 @@ def _methods(_report_given) -> dict[str, str]:
     return {methods_table.BLOCK: methods_table.markdown()}  # from the registry, reports/paper and the demo's reference
 
 
+def _data(_report_given) -> dict[str, str]:
+    from harness.data.sources import markdown_table
+
+    return {"data:sources": markdown_table()}  # from the datasets' source table (harness.data.sources)
+
+
 #: {source: what makes its blocks from a report or reference folder (None: the one kept in reports/)}
-SOURCES = {"bench": _bench, "vs-authors": _vs_authors, "demo": _demo, "fewshot": _fewshot, "methods": _methods}
+SOURCES = {
+    "bench": _bench,
+    "vs-authors": _vs_authors,
+    "demo": _demo,
+    "fewshot": _fewshot,
+    "methods": _methods,
+    "data": _data,
+}
 
 
 def markers(name: str) -> tuple[str, str]:

@@ -224,7 +224,7 @@ def test_every_registered_dataset_has_sources_or_is_generated():
 
 def test_readme_data_table_is_the_sources_table(capsys):
     assert read_block(os.path.join(ROOT, "README.md"), "data:sources") == markdown_table(), (
-        "README's data:sources block is stale: replace it with the output of `python -m harness.data sources`"
+        "README's data:sources block is stale: python -m benchmarks.readme data"
     )
     assert data_main(["sources"]) == 0 and capsys.readouterr().out == markdown_table()
     manual = {line.split("`")[1] for line in markdown_table().splitlines() if "**manual**" in line}

@@ -237,7 +237,7 @@ def test_the_refresh_command_writes_the_blocks_from_the_reports(tmp_path, monkey
     copy = tmp_path / "README.md"
     copy.write_text(_stale_blocks(current), encoding="utf-8")
     monkeypatch.chdir(ROOT)
-    sources = ["bench", "vs-authors", "demo", "fewshot"]  # methods: its own test (slow: it builds every method)
+    sources = ["bench", "vs-authors", "demo", "fewshot", "data"]  # methods: its own test (slow: it builds every method)
     assert refresh_command.main([*sources, "--readme", str(copy)]) == 0
     names = re.findall(r"<!-- BEGIN (\S+) -->", current)
     assert names and "bench:table" in names
