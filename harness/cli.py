@@ -68,12 +68,15 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     for f in dataclasses.fields(RunSpec):
         flag = "--method-config" if f.name == "config" else "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        # A yes/no key is a switch as well: --force alone means --force true (--force false still parses).
+        switch = {"nargs": "?", "const": "true"} if _is_switch(run_key_types()[f.name]) else {}
         p.add_argument(
             flag,
             dest=f"field_{f.name}",
             default=None,
             metavar="VALUE",
             help=f"{FIELD_HELP[f.name]} (default: {default!r})",
+            **switch,
         )
     return p
 
@@ -86,11 +89,20 @@ def _interrupted_run(spec: RunSpec, stop) -> str:
     return f"Interrupted ({stop.signal_name}): stopped {spec.job_name}; the same command {again}."
 
 
-def _is_text(annotation) -> bool:
-    """A string key, declared or not: its value is taken as typed (``off`` is not YAML's false)."""
+def _declared(annotation):
+    """The type of a run key, without its declared range."""
     if typing.get_origin(annotation) is typing.Annotated:
         annotation = typing.get_args(annotation)[0]
-    return annotation is str
+    return annotation
+
+
+def _is_text(annotation) -> bool:
+    """A string key, declared or not: its value is taken as typed (``off`` is not YAML's false)."""
+    return _declared(annotation) is str
+
+
+def _is_switch(annotation) -> bool:
+    return _declared(annotation) is bool
 
 
 def _cmd_run(args) -> int:
