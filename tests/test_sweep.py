@@ -402,6 +402,8 @@ def test_cli_dry_run_prints_the_plan(tmp_path):
             "eurosat",
             "--seeds",
             "1",
+            "--methods",
+            "all",
             "--dry-run",
         ],
         cwd=ROOT,
