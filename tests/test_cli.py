@@ -196,6 +196,7 @@ def test_a_run_records_where_the_report_reads_by_default(data_root, tmp_path, mo
     assert cli.main(["report", "--out", str(tmp_path / "reports"), "--tracking", "none"]) == 0
     assert capsys.readouterr().out.startswith("1 records -> ")
 
+
 def test_reading_a_torchscript_backbone_file_raises_no_deprecation_warning(tmp_path):
     import warnings
 
