@@ -80,15 +80,17 @@ fewshot: $(STAMP) ## few-shot study, 1-16 shots, with linear-probe CLIP (CoOp's 
 	$(PY) -m harness sweep fewshot $(SWEEP_ARGS)
 	$(PY) -m harness.report --results $(RUN_OUT) --out $(REPORT_OUT) --tracking $(TRACKING)
 
-report: $(STAMP) ## tables and figures from $(OUT)/results.jsonl into reports/ (demo: reports/demo)
-	$(PY) -m harness.report --results $(RUN_OUT) --out $(REPORT_OUT) --tracking $(TRACKING)
+report: $(STAMP) ## tables and figures of each store: $(OUT)/ (harness run, sweeps) into reports/, $(OUT)/demo/ into reports/demo/
+	$(if $(wildcard $(OUT)/results.jsonl),$(PY) -m harness.report --results $(OUT) --out reports --tracking $(TRACKING))
+	$(if $(wildcard $(OUT)/demo/results.jsonl),$(PY) -m harness.report --results $(OUT)/demo --out reports/demo --tracking $(TRACKING))
+	$(if $(wildcard $(OUT)/results.jsonl $(OUT)/demo/results.jsonl),,$(error No results in $(OUT)/ or $(OUT)/demo/ yet: run an experiment (make base2new) or python -m harness run first))
 
 dashboard: $(STAMP) ## W&B workspace views and report from reports/ (after make report; offline: JSON specs to publish)
 	$(PY) -m harness.dashboard --results $(RUN_OUT) --report-dir $(REPORT_OUT) \
 	    --mode $(if $(filter online offline,$(TRACKING)),$(TRACKING),auto)
 
-status: $(STAMP) ## progress of an experiment: make status EXPERIMENT=base2new
-	$(PY) -m harness status $(or $(EXPERIMENT),base2new) $(SWEEP_ARGS)
+status: $(STAMP) ## progress of an experiment's sweeps, as they recorded it: make status EXPERIMENT=base2new
+	$(PY) -m harness status $(or $(EXPERIMENT),base2new) --out $(RUN_OUT)
 
 bench: $(STAMP) ## CoCoOp/CoOp speed benchmark, published vs fast path (QUICK=1: ~3 min), writes reports/bench.md only
 	$(PY) -m benchmarks.bench $(if $(QUICK),--quick) --out reports/bench.md

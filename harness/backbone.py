@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -283,7 +284,11 @@ def freeze(model: CLIP) -> CLIP:
 def _read_openai_state_dict(path: str) -> dict:
     """State dict of an OpenAI-format file: a TorchScript archive or a plain (or wrapped) state dict."""
     try:
-        archive = torch.jit.load(path, map_location="cpu")
+        with warnings.catch_warnings():
+            # OpenAI publishes its CLIP weights as TorchScript archives, which torch now calls deprecated: the
+            # archive is only read for its tensors here, so the warning says nothing the user can act on.
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is", category=FutureWarning)
+            archive = torch.jit.load(path, map_location="cpu")
         return archive.state_dict()
     except (RuntimeError, ValueError):
         pass

@@ -4,8 +4,8 @@
     prompt-harness run --method coop --dataset oxford_pets --data-root DATA --output-dir out/x
     prompt-harness sweep base2new --data-root DATA [--launcher slurm] [--dry-run]
     prompt-harness sweep base2new --profile demo                     generated data, tiny CLIP
-    prompt-harness status base2new --out output                      what finished, failed, waits
-    prompt-harness report --results output --out reports              tables and figures
+    prompt-harness status base2new [--out output]                    what finished, failed, waits
+    prompt-harness report [--results output] [--out reports]          tables and figures
     prompt-harness data check --root DATA                            what a data folder lacks
     prompt-harness methods                                           the registered methods: paper, configs
     prompt-harness configs                                           the published method configs
@@ -28,6 +28,7 @@ import typing
 
 import yaml
 
+from harness import results
 from harness.config import (
     FIELD_HELP,
     ConfigError,
@@ -68,12 +69,15 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     for f in dataclasses.fields(RunSpec):
         flag = "--method-config" if f.name == "config" else "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        # A yes/no key is a switch as well: --force alone means --force true (--force false still parses).
+        switch = {"nargs": "?", "const": "true"} if _is_switch(run_key_types()[f.name]) else {}
         p.add_argument(
             flag,
             dest=f"field_{f.name}",
             default=None,
             metavar="VALUE",
             help=f"{FIELD_HELP[f.name]} (default: {default!r})",
+            **switch,
         )
     return p
 
@@ -86,11 +90,20 @@ def _interrupted_run(spec: RunSpec, stop) -> str:
     return f"Interrupted ({stop.signal_name}): stopped {spec.job_name}; the same command {again}."
 
 
-def _is_text(annotation) -> bool:
-    """A string key, declared or not: its value is taken as typed (``off`` is not YAML's false)."""
+def _declared(annotation):
+    """The type of a run key, without its declared range."""
     if typing.get_origin(annotation) is typing.Annotated:
         annotation = typing.get_args(annotation)[0]
-    return annotation is str
+    return annotation
+
+
+def _is_text(annotation) -> bool:
+    """A string key, declared or not: its value is taken as typed (``off`` is not YAML's false)."""
+    return _declared(annotation) is str
+
+
+def _is_switch(annotation) -> bool:
+    return _declared(annotation) is bool
 
 
 def _cmd_run(args) -> int:
@@ -106,16 +119,16 @@ def _cmd_run(args) -> int:
     if args.method_options:
         overrides.setdefault("options", {}).update(parse_overrides(args.method_options))
     spec = load_spec_file(args.spec_file, overrides) if args.spec_file else build_spec({}, overrides)
+    if not spec.results:  # the store the report reads, not a folder of the run's choosing
+        spec.results = results.RESULTS_HOME
     with stop_on_signals():
         try:
             records = run(spec)
         except Interrupted as stop:
             stop.message = _interrupted_run(spec, stop)
             raise
+    where = os.path.abspath(results.results_path(spec.results))
     if not records:
-        from harness import results
-
-        where = results.results_path(spec.results or os.path.dirname(os.path.abspath(spec.output_dir)))
         print(
             f"Nothing to do: the {len(spec.eval_targets())} result(s) of {spec.job_name} with these settings exist "
             f"in {where} (--force redoes the job from scratch in a fresh folder, --reevaluate re-scores "
@@ -124,6 +137,8 @@ def _cmd_run(args) -> int:
     for r in records:
         fields = {k: r[k] for k in ("job", "dataset", "subsample")}
         print(json.dumps(fields | {"accuracy": round(r["metrics"]["accuracy"], 2)}))
+    if records:
+        print(f"Recorded in {where}; the run's log and checkpoints: {records[0]['run_dir']}")
     return 0
 
 
@@ -138,10 +153,18 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
         "--data-root", default="", help="folder holding the datasets (default: the profile's generated data)"
     )
     p.add_argument("--profile", default=None, help="named overrides from the experiment file, e.g. demo")
-    p.add_argument("--out", default="output", help="output folder: results.jsonl, runs/, feature_cache/, <experiment>/")
+    p.add_argument(
+        "--out",
+        default=results.RESULTS_HOME,
+        help=f"output folder: results.jsonl, runs/, feature_cache/, <experiment>/ (default: {results.RESULTS_HOME})",
+    )
     p.add_argument("--datasets", default="", help="comma-separated subset of the experiment's datasets (or targets)")
     p.add_argument("--seeds", default="", help="comma-separated seeds, e.g. 1,2")
-    p.add_argument("--methods", default="", help="comma-separated subset of the experiment's method variants")
+    p.add_argument(
+        "--methods",
+        default="",
+        help="comma-separated method variants, or 'all' (default: the experiment's default_methods, the paper's)",
+    )
     p.add_argument("--shots", default="", help="comma-separated subset of a few-shot study's shot counts, e.g. 1,16")
     p.add_argument("--backbone", default="", help="backbone for every job (e.g. ViT-B/16, tiny, a .pt path)")
     p.add_argument(
@@ -179,7 +202,7 @@ def _expected_experiment(args) -> dict:
 
 
 def _cmd_sweep(args) -> int:
-    from harness import launcher
+    from harness import launcher, sweep
     from harness.sweep import check_data_folders, prepare_backbones, record_expectation
 
     experiment, jobs, out = _load_sweep(args)
@@ -193,18 +216,32 @@ def _cmd_sweep(args) -> int:
         launcher.check_devices(todo, name)  # launch checks it too: here before the expectation is written
         check_data_folders(todo)
         prepare_backbones(todo)
-    record_expectation(out, experiment, expected)
+    if experiment.get("data") != "generated":  # a real study can be hours of GPU time: say what starts
+        listed = list(sweep.load_experiment(args.experiment, profile=args.profile).get("methods") or {})
+        print(_roster_line(experiment, listed, len(jobs), len(todo)))
+    record_expectation(out, experiment, expected, jobs)
     states = launcher.launch(
         jobs, experiment["name"], out, name, cfg, force=args.force, wait=not args.no_wait, reevaluate=args.reevaluate
     )
     return FAILED if any(s.state in ("failed", "blocked") for s in states) else 0
 
 
-def _cmd_status(args) -> int:
-    from harness import launcher
+def _roster_line(experiment: dict, listed: list[str], jobs: int, todo: int) -> str:
+    """Before a real sweep: how many jobs, of which methods, and how to ask for the others of ``listed``."""
+    ran = list(experiment.get("methods") or {})
+    line = f"{experiment['name']}: {jobs} jobs ({todo} to run) of {len(ran)} method(s): {', '.join(ran)}"
+    others = [m for m in listed if m not in ran]
+    if others:
+        line += f".\n  Not run: {', '.join(others)} (--methods all, or METHODS=all with make, runs all {len(listed)})"
+    return line + "."
 
-    experiment, jobs, out = _load_sweep(args)
-    rows = launcher.status(jobs, out, experiment["name"])
+
+def _cmd_status(args) -> int:
+    from harness import launcher, sweep
+
+    out = os.path.abspath(args.out)
+    name = sweep.load_experiment(args.experiment)["name"] if os.path.isfile(args.experiment) else args.experiment
+    rows = launcher.status(sweep.recorded_jobs(out, name), out, name)
     width = max((len(r["job"]) for r in rows), default=10)
     for r in rows:
         print(
@@ -316,7 +353,16 @@ def main(argv=None) -> int:
         "--reevaluate", action="store_true", help="score the jobs' existing checkpoints again (no training)"
     )
     sweep_p.add_argument("--no-wait", action="store_true", help="slurm: submit and exit; follow with `status`")
-    _sweep_args(sub.add_parser("status", help="progress of an experiment's jobs"))
+    status_p = sub.add_parser(
+        "status",
+        help="progress of an experiment's jobs",
+        description="Where each job the sweeps of an experiment ran stands, read from what they recorded in "
+        "the output folder (<out>/<experiment>/expected.json, results.jsonl): no need to repeat their flags.",
+    )
+    status_p.add_argument("experiment", help="experiment name (base2new, crossdataset, ...) or its YAML path")
+    status_p.add_argument(
+        "--out", default=results.RESULTS_HOME, help=f"the sweep's output folder (default: {results.RESULTS_HOME})"
+    )
     sub.add_parser("report", help="tables and figures from a results store (see: report --help)", add_help=False)
     sub.add_parser("data", help="check data folders, list datasets (see: data --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -325,7 +371,10 @@ def main(argv=None) -> int:
         if args.command == "report":
             from harness.report.__main__ import main as report_main
 
-            return report_main(rest)
+            given = any(a == "--results" or a.startswith("--results=") for a in rest)
+            return report_main(
+                rest if given or {"-h", "--help"} & set(rest) else ["--results", results.RESULTS_HOME, *rest]
+            )
         if args.command == "data":
             from harness.data.check import main as data_main
 

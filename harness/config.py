@@ -235,7 +235,8 @@ FIELD_HELP = {
     "num_workers": "data-loader workers (default: min(8, CPUs))",
     "device": "auto | cpu | cuda | cuda:N",
     "output_dir": "this run's folder (log, checkpoints, W&B files)",
-    "results": "results store (folder or .jsonl); default the parent of output_dir",
+    "results": "results store (folder or .jsonl); harness run's default: output (what make report reads); "
+    "a RunSpec run from Python: the parent of output_dir",
     "feature_cache": "folder of cached test-image features; default <results folder>/feature_cache",
     "load_from": "evaluate a trained prompt: a run folder or a prompt checkpoint file (no training)",
     "load_any": "load_from: score a partial or differently trained prompt anyway (its records are marked)",

@@ -96,7 +96,7 @@ class FeatureCache:
 @torch.no_grad()
 def compute_features(method, loader, device, desc: str = "features") -> torch.Tensor:
     out = []
-    with tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=2) as batches:  # closed on errors too
+    with tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=2, disable=None) as batches:  # errors close it
         for images, _ in batches:
             out.append(method.encode_image(images.to(device, non_blocking=True)).cpu())
     return torch.cat(out)

@@ -9,11 +9,36 @@ import sys
 import time
 from contextlib import contextmanager
 
+#: ``log.info(..., extra=FILE_ONLY)``: a detail for the run's log file (the spec, the fingerprint's settings),
+#: never shown on a console.
+FILE_ONLY = {"file_only": True}
+
+
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
+
+
+@contextmanager
+def console_at(level: int):
+    """While jobs run in this process one after another (the debug launcher), the console shows only
+    their records at ``level`` and above: the sweep prints one line per job, the details go to each
+    run's log file (``run_logging`` adds no console of its own while this one is there)."""
+    handler = logging.StreamHandler()
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_not_file_only)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+
 
 @contextmanager
 def run_logging(run_dir: str):
-    """Log to ``<run_dir>/log.txt`` as well as the console; an existing log is kept and the new one
-    gets a time suffix. Yields the log's path."""
+    """Log to ``<run_dir>/log.txt`` as well as the console (records marked ``FILE_ONLY`` to the file
+    only); an existing log is kept and the new one gets a time suffix. Yields the log's path."""
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, "log.txt")
     if os.path.exists(path):
@@ -29,6 +54,7 @@ def run_logging(run_dir: str):
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
         console = logging.StreamHandler()
         console.setFormatter(logging.Formatter("%(message)s"))
+        console.addFilter(_not_file_only)
         root.addHandler(console)
     try:
         yield path

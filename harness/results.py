@@ -53,6 +53,10 @@ from collections.abc import Iterable
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
+#: Where results live unless a command is told otherwise (relative to the working folder, the Makefile's
+#: OUT): ``harness run`` and ``harness sweep`` write its results.jsonl, ``harness status``, ``harness report``
+#: and ``make report`` read it. The demo keeps its own store below it (``output/demo``).
+RESULTS_HOME = "output"
 
 
 class ResultsError(ValueError):

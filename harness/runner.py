@@ -56,7 +56,7 @@ from harness import fingerprint as fingerprints
 from harness.checkpoint import TrainingState
 from harness.config import ConfigError, RunSpec, validate
 from harness.features import FeatureCache, cache_namespace, compute_features
-from harness.logs import run_logging
+from harness.logs import FILE_ONLY, run_logging
 from harness.metrics import classification_metrics
 from methods.base import load_checkpoint_file
 
@@ -129,8 +129,8 @@ class Run:
         records = []
         with run_logging(self.run_dir) as log_path:
             log.info("Run %s -> %s (log %s)", self.job, self.run_dir, log_path)
-            log.info("Spec: %s", spec.to_dict())
-            log.info("Fingerprint %s of the settings %s", self.fingerprint, self.settings)
+            log.info("Spec: %s", spec.to_dict(), extra=FILE_ONLY)
+            log.info("Fingerprint %s of the settings %s", self.fingerprint, self.settings, extra=FILE_ONLY)
             self.tracker = tracking.start_run(
                 spec.tracking,
                 name=self.job,
@@ -157,6 +157,9 @@ class Run:
                     evaluation = self.evaluate(dataset, subsample, checkpoint_file)
                     records.append(self.record(dataset, subsample, evaluation, epochs, started))
                 failed = False
+            except Exception:  # the traceback in the run's log; the caller shows the error's own line
+                log.exception("%s failed", self.job, extra=FILE_ONLY)
+                raise
             finally:
                 self.tracker.finish(failed=failed)
         held = fingerprints.read_folder(self.run_dir) or {}
@@ -211,6 +214,8 @@ class Run:
             unit="step",
             mininterval=2,
             dynamic_ncols=True,
+            disable=None,  # a bar on a terminal only: a log file gets the epoch lines instead
+            leave=False,
         ) as progress:
             state.model.train()
             for epoch in range(start_epoch + 1, spec.epochs + 1):
@@ -469,7 +474,9 @@ class Run:
         predictions = []
         with torch.no_grad():
             starts = range(0, len(features), step)
-            with tqdm(starts, desc=f"eval {dataset}/{subsample}", unit="batch", leave=False, mininterval=2) as bar:
+            with tqdm(
+                starts, desc=f"eval {dataset}/{subsample}", unit="batch", leave=False, mininterval=2, disable=None
+            ) as bar:
                 for start in bar:
                     batch = features[start : start + step].to(self.device)
                     predictions.append(model.logits_from_features(batch).argmax(-1).cpu())

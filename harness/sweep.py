@@ -14,7 +14,8 @@ method variants, each pointing at a published method config:
       # a per_dataset entry may be {per_shots: {...}}: that dataset's own configs per K (ProGrad's lambda)
     run: {num_workers: 8}       # run keys for every job
     profiles: {demo: {...}}     # named sets of overrides (the demo profile runs on generated data)
-    default_methods: [coop]     # what runs without --methods (a profile's quick subset; default: all)
+    default_methods: [coop]     # what runs without --methods (default: every method listed); the same
+                                # with or without a profile, so a profile may not change it
 
 Jobs:
   * ``train``: learn the prompt on the training classes and evaluate on them (Base accuracy, or
@@ -32,6 +33,7 @@ the earlier run's checkpoints are neither resumed nor overwritten, and its recor
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -118,6 +120,12 @@ def load_experiment(name_or_path: str, profile: str | None = None, overrides: di
     unknown = sorted(set(experiment) - EXPERIMENT_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown}. Experiment keys: {', '.join(sorted(EXPERIMENT_KEYS))}.")
+    for name, values in (experiment.get("profiles") or {}).items():
+        if "default_methods" in (values or {}):
+            raise ConfigError(
+                f"{path}: profile {name!r} sets default_methods; the methods a study runs by default are the "
+                "same with and without a profile: move default_methods to the top level of the file."
+            )
     if profile:
         profiles = experiment.get("profiles") or {}
         if profile not in profiles:
@@ -330,9 +338,20 @@ def fewshot_shots(experiment: dict) -> list[int]:
     return shots
 
 
+#: ``--methods all`` (``METHODS=all``): every method the experiment lists, not only its default roster.
+ALL_METHODS = "all"
+
+
+def default_roster(experiment: dict) -> list[str]:
+    """The methods a study runs without --methods: its ``default_methods`` (the paper's, e.g. zero-shot
+    CLIP, CoOp and CoCoOp), else every method it lists. The one rule, with or without data."""
+    listed = list(experiment.get("methods") or {})
+    return list(experiment.get("default_methods") or listed)
+
+
 def narrow(experiment: dict, datasets=None, seeds=None, methods=None, shots=None) -> dict:
     """Apply DATASETS= / SEEDS= / METHODS= / SHOTS= narrowing, checking each name exists in the experiment.
-    Without METHODS, the experiment's ``default_methods`` when it has them, else every method; a
+    Without METHODS, the ``default_roster``; ``METHODS=all``, every method the experiment lists; a
     registered method that the experiment does not list runs when named, with its default config."""
     out = copy.deepcopy(experiment)
     if shots:
@@ -343,7 +362,9 @@ def narrow(experiment: dict, datasets=None, seeds=None, methods=None, shots=None
         if bad:
             raise ConfigError(f"{bad} not in this experiment's shots: {', '.join(map(str, known))}.")
         out["shots"] = [int(k) for k in shots]
-    methods = methods or out.pop("default_methods", None)
+    if list(methods or []) == [ALL_METHODS]:
+        methods = list(out.get("methods") or {})
+    methods = methods or default_roster(out)
     out.pop("default_methods", None)
     if datasets:
         key = "targets" if out["protocol"] == "transfer" else "datasets"
@@ -443,18 +464,20 @@ def expectation_path(out: str, experiment: str) -> str:
     return os.path.join(out, experiment, EXPECTATION_FILE)
 
 
-def record_expectation(out: str, ran: dict, expected: dict) -> str:
+def record_expectation(out: str, ran: dict, expected: dict, jobs: list[Job] = ()) -> str:
     """Write ``<out>/<experiment>/expected.json`` beside the results store: the datasets, seeds and
     methods (and a few-shot study's shot counts) the experiment (with its profile) expects, and what
     the sweeps run here so far narrowed it to, so that the report marks every cell and Average that
-    falls short of the experiment."""
+    falls short of the experiment; and ``jobs``, each job these sweeps ran with its spec, so that
+    ``status`` reports on them without being given the sweeps' flags again (``recorded_jobs``)."""
     from harness.atomic import atomic_write_text
 
     path = expectation_path(out, ran["name"])
-    before = {}
+    previous = {}
     if os.path.isfile(path):
         with open(path) as f:
-            before = (json.load(f) or {}).get("ran") or {}
+            previous = json.load(f) or {}
+    before = previous.get("ran") or {}
     union = lambda key, now: sorted(set(before.get(key) or []) | set(now), key=str)  # noqa: E731
     entry = {
         "experiment": ran["name"],
@@ -475,8 +498,38 @@ def record_expectation(out: str, ran: dict, expected: dict) -> str:
     if expected["protocol"] == "fewshot":  # the report lists the shot counts expected and never run
         entry["shots"] = fewshot_shots(expected)
         entry["ran"]["shots"] = union("shots", fewshot_shots(ran))
+    recorded = dict(previous.get("jobs") or {})
+    for job in jobs:  # a later sweep's job of the same name (other settings) replaces the earlier one
+        recorded.pop(job.name, None)
+        recorded[job.name] = {"depends_on": list(job.depends_on), "spec": job.spec.to_dict()}
+    entry["jobs"] = recorded
     atomic_write_text(path, json.dumps(entry, indent=1) + "\n")
     return path
+
+
+def recorded_jobs(out: str, experiment: str) -> list[Job]:
+    """The jobs the sweeps of ``experiment`` into ``out`` ran, as they recorded them (``record_expectation``),
+    whatever flags (--datasets, --backbone, --set ...) each sweep was given."""
+    path = expectation_path(out, experiment)
+    if not os.path.isfile(path):
+        recorded = sorted(read_expectations(out))
+        raise ConfigError(
+            f"No sweep of {experiment!r} is recorded in {out} (no {path}). "
+            + (f"Sweeps recorded there: {', '.join(recorded)}. " if recorded else "")
+            + "Give the --out (OUT=) the sweep wrote to, or run the sweep first."
+        )
+    with open(path) as f:
+        jobs = (json.load(f) or {}).get("jobs")
+    if not jobs:
+        raise ConfigError(
+            f"{path} was written by a sweep that did not record its jobs (an earlier harness): run the sweep "
+            "once more (it skips every finished job and records them), then ask for its status again."
+        )
+    fields = {f.name for f in dataclasses.fields(RunSpec)}
+    return [
+        Job(name, RunSpec(**{k: v for k, v in entry["spec"].items() if k in fields}), list(entry["depends_on"]))
+        for name, entry in jobs.items()
+    ]
 
 
 def read_expectations(out: str) -> dict:

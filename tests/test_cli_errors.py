@@ -26,7 +26,7 @@ def setup(tmp_path):
     base = [
         "run", "--method", "coop", "--dataset", "synthetic", "--data-root", str(root), "--backbone", "tiny",
         "--precision", "fp32", "--shots", "2", "--epochs", "1", "--batch-size", "2", "--num-workers", "0",
-        "--tracking", "none", "--output-dir", str(tmp_path / "out" / "run"),
+        "--tracking", "none", "--output-dir", str(tmp_path / "out" / "run"), "--results", str(tmp_path / "out"),
     ]  # fmt: skip
     return root, base
 

@@ -406,7 +406,7 @@ def test_run_into_a_folder_of_other_settings_refuses(data_root, tmp_path, capsys
 
     args = ["run", "--method", "coop", "--dataset", "synthetic", "--data-root", data_root, "--backbone", "tiny"]
     args += ["--precision", "fp32", "--shots", "2", "--num-workers", "0", "--tracking", "none"]
-    args += ["--output-dir", str(tmp_path / "x"), "--epochs", "1"]
+    args += ["--output-dir", str(tmp_path / "x"), "--results", str(tmp_path), "--epochs", "1"]
     assert main(args) == 0
     capsys.readouterr()
     assert main([*args, "--epochs", "2"]) == 2
@@ -472,8 +472,10 @@ def test_status_shows_each_jobs_fingerprint(data_root, tmp_path, capsys):
     from harness.cli import main
 
     path = _write_small(tmp_path)
-    jobs = sweep.expand(sweep.load_experiment(path), data_root, str(tmp_path / "out"))
-    assert main(["status", path, "--data-root", data_root, "--out", str(tmp_path / "out")]) == 0
+    experiment = sweep.load_experiment(path)
+    jobs = sweep.expand(experiment, data_root, str(tmp_path / "out"))
+    sweep.record_expectation(str(tmp_path / "out"), experiment, experiment, jobs)  # as a sweep does first
+    assert main(["status", path, "--out", str(tmp_path / "out")]) == 0
     shown = capsys.readouterr().out
     for job in jobs:
         assert f"fingerprint {job.fingerprint}" in shown

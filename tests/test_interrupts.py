@@ -216,7 +216,7 @@ def test_ctrl_c_on_a_run_says_where_it_resumes(data_root, tmp_path, groups):
         "run", "--method", "coop", "--method-config", "coop/vit_b16_ctxv1", "--dataset", "synthetic",
         "--data-root", data_root, "--subsample", "base", "--shots", "2", "--epochs", "2", "--batch-size", "2",
         "--num-workers", "1", "--backbone", "tiny", "--precision", "fp32", "--tracking", "none",
-        "--output-dir", str(run_dir), "--job", "coop-run",
+        "--output-dir", str(run_dir), "--results", str(tmp_path), "--job", "coop-run",
     ]  # fmt: skip
     run_process, job_pid, log = start_paused(tmp_path, groups, "coop-run", command)
     processes = group_members(job_pid)  # the run and its data-loader worker

@@ -218,7 +218,7 @@ def test_demo_profile_uses_generated_data_and_the_tiny_pretrained_clip():
     # ... when asked: without --methods the demo runs the paper's three, in this process
     assert list(sweep.narrow(demo)["methods"]) == ["zsclip", "coop", "cocoop"]
     assert list(sweep.narrow(demo, methods=["maple"])["methods"]) == ["maple"]
-    assert list(sweep.narrow(sweep.load_experiment("base2new"))["methods"]) == list(demo["methods"])
+    assert list(sweep.narrow(demo, methods=["all"])["methods"]) == list(demo["methods"])
     assert demo["launcher"] == {"name": "debug", "post_mortem": False, "threads": 1}
     src = demo_train["promptsrc"]
     assert src.epochs == 8 and (src.options["gpa_mean"], src.options["gpa_std"]) == (6, 1)
@@ -402,6 +402,8 @@ def test_cli_dry_run_prints_the_plan(tmp_path):
             "eurosat",
             "--seeds",
             "1",
+            "--methods",
+            "all",
             "--dry-run",
         ],
         cwd=ROOT,
@@ -483,7 +485,7 @@ def test_status_cli_after_a_debug_sweep(small_experiment, data_root, tmp_path):
     ]
     ran = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stderr[-2000:]
-    status_cli = [sys.executable, "-m", "harness", "status", small_experiment, "--data-root", data_root, "--out", out]
+    status_cli = [sys.executable, "-m", "harness", "status", small_experiment, "--out", out]
     shown = subprocess.run(status_cli, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0 and "mini/zsclip/synthetic" in shown.stdout and "total: 1 done" in shown.stdout
 

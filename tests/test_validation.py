@@ -60,7 +60,8 @@ def command(data_root, out, *extra) -> list[str]:
     args = ["run"]
     for key in ("method", "dataset", "data_root", "backbone", "precision", "shots", "epochs", "batch_size"):
         args += ["--" + key.replace("_", "-"), str(spec[key])]
-    return [*args, "--num-workers", "0", "--tracking", "none", "--output-dir", spec["output_dir"], *extra]
+    args += ["--num-workers", "0", "--tracking", "none", "--output-dir", spec["output_dir"], "--results", str(out)]
+    return [*args, *extra]
 
 
 def refused(capsys, argv, *expected) -> str:

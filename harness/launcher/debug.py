@@ -9,11 +9,10 @@ import sys
 import submitit
 
 from harness.launcher.interrupts import Interrupted
-from harness.launcher.jobs import HarnessJob
+from harness.launcher.jobs import HarnessJob, scores
 from harness.launcher.progress import Progress
 from harness.launcher.state import JobStatus, block_dependents, save_state
-
-log = logging.getLogger(__name__)
+from harness.logs import console_at
 
 
 def run_debug(
@@ -37,17 +36,19 @@ def _in_turn(todo, states, folder, out, experiment, printer, post_mortem, thread
     for job, state in todo:
         if state.state == JobStatus.BLOCKED:
             continue
-        printer(f"[debug] {job.name}  ({progress.text()})")
         sj = executor.submit(HarnessJob(threads), job.spec.to_dict())
         state.started(sj, JobStatus.RUNNING)
         try:
-            sj.result() if post_mortem and sys.stdin.isatty() else sj.submission().result()
+            # One line per job on the console; its details (spec, epochs, traceback) in its run's log.txt.
+            with console_at(logging.WARNING):
+                records = sj.result() if post_mortem and sys.stdin.isatty() else sj.submission().result()
             state.state = JobStatus.DONE
+            printer(f"[done] {job.name}  ({progress.text()}): {scores(records)}")
         except Interrupted as stop:
             state.state, state.error = JobStatus.INTERRUPTED, f"stopped by {stop.signal_name}"
             raise
         except Exception as exc:
             state.state, state.error = JobStatus.FAILED, f"{type(exc).__name__}: {exc}".splitlines()[0]
-            log.exception("%s failed", job.name)
+            printer(f"[failed] {job.name}  ({progress.text()}): {state.error}\n  log.txt in {job.spec.output_dir}")
             block_dependents(job.name, by_name, printer)
         save_state(out, experiment, states)

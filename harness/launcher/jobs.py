@@ -44,6 +44,12 @@ def job_failure(job) -> str:
         return errors[-1] if errors else f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
+def scores(records: list[dict] | None) -> str:
+    """What a finished job scored, for its one line: ``dtd/base 81.20, dtd/new 74.05``."""
+    shown = [f"{r['dataset']}/{r['subsample']} {r['metrics']['accuracy']:.2f}" for r in records or []]
+    return ", ".join(shown) if shown else "no new result"
+
+
 def collect_finished(active: dict, by_name: dict[str, JobState], printer, progress=None) -> list[str]:
     """Move finished submitit jobs out of ``active``, recording done or failed (with the log);
     return the names of those that failed. ``progress`` (``launcher.progress.Progress``): how far the
@@ -55,7 +61,8 @@ def collect_finished(active: dict, by_name: dict[str, JobState], printer, progre
             error = job_failure(sj)
             state.state, state.error = (JobStatus.FAILED, error) if error else (JobStatus.DONE, None)
             where = f"  ({progress.text()})" if progress is not None else ""
-            printer(f"[{state.state}] {name}{where}" + (f": {error}\n  log: {state.stderr}" if error else ""))
+            outcome = f": {error}\n  log: {state.stderr}" if error else f": {scores(sj.result())}"
+            printer(f"[{state.state}] {name}{where}{outcome}")
             del active[name]
             if error:
                 failed.append(name)

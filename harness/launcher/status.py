@@ -11,11 +11,12 @@ from harness.sweep import Job
 
 
 def status(jobs: list[Job], out: str, experiment: str) -> list[dict]:
-    """One row per job: job, kind, results (found/expected), state (done, failed, blocked, interrupted,
-    queued, running, partial or not started), detail and job_id when known."""
+    """One row per job: job, kind, results (found/expected in ``out``'s results store), state (done, failed,
+    blocked, interrupted, queued, running, partial or not started), detail and job_id when known. The jobs:
+    those the sweeps recorded (``harness.sweep.recorded_jobs``)."""
     from harness.checkpoint import latest_checkpoint
 
-    done = fingerprints.finished(results.read_records(jobs[0].spec.results)) if jobs else set()
+    done = fingerprints.finished(results.read_records(out)) if jobs else set()
     previous = {s.name: s for s in load_state(out, experiment)}
     refresh_from_slurm(previous)
     rows = []
