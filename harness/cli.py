@@ -371,10 +371,7 @@ def main(argv=None) -> int:
         if args.command == "report":
             from harness.report.__main__ import main as report_main
 
-            given = any(a == "--results" or a.startswith("--results=") for a in rest)
-            return report_main(
-                rest if given or {"-h", "--help"} & set(rest) else ["--results", results.RESULTS_HOME, *rest]
-            )
+            return report_main(rest)  # its --results defaults to the results' home
         if args.command == "data":
             from harness.data.check import main as data_main
 

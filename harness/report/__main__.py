@@ -7,6 +7,7 @@ import logging
 import sys
 
 from harness.report import NOTHING_EXPECTED, ReportError, build_report
+from harness.results import RESULTS_HOME
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +16,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m harness.report", description="Tables and figures from a results store."
     )
-    parser.add_argument("--results", required=True, help="results folder or its results.jsonl")
+    parser.add_argument(
+        "--results",
+        default=RESULTS_HOME,
+        help=f"results folder or its results.jsonl (default: {RESULTS_HOME}, where runs and sweeps record)",
+    )
     parser.add_argument("--out", default="reports", help="where the report goes (default: reports)")
     parser.add_argument(
         "--tracking", default="none", choices=MODES, help="W&B mode for logging the report (default: none)"
