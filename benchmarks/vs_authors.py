@@ -811,11 +811,16 @@ class TipAdapterDriver:
         they are given; the best-epoch file their Tip-Adapter-F reloads is there from the start."""
         self.records = {"logits": [], "loss": [], "grad": []}
         records, main = self.records, self.main
+        utils = main.search_hp.__globals__  # utils.py's namespace, where search_hp finds its cls_acc
         cls_acc, functional = main.cls_acc, main.F
 
         def recorded_acc(output, target, topk=1):
+            """utils.py:10-15, whose ``float()`` of a one-element array NumPy 2 refuses: the same count, by
+            ``.item()``."""
             records["logits"].append(output.detach().clone())
-            return cls_acc(output, target, topk)
+            pred = output.topk(topk, 1, True, True)[1].t()
+            correct = pred.eq(target.view(1, -1).expand_as(pred))
+            return 100 * correct[:topk].reshape(-1).float().sum().item() / target.shape[0]
 
         def cross_entropy(logits, target, *args, **kwargs):
             loss = functional.cross_entropy(logits, target, *args, **kwargs)
@@ -832,13 +837,13 @@ class TipAdapterDriver:
         adamw = torch.optim.AdamW
         best = os.path.join(self.cfg["cache_dir"], f"best_F_{self.cfg['shots']}shots.pt")
         torch.save(nn.Parameter(self.keys.t().detach().clone()), best)  # as theirs saves adapter.weight
-        main.cls_acc, main.F, torch.optim.AdamW = recorded_acc, shim, RecordingAdamW
+        main.cls_acc, utils["cls_acc"], main.F, torch.optim.AdamW = recorded_acc, recorded_acc, shim, RecordingAdamW
         try:
             with fp32_on_cpu(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # their scheduler steps after a skipped optimiser step
                 yield records
         finally:
-            main.cls_acc, main.F, torch.optim.AdamW = cls_acc, functional, adamw
+            main.cls_acc, utils["cls_acc"], main.F, torch.optim.AdamW = cls_acc, cls_acc, functional, adamw
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
