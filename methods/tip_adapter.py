@@ -112,7 +112,7 @@ class TipAdapter(CLIPMethod):
     paper = "Zhang et al., ECCV"
     year = 2022
     source = "gaopengcuhk/Tip-Adapter@d0e2d6f"
-    color = "#8c564b"
+    color = "#843c39"
     default_config = "tip_adapter/vit_b16"
     checkpoint_folder = "tip_adapter"
     fits_features = True
@@ -287,7 +287,7 @@ class TipAdapterF(TipAdapter):
     paper = "Zhang et al., ECCV"
     year = 2022
     source = "gaopengcuhk/Tip-Adapter@d0e2d6f"
-    color = "#c49c94"
+    color = "#d6616b"
     default_config = "tip_adapter_f/vit_b16"
     checkpoint_folder = "tip_adapter_f"
 
