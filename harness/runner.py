@@ -360,8 +360,8 @@ class Run:
 
     def augmented_features(self, model, items):
         """``fit``'s ``augmented``: seed -> ``model.encode_image`` of ``items`` through the training transform,
-        in their order. The crops come from a torch generator seeded with the given seed (the global one,
-        forked), so a rerun draws the same crops whatever the shared feature cache saved it."""
+        in their order. The crops come from the global torch generator, forked and seeded with the given seed:
+        a rerun draws the same crops, whether or not the shared feature cache spared it other work before."""
         spec = self.spec
         transform = data.build_transform(
             train=True, size=backbone.image_size(self.clip), crop_scale=tuple(spec.crop_scale)
