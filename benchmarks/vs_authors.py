@@ -1,7 +1,7 @@
 """Benchmark: every method against its authors' own code, side by side (issue 28).
 
     python -m benchmarks.vs_authors --authors cocoop=DIR coop=DIR kgcoop=DIR maple=DIR promptsrc=DIR \
-        prograd=DIR tcp=DIR coop_dept=DIR mmrl=DIR
+        prograd=DIR tcp=DIR coop_dept=DIR mmrl=DIR tip_adapter_f=DIR
 
 It writes its report (``--out``, default reports/bench-vs-authors.md); ``python -m benchmarks.readme vs-authors
 [--from REPORT]`` copies its table into README.md.
@@ -32,7 +32,8 @@ checkout that holds ``trainers/`` and ``clip/``, the trainer class, the config k
 options that correspond, and, where the authors' model returns more than logits, how to read them.
 A trainer that calls a framework method beyond the stubbed ``TrainerX`` (ProGrad's
 ``prograd_backward_and_update`` of its bundled Dassl.ProGrad) gets that method from the checkout's own
-framework file (``framework``), so the update compared is the authors' code too.
+framework file (``framework``), so the update compared is the authors' code too. A repository with no
+trainer at all (Tip-Adapter's plain scripts) names a ``driver`` with ``AuthorsModel``'s interface instead.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import sys
 import tempfile
 import time
 import types
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -70,7 +72,12 @@ from harness import backbone
 from methods.promptsrc import PROMPTSRC_TEMPLATES
 
 REPORT = "reports/bench-vs-authors.md"
-DOCS = ("docs/PROTOCOL.md", "docs/PROTOCOL-successors.md", "docs/PROTOCOL-successors-2.md")
+DOCS = (
+    "docs/PROTOCOL.md",
+    "docs/PROTOCOL-successors.md",
+    "docs/PROTOCOL-successors-2.md",
+    "docs/PROTOCOL-successors-3-fewshot.md",
+)
 README_BLOCK = "vs-authors:table"
 
 
@@ -121,6 +128,9 @@ class AuthorsCode:
     unused_imports: tuple = ()  # modules their trainers import but never call, stubbed empty where missing
     before_eval: Callable | None = None  # (their model) -> None, called before each of their evaluations
     update_labels: tuple = ()  # the update also compared on the train batch relabelled with each of these classes
+    # a repository without a Dassl trainer (Tip-Adapter's plain scripts): (entry, checkout, clip, classnames) -> what
+    # drives its functions, with ``AuthorsModel``'s interface (logits, step, update, checkpoint_state)
+    driver: Callable | None = None
 
 
 def cocoop_floor(clip, classnames, batch, eval_images) -> dict[str, dict[str, float]]:
@@ -388,6 +398,32 @@ AUTHORS: dict[str, AuthorsCode] = {
                 "published in amp, which without CUDA runs fp32"
             ),
         ),
+        AuthorsCode(
+            "tip_adapter_f",
+            "gaopengcuhk/Tip-Adapter",
+            "main:run_tip_adapter_F",
+            {
+                "shots": 1,
+                "augment_epoch": 1,
+                "load_cache": False,
+                "search_hp": True,
+                "search_scale": [7, 3],
+                "search_step": [1, 1],
+                "init_beta": 1,
+                "init_alpha": 1.17,
+                "lr": 0.001,
+                "template": ["a photo of a {}."],
+            },
+            {"templates": ["a photo of a {}."], "init_beta": 1.0, "init_alpha": 1.17, "search_step": [1, 1]},
+            driver=lambda *args: TipAdapterDriver(*args),  # defined below, beside the plumbing it uses
+            gradients=(("adapter.weight", "prompt_learner.adapter_weight"),),
+            note=(
+                "Tip-Adapter-F (its logits at the initial beta and alpha are Tip-Adapter's): a cache of K classes x 1 "
+                "random image, one pass; the authors' train step is one epoch of one batch of run_tip_adapter_F "
+                "(with its per-epoch test evaluation and a one-point search on the batch's features), their eval "
+                "run_tip_adapter on the images' features (its zero-shot and Tip-Adapter logits, a one-point search)"
+            ),
+        ),
     )
 }
 
@@ -573,8 +609,9 @@ def dassl_stub() -> dict[str, types.ModuleType]:
     return modules
 
 
-# the authors' packages (each checkout has its own clip/trainers; DePT's also clip_maple/ and utils/)
-_TOP_LEVEL = ("dassl", "clip", "trainers", "clip_maple", "utils")
+# the authors' packages (each checkout has its own clip/trainers; DePT's also clip_maple/ and utils/; Tip-Adapter's
+# main.py, utils.py and datasets/)
+_TOP_LEVEL = ("dassl", "clip", "trainers", "clip_maple", "utils", "main", "datasets")
 
 
 def _importable(name: str) -> bool:
@@ -732,9 +769,130 @@ class AuthorsModel:
         return {name: params[name].grad for name, _ in self.entry.gradients}
 
 
+class TipAdapterDriver:
+    """Tip-Adapter's plain scripts (no trainer, no Dassl): ``utils.py``'s ``clip_classifier`` and
+    ``build_cache_model`` build the text classifier and the cache on the checkout's own ``clip`` package (loaded
+    from the same weights), and ``main.py``'s ``run_tip_adapter`` / ``run_tip_adapter_F`` compute the logits, the
+    loss and the update, read where their code hands them on: the logits given to ``cls_acc``, the loss given to
+    ``F.cross_entropy``, the keys' gradient at AdamW's step (a recording AdamW that leaves the keys as they are,
+    like the others' learning rate 0). The cache is K classes x ``shots`` random images, one augmented pass."""
+
+    def __init__(self, entry: AuthorsCode, checkout: str, clip, classnames: list[str]):
+        self.entry, self.cfg = entry, dict(entry.cfg)
+        root = os.path.join(checkout, entry.folder)
+        if not os.path.isfile(os.path.join(root, "main.py")):
+            raise FileNotFoundError(
+                f"{root} has no main.py: give a checkout of {entry.repository} "
+                f"(git clone https://github.com/{entry.repository})"
+            )
+        self.tmp = tempfile.TemporaryDirectory()
+        self.cfg["cache_dir"] = self.tmp.name
+        size, shots = backbone.image_size(clip), self.cfg["shots"]
+        generator = torch.Generator().manual_seed(1)
+        images = torch.randn(len(classnames) * shots, 3, size, size, generator=generator)
+        labels = torch.arange(len(classnames)).repeat(shots)
+        with authors_import_path(root, entry.unused_imports), fp32_on_cpu(), contextlib.redirect_stdout(io.StringIO()):
+            weights = os.path.join(self.tmp.name, "openai-format.pt")
+            torch.save({k: v.detach().cpu() for k, v in clip.state_dict().items()}, weights)
+            their_clip = importlib.import_module("clip")
+            self.main = importlib.import_module("main")
+            self.model = their_clip.load(weights, device="cpu", jit=False)[0].float().eval()
+            with torch.no_grad():
+                self.clip_weights = self.main.clip_classifier(classnames, self.cfg["template"], self.model)
+            batches = [(images[i : i + 64], labels[i : i + 64]) for i in range(0, len(images), 64)]
+            self.keys, values = self.main.build_cache_model(self.cfg, self.model, batches)
+        # their one-hot values are made fp16 by ``.half()`` (utils.py:62), which fp32_on_cpu keeps as it is: the
+        # fp32 equivalent of the exact 0/1 values is float
+        self.values = values.float()
+        self.records: dict[str, list] = {}
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Their functions with ``cls_acc``, ``F.cross_entropy`` and ``torch.optim.AdamW`` recording what
+        they are given; the best-epoch file their Tip-Adapter-F reloads is there from the start."""
+        self.records = {"logits": [], "loss": [], "grad": []}
+        records, main = self.records, self.main
+        utils = main.search_hp.__globals__  # utils.py's namespace, where search_hp finds its cls_acc
+        cls_acc, functional = main.cls_acc, main.F
+
+        def recorded_acc(output, target, topk=1):
+            """utils.py:10-15, whose ``float()`` of a one-element array NumPy 2 refuses: the same count, by
+            ``.item()``."""
+            records["logits"].append(output.detach().clone())
+            pred = output.topk(topk, 1, True, True)[1].t()
+            correct = pred.eq(target.view(1, -1).expand_as(pred))
+            return 100 * correct[:topk].reshape(-1).float().sum().item() / target.shape[0]
+
+        def cross_entropy(logits, target, *args, **kwargs):
+            loss = functional.cross_entropy(logits, target, *args, **kwargs)
+            records["loss"].append(loss.detach().clone())
+            return loss
+
+        class RecordingAdamW(torch.optim.AdamW):
+            @torch.no_grad()
+            def step(self, closure=None):
+                records["grad"].append([p.grad.detach().clone() for g in self.param_groups for p in g["params"]])
+
+        shim = types.SimpleNamespace(**{k: getattr(functional, k) for k in dir(functional) if not k.startswith("_")})
+        shim.cross_entropy = cross_entropy
+        adamw = torch.optim.AdamW
+        best = os.path.join(self.cfg["cache_dir"], f"best_F_{self.cfg['shots']}shots.pt")
+        torch.save(nn.Parameter(self.keys.t().detach().clone()), best)  # as theirs saves adapter.weight
+        main.cls_acc, utils["cls_acc"], main.F, torch.optim.AdamW = recorded_acc, recorded_acc, shim, RecordingAdamW
+        try:
+            with fp32_on_cpu(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # their scheduler steps after a skipped optimiser step
+                yield records
+        finally:
+            main.cls_acc, utils["cls_acc"], main.F, torch.optim.AdamW = cls_acc, cls_acc, functional, adamw
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            f = self.model.encode_image(images)
+        return f / f.norm(dim=-1, keepdim=True)  # utils.py:83
+
+    def checkpoint_state(self) -> dict:
+        """The tensors of their files keys_<K>shots.pt, values_<K>shots.pt, best_F_<K>shots.pt (the keys
+        before training) and the config's beta and alpha, under our checkpoint's names."""
+        scalar = lambda v: torch.tensor(float(v), dtype=torch.float64)  # noqa: E731
+        return {
+            "cache_keys": self.keys.detach().clone(),
+            "cache_values": self.values.detach().clone(),
+            "adapter_weight": self.keys.t().detach().clone(),
+            "beta": scalar(self.cfg["init_beta"]),
+            "alpha": scalar(self.cfg["init_alpha"]),
+            "val_acc": scalar(0.0),
+        }
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """``run_tip_adapter``'s Tip-Adapter logits at the initial beta and alpha (main.py:37-43), the images as
+        its val set (and test set, its search a single point)."""
+        f = self.features(images)
+        labels = torch.zeros(len(f), dtype=torch.long)
+        with self.recording() as records, torch.no_grad():
+            self.main.run_tip_adapter(self.cfg, self.keys, self.values, f, labels, f, labels, self.clip_weights)
+        return records["logits"][1]
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One epoch of one batch of ``run_tip_adapter_F`` (main.py:85-106): its encoder forward, logits, loss
+        and backward; then its test evaluation and search, on the batch's features, cost a few matrix products."""
+        cfg = {**self.cfg, "train_epoch": 1}
+        f = self.features(images)
+        with self.recording() as records:
+            self.main.run_tip_adapter_F(
+                cfg, self.keys, self.values, f, labels, f, labels, self.clip_weights, self.model, [(images, labels)]
+            )
+        return float(records["loss"][0])
+
+    def update(self) -> dict[str, torch.Tensor]:
+        return {"adapter.weight": self.records["grad"][0][0]}
+
+
 def build_ours(entry: AuthorsCode, clip, classnames: list[str], authors: AuthorsModel):
     model = methods.build_method(entry.method, clip, classnames, **entry.options)
     model.load_checkpoint_state_dict(authors.checkpoint_state(), path=f"the authors' {entry.method} model")
+    for _, name in entry.gradients:  # a fitted method trains these inside its fit only: here the step reaches them
+        model.get_parameter(name).requires_grad_(True)
     return model
 
 
@@ -852,7 +1010,7 @@ def compare_method(
         line.floor = tuple(sum(line.floor_flops[case].values()) / flops_per_s for case in ("train", "eval"))
     try:
         torch.manual_seed(0)
-        authors = AuthorsModel(entry, checkout, clip, names)
+        authors = (entry.driver or AuthorsModel)(entry, checkout, clip, names)
         ours = build_ours(entry, clip, names, authors)
         check = images[: settings.check_images]
         line.check["eval logits"] = check_equal(

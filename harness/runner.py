@@ -320,9 +320,17 @@ class Run:
         the fitted checkpoint; a finished fit of the same spec is reused (a killed job resumes here)."""
         spec = self.spec
         seed = spec.seed if spec.seed is not None else 1
-        # The method draws its own shots from the full splits (PROTOCOL.md 20): no split_fewshot draw.
+        # The linear probe draws its own shots from the full splits (PROTOCOL.md 20): no split_fewshot draw.
+        # A cache model (Tip-Adapter) is fitted on the split_fewshot draw, searched on the full val split.
         splits = data.build_dataset(spec.dataset, spec.data_root, num_shots=0, seed=seed, subsample=spec.subsample)
         model = self.build_method(splits.classnames, spec.dataset, spec.subsample)
+        extra = {}
+        if not model.draws_own_shots:
+            fewshot = data.build_dataset(
+                spec.dataset, spec.data_root, num_shots=spec.shots, seed=seed, subsample=spec.subsample
+            )
+            splits = dataclasses.replace(splits, train=fewshot.train)
+            extra["augmented"] = self.augmented_features(model, fewshot.train)
         final = checkpoint.checkpoint_path(self.run_dir, 0, model.checkpoint_folder)
         if os.path.isfile(final):
             saved = load_checkpoint_file(final).get("spec")
@@ -347,11 +355,31 @@ class Run:
             spec.shots,
             seed,
         )
-        model.fit(features["train"], labels["train"], features["val"], labels["val"], seed=seed, shots=spec.shots)
+        model.fit(
+            features["train"], labels["train"], features["val"], labels["val"], seed=seed, shots=spec.shots, **extra
+        )
         log.info("Fitted: %s", model.record_options())
         model.save_prompt_checkpoint(final, 0, spec=spec.training_identity())
         self.training_cost = cost.fitted(time.perf_counter() - began)
         return final
+
+    def augmented_features(self, model, items):
+        """``fit``'s ``augmented``: seed -> ``model.encode_image`` of ``items`` through the training transform,
+        in their order. The crops come from the global torch generator, forked and seeded with the given seed:
+        a rerun draws the same crops, whether or not the shared feature cache spared it other work before."""
+        spec = self.spec
+        transform = data.build_transform(
+            train=True, size=backbone.image_size(self.clip), crop_scale=tuple(spec.crop_scale)
+        )
+
+        def augmented(seed: int) -> torch.Tensor:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                loader = data.build_loader(items, transform, spec.batch_size, train=False, num_workers=spec.num_workers)
+                with torch.no_grad():
+                    return compute_features(model, loader, self.device, desc=f"augmented {spec.dataset}")
+
+        return augmented
 
     def finished_checkpoint(self) -> tuple[str, int]:
         """``reevaluate``: the run folder's final checkpoint, scored again without training."""

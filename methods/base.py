@@ -17,6 +17,8 @@ The runner knows no method by name. It builds one with ``methods.build_method`` 
 ``fits_features``              is it fitted on frozen features (``fit``) instead of trained by gradient?
 ``fit(train_f, train_y,``      fit on the image features of the full train and val splits (numpy or
 ``val_f, val_y, seed, shots)``  tensors, split order); the method draws its own ``shots`` per class
+``draws_own_shots``            False: ``fit`` gets the few-shot draw every prompt method trains on
+                               instead of the full train split, and ``augmented`` (see below)
 ``transfers_to_other_classes`` may what it learned be evaluated on other classes (new, other datasets)?
 ``subsample=`` argument        one whose constructor takes ``subsample`` is told which classes these are
 =============================  =================================================================
@@ -24,6 +26,11 @@ The runner knows no method by name. It builds one with ``methods.build_method`` 
 A method that ``fits_features`` (linear-probe CLIP) is trainable (it has a seed, shots and a
 checkpoint) but has no optimiser: the runner extracts the train and val features once through the
 shared feature cache, calls ``fit``, saves the checkpoint, and scores the test set as for any method.
+
+A ``fits_features`` method that does not draw its own shots (Tip-Adapter's cache) gets the features of the
+(shots, seed) few-shot draw as ``train_f``, those of the full val split, and ``augmented=``: a function of an
+integer seed returning the draw's features through the training transform (random crop and flip), one pass
+in the draw's order, the same crops for the same seed whatever ran before.
 
 ``subsample`` ("base" | "new" | "all", ``methods.build_method``'s argument, default "all") is the authors'
 ``DATASET.SUBSAMPLE_CLASSES``: a method whose published computation switches on it (DePT's head, MMRL's
@@ -137,6 +144,9 @@ class CLIPMethod(nn.Module):
     text_depends_on_image = False
     # True: learned by ``fit`` on frozen image features, not by gradient steps (no optimiser, no epochs).
     fits_features = False
+    # For a fits_features method: True, it draws its shots from the full train split (linear probe); False,
+    # it is fitted on the harness's few-shot draw and also given its augmented features.
+    draws_own_shots = True
     # False: what is learned is tied to the training classes (a classifier row per class, no prompt), so
     # evaluating other classes (base-to-new's new half, another dataset) is refused before any work.
     transfers_to_other_classes = True
@@ -248,7 +258,8 @@ class CLIPMethod(nn.Module):
 
     def fit(self, train_features, train_labels, val_features, val_labels, seed: int, shots: int) -> None:
         """For ``fits_features`` methods: learn from features of the full train and val splits (their
-        own few-shot draw of ``shots`` per class with ``seed``)."""
+        own few-shot draw of ``shots`` per class with ``seed``), or of the few-shot draw and the full val
+        split with ``augmented=`` (``draws_own_shots = False``)."""
         raise NotImplementedError(f"{self.method_name} is trained by gradient, not fitted on features.")
 
     # -- evaluation and records -------------------------------------------------------------------

@@ -21,8 +21,9 @@ def test_the_study_expands_to_the_published_jobs():
     jobs = sweep.expand(sweep.load_experiment("fewshot"), "/data", "/out")
     by_name = {job.name: job for job in jobs}
     assert len(by_name) == len(jobs)
-    # zero-shot: once per dataset; linear probe, CoOp, CoCoOp, KgCoOp, PromptSRC, MMRL, ProGrad: per dataset, K, seed
-    assert len(jobs) == 11 + 7 * 11 * 5 * 3
+    # zero-shot: once per dataset; linear probe, CoOp, CoCoOp, KgCoOp, PromptSRC, MMRL, ProGrad, Tip-Adapter,
+    # Tip-Adapter-F: per dataset, K, seed
+    assert len(jobs) == 11 + 9 * 11 * 5 * 3
     assert all(job.targets() == [(job.spec.dataset, "all")] for job in jobs)  # the whole test set
     assert all(job.spec.subsample == "all" for job in jobs)
     coop = {(j.spec.dataset, j.spec.shots): j.spec for j in jobs if j.spec.method == "coop" and j.spec.seed == 1}
@@ -51,6 +52,11 @@ def test_the_study_expands_to_the_published_jobs():
     assert lambdas == {"dtd": [1.0] * 3 + [0.8] * 2, "eurosat": [1.0] * 3 + [0.8] * 2, "caltech101": [1.0] * 5}
     assert grad["oxford_flowers", 16].options["prograd_lambda"] == 0.8
     assert grad["oxford_pets", 16].options["prograd_lambda"] == 1.0
+    # Tip-Adapter's configs: fitted (epochs 0), crops at scale (0.5, 1) for the cache, per-dataset values left to
+    # the method (it is given the dataset)
+    tip = [j.spec for j in jobs if j.spec.method in ("tip_adapter", "tip_adapter_f")]
+    assert len(tip) == 2 * 11 * 5 * 3 and all(s.epochs == 0 and s.crop_scale == [0.5, 1.0] for s in tip)
+    assert all("init_alpha" not in s.options and s.options["augment_epoch"] == 10 for s in tip)
     # Job names and training folders tell shot counts apart.
     assert "fewshot/coop/dtd/4shot/seed2/train" in by_name
     assert len({j.spec.output_dir for j in jobs}) == len(jobs)

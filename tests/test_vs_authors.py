@@ -529,3 +529,177 @@ def test_the_floor_uses_the_fastest_matmul_rate_probed(fake_repo, tiny_clip, tmp
     cells = table_row(report, "coop")
     assert (float(cells[5]), float(cells[9])) == (2.0, 1.0)  # 8 and 4 GFLOP at 4 GFLOP/s, not at 1
     assert "(4 GFLOP/s, the fastest of a probe before each method)" in report
+
+
+# Tip-Adapter's plain scripts, as the benchmark drives them: utils.py's classifier and cache, main.py's two runs
+# (their lines, trimmed of prints and data loading); ``wrong_beta`` scales beta in the fine-tuning's forward only.
+FAKE_TIP_UTILS = """
+import torch
+import torch.nn.functional as F
+import torch.nn as nn
+
+import clip
+
+
+def cls_acc(output, target, topk=1):
+    pred = output.topk(topk, 1, True, True)[1].t()
+    correct = pred.eq(target.view(1, -1).expand_as(pred))
+    return 100 * float(correct[:topk].reshape(-1).float().sum(0, keepdim=True)) / target.shape[0]
+
+
+def clip_classifier(classnames, template, clip_model):
+    with torch.no_grad():
+        clip_weights = []
+        for classname in classnames:
+            classname = classname.replace('_', ' ')
+            texts = clip.tokenize([t.format(classname) for t in template]).cuda()
+            class_embeddings = clip_model.encode_text(texts)
+            class_embeddings /= class_embeddings.norm(dim=-1, keepdim=True)
+            class_embedding = class_embeddings.mean(dim=0)
+            class_embedding /= class_embedding.norm()
+            clip_weights.append(class_embedding)
+        clip_weights = torch.stack(clip_weights, dim=1).cuda()
+    return clip_weights
+
+
+def build_cache_model(cfg, clip_model, train_loader_cache):
+    cache_keys, cache_values = [], []
+    with torch.no_grad():
+        for augment_idx in range(cfg['augment_epoch']):
+            train_features = []
+            for i, (images, target) in enumerate(train_loader_cache):
+                train_features.append(clip_model.encode_image(images.cuda()))
+                if augment_idx == 0:
+                    cache_values.append(target.cuda())
+            cache_keys.append(torch.cat(train_features, dim=0).unsqueeze(0))
+    cache_keys = torch.cat(cache_keys, dim=0).mean(dim=0)
+    cache_keys /= cache_keys.norm(dim=-1, keepdim=True)
+    cache_keys = cache_keys.permute(1, 0)
+    cache_values = F.one_hot(torch.cat(cache_values, dim=0)).half()
+    return cache_keys, cache_values
+
+
+def search_hp(cfg, cache_keys, cache_values, features, labels, clip_weights, adapter=None):
+    scale, step = cfg['search_scale'], cfg['search_step']
+    beta_list = [i * (scale[0] - 0.1) / step[0] + 0.1 for i in range(step[0])]
+    alpha_list = [i * (scale[1] - 0.1) / step[1] + 0.1 for i in range(step[1])]
+    best_acc, best_beta, best_alpha = 0, 0, 0
+    for beta in beta_list:
+        for alpha in alpha_list:
+            affinity = adapter(features) if adapter else features @ cache_keys
+            cache_logits = ((-1) * (beta - beta * affinity)).exp() @ cache_values
+            tip_logits = 100. * features @ clip_weights + cache_logits * alpha
+            acc = cls_acc(tip_logits, labels)
+            if acc > best_acc:
+                best_acc, best_beta, best_alpha = acc, beta, alpha
+    return best_beta, best_alpha
+"""
+
+FAKE_TIP_MAIN = """
+import torch
+import torch.nn.functional as F
+import torch.nn as nn
+
+from utils import *
+
+
+def run_tip_adapter(cfg, cache_keys, cache_values, val_features, val_labels, test_features, test_labels, clip_weights):
+    clip_logits = 100. * val_features @ clip_weights
+    acc = cls_acc(clip_logits, val_labels)
+    beta, alpha = cfg['init_beta'], cfg['init_alpha']
+    affinity = val_features @ cache_keys
+    cache_logits = ((-1) * (beta - beta * affinity)).exp() @ cache_values
+    tip_logits = clip_logits + cache_logits * alpha
+    acc = cls_acc(tip_logits, val_labels)
+    best_beta, best_alpha = search_hp(cfg, cache_keys, cache_values, val_features, val_labels, clip_weights)
+
+
+def run_tip_adapter_F(
+    cfg, cache_keys, cache_values, val_features, val_labels, test_features, test_labels, clip_weights, clip_model,
+    train_loader_F,
+):
+    adapter = nn.Linear(cache_keys.shape[0], cache_keys.shape[1], bias=False).to(clip_model.dtype).cuda()
+    adapter.weight = nn.Parameter(cache_keys.t())
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg['lr'], eps=1e-4)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg['train_epoch'] * len(train_loader_F))
+    beta, alpha = cfg['init_beta'], cfg['init_alpha']
+    best_acc = 0.0
+    for train_idx in range(cfg['train_epoch']):
+        adapter.train()
+        for i, (images, target) in enumerate(train_loader_F):
+            with torch.no_grad():
+                image_features = clip_model.encode_image(images)
+                image_features /= image_features.norm(dim=-1, keepdim=True)
+            affinity = adapter(image_features)
+            wrong = beta * cfg.get('wrong_beta', 1.0)
+            cache_logits = ((-1) * (wrong - wrong * affinity)).exp() @ cache_values
+            clip_logits = 100. * image_features @ clip_weights
+            tip_logits = clip_logits + cache_logits * alpha
+            loss = F.cross_entropy(tip_logits, target)
+            acc = cls_acc(tip_logits, target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        adapter.eval()
+        affinity = adapter(test_features)
+        cache_logits = ((-1) * (beta - beta * affinity)).exp() @ cache_values
+        tip_logits = 100. * test_features @ clip_weights + cache_logits * alpha
+        acc = cls_acc(tip_logits, test_labels)
+        if acc > best_acc:
+            best_acc = acc
+            torch.save(adapter.weight, cfg['cache_dir'] + "/best_F_" + str(cfg['shots']) + "shots.pt")
+    adapter.weight = torch.load(cfg['cache_dir'] + "/best_F_" + str(cfg['shots']) + "shots.pt")
+    best_beta, best_alpha = search_hp(
+        cfg, cache_keys, cache_values, val_features, val_labels, clip_weights, adapter=adapter
+    )
+"""
+
+FAKE_CLIP_LOAD = """
+
+def load(name, device="cpu", jit=False):
+    model = build_model(torch.load(name, map_location="cpu"))
+    # OpenAI's CLIP says its dtype (Tip-Adapter-F's adapter is cast to it)
+    model.__class__ = type("OpenAICLIP", (type(model),), {"dtype": property(lambda m: m.visual.conv1.weight.dtype)})
+    return model, None
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_tip_repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("tip")
+    for path, text in {
+        "clip/__init__.py": "from .clip import *\n",
+        "clip/clip.py": textwrap.dedent(FAKE_CLIP) + FAKE_CLIP_LOAD,
+        "utils.py": FAKE_TIP_UTILS,
+        "main.py": FAKE_TIP_MAIN,
+    }.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+    return repo
+
+
+def tip_adapter(wrong_beta: float = 1.0) -> dict:
+    entry = vs_authors.AUTHORS["tip_adapter_f"]
+    return {"tip_adapter_f": dataclasses.replace(entry, cfg={**entry.cfg, "shots": 2, "wrong_beta": wrong_beta})}
+
+
+def test_tip_adapter_scripts_are_driven_checked_and_timed(fake_tip_repo, tiny_clip, tmp_path):
+    """Tip-Adapter's plumbing: no trainer; their cache, logits, loss and keys' update, read from their functions,
+    equal ours; their top-level modules (main, utils, clip) are gone again afterwards."""
+    before = {name for name in sys.modules if name.split(".")[0] in ("main", "utils", "clip")}
+    rc, report = run_adapters(fake_tip_repo, tiny_clip, tmp_path, tip_adapter())
+    assert rc == 0, report
+    cells = table_row(report, "tip_adapter_f")
+    assert cells[10].startswith("yes (") and all(float(c) > 0 for c in (cells[2], cells[3], cells[6], cells[7]))
+    for check in ("eval logits", "training loss", "update adapter.weight"):
+        assert f"{check} " in report
+    assert {name for name in sys.modules if name.split(".")[0] in ("main", "utils", "clip")} == before
+
+
+def test_a_different_tip_adapter_f_objective_aborts_the_line(fake_tip_repo, tiny_clip, tmp_path):
+    rc, report = run_adapters(fake_tip_repo, tiny_clip, tmp_path, tip_adapter(wrong_beta=1.05))
+    assert rc == 1
+    cell = table_row(report, "tip_adapter_f")[10]
+    # the same eval logits (the wrong beta is in their training forward only), another loss or update
+    assert cell.startswith(("MISMATCH: tip_adapter_f training loss", "MISMATCH: tip_adapter_f update")), cell
