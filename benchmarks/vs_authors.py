@@ -77,6 +77,7 @@ DOCS = (
     "docs/PROTOCOL-successors.md",
     "docs/PROTOCOL-successors-2.md",
     "docs/PROTOCOL-successors-3-fewshot.md",
+    "docs/PROTOCOL-successors-3.md",
 )
 README_BLOCK = "vs-authors:table"
 
@@ -97,9 +98,10 @@ def _fusion(output):
     return output[2]
 
 
-def _clear_mmrl_eval_cache(model) -> None:
-    """MMRL's eval forward caches the text features at its first call and keeps them (PROTOCOL-successors-2.md
-    "DePT (on CoOp) and MMRL" 9, quirk 1): cleared, each timed evaluation encodes the text once, as ours does."""
+def _clear_eval_text_cache(model) -> None:
+    """MMRL's and MMA's eval forwards cache the text features at their first call and keep them
+    (PROTOCOL-successors-2.md "DePT (on CoOp) and MMRL" 9, quirk 1; PROTOCOL-successors-3.md MMA 5, quirk 1):
+    cleared, each timed evaluation encodes the text once, as ours does."""
     model.text_features_for_inference = None
 
 
@@ -158,6 +160,14 @@ def coop_floor(clip, classnames, batch, eval_images) -> dict[str, dict[str, floa
 
 TEACHER_TEMPLATES = 4  # PromptSRC's teacher templates used here (of 60): see its note
 MMRL_REP_LAYERS = list(range(6, 13))  # configs/trainers/MMRL/vit_b16.yaml: 1-indexed blocks 6..12 of 12
+# configs/trainers/MultiModalAdapter/vit_b16_ep5.yaml (PROTOCOL-successors-3.md MMA 1)
+MMA_CFG = {
+    "TEXT_CTX_INIT": "a photo of a",
+    "ADAPTER_START": 5,
+    "ADAPTER_END": 12,
+    "ADAPTER_DIM": 32,
+    "ADAPTER_SCALE": 0.001,
+}
 
 AUTHORS: dict[str, AuthorsCode] = {
     entry.method: entry
@@ -386,7 +396,7 @@ AUTHORS: dict[str, AuthorsCode] = {
                 "dataset": "imagenet",
             },
             logits=_fusion,
-            before_eval=_clear_mmrl_eval_cache,
+            before_eval=_clear_eval_text_cache,
             gradients=(
                 ("representation_learner.compound_rep_tokens", "prompt_learner.compound_rep_tokens"),
                 ("image_encoder.proj_rep", "prompt_learner.proj_rep"),
@@ -422,6 +432,33 @@ AUTHORS: dict[str, AuthorsCode] = {
                 "random image, one pass; the authors' train step is one epoch of one batch of run_tip_adapter_F "
                 "(with its per-epoch test evaluation and a one-point search on the batch's features), their eval "
                 "run_tip_adapter on the images' features (its zero-shot and Tip-Adapter logits, a one-point search)"
+            ),
+        ),
+        AuthorsCode(
+            "mma",
+            "ZjjConan/Multi-Modal-Adapter",
+            "trainers.mmadapter:MultiModalAdapter",
+            {"TRAINER": {"MMADAPTER": {**MMA_CFG, "PREC": "fp32"}}},
+            {
+                "template": "a photo of a {}.",
+                "adapter_start": 5,
+                "adapter_end": 12,
+                "adapter_dim": 32,
+                "adapter_scale": MMA_CFG["ADAPTER_SCALE"],
+            },
+            before_eval=_clear_eval_text_cache,
+            gradients=(
+                ("text_adapter.5.down.0.weight", "prompt_learner.text_adapter.5.down.0.weight"),
+                ("text_adapter.12.up.bias", "prompt_learner.text_adapter.12.up.bias"),
+                ("visual_adapter.5.up.weight", "prompt_learner.visual_adapter.5.up.weight"),
+                ("visual_adapter.12.down.0.weight", "prompt_learner.visual_adapter.12.down.0.weight"),
+                ("shared_adapter.5.0.weight", "prompt_learner.shared_adapter.5.0.weight"),
+                ("shared_adapter.12.0.bias", "prompt_learner.shared_adapter.12.0.bias"),
+            ),
+            note=(
+                "the update compared on the adapters of the first and last blocks of both towers and the shared ones; "
+                "their eval caches the text features at its first call (quirk 1): cleared before each of their "
+                "evaluations; published in amp, which without CUDA runs fp32"
             ),
         ),
     )

@@ -458,6 +458,8 @@ def test_commits_read_from_the_checkout_and_from_docs(fake_repo, tmp_path):
     second_wave = {"prograd": "1b76203", "tcp": "bd97bec", "coop_dept": "d4ff416", "mmrl": "27d8821"}
     for method, documented in second_wave.items():  # docs/PROTOCOL-successors-2.md
         assert vs_authors.documented_commit(vs_authors.AUTHORS[method].repository) == documented
+    # docs/PROTOCOL-successors-3.md, with the full hash
+    assert vs_authors.documented_commit(vs_authors.AUTHORS["mma"].repository).startswith("547ee34")
 
 
 def test_same_weights_reach_both_sides_through_the_authors_format(tiny_clip):
