@@ -347,7 +347,7 @@ def test_adding_a_dataset_as_the_readme_says(tmp_path, monkeypatch):
         assert check.main(check_command[3:]) == 0
         assert run_command[:3] == [".venv/bin/python", "-m", "harness"]
         assert cli.main(run_command[3:]) == 0
-        records = read_records(str(tmp_path / "output" / "runs"))  # the store the walkthrough names
+        records = read_records(str(tmp_path / "output"))  # the store the walkthrough names
         assert [(r["dataset"], r["method"]) for r in records] == [(key, "coop")]
     finally:
         registry.DATASETS.pop(key, None)  # the registries are the process's: leave them as other tests expect
