@@ -21,7 +21,7 @@ same training loss, and, where the entry names them, the same update left in the
 one training step (the authors' ``forward_backward``, forward + published objective + backward; its
 optimiser has learning rate 0 so every run sees the same weights, and its update of the few prompt
 parameters costs nothing measurable) against ours (``training_loss`` + backward, or the method's own
-``backward`` where its update is not one loss's gradient, ``methods.base``), and one evaluation
+``backward`` where its update is not one loss's gradient, ``methods.parts.base``), and one evaluation
 of ``--eval-images`` images, both including the image encoder. Each time is the median of the runs
 after a warm-up. The report goes to ``reports/bench-vs-authors.md`` with the machine and its load.
 
@@ -741,7 +741,7 @@ def our_step(model, images: torch.Tensor, labels: torch.Tensor) -> float:
     model.train()
     for p in model.trainable_parameters():
         p.grad = None
-    if callable(getattr(model, "backward", None)):  # an update that is not one loss's gradient (methods.base)
+    if callable(getattr(model, "backward", None)):  # an update that is not one loss's gradient (methods.parts.base)
         return model.backward(images, labels).item()
     loss = model.training_loss(images, labels)
     loss.backward()

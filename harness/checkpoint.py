@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 from harness.config import LATER_TRAINING_KEYS, TRAINING_KEYS
-from methods.base import load_checkpoint_file
+from methods.parts.base import load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "prompt_learner"  # the default folder (methods.base.CLIPMethod.checkpoint_folder)
+CHECKPOINT_DIR = "prompt_learner"  # the default folder (methods.parts.base.CLIPMethod.checkpoint_folder)
 CHECKPOINT_PREFIX = "model.pth.tar-"
 POINTER = "checkpoint"
 KEEP = 2  # the newest and the one before it
@@ -82,7 +82,7 @@ class TrainingState:
     uninterrupted one would. The process-wide generators (Python, NumPy, torch CPU and CUDA) are
     captured at each save and restored with the rest."""
 
-    model: Any  # the method (methods.base.CLIPMethod): learned tensors and its own ``training_state()``
+    model: Any  # the method (methods.parts.base.CLIPMethod): learned tensors and its own ``training_state()``
     optimizer: torch.optim.Optimizer
     scheduler: Any  # a torch learning-rate scheduler, stepped once per epoch
     scaler: torch.amp.GradScaler  # enabled only for amp on CUDA; a disabled one saves nothing

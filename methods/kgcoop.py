@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import backbone
-from methods import teachers
-from methods.base import ContextLength, Template, Weight
 from methods.coop import CoOp
-from methods.registry import register_method
+from methods.parts import teachers
+from methods.parts.base import ContextLength, Template, Weight
+from methods.parts.registry import register_method
 from methods.zsclip import DATASET_TEMPLATES, DEFAULT_TEMPLATE
 
 log = logging.getLogger(__name__)

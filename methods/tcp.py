@@ -39,9 +39,9 @@ from torch import nn
 
 from bounds import OutOfBounds, Range
 from harness import backbone
-from methods import deep_prompts, prompt_text, teachers
-from methods.base import CLIPMethod, ContextLength, Fraction, Template, Weight
-from methods.registry import register_method
+from methods.parts import deep_prompts, prompt_text, teachers
+from methods.parts.base import CLIPMethod, ContextLength, Fraction, Template, Weight
+from methods.parts.registry import register_method
 
 log = logging.getLogger(__name__)
 

@@ -71,7 +71,7 @@ def arm(spec, moment: str, marker: str) -> None:
     epoch = int(arg) if arg else None
 
     if name in ("first-step", "mid-epoch"):
-        # What the runner calls once per step: the method's own backward if it has one (methods.base),
+        # What the runner calls once per step: the method's own backward if it has one (methods.parts.base),
         # else its objective (its own, or the contract's default cross-entropy).
         method_class = methods.method_class(spec.method)
         step_name = "backward" if callable(getattr(method_class, "backward", None)) else "training_loss"

@@ -1,4 +1,4 @@
-"""Every registered method keeps the contract the runner relies on (methods/base.py).
+"""Every registered method keeps the contract the runner relies on (methods/parts/base.py).
 
 Parametrised over ``methods.list_methods()``: a new method is checked the moment it is registered.
 """

@@ -15,7 +15,7 @@ from harness.checkpoint import latest_checkpoint
 from harness.config import build_spec
 from harness.fingerprint import fingerprint_of
 from harness.runner import run
-from methods.base import load_checkpoint_file
+from methods.parts.base import load_checkpoint_file
 
 FIELDS = {
     "train_s",

@@ -119,7 +119,7 @@ def test_methods_depend_only_on_the_backbone_layer(graph):
 
 def test_the_declarations_of_allowed_values_stand_alone(graph):
     # The harness and the methods both read them: they import nothing of either (nor anything heavy).
-    assert "bounds" in graph["harness.config"] and "bounds" in graph["methods.base"]
+    assert "bounds" in graph["harness.config"] and "bounds" in graph["methods.parts.base"]
     assert graph["bounds"] == set()
     code = "import sys, bounds; print(sorted({'torch', 'numpy', 'yaml'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -18,7 +18,7 @@ import methods
 from harness import backbone
 from harness.config import RunSpec, build_spec
 from harness.runner import run
-from methods.base import CheckpointError
+from methods.parts.base import CheckpointError
 
 BASE = ["golden_retriever", "cat", "sea lake", "2000 AM General Hummer SUV"]
 NEW = ["tabby", "dog", "river"]

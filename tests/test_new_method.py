@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHOD_FILE = '''"""A throwaway method for the test: CoOp under another name."""
 
 from methods.coop import CoOp
-from methods.registry import register_method
+from methods.parts.registry import register_method
 
 
 @register_method("throwaway")

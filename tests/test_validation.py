@@ -21,8 +21,8 @@ from bounds import OutOfBounds, Range
 from harness import checkpoint, cli, results
 from harness.config import ConfigError, RunSpec, build_spec, parse_overrides, validate
 from harness.runner import Run, RunFailedError, run
-from methods import registry
-from methods.base import load_checkpoint_file
+from methods.parts import registry
+from methods.parts.base import load_checkpoint_file
 
 NAN, INF = float("nan"), float("inf")
 

@@ -78,7 +78,7 @@ def method_info(method: str):
 
     try:
         return methods.method_info(method)
-    except methods.registry.UnknownMethodError:
+    except methods.parts.registry.UnknownMethodError:
         return None
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import backbone
-from methods import prompt_encoder
+from methods.parts import prompt_encoder
 
 _TEACHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

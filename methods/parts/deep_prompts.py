@@ -44,7 +44,7 @@ from torch import nn
 
 from bounds import OutOfBounds
 from harness import backbone
-from methods import prompt_encoder
+from methods.parts import prompt_encoder
 
 log = logging.getLogger(__name__)
 
