@@ -54,7 +54,7 @@ import torch.nn.functional as F
 import methods
 from benchmarks.cocoop_check import FP32_TOLERANCE, check_fast_path, compare, train_step
 from benchmarks.readme import write_blocks
-from harness import backbone
+from clipcore import backbone
 from harness.config import default_method_options
 from methods.parts import prompt_encoder
 

@@ -20,7 +20,7 @@ import torch
 
 import methods
 from benchmarks.readme import write_blocks
-from harness import backbone
+from clipcore import backbone
 from harness.config import default_method_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,7 @@ in ``AUTHORS``; the commit it holds is read and written beside the figures, with
 not the one ``docs/`` was read at), the authors' trainer class is imported from the checkout with the
 few Dassl pieces it needs stubbed (``dassl_stub``; no network, no Dassl install) and the authors'
 ``clip`` package of that checkout. Both sides get the same random CLIP with OpenAI's ViT-B/16
-dimensions: ours is built by ``harness.backbone``, its weights rounded through fp16 (the authors'
+dimensions: ours is built by ``clipcore.backbone``, its weights rounded through fp16 (the authors'
 ``build_model`` stores CLIP in fp16 before ``.float()``), and the authors' ``load_clip_to_cpu`` loads
 that state dict from a file where it would have downloaded OpenAI's (their ``clip._download`` is
 pointed at it). Same images, same class names (K ImageNet names), the same learned tensors (copied
@@ -65,7 +65,7 @@ from benchmarks.bench import (
 )
 from benchmarks.cocoop_check import FP32_TOLERANCE, relative_error
 from benchmarks.readme import write_blocks
-from harness import backbone
+from clipcore import backbone
 from methods.promptsrc import PROMPTSRC_TEMPLATES
 
 REPORT = "reports/bench-vs-authors.md"

@@ -14,7 +14,7 @@ __all__ = ["load_clip", "__version__"]
 def __getattr__(name):
     # Lazy, so that light commands (python -m harness.data check) do not import torch and open_clip.
     if name == "load_clip":
-        from harness.backbone import load_clip
+        from clipcore.backbone import load_clip
 
         return load_clip
     raise AttributeError(f"module 'harness' has no attribute {name!r}")

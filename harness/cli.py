@@ -253,7 +253,7 @@ def _error_types() -> tuple[tuple[type, int], ...]:
         ("harness.config", "ConfigError", BAD_INPUT),
         ("bounds", "OutOfBounds", BAD_INPUT),
         ("harness.data.errors", "DatasetError", BAD_INPUT),
-        ("harness.backbone", "BackboneError", BAD_INPUT),
+        ("clipcore.backbone", "BackboneError", BAD_INPUT),
         ("methods.parts.registry", "UnknownMethodError", BAD_INPUT),
         ("methods.parts.base", "CheckpointError", BAD_INPUT),
         ("harness.checkpoint", "ResumeError", BAD_INPUT),

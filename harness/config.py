@@ -348,7 +348,8 @@ def validate(spec: RunSpec) -> None:
     (``methods.parts.registry.check_options``). Every way to run a job passes here: ``build_spec`` (the
     command line, YAML files, the sweep) and ``harness.runner.Run`` (a RunSpec built in Python)."""
     import methods
-    from harness import backbone, data
+    from clipcore import backbone
+    from harness import data
 
     defaults = RunSpec()
     for key, annotation in run_key_types().items():

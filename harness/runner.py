@@ -51,14 +51,15 @@ import torch
 from tqdm import tqdm
 
 import methods
-from harness import backbone, checkpoint, cost, data, paths, results, tracking
+from clipcore import backbone, paths
+from clipcore.checkpoint_file import load_checkpoint_file
+from harness import checkpoint, cost, data, results, tracking
 from harness import fingerprint as fingerprints
 from harness.checkpoint import TrainingState
 from harness.config import ConfigError, RunSpec, validate
 from harness.features import FeatureCache, cache_namespace, compute_features
 from harness.logs import run_logging
 from harness.metrics import classification_metrics
-from methods.parts.base import load_checkpoint_file
 
 log = logging.getLogger(__name__)
 

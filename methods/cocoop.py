@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bounds import Range
-from harness import backbone
+from clipcore import backbone
 from methods.coop import PromptLearner
 from methods.parts import prompt_encoder
 from methods.parts.base import CLIPMethod, ContextLength

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bounds import OneOf
-from harness import backbone
+from clipcore import backbone
 from methods.parts import prompt_encoder, prompt_text
 from methods.parts.base import CLIPMethod, ContextLength
 from methods.parts.registry import register_method

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import backbone
+from clipcore import backbone
 from methods.coop import CoOp
 from methods.parts import teachers
 from methods.parts.base import ContextLength, Template, Weight

@@ -30,7 +30,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from bounds import OutOfBounds, Range
-from harness import backbone
+from clipcore import backbone
 from methods.parts.base import CheckpointError, CLIPMethod
 from methods.parts.registry import register_method
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bounds import OutOfBounds, Range
-from harness import backbone
+from clipcore import backbone
 from methods.coop import CoOp, PromptLearner
 from methods.parts import prompt_text, teachers
 from methods.parts.base import CLIPMethod, ContextLength, Fraction, Template

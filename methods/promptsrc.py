@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bounds import Range
-from harness import backbone
+from clipcore import backbone
 from methods.parts import deep_prompts, prompt_text, teachers, whole_model_checkpoint
 from methods.parts.base import CheckpointError, CLIPMethod, ContextLength, Templates, Weight, load_learned_tensors
 from methods.parts.registry import register_method

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bounds import OutOfBounds, Range
-from harness import backbone
+from clipcore import backbone
 from methods.parts import deep_prompts, prompt_text, teachers
 from methods.parts.base import CLIPMethod, ContextLength, Fraction, Template, Weight
 from methods.parts.registry import register_method

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from bounds import Satisfies
-from harness import backbone
+from clipcore import backbone
 from methods.parts.base import CLIPMethod, Template, Templates
 from methods.parts.registry import register_method
 

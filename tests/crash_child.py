@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 
-import harness.atomic
 import harness.runner
 import methods
 from harness.config import build_spec

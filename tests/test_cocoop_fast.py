@@ -13,7 +13,7 @@ import methods
 from benchmarks import bench
 from benchmarks.cocoop_check import FastPathMismatch, check_fast_path, relative_error
 from benchmarks.cocoop_check import train_step as cocoop_step
-from harness import backbone
+from clipcore import backbone
 from methods.parts import prompt_encoder
 
 # 1 token ("cat") to 20: the EOTs, hence the sequence lengths, differ a lot within a batch.

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import methods
-from harness import backbone
+from clipcore import backbone
 
 NAMES = ["golden retriever", "tabby_cat", "sea lake", "fire truck"]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import methods
-from harness import backbone
+from clipcore import backbone
 from methods.parts import deep_prompts
 
 

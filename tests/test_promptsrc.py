@@ -14,7 +14,7 @@ from crash_child import kill_at
 from fake_data import make_synthetic_dataset
 
 import methods
-from harness import backbone
+from clipcore import backbone
 from harness.checkpoint import checkpoint_path, latest_checkpoint
 from harness.config import build_spec
 from harness.runner import run

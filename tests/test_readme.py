@@ -42,7 +42,7 @@ def test_methods_table_is_what_the_code_counts_and_the_papers_publish():
     import methods
     from benchmarks import methods_table
     from benchmarks.readme import read_block
-    from harness import backbone
+    from clipcore import backbone
     from harness.config import default_method_options
 
     block = read_block(os.path.join(ROOT, "README.md"), methods_table.BLOCK)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from benchmarks import vs_authors
-from harness import backbone
+from clipcore import backbone
 
 FAKE_CLIP = '''
 import open_clip

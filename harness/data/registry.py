@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness.plugins import load_plugins
+from clipcore.plugins import load_plugins
 
 from .errors import UnknownDatasetError
 

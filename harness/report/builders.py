@@ -38,7 +38,7 @@ BACKBONE_DIMS = {
     "RN50x4": (640, 640),
     "RN50x16": (768, 768),
     "RN50x64": (1024, 1024),
-    "tiny": (32, 64),  # harness.backbone.CLIP_SHAPES["tiny"]
+    "tiny": (32, 64),  # clipcore.backbone.CLIP_SHAPES["tiny"]
 }
 
 

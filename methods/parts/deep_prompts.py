@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from bounds import OutOfBounds
-from harness import backbone
+from clipcore import backbone
 from methods.parts import prompt_encoder
 
 log = logging.getLogger(__name__)

@@ -73,7 +73,7 @@ from torch import nn
 from torch.profiler import record_function
 from torch.utils.checkpoint import checkpoint
 
-from harness import backbone
+from clipcore import backbone
 
 try:  # the block class whose structure the prefix cache re-implements
     from open_clip.transformer import QuickGELU, ResidualAttentionBlock

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bounds import OutOfBounds
-from harness import backbone
+from clipcore import backbone
 
 # The authors' rule: init words start the context only when it has at most this many tokens.
 MAX_INIT_CONTEXT = 4

@@ -2,7 +2,7 @@
 
 Methods are found, not listed: every module of the ``methods`` package is imported once (``discover``),
 and each registers its classes with ``@register_method``; plugins add theirs through the entry points
-(``harness.plugins``). A method's description (label, paper, year, source, colour, default config) is
+(``clipcore.plugins``). A method's description (label, paper, year, source, colour, default config) is
 class attributes in its own file (``methods.parts.base.CLIPMethod`` documents them); ``method_info`` reads
 them for the report, the README, the bench and ``python -m harness methods``.
 """
@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass
 
 from bounds import check, shorten
-from harness.plugins import load_plugins
+from clipcore.plugins import load_plugins
 
 # The package whose modules are the methods, one a file; its sub-packages (``methods.parts``) are not methods.
 PACKAGE = "methods"

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from harness import backbone
+from clipcore import backbone
 from methods.parts import prompt_encoder
 
 _TEACHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -43,8 +43,8 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, build_model_from_o
 from open_clip.pretrained import download_pretrained_from_url, get_pretrained_url
 from open_clip.tokenizer import SimpleTokenizer
 
-from harness.atomic import atomic_torch_save, atomic_write_text
-from harness.plugins import load_plugins
+from clipcore.atomic import atomic_torch_save, atomic_write_text
+from clipcore.plugins import load_plugins
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +229,8 @@ _digests: dict = {}
 
 def file_sha256(path: str) -> str:
     """The sha256 of a file, computed once per (path, size, modification time): remembered in this
-    process and in the user's cache folder (``harness.paths.cache_dir``), shared by every job."""
-    from harness.paths import cache_dir
+    process and in the user's cache folder (``clipcore.paths.cache_dir``), shared by every job."""
+    from clipcore.paths import cache_dir
 
     path = os.path.abspath(path)
     st = os.stat(path)
