@@ -133,6 +133,18 @@ def test_the_base_layer_imports_neither_the_harness_nor_the_methods(graph):
         assert not above, f"{module} imports {sorted(above)}: the base layer sits beneath the harness and the methods"
 
 
+def test_the_backbone_keeps_its_old_name():
+    # ``harness.backbone`` is public API: the same module, so a backbone registered through either name
+    # is seen through the other.
+    import clipcore.backbone
+    import harness.backbone
+
+    assert harness.backbone is clipcore.backbone
+    from harness.backbone import register_backbone
+
+    assert register_backbone is clipcore.backbone.register_backbone
+
+
 def test_the_methods_folder_lists_the_methods():
     # Every module of ``methods/`` registers a method; what methods are built from lives in a
     # sub-package, which discovery skips.
