@@ -199,3 +199,12 @@ def test_sweep_bookkeeping_does_not_import_the_runner(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
+
+
+def test_the_report_keeps_a_papers_pieces_apart(graph):
+    # Tables and figures of every method read the registry; only the list of tables (builders) and the
+    # few-shot figure's order reach into a paper's module, never the shared vocabulary beneath them.
+    papers = {m for m in graph if m.startswith("harness.report.paper.")}
+    assert {"harness.report.paper.cocoop", "harness.report.paper.coop"} <= papers
+    for module in ("harness.report.tables", "harness.report.figures", "harness.report.gate", "harness.report.render"):
+        assert not graph[module] & papers, f"{module} imports {sorted(graph[module] & papers)}"

@@ -46,6 +46,7 @@ DATASET_LABELS = {
     "imagenet_r": "ImageNet-R",
 }
 AVERAGE = "average"
+BASE_NEW_H = [("base", "Base"), ("new", "New"), ("h", "H")]  # a base-to-new table's metrics
 #: What the marks after a number mean (every rendering of a table says it).
 MARKS = (
     "± population std over seeds (ddof=0); † fewer seeds than expected; ‡ average over fewer datasets than "
@@ -325,6 +326,18 @@ def group_labels(keys: list[tuple], method_of: Callable, parts: Callable) -> dic
                     extra.append(part)
         labels[key] = method_label(method_of(key)) + (f" ({', '.join(extra)})" if extra else "")
     return labels
+
+
+def unique_labels(variants: list[tuple], name) -> dict:
+    """name(v), with config / backbone / shots added where two variants would share a name."""
+    base = {v: name(v) for v in variants}
+    names = dict(base)
+    for v in variants:
+        twins = [w for w in variants if base[w] == base[v] and w != v]
+        if twins:
+            extra = [p for i, p in enumerate(variant_parts(v)) if p and any(variant_parts(w)[i] != p for w in twins)]
+            names[v] = f"{base[v]} ({', '.join(extra)})" if extra else base[v]
+    return names
 
 
 def variant_parts(v: tuple) -> list[str]:
