@@ -112,13 +112,8 @@ class TemplatePromptLearner(PromptLearner):
         self.ctx = nn.Parameter(ctx)
         self.n_ctx, self.csc, self.position = n_ctx, False, "end"
         prefix_text = " ".join(["X"] * (n_ctx - n_words) + [words])
-        names = [name.replace("_", " ") for name in classnames]
-        token_ids = prompt_text.prompt_token_ids(prefix_text, names, n_ctx).to(device)
-        embedding = backbone.token_embeddings(clip, token_ids)
-        self.register_buffer("token_prefix", embedding[:, :1].clone())
-        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx :].clone())
-        self.register_buffer("tokenized_prompts", token_ids, persistent=False)
-        self.name_lens = [len(backbone.tokenizer().encode(name)) for name in names]
+        prompt_text.register_prompt_tokens(self, clip, classnames, prefix_text, n_ctx)
+        self.name_lens = [len(backbone.tokenizer().encode(name.replace("_", " "))) for name in classnames]
 
 
 _FP32_IMAGE_TOWERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
