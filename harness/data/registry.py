@@ -24,10 +24,12 @@ class DatasetInfo:
     download: str = ""  # where to get the data (human readable)
     # For generated datasets: writes the dataset folder under a data root (generate(root) -> folder).
     generate: Callable[[str], str] | None = field(default=None, compare=False, repr=False)
+    label: str = ""  # its name in tables and figures, as the papers print it (default: the key)
 
 
-def _json(key, paper, folder, image_dir, ncls, sizes, download):
-    return DatasetInfo(key, paper, folder, image_dir, f"split_zhou_{paper}.json", ncls, sizes, download=download)
+def _json(key, paper, folder, image_dir, ncls, sizes, download, label=None):
+    split = f"split_zhou_{paper}.json"
+    return DatasetInfo(key, paper, folder, image_dir, split, ncls, sizes, download=download, label=label or paper)
 
 
 _GD = "https://drive.google.com/file/d/{}"
@@ -44,6 +46,7 @@ _ENTRIES = [
         source="imagenet",
         download="ILSVRC2012 train + val from image-net.org (val images arranged into the "
         "1,000 wnid folders); classnames.txt from " + _GD.format("1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF"),
+        label="ImageNet",
     ),
     _json(
         "caltech101",
@@ -86,6 +89,7 @@ _ENTRIES = [
         + _GD.format("1AkcxCXeK_RCGCEC_GvmWxjcjaNhu-at0")
         + "; split JSON "
         + _GD.format("1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT"),
+        label="Flowers102",
     ),
     _json(
         "food101",
@@ -106,6 +110,7 @@ _ENTRIES = [
         (3334, 3333, 3333),
         source="fgvc_txt",
         download="fgvc-aircraft-2013b.tar.gz; move its data/ folder to fgvc_aircraft/",
+        label="FGVCAircraft",
     ),
     _json(
         "sun397",
@@ -125,6 +130,7 @@ _ENTRIES = [
         47,
         (2820, 1128, 1692),
         "dtd-r1.0.1.tar.gz from the DTD site; split JSON " + _GD.format("1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x"),
+        label="DTD",
     ),
     _json(
         "eurosat",
@@ -159,6 +165,7 @@ _ENTRIES = [
         source="imagenetv2",
         download="imagenetv2-matched-frequency.tar.gz from the ImageNetV2 release; copy "
         "imagenet/classnames.txt next to it",
+        label="ImageNetV2",
     ),
     DatasetInfo(
         "imagenet_sketch",
@@ -171,6 +178,7 @@ _ENTRIES = [
         test_only=True,
         source="wnid_folders",
         download="ImageNet-Sketch (images/<wnid>/...); copy imagenet/classnames.txt",
+        label="ImageNet-Sketch",
     ),
     DatasetInfo(
         "imagenet_a",
@@ -183,6 +191,7 @@ _ENTRIES = [
         test_only=True,
         source="wnid_folders",
         download="imagenet-a.tar from the natural-adv-examples release; copy imagenet/classnames.txt",
+        label="ImageNet-A",
     ),
     DatasetInfo(
         "imagenet_r",
@@ -195,6 +204,7 @@ _ENTRIES = [
         test_only=True,
         source="wnid_folders",
         download="imagenet-r.tar from the imagenet-r release; copy imagenet/classnames.txt",
+        label="ImageNet-R",
     ),
     # A small dataset in the authors' split-file layout, any number of classes: what the tests
     # generate (tests/fake_data.py), and a layout anyone can fill with their own images.

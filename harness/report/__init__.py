@@ -55,7 +55,6 @@ from harness.report.render import display_frame, latex, long_frame, markdown, wr
 from harness.report.successors import reproductions_markdown
 from harness.report.tables import (
     AVERAGE,
-    DATASET_LABELS,
     MARKS,
     PAPER_DATASETS,
     Cell,
@@ -75,7 +74,6 @@ __all__ = [
     "default_paper_dir",
     "color",
     "method_label",
-    "DATASET_LABELS",
     "PAPER_DATASETS",
     "AVERAGE",
     "Cell",

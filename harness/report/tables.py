@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from harness.data.registry import DATASETS
+
 PAPER_DATASETS = (
     "imagenet",
     "caltech101",
@@ -28,23 +30,6 @@ PAPER_DATASETS = (
 )
 CROSS_TARGETS = PAPER_DATASETS[1:]
 DG_DATASETS = ("imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
-DATASET_LABELS = {
-    "imagenet": "ImageNet",
-    "caltech101": "Caltech101",
-    "oxford_pets": "OxfordPets",
-    "stanford_cars": "StanfordCars",
-    "oxford_flowers": "Flowers102",
-    "food101": "Food101",
-    "fgvc_aircraft": "FGVCAircraft",
-    "sun397": "SUN397",
-    "dtd": "DTD",
-    "eurosat": "EuroSAT",
-    "ucf101": "UCF101",
-    "imagenetv2": "ImageNetV2",
-    "imagenet_sketch": "ImageNet-Sketch",
-    "imagenet_a": "ImageNet-A",
-    "imagenet_r": "ImageNet-R",
-}
 AVERAGE = "average"
 BASE_NEW_H = [("base", "Base"), ("new", "New"), ("h", "H")]  # a base-to-new table's metrics
 #: What the marks after a number mean (every rendering of a table says it).
@@ -69,7 +54,11 @@ TABLE_KEYS = {
 
 
 def dataset_label(key: str) -> str:
-    return "Average" if key == AVERAGE else DATASET_LABELS.get(key, key)
+    """The dataset's name as its registry entry prints it (``DatasetInfo.label``), else its key."""
+    if key == AVERAGE:
+        return "Average"
+    info = DATASETS.get(key)  # as registered so far: a report does not load plugins to name a dataset
+    return (info.label if info else "") or key
 
 
 def method_info(method: str):
