@@ -1,4 +1,5 @@
-"""prompt-harness: zero-shot CLIP, CoOp and CoCoOp, trained and evaluated as published.
+"""prompt-harness: prompt learning for CLIP (the methods of ``methods``, one file each) trained and evaluated
+as published: one runner for a job, sweeps of the papers' studies on submitit launchers, and a report stage.
 
 Public API (kept stable; see README.md):
     harness.load_clip(spec, device="cpu", precision="fp32")      the frozen CLIP backbone
