@@ -1,4 +1,4 @@
-"""Benchmark: CoCoOp's published per-image path against the fast exact path (issue 7).
+"""Benchmark: CoCoOp's published per-image path against the fast exact path.
 
     python -m benchmarks.bench [--quick] [--out reports/bench.md]
     python -m benchmarks.bench readme           copy the report's main rows into README.md

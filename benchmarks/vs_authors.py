@@ -1,4 +1,4 @@
-"""Benchmark: every method against its authors' own code, side by side (issue 28).
+"""Benchmark: every method against its authors' own code, side by side.
 
     python -m benchmarks.vs_authors --authors cocoop=DIR coop=DIR kgcoop=DIR maple=DIR promptsrc=DIR \
         prograd=DIR tcp=DIR coop_dept=DIR mmrl=DIR

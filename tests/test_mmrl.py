@@ -293,7 +293,7 @@ def run_spec(root, folder, **changes):
 
 
 NEEDS_RUN_KEYS = pytest.mark.skipif(
-    not hasattr(RunSpec, "optimizer"), reason="needs issue 25's run keys optimizer / crop_scale"
+    not hasattr(RunSpec, "optimizer"), reason="needs the run keys optimizer / crop_scale"
 )
 
 

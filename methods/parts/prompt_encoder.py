@@ -1,4 +1,4 @@
-"""Exact, fast text encoding of CoCoOp's B x K instance-conditioned prompts (issue 7).
+"""Exact, fast text encoding of CoCoOp's B x K instance-conditioned prompts.
 
 Image b's prompt for class c (PROTOCOL.md 8.2) is
 
