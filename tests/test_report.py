@@ -563,3 +563,25 @@ def test_methods_are_labelled_ordered_and_coloured_from_the_registry(monkeypatch
     monkeypatch.setattr(figures, "_assigned", {})
     again = {m: figures.color(m) for m in ("not_registered", "plain_a", "plain_b")}
     assert (again["plain_a"], again["plain_b"]) == (first["plain_a"], first["plain_b"])  # asked in another order
+
+
+def test_a_dataset_is_named_as_its_registry_entry_says(monkeypatch):
+    # The data registry owns display names: a dataset registered with a label shows it in every table
+    # and figure, one without shows its key; the paper's datasets print as the papers do.
+    from dataclasses import replace
+
+    from harness.data.registry import DATASETS
+    from harness.report.tables import dataset_label
+
+    assert [dataset_label(k) for k in ("oxford_flowers", "dtd", "imagenet_sketch")] == [
+        "Flowers102",
+        "DTD",
+        "ImageNet-Sketch",
+    ]
+    monkeypatch.setitem(DATASETS, "my_birds", replace(DATASETS["synthetic"], key="my_birds", label="My Birds"))
+    monkeypatch.setitem(DATASETS, "my_cats", replace(DATASETS["synthetic"], key="my_cats"))
+    assert (dataset_label("my_birds"), dataset_label("my_cats"), dataset_label(AVERAGE)) == (
+        "My Birds",
+        "my_cats",
+        "Average",
+    )
