@@ -1,4 +1,4 @@
-"""Benchmark: CoCoOp's published per-image path against the fast exact path (issue 7).
+"""Benchmark: CoCoOp's published per-image path against the fast exact path.
 
     python -m benchmarks.bench [--quick] [--out reports/bench.md]
 
@@ -11,7 +11,7 @@ download) it times, in one process:
 * a CoCoOp training step (forward + backward) at batch 1 and 8, and CoCoOp evaluation of 32 images
   from precomputed image features, at K = 10, 100 and 1000 classes (ImageNet class names, whose
   lengths vary from 1 to 12 tokens): ``batched=False`` (one text-encoder call per image over all 77
-  positions, as published) against the default path (``methods.prompt_encoder``);
+  positions, as published) against the default path (``methods.parts.prompt_encoder``);
 * CoOp and zero-shot CLIP evaluation of 32 images including and excluding the image encoder
   (feature cache), CoOp with all 77 positions against truncation;
 * one memory/speed line per successor method (every trainable method besides CoOp and CoCoOp,
@@ -55,9 +55,9 @@ import torch.nn.functional as F
 
 import methods
 from benchmarks.cocoop_check import FP32_TOLERANCE, check_fast_path, compare, train_step
-from harness import backbone
+from clipcore import backbone
 from harness.config import default_method_options
-from methods import prompt_encoder
+from methods.parts import prompt_encoder
 
 GB = 1024**3
 

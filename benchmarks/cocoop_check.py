@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import methods
-from harness import backbone
+from clipcore import backbone
 
 FP32_TOLERANCE = 1e-4  # relative error allowed between the two paths in fp32
 

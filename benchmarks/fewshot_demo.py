@@ -28,6 +28,8 @@ import time
 
 from benchmarks.demo import checks_markdown, cpu_gflops, machine
 from harness import sweep
+from harness.report.paper.coop import fewshot_rank
+from harness.report.tables import method_label
 from harness.results import read_records
 
 EXPERIMENT = "fewshot"
@@ -94,22 +96,20 @@ def verdict(checks: list[dict]) -> str:
 def curve_table(averages: dict) -> str:
     """Average accuracy per method and shot count (mean ± std over seeds), as the README shows it."""
     shots = sorted({k for _, k in averages if k > 0})
-    methods = [m for m in ("zsclip", "lpclip", "coop", "cocoop")] + sorted(
-        {m for m, _ in averages} - {"zsclip", "lpclip", "coop", "cocoop"}
-    )
-    names = {"zsclip": "Zero-shot CLIP", "lpclip": "Linear probe", "coop": "CoOp", "cocoop": "CoCoOp"}
+    # The report's order and labels (CoOp's figure first, the registry's after), so the two agree.
+    methods = sorted({m for m, _ in averages}, key=fewshot_rank)
     lines = ["| method | " + " | ".join(f"{k} shot{'s' if k > 1 else ''}" for k in shots) + " |"]
     lines.append("| --- |" + " ---: |" * len(shots))
     for m in methods:
         if (m, 0) in averages:
             value = f"{averages[(m, 0)][0]:.2f}"
-            lines.append(f"| {names.get(m, m)} (0 shots) | " + " | ".join(value for _ in shots) + " |")
+            lines.append(f"| {method_label(m)} (0 shots) | " + " | ".join(value for _ in shots) + " |")
         elif any((m, k) in averages for k in shots):
             cells = []
             for k in shots:
                 v = averages.get((m, k))
                 cells.append("–" if not v else f"{statistics.fmean(v):.2f} ± {statistics.pstdev(v):.2f}")
-            lines.append(f"| {names.get(m, m)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {method_label(m)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,7 @@ import os
 import torch
 
 import methods
-from harness import backbone
+from clipcore import backbone
 from harness.config import default_method_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""Benchmark: every method against its authors' own code, side by side (issue 28).
+"""Benchmark: every method against its authors' own code, side by side.
 
     python -m benchmarks.vs_authors --authors cocoop=DIR coop=DIR kgcoop=DIR maple=DIR promptsrc=DIR \
         prograd=DIR tcp=DIR coop_dept=DIR mmrl=DIR tip_adapter_f=DIR
@@ -11,7 +11,7 @@ in ``AUTHORS``; the commit it holds is read and written beside the figures, with
 not the one ``docs/`` was read at), the authors' trainer class is imported from the checkout with the
 few Dassl pieces it needs stubbed (``dassl_stub``; no network, no Dassl install) and the authors'
 ``clip`` package of that checkout. Both sides get the same random CLIP with OpenAI's ViT-B/16
-dimensions: ours is built by ``harness.backbone``, its weights rounded through fp16 (the authors'
+dimensions: ours is built by ``clipcore.backbone``, its weights rounded through fp16 (the authors'
 ``build_model`` stores CLIP in fp16 before ``.float()``), and the authors' ``load_clip_to_cpu`` loads
 that state dict from a file where it would have downloaded OpenAI's (their ``clip._download`` is
 pointed at it). Same images, same class names (K ImageNet names), the same learned tensors (copied
@@ -23,7 +23,7 @@ same training loss, and, where the entry names them, the same update left in the
 one training step (the authors' ``forward_backward``, forward + published objective + backward; its
 optimiser has learning rate 0 so every run sees the same weights, and its update of the few prompt
 parameters costs nothing measurable) against ours (``training_loss`` + backward, or the method's own
-``backward`` where its update is not one loss's gradient, ``methods.base``), and one evaluation
+``backward`` where its update is not one loss's gradient, ``methods.parts.base``), and one evaluation
 of ``--eval-images`` images, both including the image encoder. Each time is the median of the runs
 after a warm-up. The report goes to ``reports/bench-vs-authors.md`` with the machine and its load.
 
@@ -68,7 +68,7 @@ from benchmarks.bench import (
     matmul_throughput,
 )
 from benchmarks.cocoop_check import FP32_TOLERANCE, relative_error
-from harness import backbone
+from clipcore import backbone
 from methods.promptsrc import PROMPTSRC_TEMPLATES
 
 REPORT = "reports/bench-vs-authors.md"
@@ -937,7 +937,7 @@ def our_step(model, images: torch.Tensor, labels: torch.Tensor) -> float:
     model.train()
     for p in model.trainable_parameters():
         p.grad = None
-    if callable(getattr(model, "backward", None)):  # an update that is not one loss's gradient (methods.base)
+    if callable(getattr(model, "backward", None)):  # an update that is not one loss's gradient (methods.parts.base)
         return model.backward(images, labels).item()
     loss = model.training_loss(images, labels)
     loss.backward()

@@ -1,7 +1,7 @@
 """Training checkpoints: save after every epoch, find the latest, resume exactly.
 
-A checkpoint is the authors' file (``<run>/<folder>/model.pth.tar-<epoch>``, the folder the method's
-authors' trainer registers: ``prompt_learner`` for CoOp and CoCoOp, PROTOCOL.md 15; written by the
+A checkpoint is the authors' file (``<run>/<folder>/model.pth.tar-<epoch>``, the folder the method
+names, its authors' trainer's registered name: ``checkpoint_folder``, PROTOCOL.md 15; written by the
 method so their tools load ours) plus what an exact resume needs, all held by one ``TrainingState``:
 the optimiser, scheduler and gradient-scaler states, every random generator (Python, NumPy, torch CPU
 and CUDA, the data loader's shuffling), the method's own between-epoch state (``training_state``),
@@ -11,7 +11,7 @@ A text file ``checkpoint`` beside it names the newest, as the authors' framework
 last epoch's file holds what the authors' trainer saves in full (the whole model, frozen CLIP copies
 included, for MaPLe and PromptSRC); the earlier ones, kept to resume, hold the learned tensors.
 
-Writes are atomic (``harness.atomic``), and the previous epoch's checkpoint is kept until the next
+Writes are atomic (``clipcore.atomic``), and the previous epoch's checkpoint is kept until the next
 one exists, so a kill at any moment, during a write included, leaves a loadable checkpoint. A file
 that cannot be read is set aside (renamed ``*.corrupt``) and the previous one is used; a checkpoint
 written for a different training spec is refused with the keys that differ.
@@ -30,12 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from clipcore.checkpoint_file import load_checkpoint_file
 from harness.config import LATER_TRAINING_KEYS, TRAINING_KEYS
-from methods.base import load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "prompt_learner"  # the default folder (methods.base.CLIPMethod.checkpoint_folder)
 CHECKPOINT_PREFIX = "model.pth.tar-"
 POINTER = "checkpoint"
 KEEP = 2  # the newest and the one before it
@@ -50,7 +49,8 @@ class LoadMismatchError(ResumeError):
     not its training's last (the message names the differences and the ways out)."""
 
 
-def checkpoint_path(run_dir: str, epoch: int, folder: str = CHECKPOINT_DIR) -> str:
+def checkpoint_path(run_dir: str, epoch: int, folder: str) -> str:
+    """The checkpoint of ``epoch`` in the method's folder (``methods.CLIPMethod.checkpoint_folder``)."""
     return os.path.join(run_dir, folder, f"{CHECKPOINT_PREFIX}{epoch}")
 
 
@@ -82,7 +82,7 @@ class TrainingState:
     uninterrupted one would. The process-wide generators (Python, NumPy, torch CPU and CUDA) are
     captured at each save and restored with the rest."""
 
-    model: Any  # the method (methods.base.CLIPMethod): learned tensors and its own ``training_state()``
+    model: Any  # the method (methods.parts.base.CLIPMethod): learned tensors and its own ``training_state()``
     optimizer: torch.optim.Optimizer
     scheduler: Any  # a torch learning-rate scheduler, stepped once per epoch
     scaler: torch.amp.GradScaler  # enabled only for amp on CUDA; a disabled one saves nothing

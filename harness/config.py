@@ -7,7 +7,7 @@ experiment's values (its ``run`` section, its top-level keys, the method variant
 ``options``) < the command line (``--set``), which always wins. Every key is checked before any work
 starts (``validate``, which ``harness.runner.Run`` calls too): an unknown key, method, method option,
 dataset or backbone, or a value outside the type and range declared beside its default (``RunSpec``'s
-annotations; a method's options: its constructor's, ``methods.registry.check_options``) is a one-line
+annotations; a method's options: its constructor's, ``methods.parts.registry.check_options``) is a one-line
 error naming the key, the value and what is allowed.
 """
 
@@ -346,10 +346,11 @@ def run_key_types() -> dict:
 def validate(spec: RunSpec) -> None:
     """Everything that can be checked before any data is read or model built: every run key against its
     declared type and range, and every method option against the method's own declarations
-    (``methods.registry.check_options``). Every way to run a job passes here: ``build_spec`` (the
+    (``methods.parts.registry.check_options``). Every way to run a job passes here: ``build_spec`` (the
     command line, YAML files, the sweep) and ``harness.runner.Run`` (a RunSpec built in Python)."""
     import methods
-    from harness import backbone, data
+    from clipcore import backbone
+    from harness import data
 
     defaults = RunSpec()
     for key, annotation in run_key_types().items():
@@ -360,7 +361,7 @@ def validate(spec: RunSpec) -> None:
     if not spec.method:
         raise ConfigError("No method given. Choose one of: " + ", ".join(methods.list_methods()))
     methods.method_class(spec.method)  # unknown method -> ValueError listing the registered ones
-    accepted = methods.registry.method_options(spec.method)
+    accepted = methods.parts.registry.method_options(spec.method)
     unknown = sorted(set(spec.options) - set(accepted))
     if unknown:
         raise ConfigError(f"Method {spec.method!r} has no option(s) {unknown}. Options: {', '.join(accepted)}.")
@@ -389,7 +390,7 @@ def validate(spec: RunSpec) -> None:
         if "dataset" in accepted:
             options.setdefault("dataset", dataset)
         try:
-            methods.registry.check_options(spec.method, options)
+            methods.parts.registry.check_options(spec.method, options)
         except OutOfBounds as error:
             raise ConfigError(str(error)) from None
     method_cls = methods.method_class(spec.method)

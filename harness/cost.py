@@ -38,11 +38,11 @@ import sys
 
 import torch
 
-from harness.atomic import atomic_write_text
+from clipcore.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-FLOPS_FOLDER = "flops"  # in the user's cache folder (harness.paths): a property of the model, not of a run
+FLOPS_FOLDER = "flops"  # in the user's cache folder (clipcore.paths): a property of the model, not of a run
 
 
 def training(epoch_seconds: list[float] | None, starts: int) -> dict:

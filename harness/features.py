@@ -25,7 +25,7 @@ import torch
 from filelock import FileLock
 from tqdm import tqdm
 
-from harness.atomic import atomic_torch_save
+from clipcore.atomic import atomic_torch_save
 
 log = logging.getLogger(__name__)
 

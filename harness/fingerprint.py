@@ -46,7 +46,7 @@ import json
 import os
 import typing
 
-from harness.atomic import atomic_write_text
+from clipcore.atomic import atomic_write_text
 from harness.config import LATER_TRAINING_KEYS, TRAINING_KEYS, RunSpec
 
 FINGERPRINT_CHARS = 12
@@ -100,7 +100,7 @@ def settings_of(spec: RunSpec, data: str | None = None) -> dict:
         value = _normal(name, getattr(spec, name), hints)
         if value != _normal(name, getattr(defaults, name), hints):
             out[name] = value
-    from harness.backbone import weights_identity
+    from clipcore.backbone import weights_identity
     from harness.data import digest, stamps
 
     weights = weights_identity(spec.backbone)

@@ -8,7 +8,7 @@ Order of work inside a run follows the published framework (PROTOCOL.md 1): seed
 (loaded once per job) -> dataset (few-shot draw, base/new) -> loaders -> model -> optimiser and
 schedule -> train -> test.
 
-The runner knows no method by name: it builds one and asks it (``methods.base``) for its training
+The runner knows no method by name: it builds one and asks it (``methods.parts.base``) for its training
 objective, its parameter groups, its end-of-epoch hook and whether its image features may come from
 the shared cache.
 
@@ -51,14 +51,15 @@ import torch
 from tqdm import tqdm
 
 import methods
-from harness import backbone, checkpoint, cost, data, paths, results, tracking
+from clipcore import backbone, paths
+from clipcore.checkpoint_file import load_checkpoint_file
+from harness import checkpoint, cost, data, results, tracking
 from harness import fingerprint as fingerprints
 from harness.checkpoint import TrainingState
 from harness.config import ConfigError, RunSpec, validate
 from harness.features import FeatureCache, cache_namespace, compute_features
 from harness.logs import FILE_ONLY, run_logging
 from harness.metrics import classification_metrics
-from methods.base import load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,7 @@ class Run:
         lr = optimizer.param_groups[0]["lr"]
         losses, correct, seen, skipped = [], 0, 0, 0
         step = (epoch - 1) * len(loader)
-        own_backward = callable(getattr(model, "backward", None))  # methods.base: an update that is not one gradient
+        own_backward = callable(getattr(model, "backward", None))  # the contract: an update that is not one gradient
         for images, labels in loader:
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             details: dict = {}

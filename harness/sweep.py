@@ -428,7 +428,7 @@ def prepare_backbones(jobs: list[Job], printer=print) -> None:
     is trained with a progress bar on this console (not silently inside the first job), and
     OpenAI's weights are downloaded once rather than by every job. A failure here is only a warning:
     the jobs' machines may have the file where this one does not."""
-    from harness import backbone
+    from clipcore import backbone
 
     for spec in sorted({job.spec.backbone for job in jobs}):
         try:
@@ -470,7 +470,7 @@ def record_expectation(out: str, ran: dict, expected: dict, jobs: list[Job] = ()
     the sweeps run here so far narrowed it to, so that the report marks every cell and Average that
     falls short of the experiment; and ``jobs``, each job these sweeps ran with its spec, so that
     ``status`` reports on them without being given the sweeps' flags again (``recorded_jobs``)."""
-    from harness.atomic import atomic_write_text
+    from clipcore.atomic import atomic_write_text
 
     path = expectation_path(out, ran["name"])
     previous = {}

@@ -4,14 +4,15 @@
     model = methods.build_method("cocoop", clip_model, classnames, ctx_init="a photo of a")
     logits = model(images)            # [N, K], in train and eval mode alike
 
-A new method is one new file here: subclass ``methods.base.CLIPMethod`` (its contract and the
-attributes that describe a method), decorate it with ``@register_method("name")``; the registry
-imports every module of this package, so nothing else lists it. Its configs go under
-``experiments/methods/<name>/``.
+A new method is one new file here: subclass ``methods.CLIPMethod`` (its contract and the
+attributes that describe a method: ``methods/parts/base.py``), decorate it with
+``@register_method("name")``; the registry imports every module of this package, so nothing else
+lists it. Its configs go under ``experiments/methods/<name>/``. What the methods are built from (the
+contract, the registry, shared pieces) is the sub-package ``methods.parts``, which discovery skips.
 """
 
-from methods.base import CLIPMethod
-from methods.registry import (
+from methods.parts.base import CLIPMethod
+from methods.parts.registry import (
     METHODS,
     MethodInfo,
     build_method,

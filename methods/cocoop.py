@@ -11,7 +11,7 @@ context vector, so each image gets its own prompts:
 
 The published code encodes the K prompts of each image in a Python loop over images, with all 77
 positions (``batched=False`` keeps that path as the reference baseline). The default path
-(``methods.prompt_encoder``) encodes the B x K prompts of a batch together and exactly: every
+(``methods.parts.prompt_encoder``) encodes the B x K prompts of a batch together and exactly: every
 sequence cut after its EOT (classes grouped into length buckets), the image's SOS + context computed
 once and its keys/values reused by all K class suffixes (causal attention), in chunks sized from a
 memory budget, checkpointed when a training step would exceed it. Same numbers, any batch size.
@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from bounds import Range
-from harness import backbone
-from methods import prompt_encoder
-from methods.base import CLIPMethod, ContextLength
+from clipcore import backbone
 from methods.coop import PromptLearner
-from methods.registry import register_method
+from methods.parts import prompt_encoder
+from methods.parts.base import CLIPMethod, ContextLength
+from methods.parts.registry import register_method
 
 
 def meta_net(vis_dim: int, ctx_dim: int) -> nn.Sequential:

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from bounds import OneOf
-from harness import backbone
-from methods import prompt_encoder, prompt_text
-from methods.base import CLIPMethod, ContextLength
-from methods.registry import register_method
+from clipcore import backbone
+from methods.parts import prompt_encoder, prompt_text
+from methods.parts.base import CLIPMethod, ContextLength
+from methods.parts.registry import register_method
 
 log = logging.getLogger(__name__)
 

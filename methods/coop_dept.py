@@ -41,11 +41,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from bounds import Range
-from harness import backbone
-from methods import whole_model_checkpoint
-from methods.base import CheckpointError, ContextLength, Fraction, load_checkpoint_file, load_learned_tensors
+from clipcore import backbone
+from clipcore.checkpoint_file import load_checkpoint_file
 from methods.coop import CoOp
-from methods.registry import register_method
+from methods.parts import whole_model_checkpoint
+from methods.parts.base import CheckpointError, ContextLength, Fraction, load_learned_tensors
+from methods.parts.registry import register_method
 
 log = logging.getLogger(__name__)
 

@@ -28,14 +28,12 @@ import logging
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from harness import backbone
-from methods import teachers
-from methods.base import ContextLength, Template, Weight
 from methods.coop import CoOp
-from methods.registry import register_method
+from methods.parts import teachers
+from methods.parts.base import ContextLength, Template, Weight
+from methods.parts.registry import register_method
 from methods.zsclip import DATASET_TEMPLATES, DEFAULT_TEMPLATE
 
 log = logging.getLogger(__name__)
@@ -104,14 +102,7 @@ class KgCoOp(CoOp):
         return self._teacher_text
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor, *, details: dict | None = None) -> torch.Tensor:
-        image_features = self.encode_image(images)
-        text_features = self.text_features()  # all classes, encoded once for both terms
-        logits = backbone.cosine_logits(self.clip, image_features, text_features)
-        ce = F.cross_entropy(logits, labels)
-        kg = self.kg_weight * teachers.knowledge_guidance(text_features, self.teacher_text)
-        if details is not None:
-            details.update(logits=logits.detach(), ce=ce.detach(), kg=kg.detach())
-        return ce + kg
+        return teachers.knowledge_guided_loss(self, images, labels, details)
 
     def record_options(self) -> dict:
         return {"n_ctx": self.prompt_learner.n_ctx, "template": self.template, "kg_weight": self.kg_weight}

@@ -30,9 +30,9 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from bounds import OutOfBounds, Range
-from harness import backbone
-from methods.base import CheckpointError, CLIPMethod
-from methods.registry import register_method
+from clipcore import backbone
+from methods.parts.base import CheckpointError, CLIPMethod
+from methods.parts.registry import register_method
 
 # The initial grid of C, strongest regularisation last (linear_probe.py:54).
 C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)

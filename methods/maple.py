@@ -32,10 +32,10 @@ import torch
 from torch import nn
 
 from bounds import Range
-from harness import backbone
-from methods import deep_prompts, prompt_text, whole_model_checkpoint
-from methods.base import CLIPMethod, ContextLength, load_learned_tensors
-from methods.registry import register_method
+from clipcore import backbone
+from methods.parts import deep_prompts, prompt_text, whole_model_checkpoint
+from methods.parts.base import CLIPMethod, ContextLength, load_learned_tensors
+from methods.parts.registry import register_method
 
 
 class MultiModalPromptLearner(nn.Module):

@@ -39,10 +39,10 @@ import torch
 from torch import nn
 
 from bounds import OutOfBounds, Range
-from harness import backbone
-from methods import deep_prompts, prompt_encoder
-from methods.base import CLIPMethod, Template, load_learned_tensors
-from methods.registry import register_method
+from clipcore import backbone
+from methods.parts import deep_prompts, prompt_encoder
+from methods.parts.base import CLIPMethod, Template, load_learned_tensors
+from methods.parts.registry import register_method
 
 PUBLISHED_BLOCKS = (5, 12)  # configs/trainers/MultiModalAdapter/vit_b16_ep5.yaml: ADAPTER_START, ADAPTER_END
 # The authors' loader drops these from a checkpoint (mmadapter.py:321-325): built from the training class names.

@@ -41,10 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bounds import OneOf, Range, Satisfies
-from harness import backbone
-from methods import deep_prompts, teachers, whole_model_checkpoint
-from methods.base import CheckpointError, CLIPMethod, Fraction, Template, Weight, load_learned_tensors
-from methods.registry import register_method
+from clipcore import backbone
+from methods.parts import deep_prompts, teachers, whole_model_checkpoint
+from methods.parts.base import CheckpointError, CLIPMethod, Fraction, Template, Weight, load_learned_tensors
+from methods.parts.registry import register_method
 from methods.zsclip import DATASET_TEMPLATES, DEFAULT_TEMPLATE
 
 TASKS = ("B2N", "FS", "CD")

@@ -14,7 +14,7 @@ zero-shot prompt's knowledge. Per batch, with the frozen zero-shot CLIP as teach
 per parameter tensor (only ``ctx`` trains), lambda = 1, T = 1 (Dassl.ProGrad ``prograd_backward_and_update``,
 trainer.py:311-349; prograd.py:280-293, 360-394). The KL gradient only steers: it is never added. A zero
 gradient makes the cosine NaN, the test false and the CE gradient passes unchanged (no epsilon), as there.
-The update is not one loss's gradient, so this method offers ``backward`` (``methods.base``); its
+The update is not one loss's gradient, so this method offers ``backward`` (``methods.parts.base``); its
 ``training_loss`` is the CE term.
 
 Initialisation (prograd.py:78-95): the dataset's ProGrad template without " {}." gives the init words s;
@@ -41,11 +41,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from bounds import OutOfBounds, Range
-from harness import backbone
-from methods import prompt_text, teachers
-from methods.base import CLIPMethod, ContextLength, Fraction, Template
+from clipcore import backbone
 from methods.coop import CoOp, PromptLearner
-from methods.registry import register_method
+from methods.parts import prompt_text, teachers
+from methods.parts.base import CLIPMethod, ContextLength, Fraction, Template
+from methods.parts.registry import register_method
 from methods.zsclip import DEFAULT_TEMPLATE
 
 # prograd.py:201-217 CUSTOM_TEMPLATES, keyed by the harness's dataset keys: the teacher's prompt and the
@@ -112,13 +112,8 @@ class TemplatePromptLearner(PromptLearner):
         self.ctx = nn.Parameter(ctx)
         self.n_ctx, self.csc, self.position = n_ctx, False, "end"
         prefix_text = " ".join(["X"] * (n_ctx - n_words) + [words])
-        names = [name.replace("_", " ") for name in classnames]
-        token_ids = prompt_text.prompt_token_ids(prefix_text, names, n_ctx).to(device)
-        embedding = backbone.token_embeddings(clip, token_ids)
-        self.register_buffer("token_prefix", embedding[:, :1].clone())
-        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx :].clone())
-        self.register_buffer("tokenized_prompts", token_ids, persistent=False)
-        self.name_lens = [len(backbone.tokenizer().encode(name)) for name in names]
+        prompt_text.register_prompt_tokens(self, clip, classnames, prefix_text, n_ctx)
+        self.name_lens = [len(backbone.tokenizer().encode(name.replace("_", " "))) for name in classnames]
 
 
 _FP32_IMAGE_TOWERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bounds import Range
-from harness import backbone
-from methods import deep_prompts, prompt_text, teachers, whole_model_checkpoint
-from methods.base import CheckpointError, CLIPMethod, ContextLength, Templates, Weight, load_learned_tensors
-from methods.registry import register_method
+from clipcore import backbone
+from methods.parts import deep_prompts, prompt_text, teachers, whole_model_checkpoint
+from methods.parts.base import CheckpointError, CLIPMethod, ContextLength, Templates, Weight, load_learned_tensors
+from methods.parts.registry import register_method
 
 # PromptSRC's teacher templates (trainers/imagenet_templates.py, IMAGENET_TEMPLATES), in order.
 PROMPTSRC_TEMPLATES = (

@@ -34,14 +34,13 @@ from contextlib import contextmanager
 from typing import Annotated
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bounds import OutOfBounds, Range
-from harness import backbone
-from methods import deep_prompts, prompt_text, teachers
-from methods.base import CLIPMethod, ContextLength, Fraction, Template, Weight
-from methods.registry import register_method
+from clipcore import backbone
+from methods.parts import deep_prompts, prompt_text, teachers
+from methods.parts.base import CLIPMethod, ContextLength, Fraction, Template, Weight
+from methods.parts.registry import register_method
 
 log = logging.getLogger(__name__)
 
@@ -248,14 +247,7 @@ class TCP(CLIPMethod):
         return backbone.cosine_logits(self.clip, image_features, self.text_features())
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor, *, details: dict | None = None) -> torch.Tensor:
-        image_features = self.encode_image(images)
-        text_features = self.text_features()  # all training classes, once for both terms
-        logits = backbone.cosine_logits(self.clip, image_features, text_features)
-        ce = F.cross_entropy(logits, labels)
-        kg = self.kg_weight * teachers.knowledge_guidance(text_features, self.teacher_text)
-        if details is not None:
-            details.update(logits=logits.detach(), ce=ce.detach(), kg=kg.detach())
-        return ce + kg
+        return teachers.knowledge_guided_loss(self, images, labels, details)
 
     def record_options(self) -> dict:
         return {

@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bounds import Range, Satisfies
-from harness import backbone
-from methods.base import CheckpointError, CLIPMethod, Templates
-from methods.registry import register_method
+from clipcore import backbone
+from methods.parts.base import CheckpointError, CLIPMethod, Templates
+from methods.parts.registry import register_method
 from methods.zsclip import DATASET_TEMPLATES, DEFAULT_TEMPLATE, IMAGENET_SELECTED_TEMPLATES, class_text_features
 
 LOGIT_SCALE = 100.0  # main.py:32: a fixed 100, whatever CLIP's logit_scale

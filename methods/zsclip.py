@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from bounds import Satisfies
-from harness import backbone
-from methods.base import CLIPMethod, Template, Templates
-from methods.registry import register_method
+from clipcore import backbone
+from methods.parts.base import CLIPMethod, Template, Templates
+from methods.parts.registry import register_method
 
 # PROTOCOL.md 6.1, keyed by the harness's dataset keys. The paper's CLIP rows use these.
 DATASET_TEMPLATES = {

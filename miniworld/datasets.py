@@ -14,7 +14,7 @@ import zlib
 
 from PIL import Image
 
-from harness.atomic import atomic_write_bytes
+from clipcore.atomic import atomic_write_bytes
 from harness.data.splitfile import write_split_json
 from harness.data.types import Datum
 from miniworld import captions, render, vocab

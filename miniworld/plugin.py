@@ -1,9 +1,9 @@
 """What the miniature world adds to the harness: its pre-trained backbone and its demo datasets.
 
-Loaded through the ``prompt_harness.plugins`` entry point (see ``harness.plugins``).
+Loaded through the ``prompt_harness.plugins`` entry point (see ``clipcore.plugins``).
 """
 
-from harness.backbone import register_backbone
+from clipcore.backbone import register_backbone
 from harness.data import DatasetInfo, register_dataset
 from miniworld import datasets, pretrain
 from miniworld.vocab import DEMO_DATASETS

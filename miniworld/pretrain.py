@@ -31,10 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness import backbone
+from clipcore import backbone
+from clipcore.paths import cache_dir
 from harness.data.transforms import build_transform
 from harness.logs import Progress
-from harness.paths import cache_dir
 from miniworld import datasets
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,7 @@ def train_and_save(config: PretrainConfig, path: str) -> dict:
     }
     backbone.save_openai_state_dict(model, path)
     facts["file_sha256"] = backbone.file_sha256(path)  # the file this cache promises (backbone.weights_identity)
-    from harness.atomic import atomic_write_text
+    from clipcore.atomic import atomic_write_text
 
     atomic_write_text(path + ".json", json.dumps(facts, indent=2) + "\n")
     log.warning(

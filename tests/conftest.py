@@ -32,7 +32,7 @@ def images():
 @pytest.fixture(scope="module")
 def deep_clip():
     """A tiny CLIP with 4 blocks per tower, for the deep-prompt methods (MaPLe, PromptSRC)."""
-    from harness import backbone
+    from clipcore import backbone
 
     return backbone.freeze(backbone.build_random_clip("tiny", text_layers=4, vision_layers=4, image_size=64))
 

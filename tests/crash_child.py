@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 
-import harness.atomic
 import harness.runner
 import methods
 from harness.config import build_spec
@@ -71,7 +70,7 @@ def arm(spec, moment: str, marker: str) -> None:
     epoch = int(arg) if arg else None
 
     if name in ("first-step", "mid-epoch"):
-        # What the runner calls once per step: the method's own backward if it has one (methods.base),
+        # What the runner calls once per step: the method's own backward if it has one (methods.parts.base),
         # else its objective (its own, or the contract's default cross-entropy).
         method_class = methods.method_class(spec.method)
         step_name = "backward" if callable(getattr(method_class, "backward", None)) else "training_loss"

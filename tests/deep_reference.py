@@ -51,7 +51,7 @@ def cosine_logits(clip, image, text):
 
 def prompt_embeddings(clip, classnames, prefix_text: str, ctx: torch.Tensor):
     """Token embeddings of "<prefix_text> <name>." with positions 1..n replaced by ctx: [K, 77, D], ids."""
-    from harness import backbone
+    from clipcore import backbone
 
     ids = backbone.tokenize([f"{prefix_text} {name.replace('_', ' ')}." for name in classnames])
     emb = clip.token_embedding(ids).to(ctx.dtype)

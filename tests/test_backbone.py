@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import methods
-from harness import backbone, load_clip
+from clipcore import backbone
+from harness import load_clip
 
 
 def test_tiny_is_frozen_deterministic_and_quickgelu(tiny_clip):

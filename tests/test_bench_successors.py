@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from benchmarks import bench
-from harness import backbone
+from clipcore import backbone
 
 
 def test_successor_lines_on_tiny(monkeypatch):

@@ -1,4 +1,4 @@
-"""CoCoOp's fast text path (methods/prompt_encoder.py) equals the published per-image computation.
+"""CoCoOp's fast text path (methods/parts/prompt_encoder.py) equals the published per-image computation.
 
 Logits, loss and the gradient of every trainable parameter, for several batch sizes and class names
 of very different token lengths; chunking, memory-budget splitting (checkpointing), the prefix
@@ -13,8 +13,8 @@ import methods
 from benchmarks import bench
 from benchmarks.cocoop_check import FastPathMismatch, check_fast_path, relative_error
 from benchmarks.cocoop_check import train_step as cocoop_step
-from harness import backbone
-from methods import prompt_encoder
+from clipcore import backbone
+from methods.parts import prompt_encoder
 
 # 1 token ("cat") to 20: the EOTs, hence the sequence lengths, differ a lot within a batch.
 NAMES = [

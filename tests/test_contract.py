@@ -1,4 +1,4 @@
-"""Every registered method keeps the contract the runner relies on (methods/base.py).
+"""Every registered method keeps the contract the runner relies on (methods/parts/base.py).
 
 Parametrised over ``methods.list_methods()``: a new method is checked the moment it is registered.
 """
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import methods
-from harness import backbone
+from clipcore import backbone
 
 NAMES = ["golden retriever", "tabby_cat", "sea lake", "fire truck"]
 

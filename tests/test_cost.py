@@ -11,12 +11,13 @@ from fake_data import make_synthetic_dataset, tiny_run
 from torch.utils.flop_counter import FlopCounterMode
 
 import methods
-from harness import backbone, cost, results
+from clipcore import backbone
+from clipcore.checkpoint_file import load_checkpoint_file
+from harness import cost, results
 from harness.checkpoint import latest_checkpoint
 from harness.config import build_spec
 from harness.fingerprint import fingerprint_of
 from harness.runner import run
-from methods.base import load_checkpoint_file
 
 FIELDS = {
     "train_s",

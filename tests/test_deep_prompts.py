@@ -1,6 +1,6 @@
 """The machinery MaPLe and PromptSRC share: where deep prompts go in open_clip's own blocks
-(methods/deep_prompts.py, checked with forward hooks on those blocks), dtypes, exact truncated text
-encoding, the hooks' lifetime, the frozen teachers computed once (methods/teachers.py), and the CoOp /
+(methods/parts/deep_prompts.py, checked with forward hooks on those blocks), dtypes, exact truncated text
+encoding, the hooks' lifetime, the frozen teachers computed once (methods/parts/teachers.py), and the CoOp /
 CoCoOp path left alone."""
 
 import copy
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import methods
-from harness import backbone
-from methods import deep_prompts
+from clipcore import backbone
+from methods.parts import deep_prompts
 
 
 @pytest.fixture(scope="module")

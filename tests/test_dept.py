@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from fake_data import make_synthetic_dataset
 
 import methods
-from harness import backbone
+from clipcore import backbone
 from harness.config import RunSpec, build_spec
 from harness.runner import run
-from methods.base import CheckpointError
+from methods.parts.base import CheckpointError
 
 BASE = ["golden_retriever", "cat", "sea lake", "2000 AM General Hummer SUV"]
 NEW = ["tabby", "dog", "river"]
@@ -282,7 +282,7 @@ def test_a_run_trains_on_base_and_scores_base_and_new(tmp_path):
     assert os.listdir(tmp_path / "cache")  # the frozen image tower: test features cached
 
 
-@pytest.mark.skipif(not hasattr(RunSpec, "optimizer"), reason="needs issue 25's contract (the run passes subsample)")
+@pytest.mark.skipif(not hasattr(RunSpec, "optimizer"), reason="needs the run keys optimizer / crop_scale")
 def test_the_run_builds_each_evaluation_for_its_classes(tmp_path):
     records = run(run_spec(str(tmp_path / "data"), tmp_path, epochs=1))
     assert [(r["subsample"], r["options"]["cat_head"]) for r in records] == [("base", True), ("new", False)]

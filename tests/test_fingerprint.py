@@ -1,4 +1,4 @@
-"""No stale or mixed result passes for a fresh one (issue 24): the report's own files, few-shot caches
+"""No stale or mixed result passes for a fresh one: the report's own files, few-shot caches
 checked against their split, features keyed on image content, fingerprints of what a number depends
 on, changed settings run in folders of their own, ``--force`` and ``--reevaluate``, one settings
 variant per report cell, and the expected datasets and seeds."""

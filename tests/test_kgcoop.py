@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import methods
 from bounds import OutOfBounds
-from harness import backbone
+from clipcore import backbone
 
 PETS = "a photo of a {}, a type of pet."
 

@@ -14,7 +14,8 @@ from crash_child import kill_at
 from fake_data import make_synthetic_dataset
 from sklearn.linear_model import LogisticRegression
 
-from harness import backbone, data, load_clip, results
+from clipcore import backbone
+from harness import data, load_clip, results
 from harness.config import ConfigError, build_spec
 from harness.runner import run
 from methods.lpclip import linear_probe

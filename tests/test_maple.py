@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from fake_data import make_synthetic_dataset
 
 import methods
-from harness import backbone
+from clipcore import backbone
 from harness.config import build_spec
 from harness.runner import run
-from methods import deep_prompts
-from methods.base import CheckpointError
+from methods.parts import deep_prompts
+from methods.parts.base import CheckpointError
 
 NAMES = ["golden_retriever", "cat", "sea lake", "2000 AM General Hummer SUV"]
 

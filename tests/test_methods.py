@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import methods
-from harness import backbone
+from clipcore import backbone
 
 
 def build(name, clip, names, seed=0, **options):

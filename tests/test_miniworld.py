@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness import backbone, data, sweep
+from clipcore import backbone
+from harness import data, sweep
 from harness.logs import Progress
 from miniworld import datasets, pretrain, render, vocab
 

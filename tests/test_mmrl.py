@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from fake_data import make_synthetic_dataset
 
 import methods
-from harness import backbone
+from clipcore import backbone
 from harness.config import RunSpec, build_spec
 from harness.runner import run
-from methods.base import CheckpointError
+from methods.parts.base import CheckpointError
 
 BASE = ["golden_retriever", "cat", "sea lake", "2000 AM General Hummer SUV"]
 NEW = ["tabby", "dog", "river"]
@@ -293,7 +293,7 @@ def run_spec(root, folder, **changes):
 
 
 NEEDS_RUN_KEYS = pytest.mark.skipif(
-    not hasattr(RunSpec, "optimizer"), reason="needs issue 25's run keys optimizer / crop_scale"
+    not hasattr(RunSpec, "optimizer"), reason="needs the run keys optimizer / crop_scale"
 )
 
 

@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHOD_FILE = '''"""A throwaway method for the test: CoOp under another name."""
 
 from methods.coop import CoOp
-from methods.registry import register_method
+from methods.parts.registry import register_method
 
 
 @register_method("throwaway")
@@ -42,7 +42,7 @@ def harness(copy, *args):
 @pytest.mark.slow
 def test_a_new_method_is_two_files(tmp_path):
     copy = tmp_path / "project"
-    for folder in ("harness", "methods", "miniworld", "experiments", os.path.join("reports", "paper")):
+    for folder in ("clipcore", "harness", "methods", "miniworld", "experiments", os.path.join("reports", "paper")):
         shutil.copytree(os.path.join(ROOT, folder), copy / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "methods" / "throwaway.py").write_text(METHOD_FILE)
     (copy / "experiments" / "methods" / "throwaway").mkdir()

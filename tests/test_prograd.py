@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from fake_data import make_synthetic_dataset
 
 import methods
-from harness import backbone
+from clipcore import backbone
 from harness.config import build_spec
 from harness.runner import run
 from methods.prograd import prograd_terms, project_conflicting

@@ -14,11 +14,11 @@ from crash_child import kill_at
 from fake_data import make_synthetic_dataset
 
 import methods
-from harness import backbone
+from clipcore import backbone
 from harness.checkpoint import checkpoint_path, latest_checkpoint
 from harness.config import build_spec
 from harness.runner import run
-from methods import deep_prompts
+from methods.parts import deep_prompts
 from methods.promptsrc import PROMPTSRC_TEMPLATES, PromptSRC, gpa_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

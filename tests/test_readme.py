@@ -43,7 +43,7 @@ def test_methods_table_is_what_the_code_counts_and_the_papers_publish():
     import methods
     from benchmarks import methods_table
     from benchmarks.readme import read_block
-    from harness import backbone
+    from clipcore import backbone
     from harness.config import default_method_options
 
     block = read_block(os.path.join(ROOT, "README.md"), methods_table.BLOCK)
@@ -301,7 +301,8 @@ def test_adding_a_dataset_as_the_readme_says(tmp_path, monkeypatch):
     import tomllib
     from PIL import Image
 
-    from harness import cli, plugins
+    from clipcore import plugins
+    from harness import cli
     from harness.data import check, registry
     from harness.data.splitfile import write_split_json
     from harness.data.types import Datum

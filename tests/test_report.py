@@ -627,3 +627,25 @@ def test_without_expected_json_nothing_is_listed_and_the_index_says_why(tmp_path
     assert f"* {NOTHING_EXPECTED}" in (tmp_path / "r" / "index.md").read_text()
     assert report_main(["--results", store, "--out", str(tmp_path / "r2"), "--tracking", "none"]) == 0
     assert f"missing: {NOTHING_EXPECTED}" in capsys.readouterr().out
+
+
+def test_a_dataset_is_named_as_its_registry_entry_says(monkeypatch):
+    # The data registry owns display names: a dataset registered with a label shows it in every table
+    # and figure, one without shows its key; the paper's datasets print as the papers do.
+    from dataclasses import replace
+
+    from harness.data.registry import DATASETS
+    from harness.report.tables import dataset_label
+
+    assert [dataset_label(k) for k in ("oxford_flowers", "dtd", "imagenet_sketch")] == [
+        "Flowers102",
+        "DTD",
+        "ImageNet-Sketch",
+    ]
+    monkeypatch.setitem(DATASETS, "my_birds", replace(DATASETS["synthetic"], key="my_birds", label="My Birds"))
+    monkeypatch.setitem(DATASETS, "my_cats", replace(DATASETS["synthetic"], key="my_cats"))
+    assert (dataset_label("my_birds"), dataset_label("my_cats"), dataset_label(AVERAGE)) == (
+        "My Birds",
+        "my_cats",
+        "Average",
+    )

@@ -141,7 +141,7 @@ def test_a_checkpoint_without_a_spec_is_accepted_with_a_warning_if_its_epoch_fit
 @pytest.fixture
 def own_cache(tmp_path, monkeypatch):
     """A cache folder of this test's own (the file digests the backbone remembers)."""
-    from harness import backbone
+    from clipcore import backbone
 
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(backbone, "_digests", {})
@@ -152,7 +152,7 @@ def zero_shot(data_root, out, **values):
 
 
 def test_an_overwritten_backbone_file_is_a_new_result(data_root, tmp_path, own_cache):
-    from harness.backbone import build_random_clip, save_openai_state_dict
+    from clipcore.backbone import build_random_clip, save_openai_state_dict
 
     weights = str(tmp_path / "clip.pt")
     save_openai_state_dict(build_random_clip("tiny", seed=0), weights)
@@ -166,7 +166,7 @@ def test_an_overwritten_backbone_file_is_a_new_result(data_root, tmp_path, own_c
 
 
 def test_a_named_backbone_names_its_file_only_when_it_is_not_the_promised_one(tmp_path, own_cache):
-    from harness import backbone
+    from clipcore import backbone
 
     path = tmp_path / "named.pt"
     path.write_bytes(b"published weights")

@@ -445,7 +445,7 @@ def test_local_failure_names_the_remote_error(small_experiment, data_root, tmp_p
 
 
 def test_backbones_are_prepared_once_in_the_driver(monkeypatch, tmp_path):
-    from harness import backbone
+    from clipcore import backbone
 
     calls = []
     monkeypatch.setattr(backbone, "resolve_openai_file", lambda name: calls.append(name) or "/x.pt")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import methods
 from bounds import OutOfBounds
-from harness import backbone
+from clipcore import backbone
 from harness.config import build_spec
 
 PETS_PROMPT, PETS_TEACHER = "X X X X {}, a type of pet.", "a photo of a {}, a type of pet."

@@ -18,7 +18,7 @@ from harness import backbone, load_clip, results
 from harness.config import build_spec
 from harness.runner import run
 from methods import build_method
-from methods.base import CheckpointError
+from methods.parts.base import CheckpointError
 
 NAMES = ["cat", "dog", "red_car", "tree", "boat"]
 SHOTS = 2

@@ -16,7 +16,7 @@ from harness.checkpoint import spec_differences
 from harness.config import LATER_TRAINING_KEYS, TRAINING_KEYS, ConfigError, RunSpec, build_spec
 from harness.runner import build_optimizer, build_scheduler, run
 from methods.coop import CoOp
-from methods.registry import METHODS, register_method
+from methods.parts.registry import METHODS, register_method
 
 # -- learning-rate groups -------------------------------------------------------------------------
 

@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 import methods
 from bounds import OutOfBounds, Range
+from clipcore.checkpoint_file import load_checkpoint_file
 from harness import checkpoint, cli, results
 from harness.config import ConfigError, RunSpec, build_spec, parse_overrides, validate
 from harness.runner import Run, RunFailedError, run
-from methods import registry
-from methods.base import load_checkpoint_file
+from methods.parts import registry
 
 NAN, INF = float("nan"), float("inf")
 

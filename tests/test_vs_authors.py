@@ -21,7 +21,7 @@ import torch
 
 from benchmarks import vs_authors
 from benchmarks.readme import refresh
-from harness import backbone
+from clipcore import backbone
 
 FAKE_CLIP = '''
 import open_clip

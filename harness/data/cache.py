@@ -6,7 +6,7 @@ import logging
 import os
 import uuid
 
-from harness import paths
+from clipcore import paths
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 
-from harness.atomic import atomic_write_text
+from clipcore.atomic import atomic_write_text
 
 from .cache import dir_writable, fallback_dir, lock_for
 from .errors import FewShotCacheError

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from harness.plugins import load_plugins
+from clipcore.plugins import load_plugins
 
 from .errors import UnknownDatasetError
 from .sources import SOURCES, where_from
@@ -23,27 +23,47 @@ class DatasetInfo:
     test_only: bool = False
     source: str = "json"  # json | fgvc_txt | imagenet | imagenetv2 | wnid_folders
     download: str = ""  # where to get the data (human readable; the benchmark's: harness.data.sources.where_from)
+    label: str = ""  # its name in tables and figures, as the papers print it (default: the key)
     # For generated datasets: writes the dataset folder under a data root (generate(root) -> folder).
     generate: Callable[[str], str] | None = field(default=None, compare=False, repr=False)
 
 
-def _json(key, paper, folder, image_dir, ncls, sizes):
-    return DatasetInfo(key, paper, folder, image_dir, f"split_zhou_{paper}.json", ncls, sizes)
+def _json(key, paper, folder, image_dir, ncls, sizes, label=None):
+    split = f"split_zhou_{paper}.json"
+    return DatasetInfo(key, paper, folder, image_dir, split, ncls, sizes, label=label or paper)
 
 
 # Where each dataset comes from is harness.data.sources' table; ``download`` is its one-line summary.
 _ENTRIES = [
-    DatasetInfo("imagenet", "ImageNet", "imagenet", "images", None, 1000, (1281167, 50000, 50000), source="imagenet"),
+    DatasetInfo(
+        "imagenet",
+        "ImageNet",
+        "imagenet",
+        "images",
+        None,
+        1000,
+        (1281167, 50000, 50000),
+        source="imagenet",
+        label="ImageNet",
+    ),
     _json("caltech101", "Caltech101", "caltech-101", "101_ObjectCategories", 100, (4128, 1649, 2465)),
     _json("oxford_pets", "OxfordPets", "oxford_pets", "images", 37, (2944, 736, 3669)),
     _json("stanford_cars", "StanfordCars", "stanford_cars", "", 196, (6509, 1635, 8041)),
-    _json("oxford_flowers", "OxfordFlowers", "oxford_flowers", "jpg", 102, (4093, 1633, 2463)),
+    _json("oxford_flowers", "OxfordFlowers", "oxford_flowers", "jpg", 102, (4093, 1633, 2463), label="Flowers102"),
     _json("food101", "Food101", "food-101", "images", 101, (50500, 20200, 30300)),
     DatasetInfo(
-        "fgvc_aircraft", "FGVCAircraft", "fgvc_aircraft", "images", None, 100, (3334, 3333, 3333), source="fgvc_txt"
+        "fgvc_aircraft",
+        "FGVCAircraft",
+        "fgvc_aircraft",
+        "images",
+        None,
+        100,
+        (3334, 3333, 3333),
+        source="fgvc_txt",
+        label="FGVCAircraft",
     ),
     _json("sun397", "SUN397", "sun397", "SUN397", 397, (15880, 3970, 19850)),
-    _json("dtd", "DescribableTextures", "dtd", "images", 47, (2820, 1128, 1692)),
+    _json("dtd", "DescribableTextures", "dtd", "images", 47, (2820, 1128, 1692), label="DTD"),
     _json("eurosat", "EuroSAT", "eurosat", "2750", 10, (13500, 5400, 8100)),
     _json("ucf101", "UCF101", "ucf101", "UCF-101-midframes", 101, (7639, 1898, 3783)),
     DatasetInfo(
@@ -56,6 +76,7 @@ _ENTRIES = [
         (None, None, 10000),
         test_only=True,
         source="imagenetv2",
+        label="ImageNetV2",
     ),
     DatasetInfo(
         "imagenet_sketch",
@@ -67,6 +88,7 @@ _ENTRIES = [
         (None, None, 50889),
         test_only=True,
         source="wnid_folders",
+        label="ImageNet-Sketch",
     ),
     DatasetInfo(
         "imagenet_a",
@@ -78,6 +100,7 @@ _ENTRIES = [
         (None, None, 7500),
         test_only=True,
         source="wnid_folders",
+        label="ImageNet-A",
     ),
     DatasetInfo(
         "imagenet_r",
@@ -89,6 +112,7 @@ _ENTRIES = [
         (None, None, 30000),
         test_only=True,
         source="wnid_folders",
+        label="ImageNet-R",
     ),
     # A small dataset in the authors' split-file layout, any number of classes: what the tests
     # generate (tests/fake_data.py), and a layout anyone can fill with their own images.

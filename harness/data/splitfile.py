@@ -18,7 +18,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from harness.atomic import atomic_write_text
+from clipcore.atomic import atomic_write_text
 
 from .errors import SplitFileError
 from .types import Datum

@@ -47,16 +47,16 @@ import os
 from pathlib import Path
 
 from harness.report import gate, studies
-from harness.report.builders import BUILDERS, trainable_parameters
+from harness.report.builders import BUILDERS
 from harness.report.efficiency import efficiency_tables, figure_cost, write_efficiency
 from harness.report.fewshot import fewshot_tables, figure_fewshot
-from harness.report.figures import color, figure3, figure4, methods_comparison, scatter, transfer_gap
+from harness.report.figures import color, figure4, methods_comparison, scatter
 from harness.report.manifest import replace_manifest
+from harness.report.paper.cocoop import figure3, trainable_parameters, transfer_gap
 from harness.report.render import display_frame, latex, long_frame, markdown, write_table
 from harness.report.successors import reproductions_markdown
 from harness.report.tables import (
     AVERAGE,
-    DATASET_LABELS,
     MARKS,
     PAPER_DATASETS,
     Cell,
@@ -76,7 +76,6 @@ __all__ = [
     "default_paper_dir",
     "color",
     "method_label",
-    "DATASET_LABELS",
     "PAPER_DATASETS",
     "AVERAGE",
     "Cell",

@@ -1,45 +1,35 @@
-"""One builder per table of the paper (Tables 1-5) and per Figure 4 ablation."""
+"""The registry-driven tables: one builder per study table (Tables 1-4) and per Figure 4 ablation.
+
+Rows and column groups come from the records and the method registry (labels, order), so a new method
+or dataset appears without an edit here. Table 5, which compares the CoCoOp paper's own models, is
+``harness.report.paper.cocoop``'s; ``BUILDERS`` lists every table in the report's order.
+"""
 
 from __future__ import annotations
 
 from harness.report.gate import Gate
+from harness.report.paper.cocoop import table5
 from harness.report.tables import (
     AVERAGE,
+    BASE_NEW_H,
     CROSS_TARGETS,
     DG_DATASETS,
     PAPER_DATASETS,
-    Cell,
     Group,
     Table,
     dataset_label,
-    effective_n_ctx,
     group_labels,
     is_zero_shot,
     method_label,
     method_rank,
     ordered_datasets,
     trained_on_own_base,
+    unique_labels,
     variant,
     variant_parts,
 )
 
-BASE_NEW_H = [("base", "Base"), ("new", "New"), ("h", "H")]
 ACCURACY = [("acc", "Accuracy")]
-
-# (embed_dim, text_width) of OpenAI's CLIPs, for the trainable-parameter counts of records that do not
-# carry their own (the runner's records always do: metrics.num_trainable_parameters).
-BACKBONE_DIMS = {
-    "ViT-B/16": (512, 512),
-    "ViT-B/32": (512, 512),
-    "ViT-L/14": (768, 768),
-    "ViT-L/14@336px": (768, 768),
-    "RN50": (1024, 512),
-    "RN101": (512, 512),
-    "RN50x4": (640, 640),
-    "RN50x16": (768, 768),
-    "RN50x64": (1024, 1024),
-    "tiny": (32, 64),  # harness.backbone.CLIP_SHAPES["tiny"]
-}
 
 
 def _experiment_rank(name) -> tuple:
@@ -60,18 +50,6 @@ def _variant_groups(recs: list[dict]) -> list[Group]:
     keys.sort(key=lambda k: (method_rank(k[0]), str(k)))
     labels = group_labels(keys, lambda k: k[0], variant_parts)
     return [Group(k, labels[k], k[0], k[2]) for k in keys]
-
-
-def _unique_labels(variants: list[tuple], name) -> dict:
-    """name(v), with config / backbone / shots added where two variants would share a name."""
-    base = {v: name(v) for v in variants}
-    names = dict(base)
-    for v in variants:
-        twins = [w for w in variants if base[w] == base[v] and w != v]
-        if twins:
-            extra = [p for i, p in enumerate(variant_parts(v)) if p and any(variant_parts(w)[i] != p for w in twins)]
-            names[v] = f"{base[v]} ({', '.join(extra)})" if extra else base[v]
-    return names
 
 
 def _group_key(r: dict, per_experiment: bool) -> tuple:
@@ -256,97 +234,6 @@ def table4(ctx: Gate) -> Table:
     return t
 
 
-def trainable_parameters(record: dict) -> int | None:
-    """A count the record carries, else CoOp: n_ctx x text width; CoCoOp adds the Meta-Net
-    (both linear layers with biases, hidden = embed_dim // 16)."""
-    for source in (record, record.get("metrics") or {}, record.get("options") or {}):
-        for name in ("trainable_params", "num_trainable_parameters", "n_params", "params"):
-            if isinstance(source.get(name), (int, float)):
-                return int(source[name])
-    dims = BACKBONE_DIMS.get(record.get("backbone"))
-    n_ctx = effective_n_ctx(record)
-    if dims is None or n_ctx is None or (record.get("options") or {}).get("csc"):
-        return None
-    embed, width = dims
-    count = n_ctx * width
-    if record["method"] == "cocoop":
-        hidden = max(1, embed // 16)
-        count += embed * hidden + hidden + hidden * width + width
-    return count
-
-
-def _paper_model(v: tuple) -> str | None:
-    method, _, _, _, n_ctx, init, _ = v
-    if method == "coop" and n_ctx == 4 and init:
-        return "coop_ctx4"
-    if method == "coop" and n_ctx == 60:
-        return "coop_ctx60"
-    if method == "cocoop" and n_ctx == 4 and init:
-        return "cocoop_ctx4"
-    return None
-
-
-def table5(ctx: Gate) -> Table:
-    t = Table(
-        "table5_bigger_coop",
-        "Table 5: CoCoOp vs a bigger CoOp on ImageNet (accuracy %)",
-        "Model",
-        [],
-        [],
-        [("params", "Params")] + BASE_NEW_H,
-    )
-    t.notes = [
-        "Trainable parameters: CoOp n_ctx x text width; CoCoOp adds the Meta-Net with its biases "
-        "(35,360 for ViT-B/16; the paper's 34,816 leaves the biases out, PROTOCOL.md 18.4)."
-    ]
-    recs = ctx.select(
-        "table5",
-        lambda r: (
-            r["dataset"] == "imagenet"
-            and r["subsample"] in ("base", "new")
-            and r["method"] in ("coop", "cocoop")
-            and trained_on_own_base(r)
-        ),
-    )
-    expected = {"coop_ctx4": "CoOp ctx 4", "coop_ctx60": "CoOp ctx 60", "cocoop_ctx4": "CoCoOp ctx 4"}
-    # CoOp of any context length; CoCoOp as in the paper (its random-init variants are Figure 4's).
-    variants = [v for v in dict.fromkeys(variant(r) for r in recs) if v[0] == "coop" or _paper_model(v)]
-    variants.sort(key=lambda v: (method_rank(v[0]), v[4] or 0, v[5] == "", str(v)))
-    recs = [r for r in recs if variant(r) in set(variants)]
-    for model in sorted(set(expected) - {_paper_model(v) for v in variants}):
-        t.missing.append(f"Table 5: no ImageNet base/new records for {expected[model]}")
-    if not recs:
-        return t
-    group = Group(("imagenet",), "ImageNet", "")
-    t.groups = [group]
-    names = _unique_labels(
-        variants, lambda v: f"{method_label(v[0])} (ctx {v[4]}{', random init' if v[5] == '' else ''})"
-    )
-    for v in variants:
-        label = names[v]
-        t.rows.append((label, label))
-        model = _paper_model(v)
-
-        def paper(row, g, metric, model=model):
-            return None if model is None else ("bigger_coop", {"model": model}, metric)
-
-        mine = [r for r in recs if variant(r) == v]
-        ctx.add_base_new(
-            t,
-            group,
-            label,
-            [r for r in mine if r["subsample"] == "base"],
-            [r for r in mine if r["subsample"] == "new"],
-            paper,
-        )
-        count = trainable_parameters(mine[-1])
-        if count is not None:
-            params = Cell(float(count), None, 1, 1, "count", "")
-            params.paper = ctx.published(t, paper, label, group, "params", mine)
-            t.cells[(label, group.key, "params")] = params
-    return t
-
-
 def _ablation(ctx: Gate, which: str) -> Table:
     if which == "fig4a":
         t = Table(
@@ -392,7 +279,7 @@ def _ablation(ctx: Gate, which: str) -> Table:
         t.missing.append(f"{t.title.split(':')[0]}: no method has base-to-new records of {what} prompt")
         return t
     chosen.sort(key=lambda v: (method_rank(v[0]), v[4] or 0, v[5] == "", str(v)))
-    names = _unique_labels(
+    names = unique_labels(
         chosen,
         lambda v: (
             f"{method_label(v[0])} " + ((f"“{v[5]}”" if v[5] else "random") if which == "fig4a" else f"ctx {v[4]}")
@@ -412,4 +299,4 @@ def fig4b(ctx: Gate) -> Table:
     return _ablation(ctx, "fig4b")
 
 
-BUILDERS = (table1, table2, table3, table4, table5, fig4a, fig4b)
+BUILDERS = (table1, table2, table3, table4, table5, fig4a, fig4b)  # the report's order

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from harness.report.figures import _figure, _save, color
 from harness.report.gate import Gate, comparable_points, same_datasets
+from harness.report.paper.coop import fewshot_rank
 from harness.report.tables import (
     AVERAGE,
     LABEL_FIELD,
@@ -31,15 +32,9 @@ from harness.report.tables import (
     dataset_label,
     is_zero_shot,
     method_label,
-    method_rank,
 )
 
 PAPER_TABLE = "fewshot"  # reports/paper/fewshot.csv
-ORDER = ("zsclip", "lpclip", "coop", "cocoop")
-
-
-def _rank(method: str) -> tuple:
-    return (ORDER.index(method), "") if method in ORDER else (len(ORDER), *method_rank(method))
 
 
 def fewshot_records(ctx: Gate) -> list[dict]:
@@ -60,7 +55,7 @@ def _group_key(r: dict) -> tuple:
 
 
 def _groups(recs: list[dict]) -> list[Group]:
-    keys = sorted({_group_key(r) for r in recs}, key=lambda k: (_rank(k[0]), str(k[1:])))
+    keys = sorted({_group_key(r) for r in recs}, key=lambda k: (fewshot_rank(k[0]), str(k[1:])))
     backbones = {k[1] for k in keys}
 
     def label(key):
@@ -223,7 +218,7 @@ def figure_fewshot(tables: dict[int, Table], out_dir: str, paper: Paper | None =
     for table in tables.values():
         for g in table.groups:
             groups.setdefault(g.key, g)
-    ordered = sorted(groups.values(), key=lambda g: (_rank(g.method), str(g.key)))
+    ordered = sorted(groups.values(), key=lambda g: (fewshot_rank(g.method), str(g.key)))
     # Even spacing for 0, 1, 2, 4, 8, 16 (the CoOp figure's axis)
     positions = {k: i + 1 for i, k in enumerate(shots)}
     columns = min(4, len(rows))

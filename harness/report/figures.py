@@ -1,6 +1,7 @@
-"""Figures (matplotlib Agg canvas, no pyplot; PNG + PDF, and a CSV of exactly the numbers drawn):
-Figure 3, Figure 4, a base-vs-new scatter, the comparison of every method's averaged base / new /
-H beside its published numbers, and CoCoOp minus CoOp per target of Tables 2 and 3.
+"""Figures of every method (matplotlib Agg canvas, no pyplot; PNG + PDF, and a CSV of exactly the numbers
+drawn): Figure 4, a base-vs-new scatter, and the comparison of every method's averaged base / new / H
+beside its published numbers; each method's colour. They draw whatever methods the tables hold. The
+CoCoOp paper's CoCoOp-minus-CoOp figures are ``harness.report.paper.cocoop``'s.
 
 A figure is drawn only from data that exist; ``None`` comes back (with the reason) otherwise, so
 the report never writes an empty figure.
@@ -16,8 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from harness.report.gate import comparable_averages, pair
-from harness.report.tables import AVERAGE, Table, dataset_label, method_info, method_rank
+from harness.report.gate import comparable_averages
+from harness.report.tables import AVERAGE, Table, method_info, method_rank
 
 # A method's colour is its own (``color`` in its file); a method without one gets the first of these not
 # taken by any registered method, in the report's method order, so that no two methods share a colour
@@ -96,78 +97,6 @@ def _experiments(table: Table) -> list:
 def _value(table, row, group, metric):
     cell = table.cell(row, group, metric)
     return None if cell is None else cell.mean
-
-
-def figure3(table1: Table, out_dir: str):
-    """CoCoOp minus CoOp per dataset, new (a) and base (b) accuracy, sorted bars."""
-    for experiment in _experiments(table1):
-        cocoop, coop = pair([g for g in table1.groups if g.key[0] == experiment], "cocoop", "coop")
-        if coop and cocoop:
-            break
-    else:
-        return None, "Figure 3: needs CoOp and CoCoOp base-to-new results of one experiment and backbone"
-    fig, axes = _figure(1, 2, figsize=(12, 4.2))
-    axes = axes[0]
-    plotted = []
-    for ax, metric, title in zip(axes, ("new", "base"), ("(a) New classes", "(b) Base classes")):
-        pairs = []
-        for row, _ in table1.rows:
-            a, b = _value(table1, row, cocoop, metric), _value(table1, row, coop, metric)
-            if row != AVERAGE and a is not None and b is not None:
-                pairs.append((dataset_label(row), a - b))
-        pairs.sort(key=lambda p: p[1], reverse=True)
-        if not pairs:
-            ax.set_visible(False)
-            continue
-        plotted += [{"panel": metric, "dataset": name, "cocoop_minus_coop": d} for name, d in pairs]
-        diffs = [d for _, d in pairs]
-        bars = ax.bar(range(len(pairs)), diffs, color=[color("cocoop") if d >= 0 else color("coop") for d in diffs])
-        ax.bar_label(bars, labels=[f"{d:+.2f}" for d in diffs], fontsize=7, padding=2)
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xticks(range(len(pairs)), [p[0] for p in pairs], rotation=45, ha="right")
-        ax.set_ylabel("CoCoOp − CoOp accuracy (% points)")
-        ax.set_xlabel("Dataset")
-        ax.set_title(title)
-        ax.margins(y=0.15)
-    if not plotted:
-        return None, "Figure 3: no dataset with both CoOp and CoCoOp results"
-    handles = [Rectangle((0, 0), 1, 1, color=color(m)) for m in ("cocoop", "coop")]
-    fig.legend(handles, ["CoCoOp better", "CoOp better"], loc="upper right")
-    fig.suptitle(f"Figure 3: CoCoOp vs CoOp, base-to-new (experiment {experiment})")
-    fig.tight_layout()
-    return _save(fig, out_dir, "figure3_cocoop_vs_coop", plotted), None
-
-
-def transfer_gap(table: Table, out_dir: str, name: str):
-    """CoCoOp minus CoOp on each target of Table 2 or 3 (its source and Average rows left out), sorted bars."""
-    what = table.title.split(":")[0]
-    cocoop, coop = pair(table.groups, "cocoop", "coop")
-    if not (coop and cocoop):
-        return None, f"{what}'s figure: needs CoOp and CoCoOp transfer results on one backbone"
-    pairs = []
-    for row, label in table.rows:
-        a, b = _value(table, row, cocoop, "acc"), _value(table, row, coop, "acc")
-        if row not in (AVERAGE, table.source) and a is not None and b is not None:
-            pairs.append((label, a - b))
-    if not pairs:
-        return None, f"{what}'s figure: no target with both CoOp and CoCoOp results"
-    pairs.sort(key=lambda p: p[1], reverse=True)
-    fig, axes = _figure(1, 1, figsize=(max(5.0, 0.8 * len(pairs) + 2.5), 4.2))
-    ax = axes[0][0]
-    diffs = [d for _, d in pairs]
-    bars = ax.bar(range(len(pairs)), diffs, color=[color("cocoop") if d >= 0 else color("coop") for d in diffs])
-    ax.bar_label(bars, labels=[f"{d:+.2f}" for d in diffs], fontsize=7, padding=2)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(pairs)), [p[0] for p in pairs], rotation=45, ha="right")
-    ax.set_ylabel("CoCoOp − CoOp accuracy (% points)")
-    ax.set_xlabel("Target dataset")
-    ax.margins(y=0.15)
-    handles = [Rectangle((0, 0), 1, 1, color=color(m)) for m in ("cocoop", "coop")]
-    ax.legend(handles, ["CoCoOp better", "CoOp better"], fontsize=8, loc="best")
-    ax.set_title(f"{what}: CoCoOp vs CoOp per target", fontsize=10)
-    fig.tight_layout()
-    plotted = [{"dataset": label, "cocoop_minus_coop": d} for label, d in pairs]
-    return _save(fig, out_dir, name, plotted), None
 
 
 def scatter(table1: Table, out_dir: str):

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 
-from harness.atomic import atomic_write_text
+from clipcore.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

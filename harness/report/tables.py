@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from harness.data.registry import DATASETS
+
 PAPER_DATASETS = (
     "imagenet",
     "caltech101",
@@ -28,24 +30,8 @@ PAPER_DATASETS = (
 )
 CROSS_TARGETS = PAPER_DATASETS[1:]
 DG_DATASETS = ("imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
-DATASET_LABELS = {
-    "imagenet": "ImageNet",
-    "caltech101": "Caltech101",
-    "oxford_pets": "OxfordPets",
-    "stanford_cars": "StanfordCars",
-    "oxford_flowers": "Flowers102",
-    "food101": "Food101",
-    "fgvc_aircraft": "FGVCAircraft",
-    "sun397": "SUN397",
-    "dtd": "DTD",
-    "eurosat": "EuroSAT",
-    "ucf101": "UCF101",
-    "imagenetv2": "ImageNetV2",
-    "imagenet_sketch": "ImageNet-Sketch",
-    "imagenet_a": "ImageNet-A",
-    "imagenet_r": "ImageNet-R",
-}
 AVERAGE = "average"
+BASE_NEW_H = [("base", "Base"), ("new", "New"), ("h", "H")]  # a base-to-new table's metrics
 #: What the marks after a number mean (every rendering of a table says it).
 MARKS = (
     "± population std over seeds (ddof=0); † fewer seeds than expected; ‡ average over fewer datasets than "
@@ -85,7 +71,11 @@ def short_key(table_key: str) -> str:
 
 
 def dataset_label(key: str) -> str:
-    return "Average" if key == AVERAGE else DATASET_LABELS.get(key, key)
+    """The dataset's name as its registry entry prints it (``DatasetInfo.label``), else its key."""
+    if key == AVERAGE:
+        return "Average"
+    info = DATASETS.get(key)  # as registered so far: a report does not load plugins to name a dataset
+    return (info.label if info else "") or key
 
 
 def method_info(method: str):
@@ -95,7 +85,7 @@ def method_info(method: str):
 
     try:
         return methods.method_info(method)
-    except methods.registry.UnknownMethodError:
+    except methods.parts.registry.UnknownMethodError:
         return None
 
 
@@ -377,6 +367,18 @@ def group_labels(keys: list[tuple], method_of: Callable, parts: Callable) -> dic
                     extra.append(part)
         labels[key] = method_label(method_of(key)) + (f" ({', '.join(extra)})" if extra else "")
     return labels
+
+
+def unique_labels(variants: list[tuple], name) -> dict:
+    """name(v), with config / backbone / shots added where two variants would share a name."""
+    base = {v: name(v) for v in variants}
+    names = dict(base)
+    for v in variants:
+        twins = [w for w in variants if base[w] == base[v] and w != v]
+        if twins:
+            extra = [p for i, p in enumerate(variant_parts(v)) if p and any(variant_parts(w)[i] != p for w in twins)]
+            names[v] = f"{base[v]} ({', '.join(extra)})" if extra else base[v]
+    return names
 
 
 def variant_parts(v: tuple) -> list[str]:

@@ -1,4 +1,4 @@
-"""Exact, fast text encoding of CoCoOp's B x K instance-conditioned prompts (issue 7).
+"""Exact, fast text encoding of CoCoOp's B x K instance-conditioned prompts.
 
 Image b's prompt for class c (PROTOCOL.md 8.2) is
 
@@ -73,7 +73,7 @@ from torch import nn
 from torch.profiler import record_function
 from torch.utils.checkpoint import checkpoint
 
-from harness import backbone
+from clipcore import backbone
 
 try:  # the block class whose structure the prefix cache re-implements
     from open_clip.transformer import QuickGELU, ResidualAttentionBlock

@@ -93,9 +93,6 @@ PROTOCOL.md 15). A method whose authors saved the whole model overrides ``checkp
 
 from __future__ import annotations
 
-import io
-import os
-import pickle
 from typing import Annotated
 
 import torch
@@ -103,8 +100,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bounds import OutOfBounds, Range, Satisfies
-from harness import backbone
-from harness.atomic import atomic_torch_save
+from clipcore import backbone
+from clipcore.atomic import atomic_torch_save
+from clipcore.checkpoint_file import load_checkpoint_file
 
 # Option types shared by the methods' constructors (``bounds``: the registry checks every option against
 # its annotation before a model is built). A context fits CLIP's 77 positions with its SOS and EOT.
@@ -346,39 +344,3 @@ def load_learned_tensors(module: nn.Module, state: dict, path: str, method: str)
             "Evaluate it with the method that trained it."
         )
     module.load_state_dict(state, strict=False)
-
-
-class _Missing:
-    """Stands in for classes of frameworks that are not installed (e.g. Dassl's warm-up scheduler)."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        self.__dict__["_state"] = state
-
-
-class _TolerantUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            return type(name, (_Missing,), {"__module__": module})
-
-
-class _tolerant_pickle:  # a pickle-module stand-in for torch.load
-    Unpickler = _TolerantUnpickler
-    load = staticmethod(lambda f, **kw: _TolerantUnpickler(f, **kw).load())
-    __name__ = "pickle"
-
-
-def load_checkpoint_file(path: str):
-    """torch.load a (trusted) checkpoint, also one whose pickled scheduler comes from another framework."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No checkpoint at {path}.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (ModuleNotFoundError, AttributeError):
-        with open(path, "rb") as f:
-            data = io.BytesIO(f.read())
-        return torch.load(data, map_location="cpu", weights_only=False, pickle_module=_tolerant_pickle)

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from harness import backbone
-from methods import prompt_encoder
+from clipcore import backbone
+from methods.parts import prompt_encoder
 
 _TEACHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -82,3 +82,17 @@ def knowledge_guidance(text_features: torch.Tensor, teacher_text: torch.Tensor) 
     text = F.normalize(text_features, dim=-1)
     teacher = F.normalize(teacher_text, dim=-1)
     return 1.0 - torch.mean(F.cosine_similarity(text, teacher.to(text.dtype), dim=1, eps=1e-7))
+
+
+def knowledge_guided_loss(model, images: torch.Tensor, labels: torch.Tensor, details: dict | None) -> torch.Tensor:
+    """KgCoOp's objective, which TCP keeps: cross-entropy plus ``model.kg_weight`` x ``knowledge_guidance``
+    of the model's text features (all classes, encoded once for both terms) against ``model.teacher_text``.
+    ``details`` (the contract's ``training_loss``) receives the logits and both terms."""
+    image_features = model.encode_image(images)
+    text_features = model.text_features()
+    logits = backbone.cosine_logits(model.clip, image_features, text_features)
+    ce = F.cross_entropy(logits, labels)
+    kg = model.kg_weight * knowledge_guidance(text_features, model.teacher_text)
+    if details is not None:
+        details.update(logits=logits.detach(), ce=ce.detach(), kg=kg.detach())
+    return ce + kg

@@ -43,8 +43,8 @@ import torch
 from torch import nn
 
 from bounds import OutOfBounds
-from harness import backbone
-from methods import prompt_encoder
+from clipcore import backbone
+from methods.parts import prompt_encoder
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Extension points: packages that add backbones, datasets or methods without editing the harness.
 
 A plugin is a module named under the ``prompt_harness.plugins`` entry-point group of an installed
-package; importing it registers what it provides (``harness.backbone.register_backbone``,
+package; importing it registers what it provides (``clipcore.backbone.register_backbone``,
 ``harness.data.register_dataset``, ``methods.register_method``). This project's own miniature world
 is one (``pyproject.toml``: ``miniworld = "miniworld.plugin"``), so the harness never imports it:
 the registries load the plugins the first time a name is not found among the built-in ones.

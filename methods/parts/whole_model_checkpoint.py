@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from methods.base import CheckpointError
+from methods.parts.base import CheckpointError
 
 # What their CustomCLIP holds besides the prompt learner: the image encoder (clip.visual), their
 # TextEncoder (transformer, positional_embedding, ln_final, text_projection; no token_embedding) and

@@ -1,5 +1,6 @@
 """The prompt text around a learnable span, as MaPLe and PromptSRC build it (their maple.py:84-131,
-promptsrc.py:88-133): the initial context, the fixed tokens around it, and the assembled prompts."""
+promptsrc.py:88-133): the initial context, the fixed tokens around it (ProGrad's too), and the
+assembled prompts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from bounds import OutOfBounds
-from harness import backbone
+from clipcore import backbone
 
 # The authors' rule: init words start the context only when it has at most this many tokens.
 MAX_INIT_CONTEXT = 4

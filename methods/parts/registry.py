@@ -2,8 +2,8 @@
 
 Methods are found, not listed: every module of the ``methods`` package is imported once (``discover``),
 and each registers its classes with ``@register_method``; plugins add theirs through the entry points
-(``harness.plugins``). A method's description (label, paper, year, source, colour, default config) is
-class attributes in its own file (``methods.base.CLIPMethod`` documents them); ``method_info`` reads
+(``clipcore.plugins``). A method's description (label, paper, year, source, colour, default config) is
+class attributes in its own file (``methods.parts.base.CLIPMethod`` documents them); ``method_info`` reads
 them for the report, the README, the bench and ``python -m harness methods``.
 """
 
@@ -17,8 +17,10 @@ import typing
 from dataclasses import dataclass
 
 from bounds import check, shorten
-from harness.plugins import load_plugins
+from clipcore.plugins import load_plugins
 
+# The package whose modules are the methods, one a file; its sub-packages (``methods.parts``) are not methods.
+PACKAGE = "methods"
 METHODS: dict[str, type] = {}
 _discovered = False
 # Which classes a model is built for, as the authors' Dassl ``DATASET.SUBSAMPLE_CLASSES``.
@@ -44,18 +46,18 @@ def register_method(name: str):
 
 def discover() -> None:
     """Import every module of the ``methods`` package once (alphabetically), so that each registers its
-    methods: a new method is a new file, with no import list to keep. Modules that register nothing
-    (the contract, shared helpers) are imported too, which costs nothing: the methods import them.
+    methods: a new method is a new file, with no import list to keep. Sub-packages are skipped: the
+    contract, this registry and the shared helpers live in ``methods.parts``, which the methods import.
     Registration order (the report's tie-break within a year) is this import order, except that a
     module imported by another registers first (CoOp before CoCoOp, whose module imports CoOp's)."""
     global _discovered
     if _discovered:
         return
     _discovered = True
-    package = importlib.import_module(__name__.rpartition(".")[0])
-    for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
+    package = importlib.import_module(PACKAGE)
+    for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.ispkg):
         if not module.startswith("_"):
-            importlib.import_module(f"{package.__name__}.{module}")
+            importlib.import_module(f"{PACKAGE}.{module}")
 
 
 def list_methods() -> list[str]:
@@ -75,7 +77,7 @@ def method_class(name: str) -> type:
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """What a method says about itself (``methods.base.CLIPMethod``'s "About the method" attributes)."""
+    """What a method says about itself (``methods.parts.base.CLIPMethod``'s "About the method" attributes)."""
 
     name: str
     label: str  # display name in tables and figures
