@@ -1,4 +1,4 @@
-"""The README's generated blocks, and the one command that writes them.
+"""The generated blocks of the README and the documentation pages, and the one command that writes them.
 
     python -m benchmarks.readme                              every block, from the reports kept in reports/
     python -m benchmarks.readme bench --from REPORT          one source's blocks, from a report of your choice
@@ -8,8 +8,9 @@ Each ``<!-- BEGIN <name> -->`` ... ``<!-- END <name> -->`` holds what a report o
 (``SOURCES``: the speed benchmark's ``reports/bench.md``, the authors' comparison's
 ``reports/bench-vs-authors.md``, the demos' ``reports/demo-reference/``, the methods table from the
 registry, the datasets table from their sources), so no number in it is typed by hand; the tests compare
-each block with what its source makes now. Benchmarks and reference runs write their reports only: a
-benchmark on your machine never edits the README, this command does, from the report you choose.
+each block with what its source makes now. A block lives in one document, README.md or a page of docs/
+(``locate``), and is written there. Benchmarks and reference runs write their reports only: a benchmark on
+your machine never edits the documentation, this command does, from the report you choose.
 """
 
 from __future__ import annotations
@@ -102,6 +103,33 @@ def write_blocks(path: str, blocks: dict[str, str]) -> None:
         f.write(text)
 
 
+def documents(root: str = ".") -> list[str]:
+    """The files that may hold generated blocks: the README and the documentation pages under docs/."""
+    import glob
+
+    return [os.path.join(root, "README.md"), *sorted(glob.glob(os.path.join(root, "docs", "*.md")))]
+
+
+def locate(name: str, root: str = ".") -> str:
+    """The one document that holds block ``name`` (a block lives in one place)."""
+    begin, end = markers(name)
+    holding = []
+    for path in documents(root):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if begin in text and end in text:
+            holding.append(path)
+    if len(holding) != 1:
+        where = ", ".join(holding) if holding else "none of " + ", ".join(documents(root))
+        raise ValueError(f"block {name!r} must be in exactly one document, found in {where}: put its two markers once.")
+    return holding[0]
+
+
+def read_document_block(name: str, root: str = ".") -> str:
+    """Block ``name``, wherever it lives (README.md or a page of docs/)."""
+    return read_block(locate(name, root), name)
+
+
 def blocks(source: str, report: str | None = None) -> dict[str, str]:
     """{block name: body} of one source, made from ``report`` (default: the one kept in reports/)."""
     if source not in SOURCES:
@@ -109,14 +137,19 @@ def blocks(source: str, report: str | None = None) -> dict[str, str]:
     return SOURCES[source](report)
 
 
-def refresh(readme: str = "README.md", sources=tuple(SOURCES), report: str | None = None) -> list[str]:
-    """Write the blocks of ``sources`` into ``readme`` (``report`` for a single source); the names written."""
+def refresh(root: str = ".", sources=tuple(SOURCES), report: str | None = None) -> list[str]:
+    """Write the blocks of ``sources`` into the documents of ``root`` that hold them (``report`` for a single
+    source); the names written."""
     if report is not None and len(sources) != 1:
         raise ValueError("--from names one report: name the one source it is for (e.g. bench --from REPORT)")
     made = {}
     for source in sources:
         made.update(blocks(source, report))
-    write_blocks(readme, made)
+    by_document: dict[str, dict[str, str]] = {}
+    for name, body in made.items():
+        by_document.setdefault(locate(name, root), {})[name] = body
+    for path, written in by_document.items():
+        write_blocks(path, written)
     return list(made)
 
 
@@ -124,14 +157,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.readme", description=__doc__.split("\n")[0])
     parser.add_argument("sources", nargs="*", metavar="SOURCE", help=f"any of {', '.join(SOURCES)} (default: all)")
     parser.add_argument("--from", dest="report", metavar="REPORT", help="the report (or reference folder) to read")
-    parser.add_argument("--readme", default="README.md", help="the file to write (default: README.md)")
+    parser.add_argument(
+        "--root", default=".", help="the tree whose README.md and docs/*.md hold the blocks (default: .)"
+    )
     args = parser.parse_args(argv)
     try:
-        names = refresh(args.readme, tuple(args.sources) or tuple(SOURCES), args.report)
+        names = refresh(args.root, tuple(args.sources) or tuple(SOURCES), args.report)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.readme}: wrote {len(names)} block(s): {', '.join(names)}")
+    print(f"{args.root}: wrote {len(names)} block(s): {', '.join(names)}")
     return 0
 
 
