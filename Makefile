@@ -102,7 +102,7 @@ bench-authors: $(STAMP) ## every method against its authors' code: make bench-au
 demo-drift: $(STAMP) ## compare the demos' results in output/demo (make base2new, crossdataset, ...) with reports/demo-reference; RERUN=1: re-run every demo study first (~12 min)
 	$(PY) -m benchmarks.demo drift $(if $(RERUN),,--results $(OUT)/demo)
 
-readme: $(STAMP) ## refresh README.md's generated blocks from the reports in reports/ (one: python -m benchmarks.readme bench --from FILE)
+readme: $(STAMP) ## refresh the generated blocks of README.md and docs/ from the reports in reports/ (one: python -m benchmarks.readme bench --from FILE)
 	$(PY) -m benchmarks.readme
 
 .PHONY: data

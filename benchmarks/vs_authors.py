@@ -4,7 +4,7 @@
         prograd=DIR tcp=DIR coop_dept=DIR mmrl=DIR tip_adapter_f=DIR
 
 It writes its report (``--out``, default reports/bench-vs-authors.md); ``python -m benchmarks.readme vs-authors
-[--from REPORT]`` copies its table into README.md.
+[--from REPORT]`` copies its table into docs/benchmarks.md.
 
 For every method named with a checkout of its authors' repository (``git clone`` of the repository
 in ``AUTHORS``; the commit it holds is read and written beside the figures, with a warning when it is

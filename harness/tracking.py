@@ -8,7 +8,7 @@
   * "none": no W&B at all (not even imported).
 The results store, not W&B, is what the report reads: tracking never decides a number.
 
-Stable names (the dashboard, ``harness.dashboard``, reads exactly these; README "Tracking and
+Stable names (the dashboard, ``harness.dashboard``, reads exactly these; docs/reports.md "Tracking and
 results" has the table):
 
   * config: every run key of the job's spec (``RunSpec.to_dict()``: ``experiment``, ``method``,

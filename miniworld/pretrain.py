@@ -10,7 +10,7 @@ runs in a fresh process with MKL's conditional numerical reproducibility on its 
 (``MKL_CBWR=AVX2,STRICT``) and ATen's AVX2 kernels (``ATEN_CPU_CAPABILITY=avx2``). On one CPU the
 weights are then bit-identical whatever the thread count or the AVX2/AVX-512 choice (the tests check
 it). Across CPU models they are not: a user's AMD EPYC (AVX-512), with the same torch, made other
-weights than the reference Intel Xeon (README, "The miniature world"). ``weights_sha256`` is printed
+weights than the reference Intel Xeon (docs/demo.md, "The miniature world"). ``weights_sha256`` is printed
 after training and by ``python -m miniworld pretrain`` for cached weights.
 """
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from fake_data import make_layout, tiny_run
 
-from benchmarks.readme import read_block
+from benchmarks.readme import read_document_block
 from harness.data import list_datasets
 from harness.data.check import main as data_main
 from harness.data.prepare import DOWNLOADS, STAGING, PrepareError, prepare_dataset
@@ -223,8 +223,8 @@ def test_every_registered_dataset_has_sources_or_is_generated():
 
 
 def test_readme_data_table_is_the_sources_table(capsys):
-    assert read_block(os.path.join(ROOT, "README.md"), "data:sources") == markdown_table(), (
-        "README's data:sources block is stale: python -m benchmarks.readme data"
+    assert read_document_block("data:sources", ROOT) == markdown_table(), (
+        "the data:sources block is stale: python -m benchmarks.readme data"
     )
     assert data_main(["sources"]) == 0 and capsys.readouterr().out == markdown_table()
     manual = {line.split("`")[1] for line in markdown_table().splitlines() if "**manual**" in line}

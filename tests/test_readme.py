@@ -1,22 +1,46 @@
-"""The README's Python example runs as written (on the tiny backbone) and does what it says."""
+"""The README and the documentation pages say what is true: the Python example runs as written (on the tiny
+backbone) and does what it says, every generated block is what its report makes, the commands work."""
 
+import glob
 import os
 import re
+import shutil
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def document_holding(name: str, root: str = ROOT) -> str:
+    """The text of the document (README.md or a page of docs/) that holds generated block ``name``."""
+    from benchmarks.readme import locate
+
+    with open(locate(name, root), encoding="utf-8") as f:
+        return f.read()
+
+
+def copy_documents(into, stale: bool = False) -> list:
+    """README.md and docs/*.md copied under ``into`` (every generated block's body 'stale' with ``stale``)."""
+    (into / "docs").mkdir(parents=True, exist_ok=True)
+    copies = []
+    for path in [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]:
+        target = into / os.path.relpath(path, ROOT)
+        shutil.copy(path, target)
+        if stale:
+            target.write_text(_stale_blocks(target.read_text(encoding="utf-8")), encoding="utf-8")
+        copies.append(target)
+    return copies
+
+
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
-    with open(os.path.join(ROOT, "README.md")) as f:
-        api = f.read().split("\n## Python API\n", 1)[1]
+    with open(os.path.join(ROOT, "docs", "api.md")) as f:
+        api = f.read()
     blocks = re.findall(r"```python\n(.*?)```", api, flags=re.S)
-    assert blocks, "README.md has no python example"
+    assert blocks, "docs/api.md has no python example"
     code = blocks[0].replace("/tmp/", f"{tmp_path}/")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/api.md", "exec"), namespace)
     # What the example's comments promise:
     assert namespace["logits"].shape == (2, len(namespace["names"]))  # [2, 3]
     width = namespace["clip"].ln_final.weight.shape[0]
@@ -87,14 +111,14 @@ def test_demo_blocks_are_the_reference_run():
     from benchmarks import demo
 
     reference = os.path.join(ROOT, demo.REFERENCE_DIR)
-    with open(os.path.join(ROOT, "README.md")) as f:
-        text = f.read()
     blocks = demo.readme_blocks(reference)
     transfer = {"table2", "table3", "pattern_crossdataset", "pattern_domaingen", "transfer_run"}
     assert {"table1", "run", "pattern", "ablations", "leaderboard", "efficiency"} | transfer <= set(blocks)
     for name, body in blocks.items():
+        text = document_holding(f"demo:{name}")
         written = text.split(f"<!-- BEGIN demo:{name} -->\n", 1)[1].split(f"<!-- END demo:{name} -->", 1)[0]
         assert written == body, name
+    text = document_holding("demo:pattern")
     # The pattern table is what the checks compute from the reference's per-seed averages, and those
     # averages agree with the Average row of the reference's Table 1.
     import json
@@ -123,18 +147,19 @@ def test_demo_blocks_are_the_reference_run():
         for method, rows in averages.items():
             assert abs(statistics.fmean(rows["targets"]) - table[("average", method, "Accuracy")]) < 1e-6
             assert abs(statistics.fmean(rows["source"]) - table[(source, method, "Accuracy")]) < 1e-6
+        text = document_holding(f"demo:pattern_{experiment}")
         prose = text.split(f"<!-- END demo:pattern_{experiment} -->", 1)[1].split("\n\n", 2)[1]
         assert prose.startswith("All ") == all(c["holds"] for c in checks), (experiment, prose[:80])
 
 
 def test_bench_table_is_the_report(monkeypatch):
-    """README.md's benchmark rows are what ``python -m benchmarks.readme bench`` writes from reports/bench.md."""
+    """The documented benchmark rows are what ``python -m benchmarks.readme bench`` writes from reports/bench.md."""
     from benchmarks import bench
-    from benchmarks.readme import read_block
+    from benchmarks.readme import read_document_block
 
     monkeypatch.chdir(ROOT)
-    assert read_block("README.md", bench.README_BLOCK) == bench.readme_block(bench.REPORT), (
-        "README.md's bench block is stale: python -m benchmarks.readme bench"
+    assert read_document_block(bench.README_BLOCK) == bench.readme_block(bench.REPORT), (
+        "the bench block is stale: python -m benchmarks.readme bench"
     )
 
 
@@ -168,11 +193,16 @@ def test_bench_readme_rows_are_read_from_the_report(tmp_path):
     readme.write_text("top\n<!-- BEGIN bench:table -->\nold\n<!-- END bench:table -->\nbottom\n")
     from benchmarks.readme import refresh
 
-    refresh(str(readme), ("bench",), str(report))
+    refresh(str(tmp_path), ("bench",), str(report))
     assert readme.read_text() == f"top\n<!-- BEGIN bench:table -->\n{block}<!-- END bench:table -->\nbottom\n"
     readme.write_text("no block\n")
-    with pytest.raises(ValueError, match=r"README.md has no <!-- BEGIN bench:table -->"):
-        refresh(str(readme), ("bench",), str(report))
+    with pytest.raises(ValueError, match=r"'bench:table' must be in exactly one document, found in none of"):
+        refresh(str(tmp_path), ("bench",), str(report))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "page.md").write_text(block.join(["<!-- BEGIN bench:table -->\n", "<!-- END bench:table -->"]))
+    readme.write_text((tmp_path / "docs" / "page.md").read_text())
+    with pytest.raises(ValueError, match=r"'bench:table' must be in exactly one document, found in .*README.md, "):
+        refresh(str(tmp_path), ("bench",), str(report))  # a block lives in one place
 
 
 # -- who writes the README ------------------------------------------------------------------------
@@ -208,21 +238,19 @@ def test_benchmark_commands_leave_the_readme_as_it_is(tmp_path, monkeypatch):
 
     from benchmarks import bench, demo, fewshot_demo, vs_authors
 
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        stale = _stale_blocks(f.read())
-    copy = tmp_path / "README.md"
-    copy.write_text(stale, encoding="utf-8")
+    copies = copy_documents(tmp_path, stale=True)
+    stale = [c.read_text(encoding="utf-8") for c in copies]
     monkeypatch.chdir(tmp_path)
     commands = [
         (bench.main, ["readme", "--out", os.path.join(ROOT, bench.REPORT)]),
-        (vs_authors.main, ["readme", "--out", os.path.join(ROOT, vs_authors.REPORT), "--readme", str(copy)]),
+        (vs_authors.main, ["readme", "--out", os.path.join(ROOT, vs_authors.REPORT), "--readme", str(copies[0])]),
         (demo.main, ["readme"]),
         (fewshot_demo.main, ["readme"]),
     ]
     for main, argv in commands:
         with contextlib.suppress(SystemExit):  # argparse refuses a command that does not exist
             main(argv)
-    assert copy.read_text(encoding="utf-8") == stale
+    assert [c.read_text(encoding="utf-8") for c in copies] == stale
 
 
 def test_the_refresh_command_writes_the_blocks_from_the_reports(tmp_path, monkeypatch, capsys):
@@ -231,28 +259,25 @@ def test_the_refresh_command_writes_the_blocks_from_the_reports(tmp_path, monkey
     from benchmarks import bench
     from benchmarks import readme as refresh_command
 
-    readme = os.path.join(ROOT, "README.md")
-    with open(readme, encoding="utf-8") as f:
-        current = f.read()
-    copy = tmp_path / "README.md"
-    copy.write_text(_stale_blocks(current), encoding="utf-8")
+    copies = copy_documents(tmp_path / "tree", stale=True)
+    root = str(tmp_path / "tree")
     monkeypatch.chdir(ROOT)
     sources = ["bench", "vs-authors", "demo", "fewshot", "data"]  # methods: its own test (slow: it builds every method)
-    assert refresh_command.main([*sources, "--readme", str(copy)]) == 0
-    names = re.findall(r"<!-- BEGIN (\S+) -->", current)
-    assert names and "bench:table" in names
+    assert refresh_command.main([*sources, "--root", root]) == 0
+    names = [n for c in copies for n in re.findall(r"<!-- BEGIN (\S+) -->", c.read_text(encoding="utf-8"))]
+    assert "bench:table" in names and "demo:leaderboard" in names and len(names) == len(set(names))
     for name in names:
-        expected = "stale\n" if name == "methods:table" else refresh_command.read_block(readme, name)
-        assert refresh_command.read_block(str(copy), name) == expected, name
+        expected = "stale\n" if name == "methods:table" else refresh_command.read_document_block(name, ROOT)
+        assert refresh_command.read_document_block(name, root) == expected, name
     # One source from a chosen report: a user's own benchmark run.
     mine = tmp_path / "mine.md"
     with open(bench.REPORT, encoding="utf-8") as f:
         mine.write_text(f.read().replace("Generated by `python -m benchmarks.bench`", "Generated by `mine`"))
-    assert refresh_command.main(["bench", "--from", str(mine), "--readme", str(copy)]) == 0
-    assert "Generated by `mine`" in refresh_command.read_block(str(copy), "bench:table")
-    assert refresh_command.main(["bench", "demo", "--from", str(mine), "--readme", str(copy)]) == 2
+    assert refresh_command.main(["bench", "--from", str(mine), "--root", root]) == 0
+    assert "Generated by `mine`" in refresh_command.read_document_block("bench:table", root)
+    assert refresh_command.main(["bench", "demo", "--from", str(mine), "--root", root]) == 2
     assert "--from names one report" in capsys.readouterr().err
-    assert refresh_command.main(["bench", "--from", str(tmp_path / "none.md"), "--readme", str(copy)]) == 2
+    assert refresh_command.main(["bench", "--from", str(tmp_path / "none.md"), "--root", root]) == 2
     assert "none.md: no such report" in capsys.readouterr().err
 
 
@@ -283,7 +308,7 @@ def test_make_demo_drift_compares_the_demo_results_and_reruns_only_when_asked(tm
     assert demo.main(["drift", "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"no demo results in {tmp_path}" in err and "make demo-drift RERUN=1" in err
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    with open(os.path.join(ROOT, "docs", "demo.md"), encoding="utf-8") as f:
         text = f.read()
     assert "`make demo-drift RERUN=1`" in text and "`output/demo`" in text
 
@@ -291,7 +316,7 @@ def test_make_demo_drift_compares_the_demo_results_and_reruns_only_when_asked(tm
 # -- adding a dataset -----------------------------------------------------------------------------
 
 
-def test_adding_a_dataset_as_the_readme_says(tmp_path, monkeypatch):
+def test_adding_a_dataset_as_the_documentation_says(tmp_path, monkeypatch):
     """The README's walkthrough, step by step: its plugin module and entry point (installed as a package's
     metadata would be), a folder and split file laid out as its DatasetInfo says, then its two commands:
     the check passes and a one-epoch job on the tiny CLIP writes its record."""
@@ -308,8 +333,8 @@ def test_adding_a_dataset_as_the_readme_says(tmp_path, monkeypatch):
     from harness.data.types import Datum
     from harness.results import read_records
 
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        section = f.read().split("\n### Adding a dataset\n", 1)[1].split("\n## ", 1)[0]
+    with open(os.path.join(ROOT, "docs", "data.md"), encoding="utf-8") as f:
+        section = f.read().split("\n## Adding a dataset\n", 1)[1].split("\n## ", 1)[0]
 
     def fenced(language):
         return textwrap.dedent(re.search(rf"```{language}\n(.*?)```", section, flags=re.S).group(1))

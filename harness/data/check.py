@@ -1,5 +1,5 @@
 """``python -m harness.data``: ``check`` (is each dataset folder complete, and what is missing? harness.data.verify),
-``prepare`` (fetch, verify and arrange: harness.data.prepare), ``list``, ``sources`` (the README's Data table)."""
+``prepare`` (fetch, verify and arrange: harness.data.prepare), ``list``, ``sources`` (docs/data.md's table)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="prepare again a dataset that is already there")
     p.add_argument("--sources", default=None, help="JSON file of URL/MD5 overrides, e.g. a mirror (see sources.py)")
     sub.add_parser("list", help="list the dataset keys")
-    sub.add_parser("sources", help="print the datasets' sizes, licences and downloads (the README's table)")
+    sub.add_parser("sources", help="print the datasets' sizes, licences and downloads (the table of docs/data.md)")
     args = parser.parse_args(argv)
 
     if args.cmd == "list":

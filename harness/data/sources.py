@@ -1,6 +1,6 @@
 """Where each benchmark dataset comes from: every archive and file, its size and checksum, and where it
 goes under the dataset folder. ``python -m harness.data prepare`` (``harness.data.prepare``) reads this
-table; ``check`` and the readers' messages describe it (:func:`where_from`); the README's Data table is
+table; ``check`` and the readers' messages describe it (:func:`where_from`); the Data table of docs/data.md is
 :func:`markdown_table`.
 
 Facts: the URLs and MD5s of the archives torchvision downloads are torchvision's (``torchvision.datasets``:
@@ -366,7 +366,7 @@ TABLE_HEADER = "| dataset | size | licence (as the site states) | download |\n|-
 
 
 def markdown_table() -> str:
-    """The README's Data table: one row per dataset of the table."""
+    """The Data table of docs/data.md: one row per dataset of the table."""
     rows = []
     for key, ds in SOURCES.items():
         how = "**manual** (`--from DIR`)" if ds.needs_manual_download else "automatic"
