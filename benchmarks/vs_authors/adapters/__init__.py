@@ -10,16 +10,16 @@ import pkgutil
 from benchmarks.vs_authors.entry import AuthorsCode
 
 
-def discover() -> dict[str, AuthorsCode]:
-    """{method: its entry} from every module of this package, in the order of their names."""
+def discover(package: str = __name__) -> dict[str, AuthorsCode]:
+    """{method: its entry} from every module of ``package`` (this one), in the order of their names."""
     found = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda module: module.name):
-        module = importlib.import_module(f"{__name__}.{info.name}")
+    for info in sorted(pkgutil.iter_modules(importlib.import_module(package).__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{package}.{info.name}")
         entry = getattr(module, "ENTRY", None)
         if not isinstance(entry, AuthorsCode):
             raise TypeError(
                 f"{module.__file__}: ENTRY is {entry!r}; expected ENTRY = AuthorsCode(...), "
-                "the one thing a module of benchmarks/vs_authors/adapters/ defines for the benchmark"
+                "the one thing a module of the adapters' folder defines for the benchmark"
             )
         if entry.method != info.name:
             raise ValueError(
