@@ -106,6 +106,7 @@ class Bench:
             return measure(fn, self.device, **kw)
 
     def cocoop(self, names, **options):
+        """A CoCoOp on this bench's CLIP, seeded alike wherever it is built (cases, profile)."""
         torch.manual_seed(0)
         return methods.build_method("cocoop", self.clip, names, **options)
 

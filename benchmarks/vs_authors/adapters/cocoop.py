@@ -1,4 +1,4 @@
-"""cocoop: its authors' code, KaiyangZhou/CoOp."""
+"""The authors' code of cocoop, as the side-by-side benchmark runs it (an entry of ``benchmarks.vs_authors``)."""
 
 from benchmarks.vs_authors.entry import AuthorsCode, cocoop_floor
 

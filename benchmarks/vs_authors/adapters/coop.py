@@ -1,4 +1,4 @@
-"""coop: its authors' code, KaiyangZhou/CoOp."""
+"""The authors' code of coop, as the side-by-side benchmark runs it (an entry of ``benchmarks.vs_authors``)."""
 
 from benchmarks.vs_authors.entry import AuthorsCode, coop_floor
 

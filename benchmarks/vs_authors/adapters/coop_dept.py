@@ -1,4 +1,4 @@
-"""coop_dept: its authors' code, Koorye/DePT."""
+"""The authors' code of coop_dept, as the side-by-side benchmark runs it (an entry of ``benchmarks.vs_authors``)."""
 
 from benchmarks.vs_authors.entry import AuthorsCode
 

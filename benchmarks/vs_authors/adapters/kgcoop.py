@@ -1,4 +1,4 @@
-"""kgcoop: its authors' code, htyao89/KgCoOp."""
+"""The authors' code of kgcoop, as the side-by-side benchmark runs it (an entry of ``benchmarks.vs_authors``)."""
 
 from benchmarks.vs_authors.entry import AuthorsCode
 

@@ -1,4 +1,4 @@
-"""maple: its authors' code, muzairkhattak/multimodal-prompt-learning."""
+"""The authors' code of maple, as the side-by-side benchmark runs it (an entry of ``benchmarks.vs_authors``)."""
 
 from benchmarks.vs_authors.entry import AuthorsCode
 

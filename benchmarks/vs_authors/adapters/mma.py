@@ -1,4 +1,4 @@
-"""mma: its authors' code, ZjjConan/Multi-Modal-Adapter."""
+"""The authors' code of mma, as the side-by-side benchmark runs it (an entry of ``benchmarks.vs_authors``)."""
 
 from benchmarks.vs_authors.entry import AuthorsCode, clear_eval_text_cache
 

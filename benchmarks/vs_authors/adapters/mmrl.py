@@ -1,4 +1,4 @@
-"""mmrl: its authors' code, yunncheng/MMRL."""
+"""The authors' code of mmrl, as the side-by-side benchmark runs it (an entry of ``benchmarks.vs_authors``)."""
 
 from benchmarks.vs_authors.entry import AuthorsCode, clear_eval_text_cache
 

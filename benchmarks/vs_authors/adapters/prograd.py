@@ -1,4 +1,4 @@
-"""prograd: its authors' code, BeierZhu/Prompt-align."""
+"""The authors' code of prograd, as the side-by-side benchmark runs it (an entry of ``benchmarks.vs_authors``)."""
 
 from benchmarks.vs_authors.entry import AuthorsCode
 

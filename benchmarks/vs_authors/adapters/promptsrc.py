@@ -1,4 +1,4 @@
-"""promptsrc: its authors' code, muzairkhattak/PromptSRC."""
+"""The authors' code of promptsrc, as the side-by-side benchmark runs it (an entry of ``benchmarks.vs_authors``)."""
 
 from benchmarks.vs_authors.entry import AuthorsCode
 from methods.promptsrc import PROMPTSRC_TEMPLATES

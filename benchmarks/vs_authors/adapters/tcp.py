@@ -1,4 +1,4 @@
-"""tcp: its authors' code, htyao89/Textual-based_Class-aware_prompt_tuning."""
+"""The authors' code of tcp, as the side-by-side benchmark runs it (an entry of ``benchmarks.vs_authors``)."""
 
 from benchmarks.vs_authors.entry import AuthorsCode
 

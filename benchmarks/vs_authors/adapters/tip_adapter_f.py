@@ -1,4 +1,4 @@
-"""tip_adapter_f: its authors' code, gaopengcuhk/Tip-Adapter."""
+"""The authors' code of tip_adapter_f, as the side-by-side benchmark runs it (an entry of ``benchmarks.vs_authors``)."""
 
 from benchmarks.vs_authors.drivers import TipAdapterDriver
 from benchmarks.vs_authors.entry import AuthorsCode
