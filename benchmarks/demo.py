@@ -21,18 +21,16 @@ deviation over seeds.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
+from benchmarks.demo_runs import command_line, machine, report, run_demo
+from benchmarks.demo_runs import sweep as run_sweep
 from harness import sweep
 from harness.report.tables import harmonic
 from harness.results import read_records
@@ -157,30 +155,12 @@ def checks_markdown(checks: list[dict], what: str = "Average row") -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine() -> dict:
-    model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    except OSError:
-        pass
-    import torch
-
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-    }
-
-
 def cpu_gflops(threads: int = 1) -> float:
     """This CPU's speed now, in GFLOP/s on a text-encoder-shaped matmul at ``threads`` torch threads: a
     timing's context, since a cloud VM's speed can move by a factor of two within a day."""
     import torch
 
-    from benchmarks.bench import matmul_throughput
+    from benchmarks.bench.probes import matmul_throughput
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -188,19 +168,6 @@ def cpu_gflops(threads: int = 1) -> float:
         return matmul_throughput(torch.device("cpu")) / 1e9
     finally:
         torch.set_num_threads(before)
-
-
-def run_demo(out: str, report_dir: str, experiment: str = "base2new", methods: list[str] | None = None) -> float:
-    """A demo as ``make <experiment>`` runs it (``METHODS=`` when ``methods`` is given); returns its wall time
-    in seconds."""
-    start = time.time()
-    py = sys.executable
-    narrowed = ["--methods", ",".join(methods)] if methods else []
-    subprocess.run([py, "-m", "harness", "sweep", experiment, "--profile", "demo", "--out", out, *narrowed], check=True)
-    subprocess.run(
-        [py, "-m", "harness.report", "--results", out, "--out", report_dir, "--tracking", "none"], check=True
-    )
-    return time.time() - start
 
 
 def other_methods(experiment: str = "base2new") -> list[str]:
@@ -347,10 +314,9 @@ def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.demo", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("check", help="the paper's pattern in a finished demo's Average row")
-    c.add_argument("--results", default="output/demo")
+    parser, sub = command_line(
+        "python -m benchmarks.demo", __doc__, "the paper's pattern in a finished demo's Average row"
+    )
     sub.add_parser("reference", help="run the demos (base-to-new with every method of the study) and keep their report")
     sub.add_parser("transfer", help="run the crossdataset and domaingen demos; keep Tables 2 and 3 with the reference")
     d = sub.add_parser("drift", help="re-run the demo (or read --results) and compare with the reference")
@@ -360,13 +326,10 @@ def main(argv=None) -> int:
 
     if args.cmd == "ablations":
         out = tempfile.mkdtemp(prefix="demo-ablations-")
-        report = os.path.join(out, "report")
-        py = sys.executable
-        subprocess.run([py, "-m", "harness", "sweep", "ablations", "--profile", "demo", "--out", out], check=True)
-        subprocess.run([py, "-m", "harness", "sweep", "base2new", "--profile", "demo", "--out", out], check=True)
-        subprocess.run(
-            [py, "-m", "harness.report", "--results", out, "--out", report, "--tracking", "none"], check=True
-        )
+        report_dir = os.path.join(out, "report")
+        run_sweep("ablations", out)
+        run_sweep("base2new", out)
+        report(out, report_dir)
         os.makedirs(REFERENCE_DIR, exist_ok=True)
         for name in (
             "fig4a_init_ablation.md",
@@ -374,7 +337,7 @@ def main(argv=None) -> int:
             "fig4b_length_ablation.md",
             "fig4b_length_ablation.csv",
         ):
-            shutil.copy(os.path.join(report, name), os.path.join(REFERENCE_DIR, name))
+            shutil.copy(os.path.join(report_dir, name), os.path.join(REFERENCE_DIR, name))
         print(ablation_sentence())
         return 0
 
@@ -395,11 +358,11 @@ def main(argv=None) -> int:
 
     if args.cmd == "transfer":
         out = tempfile.mkdtemp(prefix="demo-transfer-")
-        report = os.path.join(out, "report")
-        seconds = run_transfer(out, report)
+        report_dir = os.path.join(out, "report")
+        seconds = run_transfer(out, report_dir)
         os.makedirs(REFERENCE_DIR, exist_ok=True)
         for name in TRANSFER_FILES:
-            shutil.copy(os.path.join(report, name), os.path.join(REFERENCE_DIR, name))
+            shutil.copy(os.path.join(report_dir, name), os.path.join(REFERENCE_DIR, name))
         path = os.path.join(REFERENCE_DIR, "run.json")
         with open(path) as f:
             facts = json.load(f)
@@ -412,10 +375,10 @@ def main(argv=None) -> int:
 
     if args.cmd == "reference":
         out = tempfile.mkdtemp(prefix="demo-reference-")
-        report = os.path.join(out, "report")
-        seconds = run_reference_demo(out, report)
-        transfer_seconds = run_transfer(out, report)
-        shutil.copytree(report, REFERENCE_DIR, dirs_exist_ok=True)  # the whole report: tables, figures, index
+        report_dir = os.path.join(out, "report")
+        seconds = run_reference_demo(out, report_dir)
+        transfer_seconds = run_transfer(out, report_dir)
+        shutil.copytree(report_dir, REFERENCE_DIR, dirs_exist_ok=True)  # the whole report: tables, figures, index
         averages = seed_averages(out)
         checks = pattern_checks(averages)
         with open(os.path.join(REFERENCE_DIR, "pattern.md"), "w") as f:
@@ -446,20 +409,7 @@ def main(argv=None) -> int:
         return 2
     report_csv = os.path.join(results, "report", "table1_base2new.csv")
     if not os.path.isfile(report_csv):
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "harness.report",
-                "--results",
-                results,
-                "--out",
-                os.path.join(results, "report"),
-                "--tracking",
-                "none",
-            ],
-            check=True,
-        )
+        report(results, os.path.join(results, "report"))
     tables = ["table1_base2new"]
     transfer = os.path.isfile(os.path.join(REFERENCE_DIR, "table2_crossdataset.csv"))
     if transfer:  # the reference has the transfer demos: re-run (or read) them too

@@ -16,17 +16,16 @@ A claim holds when its gap exceeds its margin by more than twice its population 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-from benchmarks.demo import checks_markdown, cpu_gflops, machine
+from benchmarks.demo import checks_markdown, cpu_gflops
+from benchmarks.demo_runs import command_line, machine, report, run_demo
 from harness import sweep
 from harness.report.paper.coop import fewshot_rank
 from harness.report.tables import method_label
@@ -113,17 +112,6 @@ def curve_table(averages: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_demo(out: str, report_dir: str) -> float:
-    """The demo as ``make fewshot`` runs it; returns its wall time in seconds."""
-    start = time.time()
-    py = sys.executable
-    subprocess.run([py, "-m", "harness", "sweep", EXPERIMENT, "--profile", "demo", "--out", out], check=True)
-    subprocess.run(
-        [py, "-m", "harness.report", "--results", out, "--out", report_dir, "--tracking", "none"], check=True
-    )
-    return time.time() - start
-
-
 def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
     with open(os.path.join(reference_dir, "run.json")) as f:
         facts = json.load(f)
@@ -161,10 +149,8 @@ def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.fewshot_demo", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("check", help="CoOp's few-shot claims on a finished demo")
-    c.add_argument("--results", default="output/demo")
+    check = "CoOp's few-shot claims on a finished demo"
+    parser, sub = command_line("python -m benchmarks.fewshot_demo", __doc__, check)
     r = sub.add_parser("reference", help="run the few-shot demo (or read --results) and keep it as the reference")
     r.add_argument("--results", help="a finished demo's output folder (its report is rebuilt)")
     args = parser.parse_args(argv)
@@ -175,24 +161,21 @@ def main(argv=None) -> int:
         return 0 if all(c["holds"] for c in checks) else 1
 
     out = args.results or tempfile.mkdtemp(prefix="fewshot-reference-")
-    report = os.path.join(out, "report")
+    report_dir = os.path.join(out, "report")
     if args.results:
         start = time.time()
-        subprocess.run(
-            [sys.executable, "-m", "harness.report", "--results", out, "--out", report, "--tracking", "none"],
-            check=True,
-        )
+        report(out, report_dir)
         seconds, load, speed = None, None, None
     else:
         load_before = os.getloadavg()[0]
         speed = round(cpu_gflops(threads=1), 1)  # the demo runs at one thread
-        seconds = run_demo(out, report)
+        seconds = run_demo(out, report_dir, EXPERIMENT)
         load = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
         start = None
     os.makedirs(REFERENCE_DIR, exist_ok=True)
-    for name in sorted(os.listdir(report)):
+    for name in sorted(os.listdir(report_dir)):
         if name.startswith(("fewshot_", "figure_fewshot")):
-            shutil.copy(os.path.join(report, name), os.path.join(REFERENCE_DIR, name))
+            shutil.copy(os.path.join(report_dir, name), os.path.join(REFERENCE_DIR, name))
     averages = seed_averages(out)
     checks = claim_checks(averages)
     with open(os.path.join(REFERENCE_DIR, "claims.md"), "w") as f:

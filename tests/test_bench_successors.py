@@ -8,8 +8,8 @@ from clipcore import backbone
 
 
 def test_successor_lines_on_tiny(monkeypatch):
-    monkeypatch.setattr(bench, "build_vitb16_clip", lambda device="cpu": backbone.load_clip("tiny"))
-    monkeypatch.setattr(bench, "matmul_throughput", lambda device, dtype=None: 1e10)
+    monkeypatch.setattr(bench.cases, "build_vitb16_clip", lambda device="cpu": backbone.load_clip("tiny"))
+    monkeypatch.setattr(bench.cases, "matmul_throughput", lambda device, dtype=None: 1e10)
     settings = bench.Settings(ks=(10,), eval_images=2, train_batches=(1,), budget_s=0.5, quick=True)
     b = bench.Bench(settings, torch.device("cpu"), log=lambda msg: None)
     rows = []
@@ -32,8 +32,8 @@ def test_successor_lines_on_tiny(monkeypatch):
 def test_every_successor_has_a_line(monkeypatch, method):
     # Every trainable method besides CoOp and CoCoOp gets a line: a training step through its published update
     # (its own ``backward`` where it has one) leaves a gradient on what it trains, and an evaluation.
-    monkeypatch.setattr(bench, "build_vitb16_clip", lambda device="cpu": backbone.load_clip("tiny"))
-    monkeypatch.setattr(bench, "matmul_throughput", lambda device, dtype=None: 1e10)
+    monkeypatch.setattr(bench.cases, "build_vitb16_clip", lambda device="cpu": backbone.load_clip("tiny"))
+    monkeypatch.setattr(bench.cases, "matmul_throughput", lambda device, dtype=None: 1e10)
     settings = bench.Settings(ks=(10,), eval_images=2, train_batches=(1,), budget_s=0.5, quick=True)
     b = bench.Bench(settings, torch.device("cpu"), log=lambda msg: None)
     depth_options = {"maple": {}, "promptsrc": {}, "tcp": {"injection_layer": 1}, "mmrl": {"rep_layers": [1, 2]}}

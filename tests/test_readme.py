@@ -220,7 +220,7 @@ def test_only_the_refresh_command_writes_readme_blocks():
     import glob
 
     writers = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "benchmarks", "*.py"))):
+    for path in sorted(glob.glob(os.path.join(ROOT, "benchmarks", "**", "*.py"), recursive=True)):
         with open(path) as f:
             tree = ast.parse(f.read())
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}

@@ -1,4 +1,4 @@
-"""The side-by-side benchmark's plumbing (benchmarks/vs_authors.py), without the network: a stand-in
+"""The side-by-side benchmark's plumbing (benchmarks/vs_authors/), without the network: a stand-in
 "authors' repository" written here (a Dassl-style CoOp trainer computing CoOp's logits by its own
 code on an OpenAI-layout CLIP loaded from the state dict the benchmark hands over), imported with
 Dassl stubbed, checked against our CoOp, timed, and written as a table. A second stand-in trainer
@@ -518,7 +518,7 @@ def test_the_floor_uses_the_fastest_matmul_rate_probed(fake_repo, tiny_clip, tmp
     flops = {"train": {"text": 8e9}, "eval": {"text": 4e9}}
     entry = dataclasses.replace(adapter(1.0, False)["coop"], floor=lambda *_: flops)
     rates = iter([1e9, 4e9])  # the first probe (before the run) slow, the one before the method fast
-    monkeypatch.setattr(vs_authors, "matmul_throughput", lambda device: next(rates))
+    monkeypatch.setattr(vs_authors.cli, "matmul_throughput", lambda device: next(rates))
     docs = tmp_path / "PROTOCOL.md"
     docs.write_text(f"| CoOp | {REPOSITORY} @ {commit[:7]} |\n")
     out = tmp_path / "report.md"

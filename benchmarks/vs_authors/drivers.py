@@ -1,0 +1,236 @@
+"""What drives the authors' code of one method through one interface (``logits``, ``step``, ``update``,
+``checkpoint_state``): ``AuthorsModel`` for a Dassl trainer, ``TipAdapterDriver`` for Tip-Adapter's plain
+scripts. An entry whose repository has neither names its own driver (``AuthorsCode.driver``)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+import sys
+import tempfile
+import types
+import warnings
+
+import torch
+import torch.nn as nn
+
+from benchmarks.vs_authors.entry import AuthorsCode
+from benchmarks.vs_authors.importing import TOP_LEVEL, authors_import_path, fp32_on_cpu, framework_method
+from clipcore import backbone
+
+
+def base_cfg(image_size: int) -> dict:
+    """The config keys every authors' trainer reads."""
+    return {
+        "MODEL": {"BACKBONE": {"NAME": "ViT-B/16"}, "INIT_WEIGHTS": ""},
+        "INPUT": {"SIZE": (image_size, image_size)},
+        "OPTIM": {"NAME": "sgd", "LR": 0.0, "MAX_EPOCH": 20},
+    }
+
+
+class Cfg(types.SimpleNamespace):
+    """A yacs-like node: attribute access to nested dicts; a missing key names itself."""
+
+    @classmethod
+    def of(cls, tree: dict) -> Cfg:
+        return cls(**{k: cls.of(v) if isinstance(v, dict) else v for k, v in tree.items()})
+
+    def __getattr__(self, name):
+        raise AttributeError(
+            f"the benchmark's config for the authors' trainer has no key {name!r}: add it to the cfg of the "
+            "method's entry in benchmarks/vs_authors/adapters/"
+        )
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class AuthorsModel:
+    """The authors' trainer of one method built on ``clip``'s weights: ``logits(images)``,
+    ``step(images, labels)`` (their ``forward_backward``), the update it leaves in the learned tensors'
+    ``.grad`` and the state their checkpoint would hold."""
+
+    def __init__(self, entry: AuthorsCode, checkout: str, clip, classnames: list[str]):
+        self.entry = entry
+        root = os.path.join(checkout, entry.folder)
+        if not os.path.isdir(os.path.join(root, "trainers")):
+            raise FileNotFoundError(
+                f"{root} has no trainers/ folder: give a checkout of {entry.repository} "
+                f"(git clone https://github.com/{entry.repository})"
+            )
+        module_name, class_name = entry.trainer.split(":")
+        cfg = Cfg.of(_merge(base_cfg(backbone.image_size(clip)), entry.cfg))
+        methods_from_framework = {name: framework_method(checkout, spec) for name, spec in entry.framework.items()}
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            authors_import_path(root, entry.unused_imports),
+            fp32_on_cpu(),
+        ):
+            weights = os.path.join(tmp, "openai-format.pt")
+            torch.save({k: v.detach().cpu() for k, v in clip.state_dict().items()}, weights)
+            module = __import__(module_name, fromlist=[class_name])
+            # where OpenAI's file would be, in every clip package of the checkout (TCP's trainers/clip_text,
+            # DePT's clip and clip_maple; a trainer may load CLIP through another module's, as DePT's does)
+            for loaded in [m for name, m in sys.modules.items() if name.split(".")[0] in TOP_LEVEL]:
+                if hasattr(loaded, "_MODELS") and hasattr(loaded, "_download"):
+                    loaded._download = lambda url, root=None: weights
+            for name, value in entry.module_globals.items():
+                setattr(module, name, value)
+            trainer = object.__new__(getattr(module, class_name))
+            for name, function in methods_from_framework.items():
+                setattr(trainer, name, types.MethodType(function, trainer))
+            trainer.cfg, trainer.device = cfg, torch.device("cpu")
+            trainer.dm = types.SimpleNamespace(dataset=types.SimpleNamespace(classnames=list(classnames)))
+            trainer.batch_idx, trainer.num_batches, trainer.epoch = 0, 2, 0  # not an epoch's last batch
+            with contextlib.redirect_stdout(io.StringIO()):  # they print every prompt
+                trainer.build_model()
+        self.trainer, self.model = trainer, trainer.model
+
+    def checkpoint_state(self) -> dict:
+        """What the authors' checkpoint of the registered module holds (our methods load this format)."""
+        (module,) = self.trainer._models.values()
+        return module.state_dict()
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        if self.entry.before_eval is not None:
+            self.entry.before_eval(self.model)
+        with torch.no_grad(), fp32_on_cpu():
+            return self.entry.logits(self.model(images))
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        self.model.train()
+        with fp32_on_cpu():
+            return self.trainer.forward_backward({"img": images, "label": labels})[self.entry.loss_key]
+
+    def update(self) -> dict[str, torch.Tensor]:
+        """The ``.grad`` of the entry's parameters of the registered module after their last step (the
+        optimiser at learning rate 0 leaves it as the update it was handed)."""
+        (module,) = self.trainer._models.values()
+        params = dict(module.named_parameters())
+        return {name: params[name].grad for name, _ in self.entry.gradients}
+
+
+class TipAdapterDriver:
+    """Tip-Adapter's plain scripts (no trainer, no Dassl): ``utils.py``'s ``clip_classifier`` and
+    ``build_cache_model`` build the text classifier and the cache on the checkout's own ``clip`` package (loaded
+    from the same weights), and ``main.py``'s ``run_tip_adapter`` / ``run_tip_adapter_F`` compute the logits, the
+    loss and the update, read where their code hands them on: the logits given to ``cls_acc``, the loss given to
+    ``F.cross_entropy``, the keys' gradient at AdamW's step (a recording AdamW that leaves the keys as they are,
+    like the others' learning rate 0). The cache is K classes x ``shots`` random images, one augmented pass."""
+
+    def __init__(self, entry: AuthorsCode, checkout: str, clip, classnames: list[str]):
+        self.entry, self.cfg = entry, dict(entry.cfg)
+        root = os.path.join(checkout, entry.folder)
+        if not os.path.isfile(os.path.join(root, "main.py")):
+            raise FileNotFoundError(
+                f"{root} has no main.py: give a checkout of {entry.repository} "
+                f"(git clone https://github.com/{entry.repository})"
+            )
+        self.tmp = tempfile.TemporaryDirectory()
+        self.cfg["cache_dir"] = self.tmp.name
+        size, shots = backbone.image_size(clip), self.cfg["shots"]
+        generator = torch.Generator().manual_seed(1)
+        images = torch.randn(len(classnames) * shots, 3, size, size, generator=generator)
+        labels = torch.arange(len(classnames)).repeat(shots)
+        with authors_import_path(root, entry.unused_imports), fp32_on_cpu(), contextlib.redirect_stdout(io.StringIO()):
+            weights = os.path.join(self.tmp.name, "openai-format.pt")
+            torch.save({k: v.detach().cpu() for k, v in clip.state_dict().items()}, weights)
+            their_clip = importlib.import_module("clip")
+            self.main = importlib.import_module("main")
+            self.model = their_clip.load(weights, device="cpu", jit=False)[0].float().eval()
+            with torch.no_grad():
+                self.clip_weights = self.main.clip_classifier(classnames, self.cfg["template"], self.model)
+            batches = [(images[i : i + 64], labels[i : i + 64]) for i in range(0, len(images), 64)]
+            self.keys, values = self.main.build_cache_model(self.cfg, self.model, batches)
+        # their one-hot values are made fp16 by ``.half()`` (utils.py:62), which fp32_on_cpu keeps as it is: the
+        # fp32 equivalent of the exact 0/1 values is float
+        self.values = values.float()
+        self.records: dict[str, list] = {}
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Their functions with ``cls_acc``, ``F.cross_entropy`` and ``torch.optim.AdamW`` recording what
+        they are given; the best-epoch file their Tip-Adapter-F reloads is there from the start."""
+        self.records = {"logits": [], "loss": [], "grad": []}
+        records, main = self.records, self.main
+        utils = main.search_hp.__globals__  # utils.py's namespace, where search_hp finds its cls_acc
+        cls_acc, functional = main.cls_acc, main.F
+
+        def recorded_acc(output, target, topk=1):
+            """utils.py:10-15, whose ``float()`` of a one-element array NumPy 2 refuses: the same count, by
+            ``.item()``."""
+            records["logits"].append(output.detach().clone())
+            pred = output.topk(topk, 1, True, True)[1].t()
+            correct = pred.eq(target.view(1, -1).expand_as(pred))
+            return 100 * correct[:topk].reshape(-1).float().sum().item() / target.shape[0]
+
+        def cross_entropy(logits, target, *args, **kwargs):
+            loss = functional.cross_entropy(logits, target, *args, **kwargs)
+            records["loss"].append(loss.detach().clone())
+            return loss
+
+        class RecordingAdamW(torch.optim.AdamW):
+            @torch.no_grad()
+            def step(self, closure=None):
+                records["grad"].append([p.grad.detach().clone() for g in self.param_groups for p in g["params"]])
+
+        shim = types.SimpleNamespace(**{k: getattr(functional, k) for k in dir(functional) if not k.startswith("_")})
+        shim.cross_entropy = cross_entropy
+        adamw = torch.optim.AdamW
+        best = os.path.join(self.cfg["cache_dir"], f"best_F_{self.cfg['shots']}shots.pt")
+        torch.save(nn.Parameter(self.keys.t().detach().clone()), best)  # as theirs saves adapter.weight
+        main.cls_acc, utils["cls_acc"], main.F, torch.optim.AdamW = recorded_acc, recorded_acc, shim, RecordingAdamW
+        try:
+            with fp32_on_cpu(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # their scheduler steps after a skipped optimiser step
+                yield records
+        finally:
+            main.cls_acc, utils["cls_acc"], main.F, torch.optim.AdamW = cls_acc, cls_acc, functional, adamw
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            f = self.model.encode_image(images)
+        return f / f.norm(dim=-1, keepdim=True)  # utils.py:83
+
+    def checkpoint_state(self) -> dict:
+        """The tensors of their files keys_<K>shots.pt, values_<K>shots.pt, best_F_<K>shots.pt (the keys
+        before training) and the config's beta and alpha, under our checkpoint's names."""
+        scalar = lambda v: torch.tensor(float(v), dtype=torch.float64)  # noqa: E731
+        return {
+            "cache_keys": self.keys.detach().clone(),
+            "cache_values": self.values.detach().clone(),
+            "adapter_weight": self.keys.t().detach().clone(),
+            "beta": scalar(self.cfg["init_beta"]),
+            "alpha": scalar(self.cfg["init_alpha"]),
+            "val_acc": scalar(0.0),
+        }
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """``run_tip_adapter``'s Tip-Adapter logits at the initial beta and alpha (main.py:37-43), the images as
+        its val set (and test set, its search a single point)."""
+        f = self.features(images)
+        labels = torch.zeros(len(f), dtype=torch.long)
+        with self.recording() as records, torch.no_grad():
+            self.main.run_tip_adapter(self.cfg, self.keys, self.values, f, labels, f, labels, self.clip_weights)
+        return records["logits"][1]
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One epoch of one batch of ``run_tip_adapter_F`` (main.py:85-106): its encoder forward, logits, loss
+        and backward; then its test evaluation and search, on the batch's features, cost a few matrix products."""
+        cfg = {**self.cfg, "train_epoch": 1}
+        f = self.features(images)
+        with self.recording() as records:
+            self.main.run_tip_adapter_F(
+                cfg, self.keys, self.values, f, labels, f, labels, self.clip_weights, self.model, [(images, labels)]
+            )
+        return float(records["loss"][0])
+
+    def update(self) -> dict[str, torch.Tensor]:
+        return {"adapter.weight": self.records["grad"][0][0]}
