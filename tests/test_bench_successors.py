@@ -36,7 +36,13 @@ def test_every_successor_has_a_line(monkeypatch, method):
     monkeypatch.setattr(bench.cases, "matmul_throughput", lambda device, dtype=None: 1e10)
     settings = bench.Settings(ks=(10,), eval_images=2, train_batches=(1,), budget_s=0.5, quick=True)
     b = bench.Bench(settings, torch.device("cpu"), log=lambda msg: None)
-    depth_options = {"maple": {}, "promptsrc": {}, "tcp": {"injection_layer": 1}, "mmrl": {"rep_layers": [1, 2]}}
+    depth_options = {
+        "maple": {},
+        "promptsrc": {},
+        "tcp": {"injection_layer": 1},
+        "mmrl": {"rep_layers": [1, 2]},
+        "mma": {"adapter_start": 1, "adapter_end": 2},
+    }
     if method in depth_options:  # the tiny CLIP has 2 blocks: the published depths do not fit it
         monkeypatch.setitem(bench.SUCCESSORS, method, depth_options[method])
     row = b.successor(method, 10, 2, 2)
