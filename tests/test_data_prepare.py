@@ -416,3 +416,32 @@ def test_check_says_how_a_generated_dataset_is_made(tmp_path, capsys):
     data_main(["check", "--root", str(tmp_path)])
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"== {key} "))
     assert "not generated yet" in line and "fetch" not in line
+
+
+@pytest.mark.parametrize("outside", ["../../outside.jpg", "banded/../../../outside.jpg", "/abs/outside.jpg"])
+def test_a_split_file_pointing_outside_the_dataset_folder_is_refused(tmp_path, capsys, outside):
+    ddir = make_layout(tmp_path, "dtd")
+    outside_file = tmp_path / "outside.jpg"  # exists: a check that only looks for the file would pass
+    shutil.copy(os.path.join(ddir, "images", "banded", "banded_0001.jpg"), outside_file)
+    split = os.path.join(ddir, "split_zhou_DescribableTextures.json")
+    items = json.load(open(split))
+    items["train"][0][0] = outside if not outside.startswith("/") else str(outside_file)
+    json.dump(items, open(split, "w"))
+    assert data_main(["check", "--root", str(tmp_path), "--dataset", "dtd", "--quick"]) == 1
+    out = capsys.readouterr().out
+    assert "BROKEN" in out and "leads outside" in out and split in out and items["train"][0][0] in out
+
+
+def test_a_checksum_override_is_a_digest_in_either_case_or_refused_before_any_download(tmp_path, server, monkeypatch):
+    files = serve(server, monkeypatch, tmp_path, "dtd")
+    table = json.loads((tmp_path / "sources.json").read_text())
+    for entry in table["dtd"].values():
+        entry["md5"] = entry["md5"].upper()  # as some sites publish them
+    (tmp_path / "sources.json").write_text(json.dumps(table))
+    assert prepare_dataset("dtd", str(tmp_path / "data")) == "prepared"
+    table["dtd"][os.path.basename(files[0])]["md5"] = "sha256:" + "0" * 64
+    (tmp_path / "sources.json").write_text(json.dumps(table))
+    server.requests.clear()
+    with pytest.raises(ValueError, match="'dtd-r1.0.1.tar.gz' has md5 'sha256:0+', expected 32 hexadecimal"):
+        prepare_dataset("dtd", str(tmp_path / "other"))
+    assert server.requests == [] and not os.path.exists(tmp_path / "other" / "dtd")
