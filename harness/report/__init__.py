@@ -138,9 +138,13 @@ def read_expectations(results) -> dict:
     """{experiment: what it expects} recorded by the sweeps beside a store (none for records in memory)."""
     if not isinstance(results, (str, os.PathLike)):
         return {}
+    from harness.config import ConfigError
     from harness.sweep import read_expectations as read
 
-    return read(str(results))
+    try:
+        return read(str(results))
+    except ConfigError as e:  # a damaged expected.json: the report's own one-line error
+        raise ReportError(str(e)) from e
 
 
 def expectation_notes(expectations: dict, records: list[dict]) -> list[str]:
