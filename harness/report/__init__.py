@@ -117,6 +117,10 @@ class ReportError(ValueError):
     """A report that cannot be made as asked (names what is wrong and the choices)."""
 
 
+class NoRecordsError(ReportError):
+    """The results store holds no record: nothing is written."""
+
+
 def check_experiments(experiments, records: list[dict]) -> None:
     """Every experiment asked for has records: a misspelt name is an error, not an empty report."""
     if experiments is None:
@@ -312,6 +316,15 @@ def build_report(
     only what the sweeps' expected.json files asked for ("expected": False when there is none, and nothing is
     listed)."""
     records = load_records(results)
+    if not records and isinstance(results, (str, os.PathLike)):
+        # a report of nothing would replace the one in out_dir (its manifest drops every file not written again)
+        from harness.results import results_path
+
+        raise NoRecordsError(
+            f"no records in {os.path.abspath(results_path(str(results)))}: nothing to report, and {out_dir} is left "
+            "as it is. Give --results the folder your runs and sweeps recorded in (their --results / --out), or run "
+            "one first (python -m harness run ..., make base2new)"
+        )
     check_experiments(experiments, records)
     paper_dir = paper_dir if paper_dir is not None else default_paper_dir()
     if with_paper and not os.path.isdir(paper_dir):
