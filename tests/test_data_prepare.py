@@ -445,3 +445,30 @@ def test_a_checksum_override_is_a_digest_in_either_case_or_refused_before_any_do
     with pytest.raises(ValueError, match="'dtd-r1.0.1.tar.gz' has md5 'sha256:0+', expected 32 hexadecimal"):
         prepare_dataset("dtd", str(tmp_path / "other"))
     assert server.requests == [] and not os.path.exists(tmp_path / "other" / "dtd")
+
+
+def test_a_download_without_a_checksum_that_is_no_archive_is_refused_deleted_and_fetched_again(
+    tmp_path, server, monkeypatch
+):
+    archive, split = serve(server, monkeypatch, tmp_path, "dtd")
+    table = json.loads((tmp_path / "sources.json").read_text())
+    for entry in table["dtd"].values():
+        entry["md5"] = None  # as for the archives and split files whose hosts publish no checksum
+    (tmp_path / "sources.json").write_text(json.dumps(table))
+    served = os.path.join(server.folder, os.path.basename(archive))
+    with open(served, "w") as f:
+        f.write("<html>Google Drive: download quota exceeded</html>")
+    root = str(tmp_path / "data")
+    with pytest.raises(PrepareError, match=r"(?s)dtd-r1.0.1.tar.gz is not a readable archive .*run prepare again"):
+        prepare_dataset("dtd", root)
+    assert leftovers(root) == [] and not os.path.exists(os.path.join(root, "dtd"))
+    shutil.copy(archive, served)  # the host serves the archive again: the next run fetches it, not the page
+    assert prepare_dataset("dtd", root) == "prepared"
+    # a file of the user's (--from) is refused alike, and kept
+    by_hand = tmp_path / "by-hand"
+    by_hand.mkdir()
+    (by_hand / "dtd-r1.0.1.tar.gz").write_text("not an archive")
+    shutil.copy(split, by_hand)
+    with pytest.raises(PrepareError, match="is not a readable archive"):
+        prepare_dataset("dtd", str(tmp_path / "other"), from_dir=str(by_hand))
+    assert (by_hand / "dtd-r1.0.1.tar.gz").read_text() == "not an archive"
