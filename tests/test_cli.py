@@ -72,6 +72,13 @@ def test_force_and_reevaluate_as_the_nothing_to_do_line_spells_them(data_root, t
     assert records[1]["run_dir"] == records[0]["run_dir"] != records[2]["run_dir"]  # --force: a fresh folder
 
 
+def test_force_with_reevaluate_is_refused_before_any_folder_is_made(data_root, tmp_path, capsys):
+    args = [*run_args(data_root, tmp_path), "--results", str(tmp_path)]
+    assert cli.main([*args, "--force", "--reevaluate"]) == 2
+    assert "force and reevaluate are both true" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []  # no fresh run folder left without a checkpoint in it
+
+
 # -- the methods a study runs by default -------------------------------------------------------------------
 
 
