@@ -384,7 +384,7 @@ def build_report(
             missing.append(f"Efficiency: no record of {experiment} carries a cost (written before costs were recorded)")
     cost_figures, why = figure_cost({e: entry["table"] for e, entry in efficiency.items()}, tables, out_dir)
     figures.update(cost_figures)
-    missing += why if expectations else []
+    missing += [reason for experiment, reason in why if experiment in expectations]
     reproductions = os.path.join(out_dir, "reproductions.md")
     text = reproductions_markdown(paper_dir) if with_paper else None
     if text:  # others' runs of a method: a page of their own, never a "(paper)" column
