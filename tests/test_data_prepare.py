@@ -472,3 +472,11 @@ def test_a_download_without_a_checksum_that_is_no_archive_is_refused_deleted_and
     with pytest.raises(PrepareError, match="is not a readable archive"):
         prepare_dataset("dtd", str(tmp_path / "other"), from_dir=str(by_hand))
     assert (by_hand / "dtd-r1.0.1.tar.gz").read_text() == "not an archive"
+
+
+def test_check_takes_dataset_keys_comma_separated_as_prepare_does(tmp_path, capsys):
+    make_layout(tmp_path, "dtd")
+    make_layout(tmp_path, "eurosat")
+    assert data_main(["check", "--root", str(tmp_path), "--dataset", "dtd,eurosat", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "== dtd " in out and "== eurosat " in out and "summary: 2 dataset(s) found, 0 broken" in out

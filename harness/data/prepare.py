@@ -347,9 +347,8 @@ def _setup_logging(root: str) -> tuple[str, list[logging.Handler]]:
 
 def main(args) -> int:
     """The ``prepare`` sub-command (arguments parsed by ``harness.data.check.main``)."""
-    keys = [k for value in args.dataset or [] for k in value.split(",") if k]
     try:
-        keys = [get_info(k).key for k in keys]
+        keys = [get_info(k).key for k in args.dataset or []]
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
