@@ -480,3 +480,25 @@ def test_check_takes_dataset_keys_comma_separated_as_prepare_does(tmp_path, caps
     assert data_main(["check", "--root", str(tmp_path), "--dataset", "dtd,eurosat", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "== dtd " in out and "== eurosat " in out and "summary: 2 dataset(s) found, 0 broken" in out
+
+
+def test_a_prepare_interrupted_mid_extraction_leaves_only_what_resumes(tmp_path, server, monkeypatch, capsys):
+    import harness.data.prepare as prepare_module
+
+    serve(server, monkeypatch, tmp_path, "dtd")
+    extract = prepare_module._extract
+
+    def ctrl_c_halfway(path, dest, **kw):
+        extract(path, dest, **kw)  # the files are on disk, in the staging folder: then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_module, "_extract", ctrl_c_halfway)
+    root = tmp_path / "data"
+    assert data_main(["prepare", "--root", str(root), "--dataset", "dtd"]) == 130
+    assert "Interrupted: nothing half-extracted is left" in capsys.readouterr().err
+    assert not (root / "dtd").exists() and not (root / STAGING).exists()
+    assert sorted(os.listdir(root / DOWNLOADS / "dtd")) == ["dtd-r1.0.1.tar.gz", "split_zhou_DescribableTextures.json"]
+    monkeypatch.setattr(prepare_module, "_extract", extract)
+    server.requests.clear()
+    assert data_main(["prepare", "--root", str(root), "--dataset", "dtd"]) == 0
+    assert server.requests == []  # the verified downloads were kept and used

@@ -361,6 +361,13 @@ def main(args) -> int:
     log_path, handlers = _setup_logging(root)
     try:
         results = prepare(keys or None, root, from_dir=args.from_dir, force=args.force, sources=args.sources)
+    except KeyboardInterrupt:  # the dataset being extracted was removed on the way out (prepare_dataset)
+        print(
+            f"Interrupted: nothing half-extracted is left in {root}; a download stays as a .part file under "
+            f"{os.path.join(root, DOWNLOADS)} and resumes when the same command runs again. Log: {log_path}",
+            file=sys.stderr,
+        )
+        return 130  # 128 + SIGINT, as the shell reports a process Ctrl-C ended
     finally:
         top = logging.getLogger("harness.data")
         for h in handlers:
