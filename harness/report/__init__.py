@@ -315,6 +315,7 @@ def build_report(
     {name: {ext: path}}, "studies": {experiment: studies.Study}, "missing": [...], "expected": bool}: missing lists
     only what the sweeps' expected.json files asked for ("expected": False when there is none, and nothing is
     listed)."""
+    expectations = read_expectations(results)  # a damaged expected.json is named before anything else
     records = load_records(results)
     if not records and isinstance(results, (str, os.PathLike)):
         # a report of nothing would replace the one in out_dir (its manifest drops every file not written again)
@@ -329,7 +330,6 @@ def build_report(
     paper_dir = paper_dir if paper_dir is not None else default_paper_dir()
     if with_paper and not os.path.isdir(paper_dir):
         log.warning("no paper values at %s; tables without the paper's columns", paper_dir)
-    expectations = read_expectations(results)
     tables, found = build_study(
         records, experiments, expected_seeds, paper_dir, with_paper, all_variants, expectations, baseline
     )
