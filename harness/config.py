@@ -409,6 +409,12 @@ def validate(spec: RunSpec) -> None:
         raise ConfigError("data_root is empty: give the folder that holds the datasets (PROTOCOL.md 3.2).")
     if not spec.output_dir:
         raise ConfigError("output_dir is empty: give this run's folder.")
+    if spec.force and spec.reevaluate and spec.trains:
+        # force trains anew in a fresh folder, where reevaluate would then find no checkpoint to score
+        raise ConfigError(
+            "force and reevaluate are both true: force trains the job anew in a fresh folder, reevaluate scores "
+            "the finished checkpoint of its folder without training. Give one: --force, or --reevaluate."
+        )
 
 
 def load_spec_file(path: str, overrides: dict | None = None) -> RunSpec:

@@ -473,10 +473,7 @@ def record_expectation(out: str, ran: dict, expected: dict, jobs: list[Job] = ()
     from clipcore.atomic import atomic_write_text
 
     path = expectation_path(out, ran["name"])
-    previous = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            previous = json.load(f) or {}
+    previous = read_expectation(path) if os.path.isfile(path) else {}
     before = previous.get("ran") or {}
     union = lambda key, now: sorted(set(before.get(key) or []) | set(now), key=str)  # noqa: E731
     entry = {
@@ -518,8 +515,7 @@ def recorded_jobs(out: str, experiment: str) -> list[Job]:
             + (f"Sweeps recorded there: {', '.join(recorded)}. " if recorded else "")
             + "Give the --out (OUT=) the sweep wrote to, or run the sweep first."
         )
-    with open(path) as f:
-        jobs = (json.load(f) or {}).get("jobs")
+    jobs = read_expectation(path).get("jobs")
     if not jobs:
         raise ConfigError(
             f"{path} was written by a sweep that did not record its jobs (an earlier harness): run the sweep "
@@ -539,6 +535,21 @@ def read_expectations(out: str) -> dict:
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         path = os.path.join(folder, name, EXPECTATION_FILE)
         if os.path.isfile(path):
-            with open(path) as f:
-                found[name] = json.load(f)
+            found[name] = read_expectation(path)
     return found
+
+
+def read_expectation(path: str) -> dict:
+    """One ``expected.json`` (``record_expectation``); a damaged one is a ConfigError saying how to re-make it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            entry = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        entry = e
+    if not isinstance(entry, dict):
+        why = str(entry) if isinstance(entry, Exception) else f"a JSON {type(entry).__name__}, not an object"
+        raise ConfigError(
+            f"{path} is damaged ({why}); it records what the sweeps into its folder asked for and ran: delete it "
+            "and run its sweeps again (their finished jobs are skipped; it is written anew)"
+        )
+    return entry

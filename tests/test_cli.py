@@ -72,6 +72,13 @@ def test_force_and_reevaluate_as_the_nothing_to_do_line_spells_them(data_root, t
     assert records[1]["run_dir"] == records[0]["run_dir"] != records[2]["run_dir"]  # --force: a fresh folder
 
 
+def test_force_with_reevaluate_is_refused_before_any_folder_is_made(data_root, tmp_path, capsys):
+    args = [*run_args(data_root, tmp_path), "--results", str(tmp_path)]
+    assert cli.main([*args, "--force", "--reevaluate"]) == 2
+    assert "force and reevaluate are both true" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []  # no fresh run folder left without a checkpoint in it
+
+
 # -- the methods a study runs by default -------------------------------------------------------------------
 
 
@@ -213,3 +220,21 @@ def test_reading_a_torchscript_backbone_file_raises_no_deprecation_warning(tmp_p
         state = backbone._read_openai_state_dict(path)
     assert set(state) == {"weight", "bias"}
     assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize("damage", ['{"experiment": "mini", "jobs": {', "[]", "\xff\xfe"])
+def test_a_damaged_expected_json_is_a_one_line_error_for_status_sweep_and_report(data_root, tmp_path, capsys, damage):
+    experiment, out = tmp_path / "mini.yaml", tmp_path / "out"
+    experiment.write_text(yaml.safe_dump(MINI))
+    path = sweep.expectation_path(str(out), "mini")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w", encoding="latin-1") as f:
+        f.write(damage)
+    for argv in (
+        ["status", str(experiment), "--out", str(out)],
+        ["sweep", str(experiment), "--data-root", data_root, "--out", str(out), "--launcher", "debug"],
+        ["report", "--results", str(out), "--out", str(tmp_path / "reports"), "--tracking", "none"],
+    ):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"error: {path} is damaged" in err and "run its sweeps again" in err and "Traceback" not in err

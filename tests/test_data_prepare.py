@@ -416,3 +416,89 @@ def test_check_says_how_a_generated_dataset_is_made(tmp_path, capsys):
     data_main(["check", "--root", str(tmp_path)])
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"== {key} "))
     assert "not generated yet" in line and "fetch" not in line
+
+
+@pytest.mark.parametrize("outside", ["../../outside.jpg", "banded/../../../outside.jpg", "/abs/outside.jpg"])
+def test_a_split_file_pointing_outside_the_dataset_folder_is_refused(tmp_path, capsys, outside):
+    ddir = make_layout(tmp_path, "dtd")
+    outside_file = tmp_path / "outside.jpg"  # exists: a check that only looks for the file would pass
+    shutil.copy(os.path.join(ddir, "images", "banded", "banded_0001.jpg"), outside_file)
+    split = os.path.join(ddir, "split_zhou_DescribableTextures.json")
+    items = json.load(open(split))
+    items["train"][0][0] = outside if not outside.startswith("/") else str(outside_file)
+    json.dump(items, open(split, "w"))
+    assert data_main(["check", "--root", str(tmp_path), "--dataset", "dtd", "--quick"]) == 1
+    out = capsys.readouterr().out
+    assert "BROKEN" in out and "leads outside" in out and split in out and items["train"][0][0] in out
+
+
+def test_a_checksum_override_is_a_digest_in_either_case_or_refused_before_any_download(tmp_path, server, monkeypatch):
+    files = serve(server, monkeypatch, tmp_path, "dtd")
+    table = json.loads((tmp_path / "sources.json").read_text())
+    for entry in table["dtd"].values():
+        entry["md5"] = entry["md5"].upper()  # as some sites publish them
+    (tmp_path / "sources.json").write_text(json.dumps(table))
+    assert prepare_dataset("dtd", str(tmp_path / "data")) == "prepared"
+    table["dtd"][os.path.basename(files[0])]["md5"] = "sha256:" + "0" * 64
+    (tmp_path / "sources.json").write_text(json.dumps(table))
+    server.requests.clear()
+    with pytest.raises(ValueError, match="'dtd-r1.0.1.tar.gz' has md5 'sha256:0+', expected 32 hexadecimal"):
+        prepare_dataset("dtd", str(tmp_path / "other"))
+    assert server.requests == [] and not os.path.exists(tmp_path / "other" / "dtd")
+
+
+def test_a_download_without_a_checksum_that_is_no_archive_is_refused_deleted_and_fetched_again(
+    tmp_path, server, monkeypatch
+):
+    archive, split = serve(server, monkeypatch, tmp_path, "dtd")
+    table = json.loads((tmp_path / "sources.json").read_text())
+    for entry in table["dtd"].values():
+        entry["md5"] = None  # as for the archives and split files whose hosts publish no checksum
+    (tmp_path / "sources.json").write_text(json.dumps(table))
+    served = os.path.join(server.folder, os.path.basename(archive))
+    with open(served, "w") as f:
+        f.write("<html>Google Drive: download quota exceeded</html>")
+    root = str(tmp_path / "data")
+    with pytest.raises(PrepareError, match=r"(?s)dtd-r1.0.1.tar.gz is not a readable archive .*run prepare again"):
+        prepare_dataset("dtd", root)
+    assert leftovers(root) == [] and not os.path.exists(os.path.join(root, "dtd"))
+    shutil.copy(archive, served)  # the host serves the archive again: the next run fetches it, not the page
+    assert prepare_dataset("dtd", root) == "prepared"
+    # a file of the user's (--from) is refused alike, and kept
+    by_hand = tmp_path / "by-hand"
+    by_hand.mkdir()
+    (by_hand / "dtd-r1.0.1.tar.gz").write_text("not an archive")
+    shutil.copy(split, by_hand)
+    with pytest.raises(PrepareError, match="is not a readable archive"):
+        prepare_dataset("dtd", str(tmp_path / "other"), from_dir=str(by_hand))
+    assert (by_hand / "dtd-r1.0.1.tar.gz").read_text() == "not an archive"
+
+
+def test_check_takes_dataset_keys_comma_separated_as_prepare_does(tmp_path, capsys):
+    make_layout(tmp_path, "dtd")
+    make_layout(tmp_path, "eurosat")
+    assert data_main(["check", "--root", str(tmp_path), "--dataset", "dtd,eurosat", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "== dtd " in out and "== eurosat " in out and "summary: 2 dataset(s) found, 0 broken" in out
+
+
+def test_a_prepare_interrupted_mid_extraction_leaves_only_what_resumes(tmp_path, server, monkeypatch, capsys):
+    import harness.data.prepare as prepare_module
+
+    serve(server, monkeypatch, tmp_path, "dtd")
+    extract = prepare_module._extract
+
+    def ctrl_c_halfway(path, dest, **kw):
+        extract(path, dest, **kw)  # the files are on disk, in the staging folder: then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_module, "_extract", ctrl_c_halfway)
+    root = tmp_path / "data"
+    assert data_main(["prepare", "--root", str(root), "--dataset", "dtd"]) == 130
+    assert "Interrupted: nothing half-extracted is left" in capsys.readouterr().err
+    assert not (root / "dtd").exists() and not (root / STAGING).exists()
+    assert sorted(os.listdir(root / DOWNLOADS / "dtd")) == ["dtd-r1.0.1.tar.gz", "split_zhou_DescribableTextures.json"]
+    monkeypatch.setattr(prepare_module, "_extract", extract)
+    server.requests.clear()
+    assert data_main(["prepare", "--root", str(root), "--dataset", "dtd"]) == 0
+    assert server.requests == []  # the verified downloads were kept and used

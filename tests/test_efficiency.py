@@ -105,7 +105,9 @@ def test_a_method_measured_on_several_devices_says_so(tmp_path):
     for r in recs:
         if r["method"] == "coop" and r["seed"] == 3:
             r["cost"]["device"] = "AMD EPYC 7763"
-    summary = build_report(write(tmp_path / "out", recs), out_dir=str(tmp_path / "reports"))
+    store = write(tmp_path / "out", recs)
+    expect(store, datasets=("eurosat", "dtd"))  # a sweep asked for the study: what its figure lacks is listed
+    summary = build_report(store, out_dir=str(tmp_path / "reports"))
     table = summary["efficiency"]["base2new"]["table"]
     row = next(row for row in table.rows if row["method"] == "coop")
     assert row["device"] == f"AMD EPYC 7763 + {GPU}"
@@ -274,10 +276,27 @@ def test_no_pareto_front_across_devices(tmp_path):
     for r in recs:
         if r["method"] == "coop":
             r["cost"]["device"] = "AMD EPYC 7763"
-    summary = build_report(write(tmp_path / "out", recs), out_dir=str(tmp_path / "reports"))
+    store = write(tmp_path / "out", recs)
+    expect(store, datasets=("eurosat", "dtd"))  # a sweep asked for the study: what its figure lacks is listed
+    summary = build_report(store, out_dir=str(tmp_path / "reports"))
     assert "figure_cost_vs_h" not in summary["figures"]
     assert any("several devices" in m and "AMD EPYC 7763" in m and GPU in m for m in summary["missing"])
     # one device: drawn
     recs, _ = study()
     summary = build_report(write(tmp_path / "one", recs), out_dir=str(tmp_path / "reports1"))
     assert "figure_cost_vs_h" in summary["figures"]
+
+
+def test_the_cost_figure_lists_as_missing_only_what_a_sweep_asked_for(tmp_path):
+    """An ad hoc run (its own experiment, no expected.json) beside a swept study: what the cost figure lacks
+    for the ad hoc one is not missing; once a sweep of it asked, it is."""
+    recs, _ = study()
+    recs.append(costed(record("coop", "eurosat", "base", 80.0, experiment="adhoc"), 12.0))  # no new: no H
+    store = write(tmp_path / "out", recs)
+    expect(store, datasets=("eurosat", "dtd"))
+    summary = build_report(store, out_dir=str(tmp_path / "reports"))
+    assert summary["expected"] and "figure_cost_vs_h" in summary["figures"]
+    assert not [m for m in summary["missing"] if m.startswith("Cost figure")], summary["missing"]
+    expect(store, name="adhoc", datasets=("eurosat",))
+    summary = build_report(store, out_dir=str(tmp_path / "reports"))
+    assert "Cost figure: no method of adhoc has both a training time and a headline Average" in summary["missing"]

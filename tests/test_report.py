@@ -381,6 +381,11 @@ def test_cli_small_store(small_store, tmp_path):
     assert report_main(["--results", small_store, "--out", str(out), "--tracking", "none"]) == 0
     assert (out / "table1_base2new.md").exists() and (out / "index.md").exists()
     assert report_main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "e")]) == 1
+    assert not (tmp_path / "e").exists()
+    # a mistyped store leaves the report already in --out as it was (its tables are not dropped as stale)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert report_main(["--results", str(tmp_path / "typo"), "--out", str(out), "--tracking", "none"]) == 1
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     expect(small_store, datasets=("eurosat", "dtd"))
     done = subprocess.run(
         [

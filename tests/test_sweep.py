@@ -384,6 +384,9 @@ def test_failed_job_reports_its_log_and_blocks_its_dependents(small_experiment, 
     assert [s.state for s in states] == ["failed", "blocked"]
     assert "DatasetNotFoundError" in states[0].error or "not found" in states[0].error.lower()
     assert any(line.startswith("Sweep finished: 1 blocked, 1 failed") for line in lines)
+    # the log the console and status name is a file that holds the error
+    assert f"  failed: {jobs[0].name} ({states[0].error}); log: {states[0].stderr}" in lines
+    assert "nowhere" in open(states[0].stderr).read()
 
 
 def test_cli_dry_run_prints_the_plan(tmp_path):

@@ -26,7 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--dataset",
         action="append",
         default=None,
-        help="dataset key (repeatable; default: every dataset, absent ones are reported but not counted as broken)",
+        help="dataset key (repeatable, or comma-separated; default: every dataset, absent ones are reported but not "
+        "counted as broken)",
     )
     p.add_argument("--cache-dir", default=None, help="writable cache folder (see build_dataset)")
     p.add_argument("--strict", action="store_true", help="treat warnings as failures")
@@ -47,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("list", help="list the dataset keys")
     sub.add_parser("sources", help="print the datasets' sizes, licences and downloads (the table of docs/data.md)")
     args = parser.parse_args(argv)
+    if getattr(args, "dataset", None):  # check and prepare alike: --dataset a,b as make's DATASETS=a,b passes it
+        args.dataset = [k for value in args.dataset for k in value.split(",") if k]
 
     if args.cmd == "list":
         for k in list_datasets():

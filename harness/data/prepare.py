@@ -6,7 +6,8 @@ Nothing is left half done:
 * a download goes to a ``.part`` file beside its target (gdown's, which resumes it with an HTTP Range
   request on the next run) and gets its final name only once complete; a file whose MD5 differs from the
   table's is an error naming the file and both digests, and is deleted (a file of the user's, from
-  ``--from``, is never deleted);
+  ``--from``, is never deleted); a download without a published checksum is deleted when its dataset
+  fails to extract or to pass ``check``, since nothing else tells a good copy from a host's error page;
 * a dataset is extracted into ``<root>/.preparing/<key>/`` and renamed into place only when ``check``
   passes there; a failure removes the staging folder and leaves the data root as it was;
 * a dataset already in place that ``check`` passes (without decoding) is skipped; ``--force`` prepares it
@@ -22,11 +23,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import lzma
 import os
 import shutil
 import sys
+import tarfile
 import tempfile
 import time
+import zipfile
+import zlib
 
 from .errors import DatasetError
 from .progress import Progress
@@ -142,11 +147,15 @@ def _move_contents(src_dir: str, dest: str) -> None:
         shutil.move(os.path.join(src_dir, name), target)
 
 
-def _extract(path: str, dest: str) -> None:
+def _extract(path: str, dest: str, remove_finished: bool = False) -> None:
     from torchvision.datasets.utils import extract_archive
 
     logger.info("extracting %s (%s) into %s", os.path.basename(path), human_size(os.path.getsize(path)), dest)
-    extract_archive(path, dest)
+    try:
+        extract_archive(path, dest, remove_finished=remove_finished)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as e:
+        # a file without a published checksum can be anything: an HTML page of a host's quota, a cut transfer
+        raise PrepareError(f"{path} is not a readable archive ({type(e).__name__}: {e})") from e
 
 
 def _place(src: Source, path: str, ddir: str, scratch: str) -> None:
@@ -175,12 +184,10 @@ def _place(src: Source, path: str, ddir: str, scratch: str) -> None:
             )
         shutil.rmtree(tmp)
     if src.inner_archives:
-        from torchvision.datasets.utils import extract_archive
-
         inner = [n for n in sorted(os.listdir(dest)) if n.endswith(ARCHIVE_SUFFIXES)]
         progress = Progress(len(inner), f"extracting the archives inside {src.name}", logger, unit="archives")
         for name in inner:
-            extract_archive(os.path.join(dest, name), os.path.join(dest, name.split(".")[0]), remove_finished=True)
+            _extract(os.path.join(dest, name), os.path.join(dest, name.split(".")[0]), remove_finished=True)
             progress.update()
         progress.close()
 
@@ -269,6 +276,19 @@ def prepare_dataset(
             os.rename(ddir, final)
         else:
             os.rename(ddir, final)
+    except DatasetError as e:
+        unverified = [s.name for s in ds.files if not s.md5] if from_dir is None else []
+        if not unverified:
+            raise
+        # nothing vouches for these downloads, and a kept one would be reused by every later run
+        for name in unverified:
+            _remove_if_present(paths[name])
+        _remove_if_empty(os.path.join(root, DOWNLOADS, info.key))
+        _remove_if_empty(os.path.join(root, DOWNLOADS))
+        raise PrepareError(
+            f"{e}\nThe downloads without a published checksum ({', '.join(unverified)}) were deleted: run prepare "
+            "again to fetch them anew"
+        ) from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         _remove_if_empty(os.path.join(root, STAGING))
@@ -277,6 +297,13 @@ def prepare_dataset(
         _remove_if_empty(os.path.join(root, DOWNLOADS))
     logger.info("%s: prepared in %s", info.key, final)
     return "prepared"
+
+
+def _remove_if_present(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def _remove_if_empty(path: str) -> None:
@@ -320,9 +347,8 @@ def _setup_logging(root: str) -> tuple[str, list[logging.Handler]]:
 
 def main(args) -> int:
     """The ``prepare`` sub-command (arguments parsed by ``harness.data.check.main``)."""
-    keys = [k for value in args.dataset or [] for k in value.split(",") if k]
     try:
-        keys = [get_info(k).key for k in keys]
+        keys = [get_info(k).key for k in args.dataset or []]
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -335,6 +361,13 @@ def main(args) -> int:
     log_path, handlers = _setup_logging(root)
     try:
         results = prepare(keys or None, root, from_dir=args.from_dir, force=args.force, sources=args.sources)
+    except KeyboardInterrupt:  # the dataset being extracted was removed on the way out (prepare_dataset)
+        print(
+            f"Interrupted: nothing half-extracted is left in {root}; a download stays as a .part file under "
+            f"{os.path.join(root, DOWNLOADS)} and resumes when the same command runs again. Log: {log_path}",
+            file=sys.stderr,
+        )
+        return 130  # 128 + SIGINT, as the shell reports a process Ctrl-C ended
     finally:
         top = logging.getLogger("harness.data")
         for h in handlers:

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 
 ENV_SOURCES = "HARNESS_DATA_SOURCES"
@@ -320,12 +321,21 @@ def sources_for(key: str, overrides: str | None = None) -> DatasetSources | None
     changes = _overrides(overrides).get(key, {})
     names = {f.name for f in ds.files}
     for name, fields in changes.items():
-        bad = set(fields) - {"url", "md5", "size"}
+        bad = set(fields) - {"url", "md5", "size"} if isinstance(fields, dict) else {type(fields).__name__}
         if name not in names or bad:
             raise ValueError(
                 f"sources override for {key}: {name!r} {sorted(bad) or ''} is not a file of the table "
                 f"({', '.join(sorted(names))}) with fields url, md5, size"
             )
+        md5 = fields.get("md5")
+        if md5 is not None and not (isinstance(md5, str) and re.fullmatch(r"[0-9a-fA-F]{32}", md5)):
+            # else a good download would be compared with it, found different, and deleted
+            raise ValueError(
+                f"sources override for {key}: {name!r} has md5 {md5!r}, expected 32 hexadecimal digits "
+                "(the file's MD5, as `md5sum` prints it) or null when none is published"
+            )
+        if md5 is not None:
+            changes[name] = {**fields, "md5": md5.lower()}
     files = tuple(dataclasses.replace(f, **changes[f.name]) if f.name in changes else f for f in ds.files)
     return dataclasses.replace(ds, files=files)
 

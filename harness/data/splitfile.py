@@ -45,6 +45,12 @@ def write_split_json(path: str, train, val, test, image_dir: str) -> None:
     atomic_write_text(path, json.dumps(out, indent=4) + "\n")
 
 
+def _escapes(rel: str) -> bool:
+    """Whether a split file's image path is absolute or climbs out of the image folder."""
+    norm = os.path.normpath(rel.replace("\\", "/"))
+    return os.path.isabs(rel) or norm == ".." or norm.startswith("../")
+
+
 def _layout_hint(image_dir: str) -> str:
     return (
         f'expected a JSON object {{"train": [...], "val": [...], "test": [...]}} whose items '
@@ -93,6 +99,12 @@ def read_split_json(path: str, image_dir: str, fix: str = "") -> tuple[list[Datu
                     f"split file {path}: item {i} of {split!r} is {it!r}, expected "
                     f"[relative path, integer label >= 0, class name]; "
                     f"{_layout_hint(image_dir)}; {fix}"
+                )
+            if _escapes(it[0]):
+                # a run would read (and a check would vouch for) a file outside the dataset folder
+                raise SplitFileError(
+                    f"split file {path}: item {i} of {split!r} has path {it[0]!r}, which leads outside {image_dir}; "
+                    f"expected a path relative to {image_dir} without '..'; {fix}"
                 )
             data.append(Datum(os.path.join(image_dir, it[0]), label, it[2]))
         out.append(data)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import submitit
@@ -38,6 +39,8 @@ def _in_turn(todo, states, folder, out, experiment, printer, post_mortem, thread
             continue
         sj = executor.submit(HarnessJob(threads), job.spec.to_dict())
         state.started(sj, JobStatus.RUNNING)
+        # submitit's debug executor writes no log files of its own: the job's log is its run's log.txt
+        state.stdout = state.stderr = os.path.join(job.spec.output_dir, "log.txt")
         try:
             # One line per job on the console; its details (spec, epochs, traceback) in its run's log.txt.
             with console_at(logging.WARNING):
@@ -49,6 +52,6 @@ def _in_turn(todo, states, folder, out, experiment, printer, post_mortem, thread
             raise
         except Exception as exc:
             state.state, state.error = JobStatus.FAILED, f"{type(exc).__name__}: {exc}".splitlines()[0]
-            printer(f"[failed] {job.name}  ({progress.text()}): {state.error}\n  log.txt in {job.spec.output_dir}")
+            printer(f"[failed] {job.name}  ({progress.text()}): {state.error}\n  log: {state.stderr}")
             block_dependents(job.name, by_name, printer)
         save_state(out, experiment, states)

@@ -117,6 +117,10 @@ class ReportError(ValueError):
     """A report that cannot be made as asked (names what is wrong and the choices)."""
 
 
+class NoRecordsError(ReportError):
+    """The results store holds no record: nothing is written."""
+
+
 def check_experiments(experiments, records: list[dict]) -> None:
     """Every experiment asked for has records: a misspelt name is an error, not an empty report."""
     if experiments is None:
@@ -138,9 +142,13 @@ def read_expectations(results) -> dict:
     """{experiment: what it expects} recorded by the sweeps beside a store (none for records in memory)."""
     if not isinstance(results, (str, os.PathLike)):
         return {}
+    from harness.config import ConfigError
     from harness.sweep import read_expectations as read
 
-    return read(str(results))
+    try:
+        return read(str(results))
+    except ConfigError as e:  # a damaged expected.json: the report's own one-line error
+        raise ReportError(str(e)) from e
 
 
 def expectation_notes(expectations: dict, records: list[dict]) -> list[str]:
@@ -307,12 +315,21 @@ def build_report(
     {name: {ext: path}}, "studies": {experiment: studies.Study}, "missing": [...], "expected": bool}: missing lists
     only what the sweeps' expected.json files asked for ("expected": False when there is none, and nothing is
     listed)."""
+    expectations = read_expectations(results)  # a damaged expected.json is named before anything else
     records = load_records(results)
+    if not records and isinstance(results, (str, os.PathLike)):
+        # a report of nothing would replace the one in out_dir (its manifest drops every file not written again)
+        from harness.results import results_path
+
+        raise NoRecordsError(
+            f"no records in {os.path.abspath(results_path(str(results)))}: nothing to report, and {out_dir} is left "
+            "as it is. Give --results the folder your runs and sweeps recorded in (their --results / --out), or run "
+            "one first (python -m harness run ..., make base2new)"
+        )
     check_experiments(experiments, records)
     paper_dir = paper_dir if paper_dir is not None else default_paper_dir()
     if with_paper and not os.path.isdir(paper_dir):
         log.warning("no paper values at %s; tables without the paper's columns", paper_dir)
-    expectations = read_expectations(results)
     tables, found = build_study(
         records, experiments, expected_seeds, paper_dir, with_paper, all_variants, expectations, baseline
     )
@@ -367,7 +384,7 @@ def build_report(
             missing.append(f"Efficiency: no record of {experiment} carries a cost (written before costs were recorded)")
     cost_figures, why = figure_cost({e: entry["table"] for e, entry in efficiency.items()}, tables, out_dir)
     figures.update(cost_figures)
-    missing += why if expectations else []
+    missing += [reason for experiment, reason in why if experiment in expectations]
     reproductions = os.path.join(out_dir, "reproductions.md")
     text = reproductions_markdown(paper_dir) if with_paper else None
     if text:  # others' runs of a method: a page of their own, never a "(paper)" column

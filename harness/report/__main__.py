@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from harness.report import NOTHING_EXPECTED, ReportError, build_report
+from harness.report import NOTHING_EXPECTED, NoRecordsError, ReportError, build_report
 from harness.results import RESULTS_HOME
 
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, NoRecordsError) else 2
     tables = [k for k, v in summary["tables"].items() if v["paths"]] + list(summary["efficiency"])
     print(
         f"{summary['records']} records -> {len(tables)} tables, {len(summary['figures'])} figures "
@@ -84,9 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"missing ({len(summary['missing'])}):")
         for line in summary["missing"]:
             print(f"  {line}")
-    if not summary["records"]:
-        print(f"no records in {args.results}", file=sys.stderr)
-        return 1
     return 0
 
 

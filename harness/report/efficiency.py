@@ -334,7 +334,7 @@ def headline(experiment: str, study: Efficiency, tables: dict) -> tuple[str | No
 
 def figure_cost(efficiency: dict[str, Efficiency], tables: dict, out_dir: str):
     """``figure_cost_vs_<metric>``: one panel per study with that headline metric; (paths by figure
-    name, reasons for what was not drawn)."""
+    name, (experiment, reason) for each study not drawn)."""
     panels: dict = {}
     why = []
     for experiment, table in efficiency.items():
@@ -351,13 +351,18 @@ def figure_cost(efficiency: dict[str, Efficiency], tables: dict, out_dir: str):
             elif not table.trains[name]:
                 lines.append((name, cell.mean, method, cell.note))
         if not points:
-            why.append(f"Cost figure: no method of {experiment} has both a training time and a headline Average")
+            why.append(
+                (experiment, f"Cost figure: no method of {experiment} has both a training time and a headline Average")
+            )
             continue
         devices = sorted({d for name, *_ in points for d in str(rows[name]["device"]).split(" + ")})
         if len(devices) > 1:  # a Pareto front across devices would rank the machines, not the methods
             why.append(
-                f"Cost figure: the training times of {experiment} were measured on several devices "
-                f"({'; '.join(devices)}) and are not set side by side; re-run its methods on one device"
+                (
+                    experiment,
+                    f"Cost figure: the training times of {experiment} were measured on several devices "
+                    f"({'; '.join(devices)}) and are not set side by side; re-run its methods on one device",
+                )
             )
             continue
         panels.setdefault(metric, []).append((experiment, points, lines))
