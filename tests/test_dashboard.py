@@ -523,8 +523,8 @@ def test_publish_fills_entity_and_project_and_links_the_urls(study, tmp_path, mo
     assert "not published yet" not in index
 
 
-def test_readme_documents_every_stable_key():
-    with open(os.path.join(ROOT, "README.md")) as f:
+def test_the_documentation_names_every_stable_key():
+    with open(os.path.join(ROOT, "docs", "reports.md")) as f:  # "Tracking and results"
         readme = f.read()
     names = [
         tracking.TRAIN_LOSS,
