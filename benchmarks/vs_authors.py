@@ -44,7 +44,9 @@ import contextlib
 import datetime
 import importlib.util
 import io
+import json
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -133,6 +135,10 @@ class AuthorsCode:
     # a repository without a Dassl trainer (Tip-Adapter's plain scripts): (entry, checkout, clip, classnames) -> what
     # drives its functions, with ``AuthorsModel``'s interface (logits, step, update, checkpoint_state)
     driver: Callable | None = None
+    # (folder, classnames) -> our options: writes the files the authors' code opens from its working folder (it is
+    # run from that folder) and returns the options that give ours the same files (CoPrompt's descriptions)
+    working_files: Callable | None = None
+    views: int = 1  # > 1: the train step gets that many views of the batch (their list, our [B, views, C, H, W])
 
 
 def cocoop_floor(clip, classnames, batch, eval_images) -> dict[str, dict[str, float]]:
@@ -168,6 +174,23 @@ MMA_CFG = {
     "ADAPTER_DIM": 32,
     "ADAPTER_SCALE": 0.001,
 }
+
+# configs/trainers/coprompt.yaml (PROTOCOL-successors-3.md CoPrompt 1)
+COPROMPT_CFG = {"N_CTX": 2, "CTX_INIT": "a photo of a", "PROMPT_DEPTH": 9}
+
+
+def coprompt_descriptions(folder: str, classnames: list[str]) -> dict:
+    """gpt_file/imagenet_prompt.json (DATASET.NAME ImageNet) with three sentences per class, for both sides."""
+    table = {
+        n.replace("_", " "): [f"a photo of a {n}, {w}." for w in ("seen up close", "far away", "at night")]
+        for n in classnames
+    }
+    path = os.path.join(folder, "gpt_file", "imagenet_prompt.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(table, f)
+    return {"descriptions": path}
+
 
 AUTHORS: dict[str, AuthorsCode] = {
     entry.method: entry
@@ -461,6 +484,34 @@ AUTHORS: dict[str, AuthorsCode] = {
                 "evaluations; published in amp, which without CUDA runs fp32"
             ),
         ),
+        AuthorsCode(
+            "coprompt",
+            "ShuvenduRoy/CoPrompt",
+            "trainers.coprompt:CoPrompt",
+            {
+                "DATASET": {"NAME": "ImageNet"},
+                "TRAINER": {"CoPrompt": {**COPROMPT_CFG, "PREC": "fp32"}, "W": 1.0, "DISTILL": "cosine"},
+            },
+            {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9, "weight": 1.0, "distill": "cosine"},
+            working_files=coprompt_descriptions,
+            views=2,
+            gradients=(
+                ("prompt_learner.ctx", "prompt_learner.ctx"),
+                ("prompt_learner.proj.weight", "prompt_learner.proj.weight"),
+                ("prompt_learner.compound_prompts_text.7", "prompt_learner.compound_prompts_text.7"),
+                (
+                    "prompt_learner.compound_prompt_projections.0.weight",
+                    "prompt_learner.compound_prompt_projections.0.weight",
+                ),
+                ("adapter_image.fc.0.weight", "adapter_image.fc.0.weight"),
+                ("adapter_text.fc.2.weight", "adapter_text.fc.2.weight"),
+            ),
+            note=(
+                "the train step on two views of the batch (the second its images rolled), Python's random seeded "
+                "before each step on both sides (the drawn description); descriptions: three generated sentences per "
+                "class; published in fp16, here fp32"
+            ),
+        ),
     )
 }
 
@@ -746,8 +797,11 @@ class AuthorsModel:
     ``.grad`` and the state their checkpoint would hold."""
 
     def __init__(self, entry: AuthorsCode, checkout: str, clip, classnames: list[str]):
-        self.entry = entry
+        self.entry, self.options = entry, {}
         root = os.path.join(checkout, entry.folder)
+        self.workdir = tempfile.TemporaryDirectory() if entry.working_files else None
+        if self.workdir is not None:
+            self.options = entry.working_files(self.workdir.name, list(classnames))
         if not os.path.isdir(os.path.join(root, "trainers")):
             raise FileNotFoundError(
                 f"{root} has no trainers/ folder: give a checkout of {entry.repository} "
@@ -777,7 +831,8 @@ class AuthorsModel:
             trainer.cfg, trainer.device = cfg, torch.device("cpu")
             trainer.dm = types.SimpleNamespace(dataset=types.SimpleNamespace(classnames=list(classnames)))
             trainer.batch_idx, trainer.num_batches, trainer.epoch = 0, 2, 0  # not an epoch's last batch
-            with contextlib.redirect_stdout(io.StringIO()):  # they print every prompt
+            working = contextlib.chdir(self.workdir.name) if self.workdir else contextlib.nullcontext()
+            with contextlib.redirect_stdout(io.StringIO()), working:  # they print every prompt
                 trainer.build_model()
         self.trainer, self.model = trainer, trainer.model
 
@@ -795,8 +850,9 @@ class AuthorsModel:
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         self.model.train()
+        img = list(images.unbind(1)) if self.entry.views > 1 else images  # Dassl's K_TRANSFORMS list of views
         with fp32_on_cpu():
-            return self.trainer.forward_backward({"img": images, "label": labels})[self.entry.loss_key]
+            return self.trainer.forward_backward({"img": img, "label": labels})[self.entry.loss_key]
 
     def update(self) -> dict[str, torch.Tensor]:
         """The ``.grad`` of the entry's parameters of the registered module after their last step (the
@@ -926,7 +982,7 @@ class TipAdapterDriver:
 
 
 def build_ours(entry: AuthorsCode, clip, classnames: list[str], authors: AuthorsModel):
-    model = methods.build_method(entry.method, clip, classnames, **entry.options)
+    model = methods.build_method(entry.method, clip, classnames, **entry.options, **getattr(authors, "options", {}))
     model.load_checkpoint_state_dict(authors.checkpoint_state(), path=f"the authors' {entry.method} model")
     for _, name in entry.gradients:  # a fitted method trains these inside its fit only: here the step reaches them
         model.get_parameter(name).requires_grad_(True)
@@ -973,6 +1029,17 @@ def check_equal(what: str, ours, theirs, tolerance: float) -> float:
             f"(shapes {tuple(ours.shape)} and {tuple(theirs.shape)})"
         )
     return error
+
+
+def seeded(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` after seeding Python's random: a step that draws from it (CoPrompt's description) draws the same on
+    both sides, every call."""
+
+    def call():
+        random.seed(0)
+        return fn()
+
+    return call
 
 
 def timed(fn: Callable[[], object], runs: int, budget_s: float) -> tuple[float, int, object]:
@@ -1042,6 +1109,8 @@ def compare_method(
     images = torch.randn(settings.eval_images, 3, size, size, generator=generator)
     labels = torch.arange(settings.batch) % settings.k
     batch = images[: settings.batch]
+    if entry.views > 1:  # independent views stand in as the images rolled along their width
+        batch = torch.stack([batch.roll(i, dims=-1) for i in range(entry.views)], dim=1)
     if entry.floor is not None and flops_per_s > 0:
         line.floor_flops = entry.floor(clip, names, settings.batch, settings.eval_images)
         line.floor = tuple(sum(line.floor_flops[case].values()) / flops_per_s for case in ("train", "eval"))
@@ -1058,9 +1127,11 @@ def compare_method(
             line.note = "; ".join(filter(None, [line.note, f"train step not timed: {entry.train_unavailable}"]))
         else:
             t_theirs, n_theirs, loss_theirs = timed(
-                lambda: authors.step(batch, labels), settings.runs, settings.budget_s
+                seeded(lambda: authors.step(batch, labels)), settings.runs, settings.budget_s
             )
-            t_ours, n_ours, loss_ours = timed(lambda: our_step(ours, batch, labels), settings.runs, settings.budget_s)
+            t_ours, n_ours, loss_ours = timed(
+                seeded(lambda: our_step(ours, batch, labels)), settings.runs, settings.budget_s
+            )
             # learning rate 0: the warm-up step saw the same weights on both sides
             line.check["training loss"] = check_equal(
                 f"{entry.method} training loss", loss_ours, loss_theirs, settings.tolerance
@@ -1071,7 +1142,10 @@ def compare_method(
             for label in sorted(set(extra)):
                 relabelled = torch.full_like(labels, label)
                 what = f"label {label}"
-                theirs_loss, ours_loss = authors.step(batch, relabelled), our_step(ours, batch, relabelled)
+                random.seed(0)
+                theirs_loss = authors.step(batch, relabelled)
+                random.seed(0)
+                ours_loss = our_step(ours, batch, relabelled)
                 errors = {
                     "training loss": check_equal(
                         f"{entry.method} training loss, {what}", ours_loss, theirs_loss, settings.tolerance
