@@ -184,11 +184,13 @@ def test_missing_descriptions_name_the_file_and_where_to_get_it(tiny_clip, tmp_p
 
 def test_the_authors_descriptions_cover_their_classes():
     # The demo's colours and one of the authors' files (EuroSAT: 10 classes, 10 sentences each).
-    for dataset, names in [("miniworld_dusk", ["red", "cyan"]), ("eurosat", ["Annual Crop Land", "Sea or Lake"])]:
-        from methods.coprompt import description_file, read_descriptions
+    from methods.coprompt import description_file, read_descriptions
+    from miniworld.vocab import DEMO_DATASETS
 
+    cases = [(d.key, list(d.classes)) for d in DEMO_DATASETS if d.kind == "color"]
+    for dataset, names in [*cases, ("eurosat", ["Annual Crop Land", "Sea or Lake"])]:
         found = read_descriptions(description_file(dataset), names)
-        assert len(found) == 2 and len({len(d) for d in found}) == 1 and found[0] != found[1]
+        assert len(found) == len(names) and len({len(d) for d in found}) == 1 and found[0] != found[1]
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------
