@@ -129,7 +129,7 @@ class CoPrompt(CLIPMethod):
     paper = "Roy & Etemad, ICLR"
     year = 2024
     source = "ShuvenduRoy/CoPrompt@a2a6c12"
-    color = "#bcbd22"
+    color = "#637939"  # a colour no other method uses
     default_config = "coprompt/vit_b16"
     checkpoint_folder = "MultiModalPromptLearner"  # the authors' registered name (coprompt.py:467-471)
     features_cacheable = False  # the image encoder is prompted
