@@ -189,9 +189,13 @@ class Run:
         state.starts += 1
 
         model = state.model  # its declared training images: augmentation and views per image
-        transform = data.build_train_transform(
-            backbone.image_size(self.clip), tuple(spec.crop_scale), model.train_augmentation, model.train_views
+        transform = data.build_transform(
+            train=True,
+            size=backbone.image_size(self.clip),
+            crop_scale=tuple(spec.crop_scale),
+            augmentation=model.train_augmentation,
         )
+        transform = data.with_views(transform, model.train_views)
         loader = data.build_loader(
             splits.train,
             transform,

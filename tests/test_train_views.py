@@ -19,7 +19,7 @@ def picture():
 
 def test_two_randaugment_views_are_independent_full_images(picture):
     torch.manual_seed(0)
-    transform = data.build_train_transform(32, (0.08, 1.0), "randaugment", 2)
+    transform = data.with_views(data.build_transform(True, 32, augmentation="randaugment"), 2)
     views = transform(picture)
     assert views.shape == (2, 3, 32, 32)  # resized to size x size, the aspect not kept (Dassl's Resize(SIZE))
     assert not torch.equal(views[0], views[1])
@@ -28,7 +28,7 @@ def test_two_randaugment_views_are_independent_full_images(picture):
 
 
 def test_one_view_is_the_plain_transform(picture):
-    assert data.build_train_transform(32, (0.08, 1.0), "crop_flip", 1)(picture).shape == (3, 32, 32)
+    assert data.with_views(data.build_transform(True, 32), 1)(picture).shape == (3, 32, 32)
     with pytest.raises(ValueError, match="'flip' is not one of"):
         data.build_transform(True, 32, augmentation="flip")
 

@@ -22,7 +22,7 @@ from .types import DatasetSplits, Datum
 
 _LAZY = {
     "build_transform": "transforms",
-    "build_train_transform": "transforms",
+    "with_views": "transforms",
     "ImageDataset": "loader",
     "build_loader": "loader",
     "load_image": "images",

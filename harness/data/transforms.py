@@ -63,8 +63,7 @@ class Views:
         return torch.stack([self.transform(img) for _ in range(self.views)])
 
 
-def build_train_transform(size: int, crop_scale: tuple[float, float], augmentation: str, views: int):
-    """The training transform a method declares (``train_augmentation``, ``train_views``): one view as a
-    [C, H, W] tensor, several as [views, C, H, W]."""
-    transform = build_transform(True, size=size, crop_scale=crop_scale, augmentation=augmentation)
+def with_views(transform: Callable, views: int):
+    """The training transform of a method declaring ``train_views``: ``transform`` itself for one view (a
+    [C, H, W] tensor), ``Views`` for several ([views, C, H, W])."""
     return transform if views == 1 else Views(transform, views)
