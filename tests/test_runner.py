@@ -179,6 +179,10 @@ def test_every_training_method_is_killed_resumed_evaluated_and_recorded(data_roo
     middle of its last epoch (a real SIGKILL) and resumed, which ends with the same tensors, the same
     numbers and the same records."""
     values = {"method": method, "epochs": 2, "evaluate": [{"dataset": "synthetic", "subsample": "base"}]}
+    if "descriptions" in methods.method_options(method):  # class descriptions (CoPrompt): none ship for synthetic
+        names = data.build_dataset("synthetic", data_root, num_shots=0, seed=1).classnames
+        (tmp_path / "descriptions.json").write_text(json.dumps({n.replace("_", " "): [f"a {n}."] for n in names}))
+        values["options"] = {"descriptions": str(tmp_path / "descriptions.json")}
     straight = spec(data_root, tmp_path / "straight", **values)
     expected = run(straight)
     killed = spec(data_root, tmp_path / "killed", **values)
