@@ -189,9 +189,17 @@ class Run:
             return final
         state.starts += 1
 
+        model = state.model  # its declared training images: augmentation and views per image
+        transform = data.build_transform(
+            train=True,
+            size=backbone.image_size(self.clip),
+            crop_scale=tuple(spec.crop_scale),
+            augmentation=model.train_augmentation,
+        )
+        transform = data.with_views(transform, model.train_views)
         loader = data.build_loader(
             splits.train,
-            data.build_transform(train=True, size=backbone.image_size(self.clip), crop_scale=tuple(spec.crop_scale)),
+            transform,
             spec.batch_size,
             train=True,
             num_workers=spec.num_workers,  # None: the loader's default

@@ -173,12 +173,24 @@ TRAINING_METHODS = [
 ]
 
 
+def synthetic_options(method: str, data_root: str, folder) -> dict:
+    """What a method needs beyond its defaults on the synthetic dataset: class descriptions (CoPrompt's), of
+    which none ship for it, written into ``folder``."""
+    if "descriptions" not in methods.method_options(method):
+        return {}
+    names = data.build_dataset("synthetic", data_root, num_shots=0, seed=1).classnames
+    path = folder / "descriptions.json"
+    path.write_text(json.dumps({n.replace("_", " "): [f"a {n}."] for n in names}))
+    return {"descriptions": str(path)}
+
+
 @pytest.mark.parametrize("method", TRAINING_METHODS)
 def test_every_training_method_is_killed_resumed_evaluated_and_recorded(data_root, tmp_path, method):
     """Each registered method that trains goes the whole way: a straight run, and a run killed in the
     middle of its last epoch (a real SIGKILL) and resumed, which ends with the same tensors, the same
     numbers and the same records."""
     values = {"method": method, "epochs": 2, "evaluate": [{"dataset": "synthetic", "subsample": "base"}]}
+    values["options"] = synthetic_options(method, data_root, tmp_path)
     straight = spec(data_root, tmp_path / "straight", **values)
     expected = run(straight)
     killed = spec(data_root, tmp_path / "killed", **values)
@@ -222,7 +234,8 @@ def assert_same(a, b, where="state"):
 def test_training_state_round_trip_restores_every_part(data_root, tmp_path, method):
     """A saved TrainingState, read back into a differently initialised one, equals it: the learned
     tensors, the method's own state, optimiser, schedule, scaler, every random generator and the epoch."""
-    s = spec(data_root, tmp_path, method=method, epochs=3, batch_size=3)
+    options = synthetic_options(method, data_root, tmp_path)
+    s = spec(data_root, tmp_path, method=method, epochs=3, batch_size=3, options=options)
     job = Run(s)
     job.clip = load_clip("tiny")
     splits = data.build_dataset("synthetic", data_root, num_shots=4, seed=1, subsample="base")

@@ -3,6 +3,7 @@ timed (``compare_method``)."""
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from clipcore import backbone
 
 
 def build_ours(entry: AuthorsCode, clip, classnames: list[str], authors: AuthorsModel):
-    model = methods.build_method(entry.method, clip, classnames, **entry.options)
+    model = methods.build_method(entry.method, clip, classnames, **entry.options, **getattr(authors, "options", {}))
     model.load_checkpoint_state_dict(authors.checkpoint_state(), path=f"the authors' {entry.method} model")
     for _, name in entry.gradients:  # a fitted method trains these inside its fit only: here the step reaches them
         model.get_parameter(name).requires_grad_(True)
@@ -57,6 +58,17 @@ def check_equal(what: str, ours, theirs, tolerance: float) -> float:
             f"(shapes {tuple(ours.shape)} and {tuple(theirs.shape)})"
         )
     return error
+
+
+def seeded(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` after seeding Python's random: a step that draws from it (CoPrompt's description) draws the same on
+    both sides, every call."""
+
+    def call():
+        random.seed(0)
+        return fn()
+
+    return call
 
 
 def timed(fn: Callable[[], object], runs: int, budget_s: float) -> tuple[float, int, object]:
@@ -126,6 +138,8 @@ def compare_method(
     images = torch.randn(settings.eval_images, 3, size, size, generator=generator)
     labels = torch.arange(settings.batch) % settings.k
     batch = images[: settings.batch]
+    if entry.views > 1:  # independent views stand in as the images rolled along their width
+        batch = torch.stack([batch.roll(i, dims=-1) for i in range(entry.views)], dim=1)
     if entry.floor is not None and flops_per_s > 0:
         line.floor_flops = entry.floor(clip, names, settings.batch, settings.eval_images)
         line.floor = tuple(sum(line.floor_flops[case].values()) / flops_per_s for case in ("train", "eval"))
@@ -142,9 +156,11 @@ def compare_method(
             line.note = "; ".join(filter(None, [line.note, f"train step not timed: {entry.train_unavailable}"]))
         else:
             t_theirs, n_theirs, loss_theirs = timed(
-                lambda: authors.step(batch, labels), settings.runs, settings.budget_s
+                seeded(lambda: authors.step(batch, labels)), settings.runs, settings.budget_s
             )
-            t_ours, n_ours, loss_ours = timed(lambda: our_step(ours, batch, labels), settings.runs, settings.budget_s)
+            t_ours, n_ours, loss_ours = timed(
+                seeded(lambda: our_step(ours, batch, labels)), settings.runs, settings.budget_s
+            )
             # learning rate 0: the warm-up step saw the same weights on both sides
             line.check["training loss"] = check_equal(
                 f"{entry.method} training loss", loss_ours, loss_theirs, settings.tolerance
@@ -155,7 +171,10 @@ def compare_method(
             for label in sorted(set(extra)):
                 relabelled = torch.full_like(labels, label)
                 what = f"label {label}"
-                theirs_loss, ours_loss = authors.step(batch, relabelled), our_step(ours, batch, relabelled)
+                random.seed(0)
+                theirs_loss = authors.step(batch, relabelled)
+                random.seed(0)
+                ours_loss = our_step(ours, batch, relabelled)
                 errors = {
                     "training loss": check_equal(
                         f"{entry.method} training loss, {what}", ours_loss, theirs_loss, settings.tolerance

@@ -57,8 +57,11 @@ class AuthorsModel:
     ``.grad`` and the state their checkpoint would hold."""
 
     def __init__(self, entry: AuthorsCode, checkout: str, clip, classnames: list[str]):
-        self.entry = entry
+        self.entry, self.options = entry, {}
         root = os.path.join(checkout, entry.folder)
+        self.workdir = tempfile.TemporaryDirectory() if entry.working_files else None
+        if self.workdir is not None:
+            self.options = entry.working_files(self.workdir.name, list(classnames))
         if not os.path.isdir(os.path.join(root, "trainers")):
             raise FileNotFoundError(
                 f"{root} has no trainers/ folder: give a checkout of {entry.repository} "
@@ -88,7 +91,8 @@ class AuthorsModel:
             trainer.cfg, trainer.device = cfg, torch.device("cpu")
             trainer.dm = types.SimpleNamespace(dataset=types.SimpleNamespace(classnames=list(classnames)))
             trainer.batch_idx, trainer.num_batches, trainer.epoch = 0, 2, 0  # not an epoch's last batch
-            with contextlib.redirect_stdout(io.StringIO()):  # they print every prompt
+            working = contextlib.chdir(self.workdir.name) if self.workdir else contextlib.nullcontext()
+            with contextlib.redirect_stdout(io.StringIO()), working:  # they print every prompt
                 trainer.build_model()
         self.trainer, self.model = trainer, trainer.model
 
@@ -106,8 +110,9 @@ class AuthorsModel:
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         self.model.train()
+        img = list(images.unbind(1)) if self.entry.views > 1 else images  # Dassl's K_TRANSFORMS list of views
         with fp32_on_cpu():
-            return self.trainer.forward_backward({"img": images, "label": labels})[self.entry.loss_key]
+            return self.trainer.forward_backward({"img": img, "label": labels})[self.entry.loss_key]
 
     def update(self) -> dict[str, torch.Tensor]:
         """The ``.grad`` of the entry's parameters of the registered module after their last step (the

@@ -49,6 +49,10 @@ class AuthorsCode:
     # a repository without a Dassl trainer (Tip-Adapter's plain scripts): (entry, checkout, clip, classnames) -> what
     # drives its functions, with ``AuthorsModel``'s interface (logits, step, update, checkpoint_state)
     driver: Callable | None = None
+    # (folder, classnames) -> our options: writes the files the authors' code opens from its working folder (it is
+    # run from that folder) and returns the options that give ours the same files (CoPrompt's descriptions)
+    working_files: Callable | None = None
+    views: int = 1  # > 1: the train step gets that many views of the batch (their list, our [B, views, C, H, W])
 
 
 def cocoop_floor(clip, classnames, batch, eval_images) -> dict[str, dict[str, float]]:

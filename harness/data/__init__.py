@@ -20,7 +20,13 @@ from .fewshot import sample_few_shot, subsample_classes
 from .registry import DATASETS, DatasetInfo, get_info, list_datasets, register_dataset
 from .types import DatasetSplits, Datum
 
-_LAZY = {"build_transform": "transforms", "ImageDataset": "loader", "build_loader": "loader", "load_image": "images"}
+_LAZY = {
+    "build_transform": "transforms",
+    "with_views": "transforms",
+    "ImageDataset": "loader",
+    "build_loader": "loader",
+    "load_image": "images",
+}
 
 __all__ = [
     "build_dataset",

@@ -21,6 +21,8 @@ The runner knows no method by name. It builds one with ``methods.build_method`` 
                                instead of the full train split, and ``augmented`` (see below)
 ``transfers_to_other_classes`` may what it learned be evaluated on other classes (new, other datasets)?
 ``subsample=`` argument        one whose constructor takes ``subsample`` is told which classes these are
+``train_augmentation``,        the training transform ("crop_flip" or "randaugment") and the views per
+``train_views``                image (> 1: ``training_loss`` gets [B, views, C, H, W]), read by the runner
 =============================  =================================================================
 
 A method that ``fits_features`` (linear-probe CLIP) is trainable (it has a seed, shots and a
@@ -148,6 +150,11 @@ class CLIPMethod(nn.Module):
     # False: what is learned is tied to the training classes (a classifier row per class, no prompt), so
     # evaluating other classes (base-to-new's new half, another dataset) is refused before any work.
     transfers_to_other_classes = True
+    # The training images as the method's published config makes them: the augmentation
+    # (``harness.data.build_transform``'s "crop_flip" or "randaugment") and how many independent views of each
+    # image (Dassl's K_TRANSFORMS): with more than one, ``training_loss`` gets images [B, views, C, H, W].
+    train_augmentation = "crop_flip"
+    train_views = 1
 
     def __init__(self, clip_model, classnames: list[str]):
         super().__init__()
