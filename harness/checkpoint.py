@@ -84,7 +84,7 @@ class TrainingState:
 
     model: Any  # the method (methods.parts.base.CLIPMethod): learned tensors and its own ``training_state()``
     optimizer: torch.optim.Optimizer
-    scheduler: Any  # a torch learning-rate scheduler, stepped once per epoch
+    scheduler: Any  # a torch learning-rate scheduler, stepped once per epoch (per step with a step budget)
     scaler: torch.amp.GradScaler  # enabled only for amp on CUDA; a disabled one saves nothing
     loader_generator: torch.Generator  # the training loader's shuffling
     epoch: int = 0  # epochs finished
@@ -92,6 +92,8 @@ class TrainingState:
     # written before times were kept), and how many starts trained: a resumed job's cost is their sum.
     epoch_seconds: list[float] | None = field(default_factory=list)
     starts: int = 0
+    # A method's budget of optimiser steps (``step_schedule``): training stops there, mid-epoch; None: epochs.
+    step_budget: int | None = None
 
     def resume_entries(self) -> dict:
         """The checkpoint's entries besides the authors' (``state_dict``, ``epoch``, ...), in file order."""

@@ -14,7 +14,8 @@ the shared cache.
 
 Training (PROTOCOL.md 9, 10): SGD (or a method's published Adam / AdamW: run key ``optimizer``) over the
 method's parameter groups only (``build_optimizer``), one
-constant warm-up epoch then cosine (``build_scheduler``), stepped once per epoch; each step is taken in
+constant warm-up epoch then cosine (``build_scheduler``), stepped once per epoch (or a method's own schedule,
+stepped per batch up to its budget of steps: ``step_schedule``); each step is taken in
 ``Run.train_epoch``, which stops the run on a non-finite loss, and on a non-finite learned tensor
 after the optimiser's steps or after the method's end-of-epoch hook. Everything carried from one
 epoch to the next is one ``TrainingState``, saved after each epoch (``harness.checkpoint``), so that
@@ -181,14 +182,6 @@ class Run:
             spec.dataset, spec.data_root, num_shots=spec.shots, seed=seed, subsample=spec.subsample
         )
         state = self.start_training(splits.classnames)
-        start_epoch = checkpoint.resume(self.run_dir, state, spec.training_identity())
-        final = checkpoint.checkpoint_path(self.run_dir, spec.epochs, state.model.checkpoint_folder)
-        if start_epoch >= spec.epochs and os.path.isfile(final):
-            log.info("Training already finished: %s", final)
-            self.training_cost = cost.training(state.epoch_seconds, state.starts)
-            return final
-        state.starts += 1
-
         model = state.model  # its declared training images: augmentation and views per image
         transform = data.build_transform(
             train=True,
@@ -205,6 +198,17 @@ class Run:
             num_workers=spec.num_workers,  # None: the loader's default
             generator=state.loader_generator,
         )
+        step_schedule = getattr(state.model, "step_schedule", None)  # methods.parts.base: a budget of steps
+        if callable(step_schedule):
+            state.scheduler, state.step_budget = step_schedule(state.optimizer, spec.shots, len(loader), spec.epochs)
+        start_epoch = checkpoint.resume(self.run_dir, state, spec.training_identity())
+        final = checkpoint.checkpoint_path(self.run_dir, spec.epochs, state.model.checkpoint_folder)
+        if start_epoch >= spec.epochs and os.path.isfile(final):
+            log.info("Training already finished: %s", final)
+            self.training_cost = cost.training(state.epoch_seconds, state.starts)
+            return final
+        state.starts += 1
+
         log.info(
             "Training %s on %s (%s classes: %d, %d images) for %d epochs, %d steps each; %d trainable parameters",
             spec.method,
@@ -285,6 +289,9 @@ class Run:
             scaler.update()
             skipped += scaler.get_scale() < scale  # the scale drops exactly when a step is skipped
             step += 1
+            if state.step_budget is not None:
+                state.scheduler.step()
+                lr = optimizer.param_groups[0]["lr"]
             losses.append(loss.item())
             correct += int((details["logits"].argmax(-1) == labels).sum())
             seen += labels.numel()
@@ -294,6 +301,8 @@ class Run:
             progress.set_postfix(
                 epoch=f"{epoch}/{spec.epochs}", loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False
             )
+            if state.step_budget is not None and step >= state.step_budget:
+                break  # the method's budget ends mid-epoch (CLIP-LoRA counts steps, not epochs)
         if losses and skipped == len(losses):
             raise RunFailedError(
                 f"The gradient scaler skipped every step of epoch {epoch} of {self.job}: the loss or its "
@@ -306,7 +315,8 @@ class Run:
                 f"After epoch {epoch} of {self.job} (lr {lr:.3g}) the learned {', '.join(bad)} are not finite. "
                 f"{self.last_good()} {non_finite_advice(spec.precision)}"
             )
-        state.scheduler.step()
+        if state.step_budget is None:
+            state.scheduler.step()
         model.on_epoch_end(epoch, spec.epochs)
         # The hook may rewrite the learned tensors (PromptSRC's aggregate replaces them at the last
         # epoch) and keeps state that a resumed run carries on: a NaN there is caught here, not recorded.

@@ -22,8 +22,8 @@ def test_the_study_expands_to_the_published_jobs():
     by_name = {job.name: job for job in jobs}
     assert len(by_name) == len(jobs)
     # zero-shot: once per dataset; linear probe, CoOp, CoCoOp, KgCoOp, PromptSRC, MMRL, ProGrad, Tip-Adapter,
-    # Tip-Adapter-F: per dataset, K, seed
-    assert len(jobs) == 11 + 9 * 11 * 5 * 3
+    # Tip-Adapter-F, CLIP-LoRA: per dataset, K, seed
+    assert len(jobs) == 11 + 10 * 11 * 5 * 3
     assert all(job.targets() == [(job.spec.dataset, "all")] for job in jobs)  # the whole test set
     assert all(job.spec.subsample == "all" for job in jobs)
     coop = {(j.spec.dataset, j.spec.shots): j.spec for j in jobs if j.spec.method == "coop" and j.spec.seed == 1}
@@ -242,3 +242,19 @@ def test_a_claim_whose_runs_were_never_made_says_not_run():
     sentence = fewshot_demo.verdict(checks)
     assert sentence.startswith("1 of 4 hold") and "not: CoOp ≥ zero-shot CLIP + 5 at 16 shots" in sentence
     assert "not run: CoOp > linear probe at 1 shot; CoOp > linear probe at 2 shots" in sentence
+
+
+def test_clip_lora_jobs_take_the_epochs_of_500_x_k_steps():
+    """CLIP-LoRA's 500 x K steps of batch 32, at floor(K x classes / 32) steps an epoch (the harness's loader
+    drops the last partial batch), in the epochs its method would otherwise refuse."""
+    from harness.data.registry import get_info
+    from methods.clip_lora import training_epochs
+
+    jobs = sweep.expand(sweep.load_experiment("fewshot"), "/data", "/out")
+    lora = [j.spec for j in jobs if j.spec.method == "clip_lora"]
+    assert len(lora) == 11 * 5 * 3
+    for spec in lora:
+        images = spec.shots * get_info(spec.dataset).num_classes
+        steps = images // spec.batch_size if images >= spec.batch_size else 1
+        assert (spec.batch_size, spec.options["n_iters"], spec.lr) == (32, 500, 2e-4)
+        assert spec.epochs == training_epochs(500, spec.shots, steps), (spec.dataset, spec.shots)

@@ -702,3 +702,166 @@ def test_a_different_tip_adapter_f_objective_aborts_the_line(fake_tip_repo, tiny
     cell = table_row(report, "tip_adapter_f")[10]
     # the same eval logits (the wrong beta is in their training forward only), another loss or update
     assert cell.startswith(("MISMATCH: tip_adapter_f training loss", "MISMATCH: tip_adapter_f update")), cell
+
+
+# -- CLIP-LoRA: plain scripts, its own loralib ------------------------------------------------------------
+
+FAKE_LORALIB_LAYERS = """
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class LinearLoRA(nn.Linear):
+    def __init__(self, weight, bias, r, alpha, dropout_rate, wrong_scale):
+        super().__init__(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            self.weight.copy_(weight)
+            self.bias.copy_(bias)
+        self.w_lora_A = nn.Parameter(torch.zeros(r, weight.shape[1]))
+        self.w_lora_B = nn.Parameter(torch.zeros(weight.shape[0], r))
+        nn.init.kaiming_uniform_(self.w_lora_A, a=math.sqrt(5))
+        self.scaling = alpha / math.sqrt(r) * wrong_scale
+        self.dropout = nn.Dropout(dropout_rate)
+
+    def forward(self, x):
+        out = F.linear(x, self.weight, self.bias)
+        if self.training:
+            x = self.dropout(x)
+        return out + x @ (self.w_lora_B @ self.w_lora_A).t() * self.scaling
+
+
+class PlainMultiheadAttentionLoRA(nn.Module):
+    def __init__(self, mha, r, alpha, dropout_rate, wrong_scale):
+        super().__init__()
+        e = mha.embed_dim
+        self.heads, self.batch_first = mha.num_heads, mha.batch_first
+        w, b = mha.in_proj_weight.data, mha.in_proj_bias.data
+        args = (r, alpha, dropout_rate, wrong_scale)
+        self.q_proj = LinearLoRA(w[:e], b[:e], *args)
+        self.k_proj = LinearLoRA(w[e : 2 * e], b[e : 2 * e], *args)
+        self.v_proj = LinearLoRA(w[2 * e :], b[2 * e :], *args)
+        self.proj = mha.out_proj
+
+    def forward(self, query, key, value, need_weights=False, attn_mask=None):
+        x = query.transpose(0, 1) if self.batch_first else query
+        length, batch, e = x.shape
+
+        def heads(t):
+            return t.view(length, batch, self.heads, e // self.heads).permute(1, 2, 0, 3)
+
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask)
+        out = self.proj(out.permute(2, 0, 1, 3).reshape(length * batch, e)).view(length, batch, e)
+        return (out.transpose(0, 1) if self.batch_first else out), None
+"""
+
+FAKE_LORALIB_UTILS = """
+from .layers import PlainMultiheadAttentionLoRA
+
+
+def apply_lora(args, clip_model):
+    layers = []
+    for tower in (clip_model.transformer, clip_model.visual.transformer):
+        for block in tower.resblocks:
+            block.attn = PlainMultiheadAttentionLoRA(
+                block.attn, args.r, args.alpha, args.dropout_rate, getattr(args, "wrong_scale", 1.0)
+            )
+            layers.append(block.attn)
+    return layers
+
+
+def lora_state_dict(model):
+    return {k: v for k, v in model.state_dict().items() if "lora_" in k}
+"""
+
+FAKE_LORA = """
+import torch
+import torch.nn.functional as F
+
+import clip
+from loralib.utils import apply_lora, lora_state_dict
+
+
+def cls_acc(output, target, topk=1):
+    return 100 * float((output.argmax(-1) == target).float().mean())
+
+
+def text_features(clip_model, dataset):
+    texts = [dataset.template[0].format(c.replace("_", " ")) for c in dataset.classnames]
+    f = clip_model.encode_text(clip.tokenize(texts))
+    return f / f.norm(dim=-1, keepdim=True)
+
+
+def evaluate_lora(args, clip_model, loader, dataset):
+    clip_model.eval()
+    with torch.no_grad():
+        text = text_features(clip_model, dataset)
+        for images, target in loader:
+            f = clip_model.encode_image(images)
+            cls_acc((f / f.norm(dim=-1, keepdim=True)) @ text.t(), target)
+
+
+def run_lora(args, clip_model, logit_scale, dataset, train_loader, val_loader, test_loader):
+    for n, p in clip_model.named_parameters():
+        p.requires_grad = "lora_" in n
+    params = [p for n, p in clip_model.named_parameters() if "lora_" in n]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
+    clip_model.train()
+    for images, target in train_loader:
+        text = text_features(clip_model, dataset)
+        f = clip_model.encode_image(images)
+        logits = logit_scale * (f / f.norm(dim=-1, keepdim=True)) @ text.t()
+        loss = F.cross_entropy(logits, target)
+        cls_acc(logits, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        break
+    evaluate_lora(args, clip_model, test_loader, dataset)
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_lora_repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("clip_lora")
+    for path, text in {
+        "clip/__init__.py": "from .clip import *\n",
+        "clip/clip.py": textwrap.dedent(FAKE_CLIP) + FAKE_CLIP_LOAD,
+        "loralib/__init__.py": "",
+        "loralib/layers.py": FAKE_LORALIB_LAYERS,
+        "loralib/utils.py": FAKE_LORALIB_UTILS,
+        "lora.py": FAKE_LORA,
+    }.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+    return repo
+
+
+def clip_lora(wrong_scale: float = 1.0) -> dict:
+    """The entry for the tiny CLIP's two blocks (its update compared on each of them)."""
+    entry = vs_authors.AUTHORS["clip_lora"]
+    names = tuple((n, o) for n, o in entry.gradients if ".resblocks.0." in n or ".resblocks.1." in n)
+    return {"clip_lora": dataclasses.replace(entry, cfg={**entry.cfg, "wrong_scale": wrong_scale}, gradients=names)}
+
+
+def test_clip_lora_scripts_are_driven_checked_and_timed(fake_lora_repo, tiny_clip, tmp_path):
+    """CLIP-LoRA's plumbing: its loralib adapts its own clip model, lora.py's logits, loss and every adapter's
+    update, read from its functions, equal ours; its top-level modules are gone again afterwards."""
+    tops = ("lora", "loralib", "clip")
+    before = {name for name in sys.modules if name.split(".")[0] in tops}
+    rc, report = run_adapters(fake_lora_repo, tiny_clip, tmp_path, clip_lora())
+    assert rc == 0, report
+    cells = table_row(report, "clip_lora")
+    assert cells[10].startswith("yes (") and all(float(c) > 0 for c in (cells[2], cells[3], cells[6], cells[7]))
+    for check in ("eval logits", "training loss", "update visual.transformer.resblocks.1.attn.v_proj.w_lora_B"):
+        assert f"{check} " in report
+    assert {name for name in sys.modules if name.split(".")[0] in tops} == before
+
+
+def test_a_different_lora_scaling_aborts_the_clip_lora_line(fake_lora_repo, tiny_clip, tmp_path):
+    rc, report = run_adapters(fake_lora_repo, tiny_clip, tmp_path, clip_lora(wrong_scale=1.05))
+    assert rc == 1
+    assert table_row(report, "clip_lora")[10].startswith("MISMATCH: clip_lora eval logits")

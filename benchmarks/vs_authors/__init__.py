@@ -1,7 +1,7 @@
 """Benchmark: every method against its authors' own code, side by side.
 
     python -m benchmarks.vs_authors --authors cocoop=DIR coop=DIR kgcoop=DIR maple=DIR promptsrc=DIR \
-        prograd=DIR tcp=DIR coop_dept=DIR mmrl=DIR tip_adapter_f=DIR
+        prograd=DIR tcp=DIR coop_dept=DIR mmrl=DIR tip_adapter_f=DIR mma=DIR coprompt=DIR clip_lora=DIR
 
 It writes its report (``--out``, default reports/bench-vs-authors.md); ``python -m benchmarks.readme vs-authors
 [--from REPORT]`` copies its table into docs/benchmarks.md.

@@ -19,6 +19,7 @@ import torch.nn as nn
 from benchmarks.vs_authors.entry import AuthorsCode
 from benchmarks.vs_authors.importing import TOP_LEVEL, authors_import_path, fp32_on_cpu, framework_method
 from clipcore import backbone
+from methods.clip_lora import TEMPLATE as CLIP_LORA_TEMPLATE
 
 
 def base_cfg(image_size: int) -> dict:
@@ -239,3 +240,97 @@ class TipAdapterDriver:
 
     def update(self) -> dict[str, torch.Tensor]:
         return {"adapter.weight": self.records["grad"][0][0]}
+
+
+class ClipLoraDriver:
+    """CLIP-LoRA's plain scripts (no trainer, no Dassl): ``loralib.utils.apply_lora`` adapts the checkout's own
+    ``clip`` model (loaded from the same weights), ``lora.py``'s ``evaluate_lora`` gives the logits and ``run_lora``
+    one training step (``n_iters x shots`` = 1), read where their code hands them on: the cosines given to
+    ``cls_acc`` (x100, the literal scale of their training logits), the loss given to ``F.cross_entropy``, every
+    adapter's gradient at AdamW's step (a recording AdamW that leaves the weights as they are, like the others'
+    learning rate 0). Their B starts at zero, so that every adapter acts and learns B is drawn N(0, 0.02^2) first
+    (seeded) and copied into ours with A."""
+
+    def __init__(self, entry: AuthorsCode, checkout: str, clip, classnames: list[str]):
+        self.entry, self.args = entry, types.SimpleNamespace(**entry.cfg)
+        root = os.path.join(checkout, entry.folder)
+        if not os.path.isfile(os.path.join(root, "lora.py")):
+            raise FileNotFoundError(
+                f"{root} has no lora.py: give a checkout of {entry.repository} "
+                f"(git clone https://github.com/{entry.repository})"
+            )
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dataset = types.SimpleNamespace(classnames=list(classnames), template=[CLIP_LORA_TEMPLATE])
+        with authors_import_path(root, entry.unused_imports), fp32_on_cpu(), contextlib.redirect_stdout(io.StringIO()):
+            weights = os.path.join(self.tmp.name, "openai-format.pt")
+            torch.save({k: v.detach().cpu() for k, v in clip.state_dict().items()}, weights)
+            their_clip = importlib.import_module("clip")
+            self.lora = importlib.import_module("lora")
+            self.model = their_clip.load(weights, device="cpu", jit=False)[0].float().eval()
+            self.lora.apply_lora(self.args, self.model)
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                if name.endswith("w_lora_B"):
+                    p.copy_(0.02 * torch.randn(p.shape, generator=generator))
+        self.records: dict[str, list] = {}
+
+    @contextlib.contextmanager
+    def recording(self):
+        """lora.py with ``cls_acc``, ``F.cross_entropy`` and ``torch.optim.AdamW`` recording what they are given."""
+        self.records = {"logits": [], "loss": [], "grad": []}
+        records, lora = self.records, self.lora
+        cls_acc, functional = lora.cls_acc, lora.F
+
+        def recorded_acc(output, target, topk=1):
+            records["logits"].append(output.detach().clone())
+            return 0.0
+
+        def cross_entropy(logits, target, *args, **kwargs):
+            loss = functional.cross_entropy(logits, target, *args, **kwargs)
+            records["loss"].append(loss.detach().clone())
+            return loss
+
+        class RecordingAdamW(torch.optim.AdamW):
+            @torch.no_grad()
+            def step(self, closure=None):
+                records["grad"].append([p.grad.detach().clone() for g in self.param_groups for p in g["params"]])
+
+        shim = types.SimpleNamespace(**{k: getattr(functional, k) for k in dir(functional) if not k.startswith("_")})
+        shim.cross_entropy = cross_entropy
+        adamw = torch.optim.AdamW
+        lora.cls_acc, lora.F, torch.optim.AdamW = recorded_acc, shim, RecordingAdamW
+        try:
+            with (
+                fp32_on_cpu(),
+                contextlib.redirect_stdout(io.StringIO()),
+                contextlib.redirect_stderr(io.StringIO()),  # their tqdm bars
+                warnings.catch_warnings(),
+            ):
+                warnings.simplefilter("ignore")  # their CUDA autocast and GradScaler, disabled without CUDA
+                yield records
+        finally:
+            lora.cls_acc, lora.F, torch.optim.AdamW = cls_acc, functional, adamw
+
+    def lora_names(self) -> list[str]:
+        return [name for name, _ in self.model.named_parameters() if "lora_" in name]  # get_lora_parameters' order
+
+    def checkpoint_state(self) -> dict:
+        """``loralib.utils.lora_state_dict`` of their model: our checkpoint's keys."""
+        return {k: v.detach().clone() for k, v in self.lora.lora_state_dict(self.model).items()}
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        with self.recording() as records, torch.no_grad():
+            self.lora.evaluate_lora(self.args, self.model, [(images, torch.zeros(len(images)))], self.dataset)
+        return 100 * records["logits"][0]
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """``run_lora`` with one training step on the batch (also its zero-shot classifier, its preload of a
+        one-image val and test set and its final one-image evaluation: part of their timed step)."""
+        one = [(images[:1], labels[:1])]
+        with self.recording() as records:
+            self.lora.run_lora(self.args, self.model, 100, self.dataset, [(images, labels)], one, one)
+        return float(records["loss"][0])
+
+    def update(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.lora_names(), self.records["grad"][0], strict=True))

@@ -17,7 +17,7 @@ from benchmarks.vs_authors.dassl_stub import StubNotProvided, stub_modules
 
 # the authors' packages (each checkout has its own clip/trainers; DePT's also clip_maple/ and utils/; Tip-Adapter's
 # main.py, utils.py and datasets/)
-TOP_LEVEL = ("dassl", "clip", "trainers", "clip_maple", "utils", "main", "datasets")
+TOP_LEVEL = ("dassl", "clip", "trainers", "clip_maple", "utils", "main", "datasets", "lora", "loralib", "run_utils")
 
 
 def _importable(name: str) -> bool:

@@ -8,6 +8,7 @@ The runner knows no method by name. It builds one with ``methods.build_method`` 
 ``backward(x, y, details)``    optional, for an update that is not one loss's gradient (ProGrad): see below
 ``parameter_groups()``         what the optimiser updates, in groups (``lr_scale`` x the run's lr, or ``lr``)
 ``on_epoch_end(epoch, E)``     called after each epoch's last step and learning-rate update
+``step_schedule(opt, K, S, E)`` optional: a schedule stepped per batch and a budget of steps (see below)
 ``training_state()``           what that hook keeps between epochs (saved with the resume state)
 ``features_cacheable``         is ``encode_image`` the frozen, un-prompted image tower?
 ``feature_key()``              what besides backbone, precision, transform and images changes them
@@ -59,6 +60,12 @@ runner computes a test set's features once and shares them between methods and s
 ``logits_from_features`` (the method's own part); ``forward(images)`` chains them. A method that
 prompts the image encoder (MaPLe, PromptSRC) sets ``features_cacheable = False``: the runner then
 never reads or writes the shared feature cache for it.
+
+``step_schedule(optimizer, shots, steps_per_epoch, epochs) -> (scheduler, steps)``: a method whose authors
+count optimiser steps, not epochs (CLIP-LoRA: 500 x shots), returns its learning-rate scheduler, which the
+runner steps after every optimiser step instead of the per-epoch one, and the number of steps after which
+training stops, mid-epoch; it refuses, in one line naming the right value, ``epochs`` other than the epochs
+those steps take. Without it the runner's per-epoch schedule applies.
 
 What a method says about itself, as class attributes of the registered class (its own, never
 inherited: ``methods.method_info`` reads them for the report, the README's methods table, the bench
