@@ -42,6 +42,7 @@ def test_every_successor_has_a_line(monkeypatch, method):
         "tcp": {"injection_layer": 1},
         "mmrl": {"rep_layers": [1, 2]},
         "mma": {"adapter_start": 1, "adapter_end": 2},
+        "coprompt": {"prompt_depth": 2},
     }
     if method in depth_options:  # the tiny CLIP has 2 blocks: the published depths do not fit it
         monkeypatch.setitem(bench.SUCCESSORS, method, depth_options[method])
