@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bounds import OneOf, Range
+from bounds import OneOf, OutOfBounds, Range
 from clipcore import backbone
-from methods.maple import MultiModalPromptLearner
 from methods.parts import deep_prompts, prompt_text, whole_model_checkpoint
 from methods.parts.base import CLIPMethod, ContextLength, Weight, load_learned_tensors
+from methods.parts.coupled_prompts import MultiModalPromptLearner
 from methods.parts.registry import register_method
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,9 @@ IMAGE_ADAPTER_RATIO, TEXT_ADAPTER_RATIO = 0.1, 0.2  # image_adapter_m, text_adap
 FALLBACK_TEMPLATE = "a photo of a {}."
 
 
-class DescriptionsError(ValueError):
-    """Missing or malformed class descriptions (names the file and the fix)."""
+class DescriptionsError(OutOfBounds):
+    """Missing or malformed class descriptions (names the file and the fix): a bad value of the descriptions
+    option (or of the dataset that picks them), so the one checker of options refuses the run before it starts."""
 
 
 class Adapter(nn.Module):
