@@ -200,19 +200,11 @@ class CoPrompt(CLIPMethod):
 
     # -- the forward --------------------------------------------------------------------------------
 
-    def _deep(self, prompts: list[torch.Tensor], blocks: int) -> list[torch.Tensor]:
-        return prompts[: blocks - 1]  # a tower with fewer blocks than the depth uses the first ones (as MaPLe)
-
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        first, deep = self.prompt_learner.vision_prompts()
-        deep = self._deep(deep, len(deep_prompts.vision_blocks(self.clip)))
-        return deep_prompts.encode_image(self.clip, images, first, deep)
+        return self.prompt_learner.encode_image(self.clip, images)
 
     def prompted_text_features(self) -> torch.Tensor:
-        pl = self.prompt_learner
-        prompts, deep = pl.text_prompts()
-        deep = self._deep(deep, len(deep_prompts.text_blocks(self.clip)))
-        return deep_prompts.encode_text(self.clip, prompts, pl.tokenized_prompts, deep)
+        return self.prompt_learner.encode_text(self.clip)
 
     def adapted(self, image_features: torch.Tensor, text_features: torch.Tensor):
         """(f, t): the adapters' mixtures, normalised (coprompt.py:321-332)."""

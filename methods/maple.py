@@ -70,19 +70,11 @@ class MaPLe(CLIPMethod):
     def check_options(cls, options: dict) -> None:
         prompt_text.check_context(cls.method_name, options["n_ctx"], options["ctx_init"], "n_ctx")
 
-    def _deep(self, prompts: list[torch.Tensor], blocks: int) -> list[torch.Tensor]:
-        return prompts[: blocks - 1]  # a tower with fewer blocks than the depth uses the first ones
-
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        first, deep = self.prompt_learner.vision_prompts()
-        deep = self._deep(deep, len(deep_prompts.vision_blocks(self.clip)))
-        return deep_prompts.encode_image(self.clip, images, first, deep)
+        return self.prompt_learner.encode_image(self.clip, images)
 
     def text_features(self) -> torch.Tensor:
-        pl = self.prompt_learner
-        prompts, deep = pl.text_prompts()
-        deep = self._deep(deep, len(deep_prompts.text_blocks(self.clip)))
-        return deep_prompts.encode_text(self.clip, prompts, pl.tokenized_prompts, deep)
+        return self.prompt_learner.encode_text(self.clip)
 
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         return backbone.cosine_logits(self.clip, image_features, self.text_features())

@@ -44,3 +44,15 @@ class MultiModalPromptLearner(nn.Module):
         """(V_0 = proj(ctx), V_i = projection_i(P_i)): the coupling of maple.py:159-176."""
         deep = [layer(p) for layer, p in zip(self.compound_prompt_projections, self.compound_prompts_text)]
         return self.proj(self.ctx), deep
+
+    def encode_image(self, clip, images: torch.Tensor) -> torch.Tensor:
+        """Image features through the prompted vision tower (a tower with fewer blocks than the depth uses
+        the first deep prompts)."""
+        first, deep = self.vision_prompts()
+        return deep_prompts.encode_image(clip, images, first, deep[: len(deep_prompts.vision_blocks(clip)) - 1])
+
+    def encode_text(self, clip) -> torch.Tensor:
+        """The classes' text features through the prompted text tower."""
+        prompts, deep = self.text_prompts()
+        deep = deep[: len(deep_prompts.text_blocks(clip)) - 1]
+        return deep_prompts.encode_text(clip, prompts, self.tokenized_prompts, deep)
