@@ -298,7 +298,16 @@ def test_make_demo_drift_compares_the_demo_results_and_reruns_only_when_asked(tm
         pytest.skip("no make on this machine")
 
     def recipe(*variables):
-        done = subprocess.run(["make", "-n", "demo-drift", *variables], cwd=ROOT, capture_output=True, text=True)
+        # Under ``make test`` the outer make's MAKELEVEL/MAKEFLAGS reach this one, which then prints
+        # "Entering/Leaving directory" around the recipe: a fresh environment reads only the recipe.
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+        done = subprocess.run(
+            ["make", "--no-print-directory", "-n", "demo-drift", *variables],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout.strip().splitlines()[-1].split()
 
