@@ -222,10 +222,14 @@ def read_table(path: str) -> dict[tuple, float]:
         return {(r["row"], r["method"], r["metric"]): float(r["mean"]) for r in csv.DictReader(f) if r["mean"]}
 
 
-def drift(reference_csv: str, new_csv: str) -> list[tuple]:
-    """(key, reference, now) per cell of the reference; now is None where the new run lacks it."""
+def drift(reference_csv: str, new_csv: str) -> tuple[list[tuple], list[str]]:
+    """(key, reference, now) per cell of the reference of each method the new run has (now None where it
+    lacks that cell: a real gap), and the reference's methods the new run did not run at all (``make
+    base2new`` runs the paper's three; the reference has every method of the study)."""
     ref, new = read_table(reference_csv), read_table(new_csv) if os.path.isfile(new_csv) else {}
-    return [(key, ref[key], new.get(key)) for key in ref]
+    ran = {method for _, method, _ in new}
+    not_run = list(dict.fromkeys(method for _, method, _ in ref if method not in ran))
+    return [(key, ref[key], new.get(key)) for key in ref if key[1] in ran], not_run
 
 
 def _table_lines(path: str) -> str:
@@ -418,9 +422,12 @@ def main(argv=None) -> int:
             run_transfer(results, os.path.join(results, "report"))
     print("| table | row | method | metric | reference | now | drift |")
     print("| --- | --- | --- | --- | ---: | ---: | ---: |")
-    worst = 0.0
+    worst, not_compared = 0.0, {}
     for table in tables:
-        rows = drift(os.path.join(REFERENCE_DIR, f"{table}.csv"), os.path.join(results, "report", f"{table}.csv"))
+        rows, not_run = drift(
+            os.path.join(REFERENCE_DIR, f"{table}.csv"), os.path.join(results, "report", f"{table}.csv")
+        )
+        not_compared.update(dict.fromkeys(not_run))
         for (row, method, metric), ref, now in rows:
             delta = None if now is None else now - ref
             worst = max(worst, abs(delta)) if delta is not None else worst
@@ -428,6 +435,11 @@ def main(argv=None) -> int:
             change = "" if delta is None else f"{delta:+.2f}"
             print(f"| {table.split('_')[0]} | {row} | {method} | {metric} | {ref:.2f} | {shown} | {change} |")
     print(f"\nlargest drift: {worst:.2f} points")
+    if not_compared:
+        print(
+            f"not compared (the reference has them, these results do not): {', '.join(not_compared)}; "
+            f"METHODS={','.join(not_compared)} on the same make targets adds them to the same results"
+        )
     checks = pattern_checks(seed_averages(results))
     print(checks_markdown(checks), end="")
     if transfer:
