@@ -58,8 +58,10 @@ def test_methods_table_is_what_the_code_counts_and_the_papers_publish():
     """Every row of the README's methods table (written by ``python -m benchmarks.methods_table``) is true:
     a registered method, its paper and code as its file says, trainable parameters counted on a random
     ViT-B/16-shaped CLIP with the options of its default config, published H as in
-    reports/paper/base2new.csv, demo H as in the reference run. A registered method the README does not
-    show yet is not an error (the table is regenerated, not typed)."""
+    reports/paper/base2new.csv and published 16-shot accuracy as in reports/paper/fewshot.csv (ViT-B/16
+    averages), demo H and demo 16-shot accuracy as in the reference runs, "n/a" where the study's YAML does
+    not list the method. A registered method the README does not show yet is not an error (the table is
+    regenerated, not typed)."""
     import csv
 
     import torch
@@ -68,6 +70,7 @@ def test_methods_table_is_what_the_code_counts_and_the_papers_publish():
     from benchmarks import methods_table
     from benchmarks.readme import read_block
     from clipcore import backbone
+    from harness import sweep
     from harness.config import default_method_options
 
     block = read_block(os.path.join(ROOT, "README.md"), methods_table.BLOCK)
@@ -76,30 +79,50 @@ def test_methods_table_is_what_the_code_counts_and_the_papers_publish():
         [c.strip() for c in line.strip().strip("|").split("|")]
         for line in block[len(methods_table.HEADER) :].splitlines()
     ]
-    assert rows and all(len(r) == 6 and r[0].startswith("`") for r in rows), block
+    assert rows and all(len(r) == 8 and r[0].startswith("`") for r in rows), block
     with open(os.path.join(ROOT, "reports", "paper", "base2new.csv"), newline="") as f:
         published = {r["method"]: r["h"] for r in csv.DictReader(f) if r["dataset"] == "average"}
-    with open(os.path.join(ROOT, "reports", "demo-reference", "table1_base2new.csv"), newline="") as f:
+    with open(os.path.join(ROOT, "reports", "paper", "fewshot.csv"), newline="") as f:
+        published_16 = {
+            r["method"]: float(r["accuracy"])
+            for r in csv.DictReader(f)
+            if (r["dataset"], r["backbone"], r["shots"]) == ("average", "ViT-B/16", "16")
+        }
+    reference = os.path.join(ROOT, "reports", "demo-reference")
+    with open(os.path.join(reference, "table1_base2new.csv"), newline="") as f:
         demo_h = {r["method"]: r["shown"] for r in csv.DictReader(f) if r["row"] == "average" and r["metric"] == "H"}
+    with open(os.path.join(reference, "fewshot", "fewshot_16shot.csv"), newline="") as f:
+        demo_16 = {r["method"]: r["shown"] for r in csv.DictReader(f) if r["row"] == "average"}
+    base2new, fewshot = (set(sweep.load_experiment(e)["methods"]) for e in ("base2new", "fewshot"))
     clip = backbone.freeze(backbone.build_random_clip("vit_b16"))
-    for name, paper, code, count, h, ours in rows:
+    for name, paper, code, count, h, ours, h16, ours16 in rows:
         name = name.strip("`")
         assert name in methods.list_methods(), f"the README shows {name!r}, which is not registered"
         info = methods.method_info(name)
         assert paper == f"{info.label} ({info.paper} {info.year})" and code == info.source, name
-        torch.manual_seed(0)
-        model = methods.build_method(name, clip, ["golden retriever", "tabby cat"], **default_method_options(name))
-        assert model.num_trainable_parameters() == int(count.replace(",", "")), name
-        assert h == published.get(name, "–"), name
-        assert ours == demo_h.get(name, "`METHODS=`"), name
+        if name == "tip_adapter_f":  # its cache keys are learned: 16 pictures x 2 classes x CLIP's 512 dims
+            assert int(count.replace(",", "")) == 16 * 2 * 512
+        else:
+            torch.manual_seed(0)
+            model = methods.build_method(name, clip, ["golden retriever", "tabby cat"], **default_method_options(name))
+            assert model.num_trainable_parameters() == int(count.replace(",", "")), name
+        if name in base2new:
+            assert (h, ours) == (published.get(name, "–"), demo_h.get(name, "`METHODS=`")), name
+        else:
+            assert (h, ours) == ("n/a", "n/a"), name
+        if name in fewshot:
+            assert h16 == (f"{published_16[name]:.2f}" if name in published_16 else "–"), name
+            assert ours16 == demo_16.get(name, "`METHODS=`"), name
+        else:
+            assert (h16, ours16) == ("n/a", "n/a"), name
     # The paper's three and the successors are shown; the demo ran the first three.
     shown = [r[0].strip("`") for r in rows]
-    assert {"zsclip", "coop", "cocoop", "kgcoop", "maple", "promptsrc"} <= set(shown)
-    assert shown[:3] == ["zsclip", "coop", "cocoop"]  # in year order, ties in registration order
-    # the reference run has every method of the base-to-new study (python -m benchmarks.demo reference)
-    from harness import sweep
-
-    assert set(demo_h) == set(sweep.load_experiment("base2new")["methods"])
+    assert {"zsclip", "coop", "cocoop", "kgcoop", "maple", "promptsrc", "tip_adapter_f"} <= set(shown)
+    assert shown[:2] == ["zsclip", "lpclip"]  # in year order, ties in registration order
+    # the reference runs have every method of the base-to-new and few-shot studies
+    # (python -m benchmarks.demo reference, python -m benchmarks.fewshot_demo reference)
+    assert set(demo_h) == base2new
+    assert set(demo_16) == fewshot
 
 
 def test_demo_blocks_are_the_reference_run():
@@ -320,6 +343,25 @@ def test_make_demo_drift_compares_the_demo_results_and_reruns_only_when_asked(tm
     with open(os.path.join(ROOT, "docs", "demo.md"), encoding="utf-8") as f:
         text = f.read()
     assert "`make demo-drift RERUN=1`" in text and "`output/demo`" in text
+
+
+def test_drift_compares_the_methods_both_runs_have_and_names_the_others(tmp_path):
+    """A demo run with the paper's three methods against a reference with every method: the successors are
+    named once as not compared, not listed cell by cell as missing; a cell missing from a method that ran
+    is still a gap."""
+    from benchmarks import demo
+
+    header = "row,method,metric,mean\n"
+    reference, now = tmp_path / "reference.csv", tmp_path / "now.csv"
+    reference.write_text(
+        header + "average,coop,H,80.0\naverage,coop,Base,90.0\naverage,kgcoop,H,85.0\naverage,mma,H,79.0\n"
+    )
+    now.write_text(header + "average,coop,H,81.5\n")
+    rows, not_run = demo.drift(str(reference), str(now))
+    assert rows == [(("average", "coop", "H"), 80.0, 81.5), (("average", "coop", "Base"), 90.0, None)]
+    assert not_run == ["kgcoop", "mma"]
+    rows, not_run = demo.drift(str(reference), str(tmp_path / "none.csv"))
+    assert rows == [] and not_run == ["coop", "kgcoop", "mma"]
 
 
 # -- adding a dataset -----------------------------------------------------------------------------
