@@ -307,18 +307,21 @@ class CLIPLoRA(CLIPMethod):
     def state_from_authors_file(self, contents: dict, path: str) -> dict:
         """The adapters of a ``save_lora`` file under ``prompt_learner``'s keys, after ``load_lora``'s checks
         (utils.py:199-213: each metadata value must be this model's option), each refused in one line."""
-        ours = self.authors_metadata()
-        for key, value in ours.items():
-            saved = contents["metadata"].get(key)
+        metadata, weights = contents["metadata"], contents["weights"]
+        if not (isinstance(metadata, dict) and isinstance(weights, dict)):
+            raise CheckpointError(
+                f"{path} holds 'weights' and 'metadata' that are not save_lora's dicts: it is not a CLIP-LoRA file."
+            )
+        for key, value in self.authors_metadata().items():
+            saved = metadata.get(key)
             if saved != value:
                 raise CheckpointError(
                     f"{path}: its metadata {key} is {saved!r}, this clip_lora model's option {key} is {value!r} (the "
                     f"authors' load_lora refuses it too): evaluate it with --set options.{key}={saved!r}."
                 )
-        weights = contents["weights"]
         if len(weights) != len(self.adapted) or any(f"layer_{i}" not in weights for i in range(len(self.adapted))):
             raise CheckpointError(
-                f"{path} holds {len(weights)} adapted attention layers ({sorted(weights)[:4]}...), this model adapts "
+                f"{path} holds {len(weights)} adapted attention layers, this model adapts "
                 f"{len(self.adapted)} (layer_0 to layer_{len(self.adapted) - 1}): it was trained on a backbone of "
                 "another depth; evaluate it with that backbone."
             )

@@ -370,6 +370,22 @@ def test_an_authors_file_of_other_options_is_refused_as_load_lora_does(clip, tmp
     assert f"--set options.{key}={saved}" in message
 
 
+def test_an_authors_file_of_another_depth_or_other_adapters_is_refused(clip, tmp_path):
+    """What their load_lora passes over silently: a missing layer (another backbone's depth), a missing projection."""
+    path = str(tmp_path / "lora_weights.pt")
+    model = build_method("clip_lora", clip, NAMES)
+    contents = model.authors_files(SPEC)[AUTHORS_PATH]
+    del contents["weights"]["layer_3"]
+    torch.save(contents, path)
+    with pytest.raises(CheckpointError, match="holds 3 adapted attention layers, this model adapts 4"):
+        model.load_prompt_checkpoint(path)
+    contents = model.authors_files(SPEC)[AUTHORS_PATH]
+    del contents["weights"]["layer_1"]["k_proj"]
+    torch.save(contents, path)
+    with pytest.raises(CheckpointError, match="layer_1 holds adapters \\['q_proj', 'v_proj'\\]"):
+        model.load_prompt_checkpoint(path)
+
+
 # -- through the runner: a job, its checkpoint, kill and resume --------------------------------------
 
 
