@@ -9,7 +9,9 @@ the wall time of each epoch so far (a resumed job's training time sums its start
 and the run spec.
 A text file ``checkpoint`` beside it names the newest, as the authors' framework writes it. Only the
 last epoch's file holds what the authors' trainer saves in full (the whole model, frozen CLIP copies
-included, for MaPLe and PromptSRC); the earlier ones, kept to resume, hold the learned tensors.
+included, for MaPLe and PromptSRC); the earlier ones, kept to resume, hold the learned tensors. Beside the
+last one go the files the authors' own code writes in another layout than Dassl's (the method's
+``authors_files``: CLIP-LoRA's ``save_lora`` file), where their loader looks for them.
 
 Writes are atomic (``clipcore.atomic``), and the previous epoch's checkpoint is kept until the next
 one exists, so a kill at any moment, during a write included, leaves a loadable checkpoint. A file
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clipcore.atomic import atomic_torch_save
 from clipcore.checkpoint_file import load_checkpoint_file
 from harness.config import LATER_TRAINING_KEYS, TRAINING_KEYS
 
@@ -147,6 +150,8 @@ def save(run_dir: str, state: TrainingState, spec: dict, final: bool) -> str:
     its last), point ``checkpoint`` at it, drop all but the newest ``KEEP``."""
     model = state.model
     path = checkpoint_path(run_dir, state.epoch, model.checkpoint_folder)
+    if final:
+        save_authors_files(model, path, spec)
     entries = state.resume_entries()
     model.save_prompt_checkpoint(
         path,
@@ -165,6 +170,19 @@ def save(run_dir: str, state: TrainingState, spec: dict, final: bool) -> str:
     for old, _ in checkpoints(run_dir)[KEEP:]:
         os.unlink(old)
     return path
+
+
+def save_authors_files(model, path: str, spec: dict) -> list[str]:
+    """Write the files the method's authors' own code writes when training ends (``authors_files``: their
+    layout where it is not Dassl's), under the folder of the final checkpoint ``path``, before that checkpoint:
+    its existence marks the training finished, so a job killed in between writes them again."""
+    written = []
+    for relative, contents in model.authors_files(spec).items():
+        target = os.path.join(os.path.dirname(path), relative)
+        atomic_torch_save(contents, target)
+        log.info("The authors' file: %s", target)
+        written.append(target)
+    return written
 
 
 def spec_differences(saved: dict | None, spec: dict) -> dict:

@@ -378,6 +378,7 @@ class Run:
             features["train"], labels["train"], features["val"], labels["val"], seed=seed, shots=spec.shots, **extra
         )
         log.info("Fitted: %s", model.record_options())
+        checkpoint.save_authors_files(model, final, spec.training_identity())
         model.save_prompt_checkpoint(final, 0, spec=spec.training_identity())
         self.training_cost = cost.fitted(time.perf_counter() - began)
         return final
@@ -427,7 +428,9 @@ class Run:
         become the training run's plus a ``load_any`` note of what differs (a settings run of its own in
         the report), and its records carry the note. A checkpoint without a stored spec (the authors'
         code or an early harness wrote it) is accepted with a warning when its epoch is the job's:
-        its other settings cannot be checked."""
+        its other settings cannot be checked. A file in the authors' own layout (``is_authors_file``:
+        CLIP-LoRA's ``save_lora`` file) holds no epoch and is taken as a finished training; the method
+        checks what it does hold (its metadata) when it loads it."""
         spec = self.spec
         if not spec.learns:
             return None, 0
@@ -444,6 +447,8 @@ class Run:
             path = found[0]
         contents = load_checkpoint_file(path)
         contents = contents if isinstance(contents, dict) else {}
+        if methods.method_class(spec.method).is_authors_file(contents):
+            contents = {"epoch": spec.epochs}  # their code writes it once, after the last step; no epoch in it
         epoch, saved = int(contents.get("epoch", 0)), contents.get("spec")
         held = fingerprints.read_folder(folder)
         changes = {}

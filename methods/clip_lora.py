@@ -24,6 +24,7 @@ which the method gives the runner through ``step_schedule``.
 from __future__ import annotations
 
 import math
+import os
 from contextlib import contextmanager
 from typing import Annotated
 
@@ -33,7 +34,7 @@ from torch import nn
 
 from bounds import OneOf, OutOfBounds, Range, Satisfies
 from clipcore import backbone
-from methods.parts.base import CLIPMethod, Template
+from methods.parts.base import CheckpointError, CLIPMethod, Template
 from methods.parts.registry import register_method
 
 LOGIT_SCALE = 100.0  # main.py:22: a fixed 100, whatever CLIP's logit_scale
@@ -58,6 +59,10 @@ POSITIONS = {
     "all": None,
 }
 PROJECTION_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "proj"}  # the authors' module names
+# save_lora's file: run_utils.py:40's default --filename, and their dataset_list's keys (datasets/__init__.py:14-26)
+# where the harness's differ.
+AUTHORS_FILENAME = "lora_weights"
+AUTHORS_DATASETS = {"fgvc_aircraft": "fgvc"}
 
 Projections = Annotated[
     list[Annotated[str, OneOf(PROJECTIONS)]],
@@ -262,8 +267,83 @@ class CLIPLoRA(CLIPMethod):
             )
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total, eta_min=ETA_MIN), total
 
+    # -- the authors' save_lora file --------------------------------------------------------------
+
+    def authors_files(self, spec: dict) -> dict[str, object]:
+        """``save_lora``'s file (loralib/utils.py:137-184) where their ``load_lora`` looks for it under a
+        ``--save_path`` of the checkpoint folder: ``<backbone>/<dataset>/<K>shots/seed<seed>/lora_weights.pt``.
+        Its ``layer_<i>`` are their ``list_lora_layers``: the text tower's adapted blocks, then the image
+        tower's (``apply_lora``), the order of ``self.adapted``."""
+        weights = {}
+        for i, (_, adapters) in enumerate(self.adapted):
+            weights[f"layer_{i}"] = {
+                name: {m: getattr(adapters[name], m).detach().cpu().clone() for m in ("w_lora_A", "w_lora_B")}
+                for name in (PROJECTION_NAMES[p] for p in PROJECTIONS if p in self.params)  # their q, k, v, o order
+            }
+        seed = 1 if spec.get("seed") is None else spec["seed"]  # an unseeded job's draw is seed 1's
+        folder = f"{authors_backbone(spec['backbone'])}/{AUTHORS_DATASETS.get(spec['dataset'], spec['dataset'])}"
+        return {
+            f"{folder}/{spec['shots']}shots/seed{seed}/{AUTHORS_FILENAME}.pt": {
+                "weights": weights,
+                "metadata": self.authors_metadata(),
+            }
+        }
+
+    def authors_metadata(self) -> dict:
+        """``save_lora``'s metadata: the values their argparse gives (run_utils.py:32-37; alpha an int there)."""
+        alpha = int(self.alpha) if self.alpha.is_integer() else self.alpha
+        return {
+            "r": self.r,
+            "alpha": alpha,
+            "encoder": self.encoder,
+            "params": list(self.params),
+            "position": self.position,
+        }
+
+    @classmethod
+    def is_authors_file(cls, contents) -> bool:
+        return isinstance(contents, dict) and set(contents) == {"weights", "metadata"}
+
+    def state_from_authors_file(self, contents: dict, path: str) -> dict:
+        """The adapters of a ``save_lora`` file under ``prompt_learner``'s keys, after ``load_lora``'s checks
+        (utils.py:199-213: each metadata value must be this model's option), each refused in one line."""
+        metadata, weights = contents["metadata"], contents["weights"]
+        if not (isinstance(metadata, dict) and isinstance(weights, dict)):
+            raise CheckpointError(
+                f"{path} holds 'weights' and 'metadata' that are not save_lora's dicts: it is not a CLIP-LoRA file."
+            )
+        for key, value in self.authors_metadata().items():
+            saved = metadata.get(key)
+            if saved != value:
+                raise CheckpointError(
+                    f"{path}: its metadata {key} is {saved!r}, this clip_lora model's option {key} is {value!r} (the "
+                    f"authors' load_lora refuses it too): evaluate it with --set options.{key}={saved!r}."
+                )
+        if len(weights) != len(self.adapted) or any(f"layer_{i}" not in weights for i in range(len(self.adapted))):
+            raise CheckpointError(
+                f"{path} holds {len(weights)} adapted attention layers, this model adapts "
+                f"{len(self.adapted)} (layer_0 to layer_{len(self.adapted) - 1}): it was trained on a backbone of "
+                "another depth; evaluate it with that backbone."
+            )
+        prefixes = {id(m): name for name, m in self.prompt_learner.named_modules()}
+        state = {}
+        for i, (_, adapters) in enumerate(self.adapted):
+            layer = weights[f"layer_{i}"]
+            if set(layer) != set(adapters):
+                raise CheckpointError(
+                    f"{path}: layer_{i} holds adapters {sorted(layer)}, this model's are {sorted(adapters)} (params "
+                    f"{self.params}): the file is not what save_lora writes for its metadata."
+                )
+            for name, matrices in layer.items():
+                for m in ("w_lora_A", "w_lora_B"):
+                    state[f"{prefixes[id(adapters)]}.{name}.{m}"] = matrices[m]
+        return state
+
     def load_checkpoint_state_dict(self, state: dict, path: str = "<state dict>") -> None:
+        """Our checkpoint's state dict (the authors' model keys), or a whole ``save_lora`` file."""
         self._eval_text = None
+        if self.is_authors_file(state):
+            state = self.state_from_authors_file(state, path)
         super().load_checkpoint_state_dict(state, path)
 
     def record_options(self) -> dict:
@@ -277,6 +357,14 @@ class CLIPLoRA(CLIPMethod):
             "n_iters": self.n_iters,
             "template": self.template,
         }
+
+
+def authors_backbone(backbone: str) -> str:
+    """save_lora's folder for a backbone (utils.py:175-176): "ViT-B/16" -> "vitb16"; a weights file by its
+    name ("ViT-B-16.pt" -> "vitb16")."""
+    if backbone.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        backbone = os.path.splitext(os.path.basename(backbone))[0]
+    return backbone.replace("/", "").replace("-", "").lower()
 
 
 def training_epochs(n_iters: int, shots: int, steps_per_epoch: int) -> int:

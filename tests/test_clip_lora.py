@@ -22,6 +22,7 @@ from harness import backbone, load_clip, results
 from harness.config import build_spec
 from harness.runner import run
 from methods import build_method
+from methods.parts.base import CheckpointError
 
 NAMES = ["cat", "dog", "red_car", "tree", "boat"]
 
@@ -285,6 +286,106 @@ def test_the_step_schedule_is_a_cosine_over_n_iters_times_shots_to_1e_6(clip):
         model.step_schedule(opt, shots=4, steps_per_epoch=3, epochs=10)
 
 
+# -- the authors' save_lora file --------------------------------------------------------------------
+
+SPEC = {"backbone": "ViT-B/16", "dataset": "fgvc_aircraft", "shots": 4, "seed": 3}
+AUTHORS_PATH = "vitb16/fgvc/4shots/seed3/lora_weights.pt"  # save_lora's folders, their dataset key
+
+
+def authors_save_lora(ref, params, r, alpha, encoder, position) -> dict:
+    """utils.py:107-184 written out: apply_lora's list_lora_layers (text blocks, then vision blocks), then
+    save_lora's dict of each layer's q, k, v, o adapters in that order, and its metadata."""
+    towers = {"text": ref.transformer.resblocks, "vision": ref.visual.transformer.resblocks}
+    chosen = {"both": ("text", "vision"), "text": ("text",), "vision": ("vision",)}[encoder]
+    list_lora_layers = [block.attn for tower in chosen for block in towers[tower]]
+    weights = {}
+    for i, layer in enumerate(list_lora_layers):
+        layer_weights = {}
+        for p, name in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "proj")):
+            if p in params:
+                module = getattr(layer, name)
+                layer_weights[name] = {"w_lora_A": module.w_lora_A.data, "w_lora_B": module.w_lora_B.data}
+        weights[f"layer_{i}"] = layer_weights
+    metadata = {"r": r, "alpha": alpha, "encoder": encoder, "params": params, "position": position}
+    return {"weights": weights, "metadata": metadata}
+
+
+def assert_same_tree(ours, theirs, where="file"):
+    if isinstance(theirs, dict):
+        assert isinstance(ours, dict) and list(ours) == list(theirs), where  # the same keys in the same order
+        for key in theirs:
+            assert_same_tree(ours[key], theirs[key], f"{where}[{key!r}]")
+    elif isinstance(theirs, torch.Tensor):
+        assert ours.dtype == theirs.dtype and torch.equal(ours, theirs), where
+    else:
+        assert type(ours) is type(theirs) and ours == theirs, where
+
+
+@pytest.mark.parametrize("params, encoder", [(["v", "q", "o"], "both"), (["k"], "vision")])
+def test_the_authors_file_is_save_lora_s_dict_in_their_layer_order(clip, params, encoder):
+    model = build_method("clip_lora", clip, NAMES, params=params, r=3, alpha=2.0, encoder=encoder)
+    randomise_b(model)
+    ref = ref_model(
+        clip, params=params, r=3, alpha=2.0, towers=("text", "vision") if encoder == "both" else ("vision",)
+    )
+    ref.load_state_dict(model.prompt_learner.state_dict(), strict=False)
+    files = model.authors_files(SPEC)
+    assert list(files) == [AUTHORS_PATH]
+    # their argparse gives alpha as an int (run_utils.py:36)
+    assert_same_tree(files[AUTHORS_PATH], authors_save_lora(ref, params, 3, 2, encoder, "all"))
+
+
+def test_the_authors_file_loads_into_a_fresh_model_with_the_same_logits(clip, tmp_path):
+    model = build_method("clip_lora", clip, NAMES, params=["q", "v", "o"], r=3, alpha=2.0).eval()
+    randomise_b(model)
+    path = str(tmp_path / "lora_weights.pt")
+    torch.save(model.authors_files(SPEC)[AUTHORS_PATH], path)
+    torch.manual_seed(5)  # another A
+    fresh = build_method("clip_lora", clip, NAMES, params=["q", "v", "o"], r=3, alpha=2.0).eval()
+    x = images(clip)
+    with torch.no_grad():
+        assert not torch.equal(fresh(x), model(x))
+        fresh.load_prompt_checkpoint(path)
+        assert torch.equal(fresh(x), model(x))
+
+
+@pytest.mark.parametrize(
+    "options, key, saved, ours",
+    [
+        ({"r": 3}, "r", "2", "3"),
+        ({"encoder": "text"}, "encoder", "'both'", "'text'"),
+        ({"alpha": 0.5}, "alpha", "1", "0.5"),
+        ({"params": ["v", "q", "k"]}, "params", "['q', 'k', 'v']", "['v', 'q', 'k']"),  # their lists, compared as lists
+    ],
+)
+def test_an_authors_file_of_other_options_is_refused_as_load_lora_does(clip, tmp_path, options, key, saved, ours):
+    path = str(tmp_path / "lora_weights.pt")
+    torch.save(build_method("clip_lora", clip, NAMES).authors_files(SPEC)[AUTHORS_PATH], path)
+    other = build_method("clip_lora", clip, NAMES, **options)
+    with pytest.raises(CheckpointError) as refused:
+        other.load_prompt_checkpoint(path)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(path)
+    assert f"its metadata {key} is {saved}, this clip_lora model's option {key} is {ours} " in message
+    assert f"--set options.{key}={saved}" in message
+
+
+def test_an_authors_file_of_another_depth_or_other_adapters_is_refused(clip, tmp_path):
+    """What their load_lora passes over silently: a missing layer (another backbone's depth), a missing projection."""
+    path = str(tmp_path / "lora_weights.pt")
+    model = build_method("clip_lora", clip, NAMES)
+    contents = model.authors_files(SPEC)[AUTHORS_PATH]
+    del contents["weights"]["layer_3"]
+    torch.save(contents, path)
+    with pytest.raises(CheckpointError, match="holds 3 adapted attention layers, this model adapts 4"):
+        model.load_prompt_checkpoint(path)
+    contents = model.authors_files(SPEC)[AUTHORS_PATH]
+    del contents["weights"]["layer_1"]["k_proj"]
+    torch.save(contents, path)
+    with pytest.raises(CheckpointError, match="layer_1 holds adapters \\['q_proj', 'v_proj'\\]"):
+        model.load_prompt_checkpoint(path)
+
+
 # -- through the runner: a job, its checkpoint, kill and resume --------------------------------------
 
 
@@ -339,6 +440,27 @@ def test_the_job_stops_at_its_step_budget_and_its_checkpoint_scores_the_same(dat
     assert any(float(v.abs().max()) > 0 for k, v in saved["state_dict"].items() if k.endswith("w_lora_B"))
     loaded = run(lora_spec(data_root, tmp_path, load_from=spec.output_dir))[0]
     assert loaded["metrics"] == record["metrics"]
+
+
+def test_the_job_leaves_the_authors_file_and_evaluating_it_scores_the_same(data_root, straight, tmp_path):
+    spec, record = straight
+    saved = torch.load(os.path.join(spec.output_dir, "clip_lora", "model.pth.tar-2"), weights_only=False)
+    # where load_lora looks under --save_path <run>/clip_lora for --backbone tiny --dataset synthetic --shots 2 --seed 2
+    path = os.path.join(spec.output_dir, "clip_lora", "tiny", "synthetic", "2shots", "seed2", "lora_weights.pt")
+    authors = torch.load(path)  # plain tensors and lists: their torch.load reads it
+    assert authors["metadata"] == {"r": 2, "alpha": 1, "encoder": "both", "params": ["q", "k", "v"], "position": "all"}
+    layers = [
+        saved["state_dict"][f"{tower}.resblocks.{i}.attn.v_proj.w_lora_B"]
+        for tower in ("transformer", "visual.transformer")
+        for i in range(2)
+    ]
+    assert len(authors["weights"]) == 4
+    for i, expected in enumerate(layers):
+        assert torch.equal(authors["weights"][f"layer_{i}"]["v_proj"]["w_lora_B"], expected)
+    loaded = run(lora_spec(data_root, tmp_path, load_from=path))[0]
+    assert loaded["metrics"] == record["metrics"]
+    with pytest.raises(CheckpointError, match="metadata r is 2"):
+        run(lora_spec(data_root, tmp_path / "other", load_from=path, options={"n_iters": 4, "r": 4}))
 
 
 def test_epochs_other_than_the_budgets_are_refused_with_the_right_value(data_root, tmp_path):

@@ -198,6 +198,14 @@ def compare_method(
             scaled = f"the authors' eval timed on {few} images, x{len(images) / few:g} (a loop over images)"
             line.note = "; ".join(filter(None, [line.note, scaled]))
         line.evaluation, line.runs["eval"] = (t_theirs, t_ours), (n_theirs, n_ours)
+        read_ours = getattr(authors, "logits_from_our_file", None)  # a driver whose authors' loader reads our file
+        if read_ours is not None:
+            line.check["eval logits, our file in their loader"] = check_equal(
+                f"{entry.method} eval logits of the file our job writes, read by their loader",
+                our_logits(ours, check),
+                read_ours(ours, check),
+                settings.tolerance,
+            )
     except AuthorsMismatch as error:
         line.error, line.train, line.evaluation = f"MISMATCH: {error}", None, None
         log(f"ABORTED ({entry.method}): {line.error}")

@@ -19,6 +19,7 @@ import torch.nn as nn
 from benchmarks.vs_authors.entry import AuthorsCode
 from benchmarks.vs_authors.importing import TOP_LEVEL, authors_import_path, fp32_on_cpu, framework_method
 from clipcore import backbone
+from harness.checkpoint import save_authors_files
 from methods.clip_lora import TEMPLATE as CLIP_LORA_TEMPLATE
 
 
@@ -268,6 +269,7 @@ class ClipLoraDriver:
             self.lora = importlib.import_module("lora")
             self.model = their_clip.load(weights, device="cpu", jit=False)[0].float().eval()
             self.lora.apply_lora(self.args, self.model)
+        self.fresh_model = lambda: their_clip.load(weights, device="cpu", jit=False)[0].float().eval()
         generator = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for name, p in self.model.named_parameters():
@@ -334,3 +336,27 @@ class ClipLoraDriver:
 
     def update(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.lora_names(), self.records["grad"][0], strict=True))
+
+    def logits_from_our_file(self, ours, images: torch.Tensor) -> torch.Tensor:
+        """The file a finished job of ours writes (``harness.checkpoint.save_authors_files``), read by their
+        ``load_lora`` into a fresh model of theirs (A drawn anew, B zero): that model's logits."""
+        with tempfile.TemporaryDirectory() as folder:
+            args = types.SimpleNamespace(
+                **{
+                    **vars(self.args),
+                    "save_path": folder,
+                    "dataset": "vs_authors",
+                    "seed": 1,
+                    "filename": "lora_weights",
+                }
+            )
+            spec = {"backbone": args.backbone, "dataset": args.dataset, "shots": args.shots, "seed": args.seed}
+            save_authors_files(ours, os.path.join(folder, "model.pth.tar-1"), spec)
+            with fp32_on_cpu(), contextlib.redirect_stdout(io.StringIO()):
+                model = self.fresh_model()
+                self.lora.load_lora(args, self.lora.apply_lora(args, model))
+        kept, self.model = self.model, model
+        try:
+            return self.logits(images)
+        finally:
+            self.model = kept

@@ -97,7 +97,9 @@ every training batch).
 Learnable state lives in ``self.prompt_learner``, whose state-dict keys are those of the authors'
 checkpoints (``ctx``, ``token_prefix``, ``token_suffix``, ``meta_net.linear1.weight``, ...;
 PROTOCOL.md 15). A method whose authors saved the whole model overrides ``checkpoint_state_dict`` and
-``load_checkpoint_state_dict``.
+``load_checkpoint_state_dict``. One whose authors' own code saves a file of another layout (CLIP-LoRA's
+``save_lora``) returns it from ``authors_files``, written beside the final checkpoint so that their loader reads
+it, and recognises it in ``is_authors_file``, so that ``load_from`` evaluates a file their code wrote.
 """
 
 from __future__ import annotations
@@ -322,6 +324,20 @@ class CLIPMethod(nn.Module):
             raise CheckpointError(f"{path} holds no state dict: it is not a prompt checkpoint.")
         self.load_checkpoint_state_dict({k.removeprefix("module."): v for k, v in state.items()}, path)
         return checkpoint
+
+    def authors_files(self, spec: dict) -> dict[str, object]:
+        """Files the authors' own code writes when training ends, where their layout is not Dassl's checkpoint:
+        {path under the checkpoint folder, as their loader looks for it: contents for ``torch.save``}.
+        ``spec`` is the job's training identity (``RunSpec.training_identity``). ``harness.checkpoint`` writes
+        them beside every method's final checkpoint; most methods have none."""
+        return {}
+
+    @classmethod
+    def is_authors_file(cls, contents) -> bool:
+        """Whether a loaded file is one of ``authors_files``' layout: ``load_from`` then takes it as a finished
+        training (their code writes it once, after the last step, with no epoch in it) and
+        ``load_checkpoint_state_dict`` is given its whole contents to read."""
+        return False
 
     def load_checkpoint_state_dict(self, state: dict, path: str = "<state dict>") -> None:
         """PROTOCOL.md 15.3: ``token_prefix`` / ``token_suffix`` are dropped (they were built from the
