@@ -233,6 +233,8 @@ def test_the_sweep_refuses_before_launching_anything(capsys, data_root, tmp_path
         ({"lr": "0.01"}, r"'lr' .* got '0.01' \(str\)"),
         ({"device": "cuda:99"}, "'device' is 'cuda:99', but torch sees"),
         ({"options": {"dataset": "banana"}, "method": "kgcoop"}, "'dataset' of method 'kgcoop'"),
+        # the runner's warm-up would start CLIP-LoRA's own cosine at warmup_lr, 20 times below its lr
+        ({"method": "clip_lora", "warmup_epochs": 1}, "'warmup_epochs' is 1, .* Set warmup_epochs=0"),
     ],
 )
 def test_a_runspec_built_in_python_is_validated_before_anything_is_written(data_root, tmp_path, change, message):
