@@ -420,9 +420,15 @@ def validate(spec: RunSpec) -> None:
 
 
 def check_step_schedule(spec: RunSpec, config: str) -> None:
-    """A method with its own schedule of steps (``step_schedule``: CLIP-LoRA) starts it at the run's lr. A
-    warm-up epoch would not act as one: the runner's warm-up lowers the rate to ``warmup_lr`` when it is
-    built, and the method's cosine would then start there, not at ``lr``."""
+    """A method with its own schedule of steps (``step_schedule``: CLIP-LoRA) budgets them per shot, from the
+    run's lr. Shots 0 (every image) would give it no step, and zero-shot CLIP's score would be recorded under
+    its name. A warm-up epoch would not act as one: the runner's warm-up lowers the rate to ``warmup_lr`` when
+    it is built, and the method's cosine would then start there, not at ``lr``."""
+    if spec.shots < 1:
+        raise ConfigError(
+            f"Run key 'shots' is {spec.shots} (every image), but method {spec.method!r} trains for a budget of "
+            "steps per shot (its step_schedule): it would take no step and score as zero-shot CLIP. Give shots >= 1."
+        )
     if spec.warmup_epochs > 0:
         raise ConfigError(
             f"Run key 'warmup_epochs' is {spec.warmup_epochs}, but method {spec.method!r} follows its own schedule "

@@ -235,6 +235,8 @@ def test_the_sweep_refuses_before_launching_anything(capsys, data_root, tmp_path
         ({"options": {"dataset": "banana"}, "method": "kgcoop"}, "'dataset' of method 'kgcoop'"),
         # the runner's warm-up would start CLIP-LoRA's own cosine at warmup_lr, 20 times below its lr
         ({"method": "clip_lora", "warmup_epochs": 1}, "'warmup_epochs' is 1, .* Set warmup_epochs=0"),
+        # n_iters x 0 shots: a budget of no step, the initial model (zero-shot CLIP) recorded as trained
+        ({"method": "clip_lora", "warmup_epochs": 0, "shots": 0}, "'shots' is 0 .* Give shots >= 1"),
     ],
 )
 def test_a_runspec_built_in_python_is_validated_before_anything_is_written(data_root, tmp_path, change, message):
