@@ -58,6 +58,7 @@ from harness import checkpoint, cost, data, results, tracking
 from harness import fingerprint as fingerprints
 from harness.checkpoint import TrainingState
 from harness.config import ConfigError, RunSpec, validate
+from harness.data.errors import DatasetError
 from harness.features import FeatureCache, cache_namespace, compute_features
 from harness.logs import FILE_ONLY, run_logging
 from harness.metrics import classification_metrics
@@ -350,6 +351,11 @@ class Run:
             )
             splits = dataclasses.replace(splits, train=fewshot.train)
             extra["augmented"] = self.augmented_features(model, fewshot.train)
+        if not splits.val:  # what the fit is chosen on (the probe's C, the cache's beta and alpha)
+            raise DatasetError(
+                f"{spec.dataset}'s val split ({spec.subsample} classes) is empty under {spec.data_root}, and method "
+                f"{spec.method!r} chooses its fit on it: give the dataset a split file with validation images."
+            )
         final = checkpoint.checkpoint_path(self.run_dir, 0, model.checkpoint_folder)
         if os.path.isfile(final):
             saved = load_checkpoint_file(final).get("spec")

@@ -318,6 +318,17 @@ def test_too_few_images_for_the_linear_probes_shots_is_one_line_naming_them(caps
     assert results.read_records(str(tmp_path)) == [], line
 
 
+@pytest.mark.parametrize("method", ["lpclip", "tip_adapter"])
+def test_an_empty_val_split_is_one_line_for_a_method_fitted_on_it(capsys, tmp_path, method):
+    root = tmp_path / "data"
+    make_synthetic_dataset(
+        str(root), num_classes=3, train_per_class=4, val_per_class=0, test_per_class=2, image_size=24
+    )
+    argv = command(str(root), tmp_path, "--method", method, "--shots", "2")
+    line = refused(capsys, argv, "synthetic's val split (all classes) is empty", repr(method))
+    assert results.read_records(str(tmp_path)) == [], line
+
+
 # -- properties: refused before anything is written, or trained to finite numbers ----------------
 
 ODD = [NAN, INF, -INF, -1, -1e9, 1e12, 0, 1, 0.5, 2, 3, True, None, "", "x", "a photo of a", "{}", "a photo of a {}."]
