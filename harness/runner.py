@@ -476,6 +476,16 @@ class Run:
                 path,
                 epoch,
             )
+        other_classes = {k: changes[k] for k in ("dataset", "subsample") if k in changes}
+        if other_classes and not methods.method_class(spec.method).transfers_to_other_classes:
+            # load_any included: the fit holds one row per class it was fitted on, which another set of as
+            # many classes would take index by index, a score that looks like one.
+            theirs = " ".join(f"{k}={fingerprints.show(a)}" for k, (a, _) in other_classes.items())
+            raise checkpoint.LoadMismatchError(
+                f"--load-from {path}: method {spec.method!r} was fitted on other classes than this job's "
+                f"({fingerprints.describe(other_classes)}) and cannot score them, load_any or not. Evaluate it on "
+                f"its own classes (--set {theirs}), or fit it on these."
+            )
         if problems and not spec.load_any:
             settable = [f"{k}={fingerprints.show(a)}" for k, (a, _) in changes.items() if k.split(".")[0] in _RUN_KEYS]
             ways = ["finish its training (run its training job again)"] if "did not finish" in problems[0] else []
