@@ -409,9 +409,10 @@ class Run:
     def finished_checkpoint(self) -> tuple[str, int]:
         """``reevaluate``: the run folder's final checkpoint, scored again without training."""
         found = checkpoint.load_latest(self.run_dir)
-        if not found or found[1] != self.spec.epochs:
+        finished = 0 if methods.method_class(self.spec.method).fits_features else self.spec.epochs  # a fit: epoch 0
+        if not found or found[1] != finished:
             raise RunFailedError(
-                f"Nothing to re-evaluate in {self.run_dir}: no finished training of {self.spec.epochs} epochs "
+                f"Nothing to re-evaluate in {self.run_dir}: no finished training of {finished} epochs "
                 f"(last checkpoint: {found[0] if found else 'none'}). Run it without reevaluate to train."
             )
         path, epochs, contents = found
