@@ -308,3 +308,21 @@ def test_a_transfer_studys_evaluation_jobs_share_their_training_jobs_settings(da
     jobs = {j.name: j for j in sweep.expand(sweep.load_experiment(str(experiment)), data_root, str(tmp_path / "o"))}
     evals = [j for j in jobs.values() if j.kind == "eval"]
     assert evals and all(j.settings == jobs[j.depends_on[0]].settings and "images" in j.settings for j in evals)
+
+
+def test_an_edited_file_that_an_option_names_is_a_new_result(data_root, tmp_path):
+    """CoPrompt's descriptions file, edited under the same name, changes what its consistency term pulls
+    towards: the job is pending again, a settings run of its own, not skipped as finished."""
+    import json
+
+    path = tmp_path / "descriptions.json"
+    names = ["red circle", "green square", "blue triangle", "yellow cross"]
+    path.write_text(json.dumps({n: [f"a photo of a {n}."] for n in names}))
+    values = {"method": "coprompt", "epochs": 1, "warmup_epochs": 0, "evaluate": [], "options": {"prompt_depth": 1}}
+    values["options"]["descriptions"] = str(path)
+    (first,) = run(spec(data_root, tmp_path / "a", **values))
+    assert run(spec(data_root, tmp_path / "a", **values)) == []  # unchanged: finished
+    path.write_text(json.dumps({n: [f"a drawing of a {n}, very {n}."] for n in names}))
+    (edited,) = run(spec(data_root, tmp_path / "b", **values, results=str(tmp_path / "a")))
+    assert edited["fingerprint"] != first["fingerprint"]
+    assert edited["settings"]["option_files"] != first["settings"]["option_files"]
