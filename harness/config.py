@@ -405,6 +405,8 @@ def validate(spec: RunSpec) -> None:
             )
     if method_cls.fits_features and spec.shots < 1:
         raise ConfigError(f"Method {spec.method!r} draws its own few-shot training set: shots must be >= 1.")
+    if callable(getattr(method_cls, "step_schedule", None)):
+        check_step_schedule(spec, method_cls.default_config)
     if not spec.data_root:
         raise ConfigError("data_root is empty: give the folder that holds the datasets (PROTOCOL.md 3.2).")
     if not spec.output_dir:
@@ -414,6 +416,24 @@ def validate(spec: RunSpec) -> None:
         raise ConfigError(
             "force and reevaluate are both true: force trains the job anew in a fresh folder, reevaluate scores "
             "the finished checkpoint of its folder without training. Give one: --force, or --reevaluate."
+        )
+
+
+def check_step_schedule(spec: RunSpec, config: str) -> None:
+    """A method with its own schedule of steps (``step_schedule``: CLIP-LoRA) budgets them per shot, from the
+    run's lr. Shots 0 (every image) would give it no step, and zero-shot CLIP's score would be recorded under
+    its name. A warm-up epoch would not act as one: the runner's warm-up lowers the rate to ``warmup_lr`` when
+    it is built, and the method's cosine would then start there, not at ``lr``."""
+    if spec.shots < 1:
+        raise ConfigError(
+            f"Run key 'shots' is {spec.shots} (every image), but method {spec.method!r} trains for a budget of "
+            "steps per shot (its step_schedule): it would take no step and score as zero-shot CLIP. Give shots >= 1."
+        )
+    if spec.warmup_epochs > 0:
+        raise ConfigError(
+            f"Run key 'warmup_epochs' is {spec.warmup_epochs}, but method {spec.method!r} follows its own schedule "
+            "of steps from lr, without a warm-up (its step_schedule): a warm-up would start that schedule at "
+            f"warmup_lr {spec.warmup_lr:g} instead. Set warmup_epochs=0 (its config {config} does)."
         )
 
 

@@ -12,7 +12,8 @@ this is what they share (``variant_of``; a whole training split, ImageNet's 1.3M
 stamped), so a study re-run on changed images is a settings run of its own in the report, not
 averaged with the old one; ``weights``, the backbone's file by content (``backbone.weights_identity``:
 left out for a backbone built by code, ``tiny``, and for the very file a name promises, OpenAI's
-published one). Not in them: where things are (``data_root``, ``output_dir``, ``results``,
+published one); ``option_files``, each file a method option names (CoPrompt's ``descriptions``) by content,
+so an edited file is a new result. Not in them: where things are (``data_root``, ``output_dir``, ``results``,
 ``feature_cache``, ``load_from``), names (``job``, ``experiment``, ``config``: its values are in the
 settings), what is evaluated
 (``evaluate``: a train job's base record and its eval job's new record share one fingerprint, so H
@@ -74,7 +75,7 @@ BOOKKEEPING = frozenset(
     }
 )
 # The settings that stamp inputs rather than name run keys (a run folder older than them lacks them).
-INPUT_STAMPS = frozenset({"images", "images_seed1", "weights"})
+INPUT_STAMPS = frozenset({"images", "images_seed1", "weights", "option_files"})
 # What a method that learns nothing still depends on, of the training keys.
 EVALUATION_KEYS = frozenset({"method", "options", "dataset", "backbone", "precision"})
 
@@ -106,6 +107,9 @@ def settings_of(spec: RunSpec, data: str | None = None) -> dict:
     weights = weights_identity(spec.backbone)
     if weights is not None:
         out["weights"] = weights
+    files = option_files(spec.options)
+    if files:
+        out["option_files"] = files
     out["data"] = data if data is not None else digest.data_fingerprint(spec.dataset, spec.data_root)
     if trains:
         import methods
@@ -114,6 +118,16 @@ def settings_of(spec: RunSpec, data: str | None = None) -> dict:
         for key, seed in (("images", spec.seed), ("images_seed1", 1)):
             out[key] = stamps.training_images(spec.dataset, spec.data_root, spec.shots, seed, spec.subsample, fitted)
     return out
+
+
+def option_files(options: dict) -> dict:
+    """{option: the first 16 hex digits of its file's sha256} of the options that name a file (CoPrompt's
+    ``descriptions``): the file's content is what the number depends on, and an edited file keeps its name."""
+    from clipcore.backbone import file_sha256
+
+    return {
+        k: file_sha256(v)[:16] for k, v in sorted(options.items()) if isinstance(v, str) and v and os.path.isfile(v)
+    }
 
 
 def images_of(spec: RunSpec, dataset: str, subsample: str) -> str:

@@ -58,6 +58,7 @@ from harness import checkpoint, cost, data, results, tracking
 from harness import fingerprint as fingerprints
 from harness.checkpoint import TrainingState
 from harness.config import ConfigError, RunSpec, validate
+from harness.data.errors import DatasetError
 from harness.features import FeatureCache, cache_namespace, compute_features
 from harness.logs import FILE_ONLY, run_logging
 from harness.metrics import classification_metrics
@@ -350,6 +351,11 @@ class Run:
             )
             splits = dataclasses.replace(splits, train=fewshot.train)
             extra["augmented"] = self.augmented_features(model, fewshot.train)
+        if not splits.val:  # what the fit is chosen on (the probe's C, the cache's beta and alpha)
+            raise DatasetError(
+                f"{spec.dataset}'s val split ({spec.subsample} classes) is empty under {spec.data_root}, and method "
+                f"{spec.method!r} chooses its fit on it: give the dataset a split file with validation images."
+            )
         final = checkpoint.checkpoint_path(self.run_dir, 0, model.checkpoint_folder)
         if os.path.isfile(final):
             saved = load_checkpoint_file(final).get("spec")
@@ -404,9 +410,10 @@ class Run:
     def finished_checkpoint(self) -> tuple[str, int]:
         """``reevaluate``: the run folder's final checkpoint, scored again without training."""
         found = checkpoint.load_latest(self.run_dir)
-        if not found or found[1] != self.spec.epochs:
+        finished = 0 if methods.method_class(self.spec.method).fits_features else self.spec.epochs  # a fit: epoch 0
+        if not found or found[1] != finished:
             raise RunFailedError(
-                f"Nothing to re-evaluate in {self.run_dir}: no finished training of {self.spec.epochs} epochs "
+                f"Nothing to re-evaluate in {self.run_dir}: no finished training of {finished} epochs "
                 f"(last checkpoint: {found[0] if found else 'none'}). Run it without reevaluate to train."
             )
         path, epochs, contents = found
@@ -474,6 +481,16 @@ class Run:
                 "settings cannot be checked against this job's; its epoch (%d) is.",
                 path,
                 epoch,
+            )
+        other_classes = {k: changes[k] for k in ("dataset", "subsample") if k in changes}
+        if other_classes and not methods.method_class(spec.method).transfers_to_other_classes:
+            # load_any included: the fit holds one row per class it was fitted on, which another set of as
+            # many classes would take index by index, a score that looks like one.
+            theirs = " ".join(f"{k}={fingerprints.show(a)}" for k, (a, _) in other_classes.items())
+            raise checkpoint.LoadMismatchError(
+                f"--load-from {path}: method {spec.method!r} was fitted on other classes than this job's "
+                f"({fingerprints.describe(other_classes)}) and cannot score them, load_any or not. Evaluate it on "
+                f"its own classes (--set {theirs}), or fit it on these."
             )
         if problems and not spec.load_any:
             settable = [f"{k}={fingerprints.show(a)}" for k, (a, _) in changes.items() if k.split(".")[0] in _RUN_KEYS]

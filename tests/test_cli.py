@@ -72,6 +72,17 @@ def test_force_and_reevaluate_as_the_nothing_to_do_line_spells_them(data_root, t
     assert records[1]["run_dir"] == records[0]["run_dir"] != records[2]["run_dir"]  # --force: a fresh folder
 
 
+def test_reevaluate_rescores_a_fitted_method_whatever_its_epochs_say(data_root, tmp_path, capsys):
+    """A fitted method (the linear probe) has no epochs: its checkpoint is epoch 0, whatever the run key says
+    (here 1, the default 10 without its config)."""
+    args = [*run_args(data_root, tmp_path), "--results", str(tmp_path), "--method", "lpclip", "--subsample", "all"]
+    args += ["--shots", "1"]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert cli.main([*args, "--reevaluate"]) == 0, capsys.readouterr().err
+    first, again = results.read_records(str(tmp_path))
+    assert again["reevaluated"] and again["metrics"] == first["metrics"] and again["epochs"] == first["epochs"] == 0
+
+
 def test_force_with_reevaluate_is_refused_before_any_folder_is_made(data_root, tmp_path, capsys):
     args = [*run_args(data_root, tmp_path), "--results", str(tmp_path)]
     assert cli.main([*args, "--force", "--reevaluate"]) == 2

@@ -204,3 +204,29 @@ def test_a_rerun_at_other_settings_is_named_in_its_shot_count_table_only(tmp_pat
     text = (tmp_path / "report" / "fewshot_4shot.md").read_text()
     assert "| Dataset | CoOp Accuracy |" in text  # the method named, though it is the table's only one
     assert "Superseded: 3 record(s) of coop" in text
+
+
+def test_a_step_budget_methods_epochs_per_dataset_are_not_mixed_settings(tmp_path):
+    """CLIP-LoRA runs n_iters x K steps, so its epochs are each dataset's own (the study sets them per dataset and
+    the method refuses any other): one settings run, its Average unmarked. Another n_iters on one dataset is a
+    mix, and CoOp's epochs per dataset still are."""
+    from harness.fingerprint import fingerprint_of
+
+    def settled(method, dataset, seed, epochs, n_iters=5):
+        r = record(method, dataset, 4, seed, accuracy_of("coop", dataset, 4, seed))
+        r["settings"] = {"method": method, "dataset": dataset, "shots": 4, "epochs": epochs, "seed": seed}
+        if method == "clip_lora":
+            r["settings"]["options"] = {"n_iters": n_iters}
+        r.update(fingerprint=fingerprint_of(r["settings"]), epochs=epochs)
+        return r
+
+    def average_note(recs):
+        report = build_report(recs, out_dir=str(tmp_path / "report"), with_paper=False)
+        table = report["tables"]["fewshot_4shot"]["table"]
+        return table.cell("average", table.groups[0], "acc").note
+
+    epochs = {"mini_a": 20, "mini_b": 10}  # the steps of an epoch differ with the dataset's classes
+    assert "§" not in average_note([settled("clip_lora", d, s, epochs[d]) for d in DATASETS for s in SEEDS])
+    other = [settled("clip_lora", d, s, epochs[d], n_iters=5 if d == "mini_a" else 7) for d in DATASETS for s in SEEDS]
+    assert "§(mixed settings)" in average_note(other)
+    assert "§(mixed settings)" in average_note([settled("coop", d, s, epochs[d]) for d in DATASETS for s in SEEDS])

@@ -1,6 +1,7 @@
 """What a result depends on beyond the run keys, checked on the tiny CLIP and synthetic data: a NaN that
 a method's hook writes, a loaded prompt's own training settings, the backbone's weights and the images."""
 
+import dataclasses
 import os
 
 import pytest
@@ -117,6 +118,23 @@ def test_a_partial_training_is_refused(data_root, tmp_path, trained):
         run(evaluation(data_root, tmp_path, trained[0], load_from=str(partial)))
     (record,) = run(evaluation(data_root, tmp_path, trained[0], load_from=str(partial), load_any=True))
     assert record["load_any"] == "epoch 2 of 3" and record["epochs"] == 2
+
+
+def test_a_fit_on_other_classes_is_refused_even_with_load_any(data_root, tmp_path):
+    """Tip-Adapter's cache of the 2 base classes holds as many rows as the 2 new ones: scored on them, row i
+    would stand for new class i and give a number that looks like one."""
+    fitted = {"method": "tip_adapter", "config": "tip_adapter/vit_b16", "epochs": 0}
+    fitted["options"] = {"augment_epoch": 1, "search_step": [4, 4]}
+    base = spec(data_root, tmp_path / "base", **fitted, evaluate=[{"dataset": "synthetic", "subsample": "base"}])
+    run(base)
+    for load_any in (False, True):
+        new = spec(data_root, tmp_path / "new", **fitted, subsample="new", evaluate=[], load_from=base.output_dir)
+        new = dataclasses.replace(new, load_any=load_any)
+        with pytest.raises(LoadMismatchError, match=r"other classes .*subsample: base -> new.*--set subsample=base"):
+            run(new)
+    assert [r["subsample"] for r in results.read_records(str(tmp_path / "new"))] == []
+    same = spec(data_root, tmp_path / "same", **fitted, load_from=base.output_dir, evaluate=[])
+    assert [r["subsample"] for r in run(same)] == ["base"]  # on its own classes it loads
 
 
 def test_a_checkpoint_without_a_spec_is_accepted_with_a_warning_if_its_epoch_fits(data_root, tmp_path, trained, caplog):
@@ -290,3 +308,21 @@ def test_a_transfer_studys_evaluation_jobs_share_their_training_jobs_settings(da
     jobs = {j.name: j for j in sweep.expand(sweep.load_experiment(str(experiment)), data_root, str(tmp_path / "o"))}
     evals = [j for j in jobs.values() if j.kind == "eval"]
     assert evals and all(j.settings == jobs[j.depends_on[0]].settings and "images" in j.settings for j in evals)
+
+
+def test_an_edited_file_that_an_option_names_is_a_new_result(data_root, tmp_path):
+    """CoPrompt's descriptions file, edited under the same name, changes what its consistency term pulls
+    towards: the job is pending again, a settings run of its own, not skipped as finished."""
+    import json
+
+    path = tmp_path / "descriptions.json"
+    names = ["red circle", "green square", "blue triangle", "yellow cross"]
+    path.write_text(json.dumps({n: [f"a photo of a {n}."] for n in names}))
+    values = {"method": "coprompt", "epochs": 1, "warmup_epochs": 0, "evaluate": [], "options": {"prompt_depth": 1}}
+    values["options"]["descriptions"] = str(path)
+    (first,) = run(spec(data_root, tmp_path / "a", **values))
+    assert run(spec(data_root, tmp_path / "a", **values)) == []  # unchanged: finished
+    path.write_text(json.dumps({n: [f"a drawing of a {n}, very {n}."] for n in names}))
+    (edited,) = run(spec(data_root, tmp_path / "b", **values, results=str(tmp_path / "a")))
+    assert edited["fingerprint"] != first["fingerprint"]
+    assert edited["settings"]["option_files"] != first["settings"]["option_files"]

@@ -233,6 +233,10 @@ def test_the_sweep_refuses_before_launching_anything(capsys, data_root, tmp_path
         ({"lr": "0.01"}, r"'lr' .* got '0.01' \(str\)"),
         ({"device": "cuda:99"}, "'device' is 'cuda:99', but torch sees"),
         ({"options": {"dataset": "banana"}, "method": "kgcoop"}, "'dataset' of method 'kgcoop'"),
+        # the runner's warm-up would start CLIP-LoRA's own cosine at warmup_lr, 20 times below its lr
+        ({"method": "clip_lora", "warmup_epochs": 1}, "'warmup_epochs' is 1, .* Set warmup_epochs=0"),
+        # n_iters x 0 shots: a budget of no step, the initial model (zero-shot CLIP) recorded as trained
+        ({"method": "clip_lora", "warmup_epochs": 0, "shots": 0}, "'shots' is 0 .* Give shots >= 1"),
     ],
 )
 def test_a_runspec_built_in_python_is_validated_before_anything_is_written(data_root, tmp_path, change, message):
@@ -311,6 +315,17 @@ def test_a_value_the_model_cannot_take_is_one_line_and_does_not_block_the_correc
 def test_too_few_images_for_the_linear_probes_shots_is_one_line_naming_them(capsys, data_root, tmp_path):
     argv = command(data_root, tmp_path, "--method", "lpclip", "--shots", "16")
     line = refused(capsys, argv, "synthetic", "train split has 10 image(s)", "16", "shots <= 10")
+    assert results.read_records(str(tmp_path)) == [], line
+
+
+@pytest.mark.parametrize("method", ["lpclip", "tip_adapter"])
+def test_an_empty_val_split_is_one_line_for_a_method_fitted_on_it(capsys, tmp_path, method):
+    root = tmp_path / "data"
+    make_synthetic_dataset(
+        str(root), num_classes=3, train_per_class=4, val_per_class=0, test_per_class=2, image_size=24
+    )
+    argv = command(str(root), tmp_path, "--method", method, "--shots", "2")
+    line = refused(capsys, argv, "synthetic's val split (all classes) is empty", repr(method))
     assert results.read_records(str(tmp_path)) == [], line
 
 

@@ -19,8 +19,10 @@ is compared with; the gate decides what goes into each cell, and marks what fall
   curve joins only points over the same datasets (``same_datasets``).
 * **Settings across datasets (§).** A study runs one config at the same settings on every dataset;
   datasets of one config at different settings (a re-run of one, a ``--set`` on another) make the
-  Average ``§(mixed settings)``, named in a note. A cell the notes name so (a superseded run's
-  family, the dataset of a § Average off its config's settings, such an Average) carries the reason in
+  Average ``§(mixed settings)``, named in a note (the epochs of a method that trains for a budget of steps,
+  CLIP-LoRA's, are each dataset's own: the steps an epoch takes differ with its size). A cell the notes
+  name so (a superseded run's family, the dataset of a § Average off its config's settings, such an
+  Average) carries the reason in
   ``Cell.rerun``, for a figure to mark the point; a figure draws only Averages over the dataset set
   ``comparable_points`` chooses.
 * **Published values** are compared only for the backbone and protocol they were published for
@@ -53,6 +55,7 @@ from harness.report.tables import (
     accuracy,
     harmonic,
     is_zero_shot,
+    method_info,
     method_label,
     ordered_datasets,
     short_key,
@@ -197,7 +200,17 @@ def _column_settings(recs: list[dict]) -> dict | None:
     """The settings a cell's records share, but the dataset's own (None: a record without settings)."""
     if not recs or any(not r.get("settings") for r in recs):
         return None
-    return {k: v for k, v in recs[0]["settings"].items() if k not in OWN_SETTINGS}
+    own = OWN_SETTINGS | ({"epochs"} if _budgets_steps(recs[0].get("method")) else set())
+    return {k: v for k, v in recs[0]["settings"].items() if k not in own}
+
+
+def _budgets_steps(method) -> bool:
+    """Does the method train for a budget of steps (``step_schedule``: CLIP-LoRA's n_iters x shots)? Its epochs
+    are then the ones those steps take on each dataset, which it refuses to differ from: a dataset's own."""
+    import methods
+
+    info = method_info(method) if method else None
+    return info is not None and callable(getattr(methods.method_class(method), "step_schedule", None))
 
 
 def _show_settings(settings: dict, keys: list[str]) -> str:
