@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         "were added to its store since) and say so in NOTE, shown beside it",
     )
     args = parser.parse_args(argv)
-    if args.keep_timing and not args.results:
+    if args.cmd == "reference" and args.keep_timing and not args.results:
         parser.error("--keep-timing keeps a finished run's timing: give that run's folder with --results")
 
     if args.cmd == "check":
