@@ -21,12 +21,14 @@ same settings measured on another machine are the same result at another cost.
                         "cpu_max_rss_process" (since the process began: the jobs it ran before count)
     gflops_per_image    inference GFLOPs for one image at the evaluated class count (image tower plus
                         the class-text side that scores it), counted once with torch's
-                        ``FlopCounterMode`` and cached per method, options, backbone and class count
+                        ``FlopCounterMode`` and cached per method, options, backbone, class count and
+                        the code that computes it (``code_digest``)
     device              the GPU's name, or the CPU's model name
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -138,9 +140,38 @@ def count_gflops(model, image_size: int, device: torch.device) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def code_digest(model) -> str:
+    """What identifies the code ``count_gflops`` runs: the sources of the model's class and its bases (a
+    plugin's file included), of the ``methods`` and ``clipcore`` packages (the shared parts and the CLIP
+    towers they call) and of this counter, and the torch and open_clip versions. By content, not path: two
+    checkouts of the same code share their counts. Hashing them all on each call costs milliseconds, less
+    than one counted forward; an edit anywhere in them recounts every method once."""
+    import open_clip
+
+    import clipcore
+    import methods
+
+    files = {os.path.realpath(__file__)}
+    for cls in type(model).__mro__:
+        source = getattr(sys.modules.get(cls.__module__), "__file__", None)
+        if source and source.endswith(".py"):
+            files.add(os.path.realpath(source))
+    for package in (methods, clipcore):
+        folder = os.path.dirname(package.__file__)
+        files.update(os.path.realpath(p) for p in glob.glob(os.path.join(folder, "**", "*.py"), recursive=True))
+    contents = []
+    for path in files:
+        with open(path, "rb") as f:
+            contents.append(hashlib.sha256(f.read()).hexdigest())
+    versions = f"torch {torch.__version__}, open_clip {getattr(open_clip, '__version__', '?')}"
+    return hashlib.sha256("\n".join([versions, *sorted(contents)]).encode()).hexdigest()[:16]
+
+
 def gflops_per_image(model, image_size: int, device: torch.device, folder: str, key: dict) -> float:
     """``count_gflops``, read from ``folder/flops/`` when this ``key`` (method, options, backbone,
-    class count, ...) was counted before: the count is a property of the model, not of the run."""
+    class count, ...) was counted before with the same code (``code_digest``, added to the key here, where
+    every count passes): the count is a property of the model and its code, not of the run."""
+    key = {**key, "code": code_digest(model)}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = os.path.join(folder, FLOPS_FOLDER, f"{key.get('method', 'model')}-{digest}.json")
     try:

@@ -37,7 +37,7 @@ from torch import nn
 
 from bounds import OneOf, OutOfBounds, Range
 from clipcore import backbone
-from methods.parts import deep_prompts, prompt_text, whole_model_checkpoint
+from methods.parts import prompt_text, whole_model_checkpoint
 from methods.parts.base import CLIPMethod, ContextLength, Weight, load_learned_tensors
 from methods.parts.coupled_prompts import MultiModalPromptLearner
 from methods.parts.registry import register_method
@@ -156,10 +156,8 @@ class CoPrompt(CLIPMethod):
         distill: "cosine" (published) or "mse" (TRAINER.DISTILL); descriptions: a JSON file of each class's
         descriptions (None: the dataset's, methods/parts/data/coprompt/); dataset: the harness's dataset key."""
         super().__init__(clip_model, classnames)
-        layers = max(len(deep_prompts.text_blocks(clip_model)), len(deep_prompts.vision_blocks(clip_model)))
-        depth = deep_prompts.effective_depth(prompt_depth, layers, "prompt_depth", published=9)
         # The authors' order (CustomCLIP.__init__): the prompt learner, then the image and the text adapter.
-        self.prompt_learner = MultiModalPromptLearner(clip_model, classnames, n_ctx, ctx_init, depth)
+        self.prompt_learner = MultiModalPromptLearner(clip_model, classnames, n_ctx, ctx_init, prompt_depth)
         width, device, dtype = backbone.embed_dim(clip_model), clip_model.token_embedding.weight.device, self.dtype
         self.adapter_image = Adapter(width, 4).to(device=device, dtype=dtype)
         self.adapter_text = Adapter(width, 4).to(device=device, dtype=dtype)

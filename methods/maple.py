@@ -31,7 +31,7 @@ import torch
 
 from bounds import Range
 from clipcore import backbone
-from methods.parts import deep_prompts, prompt_text, whole_model_checkpoint
+from methods.parts import prompt_text, whole_model_checkpoint
 from methods.parts.base import CLIPMethod, ContextLength, load_learned_tensors
 from methods.parts.coupled_prompts import MultiModalPromptLearner
 from methods.parts.registry import register_method
@@ -62,9 +62,7 @@ class MaPLe(CLIPMethod):
         the number of blocks of the deeper tower; None: the published 9, or all of a smaller CLIP's; a
         tower with fewer blocks uses the prompts it has blocks for, as the authors' per-tower counters do)."""
         super().__init__(clip_model, classnames)
-        layers = max(len(deep_prompts.text_blocks(clip_model)), len(deep_prompts.vision_blocks(clip_model)))
-        depth = deep_prompts.effective_depth(prompt_depth, layers, "prompt_depth", published=9)
-        self.prompt_learner = MultiModalPromptLearner(clip_model, classnames, n_ctx, ctx_init, depth)
+        self.prompt_learner = MultiModalPromptLearner(clip_model, classnames, n_ctx, ctx_init, prompt_depth)
 
     @classmethod
     def check_options(cls, options: dict) -> None:

@@ -296,32 +296,15 @@ class TipAdapterF(TipAdapter):
         clip_model,
         classnames,
         *,
-        init_beta: Annotated[float, Range(0)] | None = None,
-        init_alpha: Annotated[float, Range(0)] | None = None,
-        search_scale: Annotated[list[float], SCALE] | None = None,
-        search_step: Annotated[list[Annotated[int, Range(1, 10_000)]], PAIR] = [200, 20],  # noqa: B006 (copied)
-        search: bool = True,
-        augment_epoch: Annotated[int, Range(1, 1000)] = 10,
-        templates: Templates | None = None,
         train_epoch: Annotated[int, Range(0, 10_000)] | None = None,
         lr: Annotated[float, Range(0)] = 0.001,
         batch_size: Annotated[int, Range(1)] = 256,
-        dataset: str | None = None,
+        **cache_options,
     ):
         """train_epoch: epochs of fine-tuning (None: the dataset's published value, 100 on EuroSAT, else 20);
-        lr: AdamW's learning rate; batch_size: training images per step; the rest as Tip-Adapter's."""
-        super().__init__(
-            clip_model,
-            classnames,
-            init_beta=init_beta,
-            init_alpha=init_alpha,
-            search_scale=search_scale,
-            search_step=search_step,
-            search=search,
-            augment_epoch=augment_epoch,
-            templates=templates,
-            dataset=dataset,
-        )
+        lr: AdamW's learning rate; batch_size: training images per step; ``cache_options``: Tip-Adapter's
+        (the registry reads them from its constructor)."""
+        super().__init__(clip_model, classnames, **cache_options)
         self.train_epoch = int(train_epoch if train_epoch is not None else self.default_train_epoch)
         self.lr = float(lr)
         self.batch_size = int(batch_size)

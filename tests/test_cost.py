@@ -1,8 +1,10 @@
 """The cost block every record carries, measured by the runner on the tiny CLIP and synthetic data."""
 
 import dataclasses
+import importlib
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -117,6 +119,43 @@ def test_gflops_are_counted_once_and_read_from_the_cache(tmp_path, tiny_clip, cl
     more = methods.build_method("coop", tiny_clip, classnames + ["dog", "tree"]).eval()
     wider = cost.gflops_per_image(more, size, torch.device("cpu"), str(tmp_path), {**key, "classes": 7})
     assert len(calls) == 2 and wider > first
+
+
+PLUGIN = """from methods.coop import CoOp
+
+
+class Plugin(CoOp):
+    def logits_from_features(self, image_features):
+        logits = super().logits_from_features(image_features)
+        return {returned}
+"""
+
+
+def test_a_method_whose_code_changed_is_counted_anew(tmp_path, tiny_clip, classnames, monkeypatch):
+    """The same key (method, backbone, class count) after an edit of the method's forward: the cached count
+    is not reused, and the fresh one counts the edited forward."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    source = tmp_path / "flops_plugin.py"
+    source.write_text(PLUGIN.format(returned="logits"))
+    monkeypatch.delitem(sys.modules, "flops_plugin", raising=False)
+    plugin = importlib.import_module("flops_plugin")
+    calls = []
+    count = cost.count_gflops
+    monkeypatch.setattr(cost, "count_gflops", lambda *a: calls.append(a) or count(*a))
+    size, cpu, folder = backbone.image_size(tiny_clip), torch.device("cpu"), str(tmp_path / "cache")
+    key = {"method": "plugin", "backbone": "tiny", "classes": len(classnames)}
+
+    def gflops():
+        return cost.gflops_per_image(plugin.Plugin(tiny_clip, classnames).eval(), size, cpu, folder, key)
+
+    before = gflops()
+    assert gflops() == before and len(calls) == 1  # unchanged code: read from the cache
+    source.write_text(PLUGIN.format(returned="logits @ logits.new_ones(logits.shape[-1], 64)"))
+    plugin = importlib.reload(plugin)
+    after = gflops()
+    assert len(calls) == 2 and after > before
+    assert len(os.listdir(os.path.join(folder, cost.FLOPS_FOLDER))) == 2
 
 
 def test_on_cuda_the_peak_is_the_devices_allocated_memory_and_the_device_its_name(monkeypatch):

@@ -255,6 +255,19 @@ def test_check_broken_folder(tmp_path, capsys):
     assert check_main(["check", "--root", str(tmp_path), "--dataset", "nope"]) == 2
 
 
+def test_check_names_the_first_missing_images_and_counts_the_rest(tmp_path, capsys):
+    ddir = make_layout(tmp_path, "dtd")
+    gone = sorted(
+        os.path.join(folder, name) for folder, _, names in os.walk(os.path.join(ddir, "images")) for name in names
+    )[:7]
+    for path in gone:
+        os.remove(path)
+    assert check_main(["check", "--root", str(tmp_path), "--dataset", "dtd"]) == 1
+    out = capsys.readouterr().out
+    named = [path for path in gone if path in out]
+    assert "7 missing" in out and len(named) == 5 and "… and 2 more" in out
+
+
 def test_check_cli_entry_point(tmp_path):
     make_layout(tmp_path, "eurosat")
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))

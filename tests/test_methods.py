@@ -2,13 +2,17 @@
 
 import sys
 import types
+from typing import Annotated
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import methods
+from bounds import OutOfBounds, Range
 from clipcore import backbone
+from methods.coop import CoOp
+from methods.parts import registry
 
 
 def build(name, clip, names, seed=0, **options):
@@ -286,6 +290,25 @@ def test_unknown_method_and_option_errors(tiny_clip, classnames):
     with pytest.raises(ValueError, match="at least one class"):
         methods.build_method("coop", tiny_clip, [])
     assert {"cocoop", "coop", "zsclip"} <= set(methods.list_methods())
+
+
+def test_a_variant_passing_options_on_takes_its_parents_options_with_their_ranges(tiny_clip, classnames, monkeypatch):
+    class Variant(CoOp):
+        def __init__(self, clip_model, classnames, *, extra: Annotated[int, Range(1)] = 1, **coop_options):
+            super().__init__(clip_model, classnames, **coop_options)
+            self.extra = extra
+
+    monkeypatch.setitem(registry.METHODS, "variant", Variant)
+    assert methods.method_options("variant") == {"extra": 1, **methods.method_options("coop")}
+    assert registry.option_types("variant")["n_ctx"] == registry.option_types("coop")["n_ctx"]
+    with pytest.raises(OutOfBounds, match="'class_token_position'"):
+        methods.build_method("variant", tiny_clip, classnames, class_token_position="back")
+    with pytest.raises(OutOfBounds, match="'extra'"):
+        methods.build_method("variant", tiny_clip, classnames, extra=0)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['nctx'\]"):
+        methods.build_method("variant", tiny_clip, classnames, nctx=4)
+    model = methods.build_method("variant", tiny_clip, classnames, extra=3, ctx_init="", n_ctx=2)
+    assert model.extra == 3 and model.prompt_learner.ctx.shape[0] == 2
 
 
 @pytest.mark.parametrize(

@@ -163,6 +163,7 @@ def test_published_values_per_dataset(clip):
         ("tip_adapter", {"init_alpha": -1.0}),
         ("tip_adapter_f", {"lr": -0.001}),
         ("tip_adapter_f", {"batch_size": 0}),
+        ("tip_adapter_f", {"augment_epoch": 0}),  # Tip-Adapter's options, passed on, keep their ranges
     ],
 )
 def test_options_out_of_range_are_refused(clip, method, options):

@@ -881,3 +881,18 @@ def test_a_different_lora_scaling_aborts_the_clip_lora_line(fake_lora_repo, tiny
     rc, report = run_adapters(fake_lora_repo, tiny_clip, tmp_path, clip_lora(wrong_scale=1.05))
     assert rc == 1
     assert table_row(report, "clip_lora")[10].startswith("MISMATCH: clip_lora eval logits")
+
+
+@pytest.mark.parametrize(
+    "method, lacks", [("coop", "trainers/"), ("tip_adapter_f", "main.py"), ("clip_lora", "lora.py")]
+)
+def test_a_checkout_without_the_authors_code_is_refused_with_the_clone_command(tmp_path, tiny_clip, method, lacks):
+    """Each driver's first check (a Dassl trainer's, Tip-Adapter's, CLIP-LoRA's): the folder, what it lacks
+    and where the code is, before anything is imported."""
+    from benchmarks.vs_authors.drivers import AuthorsModel
+
+    entry = vs_authors.AUTHORS[method]
+    (tmp_path / entry.folder).mkdir(parents=True, exist_ok=True)
+    (tmp_path / entry.folder / "trainers").write_text("a file where Dassl trainers keep a folder")
+    with pytest.raises(FileNotFoundError, match=f"has no {re.escape(lacks)}: .*git clone .*{entry.repository}"):
+        (entry.driver or AuthorsModel)(entry, str(tmp_path), tiny_clip, ["a", "b"])

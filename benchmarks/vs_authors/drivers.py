@@ -12,6 +12,7 @@ import sys
 import tempfile
 import types
 import warnings
+from unittest import mock
 
 import torch
 import torch.nn as nn
@@ -53,6 +54,54 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
+def authors_root(entry: AuthorsCode, checkout: str, marker: str) -> str:
+    """The entry's folder in ``checkout``, which must hold ``marker`` (their trainers, their main script)."""
+    root = os.path.join(checkout, entry.folder)
+    if not os.path.exists(os.path.join(root, marker)):
+        raise FileNotFoundError(
+            f"{root} has no {marker}: give a checkout of {entry.repository} "
+            f"(git clone https://github.com/{entry.repository})"
+        )
+    return root
+
+
+def openai_format_weights(clip, folder: str) -> str:
+    """``clip``'s weights saved in ``folder`` in OpenAI's file format, which the authors' ``clip`` packages load."""
+    weights = os.path.join(folder, "openai-format.pt")
+    torch.save({k: v.detach().cpu() for k, v in clip.state_dict().items()}, weights)
+    return weights
+
+
+def load_their_clip(clip, folder: str):
+    """The checkout's own ``clip`` package's model on ``clip``'s weights, in fp32 on the CPU (called where the
+    checkout is importable: inside ``authors_import_path``)."""
+    their_clip = importlib.import_module("clip")
+    return their_clip.load(openai_format_weights(clip, folder), device="cpu", jit=False)[0].float().eval()
+
+
+@contextlib.contextmanager
+def recording_loss_and_updates(module, records: dict):
+    """``module``'s ``F.cross_entropy`` and ``torch.optim.AdamW`` recording, in ``records["loss"]`` and
+    ``records["grad"]``, the loss they are given and the gradients at each step; the recording AdamW leaves
+    the weights as they are (like the others' learning rate 0), so each step starts from the same model."""
+    functional = module.F
+
+    def cross_entropy(logits, target, *args, **kwargs):
+        loss = functional.cross_entropy(logits, target, *args, **kwargs)
+        records["loss"].append(loss.detach().clone())
+        return loss
+
+    class RecordingAdamW(torch.optim.AdamW):
+        @torch.no_grad()
+        def step(self, closure=None):
+            records["grad"].append([p.grad.detach().clone() for g in self.param_groups for p in g["params"]])
+
+    shim = types.SimpleNamespace(**{k: getattr(functional, k) for k in dir(functional) if not k.startswith("_")})
+    shim.cross_entropy = cross_entropy
+    with mock.patch.object(module, "F", shim), mock.patch.object(torch.optim, "AdamW", RecordingAdamW):
+        yield
+
+
 class AuthorsModel:
     """The authors' trainer of one method built on ``clip``'s weights: ``logits(images)``,
     ``step(images, labels)`` (their ``forward_backward``), the update it leaves in the learned tensors'
@@ -60,15 +109,10 @@ class AuthorsModel:
 
     def __init__(self, entry: AuthorsCode, checkout: str, clip, classnames: list[str]):
         self.entry, self.options = entry, {}
-        root = os.path.join(checkout, entry.folder)
+        root = authors_root(entry, checkout, "trainers/")
         self.workdir = tempfile.TemporaryDirectory() if entry.working_files else None
         if self.workdir is not None:
             self.options = entry.working_files(self.workdir.name, list(classnames))
-        if not os.path.isdir(os.path.join(root, "trainers")):
-            raise FileNotFoundError(
-                f"{root} has no trainers/ folder: give a checkout of {entry.repository} "
-                f"(git clone https://github.com/{entry.repository})"
-            )
         module_name, class_name = entry.trainer.split(":")
         cfg = Cfg.of(_merge(base_cfg(backbone.image_size(clip)), entry.cfg))
         methods_from_framework = {name: framework_method(checkout, spec) for name, spec in entry.framework.items()}
@@ -77,8 +121,7 @@ class AuthorsModel:
             authors_import_path(root, entry.unused_imports),
             fp32_on_cpu(),
         ):
-            weights = os.path.join(tmp, "openai-format.pt")
-            torch.save({k: v.detach().cpu() for k, v in clip.state_dict().items()}, weights)
+            weights = openai_format_weights(clip, tmp)
             module = __import__(module_name, fromlist=[class_name])
             # where OpenAI's file would be, in every clip package of the checkout (TCP's trainers/clip_text,
             # DePT's clip and clip_maple; a trainer may load CLIP through another module's, as DePT's does)
@@ -134,12 +177,7 @@ class TipAdapterDriver:
 
     def __init__(self, entry: AuthorsCode, checkout: str, clip, classnames: list[str]):
         self.entry, self.cfg = entry, dict(entry.cfg)
-        root = os.path.join(checkout, entry.folder)
-        if not os.path.isfile(os.path.join(root, "main.py")):
-            raise FileNotFoundError(
-                f"{root} has no main.py: give a checkout of {entry.repository} "
-                f"(git clone https://github.com/{entry.repository})"
-            )
+        root = authors_root(entry, checkout, "main.py")
         self.tmp = tempfile.TemporaryDirectory()
         self.cfg["cache_dir"] = self.tmp.name
         size, shots = backbone.image_size(clip), self.cfg["shots"]
@@ -147,11 +185,8 @@ class TipAdapterDriver:
         images = torch.randn(len(classnames) * shots, 3, size, size, generator=generator)
         labels = torch.arange(len(classnames)).repeat(shots)
         with authors_import_path(root, entry.unused_imports), fp32_on_cpu(), contextlib.redirect_stdout(io.StringIO()):
-            weights = os.path.join(self.tmp.name, "openai-format.pt")
-            torch.save({k: v.detach().cpu() for k, v in clip.state_dict().items()}, weights)
-            their_clip = importlib.import_module("clip")
             self.main = importlib.import_module("main")
-            self.model = their_clip.load(weights, device="cpu", jit=False)[0].float().eval()
+            self.model = load_their_clip(clip, self.tmp.name)
             with torch.no_grad():
                 self.clip_weights = self.main.clip_classifier(classnames, self.cfg["template"], self.model)
             batches = [(images[i : i + 64], labels[i : i + 64]) for i in range(0, len(images), 64)]
@@ -168,7 +203,6 @@ class TipAdapterDriver:
         self.records = {"logits": [], "loss": [], "grad": []}
         records, main = self.records, self.main
         utils = main.search_hp.__globals__  # utils.py's namespace, where search_hp finds its cls_acc
-        cls_acc, functional = main.cls_acc, main.F
 
         def recorded_acc(output, target, topk=1):
             """utils.py:10-15, whose ``float()`` of a one-element array NumPy 2 refuses: the same count, by
@@ -178,28 +212,18 @@ class TipAdapterDriver:
             correct = pred.eq(target.view(1, -1).expand_as(pred))
             return 100 * correct[:topk].reshape(-1).float().sum().item() / target.shape[0]
 
-        def cross_entropy(logits, target, *args, **kwargs):
-            loss = functional.cross_entropy(logits, target, *args, **kwargs)
-            records["loss"].append(loss.detach().clone())
-            return loss
-
-        class RecordingAdamW(torch.optim.AdamW):
-            @torch.no_grad()
-            def step(self, closure=None):
-                records["grad"].append([p.grad.detach().clone() for g in self.param_groups for p in g["params"]])
-
-        shim = types.SimpleNamespace(**{k: getattr(functional, k) for k in dir(functional) if not k.startswith("_")})
-        shim.cross_entropy = cross_entropy
-        adamw = torch.optim.AdamW
         best = os.path.join(self.cfg["cache_dir"], f"best_F_{self.cfg['shots']}shots.pt")
         torch.save(nn.Parameter(self.keys.t().detach().clone()), best)  # as theirs saves adapter.weight
-        main.cls_acc, utils["cls_acc"], main.F, torch.optim.AdamW = recorded_acc, recorded_acc, shim, RecordingAdamW
-        try:
-            with fp32_on_cpu(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # their scheduler steps after a skipped optimiser step
-                yield records
-        finally:
-            main.cls_acc, utils["cls_acc"], main.F, torch.optim.AdamW = cls_acc, cls_acc, functional, adamw
+        with (
+            mock.patch.object(main, "cls_acc", recorded_acc),
+            mock.patch.dict(utils, cls_acc=recorded_acc),
+            recording_loss_and_updates(main, records),
+            fp32_on_cpu(),
+            contextlib.redirect_stdout(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")  # their scheduler steps after a skipped optimiser step
+            yield records
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -254,20 +278,12 @@ class ClipLoraDriver:
 
     def __init__(self, entry: AuthorsCode, checkout: str, clip, classnames: list[str]):
         self.entry, self.args = entry, types.SimpleNamespace(**entry.cfg)
-        root = os.path.join(checkout, entry.folder)
-        if not os.path.isfile(os.path.join(root, "lora.py")):
-            raise FileNotFoundError(
-                f"{root} has no lora.py: give a checkout of {entry.repository} "
-                f"(git clone https://github.com/{entry.repository})"
-            )
+        root = authors_root(entry, checkout, "lora.py")
         self.tmp = tempfile.TemporaryDirectory()
         self.dataset = types.SimpleNamespace(classnames=list(classnames), template=[CLIP_LORA_TEMPLATE])
         with authors_import_path(root, entry.unused_imports), fp32_on_cpu(), contextlib.redirect_stdout(io.StringIO()):
-            weights = os.path.join(self.tmp.name, "openai-format.pt")
-            torch.save({k: v.detach().cpu() for k, v in clip.state_dict().items()}, weights)
-            their_clip = importlib.import_module("clip")
             self.lora = importlib.import_module("lora")
-            self.model = their_clip.load(weights, device="cpu", jit=False)[0].float().eval()
+            self.model = load_their_clip(clip, self.tmp.name)
             self.lora.apply_lora(self.args, self.model)
         self.fresh_model = lambda: their_clip.load(weights, device="cpu", jit=False)[0].float().eval()
         generator = torch.Generator().manual_seed(1)
@@ -282,37 +298,21 @@ class ClipLoraDriver:
         """lora.py with ``cls_acc``, ``F.cross_entropy`` and ``torch.optim.AdamW`` recording what they are given."""
         self.records = {"logits": [], "loss": [], "grad": []}
         records, lora = self.records, self.lora
-        cls_acc, functional = lora.cls_acc, lora.F
 
         def recorded_acc(output, target, topk=1):
             records["logits"].append(output.detach().clone())
             return 0.0
 
-        def cross_entropy(logits, target, *args, **kwargs):
-            loss = functional.cross_entropy(logits, target, *args, **kwargs)
-            records["loss"].append(loss.detach().clone())
-            return loss
-
-        class RecordingAdamW(torch.optim.AdamW):
-            @torch.no_grad()
-            def step(self, closure=None):
-                records["grad"].append([p.grad.detach().clone() for g in self.param_groups for p in g["params"]])
-
-        shim = types.SimpleNamespace(**{k: getattr(functional, k) for k in dir(functional) if not k.startswith("_")})
-        shim.cross_entropy = cross_entropy
-        adamw = torch.optim.AdamW
-        lora.cls_acc, lora.F, torch.optim.AdamW = recorded_acc, shim, RecordingAdamW
-        try:
-            with (
-                fp32_on_cpu(),
-                contextlib.redirect_stdout(io.StringIO()),
-                contextlib.redirect_stderr(io.StringIO()),  # their tqdm bars
-                warnings.catch_warnings(),
-            ):
-                warnings.simplefilter("ignore")  # their CUDA autocast and GradScaler, disabled without CUDA
-                yield records
-        finally:
-            lora.cls_acc, lora.F, torch.optim.AdamW = cls_acc, functional, adamw
+        with (
+            mock.patch.object(lora, "cls_acc", recorded_acc),
+            recording_loss_and_updates(lora, records),
+            fp32_on_cpu(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),  # their tqdm bars
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")  # their CUDA autocast and GradScaler, disabled without CUDA
+            yield records
 
     def lora_names(self) -> list[str]:
         return [name for name, _ in self.model.named_parameters() if "lora_" in name]  # get_lora_parameters' order

@@ -47,6 +47,12 @@ LAYOUT = {
 MAX_SHOWN = 5
 
 
+def examples(paths: list[str]) -> list[str]:
+    """The report's lines under a problem: the first ``MAX_SHOWN`` of ``paths``, then how many more."""
+    more = [f"… and {len(paths) - MAX_SHOWN} more"] if len(paths) > MAX_SHOWN else []
+    return [f"           {line}" for line in paths[:MAX_SHOWN] + more]
+
+
 def layout(info: DatasetInfo) -> str:
     """The expected on-disk layout of a dataset, for messages."""
     if info.key in LAYOUT:
@@ -155,10 +161,7 @@ def check_dataset(
     if missing:
         problems += 1
         out("MISSING", f"images: {len(paths)} listed, {len(paths) - len(missing)} found, {len(missing)} missing, e.g.:")
-        for p in missing[:MAX_SHOWN]:
-            lines.append(f"           {p}")
-        if len(missing) > MAX_SHOWN:
-            lines.append(f"           … and {len(missing) - MAX_SHOWN} more")
+        lines.extend(examples(missing))
         out("fix", f"re-download/extract the images ({info.download}); expected layout: {layout(info)}")
     else:
         out("ok", f"images: {len(paths)} listed, {len(paths)} found")
@@ -167,10 +170,7 @@ def check_dataset(
         if bad:
             problems += 1
             out("PROBLEM", f"images: {len(bad)} of {len(paths)} do not decode (truncated or corrupt), e.g.:")
-            for p, _ in bad[:MAX_SHOWN]:
-                lines.append(f"           {p}")
-            if len(bad) > MAX_SHOWN:
-                lines.append(f"           … and {len(bad) - MAX_SHOWN} more")
+            lines.extend(examples([p for p, _ in bad]))
             out("fix", f"re-download the dataset: `{prepare} --force`, or remove these images from the split")
         else:
             out("ok", f"images: all {len(paths)} decode")

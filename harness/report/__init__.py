@@ -169,24 +169,10 @@ def expectation_notes(expectations: dict, records: list[dict]) -> list[str]:
     return notes
 
 
-def build_tables(
-    results,
-    experiments=None,
-    expected_seeds=None,
-    paper_dir=None,
-    with_paper=True,
-    all_variants: bool = False,
-    expectations: dict | None = None,
-    baseline: str | None = None,
-) -> dict:
-    """{table key: Table} for every table, empty ones included (their ``missing`` says why).
-
-    all_variants: each settings run of a cell its own column group (default: the newest, the others
-    listed in the notes). expectations: {experiment: expected datasets and seeds}; default those the
-    sweeps recorded beside the store. baseline: the method every study compares with (default: each
-    study's own, ``expected.json``); it decides the ≈ marks."""
-    args = (experiments, expected_seeds, paper_dir, with_paper, all_variants, expectations, baseline)
-    return build_study(results, *args)[0]
+def build_tables(results, *args, **options) -> dict:
+    """{table key: Table} for every table, empty ones included (their ``missing`` says why); the arguments
+    are ``build_study``'s."""
+    return build_study(results, *args, **options)[0]
 
 
 def build_study(
@@ -200,7 +186,12 @@ def build_study(
     baseline: str | None = None,
 ) -> tuple[dict, dict]:
     """({table key: Table}, {experiment: studies.Study}): the tables (``build_tables``) and each study's
-    comparison with its baseline, both from the one gate."""
+    comparison with its baseline, both from the one gate.
+
+    all_variants: each settings run of a cell its own column group (default: the newest, the others
+    listed in the notes). expectations: {experiment: expected datasets and seeds}; default those the
+    sweeps recorded beside the store. baseline: the method every study compares with (default: each
+    study's own, ``expected.json``); it decides the ≈ marks."""
     records = load_records(results)
     expectations = read_expectations(results) if expectations is None else expectations
     shown, superseded = gate.select(records, all_variants)

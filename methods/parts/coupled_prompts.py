@@ -20,8 +20,12 @@ from methods.parts import deep_prompts, prompt_text
 class MultiModalPromptLearner(nn.Module):
     """Parameter and buffer names as in the authors' ``MultiModalPromptLearner`` (maple.py:69-170)."""
 
-    def __init__(self, clip, classnames, n_ctx: int, ctx_init: str, depth: int):
+    def __init__(self, clip, classnames, n_ctx: int, ctx_init: str, prompt_depth: int | None):
+        """prompt_depth: the option of both methods (None: the published 9, or all of a smaller CLIP's
+        blocks; one depth for both towers, at most the deeper tower's block count)."""
         super().__init__()
+        layers = max(len(deep_prompts.text_blocks(clip)), len(deep_prompts.vision_blocks(clip)))
+        depth = deep_prompts.effective_depth(prompt_depth, layers, "prompt_depth", published=9)
         dtype = backbone.model_dtype(clip)
         device = clip.token_embedding.weight.device
         text_width, vision_width = backbone.text_width(clip), deep_prompts.vision_width(clip)

@@ -132,10 +132,28 @@ def option_types(name: str) -> dict:
 
 @functools.cache
 def _annotations(cls: type) -> dict:
-    try:
-        return typing.get_type_hints(cls.__init__, include_extras=True)
-    except (NameError, TypeError):  # a plugin's annotation that does not resolve: its options go unchecked
-        return {}
+    hints = {}
+    for init in reversed(_constructors(cls)):  # the subclass's own annotation wins
+        try:
+            hints.update(typing.get_type_hints(init, include_extras=True))
+        except (NameError, TypeError):  # a plugin's annotation that does not resolve: its options go unchecked
+            pass
+    return hints
+
+
+def _constructors(cls: type) -> list:
+    """The constructors whose keyword options are the method's: its own and, while one ends in ``**options``
+    (which it passes on to ``super().__init__``), its parent's, so that a variant of a method lists only
+    the options it adds and cannot drift from the types and ranges of those it shares."""
+    chain = []
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        chain.append(init)
+        if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
+            break
+    return chain
 
 
 def check_options(name: str, options: dict) -> None:
@@ -150,12 +168,12 @@ def check_options(name: str, options: dict) -> None:
 
 
 def _constructor_parameters(name: str) -> dict:
-    sig = inspect.signature(method_class(name).__init__)
-    return {
-        p.name: p.default
-        for p in list(sig.parameters.values())[3:]  # self, clip_model, classnames
-        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-    }
+    parameters = {}
+    for init in _constructors(method_class(name)):
+        for p in list(inspect.signature(init).parameters.values())[3:]:  # self, clip_model, classnames
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+                parameters.setdefault(p.name, p.default)
+    return parameters
 
 
 def build_method(name: str, clip_model, classnames, subsample: str = "all", **options):
