@@ -155,7 +155,7 @@ class MMA(CLIPMethod):
     paper = "Yang et al., CVPR"
     year = 2024
     source = "ZjjConan/Multi-Modal-Adapter@547ee34"
-    color = "#17becf"
+    color = "#393b79"  # dark indigo: CoOp+DePT has the cyan
     default_config = "mma/vit_b16_ep5"
     checkpoint_folder = "adapter_learner"  # the authors' registered name (mmadapter.py:254)
     features_cacheable = False  # the image encoder carries adapters

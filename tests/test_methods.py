@@ -332,3 +332,24 @@ def test_coop_fast_text_path_equals_the_published_77_positions(tiny_clip, classn
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-4)
     fast_grad, slow_grad = results[0][1], results[1][1]
     assert ((fast_grad - slow_grad).norm() / slow_grad.norm()).item() < 1e-4  # fp32 summation order differs
+
+
+def test_every_registered_method_has_a_colour_of_its_own_and_a_taken_one_is_refused(monkeypatch):
+    """A figure tells methods apart by colour: the registry refuses a method whose colour another method has
+    (in any case of its hex digits), and accepts one without a colour (the report gives it a free one)."""
+    colors = [methods.method_info(m).color for m in methods.list_methods()]
+    colors = [c.lower() for c in colors if c]
+    assert len(colors) == len(set(colors))
+    monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))  # registrations below are undone
+
+    class SameAsCoop(CoOp):
+        color = methods.method_info("coop").color.upper()
+
+    with pytest.raises(ValueError, match=r"'same_as_coop'.*#1f77b4, which method 'coop' already has"):
+        registry.register_method("same_as_coop")(SameAsCoop)
+
+    class Uncoloured(CoOp):
+        pass
+
+    registry.register_method("uncoloured")(Uncoloured)  # no colour of its own: nothing to clash with
+    assert "uncoloured" in registry.METHODS

@@ -285,6 +285,8 @@ class ClipLoraDriver:
             self.lora = importlib.import_module("lora")
             self.model = load_their_clip(clip, self.tmp.name)
             self.lora.apply_lora(self.args, self.model)
+            # their clip module and our weights in its format, kept for a fresh model of theirs after this block
+            their_clip, weights = importlib.import_module("clip"), openai_format_weights(clip, self.tmp.name)
         self.fresh_model = lambda: their_clip.load(weights, device="cpu", jit=False)[0].float().eval()
         generator = torch.Generator().manual_seed(1)
         with torch.no_grad():

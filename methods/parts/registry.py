@@ -37,6 +37,15 @@ def register_method(name: str):
     def wrap(cls):
         if name in METHODS:
             raise ValueError(f"Method {name!r} is registered twice ({METHODS[name].__module__} and {cls.__module__}).")
+        # A colour is a method's identity in every figure: two methods of one colour cannot be told apart.
+        color = (vars(cls).get("color") or "").lower()
+        taken = {other: (vars(c).get("color") or "").lower() for other, c in METHODS.items()}
+        clash = next((other for other, c in taken.items() if color and c == color), None)
+        if clash is not None:
+            raise ValueError(
+                f"Method {name!r} ({cls.__module__}) has the colour {color}, which method {clash!r} already has: "
+                "give it another color (or none: the report then picks one no method uses)."
+            )
         cls.method_name = name
         METHODS[name] = cls
         return cls
