@@ -29,6 +29,7 @@ image is seen before the evaluation; their GPU run holds features and keys in fp
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Annotated
 
@@ -41,6 +42,11 @@ from clipcore import backbone
 from methods.parts.base import CheckpointError, CLIPMethod, Templates
 from methods.parts.registry import register_method
 from methods.zsclip import DATASET_TEMPLATES, DEFAULT_TEMPLATE, IMAGENET_SELECTED_TEMPLATES, class_text_features
+
+log = logging.getLogger(__name__)
+
+# The authors' dataset names (configs/<name>.yaml's ``dataset``) where they are not the harness's keys.
+AUTHORS_DATASETS = {"fgvc_aircraft": "fgvc"}
 
 LOGIT_SCALE = 100.0  # main.py:32: a fixed 100, whatever CLIP's logit_scale
 # configs/<dataset>.yaml by the harness's dataset keys: (init_beta, init_alpha, search_scale, train_epoch).
@@ -216,6 +222,13 @@ class TipAdapter(CLIPMethod):
             beta, alpha = self.init_beta, self.init_alpha
             with torch.no_grad():
                 acc = 100.0 * float((self.tip_logits(val, beta, alpha).argmax(-1) == val_y).float().mean())
+        if self.search and acc == 0.0:  # the authors' search keeps (0, 0) when no pair scores: their cache is off
+            log.warning(
+                "%s: no beta and alpha of the search classified any of the %d validation images; the cache is off "
+                "(beta = alpha = 0, as the authors' search leaves it) and the scores are zero-shot CLIP's.",
+                self.method_name,
+                len(val_y),
+            )
         learner.beta.fill_(beta)
         learner.alpha.fill_(alpha)
         learner.val_acc.fill_(acc)
@@ -227,6 +240,17 @@ class TipAdapter(CLIPMethod):
 
     def num_trainable_parameters(self) -> int:
         return 0  # training-free: the cache is built, not learned
+
+    def authors_files(self, spec: dict) -> dict[str, object]:
+        """The cache as the authors' code saves it (utils.py:64-65): bare tensors, keys [D, N] and values
+        [N, C], in ``caches/<dataset>/`` (main.py:152), where their main.py with ``load_cache: True`` reads them
+        when run in the checkpoint folder; fp32 here (theirs: CLIP's dtype, fp16 on CUDA)."""
+        learner, shots = self.prompt_learner, spec["shots"]
+        folder = f"caches/{AUTHORS_DATASETS.get(spec['dataset'], spec['dataset'])}"
+        return {
+            f"{folder}/keys_{shots}shots.pt": learner.cache_keys.detach().cpu().clone(),
+            f"{folder}/values_{shots}shots.pt": learner.cache_values.detach().cpu().clone(),
+        }
 
     def record_options(self) -> dict:
         learner = self.prompt_learner
@@ -355,6 +379,13 @@ class TipAdapterF(TipAdapter):
 
     def num_trainable_parameters(self) -> int:
         return self.prompt_learner.adapter_weight.numel()
+
+    def authors_files(self, spec: dict) -> dict[str, object]:
+        """The training-free cache's files and the fine-tuned keys, [N, D], as main.py:124 saves them."""
+        files = super().authors_files(spec)
+        keys = next(name for name in files if "/keys_" in name)
+        files[keys.replace("/keys_", "/best_F_")] = self.prompt_learner.adapter_weight.detach().cpu().clone()
+        return files
 
     def record_options(self) -> dict:
         return {

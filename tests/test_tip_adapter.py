@@ -142,6 +142,26 @@ def test_the_search_keeps_the_first_best_and_search_false_keeps_the_initial_valu
     assert (float(kept.prompt_learner.beta), float(kept.prompt_learner.alpha)) == (2.5, pytest.approx(0.7))
 
 
+def test_a_search_that_scores_nothing_turns_the_cache_off_and_says_so(clip, caplog):
+    """The authors' search keeps (0, 0) when no pair classifies a validation image: the cache is then off and
+    the scores are zero-shot CLIP's, which a warning says (a number that looks like Tip-Adapter's otherwise)."""
+    labels, augmented, _, val_f, _ = world(clip)
+    # the one pair of a one-value grid (beta 0.1, alpha 0.1), and validation labels it gets all wrong
+    probe = build_method("tip_adapter", clip, NAMES, search=False, init_beta=0.1, init_alpha=0.1, augment_epoch=1)
+    probe.fit(None, labels, val_f, torch.zeros(len(val_f), dtype=torch.long), seed=1, shots=SHOTS, augmented=augmented)
+    with torch.no_grad():
+        predicted = probe.tip_logits(F.normalize(val_f, dim=-1), 0.1, 0.1).argmax(-1)
+    wrong = (predicted + 1) % len(NAMES)
+    model = build_method("tip_adapter", clip, NAMES, search_step=[1, 1], augment_epoch=1)
+    with caplog.at_level("WARNING"):
+        model.fit(None, labels, val_f, wrong, seed=1, shots=SHOTS, augmented=augmented)
+    assert (float(model.prompt_learner.beta), float(model.prompt_learner.alpha)) == (0.0, 0.0)
+    assert "the cache is off" in caplog.text and f"{len(val_f)} validation images" in caplog.text
+    caplog.clear()
+    model.fit(None, labels, val_f, predicted, seed=1, shots=SHOTS, augmented=augmented)  # every one right
+    assert float(model.prompt_learner.alpha) == pytest.approx(0.1) and "cache is off" not in caplog.text
+
+
 def test_published_values_per_dataset(clip):
     eurosat = build_method("tip_adapter_f", clip, NAMES, dataset="eurosat")
     assert (eurosat.init_alpha, eurosat.search_scale, eurosat.train_epoch) == (2.0, (12.0, 10.0), 100)
@@ -292,6 +312,13 @@ def test_the_job_records_the_fitted_model_and_its_checkpoint_scores_the_same(dat
     learner = model.prompt_learner
     assert learner.adapter_weight.shape == (10, backbone.embed_dim(load_clip("tiny")))  # 2 shots x 5 classes
     assert float(learner.beta) == pytest.approx(record["options"]["beta"])
+    # the authors' bare tensors beside it, where their main.py (load_cache: True) run in that folder reads them
+    caches = os.path.join(spec.output_dir, "tip_adapter_f", "caches", "synthetic")
+    assert sorted(os.listdir(caches)) == ["best_F_2shots.pt", "keys_2shots.pt", "values_2shots.pt"]
+    keys, values, best_f = (torch.load(os.path.join(caches, f"{n}_2shots.pt")) for n in ("keys", "values", "best_F"))
+    assert torch.equal(keys, learner.cache_keys) and torch.equal(best_f, learner.adapter_weight)
+    assert keys.shape == (backbone.embed_dim(load_clip("tiny")), 10) and values.shape == (10, 5)
+    assert torch.equal(values, learner.cache_values) and set(values.sum(1).tolist()) == {1.0}  # one-hot rows
     other = build_method("tip_adapter_f", load_clip("tiny"), ["a", "b", "c"])
     with pytest.raises(CheckpointError, match="other classes"):
         other.load_prompt_checkpoint(saved)
