@@ -97,14 +97,26 @@ def description_file(dataset: str | None) -> str | None:
     return os.path.join(DESCRIPTIONS_DIR, f"{name}_prompt.json") if name else None
 
 
+# The commit the shipped files were copied from, and the git blob of the ImageNet files (one file under five
+# names) that the stored copy of the repository lacked: what `git hash-object` prints for a good download.
+AUTHORS_COMMIT = "a2a6c12e3622cfe4b3a127f4ba0c4f3eb841418c"
+IMAGENET_BLOB = "86ab87f6934a4be4d628eae53c30b15dbb683f34"
+
+
 def read_descriptions(path: str, classnames: list[str]) -> list[list[str]]:
     """Each class's descriptions, in class order (keys: the class name with "_" -> " ", coprompt.py:384)."""
     if not os.path.isfile(path):
+        name = os.path.basename(path)
+        where = (
+            f"the authors' file is https://raw.githubusercontent.com/ShuvenduRoy/CoPrompt/{AUTHORS_COMMIT}/gpt_file/"
+            f"{name} (`git hash-object` of a good copy: {IMAGENET_BLOB}): save it as {path}"
+            if name.startswith("imagenet")
+            else f"the authors' files are gpt_file/<dataset>_prompt.json of https://github.com/ShuvenduRoy/CoPrompt "
+            f"at {AUTHORS_COMMIT[:7]}: save the file as {path}"
+        )
         raise DescriptionsError(
-            f"CoPrompt's class descriptions {path} do not exist. The authors' files are "
-            "gpt_file/<dataset>_prompt.json of https://github.com/ShuvenduRoy/CoPrompt (the ImageNet ones are not "
-            f"shipped here): save the file as {path}, or give options.descriptions=<path of a JSON file mapping each "
-            "class name to a list of sentences>."
+            f"CoPrompt's class descriptions {path} do not exist: {where}, or give options.descriptions=<path of a "
+            "JSON file mapping each class name to a list of sentences>."
         )
     with open(path) as f:
         table = json.load(f)

@@ -172,8 +172,12 @@ def test_options_out_of_range_are_refused(tiny_clip, options, message):
 
 
 def test_missing_descriptions_name_the_file_and_where_to_get_it(tiny_clip, tmp_path):
-    with pytest.raises(DescriptionsError, match=r"imagenet_prompt.json do not exist.*github.com/ShuvenduRoy/CoPrompt"):
+    with pytest.raises(DescriptionsError, match=r"imagenet_prompt.json do not exist") as refused:
         build(tiny_clip, dataset="imagenet")
+    # the exact file at the commit the others were copied from, and the blob a good copy hashes to
+    url = "raw.githubusercontent.com/ShuvenduRoy/CoPrompt/a2a6c12e3622cfe4b3a127f4ba0c4f3eb841418c/gpt_file/"
+    assert url + "imagenet_prompt.json" in str(refused.value)
+    assert "86ab87f6934a4be4d628eae53c30b15dbb683f34" in str(refused.value)
     with pytest.raises(DescriptionsError, match=r"no descriptions for 1 of the 5 classes \(\['tabby'\]\)"):
         build(tiny_clip, NAMES + ["tabby"], descriptions=descriptions_file(tmp_path, NAMES))
     table = {n: ["one"] for n in ["golden retriever", "cat", "sea lake"]} | {"fire truck": ["one", "two"]}
