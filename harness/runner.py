@@ -69,6 +69,17 @@ log = logging.getLogger(__name__)
 _RUN_KEYS = frozenset(f.name for f in dataclasses.fields(RunSpec))
 
 
+def authors_file_run(path: str) -> str | None:
+    """The run folder of ours that holds an authors' file (``authors_files``: under its checkpoint folder, at
+    their loader's path), or None for a file outside any (their code wrote it, or it was copied out)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while os.path.dirname(folder) != folder:
+        if fingerprints.read_folder(folder) is not None:
+            return folder
+        folder = os.path.dirname(folder)
+    return None
+
+
 class RunFailedError(RuntimeError):
     """Training ran but produced no valid result (the message says why and what to try)."""
 
@@ -437,7 +448,8 @@ class Run:
         code or an early harness wrote it) is accepted with a warning when its epoch is the job's:
         its other settings cannot be checked. A file in the authors' own layout (``is_authors_file``:
         CLIP-LoRA's ``save_lora`` file) holds no epoch and is taken as a finished training; the method
-        checks what it does hold (its metadata) when it loads it."""
+        checks what it does hold (its metadata) when it loads it. One under a run folder of ours is that run's
+        (``authors_file_run``): its folder's fingerprint and latest checkpoint are checked as above."""
         spec = self.spec
         if not spec.learns:
             return None, 0
@@ -455,7 +467,12 @@ class Run:
         contents = load_checkpoint_file(path)
         contents = contents if isinstance(contents, dict) else {}
         if methods.method_class(spec.method).is_authors_file(contents):
-            contents = {"epoch": spec.epochs}  # their code writes it once, after the last step; no epoch in it
+            writer = authors_file_run(path)
+            if writer:  # one of our jobs wrote it beside its checkpoint, which holds the spec the file lacks
+                folder, found = writer, checkpoint.latest_checkpoint(writer)
+                contents = load_checkpoint_file(found[0]) if found else {}
+            else:
+                contents = {"epoch": spec.epochs}  # their code writes it once, after the last step; no epoch in it
         epoch, saved = int(contents.get("epoch", 0)), contents.get("spec")
         held = fingerprints.read_folder(folder)
         changes = {}

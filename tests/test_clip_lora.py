@@ -19,6 +19,7 @@ from torch import nn
 
 from bounds import OutOfBounds
 from harness import backbone, load_clip, results
+from harness.checkpoint import LoadMismatchError
 from harness.config import build_spec
 from harness.runner import run
 from methods import build_method
@@ -459,8 +460,25 @@ def test_the_job_leaves_the_authors_file_and_evaluating_it_scores_the_same(data_
         assert torch.equal(authors["weights"][f"layer_{i}"]["v_proj"]["w_lora_B"], expected)
     loaded = run(lora_spec(data_root, tmp_path, load_from=path))[0]
     assert loaded["metrics"] == record["metrics"]
-    with pytest.raises(CheckpointError, match="metadata r is 2"):
+    with pytest.raises(LoadMismatchError, match="options.r: 2 -> 4"):  # its job's spec says so
         run(lora_spec(data_root, tmp_path / "other", load_from=path, options={"n_iters": 4, "r": 4}))
+    theirs = tmp_path / "theirs" / "lora_weights.pt"  # outside our run folders, as their code leaves it
+    theirs.parent.mkdir()
+    torch.save(authors, str(theirs))
+    with pytest.raises(CheckpointError, match="metadata r is 2"):  # only its metadata says so
+        run(lora_spec(data_root, tmp_path / "other2", load_from=str(theirs), options={"n_iters": 4, "r": 4}))
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [({"seed": 3}, "seed: 2 -> 3"), ({"options": {"n_iters": 4, "dropout_rate": 0.5}}, "dropout_rate: 0.25 -> 0.5")],
+)
+def test_an_authors_file_of_ours_is_checked_against_the_job_that_wrote_it(data_root, straight, tmp_path, change, match):
+    # The file holds no spec: its run folder's fingerprint and final checkpoint say what trained it.
+    spec, _ = straight
+    path = os.path.join(spec.output_dir, "clip_lora", "tiny", "synthetic", "2shots", "seed2", "lora_weights.pt")
+    with pytest.raises(LoadMismatchError, match=match):
+        run(lora_spec(data_root, tmp_path, load_from=path, **change))
 
 
 def test_epochs_other_than_the_budgets_are_refused_with_the_right_value(data_root, tmp_path):
