@@ -157,6 +157,25 @@ def readme_blocks(reference_dir: str = REFERENCE_DIR) -> dict[str, str]:
     }
 
 
+def check_kept_timing(kept: dict, averages: dict, results: str) -> None:
+    """``--keep-timing``: the timed part's numbers (make fewshot's own methods) in ``results`` must be the
+    ones the kept timing was measured with (``kept``: the reference's run.json), or the timing would be shown
+    beside a run it did not time (another store, a re-run at other settings)."""
+    timed = [
+        m for m in sweep.load_experiment(EXPERIMENT, profile="demo")["methods"] if m not in other_methods(EXPERIMENT)
+    ]
+    then = {k: v for k, v in (kept.get("seed_averages") or {}).items() if k.split("@")[0] in timed}
+    now = {f"{m}@{k}": v for (m, k), v in averages.items() if m in timed}
+    differ = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
+    if not then or differ:
+        raise SystemExit(
+            f"--keep-timing: {results} is not the run {REFERENCE_DIR}/run.json timed: its timed methods' seed "
+            f"averages differ at {', '.join(differ[:6]) or 'every point (run.json holds none)'}"
+            f"{' ...' if len(differ) > 6 else ''}. Keep the timing only for that run's store, or time this one "
+            "(reference without --results)."
+        )
+
+
 def main(argv=None) -> int:
     check = "CoOp's few-shot claims on a finished demo"
     parser, sub = command_line("python -m benchmarks.fewshot_demo", __doc__, check)
@@ -166,7 +185,8 @@ def main(argv=None) -> int:
         "--keep-timing",
         metavar="NOTE",
         help="with --results: keep the reference's timing of make fewshot's own demo (still true when methods "
-        "were added to its store since) and say so in NOTE, shown beside it",
+        "were added to its store since; refused when its own methods' numbers differ) and say so in NOTE, shown "
+        "beside it",
     )
     args = parser.parse_args(argv)
     if args.cmd == "reference" and args.keep_timing and not args.results:
@@ -191,6 +211,10 @@ def main(argv=None) -> int:
         start, others_seconds = None, None
         if other_methods(EXPERIMENT):  # after the timed part: the README's methods table has every method
             others_seconds = run_demo(out, report_dir, EXPERIMENT, methods=other_methods(EXPERIMENT))
+    if args.keep_timing:  # checked before the reference is touched: a refusal leaves it whole
+        with open(os.path.join(REFERENCE_DIR, "run.json")) as f:
+            kept = json.load(f)
+        check_kept_timing(kept, seed_averages(out), out)
     os.makedirs(REFERENCE_DIR, exist_ok=True)
     for name in sorted(os.listdir(report_dir)):
         if name.startswith(("fewshot_", "figure_fewshot")):
@@ -207,8 +231,6 @@ def main(argv=None) -> int:
         "other_methods_seconds": round(others_seconds, 1) if others_seconds is not None else None,
     }
     if args.keep_timing:
-        with open(os.path.join(REFERENCE_DIR, "run.json")) as f:
-            kept = json.load(f)
         facts = {key: kept.get(key) for key in facts} | {"timing_note": args.keep_timing}
     facts["seed_averages"] = {f"{m}@{k}": v for (m, k), v in sorted(averages.items())}
     with open(os.path.join(REFERENCE_DIR, "run.json"), "w") as f:

@@ -258,3 +258,38 @@ def test_clip_lora_jobs_take_the_epochs_of_500_x_k_steps():
         steps = images // spec.batch_size if images >= spec.batch_size else 1
         assert (spec.batch_size, spec.options["n_iters"], spec.lr) == (32, 500, 2e-4)
         assert spec.epochs == training_epochs(500, spec.shots, steps), (spec.dataset, spec.shots)
+
+
+def test_keep_timing_refuses_a_store_other_than_the_one_timed(tmp_path, monkeypatch):
+    """--keep-timing keeps run.json's timing for a re-read store only when its timed methods' numbers are the
+    timed run's: another store's numbers would be shown beside a timing that is not theirs."""
+    import json
+
+    from benchmarks import fewshot_demo
+
+    timed = {("coop", 16): [80.0, 81.0], ("zsclip", 0): [70.0]}
+    added = {("clip_lora", 16): [75.0, 76.0]}  # a method added to the store since: the timing still holds
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    kept = {"sweep_and_report_seconds": 123.0, "seed_averages": {f"{m}@{k}": v for (m, k), v in timed.items()}}
+    (reference / "run.json").write_text(json.dumps(kept))
+    monkeypatch.setattr(fewshot_demo, "REFERENCE_DIR", str(reference))
+    monkeypatch.setattr(fewshot_demo, "report", lambda out, report_dir: os.makedirs(report_dir, exist_ok=True))
+    store = {}
+    monkeypatch.setattr(fewshot_demo, "seed_averages", lambda results: store)
+    argv = ["reference", "--results", str(tmp_path / "store"), "--keep-timing", "added later"]
+
+    store.update(timed | added)
+    assert fewshot_demo.main(argv) == 0
+    written = json.loads((reference / "run.json").read_text())
+    assert written["sweep_and_report_seconds"] == 123.0 and written["timing_note"] == "added later"
+
+    store.update({("coop", 16): [60.0, 61.0]})  # another store (or a re-run): not what was timed
+    with pytest.raises(SystemExit, match="coop@16"):
+        fewshot_demo.main(argv)
+    assert json.loads((reference / "run.json").read_text()) == written
+    claims = (reference / "claims.md").read_text()
+    store.update({("coop", 1): [50.0, 51.0]})  # would change the claims, were it written
+    with pytest.raises(SystemExit):
+        fewshot_demo.main(argv)
+    assert (reference / "claims.md").read_text() == claims
