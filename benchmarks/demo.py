@@ -222,14 +222,16 @@ def read_table(path: str) -> dict[tuple, float]:
         return {(r["row"], r["method"], r["metric"]): float(r["mean"]) for r in csv.DictReader(f) if r["mean"]}
 
 
-def drift(reference_csv: str, new_csv: str) -> tuple[list[tuple], list[str]]:
+def drift(reference_csv: str, new_csv: str) -> tuple[list[tuple], list[str], list[str]]:
     """(key, reference, now) per cell of the reference of each method the new run has (now None where it
-    lacks that cell: a real gap), and the reference's methods the new run did not run at all (``make
-    base2new`` runs the paper's three; the reference has every method of the study)."""
+    lacks that cell: a real gap), the reference's methods the new run did not run at all (``make
+    base2new`` runs the paper's three; the reference has every method of the study), and the new run's
+    methods the reference does not have (a method added or renamed since: nothing to compare it with)."""
     ref, new = read_table(reference_csv), read_table(new_csv) if os.path.isfile(new_csv) else {}
-    ran = {method for _, method, _ in new}
+    ran, had = {method for _, method, _ in new}, {method for _, method, _ in ref}
     not_run = list(dict.fromkeys(method for _, method, _ in ref if method not in ran))
-    return [(key, ref[key], new.get(key)) for key in ref if key[1] in ran], not_run
+    unknown = list(dict.fromkeys(method for _, method, _ in new if method not in had))
+    return [(key, ref[key], new.get(key)) for key in ref if key[1] in ran], not_run, unknown
 
 
 def _table_lines(path: str) -> str:
@@ -422,12 +424,13 @@ def main(argv=None) -> int:
             run_transfer(results, os.path.join(results, "report"))
     print("| table | row | method | metric | reference | now | drift |")
     print("| --- | --- | --- | --- | ---: | ---: | ---: |")
-    worst, not_compared = 0.0, {}
+    worst, not_compared, not_in_reference = 0.0, {}, {}
     for table in tables:
-        rows, not_run = drift(
+        rows, not_run, unknown = drift(
             os.path.join(REFERENCE_DIR, f"{table}.csv"), os.path.join(results, "report", f"{table}.csv")
         )
         not_compared.update(dict.fromkeys(not_run))
+        not_in_reference.update(dict.fromkeys(unknown))
         for (row, method, metric), ref, now in rows:
             delta = None if now is None else now - ref
             worst = max(worst, abs(delta)) if delta is not None else worst
@@ -439,6 +442,11 @@ def main(argv=None) -> int:
         print(
             f"not compared (the reference has them, these results do not): {', '.join(not_compared)}; "
             f"METHODS={','.join(not_compared)} on the same make targets adds them to the same results"
+        )
+    if not_in_reference:
+        print(
+            f"not in the reference (these results have them, the reference does not: a method added or renamed "
+            f"since): {', '.join(not_in_reference)}; python -m benchmarks.demo reference makes a reference with them"
         )
     checks = pattern_checks(seed_averages(results))
     print(checks_markdown(checks), end="")

@@ -348,7 +348,7 @@ def test_make_demo_drift_compares_the_demo_results_and_reruns_only_when_asked(tm
 def test_drift_compares_the_methods_both_runs_have_and_names_the_others(tmp_path):
     """A demo run with the paper's three methods against a reference with every method: the successors are
     named once as not compared, not listed cell by cell as missing; a cell missing from a method that ran
-    is still a gap."""
+    is still a gap, and a method the reference lacks (renamed since) is named, not passed over."""
     from benchmarks import demo
 
     header = "row,method,metric,mean\n"
@@ -356,12 +356,12 @@ def test_drift_compares_the_methods_both_runs_have_and_names_the_others(tmp_path
     reference.write_text(
         header + "average,coop,H,80.0\naverage,coop,Base,90.0\naverage,kgcoop,H,85.0\naverage,mma,H,79.0\n"
     )
-    now.write_text(header + "average,coop,H,81.5\n")
-    rows, not_run = demo.drift(str(reference), str(now))
+    now.write_text(header + "average,coop,H,81.5\naverage,mma_v2,H,79.0\n")  # mma renamed since the reference
+    rows, not_run, unknown = demo.drift(str(reference), str(now))
     assert rows == [(("average", "coop", "H"), 80.0, 81.5), (("average", "coop", "Base"), 90.0, None)]
-    assert not_run == ["kgcoop", "mma"]
-    rows, not_run = demo.drift(str(reference), str(tmp_path / "none.csv"))
-    assert rows == [] and not_run == ["coop", "kgcoop", "mma"]
+    assert not_run == ["kgcoop", "mma"] and unknown == ["mma_v2"]
+    rows, not_run, unknown = demo.drift(str(reference), str(tmp_path / "none.csv"))
+    assert rows == [] and not_run == ["coop", "kgcoop", "mma"] and unknown == []
 
 
 # -- adding a dataset -----------------------------------------------------------------------------
