@@ -345,7 +345,7 @@ def test_every_registered_method_has_a_colour_of_its_own_and_a_taken_one_is_refu
     class SameAsCoop(CoOp):
         color = methods.method_info("coop").color.upper()
 
-    with pytest.raises(ValueError, match=r"'same_as_coop'.*#1f77b4, which method 'coop' already has"):
+    with pytest.raises(ValueError, match=r"'same_as_coop'.*#1f77b4 \('#1F77B4'\), which method 'coop' already has"):
         registry.register_method("same_as_coop")(SameAsCoop)
 
     class Uncoloured(CoOp):
@@ -353,3 +353,27 @@ def test_every_registered_method_has_a_colour_of_its_own_and_a_taken_one_is_refu
 
     registry.register_method("uncoloured")(Uncoloured)  # no colour of its own: nothing to clash with
     assert "uncoloured" in registry.METHODS
+
+
+@pytest.mark.parametrize("spelling", ["tab:blue", "#1f77b4ff", "#1F77B4FF"])
+def test_a_taken_colour_in_another_spelling_is_refused(monkeypatch, spelling):
+    """What a figure draws is the colour, not its spelling: CoOp's #1f77b4 by its matplotlib name or as an
+    opaque RGBA is the same blue."""
+    monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
+    assert methods.method_info("coop").color == "#1f77b4"
+
+    class Disguised(CoOp):
+        color = spelling
+
+    with pytest.raises(ValueError, match=rf"'disguised'.*{spelling}.*which method 'coop' already has"):
+        registry.register_method("disguised")(Disguised)
+
+
+def test_a_colour_a_figure_cannot_draw_is_refused_at_registration(monkeypatch):
+    monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
+
+    class Misspelt(CoOp):
+        color = "#12345g"
+
+    with pytest.raises(ValueError, match=r"'misspelt'.*#12345g.*'#rrggbb'"):
+        registry.register_method("misspelt")(Misspelt)

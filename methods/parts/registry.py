@@ -38,19 +38,38 @@ def register_method(name: str):
         if name in METHODS:
             raise ValueError(f"Method {name!r} is registered twice ({METHODS[name].__module__} and {cls.__module__}).")
         # A colour is a method's identity in every figure: two methods of one colour cannot be told apart.
-        color = (vars(cls).get("color") or "").lower()
-        taken = {other: (vars(c).get("color") or "").lower() for other, c in METHODS.items()}
-        clash = next((other for other, c in taken.items() if color and c == color), None)
+        color = vars(cls).get("color")
+        drawn = drawn_colour(name, cls, color)
+        clash = next(
+            (o for o, c in METHODS.items() if drawn and drawn_colour(o, c, vars(c).get("color")) == drawn), None
+        )
         if clash is not None:
+            spelt = "" if color == drawn else f" ({color!r})"
             raise ValueError(
-                f"Method {name!r} ({cls.__module__}) has the colour {color}, which method {clash!r} already has: "
-                "give it another color (or none: the report then picks one no method uses)."
+                f"Method {name!r} ({cls.__module__}) has the colour {drawn}{spelt}, which method {clash!r} already "
+                "has: give it another color (or none: the report then picks one no method uses)."
             )
         cls.method_name = name
         METHODS[name] = cls
         return cls
 
     return wrap
+
+
+def drawn_colour(name: str, cls: type, color) -> str | None:
+    """The colour a figure draws for a method's ``color`` ("#rrggbb"; None: none of its own), whatever its
+    spelling ("#ABCDEF", "tab:blue", "#rrggbbaa" opaque); one no figure can draw is refused here, at import."""
+    if not color:
+        return None
+    from matplotlib.colors import to_hex
+
+    try:
+        return to_hex(color)
+    except ValueError:
+        raise ValueError(
+            f"Method {name!r} ({cls.__module__}) has the colour {color!r}, which is not a colour: give it as "
+            "'#rrggbb' (or none: the report then picks one no method uses)."
+        ) from None
 
 
 def discover() -> None:
@@ -114,7 +133,7 @@ def method_info(name: str) -> MethodInfo:
         paper=own.get("paper") or "",
         year=own.get("year") or None,
         source=own.get("source") or "",
-        color=own.get("color") or None,
+        color=drawn_colour(name, cls, own.get("color")),  # "#rrggbb" however spelt: the figures' free ones differ
         default_config=own.get("default_config") or None,
         order=list(METHODS).index(name),
     )
