@@ -69,13 +69,15 @@ log = logging.getLogger(__name__)
 _RUN_KEYS = frozenset(f.name for f in dataclasses.fields(RunSpec))
 
 
-def authors_file_run(path: str) -> str | None:
-    """The run folder of ours that holds an authors' file (``authors_files``: under its checkpoint folder, at
-    their loader's path), or None for a file outside any (their code wrote it, or it was copied out)."""
-    folder = os.path.dirname(os.path.abspath(path))
+def authors_file_run(path: str, checkpoint_folder: str) -> str | None:
+    """The run folder of ours whose job wrote an authors' file (``authors_files``: under the run's
+    ``checkpoint_folder``, at their loader's path), or None for a file elsewhere (their code wrote it, or it
+    was copied out)."""
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
     while os.path.dirname(folder) != folder:
         if fingerprints.read_folder(folder) is not None:
-            return folder
+            return folder if path.startswith(os.path.join(folder, checkpoint_folder) + os.sep) else None
         folder = os.path.dirname(folder)
     return None
 
@@ -467,7 +469,7 @@ class Run:
         contents = load_checkpoint_file(path)
         contents = contents if isinstance(contents, dict) else {}
         if methods.method_class(spec.method).is_authors_file(contents):
-            writer = authors_file_run(path)
+            writer = authors_file_run(path, methods.method_class(spec.method).checkpoint_folder)
             if writer:  # one of our jobs wrote it beside its checkpoint, which holds the spec the file lacks
                 folder, found = writer, checkpoint.latest_checkpoint(writer)
                 contents = load_checkpoint_file(found[0]) if found else {}
