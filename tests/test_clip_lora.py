@@ -479,6 +479,8 @@ def test_an_authors_file_of_ours_is_checked_against_the_job_that_wrote_it(data_r
     path = os.path.join(spec.output_dir, "clip_lora", "tiny", "synthetic", "2shots", "seed2", "lora_weights.pt")
     with pytest.raises(LoadMismatchError, match=match):
         run(lora_spec(data_root, tmp_path, load_from=path, **change))
+    (record,) = run(lora_spec(data_root, tmp_path / "any", load_from=path, load_any=True, **change))
+    assert match in record["load_any"] and record["fingerprint"] != straight[1]["fingerprint"]
 
 
 def test_epochs_other_than_the_budgets_are_refused_with_the_right_value(data_root, tmp_path):
