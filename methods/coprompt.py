@@ -25,6 +25,7 @@ second frozen copy ``model_distill.*``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -101,6 +102,26 @@ def description_file(dataset: str | None) -> str | None:
 # names) that the stored copy of the repository lacked: what `git hash-object` prints for a good download.
 AUTHORS_COMMIT = "a2a6c12e3622cfe4b3a127f4ba0c4f3eb841418c"
 IMAGENET_BLOB = "86ab87f6934a4be4d628eae53c30b15dbb683f34"
+
+
+def git_blob(path: str) -> str:
+    """What ``git hash-object`` prints for a file: the sha1 of its git blob."""
+    with open(path, "rb") as f:
+        content = f.read()
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def check_authors_imagenet_file(path: str) -> None:
+    """The ImageNet descriptions read by default are the one such file a user saves (the others ship with the
+    code), and the run's fingerprint names the dataset, not the file: only the authors' exact file is read,
+    so that another one's numbers cannot pass for theirs (nor a finished job's, once the file is replaced)."""
+    blob = git_blob(path)
+    if blob != IMAGENET_BLOB:
+        raise DescriptionsError(
+            f"{path} hashes to {blob}, not the authors' {IMAGENET_BLOB} (`git hash-object`): download https://"
+            f"raw.githubusercontent.com/ShuvenduRoy/CoPrompt/{AUTHORS_COMMIT}/gpt_file/{os.path.basename(path)} "
+            "again, or give a file of your own as options.descriptions=<path> (its content is then stamped)."
+        )
 
 
 def read_descriptions(path: str, classnames: list[str]) -> list[list[str]]:
@@ -187,6 +208,8 @@ class CoPrompt(CLIPMethod):
             )
             self.descriptions = [[FALLBACK_TEMPLATE.format(c.replace("_", " "))] for c in self.classnames]
         else:
+            if not descriptions and os.path.basename(path).startswith("imagenet") and os.path.isfile(path):
+                check_authors_imagenet_file(path)
             self.descriptions = read_descriptions(path, self.classnames)
         self.descriptions_source = path
         self._description_features: torch.Tensor | None = None

@@ -5,6 +5,7 @@ options and descriptions refused, the authors' whole-model checkpoint on new cla
 and a runner job on two views killed and resumed."""
 
 import json
+import os
 import random
 
 import deep_reference as ref
@@ -184,6 +185,27 @@ def test_missing_descriptions_name_the_file_and_where_to_get_it(tiny_clip, tmp_p
     (tmp_path / "uneven.json").write_text(json.dumps(table))
     with pytest.raises(DescriptionsError, match=r"\[1, 2\] descriptions each"):
         build(tiny_clip, descriptions=str(tmp_path / "uneven.json"))
+
+
+def test_an_imagenet_descriptions_file_other_than_the_authors_is_refused(tiny_clip, tmp_path, monkeypatch):
+    """The ImageNet descriptions are the one default file a user saves (the others ship): the fingerprint names
+    the dataset, not that file's content, so only the authors' exact file (its git blob) is read by default; a
+    file of one's own goes through options.descriptions, which is stamped by content."""
+    import subprocess
+
+    from methods import coprompt
+
+    monkeypatch.setattr(coprompt, "DESCRIPTIONS_DIR", str(tmp_path))
+    path = descriptions_file(tmp_path, NAMES)
+    os.replace(path, tmp_path / "imagenet_prompt.json")
+    blob = subprocess.run(
+        ["git", "hash-object", str(tmp_path / "imagenet_prompt.json")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert coprompt.git_blob(str(tmp_path / "imagenet_prompt.json")) == blob
+    with pytest.raises(DescriptionsError, match=rf"imagenet_prompt.json hashes to {blob}, not .*86ab87f6"):
+        build(tiny_clip, dataset="imagenet")
+    model = build(tiny_clip, dataset="imagenet", descriptions=str(tmp_path / "imagenet_prompt.json"))
+    assert model.descriptions_source == str(tmp_path / "imagenet_prompt.json")
 
 
 def test_the_authors_descriptions_cover_their_classes():
