@@ -40,3 +40,16 @@ def deep_clip():
 @pytest.fixture
 def small_images():
     return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """A synthetic dataset of 5 classes (8 train, 4 val, 6 test pictures each, 32 px) for a module's jobs through
+    the runner; a test module with other needs defines its own ``data_root``, which wins over this one."""
+    from fake_data import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    make_synthetic_dataset(
+        str(root), num_classes=5, train_per_class=8, val_per_class=4, test_per_class=6, image_size=32
+    )
+    return str(root)

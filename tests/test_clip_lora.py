@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from crash_child import kill_at
-from fake_data import make_synthetic_dataset
 from torch import nn
 
 from bounds import OutOfBounds
@@ -388,15 +387,6 @@ def test_an_authors_file_of_another_depth_or_other_adapters_is_refused(clip, tmp
 
 
 # -- through the runner: a job, its checkpoint, kill and resume --------------------------------------
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_synthetic_dataset(
-        str(root), num_classes=5, train_per_class=8, val_per_class=4, test_per_class=6, image_size=32
-    )
-    return str(root)
 
 
 def lora_spec(data_root, out, **values):

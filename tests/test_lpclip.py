@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from crash_child import kill_at
-from fake_data import make_synthetic_dataset
 from sklearn.linear_model import LogisticRegression
 
 from clipcore import backbone
@@ -100,15 +99,6 @@ def test_a_class_with_too_few_pictures_is_a_clear_error():
 
 
 # -- linear-probe CLIP as a method the runner runs ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_synthetic_dataset(
-        str(root), num_classes=5, train_per_class=8, val_per_class=4, test_per_class=6, image_size=32
-    )
-    return str(root)
 
 
 def lp_spec(data_root, out, **values):

@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from crash_child import kill_at
-from fake_data import make_synthetic_dataset
 
 from bounds import OutOfBounds
 from harness import backbone, load_clip, results
@@ -264,15 +263,6 @@ def test_the_schedule_is_a_cosine_over_every_step(clip):
 
 
 # -- through the runner: a job, its checkpoint, kill and resume --------------------------------------
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_synthetic_dataset(
-        str(root), num_classes=5, train_per_class=8, val_per_class=4, test_per_class=6, image_size=32
-    )
-    return str(root)
 
 
 def tip_spec(data_root, out, **values):
